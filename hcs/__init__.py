@@ -1,0 +1,3 @@
+"""HCS (Hetero-Compute-Router): abstract accelerator requests for Kubernetes."""
+
+__version__ = "0.1.0"
