@@ -1,0 +1,79 @@
+/*
+ * sim_faults.h - run-time fault injection shared by every simulated vendor library.
+ *
+ * The fault file is $HCS_SIM_FAULTS, default "<profile path>.faults" (format: driver/README.md).
+ * It is re-read whenever its size, mtime or inode changes; the check is a single stat() and is
+ * done by every function below. A missing file means "no faults". Bad lines are reported on
+ * stderr ("hcs-sim: <file>:<line>: ...") and skipped; they never fail a call.
+ *
+ * Device state = the profile's initial health, then every directive of the file applied in order.
+ * Events (xid, ecc lines) get a process-wide increasing sequence number. When the file grows by
+ * appending, only the appended lines produce new events; when it is rewritten, every event line of
+ * the new content is new. An event consumer takes a cursor (sim_event_cursor) and later pulls
+ * events with seq >= cursor (sim_events_next), so it only sees events appended after it started.
+ *
+ * All functions are thread-safe.
+ */
+#ifndef HCS_SIM_FAULTS_H
+#define HCS_SIM_FAULTS_H
+
+#include <stdint.h>
+
+#include "sim_profile.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SIM_MAX_ERRORCODES 32
+#define SIM_EVENT_LOG 4096 /* events kept for consumers; older ones are dropped */
+
+typedef enum {
+    SIM_EVENT_XID = 1,
+    SIM_EVENT_ECC_SINGLE = 2,
+    SIM_EVENT_ECC_DOUBLE = 3
+} sim_event_kind_t;
+
+typedef struct {
+    uint64_t seq;
+    sim_vendor_t vendor;
+    int index;                /* vendor-local device index */
+    sim_event_kind_t kind;
+    unsigned long long value; /* Xid code for XID; error count for ECC */
+} sim_event_t;
+
+typedef struct {
+    sim_health_t health;
+    uint64_t ecc_single;      /* correctable (single-bit) error count */
+    uint64_t ecc_double;      /* uncorrectable (double-bit) error count */
+    int nerrorcodes;
+    unsigned int errorcodes[SIM_MAX_ERRORCODES]; /* ascend errorcode lines, in order */
+} sim_dev_state_t;
+
+/* Re-read the fault file if it changed. Returns 0. */
+int sim_faults_refresh(const sim_profile_t *p);
+
+/* Current state of a device (refreshes first). Returns 0, or -1 for a bad vendor/index. */
+int sim_device_state(const sim_profile_t *p, sim_vendor_t vendor, int index, sim_dev_state_t *out);
+
+/* Shortcut: current health (refreshes first); SIM_HEALTH_LOST for a bad vendor/index. */
+sim_health_t sim_device_health(const sim_profile_t *p, sim_vendor_t vendor, int index);
+
+/* Sequence number the next new event will get (refreshes first). */
+uint64_t sim_event_cursor(const sim_profile_t *p);
+
+/*
+ * Next event with seq >= *cursor of the given vendor (SIM_VENDOR_INVALID = any vendor), refreshing
+ * first. Returns 1 and fills *out (and sets *cursor = out->seq + 1) when there is one; returns 0
+ * and sets *cursor to the next sequence number otherwise. Does not block.
+ */
+int sim_events_next(const sim_profile_t *p, uint64_t *cursor, sim_vendor_t vendor, sim_event_t *out);
+
+/* Path of the fault file in use (never NULL once a profile is loaded). */
+const char *sim_faults_path(const sim_profile_t *p);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* HCS_SIM_FAULTS_H */

@@ -1,0 +1,114 @@
+/*
+ * Simulated Ascend ACL runtime (libascendcl.so): aclInit, device selection, aclrtMalloc / Free /
+ * GetMemInfo backed by host memory (sim_mem.c), sized by the node profile (Ascend devices).
+ * Codes from acl_base.h / rt_error_codes.h (hcs_vendor_abi.h).
+ */
+#define _GNU_SOURCE
+#include <stdatomic.h>
+
+#include "hcs_vendor_abi.h"
+#include "sim_mem.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define ACL_ERROR_REPEAT_INITIALIZE 100002
+#define ACL_ERROR_RT_CONTEXT_NULL 107002
+#define ACL_ERROR_RT_DEVICE_ID_INVALID 107001 /* "invalid device id" (rt_error_codes.h) */
+#define ACL_ERROR_RT_DRV_INTERNAL_ERROR 507899
+
+static _Atomic int initialized;
+static __thread int cur_dev = -1;
+
+static aclError map_rc(int rc) {
+    switch (rc) {
+    case SIM_MEM_OK: return ACL_SUCCESS;
+    case SIM_MEM_OOM:
+    case SIM_MEM_HOSTOOM: return ACL_ERROR_RT_MEMORY_ALLOCATION;
+    case SIM_MEM_BADDEV: return ACL_ERROR_RT_DEVICE_ID_INVALID;
+    case SIM_MEM_BADPTR: return ACL_ERROR_INVALID_PARAM;
+    default: return ACL_ERROR_RT_DRV_INTERNAL_ERROR;
+    }
+}
+
+EXPORT aclError aclInit(const char *configPath) {
+    (void)configPath;
+    if (sim_mem_count(SIM_VENDOR_ASCEND) < 0)
+        return ACL_ERROR_RT_DRV_INTERNAL_ERROR;
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&initialized, &expected, 1))
+        return ACL_ERROR_REPEAT_INITIALIZE;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclFinalize(void) {
+    atomic_store(&initialized, 0);
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtGetDeviceCount(uint32_t *count) {
+    if (count == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    int n = sim_mem_count(SIM_VENDOR_ASCEND);
+    if (n < 0)
+        return ACL_ERROR_RT_DRV_INTERNAL_ERROR;
+    *count = (uint32_t)n;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtSetDevice(int32_t deviceId) {
+    if (!atomic_load(&initialized))
+        return ACL_ERROR_UNINITIALIZE;
+    if (deviceId < 0 || deviceId >= sim_mem_count(SIM_VENDOR_ASCEND))
+        return ACL_ERROR_RT_DEVICE_ID_INVALID;
+    cur_dev = deviceId;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtResetDevice(int32_t deviceId) {
+    if (deviceId < 0 || deviceId >= sim_mem_count(SIM_VENDOR_ASCEND))
+        return ACL_ERROR_RT_DEVICE_ID_INVALID;
+    if (cur_dev == deviceId)
+        cur_dev = -1;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtGetDevice(int32_t *deviceId) {
+    if (deviceId == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    if (cur_dev < 0)
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    *deviceId = cur_dev;
+    return ACL_SUCCESS;
+}
+
+static aclError alloc(void **devPtr, size_t size) {
+    if (devPtr == NULL || size == 0)
+        return ACL_ERROR_INVALID_PARAM;
+    if (cur_dev < 0)
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    return map_rc(sim_mem_alloc(SIM_VENDOR_ASCEND, cur_dev, size, 1, devPtr));
+}
+
+EXPORT aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy) {
+    (void)policy;
+    return alloc(devPtr, size);
+}
+
+EXPORT aclError aclrtMallocCached(void **devPtr, size_t size, aclrtMemMallocPolicy policy) {
+    (void)policy;
+    return alloc(devPtr, size);
+}
+
+EXPORT aclError aclrtFree(void *devPtr) {
+    if (devPtr == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    return map_rc(sim_mem_free(devPtr));
+}
+
+EXPORT aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free_bytes, size_t *total_bytes) {
+    (void)attr;
+    if (free_bytes == NULL || total_bytes == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    if (cur_dev < 0)
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    return map_rc(sim_mem_info(SIM_VENDOR_ASCEND, cur_dev, free_bytes, total_bytes));
+}

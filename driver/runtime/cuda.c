@@ -1,0 +1,448 @@
+/*
+ * Simulated CUDA driver API (libcuda.so.1): the allocation/query subset HCS intercepts, backed by
+ * host memory (sim_mem.c) and sized by the node profile ($HCS_SIM_PROFILE, NVIDIA devices).
+ * Error codes are cuda.h's (hcs_vendor_abi.h).
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hcs_vendor_abi.h"
+#include "sim_mem.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define CUDA_ERROR_NO_DEVICE 100
+#define CTX_MAGIC 0x43545831u
+#define HANDLE_MAGIC 0x484e444cu
+
+struct CUctx_st {
+    unsigned magic;
+    int dev;
+    int primary;
+};
+
+struct vmm_handle {
+    unsigned magic;
+    void *mem;
+};
+
+static _Atomic int initialized;
+static __thread CUcontext current;
+static struct CUctx_st primary[SIM_MAX_DEVICES];
+
+static int ndev(void) {
+    return sim_mem_count(SIM_VENDOR_NVIDIA);
+}
+
+static CUresult map_rc(int rc) {
+    switch (rc) {
+    case SIM_MEM_OK: return CUDA_SUCCESS;
+    case SIM_MEM_OOM: return CUDA_ERROR_OUT_OF_MEMORY;
+    case SIM_MEM_BADDEV: return CUDA_ERROR_INVALID_DEVICE;
+    case SIM_MEM_BADPTR: return CUDA_ERROR_INVALID_VALUE;
+    case SIM_MEM_HOSTOOM: return CUDA_ERROR_OUT_OF_MEMORY;
+    default: return CUDA_ERROR_NOT_INITIALIZED;
+    }
+}
+
+#define NEED_INIT()                                                                                      \
+    do {                                                                                                 \
+        if (!atomic_load_explicit(&initialized, memory_order_acquire))                                   \
+            return CUDA_ERROR_NOT_INITIALIZED;                                                           \
+    } while (0)
+
+static CUresult current_dev(int *dev) {
+    NEED_INIT();
+    if (current == NULL || current->magic != CTX_MAGIC)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *dev = current->dev;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuInit(unsigned int flags) {
+    if (flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    int n = ndev();
+    if (n < 0)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (n == 0)
+        return CUDA_ERROR_NO_DEVICE;
+    for (int i = 0; i < n && i < SIM_MAX_DEVICES; i++) {
+        primary[i].magic = CTX_MAGIC;
+        primary[i].dev = i;
+        primary[i].primary = 1;
+    }
+    atomic_store_explicit(&initialized, 1, memory_order_release);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDriverGetVersion(int *version) {
+    if (version == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *version = 12040;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetCount(int *count) {
+    NEED_INIT();
+    if (count == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *count = ndev();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
+    NEED_INIT();
+    if (dev == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (ordinal < 0 || ordinal >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    *dev = ordinal;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
+    NEED_INIT();
+    const sim_profile_t *p;
+    if (name == NULL || len <= 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (sim_mem_profile(&p) != SIM_MEM_OK)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    const sim_device_t *d = sim_vendor_device(p, SIM_VENDOR_NVIDIA, dev);
+    if (d == NULL)
+        return CUDA_ERROR_INVALID_DEVICE;
+    snprintf(name, (size_t)len, "%s", d->model);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
+    NEED_INIT();
+    size_t f, t;
+    if (bytes == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    int rc = sim_mem_info(SIM_VENDOR_NVIDIA, dev, &f, &t);
+    if (rc != SIM_MEM_OK)
+        return map_rc(rc);
+    *bytes = t;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev) {
+    (void)flags;
+    NEED_INIT();
+    if (pctx == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (dev < 0 || dev >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    CUcontext c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    c->magic = CTX_MAGIC;
+    c->dev = dev;
+    current = c;
+    *pctx = c;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx) {
+    NEED_INIT();
+    if (ctx == NULL || ctx->magic != CTX_MAGIC || ctx->primary)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (current == ctx)
+        current = NULL;
+    ctx->magic = 0;
+    free(ctx);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
+    NEED_INIT();
+    if (ctx != NULL && ctx->magic != CTX_MAGIC)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    current = ctx;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetCurrent(CUcontext *pctx) {
+    NEED_INIT();
+    if (pctx == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pctx = current;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxGetDevice(CUdevice *dev) {
+    int d;
+    CUresult rc = current_dev(&d);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (dev == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *dev = d;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuCtxSynchronize(void) {
+    int d;
+    return current_dev(&d);
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
+    NEED_INIT();
+    if (pctx == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (dev < 0 || dev >= ndev() || dev >= SIM_MAX_DEVICES)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *pctx = &primary[dev];
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+    NEED_INIT();
+    if (dev < 0 || dev >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    return CUDA_SUCCESS;
+}
+
+static CUresult alloc_dev(CUdeviceptr *dptr, size_t size) {
+    int dev;
+    CUresult rc = current_dev(&dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (dptr == NULL || size == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    void *p = NULL;
+    rc = map_rc(sim_mem_alloc(SIM_VENDOR_NVIDIA, dev, size, 1, &p));
+    if (rc == CUDA_SUCCESS)
+        *dptr = (CUdeviceptr)(uintptr_t)p;
+    return rc;
+}
+
+EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+    return alloc_dev(dptr, bytesize);
+}
+
+EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
+    (void)flags;
+    return alloc_dev(dptr, bytesize);
+}
+
+EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+    (void)hStream;
+    return alloc_dev(dptr, bytesize);
+}
+
+EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+    (void)hStream;
+    return alloc_dev(dptr, bytesize);
+}
+
+EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                        CUstream hStream) {
+    (void)pool;
+    (void)hStream;
+    return alloc_dev(dptr, bytesize);
+}
+
+EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                             CUstream hStream) {
+    (void)pool;
+    (void)hStream;
+    return alloc_dev(dptr, bytesize);
+}
+
+EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height,
+                                   unsigned int ElementSizeBytes) {
+    if (pPitch == NULL || WidthInBytes == 0 || Height == 0 ||
+        (ElementSizeBytes != 4 && ElementSizeBytes != 8 && ElementSizeBytes != 16))
+        return CUDA_ERROR_INVALID_VALUE;
+    size_t pitch = (WidthInBytes + 511) & ~(size_t)511; /* 512-byte pitch alignment, like real GPUs */
+    if (Height > SIZE_MAX / pitch)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = alloc_dev(dptr, pitch * Height);
+    if (rc == CUDA_SUCCESS)
+        *pPitch = pitch;
+    return rc;
+}
+
+static CUresult free_dev(CUdeviceptr dptr) {
+    NEED_INIT();
+    if (dptr == 0)
+        return CUDA_SUCCESS;
+    return map_rc(sim_mem_free((void *)(uintptr_t)dptr));
+}
+
+EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+    return free_dev(dptr);
+}
+
+EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
+    (void)hStream;
+    return free_dev(dptr);
+}
+
+EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
+    (void)hStream;
+    return free_dev(dptr);
+}
+
+EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop,
+                            unsigned long long flags) {
+    NEED_INIT();
+    if (handle == NULL || prop == NULL || size == 0 || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    int counted;
+    int dev = 0;
+    switch (prop->location.type) {
+    case CU_MEM_LOCATION_TYPE_DEVICE:
+        counted = 1;
+        dev = prop->location.id;
+        if (dev < 0 || dev >= ndev())
+            return CUDA_ERROR_INVALID_DEVICE;
+        break;
+    case CU_MEM_LOCATION_TYPE_HOST:
+    case CU_MEM_LOCATION_TYPE_HOST_NUMA:
+    case CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT:
+        counted = 0;
+        break;
+    default:
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    struct vmm_handle *h = malloc(sizeof *h);
+    if (h == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = map_rc(sim_mem_alloc(SIM_VENDOR_NVIDIA, dev, size, counted, &h->mem));
+    if (rc != CUDA_SUCCESS) {
+        free(h);
+        return rc;
+    }
+    h->magic = HANDLE_MAGIC;
+    *handle = (CUmemGenericAllocationHandle)(uintptr_t)h;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
+    NEED_INIT();
+    struct vmm_handle *h = (struct vmm_handle *)(uintptr_t)handle;
+    if (h == NULL || h->magic != HANDLE_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    h->magic = 0;
+    (void)sim_mem_free(h->mem);
+    free(h);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
+    int dev;
+    CUresult rc = current_dev(&dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (free_bytes == NULL || total_bytes == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    return map_rc(sim_mem_info(SIM_VENDOR_NVIDIA, dev, free_bytes, total_bytes));
+}
+
+EXPORT CUresult cuGetErrorName(CUresult error, const char **pStr) {
+    if (pStr == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (error) {
+    case CUDA_SUCCESS: *pStr = "CUDA_SUCCESS"; break;
+    case CUDA_ERROR_INVALID_VALUE: *pStr = "CUDA_ERROR_INVALID_VALUE"; break;
+    case CUDA_ERROR_OUT_OF_MEMORY: *pStr = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+    case CUDA_ERROR_NOT_INITIALIZED: *pStr = "CUDA_ERROR_NOT_INITIALIZED"; break;
+    case CUDA_ERROR_NO_DEVICE: *pStr = "CUDA_ERROR_NO_DEVICE"; break;
+    case CUDA_ERROR_INVALID_DEVICE: *pStr = "CUDA_ERROR_INVALID_DEVICE"; break;
+    case CUDA_ERROR_INVALID_CONTEXT: *pStr = "CUDA_ERROR_INVALID_CONTEXT"; break;
+    case CUDA_ERROR_NOT_FOUND: *pStr = "CUDA_ERROR_NOT_FOUND"; break;
+    default: *pStr = NULL; return CUDA_ERROR_INVALID_VALUE;
+    }
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuGetErrorString(CUresult error, const char **pStr) {
+    return cuGetErrorName(error, pStr);
+}
+
+/* ---- cuGetProcAddress: base names (no _v2) resolved by requested version, like the real driver */
+
+struct proc {
+    const char *name;     /* base name as callers pass it */
+    int min_version;      /* version from which this entry applies */
+    int per_thread;       /* 1: only for CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM */
+    void *fn;
+};
+
+EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
+EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                                    CUdriverProcAddressQueryResult *symbolStatus);
+
+static const struct proc procs[] = {
+    {"cuInit", 2000, 0, (void *)cuInit},
+    {"cuDriverGetVersion", 2020, 0, (void *)cuDriverGetVersion},
+    {"cuDeviceGetCount", 2000, 0, (void *)cuDeviceGetCount},
+    {"cuDeviceGet", 2000, 0, (void *)cuDeviceGet},
+    {"cuDeviceGetName", 2000, 0, (void *)cuDeviceGetName},
+    {"cuDeviceTotalMem", 3020, 0, (void *)cuDeviceTotalMem_v2},
+    {"cuCtxCreate", 3020, 0, (void *)cuCtxCreate_v2},
+    {"cuCtxDestroy", 4000, 0, (void *)cuCtxDestroy_v2},
+    {"cuCtxSetCurrent", 4000, 0, (void *)cuCtxSetCurrent},
+    {"cuCtxGetCurrent", 4000, 0, (void *)cuCtxGetCurrent},
+    {"cuCtxGetDevice", 2000, 0, (void *)cuCtxGetDevice},
+    {"cuCtxSynchronize", 2000, 0, (void *)cuCtxSynchronize},
+    {"cuDevicePrimaryCtxRetain", 7000, 0, (void *)cuDevicePrimaryCtxRetain},
+    {"cuDevicePrimaryCtxRelease", 11000, 0, (void *)cuDevicePrimaryCtxRelease_v2},
+    {"cuMemAlloc", 3020, 0, (void *)cuMemAlloc_v2},
+    {"cuMemAllocPitch", 3020, 0, (void *)cuMemAllocPitch_v2},
+    {"cuMemAllocManaged", 6000, 0, (void *)cuMemAllocManaged},
+    {"cuMemAllocAsync", 11020, 1, (void *)cuMemAllocAsync_ptsz},
+    {"cuMemAllocAsync", 11020, 0, (void *)cuMemAllocAsync},
+    {"cuMemAllocFromPoolAsync", 11020, 1, (void *)cuMemAllocFromPoolAsync_ptsz},
+    {"cuMemAllocFromPoolAsync", 11020, 0, (void *)cuMemAllocFromPoolAsync},
+    {"cuMemFree", 3020, 0, (void *)cuMemFree_v2},
+    {"cuMemFreeAsync", 11020, 1, (void *)cuMemFreeAsync_ptsz},
+    {"cuMemFreeAsync", 11020, 0, (void *)cuMemFreeAsync},
+    {"cuMemCreate", 10020, 0, (void *)cuMemCreate},
+    {"cuMemRelease", 10020, 0, (void *)cuMemRelease},
+    {"cuMemGetInfo", 3020, 0, (void *)cuMemGetInfo_v2},
+    {"cuGetErrorName", 6000, 0, (void *)cuGetErrorName},
+    {"cuGetErrorString", 6000, 0, (void *)cuGetErrorString},
+    {"cuGetProcAddress", 12000, 0, (void *)cuGetProcAddress_v2},
+    {"cuGetProcAddress", 11030, 0, (void *)cuGetProcAddress},
+};
+
+static CUresult lookup(const char *symbol, void **pfn, int version, cuuint64_t flags,
+                       CUdriverProcAddressQueryResult *status) {
+    if (symbol == NULL || pfn == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    int per_thread = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+    int found_name = 0;
+    for (size_t i = 0; i < sizeof procs / sizeof procs[0]; i++) {
+        if (strcmp(procs[i].name, symbol) != 0)
+            continue;
+        found_name = 1;
+        if (procs[i].per_thread && !per_thread)
+            continue;
+        if (version < procs[i].min_version)
+            continue;
+        *pfn = procs[i].fn;
+        if (status)
+            *status = CU_GET_PROC_ADDRESS_SUCCESS;
+        return CUDA_SUCCESS;
+    }
+    *pfn = NULL;
+    if (status)
+        *status = found_name ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return CUDA_ERROR_NOT_FOUND;
+}
+
+EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
+    return lookup(symbol, pfn, cudaVersion, flags, NULL);
+}
+
+EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                                    CUdriverProcAddressQueryResult *symbolStatus) {
+    return lookup(symbol, pfn, cudaVersion, flags, symbolStatus);
+}

@@ -1,0 +1,36 @@
+/*
+ * sim_mem.h - host-memory backing for the simulated vendor runtimes (fake libcuda, libascendcl,
+ * libamdhip64, libcnrt).
+ *
+ * A "device" allocation is host memory with a 64-byte header in front that records its size and
+ * device, so frees need no lookup table. Allocations of 1 MiB and more are mmap'ed with
+ * MAP_NORESERVE (an 80 GiB simulated card costs nothing until touched); smaller ones use malloc.
+ * Each device's capacity is the profile's memory_bytes minus memory_used_bytes; an allocation that
+ * would exceed it fails (the caller returns its vendor's out-of-memory code). Usage is per process:
+ * the simulated "card" is not shared between processes.
+ */
+#ifndef HCS_SIM_MEM_H
+#define HCS_SIM_MEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sim_profile.h"
+
+enum sim_mem_rc { SIM_MEM_OK = 0, SIM_MEM_OOM = 1, SIM_MEM_BADDEV = 2, SIM_MEM_NOPROFILE = 3,
+                  SIM_MEM_BADPTR = 4, SIM_MEM_HOSTOOM = 5 };
+
+/* Load the profile (cached). Returns SIM_MEM_OK or SIM_MEM_NOPROFILE (message already on stderr). */
+int sim_mem_profile(const sim_profile_t **p);
+/* Number of devices of the vendor, or -1 when the profile cannot be loaded. */
+int sim_mem_count(sim_vendor_t vendor);
+/* Allocate size bytes on device dev of vendor; counted == 0 for host memory (not charged). */
+int sim_mem_alloc(sim_vendor_t vendor, int dev, size_t size, int counted, void **out);
+/* Free a pointer returned by sim_mem_alloc (NULL is a no-op). */
+int sim_mem_free(void *ptr);
+/* Size of an allocation, or 0 if ptr is not one. */
+size_t sim_mem_size(const void *ptr);
+/* free/total as the vendor reports them for the device. */
+int sim_mem_info(sim_vendor_t vendor, int dev, size_t *free_b, size_t *total_b);
+
+#endif

@@ -1,0 +1,337 @@
+"""Placement policies: small, pure, vectorised scoring functions, pluggable by name.
+
+Every policy sees the same thing — a :class:`NodeView` of the candidate nodes (already filtered
+to those where the request fits) and the :class:`Request` — and returns a ``(C, G)`` array of
+scores, higher is better, ``-inf`` where device ``g`` of node ``c`` cannot take the request. For a
+single-device request the column is the device the request lands on; for a multi-device
+request (whole devices) any valid column carries the node's score and the caller takes the
+node's free whole devices.
+
+Device capacity is counted in *milli-devices* (1000 = one whole device): the trace replay uses
+openb's ``gpu_milli`` directly, real placement converts VRAM/TFLOPS into the binding fraction
+of each device (see :mod:`hcs.allocator.placement`). CPU is in milli-cores, memory in any one
+unit per view.
+
+Policies: ``random``, ``best-fit``, ``gpu-packing``, ``dot-product``, ``fgd`` (Fragmentation
+Gradient Descent, Weng et al., USENIX ATC '23) and ``hcs`` (the default; see :func:`score_hcs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from hcs.errors import ConfigError
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+WHOLE = 1000  # milli-devices in one device
+NEG_INF = -np.inf
+
+
+@dataclass(frozen=True)
+class Request:
+    """One placement request: ``count`` devices of ``milli`` each (count > 1 means whole devices)."""
+
+    cpu: int
+    mem: int
+    count: int
+    milli: int
+
+    @property
+    def whole(self) -> bool:
+        return self.count > 1 or self.milli >= WHOLE
+
+    @property
+    def gpu_demand(self) -> int:
+        return self.count * (WHOLE if self.count > 1 else self.milli)
+
+
+@dataclass(frozen=True, eq=False)
+class NodeView:
+    """Candidate nodes as arrays. ``gpu_free`` is 0 for absent or unusable devices."""
+
+    gpu_free: IntArray  # (C, G) milli free per device
+    gpu_present: npt.NDArray[np.bool_]  # (C, G)
+    cpu_free: IntArray  # (C,)
+    mem_free: IntArray  # (C,)
+    cpu_total: IntArray  # (C,)
+    mem_total: IntArray  # (C,)
+    penalty: FloatArray | None = None  # (C, G) health penalty >= 0 (degraded devices), optional
+
+    @property
+    def n_gpus(self) -> IntArray:
+        return np.asarray(self.gpu_present.sum(axis=1), dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class TargetWorkload:
+    """The workload FGD measures fragmentation against: request classes and their popularity.
+
+    Classes are grouped by device shape ``(count, milli)``; within a class the CPU requests are
+    kept as a cumulative popularity table so ``W[c](cpu_free)`` — the popularity of class-``c``
+    requests whose CPU fits — is one ``searchsorted``.
+    """
+
+    count: IntArray  # (K,) devices per request of class k
+    milli: IntArray  # (K,) milli per device (1000 for multi-device)
+    cpu_grid: IntArray  # (V,) sorted distinct CPU requests
+    w_table: FloatArray  # (V+1, K): popularity of class k with cpu <= grid value
+    total: float  # popularity of all classes incl. device-less requests (sums to 1)
+
+    @classmethod
+    def from_requests(cls, requests: Sequence[Request]) -> TargetWorkload:
+        if not requests:
+            raise ConfigError("target workload: no requests given; pass at least one pod")
+        n = len(requests)
+        shapes = sorted({(WHOLE if r.count > 1 else r.milli, r.count) for r in requests if r.count > 0})
+        shapes = [(cnt, milli) for milli, cnt in shapes]  # sorted by milli (see _class_stats)
+        index = {s: i for i, s in enumerate(shapes)}
+        grid = np.array(sorted({r.cpu for r in requests}), dtype=np.int64)
+        table = np.zeros((len(grid) + 1, len(shapes)), dtype=np.float64)
+        for r in requests:
+            if r.count == 0:
+                continue
+            k = index[(r.count, WHOLE if r.count > 1 else r.milli)]
+            pos = int(np.searchsorted(grid, r.cpu, side="left")) + 1
+            table[pos, k] += 1.0 / n
+        table = np.cumsum(table, axis=0)
+        return cls(
+            count=np.array([s[0] for s in shapes], dtype=np.int64),
+            milli=np.array([s[1] for s in shapes], dtype=np.int64),
+            cpu_grid=grid,
+            w_table=table,
+            total=1.0,
+        )
+
+    def weights(self, cpu_free: IntArray) -> FloatArray:
+        """``(S, K)`` popularity of each class whose CPU request fits in ``cpu_free``."""
+        idx = np.searchsorted(self.cpu_grid, cpu_free, side="right")
+        return np.asarray(self.w_table[idx], dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class PolicyContext:
+    """What a policy may use besides the view: the target workload and a seeded RNG."""
+
+    rng: np.random.Generator
+    target: TargetWorkload | None = None
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+
+Policy = Callable[[NodeView, Request, PolicyContext], FloatArray]
+
+
+def valid_mask(view: NodeView, req: Request) -> npt.NDArray[np.bool_]:
+    """Devices that can take (one device of) the request."""
+    need = WHOLE if req.whole else req.milli
+    return np.asarray(view.gpu_free >= need, dtype=np.bool_) & view.gpu_present
+
+
+def _broadcast(view: NodeView, req: Request, node_score: FloatArray,
+               dev_score: FloatArray | None = None) -> FloatArray:
+    """Combine a per-node score with an optional per-device score into the (C, G) result."""
+    out = np.repeat(node_score[:, None], view.gpu_free.shape[1], axis=1)
+    if dev_score is not None:
+        out = out + dev_score
+    if req.count == 0:
+        out[:, 1:] = NEG_INF  # no device: one column per node
+        return out
+    out[~valid_mask(view, req)] = NEG_INF
+    return np.nan_to_num(out, nan=NEG_INF, posinf=np.inf, neginf=NEG_INF)
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def score_random(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
+    """Uniformly random among feasible placements."""
+    c, g = view.gpu_free.shape
+    return _broadcast(view, req, np.zeros(c), ctx.rng.random((c, g)))
+
+
+def _node_leftover(view: NodeView, req: Request) -> FloatArray:
+    """Normalised remaining CPU + memory + device capacity after placing ``req`` (lower = tighter)."""
+    gpu_total = np.maximum(view.n_gpus * WHOLE, 1)
+    gpu_left = (view.gpu_free.sum(axis=1) - req.gpu_demand) / gpu_total
+    cpu_left = (view.cpu_free - req.cpu) / np.maximum(view.cpu_total, 1)
+    mem_left = (view.mem_free - req.mem) / np.maximum(view.mem_total, 1)
+    return np.asarray(gpu_left + cpu_left + mem_left, dtype=np.float64)
+
+
+def score_best_fit(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
+    """Node with the least remaining resources (sum of normalised dimensions); tightest device."""
+    dev = -(view.gpu_free - req.milli) / WHOLE if not req.whole else None
+    return _broadcast(view, req, -_node_leftover(view, req), None if dev is None else dev * 1e-3)
+
+
+def score_gpu_packing(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
+    """Prefer occupied devices first (shares), then nodes with the fewest idle whole devices."""
+    idle = ((view.gpu_free >= WHOLE) & view.gpu_present).sum(axis=1).astype(np.float64)
+    node = -idle
+    if req.whole or req.count == 0:
+        return _broadcast(view, req, node)
+    occupied = (view.gpu_free < WHOLE) & view.gpu_present
+    dev = np.where(occupied, 100.0, 0.0) - view.gpu_free / WHOLE
+    return _broadcast(view, req, node, dev)
+
+
+def score_dot_product(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
+    """Tetris-style alignment: maximise <request, free> over normalised dimensions."""
+    gpu_total = np.maximum(view.n_gpus * WHOLE, 1)
+    d_cpu = req.cpu / np.maximum(view.cpu_total, 1)
+    d_mem = req.mem / np.maximum(view.mem_total, 1)
+    d_gpu = req.gpu_demand / gpu_total
+    f_cpu = view.cpu_free / np.maximum(view.cpu_total, 1)
+    f_mem = view.mem_free / np.maximum(view.mem_total, 1)
+    f_gpu = view.gpu_free.sum(axis=1) / gpu_total
+    node = np.asarray(d_cpu * f_cpu + d_mem * f_mem + d_gpu * f_gpu, dtype=np.float64)
+    dev = None if req.whole else -(view.gpu_free - req.milli) / WHOLE * 1e-3
+    return _broadcast(view, req, node, dev)
+
+
+# --------------------------------------------------------------------------- fragmentation
+
+
+def _class_stats(target: TargetWorkload, gpu_free: IntArray) -> tuple[IntArray, IntArray, IntArray]:
+    """Per node and class: devices with ``free >= milli`` (count) and their summed free capacity.
+
+    Classes are sorted by ``milli``, so device ``g`` serves exactly the classes ``k < pos[g]`` with
+    ``pos = searchsorted(milli, free, 'right')``: one histogram per node instead of a (C, G, K) cube.
+    Returns ``(cnt, usable, pos)`` with shapes (C, K), (C, K), (C, G).
+    """
+    k = len(target.milli)
+    c = gpu_free.shape[0]
+    pos = np.searchsorted(target.milli, gpu_free, side="right")
+    idx = (np.arange(c)[:, None] * (k + 1) + pos).ravel()
+    hist = np.bincount(idx, minlength=c * (k + 1)).reshape(c, k + 1)
+    hsum = np.bincount(idx, weights=gpu_free.ravel(), minlength=c * (k + 1)).reshape(c, k + 1)
+    cnt = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    usable = np.cumsum(hsum[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    return cnt, usable.astype(np.int64), pos
+
+
+def node_fragmentation(target: TargetWorkload, gpu_free: IntArray, cpu_free: IntArray) -> FloatArray:
+    """Expected fragmented device capacity (milli) of each node state, FGD's ``F_n(M)``.
+
+    For a class ``c`` the node's free capacity is usable only when the class fits (CPU, count of
+    devices with ``free >= milli``); then the usable part is the sum over those devices, the rest
+    is fragment: ``F = P*T - sum_c W_c(cpu) * fits_c * usable_c``.
+    """
+    cnt, usable, _ = _class_stats(target, gpu_free)
+    total = gpu_free.sum(axis=1).astype(np.float64)
+    w = target.weights(cpu_free)
+    return np.asarray(target.total * total - (w * (cnt >= target.count) * usable).sum(axis=1),
+                      dtype=np.float64)
+
+
+def unique_devices(gpu_free: IntArray, valid: npt.NDArray[np.bool_]) -> tuple[IntArray, IntArray]:
+    """``(rows, cols)`` of the valid devices, one per distinct free value per node (equivalent choices)."""
+    order = np.argsort(np.where(valid, gpu_free, -1), axis=1, kind="stable")
+    fs = np.take_along_axis(np.where(valid, gpu_free, -1), order, axis=1)
+    keep = fs >= 0
+    keep[:, 1:] &= fs[:, 1:] != fs[:, :-1]
+    rows, j = np.nonzero(keep)
+    return rows, order[rows, j]
+
+
+def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) -> FloatArray:
+    """``(C, G)`` change of node fragmentation if ``req`` lands on (node c, device g).
+
+    Entries for invalid (or equivalent duplicate) devices are ``nan``.
+    """
+    f = view.gpu_free
+    cnt, usable, pos = _class_stats(target, f)
+    total = f.sum(axis=1).astype(np.float64)
+    w_before = target.weights(view.cpu_free)
+    before = target.total * total - (w_before * (cnt >= target.count) * usable).sum(axis=1)
+    w_after = target.weights(view.cpu_free - req.cpu)  # (C, K)
+    if req.count == 0 or req.whole:
+        k = req.count
+        cnt_a = cnt - k
+        usable_a = usable - k * WHOLE
+        after = target.total * (total - k * WHOLE) - (w_after * (cnt_a >= target.count) * usable_a).sum(axis=1)
+        return np.repeat((after - before)[:, None], f.shape[1], axis=1)
+    rows, cols = unique_devices(f, valid_mask(view, req))
+    fo = f[rows, cols]
+    fn = fo - req.milli
+    ks = np.arange(len(target.milli))
+    ge_old = ks < pos[rows, cols][:, None]  # (P, K)
+    ge_new = ks < np.searchsorted(target.milli, fn, side="right")[:, None]
+    cnt_a = cnt[rows] - ge_old + ge_new
+    usable_a = usable[rows] - ge_old * fo[:, None] + ge_new * fn[:, None]
+    after = target.total * (total[rows] - req.milli) - (w_after[rows] * (cnt_a >= target.count) * usable_a).sum(axis=1)
+    out = np.full(f.shape, np.nan)
+    out[rows, cols] = after - before[rows]
+    return out
+
+
+def score_fgd(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
+    """Fragmentation Gradient Descent: the placement with the smallest fragmentation increase."""
+    if ctx.target is None:
+        raise ConfigError("policy fgd needs a target workload (the trace's pod mix)")
+    delta = fragmentation_delta(view, req, ctx.target)
+    return _broadcast(view, req, np.zeros(len(view.cpu_free)), -delta)
+
+
+def score_hcs(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
+    """HCS default: fragmentation gradient with packing tie-breaks and a health penalty.
+
+    Primary term: the fragmentation increase against the target workload (as FGD). FGD leaves
+    many exact ties (identical empty nodes, equivalent devices) to a random pick; HCS breaks them
+    deterministically toward the placement that keeps the most *whole* devices and CPU intact
+    elsewhere: prefer already-used nodes and devices (best-fit on devices, then on nodes), so
+    large requests keep finding empty nodes later.
+    """
+    if ctx.target is None:
+        raise ConfigError("policy hcs needs a target workload (the live request mix or a trace's pod mix)")
+    w_pack = float(ctx.weights.get("pack", 0.05))
+    w_cpu = float(ctx.weights.get("cpu", 0.0))
+    delta = fragmentation_delta(view, req, ctx.target)
+    leftover = _node_leftover(view, req)
+    cpu_left = (view.cpu_free - req.cpu) / np.maximum(view.cpu_total, 1)
+    node = -w_pack * WHOLE * leftover - w_cpu * WHOLE * cpu_left
+    dev = -delta
+    if not req.whole and req.count:
+        w_bf = float(ctx.weights.get("bf", 1e-3))
+        w_occ = float(ctx.weights.get("occ", 0.0))
+        occupied = view.gpu_free < WHOLE
+        dev = dev - (view.gpu_free - req.milli) * w_bf + occupied * (w_occ * WHOLE)
+    if view.penalty is not None:
+        dev = dev - view.penalty * WHOLE
+    return _broadcast(view, req, node, dev)
+
+
+POLICIES: dict[str, Policy] = {
+    "random": score_random,
+    "best-fit": score_best_fit,
+    "gpu-packing": score_gpu_packing,
+    "dot-product": score_dot_product,
+    "fgd": score_fgd,
+    "hcs": score_hcs,
+}
+
+
+def get_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown policy {name!r}; choose one of {', '.join(sorted(POLICIES))}"
+        ) from None
+
+
+def pick(scores: FloatArray, rng: np.random.Generator) -> tuple[int, int] | None:
+    """Index ``(c, g)`` of the best score, ties broken uniformly at random; None if all -inf."""
+    flat = scores.ravel()
+    best = flat.max(initial=NEG_INF)
+    if not np.isfinite(best):
+        return None
+    ties = np.flatnonzero(flat >= best - 1e-9 * max(1.0, abs(best)))
+    i = int(ties[rng.integers(len(ties))]) if len(ties) > 1 else int(ties[0])
+    g = scores.shape[1]
+    return i // g, i % g

@@ -1,0 +1,181 @@
+"""NVIDIA backend: NVML through nvidia-ml-py (``import pynvml``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pynvml
+
+from hcs.devices.backend import CRITICAL, NOTICE, Backend, Finding, VendorError, score, temperature_finding
+from hcs.devices.model import Compute, Device, Health, Link, LinkType, Vendor
+
+#: Xids that are application errors, not device faults (NVIDIA k8s-device-plugin's list).
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+_EVENT_MASK = (pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
+               | pynvml.nvmlEventTypeSingleBitEccError)
+
+
+def normalize_bus_id(bus_id: str | bytes) -> str:
+    """NVML's ``00000000:18:00.0`` → ``0000:18:00.0`` (lower case)."""
+    text = bus_id.decode() if isinstance(bus_id, bytes) else bus_id
+    domain, rest = text.lower().split(":", 1)
+    return f"{int(domain, 16):04x}:{rest}"
+
+
+class NvidiaBackend(Backend):
+    vendor = Vendor.NVIDIA
+    has_events = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handles: list[Any] = []
+        self._events: Any = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        try:
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        except pynvml.NVMLError as exc:
+            raise VendorError(f"NVML initialisation failed: {exc}") from exc
+
+    def devices(self) -> list[Device]:
+        bus_to_index: dict[str, int] = {}
+        raw: list[dict[str, Any]] = []
+        for i, h in enumerate(self._handles):
+            try:
+                pci = pynvml.nvmlDeviceGetPciInfo(h)
+                bus = normalize_bus_id(pci.busId)
+                mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+                name = _text(pynvml.nvmlDeviceGetName(h))
+                entry = {
+                    "name": name, "uuid": _text(pynvml.nvmlDeviceGetUUID(h)), "bus": bus,
+                    "total": int(mem.total), "used": int(mem.used),
+                    "numa": _optional(pynvml.nvmlDeviceGetNumaNodeId, h, -1),
+                    "minor": _optional(pynvml.nvmlDeviceGetMinorNumber, h, i),
+                    "temp": _optional(pynvml.nvmlDeviceGetTemperature, h, None, pynvml.NVML_TEMPERATURE_GPU),
+                    "util": _optional(lambda x: pynvml.nvmlDeviceGetUtilizationRates(x).gpu, h, None),
+                    "remote": self._nvlink_remotes(h),
+                }
+            except pynvml.NVMLError as exc:
+                entry = {"lost": str(exc), "name": "unknown", "uuid": f"nvidia-{i}-unreachable", "bus": "",
+                         "total": 0, "used": 0, "numa": -1, "minor": i, "temp": None, "util": None, "remote": []}
+            bus_to_index[entry["bus"]] = i
+            raw.append(entry)
+        out = []
+        for i, e in enumerate(raw):
+            spec = self.catalog.lookup(Vendor.NVIDIA, e["name"], e["total"])
+            compute = self.catalog.compute(spec)
+            per_peer: dict[int, int] = {}
+            for bus in e["remote"]:
+                if bus in bus_to_index and bus_to_index[bus] != i:
+                    per_peer[bus_to_index[bus]] = per_peer.get(bus_to_index[bus], 0) + 1
+            fabric = spec.fabric_gbps if spec else 0.0
+            n_links = max(1, len(e["remote"]))
+            links = tuple(Link(LinkType.NVLINK, peer, round(fabric * n / n_links, 1))
+                          for peer, n in sorted(per_peer.items()))
+            health = self.health(i) if "lost" not in e else Health(0, (f"NVML query failed: {e['lost']}",))
+            out.append(Device(
+                vendor=Vendor.NVIDIA, model=spec.id if spec else f"unknown:{e['name']}", name=e["name"],
+                uuid=e["uuid"], index=i, pci_bus_id=e["bus"], numa_node=e["numa"],
+                vram_total_bytes=e["total"], vram_used_bytes=e["used"], compute=compute or Compute(0, 0, 0, 0),
+                device_nodes=(f"/dev/nvidia{e['minor']}",), links=links, health=health,
+                temperature_c=e["temp"], utilization_pct=e["util"],
+            ))
+        return out
+
+    def _nvlink_remotes(self, h: Any) -> list[str]:
+        remotes = []
+        for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+            try:
+                if pynvml.nvmlDeviceGetNvLinkState(h, link) != pynvml.NVML_FEATURE_ENABLED:
+                    continue
+                remotes.append(normalize_bus_id(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId))
+            except pynvml.NVMLError:
+                break  # no more links (INVALID_ARGUMENT / NOT_SUPPORTED)
+        return remotes
+
+    def health(self, index: int) -> Health:
+        h = self._handles[index]
+        findings: list[Finding] = []
+        try:
+            temp = pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)
+            findings += temperature_finding(int(temp))
+            ecc_uncorrected = _optional(pynvml.nvmlDeviceGetTotalEccErrors, h, 0,
+                                        pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC)
+            if ecc_uncorrected:
+                findings.append(Finding(CRITICAL, f"uncorrectable (double-bit) ECC errors: {ecc_uncorrected}"))
+            ecc_corrected = _optional(pynvml.nvmlDeviceGetTotalEccErrors, h, 0,
+                                      pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_VOLATILE_ECC)
+            if ecc_corrected:
+                findings.append(Finding(NOTICE, f"correctable (single-bit) ECC errors: {ecc_corrected}"))
+        except pynvml.NVMLError as exc:
+            findings.append(Finding(CRITICAL, f"NVML query failed: {exc}"))
+        return score(findings)
+
+    def start_events(self) -> None:
+        with self._lock:
+            if self._events is None:
+                self._events = pynvml.nvmlEventSetCreate()
+                for h in self._handles:
+                    try:
+                        supported = pynvml.nvmlDeviceGetSupportedEventTypes(h)
+                        pynvml.nvmlDeviceRegisterEvents(h, supported & _EVENT_MASK, self._events)
+                    except pynvml.NVMLError:
+                        continue  # lost/unsupported device: polled health covers it
+
+    def wait_events(self, timeout_s: float) -> dict[int, Finding]:
+        """Xid and ECC events from an NVML event set (application Xids ignored)."""
+        self.start_events()
+        found: dict[int, Finding] = {}
+        try:
+            data = pynvml.nvmlEventSetWait(self._events, int(timeout_s * 1000))
+        except pynvml.NVMLError_Timeout:
+            return found
+        except pynvml.NVMLError as exc:
+            raise VendorError(f"nvmlEventSetWait failed: {exc}") from exc
+        index = self._index_of(data.device)
+        if index is None:
+            return found
+        if data.eventType == pynvml.nvmlEventTypeXidCriticalError:
+            if int(data.eventData) not in APPLICATION_XIDS:
+                found[index] = Finding(CRITICAL, f"Xid {int(data.eventData)} reported by the driver")
+        elif data.eventType == pynvml.nvmlEventTypeDoubleBitEccError:
+            found[index] = Finding(CRITICAL, "double-bit ECC error event")
+        return found
+
+    def _index_of(self, handle: Any) -> int | None:
+        target = ctypes_address(handle)
+        for i, h in enumerate(self._handles):
+            if ctypes_address(h) == target:
+                return i
+        return None
+
+    def close(self) -> None:
+        try:
+            if self._events is not None:
+                pynvml.nvmlEventSetFree(self._events)
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def ctypes_address(handle: Any) -> int:
+    import ctypes
+
+    return ctypes.cast(handle, ctypes.c_void_p).value or 0
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _optional(fn: Any, h: Any, default: Any, *args: Any) -> Any:
+    try:
+        return fn(h, *args)
+    except pynvml.NVMLError as exc:
+        if isinstance(exc, pynvml.NVMLError_GpuIsLost):
+            raise
+        return default

@@ -1,0 +1,277 @@
+"""Which pod gets which devices: the node agent's side of the allocator handshake.
+
+The kubelet's ``Allocate`` carries only device IDs (our slot IDs), never a pod. The allocator (or,
+until it runs, the local best-fit policy) decides devices per pod; an :class:`AssignmentSource`
+hands the node agent the assignments for its node and hears back when one was admitted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from hcs.devices.model import Device, Vendor
+from hcs.quantity import parse_bytes
+
+log = logging.getLogger(__name__)
+
+VRAM_RESOURCE = "ai.compute/vram"
+ASSIGNMENT_ANNOTATION = "hcs.io/assignment"
+
+
+@dataclass(frozen=True)
+class PodRef:
+    uid: str
+    namespace: str
+    name: str
+    created_ms: int = 0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class DeviceGrant:
+    """VRAM (and compute) granted to one container on one physical device."""
+
+    vendor: Vendor
+    index: int
+    uuid: str
+    vram_bytes: int
+    tflops_milli: int = 0
+    model: str = ""
+    island: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.vendor}-{self.index}"
+
+
+@dataclass(frozen=True)
+class ContainerAssignment:
+    container: str
+    devices: tuple[DeviceGrant, ...]
+
+
+@dataclass(frozen=True)
+class Assignment:
+    pod: PodRef
+    containers: tuple[ContainerAssignment, ...]
+    confirmed: bool = False
+
+    def container(self, name: str) -> ContainerAssignment | None:
+        return next((c for c in self.containers if c.container == name), None)
+
+
+class AssignmentSource(Protocol):
+    """Assignments placed on this node. Implementations must be thread-safe and never raise on I/O
+    trouble from ``assignments`` (log and return what is known)."""
+
+    def assignments(self) -> Sequence[Assignment]:
+        """Every assignment on this node, pending and confirmed."""
+        ...
+
+    def confirm(self, pod_uid: str) -> None:
+        """The agent handed this pod's devices to the kubelet."""
+        ...
+
+    def release(self, pod_uid: str) -> None:
+        """The pod is gone from the node."""
+        ...
+
+
+# --- pods waiting for devices (input of the local policy) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodDemand:
+    """A pod on this node that asks for VRAM, per container (bytes)."""
+
+    pod: PodRef
+    containers: tuple[tuple[str, int], ...]
+
+
+PodLister = Callable[[], Sequence[PodDemand]]
+
+
+def demand_from_pod(pod: Mapping[str, Any]) -> PodDemand | None:
+    """A pod (API-server JSON dict) → its VRAM demand, or None when it asks for none / is finished."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
+        return None
+    containers: list[tuple[str, int]] = []
+    for c in spec.get("containers") or []:
+        res = c.get("resources") or {}
+        raw = (res.get("requests") or {}).get(VRAM_RESOURCE) or (res.get("limits") or {}).get(VRAM_RESOURCE)
+        if raw is None:
+            continue
+        try:
+            containers.append((str(c.get("name", "")), parse_bytes(str(raw))))
+        except Exception as exc:  # a bad quantity must not stop the agent
+            log.warning("pod %s/%s container %s: ignoring bad %s %r: %s", meta.get("namespace"),
+                        meta.get("name"), c.get("name"), VRAM_RESOURCE, raw, exc)
+    if not containers:
+        return None
+    return PodDemand(PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")),
+                            str(meta.get("name", "")), _created_ms(meta.get("creationTimestamp"))),
+                     tuple(containers))
+
+
+def _created_ms(value: Any) -> int:
+    if value is None:
+        return 0
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class StaticPodLister:
+    """Pods given by the caller (tests, the bench, a node without an API server)."""
+
+    pods: list[PodDemand] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, demand: PodDemand) -> None:
+        with self._lock:
+            self.pods.append(demand)
+
+    def remove(self, uid: str) -> None:
+        with self._lock:
+            self.pods = [p for p in self.pods if p.pod.uid != uid]
+
+    def __call__(self) -> Sequence[PodDemand]:
+        with self._lock:
+            return list(self.pods)
+
+
+# --- the local policy: best fit on one device ------------------------------------------------------
+
+
+class LocalAssignmentSource:
+    """Stands in for the allocator: each container gets the healthy device whose free VRAM is the
+    smallest that still fits (best fit on one device). Assignments are sticky until the pod leaves
+    the lister; ``seed`` restores what was handed out before an agent restart."""
+
+    def __init__(self, devices: Callable[[], Sequence[Device]], pods: PodLister) -> None:
+        self._devices = devices
+        self._pods = pods
+        self._lock = threading.Lock()
+        self._by_uid: dict[str, Assignment] = {}
+
+    def seed(self, assignments: Iterable[Assignment]) -> None:
+        with self._lock:
+            for a in assignments:
+                self._by_uid[a.pod.uid] = a
+
+    def assignments(self) -> Sequence[Assignment]:
+        try:
+            demands = list(self._pods())
+        except Exception as exc:
+            log.warning("local policy: cannot list pods (%s); using the assignments already made", exc)
+            with self._lock:
+                return list(self._by_uid.values())
+        with self._lock:
+            present = {d.pod.uid for d in demands}
+            for uid in [u for u, a in self._by_uid.items() if u not in present and not a.confirmed]:
+                del self._by_uid[uid]
+            devices = [d for d in self._devices() if d.health.healthy]
+            used = self._used()
+            for demand in sorted(demands, key=lambda d: (d.pod.created_ms, d.pod.uid)):
+                if demand.pod.uid in self._by_uid:
+                    continue
+                placed = self._place(demand, devices, used)
+                if placed is not None:
+                    self._by_uid[demand.pod.uid] = placed
+            return list(self._by_uid.values())
+
+    def _used(self) -> dict[str, int]:
+        used: dict[str, int] = {}
+        for a in self._by_uid.values():
+            for c in a.containers:
+                for g in c.devices:
+                    used[g.key] = used.get(g.key, 0) + g.vram_bytes
+        return used
+
+    @staticmethod
+    def _place(demand: PodDemand, devices: Sequence[Device], used: dict[str, int]) -> Assignment | None:
+        trial = dict(used)
+        out: list[ContainerAssignment] = []
+        for name, vram in demand.containers:
+            fitting = [d for d in devices if d.vram_total_bytes - trial.get(d.key, 0) >= vram]
+            if not fitting:
+                log.info("local policy: pod %s container %s (%d bytes) fits no device", demand.pod.ref, name, vram)
+                return None
+            best = min(fitting, key=lambda d: (d.vram_total_bytes - trial.get(d.key, 0), d.index))
+            trial[best.key] = trial.get(best.key, 0) + vram
+            out.append(ContainerAssignment(name, (DeviceGrant(best.vendor, best.index, best.uuid, vram,
+                                                              model=best.model, island=best.island),)))
+        used.clear()
+        used.update(trial)
+        return Assignment(demand.pod, tuple(out))
+
+    def confirm(self, pod_uid: str) -> None:
+        with self._lock:
+            a = self._by_uid.get(pod_uid)
+            if a is not None:
+                self._by_uid[pod_uid] = replace(a, confirmed=True)
+
+    def release(self, pod_uid: str) -> None:
+        with self._lock:
+            self._by_uid.pop(pod_uid, None)
+
+
+# --- JSON (state files, pod annotation) -----------------------------------------------------------
+
+
+def assignment_to_json(a: Assignment) -> dict[str, Any]:
+    return {
+        "pod": {"uid": a.pod.uid, "namespace": a.pod.namespace, "name": a.pod.name,
+                "creationTimeUnixMs": a.pod.created_ms},
+        "state": "ASSIGNMENT_STATE_CONFIRMED" if a.confirmed else "ASSIGNMENT_STATE_PENDING",
+        "containers": [
+            {"container": c.container,
+             "devices": [{"uuid": g.uuid, "index": g.index, "vendor": str(g.vendor), "model": g.model,
+                          "vramBytes": str(g.vram_bytes), "tflopsMilli": str(g.tflops_milli),
+                          "island": g.island} for g in c.devices]}
+            for c in a.containers
+        ],
+    }
+
+
+def assignment_from_json(data: Mapping[str, Any]) -> Assignment:
+    """Parse the JSON mirror of ``hcs.allocator.v1.Assignment`` (proto3 JSON: camelCase, int64 as
+    strings or numbers). Raises ValueError naming the bad field."""
+    try:
+        pod = data["pod"]
+        ref = PodRef(str(pod["uid"]), str(pod.get("namespace", "")), str(pod.get("name", "")),
+                     int(pod.get("creationTimeUnixMs", 0) or 0))
+        containers = []
+        for c in data.get("containers") or []:
+            grants = tuple(
+                DeviceGrant(Vendor(str(g["vendor"])), int(g.get("index", 0) or 0), str(g.get("uuid", "")),
+                            int(g.get("vramBytes", 0) or 0), int(g.get("tflopsMilli", 0) or 0),
+                            str(g.get("model", "")), str(g.get("island", "")))
+                for g in c.get("devices") or []
+            )
+            containers.append(ContainerAssignment(str(c.get("container", "")), grants))
+        confirmed = data.get("state") in ("ASSIGNMENT_STATE_CONFIRMED", 2)
+        return Assignment(ref, tuple(containers), confirmed)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"assignment JSON: bad or missing field ({exc!r})") from exc
+
+
+def dumps(a: Assignment) -> str:
+    return json.dumps(assignment_to_json(a), separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,119 @@
+"""``hcs node``: run the per-node agent (DaemonSet entry point)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+from typing import Any
+
+from hcs.config import load_config, section
+from hcs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_FLAGS = {
+    # flag -> NodeConfig field
+    "device_plugin_dir": "devicePluginDir",
+    "pod_resources_socket": "podResourcesSocket",
+    "state_dir": "stateDir",
+    "quota_dir": "quotaDir",
+    "shm_dir": "shmDir",
+    "cdi_dir": "cdiDir",
+    "interceptor_dir": "interceptorDir",
+    "metrics_port": "metricsPort",
+    "report_interval": "reportInterval",
+    "assignment_source": "assignmentSource",
+    "allocator_address": "allocatorAddress",
+    "slots_per_device": "slotsPerDevice",
+}
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("node", help="run the node agent (device plugin, ComputeNode, health, metrics)",
+                              description="Run the HCS node agent: kubelet device plugin for the slot "
+                              "resource, ComputeNode reporter, health watch and /metrics.")
+    p.add_argument("--config", help="HCS YAML config file (section `node`)")
+    p.add_argument("--node-name", default=None, help="this node's name (env NODE_NAME, default: hostname)")
+    p.add_argument("--kubeconfig", default=None,
+                   help="kubeconfig for the API server (default: in-cluster, or none outside a cluster)")
+    p.add_argument("--no-api-server", action="store_true",
+                   help="run without the API server (no ComputeNode, local policy only sees no pods)")
+    p.add_argument("--install-crd", action="store_true", help="create/update the ComputeNode CRD first")
+    p.add_argument("--device-plugin-dir", help="kubelet device-plugins dir (/var/lib/kubelet/device-plugins)")
+    p.add_argument("--pod-resources-socket", help="kubelet pod-resources socket")
+    p.add_argument("--state-dir", help="agent state dir (/var/lib/hcs/node)")
+    p.add_argument("--quota-dir", help="host dir for per-container quota files")
+    p.add_argument("--shm-dir", help="host dir for per-pod shared accounting dirs")
+    p.add_argument("--cdi-dir", help="CDI spec dir (/var/run/cdi)")
+    p.add_argument("--interceptor-dir", help="host dir holding libhcs_interceptor.so ('' disables)")
+    p.add_argument("--metrics-port", type=int, help="/metrics port (0 disables)")
+    p.add_argument("--report-interval", type=float, help="ComputeNode report interval, seconds")
+    p.add_argument("--assignment-source", choices=("local", "allocator"), help="who decides devices per pod")
+    p.add_argument("--allocator-address", help="host:port of the allocator gRPC API")
+    p.add_argument("--slots-per-device", type=int, help="slot IDs advertised per physical device")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hcs.devices.health import HealthMonitor
+    from hcs.devices.inventory import discover
+    from hcs.node.agent import NodeAgent
+    from hcs.node.computenode import IslandInfo, install_crd
+    from hcs.node.config import node_config
+
+    raw = load_config(args.config)
+    overrides: dict[str, Any] = {field: getattr(args, flag) for flag, field in _FLAGS.items()}
+    overrides["nodeName"] = args.node_name or os.environ.get("NODE_NAME") or raw.get("node", {}).get(
+        "nodeName") or socket.gethostname()
+    if args.kubeconfig:
+        overrides["kubeconfig"] = args.kubeconfig
+    config = node_config(section(raw, "node", source=args.config or "config"), source=args.config or "config",
+                         **overrides)
+    rest = None
+    if not args.no_api_server:
+        rest = _kube(config.kubeconfig)
+        if rest is not None and args.install_crd:
+            install_crd(rest)
+    inventory = discover()
+    islands = [IslandInfo(i.id, str(i.vendor), str(i.link_type), tuple(i.members), i.min_gbps)
+               for i in inventory.islands]
+    for lib in inventory.libraries:
+        log.info("library %s (%s): %s", lib.library, lib.vendor,
+                 f"{lib.device_count} devices" if lib.loaded else f"not loaded: {lib.error}")
+    health = HealthMonitor(inventory) if inventory.devices else None
+    agent = NodeAgent(config, inventory.devices, islands=islands, health=health, kube=rest).start()
+    done = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    done.wait()
+    agent.stop()
+    return 0
+
+
+def _kube(kubeconfig: str) -> Any:
+    from kubernetes import client, config
+
+    from hcs.node.dra.kube import KubeRest
+
+    try:
+        if kubeconfig:
+            api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            api = client.ApiClient()
+        else:
+            log.warning("no --kubeconfig and not in a cluster: running without the API server")
+            return None
+    except Exception as exc:
+        raise ConfigError(f"kubeconfig {kubeconfig or '(in-cluster)'}: cannot load ({exc}); "
+                          "pass a valid --kubeconfig or --no-api-server") from exc
+    return KubeRest(api)

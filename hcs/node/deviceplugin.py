@@ -1,0 +1,551 @@
+"""The kubelet device plugin (v1beta1) for the slot resource, and the Allocate handshake.
+
+Allocate receives slot IDs only. The agent computes the candidates: assignments for this node that
+are pending (or confirmed with containers still unadmitted) minus containers already holding slots
+according to the kubelet's pod-resources API and the agent's own records.
+
+- one candidate pod      → exact: the response carries the env, device nodes, mounts, quota.
+- several, CDI enabled   → deferred: the response names the CDI device ``<cdiKind>=<slot>``; at
+  PreStartContainer the kubelet's checkpoint (pod-resources List) tells which container owns the
+  slot, and the agent writes that slot's CDI spec (env, devices, mounts, quota) before the runtime
+  reads it at CreateContainer.
+- several, no CDI        → fallback: the oldest-created candidate, logged.
+No node-wide lock: the kubelet admits one pod at a time per node, and the decision needs only the
+kubelet's own view plus the assignment list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+
+from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
+from hcs.api.gen.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
+from hcs.devices.model import Device, Health
+from hcs.node import cdi
+from hcs.node.assignments import Assignment, AssignmentSource, ContainerAssignment, DeviceGrant
+from hcs.node.config import NodeConfig
+from hcs.node.dra.injection import (
+    ContainerEdits,
+    InjectionOptions,
+    QuotaFiles,
+    container_edits,
+    quota_file_text,
+)
+from hcs.node.metrics import NodeMetrics
+from hcs.node.podresources import Holder, PodResourcesClient, PodResourcesError
+from hcs.node.slots import Slot, build_slots
+from hcs.node.state import Allocation, AllocationStore, atomic_write
+
+log = logging.getLogger(__name__)
+
+#: Where the per-container quota file and the pod's shared accounting dir appear in the container.
+CONTAINER_QUOTA_FILE = "/var/run/hcs/quota"
+CONTAINER_SHM_DIR = "/var/run/hcs/shm"
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+#: Records younger than this are never dropped by reconcile (the kubelet checkpoints after Allocate).
+RECONCILE_GRACE_S = 10.0
+
+
+class PluginError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DeviceView:
+    """The node's devices with live health; ``version`` bumps on every change (ListAndWatch)."""
+
+    def __init__(self, devices: Sequence[Device]) -> None:
+        self._cond = threading.Condition()
+        self._devices = {d.key: d for d in devices}
+        self.version = 0
+
+    def devices(self) -> list[Device]:
+        with self._cond:
+            return list(self._devices.values())
+
+    def get(self, key: str) -> Device | None:
+        with self._cond:
+            return self._devices.get(key)
+
+    def set_health(self, key: str, health: Health) -> bool:
+        from dataclasses import replace
+
+        with self._cond:
+            d = self._devices.get(key)
+            if d is None or d.health == health:
+                return False
+            self._devices[key] = replace(d, health=health)
+            self.version += 1
+            self._cond.notify_all()
+            return True
+
+    def wait_change(self, seen: int, timeout_s: float) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self.version != seen, timeout=timeout_s)
+            return self.version
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+@dataclass
+class _Record:
+    alloc: Allocation
+    recorded_at: float
+
+
+class PluginCore:
+    """Everything the device plugin decides; the gRPC servicer is a thin shell around it."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        view: DeviceView,
+        source: AssignmentSource,
+        podres: PodResourcesClient | None,
+        metrics: NodeMetrics,
+        exists: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.config = config
+        self.view = view
+        self.source = source
+        self.podres = podres
+        self.metrics = metrics
+        self.exists = exists or (os.path.exists if config.deviceNodes == "existing" else (lambda _p: True))
+        self.slots: tuple[Slot, ...] = build_slots(view.devices(), config.slotsPerDevice)
+        self._slot_by_id = {s.id: s for s in self.slots}
+        self.store = AllocationStore(Path(config.stateDir) / "allocations")
+        self._lock = threading.RLock()
+        self._records: dict[str, _Record] = {}
+        self._by_slot: dict[str, str] = {}
+        self._confirmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcs-confirm")
+        self.stopped = threading.Event()
+        #: Called (without locks held by the caller's caller) after an allocation is added or dropped.
+        self.on_change: Callable[[], None] = lambda: None
+
+    # ---- records -------------------------------------------------------------------------------
+
+    def allocations(self) -> list[Allocation]:
+        with self._lock:
+            return [r.alloc for r in self._records.values()]
+
+    def _record(self, a: Allocation, persist: bool = True) -> None:
+        with self._lock:
+            if persist:
+                self.store.put(a)
+            self._records[a.id] = _Record(a, time.monotonic())
+            for s in a.slots:
+                self._by_slot[s] = a.id
+        self.on_change()
+
+    def _drop(self, a: Allocation) -> None:
+        with self._lock:
+            self._records.pop(a.id, None)
+            for s in a.slots:
+                if self._by_slot.get(s) == a.id:
+                    del self._by_slot[s]
+                cdi.remove_spec(Path(self.config.cdiDir), self.config.cdiKind, s)
+            self.store.remove(a)
+            remaining = any(r.alloc.pod.uid == a.pod.uid for r in self._records.values())
+        _remove_tree(Path(self.config.quotaDir) / a.pod.uid / a.container)
+        if not remaining:
+            _remove_tree(Path(self.config.quotaDir) / a.pod.uid)
+            _remove_tree(Path(self.config.shmDir) / a.pod.uid)
+            self._confirm_async(self.source.release, a.pod.uid)
+        self.on_change()
+
+    def vram_allocated(self) -> dict[str, tuple[int, int]]:
+        """device key -> (allocated bytes, containers)."""
+        out: dict[str, tuple[int, int]] = {}
+        for a in self.allocations():
+            for g in a.devices:
+                b, n = out.get(g.key, (0, 0))
+                out[g.key] = (b + g.vram_bytes, n + 1)
+        return out
+
+    # ---- kubelet-facing ------------------------------------------------------------------------
+
+    def options(self) -> dp.DevicePluginOptions:
+        return dp.DevicePluginOptions(pre_start_required=True, get_preferred_allocation_available=True)
+
+    def device_list(self) -> dp.ListAndWatchResponse:
+        health = {d.key: d.health.healthy for d in self.view.devices()}
+        out = []
+        for s in self.slots:
+            topo = dp.TopologyInfo(nodes=[dp.NUMANode(ID=s.numa_node)]) if s.numa_node >= 0 else None
+            out.append(dp.Device(ID=s.id, health=HEALTHY if health.get(s.device_key) else UNHEALTHY,
+                                 topology=topo))
+        return dp.ListAndWatchResponse(devices=out)
+
+    def preferred(self, req: dp.PreferredAllocationRequest) -> dp.PreferredAllocationResponse:
+        wanted: set[str] = set()
+        try:
+            cands = self._candidates()
+            if len({a.pod.uid for a, _ in cands}) == 1:
+                wanted = {g.key for g in cands[0][1].devices}
+        except Exception as exc:  # a preference is optional: never fail it
+            log.debug("GetPreferredAllocation: no candidate hint (%s)", exc)
+        resp = dp.PreferredAllocationResponse()
+        for creq in req.container_requests:
+            must = [i for i in creq.must_include_deviceIDs]
+            numa = {self._slot_by_id[i].numa_node for i in must if i in self._slot_by_id}
+            free = [i for i in creq.available_deviceIDs if i not in must and i in self._slot_by_id]
+            free.sort(key=lambda i: (self._slot_by_id[i].device_key not in wanted,
+                                     bool(numa) and self._slot_by_id[i].numa_node not in numa, i))
+            n = max(0, creq.allocation_size - len(must))
+            resp.container_responses.append(dp.ContainerPreferredAllocationResponse(deviceIDs=must + free[:n]))
+        return resp
+
+    def allocate(self, req: dp.AllocateRequest) -> dp.AllocateResponse:
+        resp = dp.AllocateResponse()
+        for creq in req.container_requests:
+            resp.container_responses.append(self._allocate_one(tuple(creq.devices_ids)))
+        return resp
+
+    def _check_slots(self, ids: Sequence[str]) -> None:
+        if not ids:
+            raise PluginError(grpc.StatusCode.INVALID_ARGUMENT, "Allocate: empty device ID list")
+        unknown = [i for i in ids if i not in self._slot_by_id]
+        if unknown:
+            raise PluginError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"unknown {self.config.resourceName} IDs {unknown[:5]}; this node advertises "
+                              f"{self.slots[0].id if self.slots else '-'}..{self.slots[-1].id if self.slots else '-'}")
+        bad = [i for i in ids if not self._device_healthy(self._slot_by_id[i].device_key)]
+        if bad:
+            raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"{self.config.resourceName} IDs {bad[:5]} belong to an unhealthy device; "
+                              "the kubelet should not offer them (ListAndWatch reports them Unhealthy)")
+
+    def _device_healthy(self, key: str) -> bool:
+        d = self.view.get(key)
+        return d is not None and d.health.healthy
+
+    def _allocate_one(self, ids: tuple[str, ...]) -> dp.ContainerAllocateResponse:
+        self._check_slots(ids)
+        with self._lock:
+            held_by = {self._by_slot[i] for i in ids if i in self._by_slot}
+            if held_by:
+                # The kubelet re-allocates slots it already gave out only after it forgot them (e.g. a
+                # pod it killed); our record is stale.
+                for aid in held_by:
+                    rec = self._records.get(aid)
+                    if rec is not None:
+                        log.info("slots %s re-offered by the kubelet; dropping stale allocation of %s/%s",
+                                 ids, rec.alloc.pod.ref, rec.alloc.container)
+                        self._drop(rec.alloc)
+            cands = self._candidates()
+            if not cands:
+                self.metrics.allocate_total.labels("error").inc()
+                raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"no pending HCS assignment on node {self.config.nodeName!r} for slots {list(ids)}: "
+                                  "the pod was not placed by hcs-scheduler, or the assignment source "
+                                  f"({self.config.assignmentSource}) is unreachable; check `hcs alloc explain`")
+            pods = {a.pod.uid for a, _ in cands}
+            if len(pods) == 1:
+                a, c = cands[0]
+                self.metrics.allocate_total.labels("exact").inc()
+                return self._exact(ids, a, c)
+            if self.config.cdiEnabled:
+                slot = sorted(ids)[0]
+                cdi.remove_spec(Path(self.config.cdiDir), self.config.cdiKind, slot)
+                self.metrics.allocate_total.labels("deferred").inc()
+                log.info("Allocate %s: %d candidate pods; resolving at PreStartContainer via CDI %s",
+                         list(ids), len(pods), cdi.qualified_name(self.config.cdiKind, slot))
+                return dp.ContainerAllocateResponse(
+                    cdi_devices=[dp.CDIDevice(name=cdi.qualified_name(self.config.cdiKind, slot))])
+            a, c = min(cands, key=lambda ac: (ac[0].pod.created_ms, ac[0].pod.uid))
+            log.warning("Allocate %s: %d candidate pods and CDI is disabled; assuming the oldest, %s "
+                        "(enable CDI for an exact match)", list(ids), len(pods), a.pod.ref)
+            self.metrics.allocate_total.labels("fallback").inc()
+            return self._exact(ids, a, c)
+
+    def _candidates(self) -> list[tuple[Assignment, ContainerAssignment]]:
+        assignments = self.source.assignments()
+        held: set[tuple[str, str, str]] = set()
+        held_uid: set[tuple[str, str]] = set()
+        with self._lock:
+            for r in self._records.values():
+                held.add((r.alloc.pod.namespace, r.alloc.pod.name, r.alloc.container))
+                held_uid.add((r.alloc.pod.uid, r.alloc.container))
+        if self.podres is not None:
+            try:
+                for h in self.podres.holders(self.config.resourceName):
+                    held.add((h.namespace, h.pod, h.container))
+            except PodResourcesError as exc:
+                log.warning("%s; deciding from the agent's own records", exc)
+        pods_held = {(ns, name) for ns, name, _ in held}
+        out: list[tuple[Assignment, ContainerAssignment]] = []
+        for a in assignments:
+            if a.confirmed and (a.pod.namespace, a.pod.name) not in pods_held:
+                continue
+            for c in a.containers:
+                if (a.pod.namespace, a.pod.name, c.container) in held or (a.pod.uid, c.container) in held_uid:
+                    continue
+                if c.devices:
+                    out.append((a, c))
+        return out
+
+    def _edits(self, a: Assignment, c: ContainerAssignment) -> tuple[ContainerEdits, list[Device]]:
+        devices: list[Device] = []
+        for g in c.devices:
+            d = self.view.get(g.key)
+            if d is None:
+                raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"pod {a.pod.ref} container {c.container}: assigned device {g.key} ({g.uuid}) "
+                                  f"does not exist on node {self.config.nodeName!r}; the allocator's view is stale")
+            if g.uuid and d.uuid != g.uuid:
+                raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"pod {a.pod.ref}: assigned device {g.key} has uuid {g.uuid} but this node's "
+                                  f"{g.key} is {d.uuid}; the allocator's view is stale")
+            if not d.health.healthy:
+                raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"pod {a.pod.ref}: assigned device {g.key} is unhealthy "
+                                  f"({'; '.join(d.health.reasons) or 'score ' + str(d.health.score)})")
+            devices.append(d)
+        quota_dir = Path(self.config.quotaDir) / a.pod.uid / c.container
+        atomic_write(quota_dir / "quota", quota_file_text([g.vram_bytes for g in c.devices]))
+        shm_dir = Path(self.config.shmDir) / a.pod.uid
+        shm_dir.mkdir(parents=True, exist_ok=True)
+        interceptor = self.config.interceptorDir if self.config.interceptorDir and self.exists(
+            self.config.interceptorDir) else ""
+        files = QuotaFiles(str(quota_dir / "quota"), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR)
+        options = InjectionOptions(interceptor_host_dir=interceptor, device_isolation=self.config.deviceIsolation)
+        edits = container_edits(devices, [g.vram_bytes for g in c.devices], files, options)
+        own = {str(quota_dir / "quota"), str(shm_dir)}
+        # Optional host paths (control nodes, driver dirs) that are absent would fail container creation.
+        edits = ContainerEdits(
+            env=edits.env,
+            device_nodes=tuple(n for n in edits.device_nodes if self.exists(n.source)),
+            mounts=tuple(m for m in edits.mounts if m.host_path in own or m.host_path == interceptor
+                         or self.exists(m.host_path)),
+        )
+        return edits, devices
+
+    def _exact(self, ids: tuple[str, ...], a: Assignment, c: ContainerAssignment) -> dp.ContainerAllocateResponse:
+        edits, _ = self._edits(a, c)
+        self._record(Allocation(a.pod, c.container, ids, c.devices))
+        self._confirm_async(self.source.confirm, a.pod.uid)
+        log.info("Allocate %s -> %s container %s: %s", list(ids), a.pod.ref, c.container,
+                 ", ".join(f"{g.key} {g.vram_bytes}B" for g in c.devices))
+        return dp.ContainerAllocateResponse(
+            envs=edits.env_dict(),
+            mounts=[dp.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
+                    for m in edits.mounts],
+            devices=[dp.DeviceSpec(container_path=n.path, host_path=n.source, permissions=n.permissions)
+                     for n in edits.device_nodes],
+            annotations=_annotations(a, c),
+        )
+
+    def prestart(self, req: dp.PreStartContainerRequest) -> dp.PreStartContainerResponse:
+        ids = tuple(req.devices_ids)
+        self._check_slots(ids)
+        with self._lock:
+            aid = next((self._by_slot[i] for i in ids if i in self._by_slot), None)
+            rec = self._records.get(aid) if aid else None
+        owner = self._owner(ids, required=rec is None)
+        if rec is not None:
+            if owner is not None and (owner.namespace, owner.pod, owner.container) != (
+                    rec.alloc.pod.namespace, rec.alloc.pod.name, rec.alloc.container):
+                raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"slots {list(ids)} were handed to {rec.alloc.pod.ref}/{rec.alloc.container} at "
+                                  f"Allocate but the kubelet gave them to {owner.namespace}/{owner.pod}/"
+                                  f"{owner.container}; refusing to start it with another pod's devices "
+                                  "(was a pod with ai.compute/slot admitted without an HCS assignment?)")
+            return dp.PreStartContainerResponse()
+        assert owner is not None
+        with self._lock:
+            match = [(a, c) for a in self.source.assignments() if (a.pod.namespace, a.pod.name) == (
+                owner.namespace, owner.pod) for c in a.containers if c.container == owner.container]
+            if not match:
+                raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"container {owner.namespace}/{owner.pod}/{owner.container} holds slots "
+                                  f"{list(ids)} but has no HCS assignment on node {self.config.nodeName!r}")
+            a, c = match[0]
+            edits, _ = self._edits(a, c)
+            slot = sorted(ids)[0]
+            cdi.write_spec(Path(self.config.cdiDir), self.config.cdiKind, slot, edits, {})
+            self._record(Allocation(a.pod, c.container, ids, c.devices))
+        self._confirm_async(self.source.confirm, a.pod.uid)
+        log.info("PreStartContainer %s -> %s container %s (CDI %s)", list(ids), a.pod.ref, c.container,
+                 cdi.qualified_name(self.config.cdiKind, slot))
+        return dp.PreStartContainerResponse()
+
+    def _owner(self, ids: Sequence[str], required: bool) -> Holder | None:
+        if self.podres is None:
+            if required:
+                raise PluginError(grpc.StatusCode.UNAVAILABLE,
+                                  "PreStartContainer needs the kubelet pod-resources API to resolve slots "
+                                  f"{list(ids)}; set node.podResourcesSocket")
+            return None
+        try:
+            holders = self.podres.holders(self.config.resourceName)
+        except PodResourcesError as exc:
+            if required:
+                raise PluginError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+            log.warning("%s; cannot verify slots %s", exc, list(ids))
+            return None
+        want = set(ids)
+        owner = next((h for h in holders if want & set(h.device_ids)), None)
+        if owner is None and required:
+            raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"the kubelet's pod-resources API shows no container holding slots {list(ids)}")
+        return owner
+
+    def _confirm_async(self, fn: Callable[[str], None], uid: str) -> None:
+        def run() -> None:
+            try:
+                fn(uid)
+            except Exception as exc:
+                log.warning("assignment source: %s(%s) failed: %s", getattr(fn, "__name__", fn), uid, exc)
+
+        if not self.stopped.is_set():
+            with contextlib.suppress(RuntimeError):
+                self._confirmer.submit(run)
+
+    # ---- recovery / garbage collection ---------------------------------------------------------
+
+    def recover(self) -> list[Allocation]:
+        """Load records, rebuild what is missing from the kubelet + assignment source; returns them."""
+        loaded, corrupt = self.store.load()
+        for old in loaded:
+            if all(s in self._slot_by_id for s in old.slots):
+                self._record(old, persist=False)
+            else:
+                log.warning("state: allocation of %s/%s names unknown slots %s; dropping it",
+                            old.pod.ref, old.container, old.slots)
+                self.store.remove(old)
+        if self.podres is None:
+            return self.allocations()
+        try:
+            holders = self.podres.holders(self.config.resourceName)
+        except PodResourcesError as exc:
+            log.warning("recovery: %s; keeping %d allocations from the state dir", exc, len(loaded))
+            return self.allocations()
+        with self._lock:
+            known = set(self._by_slot)
+        missing = [h for h in holders if not set(h.device_ids) & known]
+        if missing:
+            assignments = self.source.assignments()
+            for h in missing:
+                a = next((x for x in assignments if (x.pod.namespace, x.pod.name) == (h.namespace, h.pod)), None)
+                c = a.container(h.container) if a else None
+                if a is None or c is None:
+                    log.error("recovery: %s/%s container %s holds slots %s but no assignment is known for it; "
+                              "its devices cannot be accounted (corrupt=%d files)", h.namespace, h.pod,
+                              h.container, list(h.device_ids), len(corrupt))
+                    continue
+                rebuilt = Allocation(a.pod, h.container, h.device_ids, c.devices)
+                self._record(rebuilt)
+                log.info("recovery: rebuilt allocation of %s/%s from the kubelet and the assignment source",
+                         a.pod.ref, h.container)
+        return self.allocations()
+
+    def reconcile(self) -> int:
+        """Drop allocations whose slots the kubelet no longer lists (pod gone). Returns how many."""
+        if self.podres is None:
+            return 0
+        try:
+            holders = self.podres.holders(self.config.resourceName)
+        except PodResourcesError as exc:
+            log.debug("reconcile skipped: %s", exc)
+            return 0
+        held = {i for h in holders for i in h.device_ids}
+        now = time.monotonic()
+        dropped = 0
+        with self._lock:
+            stale = [r.alloc for r in self._records.values()
+                     if now - r.recorded_at > RECONCILE_GRACE_S and not set(r.alloc.slots) & held]
+            for a in stale:
+                log.info("pod %s container %s no longer holds slots %s; releasing", a.pod.ref, a.container, a.slots)
+                self._drop(a)
+                dropped += 1
+        return dropped
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.view.wake()
+        self._confirmer.shutdown(wait=False, cancel_futures=True)
+
+
+def _annotations(a: Assignment, c: ContainerAssignment) -> dict[str, str]:
+    return {"hcs.io/pod": a.pod.ref, "hcs.io/devices": ",".join(g.key for g in c.devices)}
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def grants_for(devices: Sequence[Device], vram: Sequence[int]) -> tuple[DeviceGrant, ...]:
+    return tuple(DeviceGrant(d.vendor, d.index, d.uuid, v, model=d.model, island=d.island)
+                 for d, v in zip(devices, vram, strict=True))
+
+
+class DevicePluginServicer(dp_grpc.DevicePluginServicer):
+    """gRPC shell: metrics, error mapping; never lets an exception escape as a crash."""
+
+    def __init__(self, core: PluginCore) -> None:
+        self.core = core
+
+    def _call(self, method: str, fn: Callable[[], Any], context: grpc.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return fn()
+        except PluginError as exc:
+            code = exc.code.name
+            log.warning("%s: %s", method, exc)
+            context.abort(exc.code, str(exc))
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortError":
+                raise
+            code = "INTERNAL"
+            log.exception("%s failed", method)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc}")
+        finally:
+            self.core.metrics.grpc_latency.labels(method, code).observe(time.perf_counter() - start)
+
+    def GetDevicePluginOptions(self, request: dp.Empty, context: grpc.ServicerContext) -> dp.DevicePluginOptions:
+        out = self._call("GetDevicePluginOptions", self.core.options, context)
+        return cast(dp.DevicePluginOptions, out)
+
+    def ListAndWatch(self, request: dp.Empty, context: grpc.ServicerContext) -> Iterator[dp.ListAndWatchResponse]:
+        view = self.core.view
+        context.add_callback(view.wake)
+        seen = view.version
+        yield self.core.device_list()
+        while context.is_active() and not self.core.stopped.is_set():
+            now = view.wait_change(seen, 1.0)
+            if now != seen and context.is_active():
+                seen = now
+                yield self.core.device_list()
+
+    def GetPreferredAllocation(self, request: dp.PreferredAllocationRequest,
+                               context: grpc.ServicerContext) -> dp.PreferredAllocationResponse:
+        out = self._call("GetPreferredAllocation", lambda: self.core.preferred(request), context)
+        return cast(dp.PreferredAllocationResponse, out)
+
+    def Allocate(self, request: dp.AllocateRequest, context: grpc.ServicerContext) -> dp.AllocateResponse:
+        out = self._call("Allocate", lambda: self.core.allocate(request), context)
+        return cast(dp.AllocateResponse, out)
+
+    def PreStartContainer(self, request: dp.PreStartContainerRequest,
+                          context: grpc.ServicerContext) -> dp.PreStartContainerResponse:
+        out = self._call("PreStartContainer", lambda: self.core.prestart(request), context)
+        return cast(dp.PreStartContainerResponse, out)

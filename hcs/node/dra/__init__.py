@@ -1,0 +1,1 @@
+"""DRA (Dynamic Resource Allocation) driver: kubelet plugin, ResourceSlices, CDI specs, health."""

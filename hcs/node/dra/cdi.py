@@ -1,0 +1,183 @@
+"""CDI spec files (container-device-interface SPEC.md): one transient spec per prepared claim.
+
+The spec declares the minimum ``cdiVersion`` its features need (loaders reject specs that use a
+feature newer than the declared version). Files are written atomically (hidden temp + rename), so
+the runtime never reads half a spec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hcs.node.dra.injection import ContainerEdits
+
+#: annotation on each spec: the claim it belongs to (lets us rebuild a lost checkpoint)
+CLAIM_ANNOTATION = "hcs.io/claim"
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+_VERSIONS = ("0.3.0", "0.4.0", "0.5.0", "0.6.0")
+
+
+@dataclass(frozen=True)
+class CdiDevice:
+    name: str
+    edits: ContainerEdits
+
+
+def spec_file_name(vendor: str, cls: str, claim_uid: str) -> str:
+    """The transient spec name the Go CDI library would generate: ``<vendor>-<class>_<uid>.json``."""
+    return f"{vendor}-{cls}_{claim_uid}.json"
+
+
+def qualified_name(kind: str, device: str) -> str:
+    return f"{kind}={device}"
+
+
+def _edits_json(edits: ContainerEdits) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if edits.env:
+        out["env"] = edits.env_list()
+    if edits.device_nodes:
+        nodes = []
+        for n in edits.device_nodes:
+            node: dict[str, Any] = {"path": n.path, "permissions": n.permissions}
+            if n.host_path and n.host_path != n.path:
+                node["hostPath"] = n.host_path
+            nodes.append(node)
+        out["deviceNodes"] = nodes
+    if edits.mounts:
+        out["mounts"] = [
+            {
+                "hostPath": m.host_path,
+                "containerPath": m.container_path,
+                "type": "bind",
+                "options": ["ro", "nosuid", "nodev", "bind"] if m.read_only else ["rw", "nosuid", "nodev", "bind"],
+            }
+            for m in edits.mounts
+        ]
+    return out
+
+
+def minimum_version(spec: Mapping[str, Any]) -> str:
+    """The lowest cdiVersion that has every feature ``spec`` uses."""
+    need = 0
+    if spec.get("annotations") or any(d.get("annotations") for d in spec.get("devices", [])):
+        need = max(need, 3)
+    kind_class = str(spec.get("kind", "")).partition("/")[2]
+    if "." in kind_class:
+        need = max(need, 3)
+    for dev in spec.get("devices", []):
+        if dev["name"][:1].isdigit():
+            need = max(need, 2)
+        edits = dev.get("containerEdits", {})
+        if any("hostPath" in n for n in edits.get("deviceNodes", [])):
+            need = max(need, 2)
+        if any("type" in m for m in edits.get("mounts", [])):
+            need = max(need, 1)
+    return _VERSIONS[need]
+
+
+def build_spec(kind: str, devices: Sequence[CdiDevice], annotations: Mapping[str, str]) -> dict[str, Any]:
+    if not devices:
+        raise ValueError("a CDI spec needs at least one device")
+    for d in devices:
+        if not _NAME_OK.match(d.name):
+            raise ValueError(f"CDI device name {d.name!r} has characters outside [A-Za-z0-9_.:-]")
+    spec: dict[str, Any] = {
+        "cdiVersion": "",
+        "kind": kind,
+        "annotations": dict(annotations),
+        "devices": [{"name": d.name, "containerEdits": _edits_json(d.edits)} for d in devices],
+    }
+    spec["cdiVersion"] = minimum_version(spec)
+    return spec
+
+
+def write_atomic(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a hidden temp file in the same directory and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_spec(cdi_dir: Path, file_name: str, spec: Mapping[str, Any]) -> Path:
+    path = cdi_dir / file_name
+    write_atomic(path, json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
+    return path
+
+
+def remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def our_specs(cdi_dir: Path, vendor: str, cls: str) -> Iterable[Path]:
+    """Spec files in ``cdi_dir`` that this driver wrote (by file-name prefix)."""
+    prefix = f"{vendor}-{cls}_"
+    try:
+        entries = list(cdi_dir.iterdir())
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in entries if p.name.startswith(prefix) and p.suffix == ".json")
+
+
+def validate_spec(spec: Mapping[str, Any]) -> list[str]:
+    """Structural checks a CDI loader makes; returns problems (empty = valid). Used by tests/tools."""
+    problems: list[str] = []
+    allowed_top = {"cdiVersion", "kind", "annotations", "devices", "containerEdits"}
+    for k in spec:
+        if k not in allowed_top:
+            problems.append(f"unknown top-level field {k!r}")
+    version = spec.get("cdiVersion")
+    if version not in (*_VERSIONS, "0.7.0", "0.8.0", "1.0.0", "1.1.0"):
+        problems.append(f"cdiVersion {version!r} is not a known version")
+    elif version != minimum_version(spec):
+        problems.append(f"cdiVersion {version} is not the minimum required {minimum_version(spec)}")
+    kind = str(spec.get("kind", ""))
+    vendor, _, cls = kind.partition("/")
+    if not vendor or not cls or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", cls):
+        problems.append(f"kind {kind!r} is not '<vendor>/<class>'")
+    devices = spec.get("devices") or []
+    if not devices:
+        problems.append("no devices")
+    names = set()
+    edit_keys = {"env", "deviceNodes", "mounts", "hooks", "additionalGIDs", "intelRdt", "netDevices"}
+    for d in devices:
+        name = d.get("name", "")
+        if not _NAME_OK.match(name):
+            problems.append(f"device name {name!r} is invalid")
+        if name in names:
+            problems.append(f"device name {name!r} repeated")
+        names.add(name)
+        edits = d.get("containerEdits", {})
+        for k in edits:
+            if k not in edit_keys:
+                problems.append(f"device {name}: unknown containerEdits field {k!r}")
+        for e in edits.get("env", []):
+            if "=" not in e:
+                problems.append(f"device {name}: env entry {e!r} is not KEY=VALUE")
+        for n in edits.get("deviceNodes", []):
+            if not str(n.get("path", "")).startswith("/"):
+                problems.append(f"device {name}: device node path {n.get('path')!r} is not absolute")
+        for m in edits.get("mounts", []):
+            if not str(m.get("hostPath", "")).startswith("/") or not str(m.get("containerPath", "")).startswith("/"):
+                problems.append(f"device {name}: mount {m} needs absolute hostPath and containerPath")
+    return problems

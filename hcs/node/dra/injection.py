@@ -1,0 +1,177 @@
+"""Vendor runtime injection: which env, device nodes and mounts a container needs for its devices.
+
+One table for both request paths (device plugin ``Allocate`` and DRA CDI specs). It is a pure
+function of the devices, their in-container order and the per-device VRAM quota; the callers do
+the I/O (writing the quota file, checking host paths exist, building CDI or gRPC messages).
+
+Visible-device numbering. ``*_VISIBLE_DEVICES`` selects devices *inside* the container. With real
+hardware the container only gets its own device nodes, so the vendor runtime renumbers the
+devices it can open as 0..k-1 (``device_isolation=True``, the default). The simulated drivers
+ignore device nodes and see every device of the node profile, so for them the selection must use
+host indices (``device_isolation=False``). NVIDIA uses UUIDs, which are right either way.
+The quota file is always indexed by the in-container ordinal (position in ``devices``), which is
+what the application sees in both cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from hcs.devices.model import Device, Vendor
+
+#: Where the interceptor library and the quota file appear inside the container.
+INTERCEPTOR_LIB = "libhcs_interceptor.so"
+CONTAINER_INTERCEPTOR_DIR = "/usr/local/hcs/lib"
+CONTAINER_STATE_DIR = "/var/run/hcs"
+
+ASCEND_DRIVER_ROOT = "/usr/local/Ascend/driver"
+HYGON_HAL_DIR = "/opt/hyhal"
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    """A device node to create in the container (same path as on the host unless ``host_path``)."""
+
+    path: str
+    host_path: str = ""
+    permissions: str = "rw"
+
+    @property
+    def source(self) -> str:
+        return self.host_path or self.path
+
+
+@dataclass(frozen=True)
+class Mount:
+    host_path: str
+    container_path: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerEdits:
+    """Edits for one container; ``env`` keeps insertion order (deterministic CDI specs)."""
+
+    env: tuple[tuple[str, str], ...] = ()
+    device_nodes: tuple[DeviceNode, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def env_list(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.env]
+
+
+@dataclass(frozen=True)
+class InjectionOptions:
+    """Node-level choices; defaults fit a real node with the HCS interceptor installed."""
+
+    #: Host directory holding libhcs_interceptor.so ("" disables the interceptor preload).
+    interceptor_host_dir: str = "/usr/local/hcs/lib"
+    #: True when device nodes isolate devices (real hardware); False for the simulated drivers.
+    device_isolation: bool = True
+
+
+@dataclass(frozen=True)
+class QuotaFiles:
+    """Host and container path of the quota file and the shared accounting directory."""
+
+    quota_host_path: str
+    quota_container_path: str
+    shm_host_dir: str = ""
+    shm_container_dir: str = ""
+
+
+def quota_file_text(quotas: Sequence[int]) -> str:
+    """The interceptor's quota file: one line ``<in-container index> <bytes>`` per device."""
+    return "".join(f"{i} {int(q)}\n" for i, q in enumerate(quotas))
+
+
+def _selection(devices: Sequence[Device], isolation: bool) -> str:
+    if isolation:
+        return ",".join(str(i) for i in range(len(devices)))
+    return ",".join(str(d.index) for d in devices)
+
+
+def _nodes(paths: Sequence[str]) -> tuple[DeviceNode, ...]:
+    seen: dict[str, DeviceNode] = {}
+    for p in paths:
+        seen.setdefault(p, DeviceNode(path=p))
+    return tuple(seen.values())
+
+
+def _vendor_edits(vendor: Vendor, devices: Sequence[Device], isolation: bool) -> ContainerEdits:
+    own = [n for d in devices for n in d.device_nodes]
+    host_ids = ",".join(str(d.index) for d in devices)
+    sel = _selection(devices, isolation)
+    if vendor is Vendor.NVIDIA:
+        uuids = ",".join(d.uuid for d in devices)
+        return ContainerEdits(
+            env=(("NVIDIA_VISIBLE_DEVICES", uuids), ("CUDA_VISIBLE_DEVICES", uuids)),
+            device_nodes=_nodes([*own, "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]),
+        )
+    if vendor is Vendor.ASCEND:
+        return ContainerEdits(
+            env=(
+                ("ASCEND_VISIBLE_DEVICES", host_ids),  # physical ids, for the Ascend docker runtime
+                ("ASCEND_RT_VISIBLE_DEVICES", sel),
+                ("LD_LIBRARY_PATH", f"{ASCEND_DRIVER_ROOT}/lib64:{ASCEND_DRIVER_ROOT}/lib64/driver"),
+            ),
+            device_nodes=_nodes([*own, "/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]),
+            mounts=(
+                Mount(ASCEND_DRIVER_ROOT, ASCEND_DRIVER_ROOT),
+                Mount("/usr/local/dcmi", "/usr/local/dcmi"),
+                Mount("/usr/local/bin/npu-smi", "/usr/local/bin/npu-smi"),
+            ),
+        )
+    if vendor is Vendor.HYGON:
+        return ContainerEdits(
+            env=(("HIP_VISIBLE_DEVICES", sel),),
+            device_nodes=_nodes(["/dev/kfd", "/dev/mkfd", *own]),
+            mounts=(Mount(HYGON_HAL_DIR, HYGON_HAL_DIR),),
+        )
+    # Cambricon
+    return ContainerEdits(
+        env=(("MLU_VISIBLE_DEVICES", sel),),
+        device_nodes=_nodes([*own, "/dev/cambricon_ctl"]),
+        mounts=(Mount("/usr/bin/cnmon", "/usr/bin/cnmon"),),
+    )
+
+
+def container_edits(
+    devices: Sequence[Device],
+    quotas: Sequence[int],
+    files: QuotaFiles | None,
+    options: InjectionOptions = InjectionOptions(),
+    extra_env: Mapping[str, str] | None = None,
+) -> ContainerEdits:
+    """Edits that give a container ``devices`` (in this order) limited to ``quotas`` bytes each.
+
+    All devices must be of one vendor (a claim request or a device-plugin allocation never mixes
+    vendors). ``files`` is None when no quota is enforced (no interceptor env, no mounts).
+    """
+    if not devices:
+        return ContainerEdits()
+    vendors = {d.vendor for d in devices}
+    if len(vendors) != 1:
+        names = ", ".join(sorted(d.key for d in devices))
+        raise ValueError(f"devices {names} mix vendors; one container request takes one vendor's devices")
+    if len(quotas) != len(devices):
+        raise ValueError(f"{len(quotas)} quotas for {len(devices)} devices")
+    base = _vendor_edits(devices[0].vendor, devices, options.device_isolation)
+    env = list(base.env)
+    mounts = list(base.mounts)
+    if files is not None:
+        env.append(("HCS_QUOTA_FILE", files.quota_container_path))
+        mounts.append(Mount(files.quota_host_path, files.quota_container_path, read_only=True))
+        if files.shm_host_dir:
+            env.append(("HCS_SHM_DIR", files.shm_container_dir))
+            mounts.append(Mount(files.shm_host_dir, files.shm_container_dir, read_only=False))
+        if options.interceptor_host_dir:
+            env.append(("LD_PRELOAD", f"{CONTAINER_INTERCEPTOR_DIR}/{INTERCEPTOR_LIB}"))
+            mounts.append(Mount(options.interceptor_host_dir, CONTAINER_INTERCEPTOR_DIR, read_only=True))
+    for k, v in (extra_env or {}).items():
+        env.append((k, v))
+    return ContainerEdits(env=tuple(env), device_nodes=base.device_nodes, mounts=tuple(mounts))

@@ -1,0 +1,368 @@
+"""Prepare/unprepare of ResourceClaims: claim checks, quota files, CDI specs and the checkpoint.
+
+Transport-free (the gRPC servicers in plugin.py call it). Calls are serialized by the caller.
+Every claim gets an outcome; a bad claim never affects the others in the same call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from hcs.devices.model import Device
+from hcs.errors import QuantityError
+from hcs.node.dra import cdi
+from hcs.node.dra import checkpoint as ckpt
+from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
+from hcs.node.dra.config import DraConfig
+from hcs.node.dra.injection import (
+    CONTAINER_STATE_DIR,
+    ContainerEdits,
+    InjectionOptions,
+    QuotaFiles,
+    container_edits,
+    quota_file_text,
+)
+from hcs.node.dra.kube import KubeError
+from hcs.node.dra.slices import CAPACITY_MEMORY, PublishedDevice
+from hcs.quantity import parse_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClaimRef:
+    namespace: str
+    uid: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name} (uid {self.uid})"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    devices: tuple[PreparedDevice, ...] = ()
+    error: str = ""
+
+
+class ClaimSource(Protocol):
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
+        """The ResourceClaim as the API returns it (camelCase JSON); KubeError on failure."""
+
+
+class PrepareError(Exception):
+    pass
+
+
+def _base_request(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+class ClaimState:
+    """The node's prepared claims. Not thread-safe: the plugin serializes calls."""
+
+    def __init__(
+        self,
+        cfg: DraConfig,
+        source: ClaimSource,
+        devices: Callable[[], Mapping[str, PublishedDevice]],
+        *,
+        path_exists: Callable[[str], bool] | None = None,
+        on_prepared: Callable[[dict[str, Any], Sequence[PreparedDevice]], None] | None = None,
+        fetch_workers: int = 8,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.devices = devices
+        self.path_exists = path_exists or (lambda p: Path(p).exists())
+        self.on_prepared = on_prepared
+        self.data_dir = cfg.data_dir
+        self.cdi_dir = Path(cfg.cdi_dir)
+        self.checkpoint_path = self.data_dir / "checkpoint.json"
+        self.claims_dir = self.data_dir / "claims"
+        self.claims: dict[str, ClaimEntry] = {}
+        self._pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="dra-fetch")
+        self.options = InjectionOptions(
+            interceptor_host_dir=cfg.interceptor_host_dir, device_isolation=cfg.device_isolation
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --------------------------------------------------------------- recovery
+    def recover(self) -> list[str]:
+        """Load the checkpoint (rebuild it from CDI specs when corrupt) and remove leftovers.
+
+        Returns human-readable notes of what was repaired (also logged).
+        """
+        notes: list[str] = []
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.claims = ckpt.load(self.checkpoint_path)
+        except ckpt.CheckpointCorrupt as exc:
+            moved = ckpt.quarantine(self.checkpoint_path)
+            self.claims = self._rebuild_from_cdi()
+            notes.append(f"checkpoint corrupt ({exc}); moved to {moved}, rebuilt {len(self.claims)} claim(s) "
+                         "from CDI specs")
+        for uid, entry in list(self.claims.items()):
+            if entry.state != ckpt.COMPLETED:
+                self._remove_files(entry)
+                del self.claims[uid]
+                notes.append(f"claim {entry.namespace}/{entry.name} was mid-prepare at the last stop; cleaned up")
+        known_specs = {e.cdi_spec for e in self.claims.values()}
+        for spec in cdi.our_specs(self.cdi_dir, self.cfg.cdi_vendor, "device"):
+            if str(spec) not in known_specs:
+                cdi.remove(spec)
+                notes.append(f"removed leaked CDI spec {spec}")
+        known_dirs = {e.claim_dir for e in self.claims.values()}
+        if self.claims_dir.is_dir():
+            for d in self.claims_dir.iterdir():
+                if str(d) not in known_dirs:
+                    shutil.rmtree(d, ignore_errors=True)
+                    notes.append(f"removed leaked claim dir {d}")
+        ckpt.save(self.checkpoint_path, self.claims)
+        for n in notes:
+            log.warning("%s", n)
+        return notes
+
+    def _rebuild_from_cdi(self) -> dict[str, ClaimEntry]:
+        out: dict[str, ClaimEntry] = {}
+        for spec in cdi.our_specs(self.cdi_dir, self.cfg.cdi_vendor, "device"):
+            try:
+                data = json.loads(spec.read_text())
+                entry = ClaimEntry.from_json(json.loads(data["annotations"][cdi.CLAIM_ANNOTATION]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("CDI spec %s is unreadable (%s); removing it", spec, exc)
+                cdi.remove(spec)
+                continue
+            out[entry.uid] = replace(entry, state=ckpt.COMPLETED, cdi_spec=str(spec))
+        return out
+
+    # ---------------------------------------------------------------- prepare
+    def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, Outcome]:
+        out: dict[str, Outcome] = {}
+        todo: dict[str, ClaimRef] = {}
+        for ref in refs:
+            entry = self.claims.get(ref.uid)
+            if entry is not None and entry.state == ckpt.COMPLETED:
+                out[ref.uid] = Outcome(devices=entry.devices)  # idempotent repeat
+            else:
+                todo.setdefault(ref.uid, ref)
+        if not todo:
+            return out
+        fetched = self._fetch(list(todo.values()))
+        plans: list[tuple[ClaimRef, dict[str, Any], _Plan]] = []
+        for ref in todo.values():
+            obj = fetched[ref.uid]
+            try:
+                if isinstance(obj, str):
+                    raise PrepareError(obj)
+                plans.append((ref, obj, self._plan(ref, obj)))
+            except PrepareError as exc:
+                log.warning("prepare %s: %s", ref, exc)
+                out[ref.uid] = Outcome(error=str(exc))
+        if not plans:
+            return out
+        # 1. record intent, 2. write files, 3. record completion (a crash between leaves a cleanup record)
+        for ref, _, plan in plans:
+            self.claims[ref.uid] = plan.entry(ckpt.STARTED)
+        ckpt.save(self.checkpoint_path, self.claims, durable=False)
+        done: list[tuple[dict[str, Any], _Plan]] = []
+        for ref, obj, plan in plans:
+            try:
+                self._write(plan)
+                self.claims[ref.uid] = plan.entry(ckpt.COMPLETED)
+                out[ref.uid] = Outcome(devices=plan.devices)
+                done.append((obj, plan))
+            except (OSError, ValueError) as exc:
+                log.error("prepare %s: writing files failed: %s", ref, exc)
+                self._remove_files(plan.entry(ckpt.STARTED))
+                del self.claims[ref.uid]
+                out[ref.uid] = Outcome(error=f"claim {ref}: writing the CDI spec or quota file failed: {exc}")
+        ckpt.save(self.checkpoint_path, self.claims)
+        if self.on_prepared is not None:
+            for obj, plan in done:
+                self.on_prepared(obj, plan.devices)
+        return out
+
+    def _fetch(self, refs: Sequence[ClaimRef]) -> dict[str, dict[str, Any] | str]:
+        def one(ref: ClaimRef) -> dict[str, Any] | str:
+            try:
+                return self.source.get_claim(ref.namespace, ref.name)
+            except KubeError as exc:
+                if exc.status == 404:
+                    return f"ResourceClaim {ref.namespace}/{ref.name} not found: it was deleted; nothing to prepare"
+                return (f"cannot read ResourceClaim {ref.namespace}/{ref.name} from the API server ({exc}); "
+                        "the kubelet will retry")
+
+        if len(refs) == 1:
+            return {refs[0].uid: one(refs[0])}
+        return dict(zip([r.uid for r in refs], self._pool.map(one, refs), strict=True))
+
+    def _plan(self, ref: ClaimRef, obj: dict[str, Any]) -> _Plan:
+        meta = obj.get("metadata") or {}
+        if meta.get("uid") != ref.uid:
+            raise PrepareError(
+                f"ResourceClaim {ref.namespace}/{ref.name} has UID {meta.get('uid')}, the kubelet asked for "
+                f"{ref.uid}: the claim was deleted and re-created; the kubelet will retry with the new claim"
+            )
+        allocation = (obj.get("status") or {}).get("allocation")
+        if not allocation:
+            raise PrepareError(f"ResourceClaim {ref} is not allocated (status.allocation is empty)")
+        results = [r for r in (allocation.get("devices") or {}).get("results") or []
+                   if r.get("driver") == self.cfg.driver_name]
+        if not results:
+            raise PrepareError(f"ResourceClaim {ref} has no devices allocated by driver {self.cfg.driver_name}")
+        published = self.devices()
+        by_request: dict[str, list[tuple[dict[str, Any], PublishedDevice]]] = {}
+        for r in results:
+            pool, name = r.get("pool", ""), r.get("device", "")
+            if pool != self.cfg.node_name:
+                raise PrepareError(
+                    f"ResourceClaim {ref}: device {pool}/{name} belongs to pool {pool!r}, not to this node "
+                    f"{self.cfg.node_name!r}; the claim was allocated for another node"
+                )
+            pub = published.get(name)
+            if pub is None:
+                raise PrepareError(
+                    f"ResourceClaim {ref}: device {name!r} is not a device of driver {self.cfg.driver_name} on "
+                    f"node {self.cfg.node_name} (known: {', '.join(sorted(published)) or 'none'})"
+                )
+            by_request.setdefault(_base_request(str(r.get("request", ""))), []).append((r, pub))
+        claim_dir = self.claims_dir / ref.uid
+        cdi_devices: list[cdi.CdiDevice] = []
+        files: dict[Path, str] = {}
+        dirs: list[Path] = []
+        prepared: list[PreparedDevice] = []
+        for req, items in by_request.items():
+            devs: list[Device] = []
+            quotas: list[int] = []
+            for r, pub in items:
+                consumed = (r.get("consumedCapacity") or {}).get(CAPACITY_MEMORY)
+                try:
+                    quota = parse_bytes(consumed, field="consumedCapacity.memory") if consumed else pub.memory_bytes
+                except QuantityError as exc:
+                    raise PrepareError(f"ResourceClaim {ref}: {exc}") from exc
+                devs.append(pub.device)
+                quotas.append(min(quota, pub.device.vram_total_bytes))
+            cdi_name = f"{ref.uid}-{req}"
+            quota_host = claim_dir / f"quota-{req}"
+            shm_host = claim_dir / f"shm-{req}"
+            qf = QuotaFiles(
+                quota_host_path=str(quota_host),
+                quota_container_path=f"{CONTAINER_STATE_DIR}/quota",
+                shm_host_dir=str(shm_host),
+                shm_container_dir=f"{CONTAINER_STATE_DIR}/shm",
+            )
+            try:
+                edits = container_edits(
+                    devs, quotas, qf, self.options,
+                    extra_env={"HCS_CLAIM": f"{ref.namespace}/{ref.name}",
+                               "HCS_DEVICES": ",".join(d.key for d in devs)},
+                )
+            except ValueError as exc:
+                raise PrepareError(f"ResourceClaim {ref} request {req!r}: {exc}") from exc
+            cdi_devices.append(cdi.CdiDevice(cdi_name, self._existing_only(edits, {str(quota_host), str(shm_host)})))
+            files[quota_host] = quota_file_text(quotas)
+            dirs.append(shm_host)
+            qualified = cdi.qualified_name(self.cfg.cdi_kind, cdi_name)
+            for i, (r, pub) in enumerate(items):
+                prepared.append(PreparedDevice(
+                    request_names=(req,),
+                    pool_name=str(r["pool"]),
+                    device_name=pub.name,
+                    cdi_device_ids=(qualified,) if i == 0 else (),
+                    share_id=str(r.get("shareID") or ""),
+                ))
+        spec_path = self.cdi_dir / cdi.spec_file_name(self.cfg.cdi_vendor, "device", ref.uid)
+        return _Plan(ref, claim_dir, spec_path, cdi_devices, files, dirs, tuple(prepared), self.cfg.cdi_kind)
+
+    def _existing_only(self, edits: ContainerEdits, ours: set[str]) -> ContainerEdits:
+        """Drop device nodes and mounts whose host path is missing (containerd would fail the container)."""
+        nodes = tuple(n for n in edits.device_nodes if self.path_exists(n.source))
+        mounts = tuple(m for m in edits.mounts if m.host_path in ours or self.path_exists(m.host_path))
+        env = edits.env
+        if self.cfg.interceptor_host_dir and not any(m.host_path == self.cfg.interceptor_host_dir for m in mounts):
+            env = tuple((k, v) for k, v in env if k != "LD_PRELOAD")
+            log.warning("interceptor dir %s missing on this node: VRAM quota not enforced in containers",
+                        self.cfg.interceptor_host_dir)
+        return ContainerEdits(env=env, device_nodes=nodes, mounts=mounts)
+
+    def _write(self, plan: _Plan) -> None:
+        try:
+            plan.claim_dir.mkdir()
+        except FileNotFoundError:
+            plan.claim_dir.mkdir(parents=True)
+        except FileExistsError:
+            pass
+        for path, text in plan.files.items():
+            # no temp+rename needed: nothing references the file until the CDI spec is written below
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        for d in plan.dirs:
+            d.mkdir(exist_ok=True)
+            d.chmod(0o1777)  # shared accounting dir: every uid in the container may create its slot
+        entry = plan.entry(ckpt.COMPLETED)
+        spec = cdi.build_spec(plan.kind, plan.cdi_devices, {cdi.CLAIM_ANNOTATION: json.dumps(entry.to_json())})
+        cdi.write_spec(plan.spec_path.parent, plan.spec_path.name, spec)
+
+    # -------------------------------------------------------------- unprepare
+    def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, Outcome]:
+        out: dict[str, Outcome] = {}
+        changed = False
+        for ref in refs:
+            entry = self.claims.get(ref.uid)
+            if entry is None:
+                out[ref.uid] = Outcome()  # unknown claim: already unprepared (idempotent)
+                continue
+            try:
+                self._remove_files(entry)
+            except OSError as exc:
+                out[ref.uid] = Outcome(error=f"claim {ref}: removing its files failed: {exc}")
+                continue
+            del self.claims[ref.uid]
+            changed = True
+            out[ref.uid] = Outcome()
+        if changed:
+            ckpt.save(self.checkpoint_path, self.claims, durable=False)
+        return out
+
+    def _remove_files(self, entry: ClaimEntry) -> None:
+        if entry.cdi_spec:
+            cdi.remove(Path(entry.cdi_spec))
+        if entry.claim_dir:
+            shutil.rmtree(entry.claim_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    ref: ClaimRef
+    claim_dir: Path
+    spec_path: Path
+    cdi_devices: list[cdi.CdiDevice]
+    files: dict[Path, str]
+    dirs: list[Path]
+    devices: tuple[PreparedDevice, ...]
+    kind: str
+
+    def entry(self, state: str) -> ClaimEntry:
+        return ClaimEntry(
+            uid=self.ref.uid,
+            namespace=self.ref.namespace,
+            name=self.ref.name,
+            state=state,
+            cdi_spec=str(self.spec_path),
+            claim_dir=str(self.claim_dir),
+            devices=self.devices,
+        )

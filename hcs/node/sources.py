@@ -1,0 +1,83 @@
+"""Assignment sources that talk to other parts of the system: the allocator's gRPC API and the
+API server's pod list (input of the local best-fit policy)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
+from hcs.node.assignments import Assignment, PodDemand, assignment_from_json, demand_from_pod
+from hcs.node.dra.kube import KubeError, KubeRest
+
+log = logging.getLogger(__name__)
+
+
+class AllocatorAssignmentSource:
+    """``hcs.allocator.v1.Allocator``: GetNodeAssignments / Confirm / Release for this node."""
+
+    def __init__(self, address: str, node: str, timeout_s: float = 1.0, attempts: int = 3) -> None:
+        self.address = address
+        self.node = node
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self._channel = grpc.insecure_channel(address, options=[("grpc.max_reconnect_backoff_ms", 1000)])
+        self._stub = al_grpc.AllocatorStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def assignments(self) -> Sequence[Assignment]:
+        last = ""
+        for attempt in range(self.attempts):
+            try:
+                resp = self._stub.GetNodeAssignments(al.GetNodeAssignmentsRequest(node=self.node),
+                                                     timeout=self.timeout_s, wait_for_ready=attempt > 0)
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            out = []
+            for a in resp.assignments:
+                try:
+                    out.append(assignment_from_json(json_format.MessageToDict(a)))
+                except ValueError as exc:
+                    log.warning("allocator at %s sent a bad assignment (%s); skipping it", self.address, exc)
+            return out
+        log.error("allocator at %s unreachable for node %s (%s); no assignment can be matched now",
+                  self.address, self.node, last)
+        return []
+
+    def confirm(self, pod_uid: str) -> None:
+        self._stub.Confirm(al.ConfirmRequest(pod_uid=pod_uid, node=self.node), timeout=5, wait_for_ready=True)
+
+    def release(self, pod_uid: str) -> None:
+        self._stub.Release(al.ReleaseRequest(pod_uid=pod_uid), timeout=5, wait_for_ready=True)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class KubePodLister:
+    """Pods bound to this node that ask for ``ai.compute/vram`` (fresh list on every call: the pod
+    being admitted must be in it, so no cache)."""
+
+    def __init__(self, rest: KubeRest, node: str) -> None:
+        self.rest = rest
+        self.node = node
+
+    def __call__(self) -> Sequence[PodDemand]:
+        try:
+            data: dict[str, Any] = self.rest.request("GET", "/api/v1/pods",
+                                                     query={"fieldSelector": f"spec.nodeName={self.node}"})
+        except KubeError as exc:
+            raise RuntimeError(f"listing pods on node {self.node}: {exc}") from exc
+        out = []
+        for pod in data.get("items") or []:
+            d = demand_from_pod(pod)
+            if d is not None:
+                out.append(d)
+        return out

@@ -1,0 +1,83 @@
+"""Mutating/ValidatingWebhookConfiguration objects for the HCS webhook (dicts, admissionregistration/v1).
+
+Used by ``hcs webhook --print-configurations``, the tests against the real API server and as the
+reference for the chart. ``matchConditions`` (CEL) make the API server call the mutating webhook only
+for pods that mention ``ai.compute/*``, so ordinary pods never pay the webhook's latency.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MUTATING_NAME = "hcs-webhook-mutate"
+VALIDATING_NAME = "hcs-webhook-validate"
+
+_CONTAINERS = "(object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : []))"
+_ASKS = (
+    "c, has(c.resources) && ((has(c.resources.requests) && c.resources.requests.exists(k, "
+    "k.startsWith('ai.compute/'))) || (has(c.resources.limits) && c.resources.limits.exists(k, "
+    "k.startsWith('ai.compute/'))))"
+)
+POD_ASKS_ACCELERATOR = f"has(object.spec) && {_CONTAINERS}.exists({_ASKS})"
+
+WORKLOAD_RULES = [
+    {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+     "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"], "scope": "Namespaced"},
+    {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+     "resources": ["jobs", "cronjobs"], "scope": "Namespaced"},
+]
+POD_RULE = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+            "scope": "Namespaced"}
+
+
+def _client_config(path: str, ca_bundle: str, url: str | None, service: tuple[str, str, int] | None) -> dict[str, Any]:
+    if (url is None) == (service is None):
+        raise ValueError("give exactly one of url or service")
+    if url is not None:
+        return {"url": url.rstrip("/") + path, "caBundle": ca_bundle}
+    assert service is not None
+    namespace, name, port = service
+    return {"service": {"namespace": namespace, "name": name, "path": path, "port": port}, "caBundle": ca_bundle}
+
+
+def webhook_configurations(
+    *, ca_bundle: str, url: str | None = None, service: tuple[str, str, int] | None = None,
+    failure_policy: str = "Fail", timeout_s: int = 5, exclude_namespaces: tuple[str, ...] = ("kube-system",),
+    name_suffix: str = "", namespace_selector: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """``[MutatingWebhookConfiguration, ValidatingWebhookConfiguration]`` for a webhook at url/service.
+
+    ``namespace_selector`` replaces the default (every namespace but ``exclude_namespaces``).
+    """
+    ns_selector = namespace_selector or {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(exclude_namespaces)}]}
+    common = {"admissionReviewVersions": ["v1"], "failurePolicy": failure_policy, "timeoutSeconds": timeout_s,
+              "namespaceSelector": ns_selector}
+    mutating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": MUTATING_NAME + name_suffix},
+        "webhooks": [{
+            "name": "mutate.webhook.ai.compute",
+            "clientConfig": _client_config("/mutate", ca_bundle, url, service),
+            "rules": [POD_RULE],
+            # creates ResourceClaimTemplates in DRA mode, never on dry runs
+            "sideEffects": "NoneOnDryRun",
+            "reinvocationPolicy": "IfNeeded",
+            "matchConditions": [{"name": "asks-ai-compute", "expression": POD_ASKS_ACCELERATOR}],
+            **common,
+        }],
+    }
+    validating = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": VALIDATING_NAME + name_suffix},
+        "webhooks": [{
+            "name": "validate.webhook.ai.compute",
+            "clientConfig": _client_config("/validate", ca_bundle, url, service),
+            "rules": [POD_RULE, *WORKLOAD_RULES],
+            "sideEffects": "None",
+            **common,
+        }],
+    }
+    return [mutating, validating]

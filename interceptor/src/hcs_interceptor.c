@@ -1,0 +1,1115 @@
+/*
+ * libhcs_interceptor.so - enforce a container's VRAM quota inside the container (LD_PRELOAD).
+ *
+ * Every device-memory allocation of CUDA (driver API), Ascend ACL, Hygon HIP and Cambricon CNRT is
+ * checked against the per-device quota before it reaches the vendor library, and accounted in a
+ * region shared by all processes of the container (region.c); memory queries (cuMemGetInfo,
+ * cuDeviceTotalMem, NVML, aclrtGetMemInfo, hipMemGetInfo, cnrtMemGetInfo) report the quota.
+ * Entry points that bypass symbol interposition are covered too: dlsym (a trampoline that keeps
+ * the caller's return address, so RTLD_NEXT lookups of other symbols keep their meaning) and
+ * cuGetProcAddress / cuGetProcAddress_v2 (the pointer handed back is the hook's).
+ *
+ * Configuration (README.md): HCS_QUOTA_FILE or HCS_VRAM_QUOTA, HCS_SHM_DIR, HCS_INTERCEPTOR_LOG.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hcs_vendor_abi.h"
+#include "ptrmap.h"
+#include "quota.h"
+#include "region.h"
+
+#define HCS_EXPORT __attribute__((visibility("default")))
+#define HCS_HIDDEN __attribute__((visibility("hidden")))
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* ------------------------------------------------------------------ hooked symbols */
+
+enum hcs_lib { LIB_CUDA, LIB_NVML, LIB_ACL, LIB_HIP, LIB_CNRT, LIB_COUNT };
+
+static const char *const lib_names[LIB_COUNT][3] = {
+    [LIB_CUDA] = {"libcuda.so.1", "libcuda.so", NULL},
+    [LIB_NVML] = {"libnvidia-ml.so.1", "libnvidia-ml.so", NULL},
+    [LIB_ACL] = {"libascendcl.so", NULL, NULL},
+    [LIB_HIP] = {"libamdhip64.so", "libamdhip64.so.6", "libamdhip64.so.5"},
+    [LIB_CNRT] = {"libcnrt.so", NULL, NULL},
+};
+
+/* X(name, lib, hooked): hooked=1 for functions this library exports and replaces, 0 for real
+ * functions it only calls. */
+#define HCS_SYMBOLS(X)                                                                                   \
+    X(cuMemAlloc_v2, LIB_CUDA, 1)                                                                        \
+    X(cuMemAllocPitch_v2, LIB_CUDA, 1)                                                                   \
+    X(cuMemAllocManaged, LIB_CUDA, 1)                                                                    \
+    X(cuMemAllocAsync, LIB_CUDA, 1)                                                                      \
+    X(cuMemAllocAsync_ptsz, LIB_CUDA, 1)                                                                 \
+    X(cuMemAllocFromPoolAsync, LIB_CUDA, 1)                                                              \
+    X(cuMemAllocFromPoolAsync_ptsz, LIB_CUDA, 1)                                                         \
+    X(cuMemFree_v2, LIB_CUDA, 1)                                                                         \
+    X(cuMemFreeAsync, LIB_CUDA, 1)                                                                       \
+    X(cuMemFreeAsync_ptsz, LIB_CUDA, 1)                                                                  \
+    X(cuMemCreate, LIB_CUDA, 1)                                                                          \
+    X(cuMemRelease, LIB_CUDA, 1)                                                                         \
+    X(cuMemGetInfo_v2, LIB_CUDA, 1)                                                                      \
+    X(cuDeviceTotalMem_v2, LIB_CUDA, 1)                                                                  \
+    X(cuGetProcAddress, LIB_CUDA, 1)                                                                     \
+    X(cuGetProcAddress_v2, LIB_CUDA, 1)                                                                  \
+    X(cuCtxGetDevice, LIB_CUDA, 0)                                                                       \
+    X(nvmlDeviceGetMemoryInfo, LIB_NVML, 1)                                                              \
+    X(nvmlDeviceGetMemoryInfo_v2, LIB_NVML, 1)                                                           \
+    X(nvmlDeviceGetIndex, LIB_NVML, 0)                                                                   \
+    X(aclrtMalloc, LIB_ACL, 1)                                                                           \
+    X(aclrtMallocCached, LIB_ACL, 1)                                                                     \
+    X(aclrtFree, LIB_ACL, 1)                                                                             \
+    X(aclrtGetMemInfo, LIB_ACL, 1)                                                                       \
+    X(aclrtGetDevice, LIB_ACL, 0)                                                                        \
+    X(hipMalloc, LIB_HIP, 1)                                                                             \
+    X(hipMallocManaged, LIB_HIP, 1)                                                                      \
+    X(hipMallocPitch, LIB_HIP, 1)                                                                        \
+    X(hipMallocAsync, LIB_HIP, 1)                                                                        \
+    X(hipFree, LIB_HIP, 1)                                                                               \
+    X(hipFreeAsync, LIB_HIP, 1)                                                                          \
+    X(hipMemGetInfo, LIB_HIP, 1)                                                                         \
+    X(hipGetDevice, LIB_HIP, 0)                                                                          \
+    X(cnrtMalloc, LIB_CNRT, 1)                                                                           \
+    X(cnrtFree, LIB_CNRT, 1)                                                                             \
+    X(cnrtMemGetInfo, LIB_CNRT, 1)                                                                       \
+    X(cnrtGetDevice, LIB_CNRT, 0)
+
+enum hcs_sym_id {
+#define X(name, lib, hooked) SYM_##name,
+    HCS_SYMBOLS(X)
+#undef X
+        SYM_COUNT
+};
+
+struct hcs_sym {
+    const char *name;
+    int lib;
+    void *hook; /* NULL when only called, never replaced */
+};
+
+static const struct hcs_sym syms[SYM_COUNT] = {
+#define X(name, lib_, hooked) [SYM_##name] = {#name, lib_, (hooked) ? (void *)&name : NULL},
+    HCS_SYMBOLS(X)
+#undef X
+};
+
+/* ------------------------------------------------------------------ process state */
+
+struct hcs_state {
+    _Atomic int ready; /* 0 not initialised, 2 ready */
+    pthread_mutex_t init_lock;
+    bool enforcing;   /* a quota is configured and the region is attached */
+    bool fail_closed; /* configuration broken: refuse every device allocation */
+    int log_level;
+    struct hcs_quota quota;
+    struct hcs_region region;
+    struct hcs_ptrmap map;
+    _Atomic(void *) lib_handle[LIB_COUNT];
+    _Atomic(void *) real[SYM_COUNT];
+};
+
+static struct hcs_state g = {.init_lock = PTHREAD_MUTEX_INITIALIZER, .log_level = 1};
+
+typedef void *(*dlsym_fn)(void *, const char *);
+HCS_HIDDEN _Atomic(dlsym_fn) hcs_real_dlsym_ptr;
+
+/* Set while a hook runs the real function: a vendor library that calls its own exported
+ * allocation symbols internally is then passed straight through instead of being counted twice. */
+static __thread int in_hook __attribute__((tls_model("initial-exec")));
+
+static void hcs_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void hcs_log(int level, const char *fmt, ...) {
+    if (level > g.log_level)
+        return;
+    char buf[1024];
+    int n = snprintf(buf, sizeof buf, "hcs-interceptor[%d]: ", (int)getpid());
+    va_list ap;
+    va_start(ap, fmt);
+    if (n > 0 && (size_t)n < sizeof buf)
+        n += vsnprintf(buf + n, sizeof buf - (size_t)n, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof buf - 1)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    ssize_t w = write(STDERR_FILENO, buf, (size_t)n);
+    (void)w;
+}
+
+/* The dlsym path can run before a sanitizer runtime has initialised (ASan resolves its own
+ * interceptors through dlsym from its constructor), so it is built without instrumentation and
+ * calls no intercepted libc function. */
+#define HCS_NO_SANITIZE __attribute__((no_sanitize_address, no_sanitize("undefined")))
+
+HCS_NO_SANITIZE static dlsym_fn real_dlsym(void) {
+    dlsym_fn f = atomic_load_explicit(&hcs_real_dlsym_ptr, memory_order_acquire);
+    if (LIKELY(f != NULL))
+        return f;
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.4", NULL};
+    for (int i = 0; versions[i] != NULL && f == NULL; i++)
+        f = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    if (f == NULL) {
+        hcs_log(0, "cannot find the C library's dlsym (dlvsym failed); this C library is unsupported");
+        abort();
+    }
+    atomic_store_explicit(&hcs_real_dlsym_ptr, f, memory_order_release);
+    return f;
+}
+
+static void *lib_handle(int lib) {
+    void *h = atomic_load_explicit(&g.lib_handle[lib], memory_order_acquire);
+    if (h != NULL)
+        return h;
+    for (int i = 0; i < 3 && h == NULL && lib_names[lib][i] != NULL; i++) {
+        h = dlopen(lib_names[lib][i], RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+        if (h == NULL)
+            h = dlopen(lib_names[lib][i], RTLD_NOW | RTLD_LOCAL);
+    }
+    if (h == NULL)
+        return NULL; /* absent: not hooked; retried on the next call */
+    void *expected = NULL;
+    if (!atomic_compare_exchange_strong(&g.lib_handle[lib], &expected, h)) {
+        dlclose(h);
+        h = expected;
+    }
+    return h;
+}
+
+static void *resolve_real(int id) {
+    void *h = lib_handle(syms[id].lib);
+    if (h == NULL)
+        return NULL;
+    void *p = real_dlsym()(h, syms[id].name);
+    if (p == NULL || (syms[id].hook != NULL && p == syms[id].hook))
+        return NULL;
+    atomic_store_explicit(&g.real[id], p, memory_order_release);
+    return p;
+}
+
+static inline void *real_fn(int id) {
+    void *p = atomic_load_explicit(&g.real[id], memory_order_acquire);
+    if (LIKELY(p != NULL))
+        return p;
+    return resolve_real(id);
+}
+
+#define REAL(name) ((__typeof__(&name))real_fn(SYM_##name))
+
+/* ------------------------------------------------------------------ initialisation */
+
+static void init_locked(void) {
+    const char *lv = getenv("HCS_INTERCEPTOR_LOG");
+    if (lv != NULL && *lv >= '0' && *lv <= '9')
+        g.log_level = *lv - '0';
+    char err[4608];
+    g.enforcing = false;
+    g.fail_closed = false;
+    if (hcs_quota_load(&g.quota, err, sizeof err) != 0) {
+        hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
+        g.fail_closed = true;
+        return;
+    }
+    if (!g.quota.configured) {
+        hcs_log(2, "no HCS_QUOTA_FILE / HCS_VRAM_QUOTA: pass-through, nothing enforced");
+        return;
+    }
+    const char *dir = getenv("HCS_SHM_DIR");
+    if (dir == NULL || *dir == '\0')
+        dir = "/tmp";
+    if (hcs_region_open(&g.region, dir, err, sizeof err) != 0 ||
+        hcs_region_claim_slot(&g.region, err, sizeof err) != 0) {
+        hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
+        if (g.region.hdr != NULL)
+            hcs_region_close(&g.region);
+        g.fail_closed = true;
+        return;
+    }
+    hcs_ptrmap_init(&g.map);
+    g.enforcing = true;
+    hcs_log(2, "quota from %s, shared region %s/%s slot %d", g.quota.source, dir, HCS_REGION_FILE,
+            g.region.slot);
+}
+
+static struct hcs_state *state_slow(void) {
+    pthread_mutex_lock(&g.init_lock);
+    if (atomic_load_explicit(&g.ready, memory_order_relaxed) != 2) {
+        init_locked();
+        atomic_store_explicit(&g.ready, 2, memory_order_release);
+    }
+    pthread_mutex_unlock(&g.init_lock);
+    return &g;
+}
+
+static inline struct hcs_state *state(void) {
+    if (LIKELY(atomic_load_explicit(&g.ready, memory_order_acquire) == 2))
+        return &g;
+    return state_slow();
+}
+
+static void atfork_child(void) {
+    /* The child is a new process: it needs its own slot (and liveness lock) and owns none of the
+     * parent's allocations. Drop the inherited mapping/fd (the parent keeps its own) and start over
+     * lazily on the child's first call. */
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    g.init_lock = fresh;
+    if (g.enforcing) {
+        hcs_region_close(&g.region);
+        hcs_ptrmap_reset_after_fork(&g.map);
+    }
+    g.enforcing = false;
+    atomic_store_explicit(&g.ready, 0, memory_order_relaxed);
+}
+
+__attribute__((constructor)) static void hcs_ctor(void) {
+    (void)real_dlsym();
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+/* ------------------------------------------------------------------ accounting helpers */
+
+enum admit_result { ADMIT_PASS, ADMIT_OK, ADMIT_DENY };
+
+static inline uint64_t limit_of(const struct hcs_state *s, int dev) {
+    return (dev >= 0 && dev < HCS_MAX_DEVICES) ? s->quota.limit[dev] : HCS_UNLIMITED;
+}
+
+/* Decide on an allocation of size bytes on device dev; reserves on ADMIT_OK. */
+static enum admit_result admit(struct hcs_state *s, int dev, uint64_t size, const char *api) {
+    if (!s->enforcing)
+        return s->fail_closed ? ADMIT_DENY : ADMIT_PASS;
+    uint64_t limit = limit_of(s, dev);
+    if (limit == HCS_UNLIMITED)
+        return ADMIT_PASS;
+    if (hcs_region_reserve(&s->region, dev, size, limit))
+        return ADMIT_OK;
+    if (s->log_level >= 2)
+        hcs_log(2, "%s: device %d: %llu bytes refused: container uses %llu of its %llu-byte quota", api, dev,
+                (unsigned long long)size, (unsigned long long)hcs_region_used(&s->region, dev),
+                (unsigned long long)limit);
+    return ADMIT_DENY;
+}
+
+static inline void unreserve(struct hcs_state *s, int dev, uint64_t size) {
+    hcs_region_release(&s->region, dev, size);
+}
+
+static void track(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t size, int dev) {
+    if (!hcs_ptrmap_put(&s->map, key, (uint32_t)kind, size, (uint32_t)dev))
+        hcs_log(1, "out of host memory tracking an allocation; its quota share is kept until exit");
+}
+
+/* Called after the real free: give the quota back, or restore the entry if the free failed. */
+static void untrack_done(struct hcs_state *s, bool known, bool ok, uint64_t key, enum hcs_kind kind,
+                         uint64_t size, uint32_t dev) {
+    if (!known)
+        return;
+    if (ok)
+        unreserve(s, (int)dev, size);
+    else
+        (void)hcs_ptrmap_restore(&s->map, key, (uint32_t)kind, size, dev);
+}
+
+static inline bool take(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t *size,
+                        uint32_t *dev) {
+    if (!s->enforcing || key == 0)
+        return false;
+    return hcs_ptrmap_take(&s->map, key, (uint32_t)kind, size, dev);
+}
+
+/* Container usage and the quota-limited view of (free, total) for a device. */
+static void limit_view(struct hcs_state *s, int dev, uint64_t *free_b, uint64_t *total_b) {
+    if (!s->enforcing)
+        return;
+    uint64_t limit = limit_of(s, dev);
+    if (limit == HCS_UNLIMITED)
+        return;
+    hcs_region_lock(&s->region);
+    (void)hcs_region_reclaim_locked(&s->region); /* a query after a crash shows the freed share */
+    hcs_region_unlock(&s->region);
+    uint64_t used = hcs_region_used(&s->region, dev);
+    uint64_t total = *total_b < limit ? *total_b : limit; /* never report more than the card has */
+    uint64_t free_q = total > used ? total - used : 0;    /* never an error, never negative */
+    *free_b = *free_b < free_q ? *free_b : free_q;
+    *total_b = total;
+}
+
+static inline uint64_t pitch_estimate(uint64_t width, uint64_t height, bool *overflow) {
+    if (height != 0 && width > UINT64_MAX / height) {
+        *overflow = true;
+        return 0;
+    }
+    *overflow = false;
+    return width * height;
+}
+
+/* Pitch allocations: reserve width*height, then settle the driver-chosen pitch*height. */
+static bool settle_pitch(struct hcs_state *s, int dev, uint64_t reserved, uint64_t actual) {
+    if (actual <= reserved) {
+        if (actual < reserved)
+            unreserve(s, dev, reserved - actual);
+        return true;
+    }
+    return hcs_region_reserve(&s->region, dev, actual - reserved, limit_of(s, dev));
+}
+
+/* ------------------------------------------------------------------ CUDA driver API */
+
+static int cuda_device(void) {
+    __typeof__(&cuCtxGetDevice) f = REAL(cuCtxGetDevice);
+    CUdevice d;
+    if (f == NULL || f(&d) != CUDA_SUCCESS)
+        return -1;
+    return d;
+}
+
+typedef CUresult (*cu_alloc_call)(const void *args, CUdeviceptr *dptr);
+
+static CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr *dptr,
+                           cu_alloc_call call, const void *args, const char *api) {
+    if (dev < 0)
+        return call(args, dptr); /* no context: the driver reports the error */
+    enum admit_result a = admit(s, dev, size, api);
+    if (a == ADMIT_DENY)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    in_hook++;
+    CUresult rc = call(args, dptr);
+    in_hook--;
+    if (a == ADMIT_OK) {
+        if (rc == CUDA_SUCCESS)
+            track(s, (uint64_t)*dptr, HCS_KIND_CUDA_PTR, size, dev);
+        else
+            unreserve(s, dev, size);
+    }
+    return rc;
+}
+
+struct cu_alloc_args {
+    void *fn;
+    size_t size;
+    unsigned int flags;
+    CUstream stream;
+    CUmemoryPool pool;
+};
+
+static CUresult call_alloc_v2(const void *p, CUdeviceptr *d) {
+    const struct cu_alloc_args *a = p;
+    return ((__typeof__(&cuMemAlloc_v2))a->fn)(d, a->size);
+}
+static CUresult call_alloc_managed(const void *p, CUdeviceptr *d) {
+    const struct cu_alloc_args *a = p;
+    return ((__typeof__(&cuMemAllocManaged))a->fn)(d, a->size, a->flags);
+}
+static CUresult call_alloc_async(const void *p, CUdeviceptr *d) {
+    const struct cu_alloc_args *a = p;
+    return ((__typeof__(&cuMemAllocAsync))a->fn)(d, a->size, a->stream);
+}
+static CUresult call_alloc_pool(const void *p, CUdeviceptr *d) {
+    const struct cu_alloc_args *a = p;
+    return ((__typeof__(&cuMemAllocFromPoolAsync))a->fn)(d, a->size, a->pool, a->stream);
+}
+
+#define CU_REAL_OR_FAIL(name)                                                                            \
+    __typeof__(&name) real = REAL(name);                                                                 \
+    if (UNLIKELY(real == NULL))                                                                          \
+        return CUDA_ERROR_NOT_INITIALIZED;
+
+HCS_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+    CU_REAL_OR_FAIL(cuMemAlloc_v2);
+    struct hcs_state *s = state();
+    if (in_hook || (!s->enforcing && !s->fail_closed))
+        return real(dptr, bytesize);
+    struct cu_alloc_args a = {.fn = (void *)real, .size = bytesize};
+    return cuda_alloc(s, cuda_device(), bytesize, dptr, call_alloc_v2, &a, "cuMemAlloc");
+}
+
+HCS_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
+    CU_REAL_OR_FAIL(cuMemAllocManaged);
+    struct hcs_state *s = state();
+    if (in_hook || (!s->enforcing && !s->fail_closed))
+        return real(dptr, bytesize, flags);
+    struct cu_alloc_args a = {.fn = (void *)real, .size = bytesize, .flags = flags};
+    return cuda_alloc(s, cuda_device(), bytesize, dptr, call_alloc_managed, &a, "cuMemAllocManaged");
+}
+
+static CUresult alloc_async_common(void *real, CUdeviceptr *dptr, size_t bytesize, CUstream stream) {
+    struct hcs_state *s = state();
+    if (in_hook || (!s->enforcing && !s->fail_closed))
+        return ((__typeof__(&cuMemAllocAsync))real)(dptr, bytesize, stream);
+    struct cu_alloc_args a = {.fn = real, .size = bytesize, .stream = stream};
+    return cuda_alloc(s, cuda_device(), bytesize, dptr, call_alloc_async, &a, "cuMemAllocAsync");
+}
+
+HCS_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+    CU_REAL_OR_FAIL(cuMemAllocAsync);
+    return alloc_async_common((void *)real, dptr, bytesize, hStream);
+}
+
+HCS_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+    CU_REAL_OR_FAIL(cuMemAllocAsync_ptsz);
+    return alloc_async_common((void *)real, dptr, bytesize, hStream);
+}
+
+static CUresult alloc_pool_common(void *real, CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                  CUstream stream) {
+    struct hcs_state *s = state();
+    if (in_hook || (!s->enforcing && !s->fail_closed))
+        return ((__typeof__(&cuMemAllocFromPoolAsync))real)(dptr, bytesize, pool, stream);
+    struct cu_alloc_args a = {.fn = real, .size = bytesize, .stream = stream, .pool = pool};
+    return cuda_alloc(s, cuda_device(), bytesize, dptr, call_alloc_pool, &a, "cuMemAllocFromPoolAsync");
+}
+
+HCS_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                            CUstream hStream) {
+    CU_REAL_OR_FAIL(cuMemAllocFromPoolAsync);
+    return alloc_pool_common((void *)real, dptr, bytesize, pool, hStream);
+}
+
+HCS_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
+                                                 CUstream hStream) {
+    CU_REAL_OR_FAIL(cuMemAllocFromPoolAsync_ptsz);
+    return alloc_pool_common((void *)real, dptr, bytesize, pool, hStream);
+}
+
+HCS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height,
+                                       unsigned int ElementSizeBytes) {
+    CU_REAL_OR_FAIL(cuMemAllocPitch_v2);
+    struct hcs_state *s = state();
+    if (in_hook || (!s->enforcing && !s->fail_closed))
+        return real(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
+    int dev = cuda_device();
+    if (dev < 0)
+        return real(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
+    bool ovf;
+    uint64_t est = pitch_estimate(WidthInBytes, Height, &ovf);
+    if (ovf)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    enum admit_result a = admit(s, dev, est, "cuMemAllocPitch");
+    if (a == ADMIT_DENY)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    in_hook++;
+    CUresult rc = real(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
+    in_hook--;
+    if (a != ADMIT_OK)
+        return rc;
+    if (rc != CUDA_SUCCESS) {
+        unreserve(s, dev, est);
+        return rc;
+    }
+    uint64_t actual = (uint64_t)*pPitch * Height;
+    if (!settle_pitch(s, dev, est, actual)) {
+        __typeof__(&cuMemFree_v2) f = REAL(cuMemFree_v2);
+        if (f != NULL) {
+            in_hook++;
+            (void)f(*dptr);
+            in_hook--;
+        }
+        unreserve(s, dev, est);
+        *dptr = 0;
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    track(s, (uint64_t)*dptr, HCS_KIND_CUDA_PTR, actual, dev);
+    return rc;
+}
+
+static CUresult free_common(void *real, CUdeviceptr dptr, bool async, CUstream stream) {
+    struct hcs_state *s = state();
+    uint64_t size = 0;
+    uint32_t dev = 0;
+    bool known = !in_hook && take(s, (uint64_t)dptr, HCS_KIND_CUDA_PTR, &size, &dev);
+    CUresult rc = async ? ((__typeof__(&cuMemFreeAsync))real)(dptr, stream)
+                        : ((__typeof__(&cuMemFree_v2))real)(dptr);
+    untrack_done(s, known, rc == CUDA_SUCCESS, (uint64_t)dptr, HCS_KIND_CUDA_PTR, size, dev);
+    return rc;
+}
+
+HCS_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
+    CU_REAL_OR_FAIL(cuMemFree_v2);
+    return free_common((void *)real, dptr, false, NULL);
+}
+
+HCS_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
+    CU_REAL_OR_FAIL(cuMemFreeAsync);
+    return free_common((void *)real, dptr, true, hStream);
+}
+
+HCS_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
+    CU_REAL_OR_FAIL(cuMemFreeAsync_ptsz);
+    return free_common((void *)real, dptr, true, hStream);
+}
+
+HCS_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                                const CUmemAllocationProp *prop, unsigned long long flags) {
+    CU_REAL_OR_FAIL(cuMemCreate);
+    struct hcs_state *s = state();
+    /* Only device-located physical memory counts: host / host-NUMA locations are host RAM (and
+     * their location.id is not a device ordinal). */
+    if (in_hook || (!s->enforcing && !s->fail_closed) || prop == NULL ||
+        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return real(handle, size, prop, flags);
+    int dev = prop->location.id;
+    enum admit_result a = admit(s, dev, size, "cuMemCreate");
+    if (a == ADMIT_DENY)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    in_hook++;
+    CUresult rc = real(handle, size, prop, flags);
+    in_hook--;
+    if (a == ADMIT_OK) {
+        if (rc == CUDA_SUCCESS)
+            track(s, (uint64_t)*handle, HCS_KIND_CUDA_HANDLE, size, dev);
+        else
+            unreserve(s, dev, size);
+    }
+    return rc;
+}
+
+HCS_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
+    CU_REAL_OR_FAIL(cuMemRelease);
+    struct hcs_state *s = state();
+    uint64_t size = 0;
+    uint32_t dev = 0;
+    bool known = !in_hook && take(s, (uint64_t)handle, HCS_KIND_CUDA_HANDLE, &size, &dev);
+    CUresult rc = real(handle);
+    untrack_done(s, known, rc == CUDA_SUCCESS, (uint64_t)handle, HCS_KIND_CUDA_HANDLE, size, dev);
+    return rc;
+}
+
+HCS_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
+    CU_REAL_OR_FAIL(cuMemGetInfo_v2);
+    CUresult rc = real(free_bytes, total_bytes);
+    struct hcs_state *s = state();
+    if (rc != CUDA_SUCCESS || free_bytes == NULL || total_bytes == NULL || !s->enforcing)
+        return rc;
+    uint64_t f = *free_bytes, t = *total_bytes;
+    limit_view(s, cuda_device(), &f, &t);
+    *free_bytes = (size_t)f;
+    *total_bytes = (size_t)t;
+    return rc;
+}
+
+HCS_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
+    CU_REAL_OR_FAIL(cuDeviceTotalMem_v2);
+    CUresult rc = real(bytes, dev);
+    struct hcs_state *s = state();
+    if (rc == CUDA_SUCCESS && bytes != NULL && s->enforcing) {
+        uint64_t limit = limit_of(s, dev);
+        if (limit < *bytes)
+            *bytes = (size_t)limit;
+    }
+    return rc;
+}
+
+/* Map a function pointer the driver handed out to our hook, if it is one of the hooked functions. */
+static void *hook_for_pointer(void *p) {
+    if (p == NULL)
+        return NULL;
+    for (int id = 0; id < SYM_COUNT; id++) {
+        if (syms[id].lib != LIB_CUDA || syms[id].hook == NULL)
+            continue;
+        if (real_fn(id) == p)
+            return syms[id].hook;
+    }
+    /* Not one of the exported entry points we resolved: identify it by its exported name. */
+    Dl_info info;
+    if (dladdr(p, &info) != 0 && info.dli_saddr == p && info.dli_sname != NULL) {
+        for (int id = 0; id < SYM_COUNT; id++)
+            if (syms[id].lib == LIB_CUDA && syms[id].hook != NULL && strcmp(syms[id].name, info.dli_sname) == 0)
+                return syms[id].hook;
+    }
+    return NULL;
+}
+
+HCS_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
+    CU_REAL_OR_FAIL(cuGetProcAddress);
+    CUresult rc = real(symbol, pfn, cudaVersion, flags);
+    if (rc == CUDA_SUCCESS && pfn != NULL) {
+        void *h = hook_for_pointer(*pfn);
+        if (h != NULL)
+            *pfn = h;
+    }
+    return rc;
+}
+
+HCS_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                                        CUdriverProcAddressQueryResult *symbolStatus) {
+    CU_REAL_OR_FAIL(cuGetProcAddress_v2);
+    CUresult rc = real(symbol, pfn, cudaVersion, flags, symbolStatus);
+    if (rc == CUDA_SUCCESS && pfn != NULL) {
+        void *h = hook_for_pointer(*pfn);
+        if (h != NULL)
+            *pfn = h;
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ NVML */
+
+static void nvml_view(nvmlDevice_t device, uint64_t *free_b, uint64_t *total_b) {
+    struct hcs_state *s = state();
+    if (!s->enforcing)
+        return;
+    __typeof__(&nvmlDeviceGetIndex) idx_fn = REAL(nvmlDeviceGetIndex);
+    unsigned int idx;
+    if (idx_fn == NULL || idx_fn(device, &idx) != NVML_SUCCESS)
+        return;
+    limit_view(s, (int)idx, free_b, total_b);
+}
+
+HCS_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
+    __typeof__(&nvmlDeviceGetMemoryInfo) real = REAL(nvmlDeviceGetMemoryInfo);
+    if (real == NULL)
+        return NVML_ERROR_LIBRARY_NOT_FOUND;
+    nvmlReturn_t rc = real(device, memory);
+    if (rc != NVML_SUCCESS || memory == NULL)
+        return rc;
+    uint64_t f = memory->free, t = memory->total;
+    nvml_view(device, &f, &t);
+    if (t != memory->total) {
+        memory->total = t;
+        memory->free = f;
+        memory->used = t - f;
+    }
+    return rc;
+}
+
+HCS_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
+    __typeof__(&nvmlDeviceGetMemoryInfo_v2) real = REAL(nvmlDeviceGetMemoryInfo_v2);
+    if (real == NULL)
+        return NVML_ERROR_LIBRARY_NOT_FOUND;
+    nvmlReturn_t rc = real(device, memory);
+    if (rc != NVML_SUCCESS || memory == NULL)
+        return rc;
+    uint64_t f = memory->free, t = memory->total;
+    nvml_view(device, &f, &t);
+    if (t != memory->total) {
+        uint64_t reserved = memory->reserved < t - f ? memory->reserved : t - f;
+        memory->total = t;
+        memory->free = f;
+        memory->reserved = reserved;
+        memory->used = t - f - reserved;
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ pointer-style vendors */
+
+struct ptr_vendor {
+    enum hcs_kind kind;
+    int oom; /* vendor OOM code */
+    const char *api;
+};
+
+static int ptr_alloc_begin(struct hcs_state *s, int dev, uint64_t size, const struct ptr_vendor *v,
+                           enum admit_result *a) {
+    *a = ADMIT_PASS;
+    if (in_hook)
+        return 0;
+    if (s->fail_closed)
+        return v->oom;
+    if (!s->enforcing || dev < 0)
+        return 0;
+    *a = admit(s, dev, size, v->api);
+    return *a == ADMIT_DENY ? v->oom : 0;
+}
+
+static void ptr_alloc_end(struct hcs_state *s, int dev, uint64_t size, const struct ptr_vendor *v,
+                          enum admit_result a, int rc, void *ptr) {
+    if (a != ADMIT_OK)
+        return;
+    if (rc == 0)
+        track(s, (uint64_t)(uintptr_t)ptr, v->kind, size, dev);
+    else
+        unreserve(s, dev, size);
+}
+
+static int ptr_free(struct hcs_state *s, void *ptr, const struct ptr_vendor *v, int (*call)(void *, void *),
+                    void *real) {
+    uint64_t size = 0;
+    uint32_t dev = 0;
+    bool known = !in_hook && take(s, (uint64_t)(uintptr_t)ptr, v->kind, &size, &dev);
+    int rc = call(real, ptr);
+    untrack_done(s, known, rc == 0, (uint64_t)(uintptr_t)ptr, v->kind, size, dev);
+    return rc;
+}
+
+/* ---- Ascend ACL */
+
+static const struct ptr_vendor V_ACL = {HCS_KIND_ACL, ACL_ERROR_RT_MEMORY_ALLOCATION, "aclrtMalloc"};
+
+static int acl_device(void) {
+    __typeof__(&aclrtGetDevice) f = REAL(aclrtGetDevice);
+    int32_t d;
+    if (f == NULL || f(&d) != ACL_SUCCESS)
+        return -1;
+    return d;
+}
+
+static aclError acl_alloc(__typeof__(&aclrtMalloc) real, void **devPtr, size_t size, aclrtMemMallocPolicy policy) {
+    if (real == NULL)
+        return ACL_ERROR_UNINITIALIZE;
+    struct hcs_state *s = state();
+    int dev = (s->enforcing && !in_hook) ? acl_device() : -1;
+    enum admit_result a;
+    int deny = ptr_alloc_begin(s, dev, size, &V_ACL, &a);
+    if (deny)
+        return deny;
+    in_hook++;
+    aclError rc = real(devPtr, size, policy);
+    in_hook--;
+    ptr_alloc_end(s, dev, size, &V_ACL, a, rc, rc == ACL_SUCCESS ? *devPtr : NULL);
+    return rc;
+}
+
+HCS_EXPORT aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy) {
+    return acl_alloc(REAL(aclrtMalloc), devPtr, size, policy);
+}
+
+HCS_EXPORT aclError aclrtMallocCached(void **devPtr, size_t size, aclrtMemMallocPolicy policy) {
+    return acl_alloc(REAL(aclrtMallocCached), devPtr, size, policy);
+}
+
+static int call_acl_free(void *real, void *p) {
+    return ((__typeof__(&aclrtFree))real)(p);
+}
+
+HCS_EXPORT aclError aclrtFree(void *devPtr) {
+    __typeof__(&aclrtFree) real = REAL(aclrtFree);
+    if (real == NULL)
+        return ACL_ERROR_UNINITIALIZE;
+    return ptr_free(state(), devPtr, &V_ACL, call_acl_free, (void *)real);
+}
+
+HCS_EXPORT aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free_bytes, size_t *total_bytes) {
+    __typeof__(&aclrtGetMemInfo) real = REAL(aclrtGetMemInfo);
+    if (real == NULL)
+        return ACL_ERROR_UNINITIALIZE;
+    aclError rc = real(attr, free_bytes, total_bytes);
+    struct hcs_state *s = state();
+    if (rc != ACL_SUCCESS || free_bytes == NULL || total_bytes == NULL || !s->enforcing)
+        return rc;
+    uint64_t f = *free_bytes, t = *total_bytes;
+    limit_view(s, acl_device(), &f, &t);
+    *free_bytes = (size_t)f;
+    *total_bytes = (size_t)t;
+    return rc;
+}
+
+/* ---- Hygon HIP */
+
+static const struct ptr_vendor V_HIP = {HCS_KIND_HIP, hipErrorOutOfMemory, "hipMalloc"};
+
+static int hip_device(void) {
+    __typeof__(&hipGetDevice) f = REAL(hipGetDevice);
+    int d;
+    if (f == NULL || f(&d) != hipSuccess)
+        return -1;
+    return d;
+}
+
+HCS_EXPORT hipError_t hipMalloc(void **ptr, size_t size) {
+    __typeof__(&hipMalloc) real = REAL(hipMalloc);
+    if (real == NULL)
+        return hipErrorNotInitialized;
+    struct hcs_state *s = state();
+    int dev = (s->enforcing && !in_hook) ? hip_device() : -1;
+    enum admit_result a;
+    int deny = ptr_alloc_begin(s, dev, size, &V_HIP, &a);
+    if (deny)
+        return deny;
+    in_hook++;
+    hipError_t rc = real(ptr, size);
+    in_hook--;
+    ptr_alloc_end(s, dev, size, &V_HIP, a, rc, rc == hipSuccess ? *ptr : NULL);
+    return rc;
+}
+
+HCS_EXPORT hipError_t hipMallocManaged(void **dev_ptr, size_t size, unsigned int flags) {
+    __typeof__(&hipMallocManaged) real = REAL(hipMallocManaged);
+    if (real == NULL)
+        return hipErrorNotInitialized;
+    struct hcs_state *s = state();
+    int dev = (s->enforcing && !in_hook) ? hip_device() : -1;
+    enum admit_result a;
+    int deny = ptr_alloc_begin(s, dev, size, &V_HIP, &a);
+    if (deny)
+        return deny;
+    in_hook++;
+    hipError_t rc = real(dev_ptr, size, flags);
+    in_hook--;
+    ptr_alloc_end(s, dev, size, &V_HIP, a, rc, rc == hipSuccess ? *dev_ptr : NULL);
+    return rc;
+}
+
+HCS_EXPORT hipError_t hipMallocAsync(void **dev_ptr, size_t size, hipStream_t stream) {
+    __typeof__(&hipMallocAsync) real = REAL(hipMallocAsync);
+    if (real == NULL)
+        return hipErrorNotInitialized;
+    struct hcs_state *s = state();
+    int dev = (s->enforcing && !in_hook) ? hip_device() : -1;
+    enum admit_result a;
+    int deny = ptr_alloc_begin(s, dev, size, &V_HIP, &a);
+    if (deny)
+        return deny;
+    in_hook++;
+    hipError_t rc = real(dev_ptr, size, stream);
+    in_hook--;
+    ptr_alloc_end(s, dev, size, &V_HIP, a, rc, rc == hipSuccess ? *dev_ptr : NULL);
+    return rc;
+}
+
+HCS_EXPORT hipError_t hipMallocPitch(void **ptr, size_t *pitch, size_t width, size_t height) {
+    __typeof__(&hipMallocPitch) real = REAL(hipMallocPitch);
+    if (real == NULL)
+        return hipErrorNotInitialized;
+    struct hcs_state *s = state();
+    int dev = (s->enforcing && !in_hook) ? hip_device() : -1;
+    bool ovf;
+    uint64_t est = pitch_estimate(width, height, &ovf);
+    if (ovf && dev >= 0)
+        return hipErrorOutOfMemory;
+    enum admit_result a;
+    int deny = ptr_alloc_begin(s, dev, est, &V_HIP, &a);
+    if (deny)
+        return deny;
+    in_hook++;
+    hipError_t rc = real(ptr, pitch, width, height);
+    in_hook--;
+    if (a != ADMIT_OK)
+        return rc;
+    if (rc != hipSuccess) {
+        unreserve(s, dev, est);
+        return rc;
+    }
+    uint64_t actual = (uint64_t)*pitch * height;
+    if (!settle_pitch(s, dev, est, actual)) {
+        __typeof__(&hipFree) f = REAL(hipFree);
+        if (f != NULL) {
+            in_hook++;
+            (void)f(*ptr);
+            in_hook--;
+        }
+        unreserve(s, dev, est);
+        *ptr = NULL;
+        return hipErrorOutOfMemory;
+    }
+    track(s, (uint64_t)(uintptr_t)*ptr, HCS_KIND_HIP, actual, dev);
+    return rc;
+}
+
+static int call_hip_free(void *real, void *p) {
+    return ((__typeof__(&hipFree))real)(p);
+}
+
+HCS_EXPORT hipError_t hipFree(void *ptr) {
+    __typeof__(&hipFree) real = REAL(hipFree);
+    if (real == NULL)
+        return hipErrorNotInitialized;
+    return ptr_free(state(), ptr, &V_HIP, call_hip_free, (void *)real);
+}
+
+HCS_EXPORT hipError_t hipFreeAsync(void *dev_ptr, hipStream_t stream) {
+    __typeof__(&hipFreeAsync) real = REAL(hipFreeAsync);
+    if (real == NULL)
+        return hipErrorNotInitialized;
+    struct hcs_state *s = state();
+    uint64_t size = 0;
+    uint32_t dev = 0;
+    bool known = !in_hook && take(s, (uint64_t)(uintptr_t)dev_ptr, HCS_KIND_HIP, &size, &dev);
+    hipError_t rc = real(dev_ptr, stream);
+    untrack_done(s, known, rc == hipSuccess, (uint64_t)(uintptr_t)dev_ptr, HCS_KIND_HIP, size, dev);
+    return rc;
+}
+
+HCS_EXPORT hipError_t hipMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    __typeof__(&hipMemGetInfo) real = REAL(hipMemGetInfo);
+    if (real == NULL)
+        return hipErrorNotInitialized;
+    hipError_t rc = real(free_bytes, total_bytes);
+    struct hcs_state *s = state();
+    if (rc != hipSuccess || free_bytes == NULL || total_bytes == NULL || !s->enforcing)
+        return rc;
+    uint64_t f = *free_bytes, t = *total_bytes;
+    limit_view(s, hip_device(), &f, &t);
+    *free_bytes = (size_t)f;
+    *total_bytes = (size_t)t;
+    return rc;
+}
+
+/* ---- Cambricon CNRT */
+
+static const struct ptr_vendor V_CNRT = {HCS_KIND_CNRT, cnrtErrorNoMem, "cnrtMalloc"};
+
+static int cnrt_device(void) {
+    __typeof__(&cnrtGetDevice) f = REAL(cnrtGetDevice);
+    int d;
+    if (f == NULL || f(&d) != cnrtSuccess)
+        return -1;
+    return d;
+}
+
+HCS_EXPORT cnrtRet_t cnrtMalloc(void **pPtr, size_t bytes) {
+    __typeof__(&cnrtMalloc) real = REAL(cnrtMalloc);
+    if (real == NULL)
+        return cnrtErrorInit;
+    struct hcs_state *s = state();
+    int dev = (s->enforcing && !in_hook) ? cnrt_device() : -1;
+    enum admit_result a;
+    int deny = ptr_alloc_begin(s, dev, bytes, &V_CNRT, &a);
+    if (deny)
+        return deny;
+    in_hook++;
+    cnrtRet_t rc = real(pPtr, bytes);
+    in_hook--;
+    ptr_alloc_end(s, dev, bytes, &V_CNRT, a, rc, rc == cnrtSuccess ? *pPtr : NULL);
+    return rc;
+}
+
+static int call_cnrt_free(void *real, void *p) {
+    return ((__typeof__(&cnrtFree))real)(p);
+}
+
+HCS_EXPORT cnrtRet_t cnrtFree(void *ptr) {
+    __typeof__(&cnrtFree) real = REAL(cnrtFree);
+    if (real == NULL)
+        return cnrtErrorInit;
+    return ptr_free(state(), ptr, &V_CNRT, call_cnrt_free, (void *)real);
+}
+
+HCS_EXPORT cnrtRet_t cnrtMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
+    __typeof__(&cnrtMemGetInfo) real = REAL(cnrtMemGetInfo);
+    if (real == NULL)
+        return cnrtErrorInit;
+    cnrtRet_t rc = real(free_bytes, total_bytes);
+    struct hcs_state *s = state();
+    if (rc != cnrtSuccess || free_bytes == NULL || total_bytes == NULL || !s->enforcing)
+        return rc;
+    uint64_t f = *free_bytes, t = *total_bytes;
+    limit_view(s, cnrt_device(), &f, &t);
+    *free_bytes = (size_t)f;
+    *total_bytes = (size_t)t;
+    return rc;
+}
+
+/* ------------------------------------------------------------------ dlsym */
+
+/* Called by the dlsym trampoline. Returns 1 with *out set when the lookup is answered here, or 0 to
+ * let the trampoline tail-jump into the C library's dlsym with the caller's own return address. */
+HCS_NO_SANITIZE static bool has_prefix(const char *s, const char *p) {
+    while (*p != '\0' && *s == *p) {
+        s++;
+        p++;
+    }
+    return *p == '\0';
+}
+
+HCS_NO_SANITIZE static bool same(const char *a, const char *b) {
+    while (*a != '\0' && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
+HCS_HIDDEN HCS_NO_SANITIZE int hcs_dlsym_lookup(void *handle, const char *name, void **out) {
+    dlsym_fn rd = real_dlsym();
+    if (name == NULL)
+        return 0;
+    if (!has_prefix(name, "cu") && !has_prefix(name, "nvml") && !has_prefix(name, "aclrt") &&
+        !has_prefix(name, "hip") && !has_prefix(name, "cnrt"))
+        return 0;
+    int id = -1;
+    for (int i = 0; i < SYM_COUNT; i++) {
+        if (syms[i].hook != NULL && same(syms[i].name, name)) {
+            id = i;
+            break;
+        }
+    }
+    if (id < 0)
+        return 0;
+    void *r = rd(handle, name);
+    if (r == NULL)
+        return 0; /* the real dlsym sets dlerror() for the caller */
+    if (r == syms[id].hook) {
+        /* found ourselves through the global scope: only valid when the vendor library exists */
+        *out = real_fn(id) != NULL ? r : NULL;
+        return 1;
+    }
+    void *expected = NULL;
+    (void)atomic_compare_exchange_strong(&g.real[id], &expected, r);
+    *out = syms[id].hook;
+    return 1;
+}
+
+#if defined(__x86_64__)
+__asm__(".text\n"
+        ".globl dlsym\n"
+        ".type dlsym,@function\n"
+        "dlsym:\n"
+        "    .cfi_startproc\n"
+        "    pushq %rdi\n"
+        "    .cfi_adjust_cfa_offset 8\n"
+        "    pushq %rsi\n"
+        "    .cfi_adjust_cfa_offset 8\n"
+        "    subq $24, %rsp\n"
+        "    .cfi_adjust_cfa_offset 24\n"
+        "    leaq 8(%rsp), %rdx\n"
+        "    call hcs_dlsym_lookup\n"
+        "    testl %eax, %eax\n"
+        "    jz 1f\n"
+        "    movq 8(%rsp), %rax\n"
+        "    addq $40, %rsp\n"
+        "    .cfi_adjust_cfa_offset -40\n"
+        "    ret\n"
+        "    .cfi_adjust_cfa_offset 40\n"
+        "1:  addq $24, %rsp\n"
+        "    .cfi_adjust_cfa_offset -24\n"
+        "    popq %rsi\n"
+        "    .cfi_adjust_cfa_offset -8\n"
+        "    popq %rdi\n"
+        "    .cfi_adjust_cfa_offset -8\n"
+        "    jmp *hcs_real_dlsym_ptr(%rip)\n"
+        "    .cfi_endproc\n"
+        ".size dlsym, .-dlsym\n");
+#elif defined(__aarch64__)
+__asm__(".text\n"
+        ".globl dlsym\n"
+        ".type dlsym,%function\n"
+        "dlsym:\n"
+        "    stp x29, x30, [sp, #-32]!\n"
+        "    mov x29, sp\n"
+        "    stp x0, x1, [sp, #16]\n"
+        "    add x2, sp, #16\n"
+        "    bl hcs_dlsym_lookup\n"
+        "    cbnz w0, 1f\n"
+        "    ldp x0, x1, [sp, #16]\n"
+        "    ldp x29, x30, [sp], #32\n"
+        "    adrp x16, hcs_real_dlsym_ptr\n"
+        "    ldr x16, [x16, :lo12:hcs_real_dlsym_ptr]\n"
+        "    br x16\n"
+        "1:  ldr x0, [sp, #16]\n"
+        "    ldp x29, x30, [sp], #32\n"
+        "    ret\n"
+        ".size dlsym, .-dlsym\n");
+#else
+/* Portable fallback: RTLD_NEXT lookups of unrelated symbols resolve relative to this library. */
+HCS_EXPORT void *dlsym(void *handle, const char *name) {
+    void *out;
+    if (hcs_dlsym_lookup(handle, name, &out))
+        return out;
+    return real_dlsym()(handle, name);
+}
+#endif

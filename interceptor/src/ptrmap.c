@@ -1,0 +1,110 @@
+/* ptrmap.c - see ptrmap.h. Linear probing with backward-shift deletion (no tombstones). */
+#include "ptrmap.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static inline uint64_t mix(uint64_t key, uint32_t kind) {
+    uint64_t h = (key ^ ((uint64_t)kind << 59)) * 0x9E3779B97F4A7C15ULL;
+    return h ^ (h >> 29);
+}
+
+static inline struct hcs_ptr_stripe *stripe_of(struct hcs_ptrmap *m, uint64_t h) {
+    return &m->stripes[(h >> 58) & (HCS_PTRMAP_STRIPES - 1)];
+}
+
+void hcs_ptrmap_init(struct hcs_ptrmap *m) {
+    for (int i = 0; i < HCS_PTRMAP_STRIPES; i++) {
+        pthread_mutex_init(&m->stripes[i].lock, NULL);
+        m->stripes[i].tab = NULL;
+        m->stripes[i].cap = 0;
+        m->stripes[i].count = 0;
+    }
+}
+
+void hcs_ptrmap_reset_after_fork(struct hcs_ptrmap *m) {
+    /* The parent's tables describe the parent's allocations; the child owns none of them. The old
+     * tables are leaked on purpose (their stripe locks may be held by threads that do not exist
+     * in the child). */
+    hcs_ptrmap_init(m);
+}
+
+static bool insert_raw(struct hcs_ptr_entry *tab, uint32_t cap, const struct hcs_ptr_entry *e,
+                       uint64_t h) {
+    uint32_t mask = cap - 1;
+    for (uint32_t i = (uint32_t)h & mask, n = 0; n < cap; i = (i + 1) & mask, n++) {
+        if (tab[i].key == 0 || (tab[i].key == e->key && tab[i].kind == e->kind)) {
+            bool fresh = tab[i].key == 0;
+            tab[i] = *e;
+            return fresh;
+        }
+    }
+    return false; /* unreachable: load factor <= 1/2 */
+}
+
+static bool grow(struct hcs_ptr_stripe *s) {
+    uint32_t ncap = s->cap ? s->cap * 2 : 64;
+    struct hcs_ptr_entry *nt = calloc(ncap, sizeof *nt);
+    if (nt == NULL)
+        return false;
+    for (uint32_t i = 0; i < s->cap; i++)
+        if (s->tab[i].key != 0)
+            (void)insert_raw(nt, ncap, &s->tab[i], mix(s->tab[i].key, s->tab[i].kind));
+    free(s->tab);
+    s->tab = nt;
+    s->cap = ncap;
+    return true;
+}
+
+bool hcs_ptrmap_put(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t size, uint32_t dev) {
+    uint64_t h = mix(key, kind);
+    struct hcs_ptr_stripe *s = stripe_of(m, h);
+    struct hcs_ptr_entry e = {.key = key, .size = size, .dev = dev, .kind = kind};
+    if (key == 0)
+        return true; /* a NULL pointer is never freed back to us */
+    pthread_mutex_lock(&s->lock);
+    if ((s->count + 1) * 2 > s->cap && !grow(s)) {
+        pthread_mutex_unlock(&s->lock);
+        return false;
+    }
+    if (insert_raw(s->tab, s->cap, &e, h))
+        s->count++;
+    pthread_mutex_unlock(&s->lock);
+    return true;
+}
+
+bool hcs_ptrmap_take(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t *size, uint32_t *dev) {
+    uint64_t h = mix(key, kind);
+    struct hcs_ptr_stripe *s = stripe_of(m, h);
+    bool found = false;
+    pthread_mutex_lock(&s->lock);
+    if (s->cap != 0) {
+        uint32_t mask = s->cap - 1;
+        uint32_t i = (uint32_t)h & mask;
+        for (uint32_t n = 0; n < s->cap && s->tab[i].key != 0; n++, i = (i + 1) & mask) {
+            if (s->tab[i].key == key && s->tab[i].kind == kind) {
+                *size = s->tab[i].size;
+                *dev = s->tab[i].dev;
+                found = true;
+                /* backward-shift deletion keeps probe chains intact without tombstones */
+                uint32_t hole = i;
+                uint32_t j = (i + 1) & mask;
+                while (s->tab[j].key != 0) {
+                    uint32_t home = (uint32_t)mix(s->tab[j].key, s->tab[j].kind) & mask;
+                    /* move j into hole when home is not cyclically in (hole, j] */
+                    bool in_range = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+                    if (!in_range) {
+                        s->tab[hole] = s->tab[j];
+                        hole = j;
+                    }
+                    j = (j + 1) & mask;
+                }
+                memset(&s->tab[hole], 0, sizeof s->tab[hole]);
+                s->count--;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}

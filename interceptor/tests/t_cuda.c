@@ -1,0 +1,358 @@
+/*
+ * t_cuda - CUDA driver-API cases for libhcs_interceptor.so, run by tests/interceptor/ with
+ * LD_PRELOAD set and the simulated libcuda.so.1 linked. Usage: t_cuda <case> [args]; the quota of
+ * device 0 (bytes) is passed in HCS_TEST_QUOTA. Prints "ok <case>" or FAIL lines (exit 1).
+ */
+#include <dlfcn.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "hcs_vendor_abi.h"
+#include "t_common.h"
+
+static void ctx_on(int dev) {
+    CUcontext c;
+    if (cuDevicePrimaryCtxRetain(&c, dev) != CUDA_SUCCESS || cuCtxSetCurrent(c) != CUDA_SUCCESS) {
+        fprintf(stderr, "setup: no context on device %d\n", dev);
+        exit(2);
+    }
+}
+
+static void setup(void) {
+    if (cuInit(0) != CUDA_SUCCESS) {
+        fprintf(stderr, "setup: cuInit failed (HCS_SIM_PROFILE?)\n");
+        exit(2);
+    }
+    ctx_on(0);
+}
+
+/* allocating exactly the remaining bytes succeeds, one more fails, for every allocation API */
+static void case_boundary(uint64_t q) {
+    CUdeviceptr a = 0, b = 0, c = 0;
+    CHECK_EQ(cuMemAlloc_v2(&a, q - 4096), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAlloc_v2(&b, 4097), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemAllocManaged(&b, 4097, 1), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemAllocAsync(&b, 4097, NULL), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemAllocAsync_ptsz(&b, 4097, NULL), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemAllocFromPoolAsync(&b, 4097, NULL, NULL), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemAllocFromPoolAsync_ptsz(&b, 4097, NULL, NULL), CUDA_ERROR_OUT_OF_MEMORY);
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = 0;
+    CUmemGenericAllocationHandle h;
+    CHECK_EQ(cuMemCreate(&h, 4097, &prop, 0), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemAlloc_v2(&b, 4096), CUDA_SUCCESS); /* exactly the rest */
+    CHECK_EQ(cuMemAlloc_v2(&c, 1), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemFree_v2(b), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAllocManaged(&b, 4096, 1), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFree_v2(b), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAllocAsync(&b, 4096, NULL), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFreeAsync(b, NULL), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAllocFromPoolAsync_ptsz(&b, 4096, NULL, NULL), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFreeAsync_ptsz(b, NULL), CUDA_SUCCESS);
+    CHECK_EQ(cuMemCreate(&h, 4096, &prop, 0), CUDA_SUCCESS);
+    CHECK_EQ(cuMemRelease(h), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFree_v2(a), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAlloc_v2(&a, q), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFree_v2(a), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAlloc_v2(&a, q + 1), CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+/* frees (sync, async, VMM release) give the quota back, many times over */
+static void case_free_returns(uint64_t q) {
+    for (int i = 0; i < 100; i++) {
+        CUdeviceptr p;
+        CHECK_EQ(cuMemAlloc_v2(&p, q), CUDA_SUCCESS);
+        CHECK_EQ(cuMemFree_v2(p), CUDA_SUCCESS);
+        CHECK_EQ(cuMemAllocAsync(&p, q, NULL), CUDA_SUCCESS);
+        CHECK_EQ(cuMemFreeAsync(p, NULL), CUDA_SUCCESS);
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof prop);
+        prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        CUmemGenericAllocationHandle h;
+        CHECK_EQ(cuMemCreate(&h, q, &prop, 0), CUDA_SUCCESS);
+        CHECK_EQ(cuMemRelease(h), CUDA_SUCCESS);
+    }
+    /* a failed free (unknown pointer) must not give anything back */
+    CUdeviceptr p;
+    CHECK_EQ(cuMemAlloc_v2(&p, q), CUDA_SUCCESS);
+    CUdeviceptr other;
+    CHECK_EQ(cuMemAlloc_v2(&other, 1), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemFree_v2(p), CUDA_SUCCESS);
+    size_t f, t;
+    CHECK_EQ(cuMemGetInfo_v2(&f, &t), CUDA_SUCCESS);
+    CHECK_U64(f, q);
+}
+
+typedef CUresult (*alloc_fn)(CUdeviceptr *, size_t);
+typedef CUresult (*free_fn)(CUdeviceptr);
+typedef CUresult (*async_fn)(CUdeviceptr *, size_t, CUstream);
+typedef CUresult (*gpa_fn)(const char *, void **, int, cuuint64_t);
+typedef CUresult (*gpa2_fn)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
+
+static void limited(alloc_fn fa, free_fn ff, uint64_t q, const char *how) {
+    CUdeviceptr p;
+    if (fa == NULL || ff == NULL) {
+        fprintf(stderr, "FAIL: %s gave NULL\n", how);
+        t_failures++;
+        return;
+    }
+    CUresult rc = fa(&p, q + 1);
+    if (rc != CUDA_ERROR_OUT_OF_MEMORY) {
+        fprintf(stderr, "FAIL: %s: q+1 bytes -> %d, want 2\n", how, rc);
+        t_failures++;
+    }
+    CHECK_EQ(fa(&p, q), CUDA_SUCCESS);
+    CHECK_EQ(ff(p), CUDA_SUCCESS);
+}
+
+/* entry points that bypass plain symbol binding still hand out hooked functions */
+static void case_getproc(uint64_t q) {
+    void *pa = NULL, *pf = NULL;
+    CHECK_EQ(cuGetProcAddress("cuMemAlloc", &pa, 12000, CU_GET_PROC_ADDRESS_DEFAULT), CUDA_SUCCESS);
+    CHECK_EQ(cuGetProcAddress("cuMemFree", &pf, 12000, CU_GET_PROC_ADDRESS_DEFAULT), CUDA_SUCCESS);
+    CHECK(pa == (void *)&cuMemAlloc_v2); /* the interposed symbol, not the driver's */
+    limited((alloc_fn)pa, (free_fn)pf, q, "cuGetProcAddress(cuMemAlloc)");
+
+    /* cuGetProcAddress_v2 obtained through cuGetProcAddress itself, as cudart 12 does */
+    void *g2 = NULL;
+    CHECK_EQ(cuGetProcAddress("cuGetProcAddress", &g2, 12000, 0), CUDA_SUCCESS);
+    CHECK(g2 == (void *)&cuGetProcAddress_v2);
+    if (g2 != NULL) {
+        CUdriverProcAddressQueryResult st = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        void *aa = NULL, *fa = NULL;
+        CHECK_EQ(((gpa2_fn)g2)("cuMemAllocAsync", &aa, 12000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &st),
+                 CUDA_SUCCESS);
+        CHECK_EQ(st, CU_GET_PROC_ADDRESS_SUCCESS);
+        CHECK(aa == (void *)&cuMemAllocAsync_ptsz);
+        CHECK_EQ(((gpa2_fn)g2)("cuMemFreeAsync", &fa, 12000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &st),
+                 CUDA_SUCCESS);
+        if (aa != NULL && fa != NULL) {
+            CUdeviceptr p;
+            CHECK_EQ(((async_fn)aa)(&p, q + 1, NULL), CUDA_ERROR_OUT_OF_MEMORY);
+            CHECK_EQ(((async_fn)aa)(&p, q, NULL), CUDA_SUCCESS);
+            CHECK_EQ(((CUresult(*)(CUdeviceptr, CUstream))fa)(p, NULL), CUDA_SUCCESS);
+        }
+    }
+
+    /* dlsym on the driver's own handle, on RTLD_DEFAULT, and the real lookup of cuGetProcAddress */
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    CHECK(lib != NULL);
+    if (lib != NULL) {
+        limited((alloc_fn)dlsym(lib, "cuMemAlloc_v2"), (free_fn)dlsym(lib, "cuMemFree_v2"), q,
+                "dlsym(libcuda, cuMemAlloc_v2)");
+        gpa_fn g = (gpa_fn)dlsym(lib, "cuGetProcAddress");
+        CHECK(g == &cuGetProcAddress);
+        if (g != NULL) {
+            void *x = NULL, *y = NULL;
+            CHECK_EQ(g("cuMemAlloc", &x, 11000, 0), CUDA_SUCCESS);
+            CHECK_EQ(g("cuMemFree", &y, 11000, 0), CUDA_SUCCESS);
+            limited((alloc_fn)x, (free_fn)y, q, "dlsym(cuGetProcAddress)(cuMemAlloc)");
+        }
+        /* not hooked: the driver's own function comes back */
+        void *init = dlsym(lib, "cuInit");
+        CHECK(init != NULL);
+        CHECK(init == (void *)&cuInit);
+        CHECK(dlsym(lib, "cuNoSuchFunction") == NULL);
+        CHECK(dlerror() != NULL);
+        dlclose(lib);
+    }
+    limited((alloc_fn)dlsym(RTLD_DEFAULT, "cuMemAlloc_v2"), (free_fn)dlsym(RTLD_DEFAULT, "cuMemFree_v2"), q,
+            "dlsym(RTLD_DEFAULT, cuMemAlloc_v2)");
+    /* the dlsym trampoline keeps RTLD_NEXT relative to the caller (this executable) */
+    void *m = dlsym(RTLD_NEXT, "malloc");
+    CHECK(m != NULL);
+    CHECK(dlsym(RTLD_DEFAULT, "aclrtMalloc") == NULL); /* absent vendor library: not hooked */
+}
+
+/* queries report the quota: total = min(quota, card), free = total - container usage */
+static void case_meminfo(uint64_t q) {
+    size_t f = 0, t = 0, dt = 0;
+    CHECK_EQ(cuMemGetInfo_v2(&f, &t), CUDA_SUCCESS);
+    uint64_t phys = env_u64("HCS_TEST_PHYS");
+    uint64_t want_total = q < phys ? q : phys;
+    CHECK_U64(t, want_total);
+    CHECK_U64(f, want_total);
+    CHECK_EQ(cuDeviceTotalMem_v2(&dt, 0), CUDA_SUCCESS);
+    CHECK_U64(dt, want_total);
+    CUdeviceptr p;
+    uint64_t chunk = (want_total + 2) / 3; /* >= 1 even for a 1-byte quota */
+    CHECK_EQ(cuMemAlloc_v2(&p, chunk), CUDA_SUCCESS);
+    CHECK_EQ(cuMemGetInfo_v2(&f, &t), CUDA_SUCCESS);
+    CHECK_U64(t, want_total);
+    CHECK_U64(f, want_total - chunk);
+    CHECK_EQ(cuMemFree_v2(p), CUDA_SUCCESS);
+    CHECK_EQ(cuMemGetInfo_v2(&f, &t), CUDA_SUCCESS);
+    CHECK_U64(f, want_total);
+    /* NVML reports the quota too (simulated libnvidia-ml.so.1 from driver/, looked up via dlsym) */
+    const char *dir = getenv("HCS_TEST_DRIVER_LIB");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/libnvidia-ml.so.1", dir ? dir : ".");
+    void *nv = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (nv != NULL) {
+        nvmlReturn_t (*init)(void) = (nvmlReturn_t(*)(void))dlsym(nv, "nvmlInit_v2");
+        nvmlReturn_t (*get)(unsigned int, nvmlDevice_t *) =
+            (nvmlReturn_t(*)(unsigned int, nvmlDevice_t *))dlsym(nv, "nvmlDeviceGetHandleByIndex_v2");
+        nvmlReturn_t (*mi)(nvmlDevice_t, nvmlMemory_t *) =
+            (nvmlReturn_t(*)(nvmlDevice_t, nvmlMemory_t *))dlsym(nv, "nvmlDeviceGetMemoryInfo");
+        nvmlDevice_t d;
+        nvmlMemory_t mem;
+        if (init != NULL && get != NULL && mi != NULL && init() == NVML_SUCCESS && get(0, &d) == NVML_SUCCESS) {
+            CHECK_EQ(cuMemAlloc_v2(&p, chunk), CUDA_SUCCESS);
+            CHECK_EQ(mi(d, &mem), NVML_SUCCESS);
+            CHECK_U64(mem.total, want_total);
+            if (q < phys) { /* otherwise NVML's own numbers are the card's and pass through */
+                CHECK_U64(mem.used, chunk);
+                CHECK_U64(mem.free, want_total - chunk);
+            }
+            CHECK_EQ(cuMemFree_v2(p), CUDA_SUCCESS);
+            printf("nvml checked\n");
+        }
+    }
+}
+
+/* pitch allocations are charged the driver-chosen pitch * height */
+static void case_pitch(uint64_t q) {
+    CUdeviceptr p;
+    size_t pitch = 0;
+    /* width 1000 -> pitch 1024 in the simulated driver; q is set to 1024*10 by the test */
+    CHECK_EQ(cuMemAllocPitch_v2(&p, &pitch, 1000, 10, 4), (q >= 10240 ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY));
+    if (q >= 10240) {
+        CHECK_EQ(pitch, 1024);
+        size_t f, t;
+        CHECK_EQ(cuMemGetInfo_v2(&f, &t), CUDA_SUCCESS);
+        CHECK_U64(f, q - 10240);
+        CHECK_EQ(cuMemFree_v2(p), CUDA_SUCCESS);
+        CHECK_EQ(cuMemGetInfo_v2(&f, &t), CUDA_SUCCESS);
+        CHECK_U64(f, q);
+    } else {
+        size_t f, t;
+        CHECK_EQ(cuMemGetInfo_v2(&f, &t), CUDA_SUCCESS);
+        CHECK_U64(f, q); /* the failed attempt left nothing behind */
+    }
+}
+
+/* VMM: device-located physical memory counts, host-located does not (HAMi-core #187) */
+static void case_vmm(uint64_t q) {
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    CUmemGenericAllocationHandle h, hh;
+    CHECK_EQ(cuMemCreate(&h, q, &prop, 0), CUDA_SUCCESS);
+    prop.location.type = CU_MEM_LOCATION_TYPE_HOST_NUMA;
+    prop.location.id = 7; /* a NUMA node id, not a device ordinal */
+    CHECK_EQ(cuMemCreate(&hh, q, &prop, 0), CUDA_SUCCESS);
+    CHECK_EQ(cuMemRelease(hh), CUDA_SUCCESS);
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = 0;
+    CHECK_EQ(cuMemCreate(&hh, 1, &prop, 0), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemRelease(h), CUDA_SUCCESS);
+    CHECK_EQ(cuMemCreate(&hh, q, &prop, 0), CUDA_SUCCESS);
+    CHECK_EQ(cuMemRelease(hh), CUDA_SUCCESS);
+}
+
+/* per-device quotas "0:<q>,1:<2q>" */
+static void case_multidev(uint64_t q) {
+    CUdeviceptr a, b;
+    ctx_on(1);
+    CHECK_EQ(cuMemAlloc_v2(&a, 2 * q), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAlloc_v2(&b, 1), CUDA_ERROR_OUT_OF_MEMORY);
+    size_t f, t;
+    CHECK_EQ(cuMemGetInfo_v2(&f, &t), CUDA_SUCCESS);
+    CHECK_U64(t, 2 * q);
+    CHECK_U64(f, 0);
+    ctx_on(0);
+    CHECK_EQ(cuMemAlloc_v2(&b, q + 1), CUDA_ERROR_OUT_OF_MEMORY);
+    CHECK_EQ(cuMemAlloc_v2(&b, q), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFree_v2(b), CUDA_SUCCESS);
+    ctx_on(1);
+    CHECK_EQ(cuMemFree_v2(a), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAlloc_v2(&a, 2 * q), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFree_v2(a), CUDA_SUCCESS);
+}
+
+/* a forked child is a new process with its own share; its share is reclaimed after it exits
+ * without freeing */
+static void case_fork(uint64_t q) {
+    CUdeviceptr a;
+    CHECK_EQ(cuMemAlloc_v2(&a, q / 2), CUDA_SUCCESS);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int bad = 0;
+        CUdeviceptr b, c;
+        ctx_on(0);
+        bad |= cuMemAlloc_v2(&b, q - q / 2) != CUDA_SUCCESS;
+        bad |= cuMemAlloc_v2(&c, 1) != CUDA_ERROR_OUT_OF_MEMORY;
+        /* freeing the parent's pointer in the child gives nothing back to the parent's share */
+        _exit(bad ? 3 : 0); /* exits holding q - q/2 */
+    }
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CUdeviceptr b;
+    CHECK_EQ(cuMemAlloc_v2(&b, q - q / 2), CUDA_SUCCESS); /* the dead child's share came back */
+    CHECK_EQ(cuMemFree_v2(b), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFree_v2(a), CUDA_SUCCESS);
+}
+
+/* allocate and report; used by the Python tests for cross-process cases */
+static int case_alloc(uint64_t bytes) {
+    CUdeviceptr p;
+    CUresult rc = cuMemAlloc_v2(&p, bytes);
+    size_t f = 0, t = 0;
+    (void)cuMemGetInfo_v2(&f, &t);
+    printf("{\"rc\": %d, \"free\": %zu, \"total\": %zu}\n", rc, f, t);
+    return 0;
+}
+
+/* allocate, say so, and wait to be killed */
+static int case_hold(uint64_t bytes) {
+    CUdeviceptr p;
+    CUresult rc = cuMemAlloc_v2(&p, bytes);
+    printf("%s %d\n", rc == CUDA_SUCCESS ? "ready" : "failed", rc);
+    fflush(stdout);
+    if (rc != CUDA_SUCCESS)
+        return 1;
+    for (;;)
+        pause();
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: t_cuda <case> [bytes]\n");
+        return 2;
+    }
+    const char *c = argv[1];
+    setup();
+    if (strcmp(c, "alloc") == 0 && argc > 2)
+        return case_alloc(strtoull(argv[2], NULL, 10));
+    if (strcmp(c, "hold") == 0 && argc > 2)
+        return case_hold(strtoull(argv[2], NULL, 10));
+    uint64_t q = env_u64("HCS_TEST_QUOTA");
+    if (strcmp(c, "boundary") == 0)
+        case_boundary(q);
+    else if (strcmp(c, "free_returns") == 0)
+        case_free_returns(q);
+    else if (strcmp(c, "getproc") == 0)
+        case_getproc(q);
+    else if (strcmp(c, "meminfo") == 0)
+        case_meminfo(q);
+    else if (strcmp(c, "pitch") == 0)
+        case_pitch(q);
+    else if (strcmp(c, "vmm") == 0)
+        case_vmm(q);
+    else if (strcmp(c, "multidev") == 0)
+        case_multidev(q);
+    else if (strcmp(c, "fork") == 0)
+        case_fork(q);
+    else {
+        fprintf(stderr, "unknown case %s\n", c);
+        return 2;
+    }
+    return t_finish(c);
+}

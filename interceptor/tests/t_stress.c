@@ -1,0 +1,144 @@
+/*
+ * t_stress - concurrency check for the shared accounting.
+ *   t_stress worker <threads> <iterations> <max_bytes> <seed>
+ *       (run with LD_PRELOAD) each thread allocates and frees at random, holding up to 4 blocks;
+ *       every result must be success or CUDA_ERROR_OUT_OF_MEMORY. Prints one JSON line.
+ *   t_stress observer <shm_dir> <quota> <stop_file>
+ *       (run WITHOUT the interceptor) an independent process that maps the region and, under its
+ *       robust mutex, sums the container's usage of device 0 until <stop_file> exists. Prints one
+ *       JSON line: samples, max, violations (samples above quota), final usage.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include "hcs_vendor_abi.h"
+#include "region.h"
+#include "t_common.h"
+
+struct wargs {
+    int iters;
+    uint64_t max_bytes;
+    unsigned seed;
+    long ok, oom, other;
+};
+
+static uint64_t rnd(unsigned *s) {
+    *s = *s * 1103515245u + 12345u;
+    return (*s >> 8) & 0xffffff;
+}
+
+static void *worker(void *p) {
+    struct wargs *a = p;
+    CUcontext c;
+    if (cuDevicePrimaryCtxRetain(&c, 0) != CUDA_SUCCESS || cuCtxSetCurrent(c) != CUDA_SUCCESS) {
+        a->other++;
+        return NULL;
+    }
+    CUdeviceptr held[4] = {0};
+    for (int i = 0; i < a->iters; i++) {
+        int slot = (int)(rnd(&a->seed) % 4);
+        if (held[slot] != 0) {
+            CUresult rc = (rnd(&a->seed) & 1) ? cuMemFree_v2(held[slot]) : cuMemFreeAsync(held[slot], NULL);
+            if (rc != CUDA_SUCCESS)
+                a->other++;
+            held[slot] = 0;
+        } else {
+            uint64_t size = 1 + rnd(&a->seed) % a->max_bytes;
+            CUresult rc = (rnd(&a->seed) & 1) ? cuMemAlloc_v2(&held[slot], size)
+                                             : cuMemAllocAsync(&held[slot], size, NULL);
+            if (rc == CUDA_SUCCESS)
+                a->ok++;
+            else if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
+                a->oom++;
+                held[slot] = 0;
+            } else {
+                a->other++;
+                held[slot] = 0;
+            }
+        }
+        if ((i & 63) == 0)
+            sched_yield();
+    }
+    for (int s = 0; s < 4; s++)
+        if (held[s] != 0 && cuMemFree_v2(held[s]) != CUDA_SUCCESS)
+            a->other++;
+    return NULL;
+}
+
+static int run_worker(int threads, int iters, uint64_t max_bytes, unsigned seed) {
+    if (cuInit(0) != CUDA_SUCCESS) {
+        fprintf(stderr, "cuInit failed\n");
+        return 2;
+    }
+    pthread_t th[64];
+    struct wargs args[64];
+    if (threads > 64)
+        threads = 64;
+    for (int i = 0; i < threads; i++) {
+        args[i] = (struct wargs){.iters = iters, .max_bytes = max_bytes, .seed = seed * 131u + (unsigned)i};
+        pthread_create(&th[i], NULL, worker, &args[i]);
+    }
+    long ok = 0, oom = 0, other = 0;
+    for (int i = 0; i < threads; i++) {
+        pthread_join(th[i], NULL);
+        ok += args[i].ok;
+        oom += args[i].oom;
+        other += args[i].other;
+    }
+    size_t f = 0, t = 0;
+    CUresult rc = cuMemGetInfo_v2(&f, &t);
+    printf("{\"ok\": %ld, \"oom\": %ld, \"other\": %ld, \"meminfo_rc\": %d, \"free\": %zu, \"total\": %zu}\n", ok,
+           oom, other, rc, f, t);
+    return other == 0 ? 0 : 1;
+}
+
+static int run_observer(const char *dir, uint64_t quota, const char *stop) {
+    struct hcs_region r;
+    char err[512];
+    /* the workers create the region; wait for it */
+    for (int i = 0; i < 2000; i++) {
+        if (hcs_region_open(&r, dir, err, sizeof err) == 0)
+            break;
+        if (i == 1999) {
+            fprintf(stderr, "observer: %s\n", err);
+            return 2;
+        }
+        usleep(5000);
+    }
+    long samples = 0, violations = 0;
+    uint64_t max = 0;
+    for (;;) {
+        int stopping = access(stop, F_OK) == 0;
+        uint64_t u = hcs_region_used_locked(&r, 0);
+        samples++;
+        if (u > quota)
+            violations++;
+        if (u > max)
+            max = u;
+        if (stopping)
+            break;
+        sched_yield();
+    }
+    /* after every worker has exited: dead slots are reclaimed and nothing is left */
+    hcs_region_lock(&r);
+    int reclaimed = hcs_region_reclaim_locked(&r);
+    hcs_region_unlock(&r);
+    uint64_t final_used = hcs_region_used_locked(&r, 0);
+    printf("{\"samples\": %ld, \"max\": %llu, \"violations\": %ld, \"final\": %llu, \"reclaimed\": %d, "
+           "\"peak\": %llu}\n",
+           samples, (unsigned long long)max, violations, (unsigned long long)final_used, reclaimed,
+           (unsigned long long)atomic_load(&r.hdr->peak[0]));
+    hcs_region_close(&r);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 6 && strcmp(argv[1], "worker") == 0)
+        return run_worker(atoi(argv[2]), atoi(argv[3]), strtoull(argv[4], NULL, 10), (unsigned)atoi(argv[5]));
+    if (argc >= 5 && strcmp(argv[1], "observer") == 0)
+        return run_observer(argv[2], strtoull(argv[3], NULL, 10), argv[4]);
+    fprintf(stderr, "usage: t_stress worker <threads> <iters> <max_bytes> <seed> | observer <dir> <quota> <stop>\n");
+    return 2;
+}

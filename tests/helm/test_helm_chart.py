@@ -1,0 +1,502 @@
+"""The chart in helm/hcs, rendered by the real helm: lint, renders per values file and mode, invariants.
+
+Skipped with a reason only when helm is absent locally; in CI (CI=true) a missing helm fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helm_chart import (
+    CHART,
+    NAMESPACE,
+    REPO_ROOT,
+    HelmError,
+    component_configs,
+    container,
+    find,
+    find_helm,
+    helm,
+    one,
+    render,
+)
+
+MODES = ("devicePlugin", "dra", "both")
+VALUES_FILES = ((), ("values-prod.yaml",), ("values-dev.yaml",))
+CORE_KINDS_WITH_NAMESPACE = {"ConfigMap", "Secret", "Service", "ServiceAccount", "Deployment", "DaemonSet",
+                             "Role", "RoleBinding", "PodDisruptionBudget"}
+
+Render = Callable[..., list[dict[str, Any]]]
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> str:
+    found = find_helm()
+    if found is None:
+        msg = ("helm not found: set HCS_HELM, put helm on PATH, or let e2e/cluster/up build it "
+               "(~/.cache/hcs/cluster/bin/<version>/helm)")
+        if os.environ.get("CI"):
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    return found
+
+
+@pytest.fixture(scope="session")
+def rendered(helm_bin: str) -> Render:
+    """``rendered(values_files=(), **set_values)``, cached for the session."""
+    cache: dict[str, list[dict[str, Any]]] = {}
+
+    def get(values_files: tuple[str, ...] = (), api_versions: tuple[str, ...] = (), **set_values: Any) -> list[
+            dict[str, Any]]:
+        key = json.dumps([values_files, api_versions, set_values], sort_keys=True)
+        if key not in cache:
+            sv = {k.replace("__", "."): v for k, v in set_values.items()}
+            cache[key] = render(values_files, sv, api_versions=api_versions)
+        return cache[key]
+
+    return get
+
+
+def _values(*files: str) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+
+    def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                merge(dst[k], v)
+            else:
+                dst[k] = v
+
+    for f in ("values.yaml", *files):
+        merge(merged, yaml.safe_load((CHART / f).read_text()))
+    return merged
+
+
+# ---------------------------------------------------------------- lint and render
+
+
+@pytest.mark.parametrize("values_files", VALUES_FILES, ids=["default", "prod", "dev"])
+def test_helm_lint_is_clean(helm_bin: str, values_files: tuple[str, ...]) -> None:
+    args = ["lint", str(CHART), "--strict", "--namespace", NAMESPACE, "--kube-version", "1.37.2"]
+    for f in values_files:
+        args += ["-f", str(CHART / f)]
+    result = helm(*args, helm_bin=helm_bin, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "[WARNING]" not in out and "[ERROR]" not in out, out
+    assert "0 chart(s) failed" in out, out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_helm_lint_each_mode(helm_bin: str, mode: str) -> None:
+    result = helm("lint", str(CHART), "--strict", "--set", f"mode={mode}", "--kube-version", "1.37.2",
+                  helm_bin=helm_bin, check=False)
+    assert result.returncode == 0 and "[WARNING]" not in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values_files", VALUES_FILES, ids=["default", "prod", "dev"])
+@pytest.mark.parametrize("mode", MODES)
+def test_render_parses_into_well_formed_unique_objects(rendered: Render, values_files: tuple[str, ...],
+                                                       mode: str) -> None:
+    docs = rendered(values_files, mode=mode)
+    assert docs, "nothing rendered"
+    seen: set[tuple[str, str, str]] = set()
+    for d in docs:
+        assert isinstance(d.get("apiVersion"), str) and isinstance(d.get("kind"), str), d
+        meta = d["metadata"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", meta["name"]) and len(meta["name"]) <= 253, meta
+        if d["kind"] in CORE_KINDS_WITH_NAMESPACE:
+            assert meta.get("namespace"), f"{d['kind']} {meta['name']} has no namespace"
+        key = (d["kind"], meta.get("namespace", ""), meta["name"])
+        assert key not in seen, f"duplicate {key}"
+        seen.add(key)
+        for value in (meta.get("labels") or {}).values():
+            assert isinstance(value, str), f"{d['kind']} {meta['name']}: label value {value!r} is not a string"
+    for cm in find(docs, "ConfigMap"):
+        for key, text in cm.get("data", {}).items():
+            if key.endswith(".yaml"):
+                assert isinstance(yaml.safe_load(text), dict), f"ConfigMap {cm['metadata']['name']} {key}"
+            if key.endswith(".json"):
+                json.loads(text)
+    kinds = {d["kind"] for d in docs}
+    assert {"CustomResourceDefinition", "DaemonSet", "Deployment", "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration", "ClusterRole", "ValidatingAdmissionPolicy"} <= kinds
+
+
+def test_bad_values_fail_with_a_message_naming_the_value(helm_bin: str) -> None:
+    with pytest.raises(HelmError) as exc:
+        render(set_values={"mode": "gpu"})
+    assert "mode" in exc.value.stderr and "devicePlugin" in exc.value.stderr
+    with pytest.raises(HelmError) as exc:
+        render(set_values={"webhook.failurePolicy": "Never"})
+    assert "failurePolicy" in exc.value.stderr
+    with pytest.raises(HelmError) as exc:
+        render(set_values={"scheduler.replicas": 2, "scheduler.leaderElection.enabled": False})
+    assert "leaderElection" in exc.value.stderr
+
+
+# ---------------------------------------------------------------- values keep the seed's keys and defaults
+
+
+def test_values_keep_the_seed_defaults() -> None:
+    v = _values()
+    assert v["nodeAgent"]["enabled"] is True
+    assert v["nodeAgent"]["logLevel"] == "info"
+    assert v["nodeAgent"]["reportInterval"] == 30
+    assert v["scheduler"]["enabled"] is True
+    assert v["scheduler"]["replicas"] == 1
+    assert v["scheduler"]["leaderElection"]["enabled"] is True
+    assert v["webhook"]["enabled"] is True
+    assert v["webhook"]["replicas"] == 2
+    assert v["webhook"]["failurePolicy"] == "Fail"
+    assert v["scheduler"]["exchangeRates"] == {"a100": 1.0, "a800": 0.95, "h100": 1.5, "910b": 0.85,
+                                               "hygon-dcu": 0.6}
+    assert v["mode"] in MODES
+    assert v["image"]["repository"] and "tag" in v["image"]
+
+
+def test_default_render_follows_the_seed_defaults(rendered: Render) -> None:
+    docs = rendered()
+    configs = component_configs(docs)
+    agent = one(docs, "DaemonSet")
+    assert "--log-level=info" in container(agent, "node-agent")["args"]
+    assert configs["node"]["node"]["reportInterval"] == 30
+    alloc = one(docs, "Deployment", "hcs-allocator")
+    assert alloc["spec"]["replicas"] == 1
+    assert configs["allocator"]["allocator"]["leaderElection"]["enabled"] is True
+    assert configs["kube-scheduler"]["leaderElection"]["leaderElect"] is True
+    assert one(docs, "Deployment", "hcs-webhook")["spec"]["replicas"] == 2
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert [w["failurePolicy"] for w in one(docs, kind)["webhooks"]] == ["Fail"]
+    rates = {"a100": 1.0, "a800": 0.95, "h100": 1.5, "910b": 0.85, "hygon-dcu": 0.6}
+    assert configs["allocator"]["exchangeRates"] == rates
+    assert configs["node"]["exchangeRates"] == rates
+
+
+@pytest.mark.parametrize("policy", ["Fail", "Ignore"])
+def test_webhook_failure_policy_follows_the_value(rendered: Render, policy: str) -> None:
+    docs = rendered(webhook__failurePolicy=policy)
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert [w["failurePolicy"] for w in one(docs, kind)["webhooks"]] == [policy]
+
+
+def test_components_can_be_switched_off(rendered: Render) -> None:
+    docs = rendered(nodeAgent__enabled=False, scheduler__enabled=False, webhook__enabled=False)
+    assert not find(docs, "DaemonSet") and not find(docs, "Deployment")
+    assert not find(docs, "MutatingWebhookConfiguration") and not find(docs, "ServiceAccount")
+    assert find(docs, "CustomResourceDefinition")
+
+
+def test_exchange_rate_override_reaches_every_component(rendered: Render) -> None:
+    configs = component_configs(rendered(scheduler__exchangeRates__h100=1.6))
+    assert configs["allocator"]["exchangeRates"]["h100"] == 1.6
+    assert configs["node"]["exchangeRates"]["h100"] == 1.6
+    assert configs["node"]["exchangeRates"]["a100"] == 1.0
+
+
+# ---------------------------------------------------------------- RBAC
+
+
+@pytest.mark.parametrize("values_files", VALUES_FILES, ids=["default", "prod", "dev"])
+@pytest.mark.parametrize("mode", MODES)
+def test_rbac_has_no_wildcards(rendered: Render, values_files: tuple[str, ...], mode: str) -> None:
+    docs = rendered(values_files, mode=mode, webhook__imageMap="hcs-system/images")
+    rules = [(d["kind"], d["metadata"]["name"], r) for d in docs if d["kind"] in ("ClusterRole", "Role")
+             for r in d.get("rules", [])]
+    assert rules
+    for kind, name, rule in rules:
+        for field in ("verbs", "resources", "apiGroups", "resourceNames", "nonResourceURLs"):
+            assert "*" not in rule.get(field, []), f"{kind} {name}: wildcard in {field}: {rule}"
+        assert rule["verbs"], f"{kind} {name}: empty verbs"
+        if "" in rule["apiGroups"]:
+            assert not {"secrets", "escalate", "bind", "impersonate"} & set(rule["resources"] + rule["verbs"]), rule
+
+
+def test_node_agent_writes_are_restricted_to_its_own_node(rendered: Render) -> None:
+    docs = rendered(mode="both")
+    sa = one(docs, "ServiceAccount", "hcs-node-agent")
+    user = f"system:serviceaccount:{NAMESPACE}:{sa['metadata']['name']}"
+    policies = {p["metadata"]["name"]: p for p in find(docs, "ValidatingAdmissionPolicy")}
+    bindings = {b["spec"]["policyName"]: b for b in find(docs, "ValidatingAdmissionPolicyBinding")}
+    covered = set()
+    for name, policy in policies.items():
+        spec = policy["spec"]
+        assert bindings[name]["spec"]["validationActions"] == ["Deny"]
+        assert spec["failurePolicy"] == "Fail"
+        assert user in spec["matchConditions"][0]["expression"]
+        assert "authentication.kubernetes.io/node-name" in json.dumps(spec["variables"])
+        for rule in spec["matchConstraints"]["resourceRules"]:
+            assert set(rule["operations"]) == {"CREATE", "UPDATE", "DELETE"}
+            covered.update(rule["resources"])
+    assert {"computenodes", "computenodes/status", "resourceslices"} <= covered
+    # RBAC lets the agent write exactly the resources the policies cover (and nothing else).
+    role = one(docs, "ClusterRole", "hcs-node-agent")
+    writes = {res for r in role["rules"] if {"create", "update", "patch", "delete"} & set(r["verbs"])
+              for res in r["resources"] if res != "events"}
+    assert writes <= covered, writes - covered
+    # devicePlugin mode: no DRA rights, no slice policy.
+    docs = rendered(mode="devicePlugin")
+    role = one(docs, "ClusterRole", "hcs-node-agent")
+    assert not any("resource.k8s.io" in r["apiGroups"] for r in role["rules"])
+    assert [p["metadata"]["name"] for p in find(docs, "ValidatingAdmissionPolicy")] == [
+        "hcs-node-agent-computenodes"]
+
+
+# ---------------------------------------------------------------- CRDs, DeviceClasses, webhook shape
+
+
+def test_chart_crds_are_byte_identical_copies_of_hcs_node_crds(rendered: Render) -> None:
+    source_dir = REPO_ROOT / "hcs" / "node" / "crds"
+    sources = sorted(p.name for p in source_dir.glob("*.yaml"))
+    copies = sorted(p.name for p in (CHART / "files" / "crds").glob("*.yaml"))
+    assert sources and sources == copies, "sync with: make chart-crds"
+    for name in sources:
+        assert (CHART / "files" / "crds" / name).read_bytes() == (source_dir / name).read_bytes(), (
+            f"helm/hcs/files/crds/{name} differs from hcs/node/crds/{name}; run: make chart-crds")
+    docs = rendered()
+    for name in sources:
+        src = yaml.safe_load((source_dir / name).read_text())
+        crd = one(docs, "CustomResourceDefinition", src["metadata"]["name"])
+        assert crd["spec"] == src["spec"]
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not find(rendered(crds__install=False), "CustomResourceDefinition")
+
+
+def test_device_classes_match_the_dra_examples(rendered: Render) -> None:
+    examples = REPO_ROOT / "examples" / "dra" / "deviceclasses.yaml"
+    if not examples.exists():
+        pytest.skip("examples/dra/deviceclasses.yaml not present")
+    expected = {d["metadata"]["name"]: d["spec"] for d in yaml.safe_load_all(examples.read_text()) if d}
+    for mode in ("dra", "both"):
+        got = {d["metadata"]["name"]: d["spec"] for d in find(rendered(mode=mode), "DeviceClass")}
+        assert got == expected
+    assert not find(rendered(mode="devicePlugin"), "DeviceClass")
+
+
+def test_webhook_configurations_match_the_webhook_reference(rendered: Render) -> None:
+    manifests = pytest.importorskip("hcs.webhook.manifests")
+    docs = rendered()
+    svc = one(docs, "Service", "hcs-webhook")
+    port = svc["spec"]["ports"][0]["port"]
+    expected = manifests.webhook_configurations(ca_bundle="CA", service=(NAMESPACE, "hcs-webhook", port),
+                                                exclude_namespaces=("kube-system", NAMESPACE))
+    for ref in expected:
+        got = one(docs, ref["kind"])
+        assert got["metadata"]["name"] == ref["metadata"]["name"]
+        assert len(got["webhooks"]) == len(ref["webhooks"])
+        for g, r in zip(got["webhooks"], ref["webhooks"], strict=True):
+            g = json.loads(json.dumps(g))
+            g["clientConfig"]["caBundle"] = "CA"
+            assert g == r
+
+
+def test_webhook_mode_follows_the_chart_mode(rendered: Render) -> None:
+    assert component_configs(rendered(mode="devicePlugin"))["webhook"]["webhook"]["mode"] == "device-plugin"
+    assert component_configs(rendered(mode="both"))["webhook"]["webhook"]["mode"] == "device-plugin"
+    dra = component_configs(rendered(mode="dra"))["webhook"]["webhook"]
+    assert dra["mode"] == "dra" and dra["dra"]["deviceClass"] == "vram.ai.compute"
+    docs = rendered(mode="dra")
+    verbs = {v for r in one(docs, "ClusterRole", "hcs-webhook")["rules"] if "resourceclaimtemplates" in r["resources"]
+             for v in r["verbs"]}
+    assert "create" in verbs
+
+
+# ---------------------------------------------------------------- node agent, scheduler
+
+
+def _host_paths(ds: dict[str, Any]) -> dict[str, str]:
+    return {v["name"]: v["hostPath"]["path"] for v in ds["spec"]["template"]["spec"]["volumes"] if "hostPath" in v}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_node_agent_mounts_follow_the_mode(rendered: Render, mode: str) -> None:
+    docs = rendered(mode=mode)
+    ds = one(docs, "DaemonSet")
+    paths = set(_host_paths(ds).values())
+    assert {"/var/run/cdi", "/dev", "/usr/local/hcs/lib", "/var/lib/hcs"} <= paths
+    dp = {"/var/lib/kubelet/device-plugins", "/var/lib/kubelet/pod-resources"}
+    dra = {"/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/plugins"}
+    assert (dp <= paths) == (mode != "dra")
+    assert (dra <= paths) == (mode != "devicePlugin")
+    mounts = {m["mountPath"] for m in container(ds, "node-agent")["volumeMounts"]}
+    assert paths <= mounts, "every host path is mounted at the same path (CDI specs name host paths)"
+    assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    node = component_configs(docs)["node"]["node"]
+    assert ("dra" in node) == (mode != "devicePlugin")
+    assert node["devicePluginDir"] == "/var/lib/kubelet/device-plugins"
+    assert node["cdiDir"] == "/var/run/cdi" and node["interceptorDir"] == "/usr/local/hcs/lib"
+    init = ds["spec"]["template"]["spec"]["initContainers"][0]
+    assert "libhcs_interceptor.so" in " ".join(init["command"])
+
+
+def test_simulated_devices_and_driver_dirs(rendered: Render) -> None:
+    docs = rendered(nodeAgent__simulated__enabled=True, nodeAgent__driverLibraryDirs=["/opt/vendor/lib"])
+    ds = one(docs, "DaemonSet")
+    env = {e["name"]: e.get("value") for e in container(ds, "node-agent")["env"]}
+    assert env["HCS_SIM_PROFILE"] == "/opt/hcs/sim/profile.json"
+    assert env["HCS_DRIVER_PATH"] == "/opt/hcs/driver/lib:/opt/vendor/lib"
+    assert {"/opt/hcs/sim", "/opt/vendor/lib"} <= set(_host_paths(ds).values())
+    assert component_configs(docs)["node"]["node"]["deviceIsolation"] is False
+    env = {e["name"] for e in container(one(rendered(), "DaemonSet"), "node-agent")["env"]}
+    assert "HCS_SIM_PROFILE" not in env and "HCS_DRIVER_PATH" not in env
+
+
+def test_scheduler_profile_and_extender(rendered: Render) -> None:
+    docs = rendered()
+    cfg = component_configs(docs)["kube-scheduler"]
+    assert cfg["apiVersion"] == "kubescheduler.config.k8s.io/v1" and cfg["kind"] == "KubeSchedulerConfiguration"
+    assert [p["schedulerName"] for p in cfg["profiles"]] == ["hcs-scheduler"]
+    (ext,) = cfg["extenders"]
+    assert {m["name"]: m["ignoredByScheduler"] for m in ext["managedResources"]} == {
+        "ai.compute/vram": True, "ai.compute/tflops-fp16": True}
+    assert ext["nodeCacheCapable"] is True and ext["bindVerb"] and ext["filterVerb"] and ext["prioritizeVerb"]
+    svc = one(docs, "Service", "hcs-allocator")
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "extender")
+    assert ext["urlPrefix"].startswith(f"http://hcs-allocator.{NAMESPACE}.svc.cluster.local:{port}/")
+    deploy = one(docs, "Deployment", "hcs-allocator")
+    ks = container(deploy, "kube-scheduler")
+    assert ks["image"] == "registry.k8s.io/kube-scheduler:v1.37.2"
+    assert "--config=/etc/kube-scheduler/config.yaml" in ks["command"]
+    node = component_configs(docs)["node"]["node"]
+    grpc_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    assert node["allocatorAddress"] == f"hcs-allocator.{NAMESPACE}.svc.cluster.local:{grpc_port}"
+
+
+def test_images_are_values(rendered: Render) -> None:
+    docs = rendered(image__repository="registry.example/hcs", image__tag="1.2.3",
+                    scheduler__kubeScheduler__image__tag="v1.36.1")
+    images = {c["image"] for d in docs if d["kind"] in ("Deployment", "DaemonSet")
+              for c in d["spec"]["template"]["spec"]["containers"] + d["spec"]["template"]["spec"].get(
+                  "initContainers", [])}
+    assert images == {"registry.example/hcs:1.2.3", "registry.k8s.io/kube-scheduler:v1.36.1"}
+    default = {c["image"] for d in rendered() if d["kind"] == "DaemonSet"
+               for c in d["spec"]["template"]["spec"]["containers"]}
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert default == {f"ghcr.io/hetero-compute/hcs:{chart['appVersion']}"}
+
+
+def test_non_root_except_the_node_agent(rendered: Render) -> None:
+    docs = rendered()
+    for d in find(docs, "Deployment"):
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False, (d["metadata"], c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"] and sc["readOnlyRootFilesystem"] is True
+    agent = container(one(docs, "DaemonSet"), "node-agent")
+    assert agent["securityContext"]["privileged"] is True
+
+
+# ---------------------------------------------------------------- prod / dev
+
+
+def test_prod_values_add_pdbs_and_anti_affinity(rendered: Render) -> None:
+    docs = rendered(("values-prod.yaml",))
+    pdbs = {p["metadata"]["name"]: p for p in find(docs, "PodDisruptionBudget")}
+    assert set(pdbs) == {"hcs-allocator", "hcs-webhook"}
+    for name, pdb in pdbs.items():
+        deploy = one(docs, "Deployment", name)
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= deploy["spec"]["template"]["metadata"][
+            "labels"].items()
+        assert pdb["spec"]["minAvailable"] < deploy["spec"]["replicas"], "a PDB must leave room for one eviction"
+        anti = deploy["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+        term = anti["requiredDuringSchedulingIgnoredDuringExecution"][0]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert term["labelSelector"]["matchLabels"].items() <= deploy["spec"]["template"]["metadata"][
+            "labels"].items()
+    assert not find(rendered(), "PodDisruptionBudget")
+
+
+def test_dev_values_log_debug(rendered: Render) -> None:
+    docs = rendered(("values-dev.yaml",))
+    for d in find(docs, "Deployment") + find(docs, "DaemonSet"):
+        args = container(d, d["spec"]["template"]["spec"]["containers"][0]["name"])["args"]
+        assert "--log-level=debug" in args, d["metadata"]["name"]
+
+
+# ---------------------------------------------------------------- certificates
+
+
+def _openssl(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["openssl", *args], input=stdin, capture_output=True, check=False, timeout=30)
+
+
+def test_generated_certificate_serves_the_webhook_service(rendered: Render, tmp_path: Path) -> None:
+    docs = rendered()
+    secret = one(docs, "Secret", "hcs-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    ca = base64.b64decode(secret["data"]["ca.crt"])
+    (tmp_path / "ca.pem").write_bytes(ca)
+    (tmp_path / "tls.pem").write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        assert base64.b64decode(one(docs, kind)["webhooks"][0]["clientConfig"]["caBundle"]) == ca
+    verify = _openssl("verify", "-CAfile", str(tmp_path / "ca.pem"), "-verify_hostname",
+                      f"hcs-webhook.{NAMESPACE}.svc", str(tmp_path / "tls.pem"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    wrong = _openssl("verify", "-CAfile", str(tmp_path / "ca.pem"), "-verify_hostname",
+                     "hcs-webhook.other.svc", str(tmp_path / "tls.pem"))
+    assert wrong.returncode != 0
+
+
+def test_cert_manager_when_present(rendered: Render) -> None:
+    docs = rendered(api_versions=("cert-manager.io/v1",))
+    assert not find(docs, "Secret")
+    cert = one(docs, "Certificate", "hcs-webhook")
+    assert cert["spec"]["secretName"] == "hcs-webhook-tls"
+    assert f"hcs-webhook.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        cfg = one(docs, kind)
+        assert cfg["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/hcs-webhook"
+        assert "caBundle" not in cfg["webhooks"][0]["clientConfig"]
+    assert {i["metadata"]["name"] for i in find(docs, "Issuer")} == {"hcs-webhook-selfsigned", "hcs-webhook-ca"}
+    # explicit off wins over detection; explicit on works without detection
+    assert find(rendered(api_versions=("cert-manager.io/v1",), webhook__certManager__autoDetect=False), "Secret")
+    assert find(rendered(webhook__certManager__enabled=True), "Certificate")
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+def test_service_monitors_and_dashboard(rendered: Render) -> None:
+    assert not find(rendered(), "ServiceMonitor")
+    docs = rendered(serviceMonitor__enabled=True, grafanaDashboard__enabled=True)
+    monitors = find(docs, "ServiceMonitor")
+    assert len(monitors) == 3
+    services = find(docs, "Service")
+    for sm in monitors:
+        sel = sm["spec"]["selector"]["matchLabels"]
+        matched = [s for s in services if sel.items() <= s["metadata"]["labels"].items()]
+        assert matched, f"ServiceMonitor {sm['metadata']['name']} selects no Service"
+        port_names = {p["name"] for s in matched for p in s["spec"]["ports"]}
+        assert sm["spec"]["endpoints"][0]["port"] in port_names
+    dash = one(docs, "ConfigMap", "hcs-dashboard")
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    json.loads(dash["data"]["hcs-overview.json"])
+
+
+def _exported_metric_names() -> set[str]:
+    names: set[str] = set()
+    for path in (REPO_ROOT / "hcs").rglob("*.py"):
+        for m in re.finditer(r"""["'](hcs_[a-z0-9_]+)["']""", path.read_text()):
+            names.add(re.sub(r"_total$", "", m.group(1)))
+    return names
+
+
+def test_dashboard_uses_only_metrics_the_components_export() -> None:
+    dash = json.loads((CHART / "files" / "dashboards" / "hcs-overview.json").read_text())
+    exported = _exported_metric_names()
+    used = set()
+    for panel in dash["panels"]:
+        for target in panel["targets"]:
+            for m in re.finditer(r"\bhcs_[a-z0-9_]+", target["expr"]):
+                used.add(re.sub(r"_(total|bucket|sum|count)$", "", m.group(0)))
+    assert used, "the dashboard queries no hcs_ metric"
+    assert used <= exported, f"dashboard metrics no component exports: {sorted(used - exported)}"
