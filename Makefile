@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev c-build proto test test-unit lint e2e bench clean
+.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds
 
 dev: $(STAMP) c-build
 
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 e2e: dev
 	$(BIN)/pytest -q -m e2e
+
+# The chart ships byte-identical copies of hcs/node/crds (tests/helm checks they match).
+chart-crds:
+	cp hcs/node/crds/*.yaml helm/hcs/files/crds/
 
 clean:
 	rm -rf $(VENV) driver/build interceptor/build

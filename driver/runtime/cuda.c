@@ -413,11 +413,44 @@ static const struct proc procs[] = {
     {"cuGetProcAddress", 11030, 0, (void *)cuGetProcAddress},
 };
 
+/* HCS_SIM_CUDA_INTERNAL_ENTRY_POINTS=1: hand out internal (non-exported) functions instead of the
+ * exported symbols, as a real driver may; interposers must then match by name. */
+static CUresult internal_alloc(CUdeviceptr *d, size_t n) { return alloc_dev(d, n); }
+static CUresult internal_free(CUdeviceptr d) { return free_dev(d); }
+static CUresult internal_alloc_async(CUdeviceptr *d, size_t n, CUstream s) { (void)s; return alloc_dev(d, n); }
+static CUresult internal_free_async(CUdeviceptr d, CUstream s) { (void)s; return free_dev(d); }
+static CUresult internal_getproc_v2(const char *symbol, void **pfn, int v, cuuint64_t f,
+                                    CUdriverProcAddressQueryResult *st) {
+    return cuGetProcAddress_v2(symbol, pfn, v, f, st);
+}
+
+static const struct proc internal_procs[] = {
+    {"cuMemAlloc", 3020, 0, (void *)internal_alloc},
+    {"cuMemFree", 3020, 0, (void *)internal_free},
+    {"cuMemAllocAsync", 11020, 1, (void *)internal_alloc_async},
+    {"cuMemAllocAsync", 11020, 0, (void *)internal_alloc_async},
+    {"cuMemFreeAsync", 11020, 1, (void *)internal_free_async},
+    {"cuMemFreeAsync", 11020, 0, (void *)internal_free_async},
+    {"cuGetProcAddress", 12000, 0, (void *)internal_getproc_v2},
+};
+
 static CUresult lookup(const char *symbol, void **pfn, int version, cuuint64_t flags,
                        CUdriverProcAddressQueryResult *status) {
     if (symbol == NULL || pfn == NULL)
         return CUDA_ERROR_INVALID_VALUE;
     int per_thread = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+    const char *internal = getenv("HCS_SIM_CUDA_INTERNAL_ENTRY_POINTS");
+    if (internal != NULL && strcmp(internal, "1") == 0) {
+        for (size_t i = 0; i < sizeof internal_procs / sizeof internal_procs[0]; i++) {
+            if (strcmp(internal_procs[i].name, symbol) != 0 || version < internal_procs[i].min_version ||
+                internal_procs[i].per_thread != per_thread)
+                continue;
+            *pfn = internal_procs[i].fn;
+            if (status)
+                *status = CU_GET_PROC_ADDRESS_SUCCESS;
+            return CUDA_SUCCESS;
+        }
+    }
     int found_name = 0;
     for (size_t i = 0; i < sizeof procs / sizeof procs[0]; i++) {
         if (strcmp(procs[i].name, symbol) != 0)

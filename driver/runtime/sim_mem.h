@@ -20,7 +20,7 @@
 enum sim_mem_rc { SIM_MEM_OK = 0, SIM_MEM_OOM = 1, SIM_MEM_BADDEV = 2, SIM_MEM_NOPROFILE = 3,
                   SIM_MEM_BADPTR = 4, SIM_MEM_HOSTOOM = 5 };
 
-/* Load the profile (cached). Returns SIM_MEM_OK or SIM_MEM_NOPROFILE (message already on stderr). */
+/* Load the profile (once per process, then cached). Returns SIM_MEM_OK or SIM_MEM_NOPROFILE (message already on stderr). */
 int sim_mem_profile(const sim_profile_t **p);
 /* Number of devices of the vendor, or -1 when the profile cannot be loaded. */
 int sim_mem_count(sim_vendor_t vendor);

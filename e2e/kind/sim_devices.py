@@ -29,27 +29,29 @@ from pathlib import Path
 VENDORS = ("nvidia", "ascend", "hygon", "cambricon")
 
 #: control nodes every device of the vendor needs (hcs/node/dra/injection.py)
-CONTROL_NODES = {
+CONTROL_NODES: dict[str, tuple[str, ...]] = {
     "nvidia": ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"),
-    "ascend": ("/dev/davinci_manager", "/dev/devmm_svm"),
+    "ascend": ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"),
     "hygon": ("/dev/kfd", "/dev/mkfd"),
     "cambricon": ("/dev/cambricon_ctl",),
 }
 
 #: simulated libraries placed where the vendor's runtime lives on a real node: dir -> library names
-DRIVER_DIRS = {
+DRIVER_DIRS: dict[str, dict[str, tuple[str, ...]]] = {
     "ascend": {
         "/usr/local/Ascend/driver/lib64": ("libascendcl.so", "libdcmi.so"),
         "/usr/local/Ascend/driver/lib64/driver": ("libdcmi.so",),
         "/usr/local/dcmi": ("libdcmi.so",),
     },
-    "hygon": {"/opt/hyhalx/lib": ("librocm_smi64.so", "librocm_smi64.so.2", "libamdhip64.so")},
+    "hygon": {"/opt/hyhal/lib": ("librocm_smi64.so", "librocm_smi64.so.2", "libamdhip64.so")},
     "cambricon": {"/usr/local/neuware/lib64": ("libcndev.so", "libcnrt.so")},
     "nvidia": {},
 }
 
 #: vendor tools the injection mounts (stubs that say they are simulated)
-TOOLS = {"ascend": ("/usr/local/bin/npu-smi",), "cambricon": ("/usr/bin/cnmon",), "nvidia": (), "hygon": ()}
+TOOLS: dict[str, tuple[str, ...]] = {
+    "ascend": ("/usr/local/bin/npu-smi",), "cambricon": ("/usr/bin/cnmon",), "nvidia": (), "hygon": (),
+}
 
 
 def device_nodes(vendor: str, index: int, device: dict[str, object]) -> list[str]:

@@ -82,23 +82,28 @@ class TargetWorkload:
     cpu_grid: IntArray  # (V,) sorted distinct CPU requests
     w_table: FloatArray  # (V+1, K): popularity of class k with cpu <= grid value
     total: float  # popularity of all classes incl. device-less requests (sums to 1)
+    cpu_per_milli: float = 0.0  # mean CPU (milli-cores) the workload asks per device-milli
+    mem_per_milli: float = 0.0  # mean memory per device-milli
 
     @classmethod
-    def from_requests(cls, requests: Sequence[Request]) -> TargetWorkload:
+    def from_requests(cls, requests: Sequence[Request], demand_exponent: float = 0.0) -> TargetWorkload:
+        """Popularity of each request; ``demand_exponent`` > 0 weights requests by device demand^a."""
         if not requests:
             raise ConfigError("target workload: no requests given; pass at least one pod")
-        n = len(requests)
+        raw = np.array([float(r.gpu_demand) ** demand_exponent if r.count else
+                        (1.0 if demand_exponent == 0 else 0.0) for r in requests])
+        norm = raw / raw.sum()
         shapes = sorted({(WHOLE if r.count > 1 else r.milli, r.count) for r in requests if r.count > 0})
         shapes = [(cnt, milli) for milli, cnt in shapes]  # sorted by milli (see _class_stats)
         index = {s: i for i, s in enumerate(shapes)}
         grid = np.array(sorted({r.cpu for r in requests}), dtype=np.int64)
         table = np.zeros((len(grid) + 1, len(shapes)), dtype=np.float64)
-        for r in requests:
+        for r, weight in zip(requests, norm, strict=True):
             if r.count == 0:
                 continue
             k = index[(r.count, WHOLE if r.count > 1 else r.milli)]
             pos = int(np.searchsorted(grid, r.cpu, side="left")) + 1
-            table[pos, k] += 1.0 / n
+            table[pos, k] += weight
         table = np.cumsum(table, axis=0)
         return cls(
             count=np.array([s[0] for s in shapes], dtype=np.int64),
@@ -106,12 +111,19 @@ class TargetWorkload:
             cpu_grid=grid,
             w_table=table,
             total=1.0,
+            cpu_per_milli=_ratio([r.cpu for r in requests if r.count], [r.gpu_demand for r in requests if r.count]),
+            mem_per_milli=_ratio([r.mem for r in requests if r.count], [r.gpu_demand for r in requests if r.count]),
         )
 
     def weights(self, cpu_free: IntArray) -> FloatArray:
         """``(S, K)`` popularity of each class whose CPU request fits in ``cpu_free``."""
         idx = np.searchsorted(self.cpu_grid, cpu_free, side="right")
         return np.asarray(self.w_table[idx], dtype=np.float64)
+
+
+def _ratio(num: Sequence[int], den: Sequence[int]) -> float:
+    d = float(sum(den))
+    return float(sum(num)) / d if d > 0 else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -270,6 +282,24 @@ def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) ->
     return out
 
 
+def stranding_delta(view: NodeView, req: Request, target: TargetWorkload) -> FloatArray:
+    """``(C,)`` change of device capacity stranded by a lack of host CPU or memory.
+
+    A node's free devices need, on average, ``cpu_per_milli`` CPU per device-milli to be used;
+    capacity beyond what the node's free CPU (or memory) can feed is stranded.
+    """
+    gpu = view.gpu_free.sum(axis=1).astype(np.float64)
+
+    def stranded(gpu_left: FloatArray, cpu_left: IntArray, mem_left: IntArray) -> FloatArray:
+        by_cpu = cpu_left / target.cpu_per_milli if target.cpu_per_milli > 0 else np.inf
+        by_mem = mem_left / target.mem_per_milli if target.mem_per_milli > 0 else np.inf
+        return np.asarray(np.maximum(0.0, gpu_left - np.minimum(by_cpu, by_mem)), dtype=np.float64)
+
+    before = stranded(gpu, view.cpu_free, view.mem_free)
+    after = stranded(gpu - req.gpu_demand, view.cpu_free - req.cpu, view.mem_free - req.mem)
+    return after - before
+
+
 def score_fgd(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
     """Fragmentation Gradient Descent: the placement with the smallest fragmentation increase."""
     if ctx.target is None:
@@ -292,6 +322,9 @@ def score_hcs(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
     w_pack = float(ctx.weights.get("pack", 0.05))
     w_cpu = float(ctx.weights.get("cpu", 0.0))
     delta = fragmentation_delta(view, req, ctx.target)
+    w_str = float(ctx.weights.get("strand", 2.0))
+    if w_str:
+        delta = delta + w_str * stranding_delta(view, req, ctx.target)[:, None]
     leftover = _node_leftover(view, req)
     cpu_left = (view.cpu_free - req.cpu) / np.maximum(view.cpu_total, 1)
     node = -w_pack * WHOLE * leftover - w_cpu * WHOLE * cpu_left

@@ -245,8 +245,8 @@ def _fragmentation_pct(target: TargetWorkload, gpu_free: IntArray, cpu_free: Int
     return float(100.0 * node_fragmentation(target, gpu_free, cpu_free).sum() / capacity)
 
 
-def target_of(pods: Sequence[TracePod]) -> TargetWorkload:
-    return TargetWorkload.from_requests([p.request for p in pods])
+def target_of(pods: Sequence[TracePod], demand_exponent: float = 0.0) -> TargetWorkload:
+    return TargetWorkload.from_requests([p.request for p in pods], demand_exponent)
 
 
 def replay(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], seeds: Sequence[int], *,

@@ -66,14 +66,18 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 
 
 def numa_of_cpus(cpulist: str, sysfs: Path = Path("/sys/devices/system/node")) -> int:
-    """NUMA node whose CPUs include the first CPU of ``cpulist`` (``"0-23,48-71"``); -1 if unknown."""
+    """NUMA node holding every CPU of ``cpulist`` (``"0-23,48-71"``) on this host; -1 if unknown.
+
+    Trusted only when the host's own NUMA layout contains all those CPUs (a simulated device on a
+    smaller host, or a container with a partial /sys, gives -1 rather than a wrong guess).
+    """
     try:
-        first = int(cpulist.split(",")[0].split("-")[0])
+        wanted = _expand(cpulist)
     except ValueError:
         return -1
     for node in sorted(sysfs.glob("node[0-9]*")):
         try:
-            if first in _expand((node / "cpulist").read_text().strip()):
+            if wanted and wanted <= _expand((node / "cpulist").read_text().strip()):
                 return int(node.name[4:])
         except (OSError, ValueError):
             continue
@@ -146,7 +150,7 @@ class AscendBackend(Backend):
             if j != i and f["dcmi_get_topo_info_by_device_id"](card, dev, card2, dev2, byref(topo)) == 0 \
                     and topo.value == DCMI_TOPO_HCCS:
                 links.append(j)
-        per_link = (spec.fabric_gbps / max(1, len(links))) if spec else 0.0
+        pair = spec.pair_gbps if spec else 0.0
         util = c_uint()
         return Device(
             vendor=Vendor.ASCEND, model=spec.id if spec else f"unknown:{name}", name=name,
@@ -154,7 +158,7 @@ class AscendBackend(Backend):
             pci_bus_id=bus_id(pcie.domain, pcie.bdf_busid, pcie.bdf_deviceid, pcie.bdf_funcid), numa_node=numa,
             vram_total_bytes=total, vram_used_bytes=int(hbm.memory_usage) << 20, compute=self.catalog.compute(spec),
             device_nodes=(f"/dev/davinci{phy.value}", "/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"),
-            links=tuple(Link(LinkType.HCCS, j, round(per_link, 1)) for j in links), health=self.health(i),
+            links=tuple(Link(LinkType.HCCS, j, pair) for j in links), health=self.health(i),
             temperature_c=self._temperature(card, dev),
             utilization_pct=util.value if f["dcmi_get_device_utilization_rate"](card, dev, DCMI_UTIL_AICORE,
                                                                                   byref(util)) == 0 else None,

@@ -126,14 +126,13 @@ class CambriconBackend(Backend):
                 j = uuid_to_index.get(remote)
                 if j is not None and j != i:
                     peers[j] = peers.get(j, 0) + 1
-            fabric = spec.fabric_gbps if spec else 0.0
-            n_up = max(1, len(r["remotes"]))
+            pair = spec.pair_gbps if spec else 0.0
             out.append(Device(
                 vendor=Vendor.CAMBRICON, model=spec.id if spec else f"unknown:{r['name']}", name=r["name"],
                 uuid=r["uuid"], index=i, pci_bus_id=r["pci"], numa_node=r["numa"], vram_total_bytes=r["total"],
                 vram_used_bytes=r["used"], compute=self.catalog.compute(spec),
                 device_nodes=(f"/dev/cambricon_dev{i}", "/dev/cambricon_ctl"),
-                links=tuple(Link(LinkType.MLULINK, j, round(fabric * n / n_up, 1)) for j, n in sorted(peers.items())),
+                links=tuple(Link(LinkType.MLULINK, j, pair * n) for j, n in sorted(peers.items())),
                 health=self.health(i), temperature_c=r["temp"], utilization_pct=r["util"],
             ))
         return out

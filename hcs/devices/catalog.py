@@ -33,7 +33,7 @@ class ModelSpec:
     fp16: float
     fp32: float
     int8: float
-    fabric_gbps: float
+    pair_gbps: float
     source: str
 
 
@@ -96,7 +96,7 @@ def _parse(data: Any) -> Catalog:
                 fp16=float(entry["fp16"]),
                 fp32=float(entry["fp32"]),
                 int8=float(entry["int8"]),
-                fabric_gbps=float(entry.get("fabric_gbps", 0)),
+                pair_gbps=float(entry.get("pair_gbps", 0)),
                 source=str(entry["source"]),
             )
         )

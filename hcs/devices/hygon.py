@@ -83,7 +83,7 @@ class HygonBackend(Backend):
             if f["rsmi_topo_get_link_type"](i, j, byref(hops), byref(kind)) != RSMI_STATUS_SUCCESS:
                 continue
             if kind.value == RSMI_IOLINK_TYPE_XGMI and hops.value == 1:
-                links.append(Link(LinkType.XGMI, j, spec.fabric_gbps if spec else 0.0))
+                links.append(Link(LinkType.XGMI, j, spec.pair_gbps if spec else 0.0))
         busy = c_uint32()
         util = busy.value if f["rsmi_dev_busy_percent_get"](i, byref(busy)) == 0 else None
         return Device(

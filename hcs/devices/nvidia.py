@@ -72,10 +72,8 @@ class NvidiaBackend(Backend):
             for bus in e["remote"]:
                 if bus in bus_to_index and bus_to_index[bus] != i:
                     per_peer[bus_to_index[bus]] = per_peer.get(bus_to_index[bus], 0) + 1
-            fabric = spec.fabric_gbps if spec else 0.0
-            n_links = max(1, len(e["remote"]))
-            links = tuple(Link(LinkType.NVLINK, peer, round(fabric * n / n_links, 1))
-                          for peer, n in sorted(per_peer.items()))
+            pair = spec.pair_gbps if spec else 0.0
+            links = tuple(Link(LinkType.NVLINK, peer, pair * n) for peer, n in sorted(per_peer.items()))
             health = self.health(i) if "lost" not in e else Health(0, (f"NVML query failed: {e['lost']}",))
             out.append(Device(
                 vendor=Vendor.NVIDIA, model=spec.id if spec else f"unknown:{e['name']}", name=e["name"],

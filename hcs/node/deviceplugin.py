@@ -133,6 +133,11 @@ class PluginCore:
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._by_slot: dict[str, str] = {}
+        #: Slots answered with a CDI name at Allocate and not yet resolved at PreStartContainer.
+        self._deferred: set[str] = set()
+        self._deferred_since: dict[str, float] = {}
+        #: Set when recovery saw slots held by containers it could not account for.
+        self._unaccounted = False
         self._confirmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcs-confirm")
         self.stopped = threading.Event()
         #: Called (without locks held by the caller's caller) after an allocation is added or dropped.
@@ -151,6 +156,8 @@ class PluginCore:
             self._records[a.id] = _Record(a, time.monotonic())
             for s in a.slots:
                 self._by_slot[s] = a.id
+                self._deferred.discard(s)
+                self._deferred_since.pop(s, None)
         self.on_change()
 
     def _drop(self, a: Allocation) -> None:
@@ -263,6 +270,8 @@ class PluginCore:
             if self.config.cdiEnabled:
                 slot = sorted(ids)[0]
                 cdi.remove_spec(Path(self.config.cdiDir), self.config.cdiKind, slot)
+                self._deferred.update(ids)
+                self._deferred_since.update(dict.fromkeys(ids, time.monotonic()))
                 self.metrics.allocate_total.labels("deferred").inc()
                 log.info("Allocate %s: %d candidate pods; resolving at PreStartContainer via CDI %s",
                          list(ids), len(pods), cdi.qualified_name(self.config.cdiKind, slot))
@@ -282,7 +291,10 @@ class PluginCore:
             for r in self._records.values():
                 held.add((r.alloc.pod.namespace, r.alloc.pod.name, r.alloc.container))
                 held_uid.add((r.alloc.pod.uid, r.alloc.container))
-        if self.podres is not None:
+            # Every slot this agent handed out is in its records, except deferred ones (the kubelet
+            # knows their owner) and ones recovery could not account for: only then ask the kubelet.
+            ask_kubelet = bool(self._deferred) or self._unaccounted
+        if self.podres is not None and ask_kubelet:
             try:
                 for h in self.podres.holders(self.config.resourceName):
                     held.add((h.namespace, h.pod, h.container))
@@ -445,6 +457,7 @@ class PluginCore:
                 a = next((x for x in assignments if (x.pod.namespace, x.pod.name) == (h.namespace, h.pod)), None)
                 c = a.container(h.container) if a else None
                 if a is None or c is None:
+                    self._unaccounted = True
                     log.error("recovery: %s/%s container %s holds slots %s but no assignment is known for it; "
                               "its devices cannot be accounted (corrupt=%d files)", h.namespace, h.pod,
                               h.container, list(h.device_ids), len(corrupt))
@@ -468,6 +481,10 @@ class PluginCore:
         now = time.monotonic()
         dropped = 0
         with self._lock:
+            self._deferred = {s for s in self._deferred
+                              if s in held or now - self._deferred_since.get(s, now) <= RECONCILE_GRACE_S}
+            self._deferred_since = {s: t for s, t in self._deferred_since.items() if s in self._deferred}
+            self._unaccounted = bool(held - set(self._by_slot) - self._deferred)
             stale = [r.alloc for r in self._records.values()
                      if now - r.recorded_at > RECONCILE_GRACE_S and not set(r.alloc.slots) & held]
             for a in stale:

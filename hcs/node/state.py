@@ -22,16 +22,19 @@ from hcs.node.assignments import DeviceGrant, PodRef
 log = logging.getLogger(__name__)
 
 
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same dir + fsync + rename."""
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same dir + rename (readers see the old or the
+    new content, never a torn file). ``durable`` adds an fsync; the agent's per-container files do
+    not need it: after a power loss every container is gone and the kubelet's checkpoint rules."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

@@ -17,7 +17,7 @@ import yaml
 
 from hcs.config import env_override, load_config, section
 from hcs.errors import ConfigError
-from hcs.webhook.capacity import CachedCapacity, ComputeNodeCapacity, IslandCapacity
+from hcs.webhook.capacity import CachedCapacity, ComputeNodeCapacity, IslandCapacity, StaticCapacity
 from hcs.webhook.config import Mode, WebhookConfig, webhook_config
 from hcs.webhook.kube import ClusterView
 from hcs.webhook.manifests import webhook_configurations
@@ -84,12 +84,14 @@ def api_client_for(kubeconfig: str) -> Any:
 
 def build_capacity(cfg: WebhookConfig, api_client: Any) -> IslandCapacity | None:
     inner: IslandCapacity | None = None
+    if cfg.largest_island_bytes is not None:
+        return StaticCapacity(cfg.largest_island_bytes)
     if cfg.allocator_address:
-        # hcs.allocator.v1 has no inventory-summary RPC yet (Explain answers "fits now", not "can ever
-        # fit"); until it does, the island size comes from ComputeNode objects.
-        raise ConfigError("webhook.allocatorAddress: the allocator API has no island-capacity call yet; "
-                          "leave it empty (the webhook reads ComputeNode objects)")
-    elif api_client is not None:
+        # hcs.allocator.v1 has no inventory-summary call yet (Explain answers "fits now", not "can ever
+        # fit"); the island size comes from ComputeNode objects, which the allocator reads too.
+        log.warning("webhook.allocatorAddress=%s: the allocator API has no island-capacity call yet; "
+                    "reading ComputeNode objects instead", cfg.allocator_address)
+    if api_client is not None:
         inner = ComputeNodeCapacity(api_client)
     return CachedCapacity(inner, cfg.cache_ttl_s) if inner is not None else None
 

@@ -85,6 +85,8 @@ class WebhookConfig:
     max_body_bytes: int = 3 * 2**20
     max_depth: int = 100
     kubeconfig: str = ""
+    #: Fixed largest-island VRAM (bytes) instead of asking the cluster (air-gapped set-ups, benchmarks).
+    largest_island_bytes: int | None = None
     #: Extra model names accepted in ``hcs.io/model`` besides the catalog's.
     extra_models: tuple[str, ...] = ()
     dra: DraSettings = field(default_factory=DraSettings)
@@ -97,6 +99,7 @@ _KEYS = {
     "listen", "certFile", "keyFile", "certCheckSeconds", "mode", "modeLabel", "schedulerName",
     "slotResource", "denyPrivilegedWithQuota", "allocatorFailurePolicy", "allocatorAddress", "imageMap",
     "cacheTTLSeconds", "maxBodyBytes", "maxDepth", "kubeconfig", "extraModels", "dra", "failurePolicy",
+    "largestIsland",
 }
 _DRA_KEYS = {
     "deviceClass", "driver", "islandAttribute", "vendorAttribute", "modelAttribute", "memoryCapacity",
@@ -223,5 +226,6 @@ def webhook_config(raw: Mapping[str, Any], *, source: str = "config") -> Webhook
         max_depth=int(_num(raw, "maxDepth", d.max_depth, where, minimum=8)),
         kubeconfig=_str(raw, "kubeconfig", d.kubeconfig, where),
         extra_models=tuple(extra),
+        largest_island_bytes=_bytes(raw, "largestIsland", 1, where) if "largestIsland" in raw else None,
         dra=_dra(raw.get("dra"), f"{where}.dra"),
     )

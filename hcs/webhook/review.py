@@ -18,7 +18,7 @@ from hcs.webhook.config import WebhookConfig
 from hcs.webhook.kube import ClusterView, TemplateError
 from hcs.webhook.mutate import mutate_pod
 from hcs.webhook.podspec import as_dict, depth_exceeds, pod_template
-from hcs.webhook.validate import template_amounts, validate_template
+from hcs.webhook.validate import Verdict, template_amounts, validate_template
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,17 @@ class Admission:
             return Answer(200, _respond(uid, True), "allowed", kind)
         _, verdict = validate_template(template, self.cfg, self.capacity)
         if not verdict.allowed:
-            name = as_dict(as_dict(obj).get("metadata")).get("name") or request.get("name") or ""
-            prefix = f"{kind} {request.get('namespace', '')}/{name}: ".replace(" /", " ")
-            message = prefix + "; ".join(verdict.denials)
-            log.info("denied %s %s/%s: %d problem(s)", kind, request.get("namespace", ""), name,
-                     len(verdict.denials))
-            return Answer(200, _respond(uid, False, message=message, warnings=verdict.warnings), "denied", kind)
+            return self._deny(uid, kind, request, as_dict(obj), verdict)
         return Answer(200, _respond(uid, True, warnings=verdict.warnings), "allowed", kind)
+
+    def _deny(self, uid: str, kind: str, request: dict[str, Any], obj: dict[str, Any], verdict: Verdict) -> Answer:
+        meta = as_dict(obj.get("metadata"))
+        name = meta.get("name") or request.get("name") or meta.get("generateName") or ""
+        namespace = request.get("namespace") or ""
+        prefix = f"{kind} {namespace}/{name}: " if namespace else f"{kind} {name}: "
+        log.info("denied %s %s/%s: %d problem(s)", kind, namespace, name, len(verdict.denials))
+        return Answer(200, _respond(uid, False, message=prefix + "; ".join(verdict.denials),
+                                    warnings=verdict.warnings), "denied", kind)
 
     def _mutate(self, uid: str, kind: str, request: dict[str, Any]) -> Answer:
         obj = request.get("object")
@@ -120,10 +124,15 @@ class Admission:
             return Answer(200, _respond(uid, True), "allowed", kind)
         template = pod_template(obj, "Pod")
         assert template is not None
-        amounts, _ = template_amounts(template, self.cfg)
-        if not amounts:
+        amounts, verdict = template_amounts(template, self.cfg)
+        if not amounts and verdict.allowed:
             return Answer(200, _respond(uid, True), "allowed", kind)
+        # Validate before translating: DRA mode removes the ai.compute resources, so the validating
+        # webhook would no longer see them; and nothing (no claim template) is created for a bad pod.
+        amounts, verdict = validate_template(template, self.cfg, self.capacity)
         namespace = str(request.get("namespace") or as_dict(obj.get("metadata")).get("namespace") or "default")
+        if not verdict.allowed:
+            return self._deny(uid, kind, request, obj, verdict)
         mode = self.cluster.namespace_mode(namespace)
         mutation = mutate_pod(obj, template, amounts, namespace, mode, self.cfg, self.cluster.image_map())
         try:
@@ -136,4 +145,5 @@ class Admission:
                 f"Pod in namespace {namespace}: could not create the ResourceClaimTemplate for DRA mode "
                 f"({type(exc).__name__}); retry when the API server is reachable")), "denied", kind)
         result = "patched" if mutation.patch else "allowed"
-        return Answer(200, _respond(uid, True, warnings=mutation.warnings, patch=mutation.patch), result, kind)
+        warnings = verdict.warnings + mutation.warnings
+        return Answer(200, _respond(uid, True, warnings=warnings, patch=mutation.patch), result, kind)

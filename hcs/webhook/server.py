@@ -26,10 +26,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hcs.errors import ConfigError
+from hcs.webhook.podspec import TEMPLATE_PATHS
 from hcs.webhook.review import Admission
 
 log = logging.getLogger(__name__)
 
+#: Concurrent connections served (each has a thread); more are closed at once.
+MAX_CONNECTIONS = 512
 #: A refused (too large) body up to this size is read and dropped so the client sees the 413.
 LINGER_MAX_BYTES = 64 * 2**20
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -89,11 +92,12 @@ class CertStore:
     def _load(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        for path in (self.cert_file, self.key_file):
+            if not os.path.isfile(path):
+                raise ConfigError(f"webhook TLS: {path}: file not found; pass --cert-file/--key-file (or "
+                                  "webhook.certFile/keyFile) pointing at the serving certificate and key")
         try:
             ctx.load_cert_chain(self.cert_file, self.key_file)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"webhook TLS: {exc.filename}: file not found; pass --cert-file/--key-file "
-                              "(or webhook.certFile/keyFile) pointing at the serving certificate and key") from exc
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"webhook TLS: cannot load certificate {self.cert_file} with key {self.key_file} "
                               f"({exc}); check both are PEM and belong together") from exc
@@ -144,6 +148,25 @@ class _Server(ThreadingHTTPServer):
     metrics: Metrics
     max_body: int
 
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):  # connection flood: refuse instead of spawning threads
+            log.warning("more than %d open connections; refusing %s", MAX_CONNECTIONS, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(10)
         try:
@@ -165,6 +188,8 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's pending header lines
     server: _Server
     server_version = "hcs-webhook"
     sys_version = ""
@@ -176,8 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        # headers and body in one write: one TLS record, no Nagle/delayed-ACK stall between them
+        self._headers_buffer.append(b"\r\n" + body)
+        self.flush_headers()
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.split("?", 1)[0]
@@ -217,7 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
         answer = self.server.admission.handle(endpoint, body)
         self._send(answer.status, answer.body, answer.content_type)
         m = self.server.metrics
-        m.requests.labels(endpoint, answer.kind, answer.result).inc()
+        kind = answer.kind if answer.kind in TEMPLATE_PATHS else ("" if not answer.kind else "other")
+        m.requests.labels(endpoint, kind, answer.result).inc()
         m.duration.labels(endpoint).observe(time.perf_counter() - start)
 
     def _discard(self, length: int) -> None:
@@ -264,6 +291,7 @@ class WebhookServer:
         server.admission = admission
         server.metrics = self.metrics
         server.max_body = max_body_bytes
+        server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._server = server
         self._cert_check_s = cert_check_s
         self._stop = threading.Event()

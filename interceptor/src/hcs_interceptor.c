@@ -34,6 +34,7 @@
 #define HCS_HIDDEN __attribute__((visibility("hidden")))
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define HOT static inline __attribute__((always_inline))
 
 /* ------------------------------------------------------------------ hooked symbols */
 
@@ -125,7 +126,7 @@ struct hcs_state {
 static struct hcs_state g = {.init_lock = PTHREAD_MUTEX_INITIALIZER, .log_level = 1};
 
 typedef void *(*dlsym_fn)(void *, const char *);
-HCS_HIDDEN _Atomic(dlsym_fn) hcs_real_dlsym_ptr;
+HCS_HIDDEN __attribute__((used)) _Atomic(dlsym_fn) hcs_real_dlsym_ptr;
 
 /* Set while a hook runs the real function: a vendor library that calls its own exported
  * allocation symbols internally is then passed straight through instead of being counted twice. */
@@ -289,7 +290,7 @@ static inline uint64_t limit_of(const struct hcs_state *s, int dev) {
 }
 
 /* Decide on an allocation of size bytes on device dev; reserves on ADMIT_OK. */
-static enum admit_result admit(struct hcs_state *s, int dev, uint64_t size, const char *api) {
+HOT enum admit_result admit(struct hcs_state *s, int dev, uint64_t size, const char *api) {
     if (!s->enforcing)
         return s->fail_closed ? ADMIT_DENY : ADMIT_PASS;
     uint64_t limit = limit_of(s, dev);
@@ -304,17 +305,17 @@ static enum admit_result admit(struct hcs_state *s, int dev, uint64_t size, cons
     return ADMIT_DENY;
 }
 
-static inline void unreserve(struct hcs_state *s, int dev, uint64_t size) {
+HOT void unreserve(struct hcs_state *s, int dev, uint64_t size) {
     hcs_region_release(&s->region, dev, size);
 }
 
-static void track(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t size, int dev) {
+HOT void track(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t size, int dev) {
     if (!hcs_ptrmap_put(&s->map, key, (uint32_t)kind, size, (uint32_t)dev))
         hcs_log(1, "out of host memory tracking an allocation; its quota share is kept until exit");
 }
 
 /* Called after the real free: give the quota back, or restore the entry if the free failed. */
-static void untrack_done(struct hcs_state *s, bool known, bool ok, uint64_t key, enum hcs_kind kind,
+HOT void untrack_done(struct hcs_state *s, bool known, bool ok, uint64_t key, enum hcs_kind kind,
                          uint64_t size, uint32_t dev) {
     if (!known)
         return;
@@ -324,7 +325,7 @@ static void untrack_done(struct hcs_state *s, bool known, bool ok, uint64_t key,
         (void)hcs_ptrmap_restore(&s->map, key, (uint32_t)kind, size, dev);
 }
 
-static inline bool take(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t *size,
+HOT bool take(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t *size,
                         uint32_t *dev) {
     if (!s->enforcing || key == 0)
         return false;
@@ -369,7 +370,7 @@ static bool settle_pitch(struct hcs_state *s, int dev, uint64_t reserved, uint64
 
 /* ------------------------------------------------------------------ CUDA driver API */
 
-static int cuda_device(void) {
+HOT int cuda_device(void) {
     __typeof__(&cuCtxGetDevice) f = REAL(cuCtxGetDevice);
     CUdevice d;
     if (f == NULL || f(&d) != CUDA_SUCCESS)
@@ -379,7 +380,7 @@ static int cuda_device(void) {
 
 typedef CUresult (*cu_alloc_call)(const void *args, CUdeviceptr *dptr);
 
-static CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr *dptr,
+HOT CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr *dptr,
                            cu_alloc_call call, const void *args, const char *api) {
     if (dev < 0)
         return call(args, dptr); /* no context: the driver reports the error */
@@ -406,7 +407,7 @@ struct cu_alloc_args {
     CUmemoryPool pool;
 };
 
-static CUresult call_alloc_v2(const void *p, CUdeviceptr *d) {
+HOT CUresult call_alloc_v2(const void *p, CUdeviceptr *d) {
     const struct cu_alloc_args *a = p;
     return ((__typeof__(&cuMemAlloc_v2))a->fn)(d, a->size);
 }
@@ -526,7 +527,7 @@ HCS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t
     return rc;
 }
 
-static CUresult free_common(void *real, CUdeviceptr dptr, bool async, CUstream stream) {
+HOT CUresult free_common(void *real, CUdeviceptr dptr, bool async, CUstream stream) {
     struct hcs_state *s = state();
     uint64_t size = 0;
     uint32_t dev = 0;
@@ -633,11 +634,55 @@ static void *hook_for_pointer(void *p) {
     return NULL;
 }
 
+/* A driver may hand out internal entry points that are not its exported symbols. Then the request
+ * is matched by name, the way the driver itself versions it: base name + minimum CUDA version, and
+ * the per-thread-default-stream variant when asked for. Older ABI versions (v1, 32-bit sizes) are
+ * left alone. */
+static const struct {
+    const char *name;
+    int min_version;
+    int id;
+    int ptsz_id; /* -1: no per-thread variant */
+} proc_names[] = {
+    {"cuMemAlloc", 3020, SYM_cuMemAlloc_v2, -1},
+    {"cuMemAllocPitch", 3020, SYM_cuMemAllocPitch_v2, -1},
+    {"cuMemAllocManaged", 6000, SYM_cuMemAllocManaged, -1},
+    {"cuMemAllocAsync", 11020, SYM_cuMemAllocAsync, SYM_cuMemAllocAsync_ptsz},
+    {"cuMemAllocFromPoolAsync", 11020, SYM_cuMemAllocFromPoolAsync, SYM_cuMemAllocFromPoolAsync_ptsz},
+    {"cuMemFree", 3020, SYM_cuMemFree_v2, -1},
+    {"cuMemFreeAsync", 11020, SYM_cuMemFreeAsync, SYM_cuMemFreeAsync_ptsz},
+    {"cuMemCreate", 10020, SYM_cuMemCreate, -1},
+    {"cuMemRelease", 10020, SYM_cuMemRelease, -1},
+    {"cuMemGetInfo", 3020, SYM_cuMemGetInfo_v2, -1},
+    {"cuDeviceTotalMem", 3020, SYM_cuDeviceTotalMem_v2, -1},
+    {"cuGetProcAddress", 12000, SYM_cuGetProcAddress_v2, -1},
+    {"cuGetProcAddress", 11030, SYM_cuGetProcAddress, -1},
+};
+
+static void *hook_for_name(const char *symbol, int version, cuuint64_t flags) {
+    if (symbol == NULL)
+        return NULL;
+    for (size_t i = 0; i < sizeof proc_names / sizeof proc_names[0]; i++) {
+        if (version < proc_names[i].min_version || strcmp(proc_names[i].name, symbol) != 0)
+            continue;
+        int id = proc_names[i].id;
+        if ((flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) && proc_names[i].ptsz_id >= 0)
+            id = proc_names[i].ptsz_id;
+        return real_fn(id) != NULL ? syms[id].hook : NULL; /* our hook needs the exported real one */
+    }
+    return NULL;
+}
+
+static void *hook_for(void *p, const char *symbol, int version, cuuint64_t flags) {
+    void *h = hook_for_pointer(p);
+    return h != NULL ? h : hook_for_name(symbol, version, flags);
+}
+
 HCS_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
     CU_REAL_OR_FAIL(cuGetProcAddress);
     CUresult rc = real(symbol, pfn, cudaVersion, flags);
     if (rc == CUDA_SUCCESS && pfn != NULL) {
-        void *h = hook_for_pointer(*pfn);
+        void *h = hook_for(*pfn, symbol, cudaVersion, flags);
         if (h != NULL)
             *pfn = h;
     }
@@ -649,7 +694,7 @@ HCS_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cuda
     CU_REAL_OR_FAIL(cuGetProcAddress_v2);
     CUresult rc = real(symbol, pfn, cudaVersion, flags, symbolStatus);
     if (rc == CUDA_SUCCESS && pfn != NULL) {
-        void *h = hook_for_pointer(*pfn);
+        void *h = hook_for(*pfn, symbol, cudaVersion, flags);
         if (h != NULL)
             *pfn = h;
     }
@@ -1024,7 +1069,7 @@ HCS_NO_SANITIZE static bool same(const char *a, const char *b) {
     return *a == *b;
 }
 
-HCS_HIDDEN HCS_NO_SANITIZE int hcs_dlsym_lookup(void *handle, const char *name, void **out) {
+HCS_HIDDEN HCS_NO_SANITIZE __attribute__((used)) int hcs_dlsym_lookup(void *handle, const char *name, void **out) {
     dlsym_fn rd = real_dlsym();
     if (name == NULL)
         return 0;

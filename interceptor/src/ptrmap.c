@@ -1,8 +1,29 @@
 /* ptrmap.c - see ptrmap.h. Linear probing with backward-shift deletion (no tombstones). */
 #include "ptrmap.h"
 
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+
+static inline void stripe_lock(struct hcs_ptr_stripe *s) {
+    for (unsigned n = 0;; n++) {
+        int expected = 0;
+        if (atomic_compare_exchange_weak_explicit(&s->lock, &expected, 1, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return;
+        if (n < 100) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+static inline void stripe_unlock(struct hcs_ptr_stripe *s) {
+    atomic_store_explicit(&s->lock, 0, memory_order_release);
+}
 
 static inline uint64_t mix(uint64_t key, uint32_t kind) {
     uint64_t h = (key ^ ((uint64_t)kind << 59)) * 0x9E3779B97F4A7C15ULL;
@@ -15,7 +36,7 @@ static inline struct hcs_ptr_stripe *stripe_of(struct hcs_ptrmap *m, uint64_t h)
 
 void hcs_ptrmap_init(struct hcs_ptrmap *m) {
     for (int i = 0; i < HCS_PTRMAP_STRIPES; i++) {
-        pthread_mutex_init(&m->stripes[i].lock, NULL);
+        atomic_init(&m->stripes[i].lock, 0);
         m->stripes[i].tab = NULL;
         m->stripes[i].cap = 0;
         m->stripes[i].count = 0;
@@ -62,14 +83,14 @@ bool hcs_ptrmap_put(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t 
     struct hcs_ptr_entry e = {.key = key, .size = size, .dev = dev, .kind = kind};
     if (key == 0)
         return true; /* a NULL pointer is never freed back to us */
-    pthread_mutex_lock(&s->lock);
+    stripe_lock(s);
     if ((s->count + 1) * 2 > s->cap && !grow(s)) {
-        pthread_mutex_unlock(&s->lock);
+        stripe_unlock(s);
         return false;
     }
     if (insert_raw(s->tab, s->cap, &e, h))
         s->count++;
-    pthread_mutex_unlock(&s->lock);
+    stripe_unlock(s);
     return true;
 }
 
@@ -77,7 +98,7 @@ bool hcs_ptrmap_take(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t
     uint64_t h = mix(key, kind);
     struct hcs_ptr_stripe *s = stripe_of(m, h);
     bool found = false;
-    pthread_mutex_lock(&s->lock);
+    stripe_lock(s);
     if (s->cap != 0) {
         uint32_t mask = s->cap - 1;
         uint32_t i = (uint32_t)h & mask;
@@ -105,6 +126,6 @@ bool hcs_ptrmap_take(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t
             }
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    stripe_unlock(s);
     return found;
 }

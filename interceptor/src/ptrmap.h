@@ -1,10 +1,10 @@
 /* ptrmap.h - per-process map from allocation (pointer or handle) to its accounted size and device.
- * Striped: HCS_PTRMAP_STRIPES independent open-addressing tables, each under its own mutex, so
- * threads freeing unrelated pointers rarely contend. */
+ * Striped: HCS_PTRMAP_STRIPES independent open-addressing tables, each under its own spinlock (held
+ * for a few dozen instructions; yields after a short spin), so threads rarely contend. */
 #ifndef HCS_PTRMAP_H
 #define HCS_PTRMAP_H
 
-#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -27,7 +27,7 @@ struct hcs_ptr_entry {
 };
 
 struct hcs_ptr_stripe {
-    pthread_mutex_t lock;
+    _Atomic int lock;
     struct hcs_ptr_entry *tab;
     uint32_t cap; /* power of two, 0 before first insert */
     uint32_t count;

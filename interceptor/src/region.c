@@ -8,8 +8,12 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 _Static_assert(sizeof(struct hcs_region_header) <= HCS_REGION_HEADER_SIZE, "header fits its page");
@@ -204,6 +208,87 @@ int hcs_region_reclaim_locked(struct hcs_region *r) {
     return n;
 }
 
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Allocation lock word: 0 = free, else (holder's slot + 1) | LOCK_WAITERS when someone sleeps in
+ * futex_wait on it. Uncontended: one CAS to lock, one CAS to unlock. Contended: a short spin, then
+ * FUTEX_WAIT (shared futex: the word lives in a MAP_SHARED file mapping) with a timeout; on timeout
+ * the waiter checks the holder's liveness lock and takes a dead holder's lock over. */
+#define LOCK_WAITERS 0x80000000u
+#define LOCK_OWNER(v) ((v) & ~LOCK_WAITERS)
+
+static void futex_wait(_Atomic uint32_t *w, uint32_t val, long ns) {
+    struct timespec ts = {0, ns};
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAIT, val, &ts, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *w, int n) {
+    syscall(SYS_futex, (uint32_t *)w, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+static void alloc_lock_slow(struct hcs_region *r, uint32_t me) {
+    _Atomic uint32_t *w = &r->hdr->alloc_lock;
+    for (int n = 0; n < 100; n++) { /* short spin: the critical section is a few dozen instructions */
+        uint32_t cur = atomic_load_explicit(w, memory_order_relaxed);
+        if (cur == 0 &&
+            atomic_compare_exchange_weak_explicit(w, &cur, me, memory_order_acquire, memory_order_relaxed))
+            return;
+        cpu_relax();
+    }
+    for (unsigned rounds = 0;; rounds++) {
+        uint32_t cur = atomic_load_explicit(w, memory_order_relaxed);
+        if (cur == 0) {
+            /* others may be asleep: keep the waiters bit so that our unlock wakes one */
+            if (atomic_compare_exchange_weak_explicit(w, &cur, me | LOCK_WAITERS, memory_order_acquire,
+                                                      memory_order_relaxed))
+                return;
+            continue;
+        }
+        if (!(cur & LOCK_WAITERS) &&
+            !atomic_compare_exchange_weak_explicit(w, &cur, cur | LOCK_WAITERS, memory_order_relaxed,
+                                                   memory_order_relaxed))
+            continue;
+        futex_wait(w, cur | LOCK_WAITERS, 5 * 1000 * 1000); /* 5 ms, then look at the holder */
+        uint32_t owner = LOCK_OWNER(cur);
+        if ((rounds & 3) == 3 && owner != me && owner <= HCS_MAX_SLOTS && !slot_owner_alive(r->fd, (int)owner - 1)) {
+            uint32_t seen = atomic_load_explicit(w, memory_order_relaxed);
+            if (LOCK_OWNER(seen) == owner &&
+                atomic_compare_exchange_strong_explicit(w, &seen, me | LOCK_WAITERS, memory_order_acquire,
+                                                        memory_order_relaxed)) {
+                atomic_fetch_add_explicit(&r->hdr->lock_steals, 1, memory_order_relaxed);
+                return;
+            }
+        }
+    }
+}
+
+void hcs_region_alloc_lock(struct hcs_region *r) {
+    uint32_t me = (uint32_t)r->slot + 1;
+    uint32_t expected = 0;
+    if (__builtin_expect(atomic_compare_exchange_strong_explicit(&r->hdr->alloc_lock, &expected, me,
+                                                                 memory_order_acquire, memory_order_relaxed),
+                         1))
+        return;
+    alloc_lock_slow(r, me);
+}
+
+void hcs_region_alloc_unlock(struct hcs_region *r) {
+    uint32_t me = (uint32_t)r->slot + 1;
+    uint32_t expected = me;
+    if (__builtin_expect(atomic_compare_exchange_strong_explicit(&r->hdr->alloc_lock, &expected, 0,
+                                                                 memory_order_release, memory_order_relaxed),
+                         1))
+        return;
+    atomic_store_explicit(&r->hdr->alloc_lock, 0, memory_order_release); /* waiters bit was set */
+    futex_wake(&r->hdr->alloc_lock, 1);
+}
+
 void hcs_region_lock(struct hcs_region *r) {
     int rc = pthread_mutex_lock(&r->hdr->lock);
     if (rc == EOWNERDEAD) {
@@ -257,13 +342,17 @@ static void maybe_stall_in_lock(void) {
 
 bool hcs_region_reserve(struct hcs_region *r, int dev, uint64_t size, uint64_t limit) {
     struct hcs_slot *me = &r->slots[r->slot];
-    hcs_region_lock(r);
+    hcs_region_alloc_lock(r);
     uint64_t used = sum_used(r, dev);
     if (used > limit || size > limit - used) {
-        if (hcs_region_reclaim_locked(r) > 0)
+        /* before refusing, give back what dead processes held (lock order: alloc, then slot) */
+        hcs_region_lock(r);
+        int n = hcs_region_reclaim_locked(r);
+        hcs_region_unlock(r);
+        if (n > 0)
             used = sum_used(r, dev);
         if (used > limit || size > limit - used) {
-            hcs_region_unlock(r);
+            hcs_region_alloc_unlock(r);
             return false;
         }
     }
@@ -272,7 +361,7 @@ bool hcs_region_reserve(struct hcs_region *r, int dev, uint64_t size, uint64_t l
 #ifdef HCS_FAULT_INJECTION
     maybe_stall_in_lock();
 #endif
-    hcs_region_unlock(r);
+    hcs_region_alloc_unlock(r);
     return true;
 }
 
@@ -295,9 +384,9 @@ uint64_t hcs_region_used(const struct hcs_region *r, int dev) {
 }
 
 uint64_t hcs_region_used_locked(struct hcs_region *r, int dev) {
-    hcs_region_lock(r);
+    hcs_region_alloc_lock(r);
     uint64_t u = sum_used(r, dev);
-    hcs_region_unlock(r);
+    hcs_region_alloc_unlock(r);
     return u;
 }
 
@@ -313,6 +402,12 @@ int hcs_region_claim_slot(struct hcs_region *r, char *err, size_t errlen) {
             continue;
         if (st == HCS_SLOT_ACTIVE)
             reclaim_slot_locked(r, i);
+        /* a dead previous owner of this slot may have died holding the allocation lock */
+        uint32_t held = atomic_load(&r->hdr->alloc_lock);
+        if (LOCK_OWNER(held) == (uint32_t)i + 1 && atomic_compare_exchange_strong(&r->hdr->alloc_lock, &held, 0)) {
+            atomic_fetch_add_explicit(&r->hdr->lock_steals, 1, memory_order_relaxed);
+            futex_wake(&r->hdr->alloc_lock, 1 << 30);
+        }
         struct hcs_slot *s = &r->slots[i];
         for (int d = 0; d < HCS_MAX_DEVICES; d++)
             atomic_store_explicit(&s->used[d], 0, memory_order_relaxed);

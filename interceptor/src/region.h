@@ -8,10 +8,15 @@
  * Invariants and why they hold (see interceptor/README.md for the long version):
  *  - A slot's counters are only ever changed by single atomic operations, so a process killed at any
  *    instruction leaves them exact: there is no "global total" that could drift from the slots.
- *  - Every increase happens with the region mutex held and after checking sum + size <= limit;
- *    decreases are lock-free. So the sum read under the mutex never exceeds the limit.
- *  - The mutex is PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST: a holder killed with SIGKILL hands
- *    EOWNERDEAD to the next locker, which reclaims dead slots and marks the mutex consistent.
+ *  - Every increase happens with the allocation lock held and after checking sum + size <= limit;
+ *    decreases (frees, reclaiming a dead process's slot) are lock-free. So the sum read under the
+ *    allocation lock never exceeds the limit.
+ *  - The allocation lock is one word holding the holder's slot number (+ a waiters bit). It costs
+ *    two CAS uncontended; waiters sleep on a shared futex. A holder killed with SIGKILL is detected
+ *    by its waiters through its slot's liveness lock and the lock is taken over (nothing to repair:
+ *    counters are exact).
+ *  - Claiming and reclaiming slots is serialised by a PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST
+ *    mutex (EOWNERDEAD -> reclaim dead slots, mark consistent).
  *  - Liveness of a slot's owner is an open-file-description lock (F_OFD_SETLK) on a byte of the
  *    region file named after the slot. The kernel drops it when the owner dies, whatever PID
  *    namespace the observer lives in and whatever PID reuse happened: no kill(pid,0) guessing.
@@ -56,6 +61,11 @@ struct hcs_region_header {
     _Atomic uint64_t reclaimed_bytes; /* statistics: bytes returned from dead processes */
     _Atomic uint64_t owner_died;      /* statistics: EOWNERDEAD recoveries */
     _Atomic uint64_t peak[HCS_MAX_DEVICES]; /* highest container usage ever granted, per device */
+    _Atomic uint64_t lock_steals;     /* statistics: allocation locks taken over from dead holders */
+    /* Allocation lock (hot path): 0 = free, else holder's slot + 1. A waiter that finds the holder's
+     * slot dead (liveness lock gone) takes it over; see hcs_region_alloc_lock(). */
+    _Atomic uint32_t alloc_lock __attribute__((aligned(64)));
+    /* Slot lock (cold path: claiming and reclaiming slots): robust + process-shared. */
     pthread_mutex_t lock __attribute__((aligned(64)));
 };
 
@@ -76,9 +86,12 @@ int hcs_region_claim_slot(struct hcs_region *r, char *err, size_t errlen);
  * the last fd of the open file description closes). */
 void hcs_region_close(struct hcs_region *r);
 
-/* Lock / unlock the region mutex, recovering from a dead owner. */
+/* Lock / unlock the slot mutex (claim / reclaim), recovering from a dead owner. */
 void hcs_region_lock(struct hcs_region *r);
 void hcs_region_unlock(struct hcs_region *r);
+/* Lock / unlock the allocation lock. The caller must own a slot. */
+void hcs_region_alloc_lock(struct hcs_region *r);
+void hcs_region_alloc_unlock(struct hcs_region *r);
 
 /* Reserve size bytes on device dev for the calling process if the container total stays
  * <= limit. Exact: sum + size == limit succeeds. Reclaims dead processes' slots before failing.
@@ -90,9 +103,10 @@ void hcs_region_add(struct hcs_region *r, int dev, uint64_t size);
 void hcs_region_release(struct hcs_region *r, int dev, uint64_t size);
 /* Container usage of device dev right now (lock-free snapshot; for queries). */
 uint64_t hcs_region_used(const struct hcs_region *r, int dev);
-/* Same, read under the mutex: a consistent value that never exceeds a limit enforced by reserve. */
+/* Same, read under the allocation lock (caller owns a slot): never exceeds a limit enforced by
+ * reserve. */
 uint64_t hcs_region_used_locked(struct hcs_region *r, int dev);
-/* Reclaim the slots of dead processes. Caller holds the mutex. Returns slots reclaimed. */
+/* Reclaim the slots of dead processes. Caller holds the slot mutex. Returns slots reclaimed. */
 int hcs_region_reclaim_locked(struct hcs_region *r);
 
 #endif /* HCS_REGION_H */

@@ -322,6 +322,20 @@ static int case_hold(uint64_t bytes) {
         pause();
 }
 
+/* attach to the region (own a slot), then wait for $HCS_TEST_GO to exist and allocate: used to
+ * check that a process already waiting takes over a lock whose holder was killed */
+static int case_attach_wait(uint64_t bytes) {
+    CUdeviceptr p;
+    if (cuMemAlloc_v2(&p, 1) != CUDA_SUCCESS || cuMemFree_v2(p) != CUDA_SUCCESS)
+        return 1;
+    printf("attached\n");
+    fflush(stdout);
+    const char *go = getenv("HCS_TEST_GO");
+    while (go != NULL && access(go, F_OK) != 0)
+        usleep(2000);
+    return case_alloc(bytes);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: t_cuda <case> [bytes]\n");
@@ -331,6 +345,8 @@ int main(int argc, char **argv) {
     setup();
     if (strcmp(c, "alloc") == 0 && argc > 2)
         return case_alloc(strtoull(argv[2], NULL, 10));
+    if (strcmp(c, "attach_wait") == 0 && argc > 2)
+        return case_attach_wait(strtoull(argv[2], NULL, 10));
     if (strcmp(c, "hold") == 0 && argc > 2)
         return case_hold(strtoull(argv[2], NULL, 10));
     uint64_t q = env_u64("HCS_TEST_QUOTA");

@@ -107,6 +107,10 @@ static int run_observer(const char *dir, uint64_t quota, const char *stop) {
         }
         usleep(5000);
     }
+    if (hcs_region_claim_slot(&r, err, sizeof err) != 0) { /* the allocation lock needs an owner id */
+        fprintf(stderr, "observer: %s\n", err);
+        return 2;
+    }
     long samples = 0, violations = 0;
     uint64_t max = 0;
     for (;;) {

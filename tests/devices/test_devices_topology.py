@@ -45,3 +45,15 @@ def test_bandwidth_matrix_sums_parallel_links():
     m = bandwidth_matrix([dev(0, [(LinkType.NVLINK, 1, 50), (LinkType.NVLINK, 1, 50)]), dev(1)])
     assert m[("nvidia-0", "nvidia-1")] == 100
     assert m[("nvidia-1", "nvidia-0")] == 0
+
+
+def test_ascend_numa_from_affinity_cpus(tmp_path):
+    from hcs.devices.ascend import numa_of_cpus
+
+    for n, cpus in ((0, "0-3"), (1, "4-7")):
+        (tmp_path / f"node{n}").mkdir()
+        (tmp_path / f"node{n}" / "cpulist").write_text(cpus + "\n")
+    assert numa_of_cpus("4-5", tmp_path) == 1
+    assert numa_of_cpus("0,2", tmp_path) == 0
+    assert numa_of_cpus("0-47", tmp_path) == -1  # not this host's layout: unknown, not a guess
+    assert numa_of_cpus("garbage", tmp_path) == -1

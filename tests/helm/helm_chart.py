@@ -11,6 +11,7 @@ processes with exactly the configuration the chart renders::
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -71,7 +72,7 @@ def _set_args(set_values: Mapping[str, Any]) -> list[str]:
         elif isinstance(value, str):
             out += ["--set-string", f"{key}={value}"]
         else:
-            out += ["--set-json", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
+            out += ["--set-json", f"{key}={json.dumps(value)}"]
     return out
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
+import socket
+import ssl
 import subprocess
-from collections.abc import Callable
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +26,16 @@ from helm_chart import (
     component_configs,
     container,
     find,
-    find_helm,
     helm,
     one,
     render,
 )
+from helm_chart_fixtures import Render
 
 MODES = ("devicePlugin", "dra", "both")
 VALUES_FILES = ((), ("values-prod.yaml",), ("values-dev.yaml",))
 CORE_KINDS_WITH_NAMESPACE = {"ConfigMap", "Secret", "Service", "ServiceAccount", "Deployment", "DaemonSet",
                              "Role", "RoleBinding", "PodDisruptionBudget"}
-
-Render = Callable[..., list[dict[str, Any]]]
-
-
-@pytest.fixture(scope="session")
-def helm_bin() -> str:
-    found = find_helm()
-    if found is None:
-        msg = ("helm not found: set HCS_HELM, put helm on PATH, or let e2e/cluster/up build it "
-               "(~/.cache/hcs/cluster/bin/<version>/helm)")
-        if os.environ.get("CI"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
-    return found
-
-
-@pytest.fixture(scope="session")
-def rendered(helm_bin: str) -> Render:
-    """``rendered(values_files=(), **set_values)``, cached for the session."""
-    cache: dict[str, list[dict[str, Any]]] = {}
-
-    def get(values_files: tuple[str, ...] = (), api_versions: tuple[str, ...] = (), **set_values: Any) -> list[
-            dict[str, Any]]:
-        key = json.dumps([values_files, api_versions, set_values], sort_keys=True)
-        if key not in cache:
-            sv = {k.replace("__", "."): v for k, v in set_values.items()}
-            cache[key] = render(values_files, sv, api_versions=api_versions)
-        return cache[key]
-
-    return get
-
 
 def _values(*files: str) -> dict[str, Any]:
     merged: dict[str, Any] = {}
@@ -327,11 +298,13 @@ def test_node_agent_mounts_follow_the_mode(rendered: Render, mode: str) -> None:
     dra = {"/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/plugins"}
     assert (dp <= paths) == (mode != "dra")
     assert (dra <= paths) == (mode != "devicePlugin")
-    mounts = {m["mountPath"] for m in container(ds, "node-agent")["volumeMounts"]}
+    mounts = {m["mountPath"] for c in ds["spec"]["template"]["spec"]["containers"] for m in c["volumeMounts"]}
     assert paths <= mounts, "every host path is mounted at the same path (CDI specs name host paths)"
     assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    names = [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]]
+    assert names == (["node-agent"] if mode == "devicePlugin" else ["node-agent", "dra-plugin"])
+    assert ("dra.yaml" in one(docs, "ConfigMap", "hcs-node-agent")["data"]) == (mode != "devicePlugin")
     node = component_configs(docs)["node"]["node"]
-    assert ("dra" in node) == (mode != "devicePlugin")
     assert node["devicePluginDir"] == "/var/lib/kubelet/device-plugins"
     assert node["cdiDir"] == "/var/run/cdi" and node["interceptorDir"] == "/usr/local/hcs/lib"
     init = ds["spec"]["template"]["spec"]["initContainers"][0]
@@ -500,3 +473,103 @@ def test_dashboard_uses_only_metrics_the_components_export() -> None:
                 used.add(re.sub(r"_(total|bucket|sum|count)$", "", m.group(0)))
     assert used, "the dashboard queries no hcs_ metric"
     assert used <= exported, f"dashboard metrics no component exports: {sorted(used - exported)}"
+
+
+# ---------------------------------------------------------------- the rendered webhook config, served for real
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_webhook_serves_tls_with_the_rendered_config_and_certificate(rendered: Render, tmp_path: Path) -> None:
+    """`hcs webhook` starts from the chart's ConfigMap and Secret; a client trusting only the rendered caBundle
+    reaches it under the Service's DNS name, as the API server will."""
+    pytest.importorskip("hcs.webhook.cli")
+    docs = rendered()
+    secret = one(docs, "Secret", "hcs-webhook-tls")["data"]
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for key in ("tls.crt", "tls.key"):
+        (tls / key).write_bytes(base64.b64decode(secret[key]))
+    config = component_configs(docs)["webhook"]
+    port = _free_port()
+    config["webhook"].update(certFile=str(tls / "tls.crt"), keyFile=str(tls / "tls.key"), listen=f"127.0.0.1:{port}")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    ca_bundle = base64.b64decode(one(docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"])
+    ctx = ssl.create_default_context(cadata=ca_bundle.decode())
+    proc = subprocess.Popen([sys.executable, "-m", "hcs.cli", "webhook", "--config", str(tmp_path / "config.yaml"),
+                             "--no-kube"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"hcs webhook exited ({proc.returncode}): {proc.stdout.read()}"  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as raw, ctx.wrap_socket(
+                        raw, server_hostname=f"hcs-webhook.{NAMESPACE}.svc") as conn:
+                    conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: hcs-webhook\r\nConnection: close\r\n\r\n")
+                    reply = conn.recv(4096).decode(errors="replace")
+                break
+            except (ConnectionRefusedError, ConnectionResetError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert reply.startswith("HTTP/1.") and " 200 " in reply.split("\r\n", 1)[0], reply
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ---------------------------------------------------------------- rendered configs load in the components
+
+
+@pytest.mark.parametrize("values_files", VALUES_FILES, ids=["default", "prod", "dev"])
+@pytest.mark.parametrize("mode", MODES)
+def test_rendered_configs_pass_the_components_own_validation(rendered: Render, values_files: tuple[str, ...],
+                                                             mode: str) -> None:
+    """Each component's loader accepts what the chart renders (unknown keys are errors there)."""
+    from hcs.config import section
+
+    docs = rendered(values_files, mode=mode, nodeAgent__simulated__enabled=True)
+    configs = component_configs(docs)
+    node_cm = one(docs, "ConfigMap", "hcs-node-agent")["data"]
+    node_mod = pytest.importorskip("hcs.node.config")
+    cfg = node_mod.node_config(section(configs["node"], "node"), source="chart", nodeName="node-1")
+    assert cfg.deviceIsolation is False and cfg.reportInterval == _values(*values_files)["nodeAgent"]["reportInterval"]
+    if mode == "devicePlugin":
+        assert "dra.yaml" not in node_cm
+    else:
+        dra_mod = pytest.importorskip("hcs.node.dra.config")
+        dra_raw = yaml.safe_load(node_cm["dra.yaml"])
+        dra = dra_mod.DraConfig.from_mapping(section(section(dra_raw, "node"), "dra"), node_name="node-1")
+        assert dra.driver_name == "ai.compute" and dra.device_isolation is False
+        assert str(dra.registration_socket) == "/var/lib/kubelet/plugins_registry/ai.compute-reg.sock"
+        ds = one(docs, "DaemonSet")
+        dra_container = container(ds, "dra-plugin")
+        assert "--simulated" in dra_container["command"]
+        assert {m["mountPath"] for m in dra_container["volumeMounts"]} >= {
+            "/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/plugins", "/var/run/cdi"}
+    webhook_mod = pytest.importorskip("hcs.webhook.config")
+    wh = webhook_mod.webhook_config(section(configs["webhook"], "webhook"), source="chart")
+    assert wh.port == one(docs, "Deployment", "hcs-webhook")["spec"]["template"]["spec"]["containers"][0][
+        "ports"][0]["containerPort"]
+    assert wh.scheduler_name == configs["kube-scheduler"]["profiles"][0]["schedulerName"]
+    assert wh.slot_resource == cfg.resourceName
+    if wh.allocator_address:  # the webhook then needs its allocator client (else it refuses to start)
+        pytest.importorskip("hcs.webhook.allocator_client")
+
+
+def test_webhook_skips_its_own_namespace_but_never_default(helm_bin: str) -> None:
+    def excluded(namespace: str) -> list[str]:
+        docs = render(namespace=namespace)
+        sel = one(docs, "ValidatingWebhookConfiguration")["webhooks"][0]["namespaceSelector"]
+        return list(sel["matchExpressions"][0]["values"])
+
+    assert excluded("hcs-system") == ["kube-system", "hcs-system"]
+    assert excluded("default") == ["kube-system"]

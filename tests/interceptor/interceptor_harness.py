@@ -88,7 +88,7 @@ class Harness:
             return str(BUILD / "asan" / "libhcs_interceptor.so")  # always built with fault injection
         return str(BUILD / ("fi" if fault_injection else "") / "libhcs_interceptor.so")
 
-    def env(self, preload: bool = True, fault_injection: bool = False, **extra: str) -> dict[str, str]:
+    def env(self, preload: bool, fault_injection: bool, extra: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HCS_", "LD_PRELOAD", "ASAN_"))}
         env.update(
             HCS_SIM_PROFILE=str(self.profile),
@@ -110,7 +110,7 @@ class Harness:
     def run(self, name: str, *args: str, preload: bool = True, timeout: float = 120, **extra: str) -> Result:
         proc = subprocess.run(
             [self.program(name), *args],
-            env=self.env(preload=preload, **extra),
+            env=self.env(preload, False, extra),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -122,7 +122,7 @@ class Harness:
               **extra: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [self.program(name), *args],
-            env=self.env(preload=preload, fault_injection=fault_injection, **extra),
+            env=self.env(preload, fault_injection, extra),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

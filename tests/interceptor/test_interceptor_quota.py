@@ -6,6 +6,8 @@ simulated vendor runtime, once plainly and once under ASan/UBSan.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,9 +51,10 @@ def test_quota_file_wins_over_env_and_is_per_device(h: Harness, tmp_path: Path) 
     ok(res, "multidev")
 
 
-def test_quota_file_default_line_applies_to_unlisted_devices(h: Harness, tmp_path: Path) -> None:
+@pytest.mark.parametrize("line", ["* 16777216", "* 16Mi", "0 0.015625Gi", "0 16777216 # trailing comment"])
+def test_quota_file_forms(h: Harness, tmp_path: Path, line: str) -> None:
     qf = tmp_path / "quota"
-    qf.write_text("* 16777216\n")
+    qf.write_text(line + "\n")
     ok(h.run("t_cuda", "boundary", HCS_QUOTA_FILE=str(qf), HCS_TEST_QUOTA=str(Q)), "boundary")
 
 
@@ -65,6 +68,14 @@ def test_free_gives_quota_back_sync_async_and_vmm(h: Harness) -> None:
 
 def test_cugetprocaddress_and_dlsym_hand_out_limited_functions(h: Harness) -> None:
     ok(h.run("t_cuda", "getproc", HCS_VRAM_QUOTA="16Mi", HCS_TEST_QUOTA=str(Q)), "getproc")
+
+
+def test_cugetprocaddress_internal_entry_points_matched_by_name(h: Harness) -> None:
+    """A driver may return non-exported internal functions from cuGetProcAddress (no pointer match):
+    the request is then matched by name and version and the hook is handed out all the same."""
+    res = h.run("t_cuda", "getproc", HCS_VRAM_QUOTA="16Mi", HCS_TEST_QUOTA=str(Q),
+                HCS_SIM_CUDA_INTERNAL_ENTRY_POINTS="1")
+    ok(res, "getproc")
 
 
 @pytest.mark.parametrize(
@@ -142,29 +153,29 @@ def test_unusable_shared_dir_fails_closed(h: Harness, tmp_path: Path) -> None:
 
 
 def test_processes_share_one_quota_and_sigkill_returns_the_share(h: Harness) -> None:
-    env = {"HCS_VRAM_QUOTA": "16Mi"}
-    holder = h.popen("t_cuda", "hold", str(10 * MIB), **env)
+    h.base_env["HCS_VRAM_QUOTA"] = "16Mi"
+    holder = h.popen("t_cuda", "hold", str(10 * MIB))
     try:
         assert holder.stdout is not None
         line = holder.stdout.readline()
         assert line.startswith("ready"), line + (holder.stderr.read() if holder.stderr else "")
-        other = h.run("t_cuda", "alloc", str(6 * MIB + 1), **env).json()
+        other = h.run("t_cuda", "alloc", str(6 * MIB + 1)).json()
         assert other["rc"] == 2 and other["free"] == 6 * MIB and other["total"] == Q
-        assert h.run("t_cuda", "alloc", str(6 * MIB), **env).json()["rc"] == 0
+        assert h.run("t_cuda", "alloc", str(6 * MIB)).json()["rc"] == 0
         holder.kill()  # SIGKILL: no exit handler runs
         holder.wait(timeout=30)
     finally:
         if holder.poll() is None:
             holder.kill()
             holder.wait()
-    after = h.run("t_cuda", "alloc", str(Q), **env).json()
+    after = h.run("t_cuda", "alloc", str(Q)).json()
     assert after == {"rc": 0, "free": 0, "total": Q}
 
 
 def test_sigkill_inside_the_critical_section_neither_leaks_nor_deadlocks(h: Harness, tmp_path: Path) -> None:
     stall = tmp_path / "stalled"
-    env = {"HCS_VRAM_QUOTA": "16Mi"}
-    victim = h.popen("t_cuda", "hold", str(10 * MIB), fault_injection=True, HCS_TEST_STALL_IN_LOCK=str(stall), **env)
+    h.base_env["HCS_VRAM_QUOTA"] = "16Mi"
+    victim = h.popen("t_cuda", "hold", str(10 * MIB), fault_injection=True, HCS_TEST_STALL_IN_LOCK=str(stall))
     try:
         deadline = time.monotonic() + 60
         while not stall.exists():
@@ -178,5 +189,77 @@ def test_sigkill_inside_the_critical_section_neither_leaks_nor_deadlocks(h: Harn
             victim.kill()
             victim.wait()
     # the next process gets EOWNERDEAD, reclaims the dead share, and the whole quota is free again
-    res = h.run("t_cuda", "alloc", str(Q), timeout=60, **env)
+    res = h.run("t_cuda", "alloc", str(Q), timeout=60)
     assert res.json() == {"rc": 0, "free": 0, "total": Q}, res.err
+
+
+def test_waiting_process_takes_over_the_lock_of_a_killed_holder(h: Harness, tmp_path: Path) -> None:
+    """The holder dies inside the critical section while another process is already attached (so
+    no fresh slot claim clears the lock): the waiter must detect the dead holder and go on."""
+    stall, go = tmp_path / "stalled", tmp_path / "go"
+    h.base_env["HCS_VRAM_QUOTA"] = "16Mi"
+    waiter = h.popen("t_cuda", "attach_wait", str(Q), HCS_TEST_GO=str(go))
+    victim = None
+    try:
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline().startswith("attached")
+        victim = h.popen("t_cuda", "hold", str(10 * MIB), fault_injection=True,
+                         HCS_TEST_STALL_IN_LOCK=str(stall))
+        deadline = time.monotonic() + 60
+        while not stall.exists():
+            assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+            assert time.monotonic() < deadline, "the victim never reached the critical section"
+            time.sleep(0.01)
+        go.touch()  # the waiter now spins on the lock the victim holds
+        time.sleep(0.2)
+        victim.kill()
+        victim.wait(timeout=30)
+        out, err = waiter.communicate(timeout=60)
+    finally:
+        for p in (waiter, victim):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    line = [x for x in out.splitlines() if x.startswith("{")][0]
+    assert json.loads(line) == {"rc": 0, "free": 0, "total": Q}, err
+
+
+def _can_unshare_pid() -> bool:
+    try:
+        probe = subprocess.run(["unshare", "--user", "--map-root-user", "--pid", "--fork", "true"],
+                               capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+def test_liveness_works_across_pid_namespaces(h: Harness) -> None:
+    """A holder in another PID namespace (it is PID 1 there, and its number means nothing here):
+    its share counts for everybody while it lives and comes back when it is killed — no kill(pid, 0)."""
+    if not _can_unshare_pid():
+        pytest.skip("unshare --user --pid is not permitted here")
+    h.base_env["HCS_VRAM_QUOTA"] = "16Mi"
+    env = h.env(True, False, {})
+    holder = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child",
+         h.program("t_cuda"), "hold", str(10 * MIB)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        assert line.startswith("ready"), line + (holder.stderr.read() if holder.stderr else "")
+        other = h.run("t_cuda", "alloc", str(6 * MIB + 1)).json()
+        assert other["rc"] == 2 and other["free"] == 6 * MIB
+        holder.kill()  # unshare dies; --kill-child SIGKILLs the namespace's PID 1
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    deadline = time.monotonic() + 30
+    while True:  # the child's death is asynchronous to unshare's
+        res = h.run("t_cuda", "alloc", str(Q)).json()
+        if res["rc"] == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert res == {"rc": 0, "free": 0, "total": Q}

@@ -14,7 +14,7 @@ from webhook_helpers import Client, ServerFactory, pod, review
 
 from hcs.webhook.capacity import StaticCapacity
 from hcs.webhook.certs import CertPaths, generate_certs
-from hcs.webhook.config import WebhookConfig
+from hcs.webhook.config import Mode, WebhookConfig
 
 GI = 2**30
 
@@ -117,11 +117,11 @@ def test_health_metrics_and_404(serve: ServerFactory) -> None:
 def test_garbage_and_plaintext_connections_do_not_hurt(serve: ServerFactory) -> None:
     server, client = serve()
     for payload in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello", b""):
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
-            with contextlib.suppress(OSError):  # the server closes (or resets) the failed handshake
-                s.sendall(payload)
-                s.shutdown(socket.SHUT_WR)
-                s.recv(100)
+        # the server closes (or resets) the failed handshake
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s, contextlib.suppress(OSError):
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            s.recv(100)
     assert client.admit("validate", review(pod({"ai.compute/vram": "1Gi"})))["allowed"] is True
     deadline = time.monotonic() + 5
     while True:  # the last failed handshake may still be in its thread
@@ -185,3 +185,19 @@ def test_expired_certificate_is_reported_not_fatal(serve: ServerFactory, certs: 
     body = json.loads(resp.read())
     conn.close()
     assert resp.status == 503 and body["certExpired"] is True and body["certNotAfter"] == 1609459200.0
+
+
+def test_mutate_denies_invalid_pods_before_translating(serve: ServerFactory) -> None:
+    _, client = serve(WebhookConfig(mode=Mode.DRA), capacity=StaticCapacity(80 * GI))
+    resp = client.admit("mutate", review(pod({"ai.compute/vram": "96Gi"}, name="big")))
+    assert resp["allowed"] is False and "largest interconnect island" in resp["status"]["message"]
+    assert "patch" not in resp
+
+
+def test_dra_mode_without_api_access_says_so(serve: ServerFactory) -> None:
+    _, client = serve(WebhookConfig(mode=Mode.DRA), capacity=StaticCapacity(80 * GI))
+    resp = client.admit("mutate", review(pod({"ai.compute/vram": "16Gi"})))
+    assert resp["allowed"] is False and "needs API-server access" in resp["status"]["message"]
+    # a dry run creates nothing, so it can be answered
+    out, resp = client.mutated(pod({"ai.compute/vram": "16Gi"}), dry_run=True)
+    assert resp["allowed"] is True and out["spec"]["resourceClaims"][0]["name"] == "hcs-main"

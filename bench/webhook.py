@@ -1,0 +1,196 @@
+"""Admission latency of ``hcs webhook`` at a fixed request rate; prints one JSON object.
+
+Starts ``hcs webhook`` as its own process (HTTPS on loopback, self-signed ECDSA certificate,
+device-plugin mode, fixed island size so no cluster is needed), then sends AdmissionReviews open-loop
+at ``--rate`` requests/s for ``--duration`` s over a few keep-alive TLS connections, as the API server
+does: half ``/mutate``, half ``/validate``, pods with ``ai.compute`` requests (a tenth of them denied).
+
+Latency is measured per request from the moment it was due to be sent (so client-side queueing is
+counted, not hidden) to the last byte of the answer. ``rss_mib`` is the webhook process's peak RSS.
+
+    .venv/bin/python bench/webhook.py [--rate 200] [--duration 30]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds scripts named like stdlib modules (inspect.py): never import from the script directory
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hcs.webhook.certs import generate_certs  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_review(i: int) -> tuple[str, bytes]:
+    vram = "96Gi" if i % 10 == 9 else f"{(i % 8 + 1) * 4}Gi"  # 96Gi > the 80Gi island: denied
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"bench-{i}", "namespace": "bench",
+                     "annotations": {"hcs.io/vendor": "nvidia,ascend", "hcs.io/topology-preference": "high-bandwidth"}},
+        "spec": {"containers": [
+            {"name": "main", "image": "pytorch/pytorch:2.4", "resources": {
+                "requests": {"ai.compute/vram": vram, "ai.compute/tflops-fp16": "50", "cpu": "1", "memory": "1Gi"}}},
+            {"name": "sidecar", "image": "busybox", "resources": {"requests": {"cpu": "10m"}}},
+        ]},
+    }
+    endpoint = "mutate" if i % 2 == 0 else "validate"
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+              "request": {"uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                          "resource": {"group": "", "version": "v1", "resource": "pods"},
+                          "operation": "CREATE", "namespace": "bench", "object": pod, "dryRun": False}}
+    return endpoint, json.dumps(review).encode()
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
+    ap.add_argument("--connections", type=int, default=4, help="keep-alive TLS connections (default 4)")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="hcs-bench-webhook-"))
+    certs = generate_certs(tmp)
+    port = free_port()
+    cfg = tmp / "config.yaml"
+    cfg.write_text(json.dumps({"webhook": {"largestIsland": "80Gi"}}))
+    env = {**os.environ, "HCS_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hcs.cli", "webhook", "--no-kube", "--config", str(cfg),
+         "--listen", f"127.0.0.1:{port}", "--cert-file", str(certs.cert), "--key-file", str(certs.key)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=2)
+                c.request("GET", "/healthz")
+                if c.getresponse().status == 200:
+                    c.close()
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                print(json.dumps({"error": f"webhook did not start: {err[-2000:]}"}))
+                return 1
+            time.sleep(0.2)
+
+        bodies = [make_review(i) for i in range(1000)]
+        work: queue.Queue[tuple[float, int] | None] = queue.Queue()
+        latencies: list[tuple[float, float]] = []  # (due time, seconds)
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+            while True:
+                item = work.get()
+                if item is None:
+                    break
+                due, i = item
+                endpoint, body = bodies[i % len(bodies)]
+                try:
+                    conn.request("POST", f"/{endpoint}", body=body, headers={"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    done = time.perf_counter()
+                    ok = resp.status == 200 and b'"uid"' in data
+                except (OSError, http.client.HTTPException) as exc:
+                    done, ok = time.perf_counter(), False
+                    data = str(exc).encode()
+                    conn.close()
+                    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+                with lock:
+                    latencies.append((due, done - due))
+                    if not ok:
+                        errors.append(data[:200].decode(errors="replace"))
+            conn.close()
+
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.connections)]
+        for t in threads:
+            t.start()
+        interval = 1.0 / args.rate
+        start = time.perf_counter()
+        total = int((args.warmup + args.duration) * args.rate)
+        for i in range(total):
+            due = start + i * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            work.put((due, i))
+        for _ in threads:
+            work.put(None)
+        for t in threads:
+            t.join()
+        measured = [lat for due, lat in latencies if due >= start + args.warmup]
+        elapsed = time.perf_counter() - start
+        ms = [x * 1000 for x in measured]
+        result: dict[str, Any] = {
+            "p50_ms": round(percentile(ms, 50), 3),
+            "p99_ms": round(percentile(ms, 99), 3),
+            "p999_ms": round(percentile(ms, 99.9), 3),
+            "max_ms": round(max(ms), 3) if ms else None,
+            "rss_mib": peak_rss_mib(proc.pid),
+            "rate_rps": args.rate,
+            "achieved_rps": round(len(latencies) / elapsed, 1),
+            "duration_s": args.duration,
+            "requests": len(ms),
+            "errors": len(errors),
+            "connections": args.connections,
+            "cpus": os.cpu_count(),
+            "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+        print(json.dumps(result))
+        return 0 if not errors else 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""``hcs demo``: the whole stack on one machine, on simulated mixed-vendor hardware."""

@@ -1,0 +1,51 @@
+"""The demo's workloads: the seed's example pods plus a burst of fractional pods."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+GI = 2**30
+
+
+@dataclass(frozen=True)
+class DemoPod:
+    name: str
+    vram_bytes: int  # per pod (all devices together)
+    tflops: float = 0.0  # A100-equivalent TFLOPS-fp16
+    limit_bytes: int = 0  # VRAM limit (0 = same as the request)
+    annotations: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def seed_pods() -> list[DemoPod]:
+    """The seed's examples, written once and run on whatever vendor fits."""
+    return [
+        DemoPod("inference-basic", 16 * GI, 100, note="seed basic pod: 16Gi + 100 TFLOPS"),
+        DemoPod("training", 32 * GI, 0, limit_bytes=64 * GI, note="seed training pod: requests 32Gi, limits 64Gi"),
+        DemoPod("multi-gpu-160g", 160 * GI, 0, annotations={"hcs.io/topology-preference": "high-bandwidth"},
+                note="seed multi-GPU pod: 160Gi on one interconnect island"),
+        DemoPod("ascend-only", 24 * GI, 0, annotations={"hcs.io/vendor": "ascend"}, note="vendor include list"),
+        DemoPod("not-nvidia", 20 * GI, 0, annotations={"hcs.io/vendor": "!nvidia"}, note="vendor exclude list"),
+        DemoPod("mlu-pinned", 12 * GI, 0, annotations={"hcs.io/model": "mlu370-x8"}, note="model include list"),
+    ]
+
+
+def burst_pods(count: int, seed: int) -> list[DemoPod]:
+    """Fractional pods of 4-40Gi; some spread, most binpacked (the default)."""
+    rng = random.Random(seed)
+    sizes = [4, 6, 8, 8, 10, 12, 16, 16, 20, 24, 32, 40]
+    pods = []
+    for i in range(count):
+        size = rng.choice(sizes)
+        annotations = {"hcs.io/scheduling-policy": "spread"} if rng.random() < 0.15 else {}
+        pods.append(DemoPod(f"burst-{i:02d}", size * GI, round(size * 2.5, 1), annotations=annotations))
+    return pods
+
+
+def overflow_pods() -> list[DemoPod]:
+    """Requests that must wait: bigger than any island, and a second 160Gi job when NVLink is full."""
+    return [
+        DemoPod("too-big-1Ti", 1024 * GI, 0, annotations={"hcs.io/topology-preference": "high-bandwidth"},
+                note="larger than any interconnect island: stays pending with a reason"),
+    ]
