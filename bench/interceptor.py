@@ -4,8 +4,10 @@
 Runs interceptor/tests/t_bench against the simulated libcuda.so.1, with and without the interceptor
 preloaded (quota enforced, shared region attached), and prints ONE JSON object on stdout:
 
-  added_ns_per_pair             median over rounds of (intercepted - direct) ns/pair, 1 thread; each
-                                round runs the two back to back so load changes hit both alike
+  added_ns_per_pair             best intercepted ns/pair minus best direct ns/pair over interleaved
+                                short runs, 1 thread: interference from other work only ever adds
+                                time, so the minimum is the estimate of the intrinsic cost
+                                (the median of paired differences is reported too)
   added_instructions_per_pair   valgrind --tool=callgrind, instructions per pair intercepted minus
                                 direct, start-up cancelled by differencing two run lengths (stable)
   threads8_pairs_per_s          8 threads of one process allocating/freeing through the interceptor
@@ -105,8 +107,9 @@ def main() -> int:
         t1 = [1e9 / x for x in inter]
 
     result = {
-        "added_ns_per_pair": round(statistics.median(i - d for i, d in zip(inter, direct, strict=True)), 1),
-        "added_ns_per_pair_best_vs_best": round(min(inter) - min(direct), 1),
+        "added_ns_per_pair": round(min(inter) - min(direct), 1),
+        "added_ns_per_pair_median_paired": round(
+            statistics.median(i - d for i, d in zip(inter, direct, strict=True)), 1),
         "added_instructions_per_pair": instr.get("added_instructions_per_pair"),
         "threads8_pairs_per_s": round(max(t8)),
         "direct_ns_per_pair_min": round(min(direct), 1),

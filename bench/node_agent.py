@@ -9,6 +9,7 @@ Prints exactly one JSON object on stdout. Targets (issue 5): allocate_p99_ms < 2
 health_to_listandwatch_ms < 1000, rss_mib < 120.
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import sys
@@ -27,6 +28,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -79,6 +81,33 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_side_quantiles(port: int, method: str) -> dict[str, float]:
+    """Upper bucket bounds of the agent's own Allocate handling-time histogram (ms)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    buckets: dict[float, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == "hcs_grpc_request_duration_seconds_bucket" and smp.labels.get("method") == method:
+                le = float(smp.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + smp.value
+    total = buckets.get(float("inf"), 0.0)
+    out = {}
+    for q in (50, 99):
+        bound = next((le for le in sorted(buckets) if buckets[le] >= total * q / 100), float("inf"))
+        out[f"p{q}"] = round(bound * 1000, 3)
+    return out
+
+
 def rss_mib(pid: int) -> tuple[float, float]:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -107,12 +136,14 @@ def main() -> int:
     server.start()
 
     sim = KubeletSim(root / "dp", root / "pr.sock").start()
+    mport = free_port()
     cfg = root / "hcs.yaml"
     cfg.write_text(json.dumps({"node": {
         "devicePluginDir": str(root / "dp"), "podResourcesSocket": str(root / "pr.sock"),
         "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
-        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 64, "metricsPort": 0,
-        "assignmentSource": "allocator", "allocatorAddress": f"127.0.0.1:{port}", "healthPollInterval": 0.1,
+        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 64, "metricsPort": mport,
+        "metricsAddress": "127.0.0.1",
+        "assignmentSource": "allocator", "allocatorAddress": f"127.0.0.1:{port}", "healthPollInterval": float(os.environ.get("BENCH_HEALTH_POLL", "0.1")),
     }}))
     env = dict(os.environ, HCS_SIM_PROFILE=str(profile), HCS_SIM_FAULTS=str(faults))
     agent = subprocess.Popen([sys.executable, "-m", "hcs.cli", "--log-level", "warning", "node", "--config", str(cfg),
@@ -124,12 +155,19 @@ def main() -> int:
         stub = conn.stub
         free = sorted(conn.devices)
         lat: list[float] = []
+        plat: list[float] = []
         live: list[tuple[str, str]] = []
         for i in range(args.allocations):
             name, uid = f"p{i}", f"uid-{i}"
             alloc.add(uid, name, i, uuids[i % 8], i % 8, 1 << 30)
             sim.pods[("bench", name)] = SimPod("bench", name, uid, (("main", 1),))
-            slot = free.pop(0)
+            # the kubelet's admission: GetPreferredAllocation, then Allocate
+            t0 = time.perf_counter()
+            pref = stub.GetPreferredAllocation(dp.PreferredAllocationRequest(container_requests=[
+                dp.ContainerPreferredAllocationRequest(available_deviceIDs=free, allocation_size=1)]), timeout=10)
+            plat.append((time.perf_counter() - t0) * 1000)
+            slot = pref.container_responses[0].deviceIDs[0]
+            free.remove(slot)
             t0 = time.perf_counter()
             resp = stub.Allocate(dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(
                 devices_ids=[slot])]), timeout=10)
@@ -140,12 +178,20 @@ def main() -> int:
             if len(live) > 48:  # keep a realistic number of pods on the node
                 old, old_slot = live.pop(0)
                 sim.remove_pod("bench", old)
+                with alloc.lock:  # the allocator releases a deleted pod
+                    alloc.by_uid.pop(f"uid-{old[1:]}", None)
                 free.append(old_slot)
         warm = lat[20:] if len(lat) > 40 else lat
         result["allocate_p50_ms"] = round(pct(warm, 50), 3)
         result["allocate_p99_ms"] = round(pct(warm, 99), 3)
         result["allocate_max_ms"] = round(max(warm), 3)
         result["allocations"] = len(warm)
+        pwarm = plat[20:] if len(plat) > 40 else plat
+        result["preferred_allocation_p50_ms"] = round(pct(pwarm, 50), 3)
+        result["preferred_allocation_p99_ms"] = round(pct(pwarm, 99), 3)
+        inside = server_side_quantiles(mport, "Allocate")
+        result["allocate_in_agent_p50_ms_le"] = inside["p50"]
+        result["allocate_in_agent_p99_ms_le"] = inside["p99"]
 
         # health: fault injected at t0 -> the kubelet simulator sees Unhealthy on ListAndWatch
         slot_of_dev = {k: f"s{k * 64:03d}" for k in range(8)}
@@ -172,6 +218,8 @@ def main() -> int:
         rss, hwm = rss_mib(agent.pid)
         result["rss_mib"] = round(rss, 1)
         result["rss_peak_mib"] = round(hwm, 1)
+        result["load_average_1m"] = round(os.getloadavg()[0], 2)
+        result["cpus"] = os.cpu_count()
         result["targets"] = {"allocate_p99_ms": 2, "health_to_listandwatch_ms": 1000, "rss_mib": 120}
     finally:
         agent.send_signal(signal.SIGTERM)

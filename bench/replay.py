@@ -9,13 +9,18 @@ arrived demand) next to ``--out``.
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import sys
-from pathlib import Path
 
-from hcs.allocator import replay as rp
-from hcs.allocator.policies import POLICIES
+# bench/ holds scripts named like stdlib modules (inspect.py): keep this script's folder off the path
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from hcs.allocator import replay as rp  # noqa: E402
+from hcs.allocator.policies import POLICIES  # noqa: E402
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 PUBLISHED_FGD = {"gpushare40": 93.96, "multigpu50": 97.09}
@@ -25,7 +30,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--traces", default=",".join(PUBLISHED_FGD))
-    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--policies", default=",".join(p for p in POLICIES if p != "spread"))
     ap.add_argument("--dir", default=str(TRACES if TRACES.exists() else Path("/work/shared/traces")))
     ap.add_argument("--out", default="bench/out")
     args = ap.parse_args()

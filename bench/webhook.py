@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (the script directory leaves sys.path before the imports)
 """Admission latency of ``hcs webhook`` at a fixed request rate; prints one JSON object.
 
 Starts ``hcs webhook`` as its own process (HTTPS on loopback, self-signed ECDSA certificate,
@@ -5,8 +6,11 @@ device-plugin mode, fixed island size so no cluster is needed), then sends Admis
 at ``--rate`` requests/s for ``--duration`` s over a few keep-alive TLS connections, as the API server
 does: half ``/mutate``, half ``/validate``, pods with ``ai.compute`` requests (a tenth of them denied).
 
-Latency is measured per request from the moment it was due to be sent (so client-side queueing is
-counted, not hidden) to the last byte of the answer. ``rss_mib`` is the webhook process's peak RSS.
+``p50_ms``/``p99_ms`` are measured per request from sending it to the last byte of the answer (what
+the API server observes); ``*_from_due_ms`` count from the moment the request was due in the open-loop
+schedule, so client-side queueing (a stalled server, or this client starved of CPU) is not hidden.
+``server_p99_ms`` comes from the webhook's own histogram (bucket upper bound). ``rss_mib`` is the
+webhook process's peak RSS. On a shared machine, ``loadavg_1m`` says how busy it was.
 
     .venv/bin/python bench/webhook.py [--rate 200] [--duration 30]
 """
@@ -72,6 +76,27 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def server_p99_ms(port: int, ctx: ssl.SSLContext) -> float | None:
+    """p99 upper bound from the webhook's hcs_webhook_request_duration_seconds histogram (all endpoints)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("hcs_webhook_request_duration_seconds_bucket"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+    if not buckets:
+        return None
+    total = buckets[float("inf")]
+    for bound in sorted(buckets):
+        if buckets[bound] >= 0.99 * total:
+            return None if bound == float("inf") else round(bound * 1000, 3)
+    return None
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -119,7 +144,7 @@ def main() -> int:
 
         bodies = [make_review(i) for i in range(1000)]
         work: queue.Queue[tuple[float, int] | None] = queue.Queue()
-        latencies: list[tuple[float, float]] = []  # (due time, seconds)
+        latencies: list[tuple[float, float, float]] = []  # (due time, seconds from due, seconds from send)
         errors: list[str] = []
         lock = threading.Lock()
 
@@ -131,6 +156,7 @@ def main() -> int:
                     break
                 due, i = item
                 endpoint, body = bodies[i % len(bodies)]
+                sent = time.perf_counter()
                 try:
                     conn.request("POST", f"/{endpoint}", body=body, headers={"Content-Type": "application/json"})
                     resp = conn.getresponse()
@@ -143,7 +169,7 @@ def main() -> int:
                     conn.close()
                     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
                 with lock:
-                    latencies.append((due, done - due))
+                    latencies.append((due, done - due, done - sent))
                     if not ok:
                         errors.append(data[:200].decode(errors="replace"))
             conn.close()
@@ -164,14 +190,18 @@ def main() -> int:
             work.put(None)
         for t in threads:
             t.join()
-        measured = [lat for due, lat in latencies if due >= start + args.warmup]
+        measured = [(d, s) for due, d, s in latencies if due >= start + args.warmup]
         elapsed = time.perf_counter() - start
-        ms = [x * 1000 for x in measured]
+        ms = [s * 1000 for _, s in measured]
+        ms_due = [d * 1000 for d, _ in measured]
         result: dict[str, Any] = {
             "p50_ms": round(percentile(ms, 50), 3),
             "p99_ms": round(percentile(ms, 99), 3),
             "p999_ms": round(percentile(ms, 99.9), 3),
             "max_ms": round(max(ms), 3) if ms else None,
+            "p50_from_due_ms": round(percentile(ms_due, 50), 3),
+            "p99_from_due_ms": round(percentile(ms_due, 99), 3),
+            "server_p99_ms": server_p99_ms(port, ctx),
             "rss_mib": peak_rss_mib(proc.pid),
             "rate_rps": args.rate,
             "achieved_rps": round(len(latencies) / elapsed, 1),

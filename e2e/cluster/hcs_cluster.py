@@ -290,6 +290,8 @@ def build(lay: Layout) -> dict[str, object]:
         if "gocache_bytes_before" not in info:
             info["gocache_bytes_before"] = _dir_bytes(Path(gocache)) if gocache else 0
         lay.bin.mkdir(parents=True, exist_ok=True)
+        for stale in lay.bin.glob(".build-*"):  # left by an interrupted build (we hold the build lock)
+            shutil.rmtree(stale, ignore_errors=True)
         env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-trimpath -buildvcs=false -mod=readonly")
         first = time.monotonic()
         with tempfile.TemporaryDirectory(dir=lay.bin, prefix=".build-") as tmp:

@@ -241,20 +241,27 @@ def node_fragmentation(target: TargetWorkload, gpu_free: IntArray, cpu_free: Int
                       dtype=np.float64)
 
 
-def unique_devices(gpu_free: IntArray, valid: npt.NDArray[np.bool_]) -> tuple[IntArray, IntArray]:
-    """``(rows, cols)`` of the valid devices, one per distinct free value per node (equivalent choices)."""
-    order = np.argsort(np.where(valid, gpu_free, -1), axis=1, kind="stable")
-    fs = np.take_along_axis(np.where(valid, gpu_free, -1), order, axis=1)
+def _distinct_devices(gpu_free: IntArray, valid: npt.NDArray[np.bool_]
+                      ) -> tuple[IntArray, IntArray, npt.NDArray[np.bool_], IntArray]:
+    """Valid devices sorted per node; ``keep`` marks one device per distinct free value.
+
+    Returns ``(order, sorted_free, keep, rep)``: ``rep[c, j]`` is the sorted position of the kept
+    device equivalent to sorted position ``j`` (devices with equal free capacity on one node are
+    interchangeable for the fragmentation measure, so it is computed once per distinct value).
+    """
+    masked = np.where(valid, gpu_free, -1)
+    order = np.argsort(masked, axis=1, kind="stable")
+    fs = np.take_along_axis(masked, order, axis=1)
     keep = fs >= 0
     keep[:, 1:] &= fs[:, 1:] != fs[:, :-1]
-    rows, j = np.nonzero(keep)
-    return rows, order[rows, j]
+    rep = np.maximum.accumulate(np.where(keep, np.arange(fs.shape[1]), 0), axis=1)
+    return order, fs, keep, rep
 
 
 def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) -> FloatArray:
     """``(C, G)`` change of node fragmentation if ``req`` lands on (node c, device g).
 
-    Entries for invalid (or equivalent duplicate) devices are ``nan``.
+    Entries for devices that cannot take the request are ``nan``.
     """
     f = view.gpu_free
     cnt, usable, pos = _class_stats(target, f)
@@ -268,7 +275,9 @@ def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) ->
         usable_a = usable - k * WHOLE
         after = target.total * (total - k * WHOLE) - (w_after * (cnt_a >= target.count) * usable_a).sum(axis=1)
         return np.repeat((after - before)[:, None], f.shape[1], axis=1)
-    rows, cols = unique_devices(f, valid_mask(view, req))
+    order, fs, keep, rep = _distinct_devices(f, valid_mask(view, req))
+    rows, j = np.nonzero(keep)
+    cols = order[rows, j]
     fo = f[rows, cols]
     fn = fo - req.milli
     ks = np.arange(len(target.milli))
@@ -277,8 +286,12 @@ def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) ->
     cnt_a = cnt[rows] - ge_old + ge_new
     usable_a = usable[rows] - ge_old * fo[:, None] + ge_new * fn[:, None]
     after = target.total * (total[rows] - req.milli) - (w_after[rows] * (cnt_a >= target.count) * usable_a).sum(axis=1)
-    out = np.full(f.shape, np.nan)
-    out[rows, cols] = after - before[rows]
+    sorted_delta = np.full(f.shape, np.nan)
+    sorted_delta[rows, j] = after - before[rows]
+    filled = np.take_along_axis(sorted_delta, rep, axis=1)
+    filled[fs < 0] = np.nan
+    out = np.empty_like(filled)
+    np.put_along_axis(out, order, filled, axis=1)
     return out
 
 
@@ -339,6 +352,14 @@ def score_hcs(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
     return _broadcast(view, req, node, dev)
 
 
+def score_spread(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
+    """``hcs.io/scheduling-policy: spread``: the emptiest node and device (load spreading)."""
+    dev = view.gpu_free / WHOLE * 1e-3
+    if view.penalty is not None:
+        dev = dev - view.penalty
+    return _broadcast(view, req, _node_leftover(view, req), dev)
+
+
 POLICIES: dict[str, Policy] = {
     "random": score_random,
     "best-fit": score_best_fit,
@@ -346,6 +367,7 @@ POLICIES: dict[str, Policy] = {
     "dot-product": score_dot_product,
     "fgd": score_fgd,
     "hcs": score_hcs,
+    "spread": score_spread,
 }
 
 

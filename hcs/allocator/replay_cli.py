@@ -23,7 +23,8 @@ def register(subparsers: Any) -> None:
         "demand reaches 100%% of capacity, fragmentation and decision latency.",
     )
     p.add_argument("--nodes", required=True, help="node list CSV (sn,cpu_milli,memory_mib,gpu,model)")
-    p.add_argument("--pods", required=True, help="pod list CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec])")
+    p.add_argument("--pods", required=True,
+                   help="pod list CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec])")
     p.add_argument("--policy", default="hcs",
                    help=f"comma-separated policy names: {', '.join(POLICIES)} (default hcs)")
     p.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..K-1 (default 10)")

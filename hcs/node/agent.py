@@ -85,16 +85,18 @@ class NodeAgent:
 
                 source = AllocatorAssignmentSource(config.allocatorAddress, config.nodeName)
             else:
+                persist = None
                 if pod_lister is None:
                     if kube is not None:
                         from hcs.node.sources import KubePodLister
 
-                        pod_lister = KubePodLister(kube, config.nodeName)
+                        lister = KubePodLister(kube, config.nodeName)
+                        pod_lister, persist = lister, lister.annotate
                     else:
                         log.warning("local policy without an API server: only pods given to the agent "
                                     "directly can be placed")
                         pod_lister = StaticPodLister()
-                source = LocalAssignmentSource(self.view.devices, pod_lister)
+                source = LocalAssignmentSource(self.view.devices, pod_lister, persist)
         self.source = source
         self.podres = PodResourcesClient(config.podResourcesSocket) if config.podResourcesSocket else None
         self.core = PluginCore(config, self.view, source, self.podres, self.metrics)

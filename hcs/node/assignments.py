@@ -7,7 +7,6 @@ hands the node agent the assignments for its node and hears back when one was ad
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -90,10 +89,13 @@ class AssignmentSource(Protocol):
 
 @dataclass(frozen=True)
 class PodDemand:
-    """A pod on this node that asks for VRAM, per container (bytes)."""
+    """A pod on this node that asks for VRAM, per container (bytes); ``assigned`` when the pod already
+    carries an assignment (the ``hcs.io/assignment`` annotation, written by the allocator or by the
+    local policy at confirm time)."""
 
     pod: PodRef
     containers: tuple[tuple[str, int], ...]
+    assigned: Assignment | None = None
 
 
 PodLister = Callable[[], Sequence[PodDemand]]
@@ -119,9 +121,23 @@ def demand_from_pod(pod: Mapping[str, Any]) -> PodDemand | None:
                         meta.get("name"), c.get("name"), VRAM_RESOURCE, raw, exc)
     if not containers:
         return None
-    return PodDemand(PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")),
-                            str(meta.get("name", "")), _created_ms(meta.get("creationTimestamp"))),
-                     tuple(containers))
+    ref = PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
+                 _created_ms(meta.get("creationTimestamp")))
+    assigned = None
+    raw_assignment = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
+    if raw_assignment:
+        try:
+            assigned = assignment_from_annotation(str(raw_assignment))
+            if assigned.pod.uid and assigned.pod.uid != ref.uid:
+                log.warning("pod %s: annotation %s is for pod uid %s; ignoring it", ref.ref, ASSIGNMENT_ANNOTATION,
+                            assigned.pod.uid)
+                assigned = None
+            else:
+                assigned = replace(assigned, pod=ref)
+        except ValueError as exc:
+            log.warning("pod %s: bad %s annotation (%s); placing it with the local policy", ref.ref,
+                        ASSIGNMENT_ANNOTATION, exc)
+    return PodDemand(ref, tuple(containers), assigned)
 
 
 def _created_ms(value: Any) -> int:
@@ -165,9 +181,11 @@ class LocalAssignmentSource:
     smallest that still fits (best fit on one device). Assignments are sticky until the pod leaves
     the lister; ``seed`` restores what was handed out before an agent restart."""
 
-    def __init__(self, devices: Callable[[], Sequence[Device]], pods: PodLister) -> None:
+    def __init__(self, devices: Callable[[], Sequence[Device]], pods: PodLister,
+                 persist: Callable[[Assignment], None] | None = None) -> None:
         self._devices = devices
         self._pods = pods
+        self._persist = persist
         self._lock = threading.Lock()
         self._by_uid: dict[str, Assignment] = {}
 
@@ -187,6 +205,9 @@ class LocalAssignmentSource:
             present = {d.pod.uid for d in demands}
             for uid in [u for u, a in self._by_uid.items() if u not in present and not a.confirmed]:
                 del self._by_uid[uid]
+            for demand in demands:
+                if demand.assigned is not None and demand.pod.uid not in self._by_uid:
+                    self._by_uid[demand.pod.uid] = demand.assigned
             devices = [d for d in self._devices() if d.health.healthy]
             used = self._used()
             for demand in sorted(demands, key=lambda d: (d.pod.created_ms, d.pod.uid)):
@@ -225,53 +246,59 @@ class LocalAssignmentSource:
     def confirm(self, pod_uid: str) -> None:
         with self._lock:
             a = self._by_uid.get(pod_uid)
-            if a is not None:
-                self._by_uid[pod_uid] = replace(a, confirmed=True)
+            if a is None:
+                return
+            a = replace(a, confirmed=True)
+            self._by_uid[pod_uid] = a
+        if self._persist is not None:
+            self._persist(a)  # the API server keeps it: a restarted agent rebuilds from the pod
 
     def release(self, pod_uid: str) -> None:
         with self._lock:
             self._by_uid.pop(pod_uid, None)
 
 
-# --- JSON (state files, pod annotation) -----------------------------------------------------------
+# --- the hcs.io/assignment annotation (proto3 JSON of hcs.allocator.v1.Assignment) ------------------
 
 
-def assignment_to_json(a: Assignment) -> dict[str, Any]:
-    return {
-        "pod": {"uid": a.pod.uid, "namespace": a.pod.namespace, "name": a.pod.name,
-                "creationTimeUnixMs": a.pod.created_ms},
-        "state": "ASSIGNMENT_STATE_CONFIRMED" if a.confirmed else "ASSIGNMENT_STATE_PENDING",
-        "containers": [
-            {"container": c.container,
-             "devices": [{"uuid": g.uuid, "index": g.index, "vendor": str(g.vendor), "model": g.model,
-                          "vramBytes": str(g.vram_bytes), "tflopsMilli": str(g.tflops_milli),
-                          "island": g.island} for g in c.devices]}
-            for c in a.containers
-        ],
-    }
+def dumps(a: Assignment, node: str = "") -> str:
+    """Proto3 JSON of ``hcs.allocator.v1.Assignment`` (what the allocator writes on the pod)."""
+    from google.protobuf import json_format
+
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
+
+    msg = al.Assignment(
+        pod=al.PodRef(uid=a.pod.uid, namespace=a.pod.namespace, name=a.pod.name,
+                      creation_time_unix_ms=a.pod.created_ms),
+        node=node,
+        state=al.ASSIGNMENT_STATE_CONFIRMED if a.confirmed else al.ASSIGNMENT_STATE_PENDING,
+        containers=[al.ContainerAssignment(container=c.container, devices=[
+            al.DeviceAssignment(uuid=g.uuid, index=g.index, vendor=str(g.vendor), model=g.model,
+                                vram_bytes=g.vram_bytes, tflops_milli=g.tflops_milli, island=g.island)
+            for g in c.devices]) for c in a.containers],
+    )
+    return str(json_format.MessageToJson(msg, indent=None, sort_keys=True))
 
 
-def assignment_from_json(data: Mapping[str, Any]) -> Assignment:
-    """Parse the JSON mirror of ``hcs.allocator.v1.Assignment`` (proto3 JSON: camelCase, int64 as
-    strings or numbers). Raises ValueError naming the bad field."""
+def assignment_from_annotation(text: str) -> Assignment:
+    """The ``hcs.io/assignment`` annotation: proto3 JSON of ``hcs.allocator.v1.Assignment`` (camelCase or
+    snake_case field names). Raises ValueError saying what is wrong."""
+    from google.protobuf import json_format
+
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
+
+    msg = al.Assignment()
     try:
-        pod = data["pod"]
-        ref = PodRef(str(pod["uid"]), str(pod.get("namespace", "")), str(pod.get("name", "")),
-                     int(pod.get("creationTimeUnixMs", 0) or 0))
-        containers = []
-        for c in data.get("containers") or []:
-            grants = tuple(
-                DeviceGrant(Vendor(str(g["vendor"])), int(g.get("index", 0) or 0), str(g.get("uuid", "")),
-                            int(g.get("vramBytes", 0) or 0), int(g.get("tflopsMilli", 0) or 0),
-                            str(g.get("model", "")), str(g.get("island", "")))
-                for g in c.get("devices") or []
-            )
-            containers.append(ContainerAssignment(str(c.get("container", "")), grants))
-        confirmed = data.get("state") in ("ASSIGNMENT_STATE_CONFIRMED", 2)
-        return Assignment(ref, tuple(containers), confirmed)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"assignment JSON: bad or missing field ({exc!r})") from exc
-
-
-def dumps(a: Assignment) -> str:
-    return json.dumps(assignment_to_json(a), separators=(",", ":"), sort_keys=True)
+        json_format.Parse(text, msg, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise ValueError(f"not an hcs.allocator.v1.Assignment in JSON: {exc}") from exc
+    try:
+        containers = tuple(
+            ContainerAssignment(c.container, tuple(
+                DeviceGrant(Vendor(g.vendor), g.index, g.uuid, g.vram_bytes, g.tflops_milli, g.model, g.island)
+                for g in c.devices))
+            for c in msg.containers)
+    except ValueError as exc:
+        raise ValueError(f"unknown vendor ({exc})") from exc
+    return Assignment(PodRef(msg.pod.uid, msg.pod.namespace, msg.pod.name, msg.pod.creation_time_unix_ms),
+                      containers, msg.state == al.ASSIGNMENT_STATE_CONFIRMED)

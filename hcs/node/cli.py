@@ -84,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
     for lib in inventory.libraries:
         log.info("library %s (%s): %s", lib.library, lib.vendor,
                  f"{lib.device_count} devices" if lib.loaded else f"not loaded: {lib.error}")
-    health = HealthMonitor(inventory) if inventory.devices else None
-    agent = NodeAgent(config, inventory.devices, islands=islands, health=health, kube=rest).start()
     done = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -94,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    health = HealthMonitor(inventory) if inventory.devices else None
+    agent = NodeAgent(config, inventory.devices, islands=islands, health=health, kube=rest).start()
     done.wait()
     agent.stop()
     return 0

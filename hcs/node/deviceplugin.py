@@ -57,6 +57,10 @@ HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 #: Records younger than this are never dropped by reconcile (the kubelet checkpoints after Allocate).
 RECONCILE_GRACE_S = 10.0
+#: The kubelet calls GetPreferredAllocation and then Allocate for the same admission (admissions are
+#: serial per node). Assignments fetched by the former serve the latter once, if this fresh, so the
+#: Allocate path needs no allocator/API round trip. They are fetched after the kubelet knew the pod.
+PREFETCH_TTL_S = 0.5
 
 
 class PluginError(Exception):
@@ -133,9 +137,13 @@ class PluginCore:
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._by_slot: dict[str, str] = {}
+        #: Containers with a record, by pod namespace/name and by pod uid (candidate filtering).
+        self._held_ref: dict[tuple[str, str], set[str]] = {}
+        self._held_uid: dict[str, set[str]] = {}
         #: Slots answered with a CDI name at Allocate and not yet resolved at PreStartContainer.
         self._deferred: set[str] = set()
         self._deferred_since: dict[str, float] = {}
+        self._prefetch: tuple[float, Sequence[Assignment]] | None = None
         #: Set when recovery saw slots held by containers it could not account for.
         self._unaccounted = False
         self._confirmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcs-confirm")
@@ -152,8 +160,12 @@ class PluginCore:
     def _record(self, a: Allocation, persist: bool = True) -> None:
         with self._lock:
             if persist:
-                self.store.put(a)
+                # Off the Allocate path, in order with removals (one worker); a crash before it lands
+                # is covered by recovery from the kubelet's pod-resources + the assignment source.
+                self._background(self.store.put, a)
             self._records[a.id] = _Record(a, time.monotonic())
+            self._held_ref.setdefault((a.pod.namespace, a.pod.name), set()).add(a.container)
+            self._held_uid.setdefault(a.pod.uid, set()).add(a.container)
             for s in a.slots:
                 self._by_slot[s] = a.id
                 self._deferred.discard(s)
@@ -163,11 +175,13 @@ class PluginCore:
     def _drop(self, a: Allocation) -> None:
         with self._lock:
             self._records.pop(a.id, None)
+            _unhold(self._held_ref, (a.pod.namespace, a.pod.name), a.container)
+            _unhold(self._held_uid, a.pod.uid, a.container)
             for s in a.slots:
                 if self._by_slot.get(s) == a.id:
                     del self._by_slot[s]
                 cdi.remove_spec(Path(self.config.cdiDir), self.config.cdiKind, s)
-            self.store.remove(a)
+            self._background(self.store.remove, a)
             remaining = any(r.alloc.pod.uid == a.pod.uid for r in self._records.values())
         _remove_tree(Path(self.config.quotaDir) / a.pod.uid / a.container)
         if not remaining:
@@ -202,7 +216,10 @@ class PluginCore:
     def preferred(self, req: dp.PreferredAllocationRequest) -> dp.PreferredAllocationResponse:
         wanted: set[str] = set()
         try:
-            cands = self._candidates()
+            assignments = self.source.assignments()
+            with self._lock:
+                self._prefetch = (time.monotonic(), assignments)
+            cands = self._candidates(assignments)
             if len({a.pod.uid for a, _ in cands}) == 1:
                 wanted = {g.key for g in cands[0][1].devices}
         except Exception as exc:  # a preference is optional: never fail it
@@ -255,7 +272,13 @@ class PluginCore:
                         log.info("slots %s re-offered by the kubelet; dropping stale allocation of %s/%s",
                                  ids, rec.alloc.pod.ref, rec.alloc.container)
                         self._drop(rec.alloc)
-            cands = self._candidates()
+            prefetched = None
+            if self._prefetch is not None and time.monotonic() - self._prefetch[0] <= PREFETCH_TTL_S:
+                prefetched = self._prefetch[1]
+            self._prefetch = None
+            cands = self._candidates(prefetched) if prefetched is not None else []
+            if not cands:
+                cands = self._candidates()
             if not cands:
                 self.metrics.allocate_total.labels("error").inc()
                 raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -283,33 +306,35 @@ class PluginCore:
             self.metrics.allocate_total.labels("fallback").inc()
             return self._exact(ids, a, c)
 
-    def _candidates(self) -> list[tuple[Assignment, ContainerAssignment]]:
-        assignments = self.source.assignments()
-        held: set[tuple[str, str, str]] = set()
-        held_uid: set[tuple[str, str]] = set()
+    def _candidates(self, assignments: Sequence[Assignment] | None = None
+                    ) -> list[tuple[Assignment, ContainerAssignment]]:
+        if assignments is None:
+            assignments = self.source.assignments()
+        kubelet: dict[tuple[str, str], set[str]] = {}
         with self._lock:
-            for r in self._records.values():
-                held.add((r.alloc.pod.namespace, r.alloc.pod.name, r.alloc.container))
-                held_uid.add((r.alloc.pod.uid, r.alloc.container))
             # Every slot this agent handed out is in its records, except deferred ones (the kubelet
             # knows their owner) and ones recovery could not account for: only then ask the kubelet.
             ask_kubelet = bool(self._deferred) or self._unaccounted
         if self.podres is not None and ask_kubelet:
             try:
                 for h in self.podres.holders(self.config.resourceName):
-                    held.add((h.namespace, h.pod, h.container))
+                    kubelet.setdefault((h.namespace, h.pod), set()).add(h.container)
             except PodResourcesError as exc:
                 log.warning("%s; deciding from the agent's own records", exc)
-        pods_held = {(ns, name) for ns, name, _ in held}
         out: list[tuple[Assignment, ContainerAssignment]] = []
-        for a in assignments:
-            if a.confirmed and (a.pod.namespace, a.pod.name) not in pods_held:
-                continue
-            for c in a.containers:
-                if (a.pod.namespace, a.pod.name, c.container) in held or (a.pod.uid, c.container) in held_uid:
+        none: frozenset[str] = frozenset()
+        with self._lock:
+            for a in assignments:
+                ref = (a.pod.namespace, a.pod.name)
+                by_ref = self._held_ref.get(ref, none)
+                by_kubelet = kubelet.get(ref, none)
+                if a.confirmed and not by_ref and not by_kubelet:
                     continue
-                if c.devices:
-                    out.append((a, c))
+                by_uid = self._held_uid.get(a.pod.uid, none)
+                for c in a.containers:
+                    n = c.container
+                    if c.devices and n not in by_ref and n not in by_kubelet and n not in by_uid:
+                        out.append((a, c))
         return out
 
     def _edits(self, a: Assignment, c: ContainerAssignment) -> tuple[ContainerEdits, list[Device]]:
@@ -418,6 +443,28 @@ class PluginCore:
                               f"the kubelet's pod-resources API shows no container holding slots {list(ids)}")
         return owner
 
+    def _background(self, fn: Callable[[Allocation], None], a: Allocation) -> None:
+        def run() -> None:
+            try:
+                fn(a)
+            except Exception as exc:
+                log.error("state dir %s: %s(%s/%s) failed: %s", self.store.dir, getattr(fn, "__name__", fn),
+                          a.pod.ref, a.container, exc)
+
+        try:
+            self._confirmer.submit(run)
+        except RuntimeError:  # shutting down: do it inline
+            run()
+
+    def flush(self) -> None:
+        """Wait until background state writes and confirmations queued so far are done."""
+        done = threading.Event()
+        try:
+            self._confirmer.submit(done.set)
+        except RuntimeError:
+            return
+        done.wait(10)
+
     def _confirm_async(self, fn: Callable[[str], None], uid: str) -> None:
         def run() -> None:
             try:
@@ -496,7 +543,15 @@ class PluginCore:
     def close(self) -> None:
         self.stopped.set()
         self.view.wake()
-        self._confirmer.shutdown(wait=False, cancel_futures=True)
+        self._confirmer.shutdown(wait=True, cancel_futures=False)
+
+
+def _unhold(index: dict[Any, set[str]], key: Any, container: str) -> None:
+    held = index.get(key)
+    if held is not None:
+        held.discard(container)
+        if not held:
+            del index[key]
 
 
 def _annotations(a: Assignment, c: ContainerAssignment) -> dict[str, str]:

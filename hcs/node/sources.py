@@ -9,14 +9,37 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
-from hcs.node.assignments import Assignment, PodDemand, assignment_from_json, demand_from_pod
+from hcs.devices.model import Vendor
+from hcs.node.assignments import (
+    ASSIGNMENT_ANNOTATION,
+    Assignment,
+    ContainerAssignment,
+    DeviceGrant,
+    PodDemand,
+    PodRef,
+    demand_from_pod,
+    dumps,
+)
 from hcs.node.dra.kube import KubeError, KubeRest
 
 log = logging.getLogger(__name__)
+
+
+def assignment_from_proto(a: al.Assignment) -> Assignment:
+    """``hcs.allocator.v1.Assignment`` → the agent's model (direct field access: json_format is slow)."""
+    try:
+        containers = tuple(
+            ContainerAssignment(c.container, tuple(
+                DeviceGrant(Vendor(g.vendor), g.index, g.uuid, g.vram_bytes, g.tflops_milli, g.model, g.island)
+                for g in c.devices))
+            for c in a.containers)
+    except ValueError as exc:
+        raise ValueError(f"pod {a.pod.namespace}/{a.pod.name}: {exc}") from exc
+    return Assignment(PodRef(a.pod.uid, a.pod.namespace, a.pod.name, a.pod.creation_time_unix_ms), containers,
+                      a.state == al.ASSIGNMENT_STATE_CONFIRMED)
 
 
 class AllocatorAssignmentSource:
@@ -43,7 +66,7 @@ class AllocatorAssignmentSource:
             out = []
             for a in resp.assignments:
                 try:
-                    out.append(assignment_from_json(json_format.MessageToDict(a)))
+                    out.append(assignment_from_proto(a))
                 except ValueError as exc:
                     log.warning("allocator at %s sent a bad assignment (%s); skipping it", self.address, exc)
             return out
@@ -81,3 +104,9 @@ class KubePodLister:
             if d is not None:
                 out.append(d)
         return out
+
+    def annotate(self, a: Assignment) -> None:
+        """Write the (local policy's) assignment onto the pod, as the allocator does."""
+        body = {"metadata": {"annotations": {ASSIGNMENT_ANNOTATION: dumps(a)}}}
+        self.rest.request("PATCH", f"/api/v1/namespaces/{a.pod.namespace}/pods/{a.pod.name}", body=body,
+                          content_type="application/merge-patch+json")

@@ -247,8 +247,8 @@ class KubeletSim:
     def allocate_raw(self, resource: str, ids: Sequence[str]) -> dp.AllocateResponse:
         """Call Allocate directly (bad-input tests)."""
         conn = self.plugins[resource]
-        resp: dp.AllocateResponse = conn.stub.Allocate(dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(
-            devices_ids=list(ids))]), timeout=10)
+        req = dp.AllocateRequest(container_requests=[dp.ContainerAllocateRequest(devices_ids=list(ids))])
+        resp: dp.AllocateResponse = conn.stub.Allocate(req, timeout=10)
         return resp
 
     # ---- pod-resources -------------------------------------------------------------------------

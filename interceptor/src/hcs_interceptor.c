@@ -310,8 +310,19 @@ HOT void unreserve(struct hcs_state *s, int dev, uint64_t size) {
 }
 
 HOT void track(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t size, int dev) {
-    if (!hcs_ptrmap_put(&s->map, key, (uint32_t)kind, size, (uint32_t)dev))
-        hcs_log(1, "out of host memory tracking an allocation; its quota share is kept until exit");
+    struct hcs_ptr_entry old;
+    enum hcs_put_result r = hcs_ptrmap_put(&s->map, key, (uint32_t)kind, size, (uint32_t)dev, &old);
+    if (LIKELY(r == HCS_PUT_NEW))
+        return;
+    if (r == HCS_PUT_REPLACED) {
+        /* the runtime handed out an address we still had: its earlier free bypassed the hooks (e.g. a
+         * v1 entry point), so that earlier charge is stale */
+        hcs_region_release(&s->region, (int)old.dev, old.size);
+        hcs_log(2, "address 0x%llx reused without a hooked free; %llu stale bytes returned",
+                (unsigned long long)key, (unsigned long long)old.size);
+        return;
+    }
+    hcs_log(1, "out of host memory tracking an allocation; its quota share is kept until exit");
 }
 
 /* Called after the real free: give the quota back, or restore the entry if the free failed. */
@@ -322,7 +333,7 @@ HOT void untrack_done(struct hcs_state *s, bool known, bool ok, uint64_t key, en
     if (ok)
         unreserve(s, (int)dev, size);
     else
-        (void)hcs_ptrmap_restore(&s->map, key, (uint32_t)kind, size, dev);
+        (void)hcs_ptrmap_put(&s->map, key, (uint32_t)kind, size, dev, NULL); /* free failed: still charged */
 }
 
 HOT bool take(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t *size,

@@ -50,14 +50,20 @@ void hcs_ptrmap_reset_after_fork(struct hcs_ptrmap *m) {
     hcs_ptrmap_init(m);
 }
 
-static bool insert_raw(struct hcs_ptr_entry *tab, uint32_t cap, const struct hcs_ptr_entry *e,
-                       uint64_t h) {
+static inline __attribute__((always_inline)) bool insert_raw(struct hcs_ptr_entry *tab, uint32_t cap,
+                                                             const struct hcs_ptr_entry *e, uint64_t h,
+                                                             struct hcs_ptr_entry *old) {
     uint32_t mask = cap - 1;
     for (uint32_t i = (uint32_t)h & mask, n = 0; n < cap; i = (i + 1) & mask, n++) {
-        if (tab[i].key == 0 || (tab[i].key == e->key && tab[i].kind == e->kind)) {
-            bool fresh = tab[i].key == 0;
+        if (tab[i].key == 0) {
             tab[i] = *e;
-            return fresh;
+            return true;
+        }
+        if (tab[i].key == e->key && tab[i].kind == e->kind) {
+            if (old != NULL)
+                *old = tab[i];
+            tab[i] = *e;
+            return false;
         }
     }
     return false; /* unreachable: load factor <= 1/2 */
@@ -70,28 +76,32 @@ static bool grow(struct hcs_ptr_stripe *s) {
         return false;
     for (uint32_t i = 0; i < s->cap; i++)
         if (s->tab[i].key != 0)
-            (void)insert_raw(nt, ncap, &s->tab[i], mix(s->tab[i].key, s->tab[i].kind));
+            (void)insert_raw(nt, ncap, &s->tab[i], mix(s->tab[i].key, s->tab[i].kind), NULL);
     free(s->tab);
     s->tab = nt;
     s->cap = ncap;
     return true;
 }
 
-bool hcs_ptrmap_put(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t size, uint32_t dev) {
+enum hcs_put_result hcs_ptrmap_put(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t size, uint32_t dev,
+                                   struct hcs_ptr_entry *old) {
     uint64_t h = mix(key, kind);
     struct hcs_ptr_stripe *s = stripe_of(m, h);
     struct hcs_ptr_entry e = {.key = key, .size = size, .dev = dev, .kind = kind};
     if (key == 0)
-        return true; /* a NULL pointer is never freed back to us */
+        return HCS_PUT_NEW; /* a NULL pointer is never freed back to us */
     stripe_lock(s);
     if ((s->count + 1) * 2 > s->cap && !grow(s)) {
         stripe_unlock(s);
-        return false;
+        return HCS_PUT_NOMEM;
     }
-    if (insert_raw(s->tab, s->cap, &e, h))
+    enum hcs_put_result r = HCS_PUT_REPLACED;
+    if (insert_raw(s->tab, s->cap, &e, h, old)) {
         s->count++;
+        r = HCS_PUT_NEW;
+    }
     stripe_unlock(s);
-    return true;
+    return r;
 }
 
 bool hcs_ptrmap_take(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t *size, uint32_t *dev) {

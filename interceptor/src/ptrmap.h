@@ -40,11 +40,12 @@ struct hcs_ptrmap {
 void hcs_ptrmap_init(struct hcs_ptrmap *m);
 /* Forget everything without freeing (used in a fork child, where other threads' locks may be held). */
 void hcs_ptrmap_reset_after_fork(struct hcs_ptrmap *m);
-/* Insert; returns false only when host memory is exhausted. */
-bool hcs_ptrmap_put(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t size, uint32_t dev);
+/* Insert. If the key was already there (the runtime reused an address whose free bypassed us), the
+ * old entry is replaced and returned in *old (the caller gives its charge back). */
+enum hcs_put_result { HCS_PUT_NEW, HCS_PUT_REPLACED, HCS_PUT_NOMEM };
+enum hcs_put_result hcs_ptrmap_put(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t size, uint32_t dev,
+                                   struct hcs_ptr_entry *old);
 /* Remove and return the entry; false when unknown. */
 bool hcs_ptrmap_take(struct hcs_ptrmap *m, uint64_t key, uint32_t kind, uint64_t *size, uint32_t *dev);
-/* Put back the entry taken (the real free failed). */
-#define hcs_ptrmap_restore hcs_ptrmap_put
 
 #endif /* HCS_PTRMAP_H */

@@ -145,3 +145,66 @@ def test_local_policy_reads_pods_bound_to_the_node(rest: KubeRest, fake_node: An
         assert d.pod.uid and d.pod.created_ms > 0
     finally:
         rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{pod_name}", query={"gracePeriodSeconds": "0"})
+
+
+def test_real_kubelet_registers_and_allocates(rest: KubeRest, kube_cluster: Any) -> None:
+    """The real kubelet of the local cluster: registration, ListAndWatch, Allocate, PreStartContainer,
+    pod-resources; the container sees the assignment's env and quota file."""
+    import tempfile
+
+    from hcs.node.agent import NodeAgent
+    from hcs.node.config import node_config
+
+    node = kube_cluster.node_name
+    resource = "test.hcs.io/slot"
+    root = Path(tempfile.mkdtemp(prefix="hcsk", dir="/tmp"))
+    cfg = node_config({
+        "nodeName": node, "devicePluginDir": str(Path(kube_cluster.kubelet_dir) / "device-plugins"),
+        "podResourcesSocket": str(Path(kube_cluster.kubelet_dir) / "pod-resources" / "kubelet.sock"),
+        "resourceName": resource, "socketName": f"hcs-test-{uuid.uuid4().hex[:6]}.sock",
+        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
+        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 2, "metricsPort": 0,
+        "reportInterval": 3600,
+    })
+    devices = [device(Vendor.NVIDIA, 0, 80), device(Vendor.NVIDIA, 1, 40)]
+    agent = NodeAgent(cfg, devices, kube=rest).start()
+    pod_name = f"hcs-dp-{uuid.uuid4().hex[:6]}"
+    ns = "default"
+    try:
+        def capacity() -> bool:
+            n = rest.request("GET", f"/api/v1/nodes/{node}")
+            return n["status"].get("allocatable", {}).get(resource) == "4"
+
+        _wait(capacity, 60, f"{resource} allocatable on {node}")
+        limits = {"ai.compute/vram": "8Gi", resource: "1"}
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "namespace": ns},
+               "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "main", "image": kube_cluster.busybox_image,
+                                        "imagePullPolicy": "Never",
+                                        "command": ["sh", "-c", "env | sort; echo QUOTA; cat $HCS_QUOTA_FILE"],
+                                        "resources": {"requests": limits, "limits": limits}}]}}
+        rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
+
+        def finished() -> Any:
+            p = rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{pod_name}")
+            return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
+
+        p = _wait(finished, 120, f"pod {pod_name} to finish")
+        logs = kube_cluster.kubectl("logs", "-n", ns, pod_name).stdout
+        assert p["status"]["phase"] == "Succeeded", (p["status"], logs)
+        assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in logs  # best fit: the 40 GiB device
+        assert "HCS_QUOTA_FILE=/var/run/hcs/quota" in logs
+        assert logs.split("QUOTA", 1)[1].split() == ["0", str(8 * GiB)]
+        ann = p["metadata"].get("annotations", {}).get("hcs.io/assignment")
+        if ann is None:  # confirm/annotate is asynchronous
+            ann = _wait(lambda: rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{pod_name}")["metadata"]
+                        .get("annotations", {}).get("hcs.io/assignment"), 10, "assignment annotation")
+        assert '"ASSIGNMENT_STATE_CONFIRMED"' in ann
+        assert agent.core.vram_allocated() == {"nvidia-1": (8 * GiB, 1)}
+    finally:
+        with contextlib.suppress(KubeError):
+            rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{pod_name}", query={"gracePeriodSeconds": "0"})
+        agent.stop()
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)

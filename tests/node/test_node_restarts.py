@@ -114,6 +114,7 @@ def test_pod_removal_releases_its_devices(monkeypatch) -> None:  # type: ignore[
             env.sim.remove_pod("default", "gone")
             env.pods.remove(p.pod.uid)
             assert agent.core.reconcile() == 1
+            agent.core.flush()
             assert agent.core.vram_allocated() == {}
             assert not quota_dir.exists()
             assert list((Path(env.config.stateDir) / "allocations").glob("*.json")) == []

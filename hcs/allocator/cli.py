@@ -1,0 +1,223 @@
+"""``hcs allocator`` (the daemon) and ``hcs alloc explain POD`` (why a pod fits or not, per node)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from hcs.config import env_override, load_config, section
+from hcs.errors import ConfigError, HcsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AllocatorConfig:
+    grpc_address: str = "unix:///run/hcs/allocator.sock"
+    extender_address: str = "0.0.0.0:8888"
+    namespace: str = "hcs-system"
+    lease_name: str = "hcs-allocator"
+    lease_seconds: int = 15
+    sync_interval_s: float = 2.0
+    kubeconfig: str | None = None
+
+
+def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[AllocatorConfig, dict[str, Any]]:
+    cfg = load_config(path)
+    sec = section(cfg, "allocator", source=f"config {path}")
+    known = {"grpcAddress", "extenderAddress", "namespace", "leaseName", "leaseSeconds", "syncIntervalSeconds",
+             "kubeconfig"}
+    unknown = sorted(set(sec) - known)
+    if unknown:
+        raise ConfigError(f"config {path}: allocator.{unknown[0]} is not a known field; "
+                          f"known: {', '.join(sorted(known))}")
+    try:
+        out = AllocatorConfig(
+            grpc_address=str(args.grpc_address or env_override("ALLOCATOR_GRPC_ADDRESS")
+                             or sec.get("grpcAddress", AllocatorConfig.grpc_address)),
+            extender_address=str(args.extender_address or sec.get("extenderAddress", AllocatorConfig.extender_address)),
+            namespace=str(args.namespace or sec.get("namespace", AllocatorConfig.namespace)),
+            lease_name=str(sec.get("leaseName", AllocatorConfig.lease_name)),
+            lease_seconds=int(sec.get("leaseSeconds", AllocatorConfig.lease_seconds)),
+            sync_interval_s=float(sec.get("syncIntervalSeconds", AllocatorConfig.sync_interval_s)),
+            kubeconfig=args.kubeconfig or sec.get("kubeconfig") or env_override("KUBECONFIG_PATH"),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config {path}: allocator section: {exc}") from exc
+    if out.lease_seconds < 3:
+        raise ConfigError(f"config {path}: allocator.leaseSeconds must be >= 3, got {out.lease_seconds}")
+    rates = section(cfg, "exchangeRates", source=f"config {path}")
+    return out, rates
+
+
+def _api_client(kubeconfig: str | None) -> Any:
+    from kubernetes import client, config
+
+    if kubeconfig or os.environ.get("KUBECONFIG"):
+        return config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig or os.environ.get("KUBECONFIG"))
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException as exc:
+        raise ConfigError("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a pod") from exc
+    return client.ApiClient()
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    try:
+        return host or "0.0.0.0", int(port)
+    except ValueError:
+        raise ConfigError(f"extender address {address!r}: expected HOST:PORT, e.g. 0.0.0.0:8888") from None
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("allocator", help="run the central allocator (gRPC API + scheduler extender)")
+    p.add_argument("--config", default=env_override("CONFIG"), help="YAML config (section 'allocator')")
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--grpc-address", default=None, help="unix:///path or HOST:PORT")
+    p.add_argument("--extender-address", default=None, help="HOST:PORT for the scheduler extender")
+    p.add_argument("--namespace", default=None, help="namespace of the leader-election Lease")
+    p.add_argument("--identity", default=None, help="leader-election identity (default hostname_pid)")
+    p.add_argument("--print-scheduler-config", action="store_true",
+                   help="print the KubeSchedulerConfiguration for the hcs-scheduler profile and exit")
+    p.add_argument("--extender-url", default=None, help="with --print-scheduler-config: the extender URL")
+    p.set_defaults(func=run_allocator)
+
+    a = subparsers.add_parser("alloc", help="allocator client commands")
+    sub = a.add_subparsers(dest="alloc_command", metavar="ACTION")
+    e = sub.add_parser("explain", help="why a pod fits or not, per node")
+    e.add_argument("pod", help="POD or NAMESPACE/POD")
+    e.add_argument("-n", "--namespace", default="default")
+    e.add_argument("--allocator", default=env_override("ALLOCATOR_ADDRESS"),
+                   help="allocator gRPC address (env HCS_ALLOCATOR_ADDRESS); without it, compute locally "
+                        "from the API server")
+    e.add_argument("--kubeconfig", default=None)
+    e.add_argument("--output", choices=("table", "json"), default="table")
+    e.set_defaults(func=run_explain)
+    a.set_defaults(func=lambda args: (a.print_help(), 2)[1])
+
+
+def run_allocator(args: argparse.Namespace) -> int:
+    from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, serve_http
+    from hcs.allocator.inventory import ExchangeRates
+    from hcs.allocator.kube import KubeSync, LeaderElector, Persister
+    from hcs.allocator.service import AllocatorService, serve
+    from hcs.allocator.state import AllocatorState
+    from hcs.node.dra.kube import KubeRest
+
+    if args.print_scheduler_config:
+        text = SCHEDULER_CONFIG.read_text()
+        if args.extender_url:
+            text = text.replace("http://hcs-allocator.hcs-system.svc:8888", args.extender_url)
+        print(text, end="")
+        return 0
+    cfg, rates_cfg = load_allocator_config(args.config, args)
+    rates = ExchangeRates.from_config(rates_cfg)
+    rest = KubeRest(_api_client(cfg.kubeconfig))
+    state = AllocatorState()
+    sync = KubeSync(rest, state, rates)
+    identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
+    elector = LeaderElector(rest, cfg.namespace, cfg.lease_name, identity, cfg.lease_seconds)
+
+    def elected() -> None:
+        try:
+            sync.sync_inventory()
+            problems = sync.resync()
+            log.info("state rebuilt from the API server: %d reservations, %d problems",
+                     len(state.reservations()), len(problems))
+        except HcsError as exc:
+            log.warning("resync after election failed: %s", exc)
+        except Exception:
+            log.exception("resync after election failed")
+
+    elector.on_elected = elected
+    service = AllocatorService(state, Persister(sync), sync.resolve, elector.is_leader)
+    if cfg.grpc_address.startswith("unix://"):
+        os.makedirs(os.path.dirname(cfg.grpc_address[len("unix://"):]) or ".", exist_ok=True)
+    grpc_server = serve(service, cfg.grpc_address)
+    host, port = _split_host_port(cfg.extender_address)
+    http_server = serve_http(Extender(state, sync, elector.is_leader), host, port)
+    threading.Thread(target=elector.run, name="hcs-lease", daemon=True).start()
+    threading.Thread(target=sync.run, args=(cfg.sync_interval_s, elector.is_leader), name="hcs-sync",
+                     daemon=True).start()
+    log.info("allocator %s: gRPC %s, extender http://%s:%d", identity, cfg.grpc_address, host, port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down")
+    sync.stop()
+    elector.release()
+    http_server.shutdown()
+    grpc_server.stop(2)
+    return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import grpc
+
+    from hcs.allocator.service import verdict_to_proto
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+
+    ns, _, name = args.pod.rpartition("/")
+    ns = ns or args.namespace
+    if args.allocator:
+        channel = grpc.insecure_channel(args.allocator)
+        try:
+            resp = pbg.AllocatorStub(channel).Explain(  # type: ignore[no-untyped-call]
+                pb.ExplainRequest(pod=pb.PodRef(namespace=ns, name=name)), timeout=30)
+        except grpc.RpcError as exc:
+            raise HcsError(f"allocator {args.allocator}: {exc.code().name}: {exc.details()}") from exc
+        finally:
+            channel.close()
+        verdicts, summary = list(resp.verdicts), resp.summary
+    else:
+        from hcs.allocator.kube import KubeSync
+        from hcs.allocator.placement import demand_from_pod
+        from hcs.allocator.state import AllocatorState
+        from hcs.node.dra.kube import KubeError, KubeRest
+
+        state = AllocatorState()
+        sync = KubeSync(KubeRest(_api_client(args.kubeconfig)), state)
+        try:
+            sync.sync_inventory()
+            sync.resync()
+            pod = sync.find_pod("", ns, name)
+        except KubeError as exc:
+            raise HcsError(f"API server: {exc}") from exc
+        if pod is None:
+            raise HcsError(f"pod {ns}/{name} not found; check the name and namespace (-n)")
+        demand = demand_from_pod(pod)
+        if demand is None:
+            print(f"pod {ns}/{name} asks for no ai.compute resources: every node fits as far as HCS is concerned")
+            return 0
+        held = state.reservation(demand.pod.uid)
+        if held is not None:
+            state.release(demand.pod.uid)  # explain as if placing it afresh
+        verdicts = [verdict_to_proto(v) for v in state.explain(demand)]
+        summary = f"{sum(1 for v in verdicts if v.fits)} of {len(verdicts)} nodes fit"
+        if held is not None:
+            summary += f"; pod holds devices on {held.node} ({held.state})"
+    if args.output == "json":
+        from google.protobuf import json_format
+
+        print(json.dumps({"summary": summary, "verdicts": [json_format.MessageToDict(v) for v in verdicts]}))
+        return 0
+    print(f"pod {ns}/{name}: {summary}")
+    print(f"{'NODE':<28} {'FITS':<5} {'SCORE':>6}  REASON / PROPOSAL")
+    for v in verdicts:
+        detail = v.reason
+        if v.fits and v.proposal:
+            detail = "; ".join(f"{c.container}: " + ", ".join(f"{d.vendor}-{d.index} {d.vram_bytes / 2**30:g}Gi"
+                                                               for d in c.devices) for c in v.proposal)
+        print(f"{v.node:<28} {'yes' if v.fits else 'no':<5} {v.score:>6.1f}  {detail}")
+    return 0

@@ -1,0 +1,208 @@
+"""kube-scheduler extender over HTTP: ``/filter``, ``/prioritize``, ``/bind`` (nodeCacheCapable).
+
+Wire types are those of ``k8s.io/kube-scheduler/extender/v1`` (Go structs without JSON tags, so
+the keys are the Go field names): ``ExtenderArgs{Pod, Nodes, NodeNames}``,
+``ExtenderFilterResult{Nodes, NodeNames, FailedNodes, FailedAndUnresolvableNodes, Error}``,
+``HostPriorityList[{Host, Score}]`` (0..10), ``ExtenderBindingArgs{PodName, PodNamespace, PodUID,
+Node}`` → ``ExtenderBindingResult{Error}``. Keys are read case-insensitively, as Go decodes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from hcs.allocator.kube import KubeSync
+from hcs.allocator.placement import RequestError, demand_from_pod
+from hcs.allocator.state import AllocatorState, Conflict, NoFit
+from hcs.node.dra.kube import KubeError
+
+log = logging.getLogger(__name__)
+
+MAX_EXTENDER_PRIORITY = 10
+SCHEDULER_CONFIG = Path(__file__).with_name("scheduler-config.yaml")
+
+
+def _get(obj: Mapping[str, Any] | None, key: str) -> Any:
+    if not obj:
+        return None
+    if key in obj:
+        return obj[key]
+    low = key.lower()
+    return next((v for k, v in obj.items() if k.lower() == low), None)
+
+
+def _node_names(args: Mapping[str, Any]) -> list[str]:
+    names = _get(args, "NodeNames")
+    if names is not None:
+        return [str(n) for n in names]
+    nodes = _get(args, "Nodes") or {}
+    return [str((n.get("metadata") or {}).get("name", "")) for n in (nodes.get("items") or [])]
+
+
+class Extender:
+    """The extender's logic, independent of HTTP (tests call it directly too)."""
+
+    def __init__(self, state: AllocatorState, sync: KubeSync | None = None,
+                 is_leader: Callable[[], bool] | None = None) -> None:
+        self.state = state
+        self.sync = sync
+        self.is_leader = is_leader or (lambda: True)
+        self._bind_lock = threading.Lock()
+
+    def _drop_stale(self, pod: Mapping[str, Any]) -> None:
+        """A pod being (re)scheduled holds no devices: drop a reservation left by an interrupted bind."""
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid", ""))
+        if uid and not (pod.get("spec") or {}).get("nodeName") and self.state.reservation(uid) is not None:
+            log.info("pod %s/%s is being rescheduled: dropping its unbound reservation",
+                     meta.get("namespace"), meta.get("name"))
+            self.state.release(uid)
+
+    def filter(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        names = _node_names(args)
+        pod = _get(args, "Pod") or {}
+        meta = pod.get("metadata") or {}
+        if not self.is_leader():
+            return {"NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
+                    "Error": "hcs allocator: this replica is not the leader"}
+        try:
+            demand = demand_from_pod(pod)
+        except RequestError as exc:
+            if self.sync:
+                self.sync.event(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""),
+                                "HcsInvalidRequest", str(exc))
+            return {"NodeNames": [], "FailedNodes": {},
+                    "FailedAndUnresolvableNodes": {n: str(exc) for n in names}, "Error": ""}
+        if demand is None:
+            return {"NodeNames": names, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": ""}
+        self._drop_stale(pod)
+        verdicts = self.state.explain(demand, names)
+        fit = [v.node for v in verdicts if v.fits]
+        failed = {v.node: v.reason for v in verdicts if not v.fits}
+        if not fit and self.sync:
+            summary = "; ".join(f"{n}: {r}" for n, r in list(failed.items())[:5])
+            self.sync.event(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""),
+                            "HcsNoFit", f"no node fits the accelerator request: {summary}")
+        return {"NodeNames": fit, "FailedNodes": failed, "FailedAndUnresolvableNodes": {}, "Error": ""}
+
+    def prioritize(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        names = _node_names(args)
+        pod = _get(args, "Pod") or {}
+        try:
+            demand = demand_from_pod(pod)
+        except RequestError:
+            demand = None
+        if demand is None:
+            return [{"Host": n, "Score": 0} for n in names]
+        scores = {v.node: v.score for v in self.state.explain(demand, names) if v.fits}
+        return [{"Host": n, "Score": int(round(scores.get(n, 0.0) * MAX_EXTENDER_PRIORITY / 100))} for n in names]
+
+    def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        ns = str(_get(args, "PodNamespace") or "default")
+        name = str(_get(args, "PodName") or "")
+        uid = str(_get(args, "PodUID") or "")
+        node = str(_get(args, "Node") or "")
+        if not self.is_leader():
+            return {"Error": "hcs allocator: this replica is not the leader"}
+        if self.sync is None:
+            return {"Error": "hcs allocator: no API server connection; cannot bind"}
+        with self._bind_lock:
+            try:
+                pod = self.sync.get_pod(ns, name)
+            except KubeError as exc:
+                return {"Error": f"pod {ns}/{name}: {exc}"}
+            if uid and pod["metadata"].get("uid") != uid:
+                return {"Error": f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"}
+            uid = str(pod["metadata"].get("uid"))
+            try:
+                demand = demand_from_pod(pod)
+            except RequestError as exc:
+                return {"Error": str(exc)}
+            res = None
+            if demand is not None:
+                held = self.state.reservation(uid)
+                if held is not None and held.node != node:
+                    self.state.release(uid)
+                try:
+                    res = self.state.reserve(demand, node)
+                except (NoFit, Conflict) as exc:
+                    self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
+                    return {"Error": str(exc)}
+                try:
+                    self.sync.annotate(res, ns, name)  # source of truth first
+                except KubeError as exc:
+                    self.state.release(uid)
+                    return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+            try:
+                self.sync.bind(ns, name, uid, node)
+            except KubeError as exc:
+                if res is not None:
+                    self.state.release(uid)
+                    try:
+                        self.sync.annotate(None, ns, name)
+                    except KubeError:
+                        log.warning("pod %s/%s: stale assignment annotation left; resync drops it", ns, name)
+                return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
+        log.info("bound %s/%s to %s%s", ns, name, node, "" if res is None else
+                 f" with {sum(1 for _ in res.grants())} device grant(s)")
+        return {"Error": ""}
+
+
+def make_handler(ext: Extender) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("extender: " + format, *args)
+
+        def _reply(self, code: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.rstrip("/") in ("/healthz", "/readyz"):
+                self._reply(200, {"ok": True, "leader": ext.is_leader()})
+            else:
+                self._reply(404, {"Error": f"unknown path {self.path}"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                args = json.loads(self.rfile.read(length) or b"{}")
+                if not isinstance(args, dict):
+                    raise ValueError("body must be a JSON object")
+            except ValueError as exc:
+                self._reply(400, {"Error": f"bad request body: {exc}"})
+                return
+            verb = self.path.strip("/").split("/")[-1]
+            try:
+                if verb == "filter":
+                    self._reply(200, ext.filter(args))
+                elif verb == "prioritize":
+                    self._reply(200, ext.prioritize(args))
+                elif verb == "bind":
+                    self._reply(200, ext.bind(args))
+                else:
+                    self._reply(404, {"Error": f"unknown extender verb {verb!r}; use filter, prioritize or bind"})
+            except Exception as exc:  # never crash the server on one bad request
+                log.exception("extender %s failed", verb)
+                self._reply(200, {"Error": f"hcs allocator internal error: {exc}"})
+
+    return Handler
+
+
+def serve_http(ext: Extender, host: str, port: int) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(ext))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="hcs-extender", daemon=True).start()
+    return server

@@ -1,0 +1,123 @@
+"""The hcs.allocator.v1 gRPC API over a real unix socket, and the annotation wire form."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hcs.allocator.inventory import DeviceInfo, NodeInventory
+from hcs.allocator.service import (
+    AllocatorService,
+    annotation_json,
+    reservation_from_annotation,
+    serve,
+)
+from hcs.allocator.state import AllocatorState
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+
+GI = 2**30
+
+
+def devices(n: int, island: str = "nvl0") -> tuple[DeviceInfo, ...]:
+    return tuple(DeviceInfo(f"nvidia-{i}", "nvidia", "a100-80g", f"GPU-{i}", i, 80 * GI, 312_000, island)
+                 for i in range(n))
+
+
+@pytest.fixture()
+def stub(tmp_path: Path) -> Iterator[tuple[pbg.AllocatorStub, AllocatorState]]:
+    state = AllocatorState()
+    state.set_node(NodeInventory("n1", devices(4)))
+    state.set_node(NodeInventory("n2", devices(2)))
+    sock = tmp_path / "alloc.sock"
+    server = serve(AllocatorService(state), f"unix://{sock}")
+    channel = grpc.insecure_channel(f"unix://{sock}")
+    try:
+        yield pbg.AllocatorStub(channel), state
+    finally:
+        channel.close()
+        server.stop(None)
+
+
+def request(uid: str, vram_gib: int, **cons: str) -> pb.PodRequest:
+    return pb.PodRequest(pod=pb.PodRef(uid=uid, namespace="ns", name=f"pod-{uid}", creation_time_unix_ms=1000),
+                         containers=[pb.ContainerRequest(container="main", vram_bytes=vram_gib * GI)],
+                         constraints=pb.Constraints(**cons))
+
+
+def test_reserve_get_confirm_release_roundtrip(stub: tuple[pbg.AllocatorStub, AllocatorState]) -> None:
+    s, state = stub
+    a = s.Reserve(pb.ReserveRequest(request=request("u1", 16), node="n2")).assignment
+    assert a.node == "n2" and a.state == pb.ASSIGNMENT_STATE_PENDING
+    dev = a.containers[0].devices[0]
+    assert (dev.vendor, dev.model, dev.vram_bytes) == ("nvidia", "a100-80g", 16 * GI) and dev.uuid.startswith("GPU-")
+    got = s.GetNodeAssignments(pb.GetNodeAssignmentsRequest(node="n2")).assignments
+    assert [x.pod.uid for x in got] == ["u1"] and got[0].pod.name == "pod-u1"
+    assert got[0].pod.creation_time_unix_ms == 1000
+    assert s.Confirm(pb.ConfirmRequest(pod_uid="u1", node="n2")).assignment.state == pb.ASSIGNMENT_STATE_CONFIRMED
+    assert s.Release(pb.ReleaseRequest(pod_uid="u1")).released
+    assert not s.Release(pb.ReleaseRequest(pod_uid="u1")).released
+    assert state.usage("n2") == {}
+
+
+def test_errors_map_to_status_codes(stub: tuple[pbg.AllocatorStub, AllocatorState]) -> None:
+    s, _ = stub
+    with pytest.raises(grpc.RpcError) as err:
+        s.Reserve(pb.ReserveRequest(request=request("big", 4096)))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "fits no node" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        s.Reserve(pb.ReserveRequest(request=request("x", 8, vendors=["nvdia"])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown value 'nvdia'" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        s.Confirm(pb.ConfirmRequest(pod_uid="nobody"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_explain_lists_every_node_with_reasons(stub: tuple[pbg.AllocatorStub, AllocatorState]) -> None:
+    s, _ = stub
+    out = s.Explain(pb.ExplainRequest(request=request("e", 240, topology_preference="high-bandwidth")))
+    by = {v.node: v for v in out.verdicts}
+    assert by["n1"].fits and len(by["n1"].proposal[0].devices) == 3
+    assert not by["n2"].fits and "idle devices" in by["n2"].reason
+    assert out.summary.startswith("1 of 2 nodes fit")
+
+
+def test_concurrent_reserves_never_double_allocate(stub: tuple[pbg.AllocatorStub, AllocatorState]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    s, state = stub
+
+    def one(i: int) -> bool:
+        try:
+            s.Reserve(pb.ReserveRequest(request=request(f"c{i}", 80)))
+            return True
+        except grpc.RpcError:
+            return False
+
+    with ThreadPoolExecutor(8) as ex:
+        ok = list(ex.map(one, range(12)))
+    assert sum(ok) == 6  # six whole 80Gi devices in the cluster
+    state.check_invariants()
+
+
+def test_annotation_is_the_json_the_node_agent_reads(stub: tuple[pbg.AllocatorStub, AllocatorState]) -> None:
+    from hcs.node import assignments as agent
+
+    s, state = stub
+    s.Reserve(pb.ReserveRequest(request=request("u9", 40)))
+    res = state.reservation("u9")
+    assert res is not None
+    text = annotation_json(res)
+    back = reservation_from_annotation(text)
+    assert back == res
+    if hasattr(agent, "assignment_from_annotation"):
+        agent_view = agent.assignment_from_annotation(text)
+    else:
+        agent_view = agent.assignment_from_json(json.loads(text))
+    assert agent_view.pod.uid == "u9" and agent_view.containers[0].devices[0].vram_bytes == 40 * GI
+    with pytest.raises(ValueError, match="hcs.io/assignment"):
+        reservation_from_annotation("{not json", "pod ns/x")

@@ -1,0 +1,189 @@
+"""Placement of real requests and the reservation invariants (hypothesis)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hcs.allocator.inventory import DeviceInfo, ExchangeRates, NodeInventory, parse_computenode, with_node
+from hcs.allocator.placement import (
+    Constraints,
+    ContainerDemand,
+    PodDemand,
+    PodRef,
+    RequestError,
+    demand_from_pod,
+)
+from hcs.allocator.state import AllocatorState, Conflict, NoFit
+
+GI = 2**30
+A100 = 312_000
+
+
+def dev(i: int, model: str = "a100-80g", vendor: str = "nvidia", vram: int = 80 * GI, tflops: int = A100,
+        island: str = "nvl0", health: int = 100) -> DeviceInfo:
+    return DeviceInfo(f"{vendor}-{i}", vendor, model, f"GPU-{model}-{i}", i, vram, tflops, island, health)
+
+
+def node(name: str, devices: list[DeviceInfo], cpu: int = 0, mem: int = 0) -> NodeInventory:
+    return NodeInventory(name, tuple(devices), cpu, mem)
+
+
+def pod(uid: str, *containers: tuple[int, int], cons: Constraints | None = None, cpu: int = 0) -> PodDemand:
+    return PodDemand(PodRef(uid, "default", uid), tuple(ContainerDemand(f"c{i}", v, t)
+                                                         for i, (v, t) in enumerate(containers)),
+                     cons or Constraints(), cpu, 0)
+
+
+def state(*nodes: NodeInventory) -> AllocatorState:
+    s = AllocatorState()
+    for n in nodes:
+        s.set_node(n)
+    return s
+
+
+def test_fractional_request_lands_on_one_device_and_packs() -> None:
+    s = state(node("n1", [dev(0), dev(1)]), node("n2", [dev(0), dev(1)]))
+    a = s.reserve(pod("a", (16 * GI, 0)))
+    b = s.reserve(pod("b", (16 * GI, 0)))
+    ga, gb = next(a.grants()), next(b.grants())
+    assert (a.node, ga.device) == (b.node, gb.device)  # binpack: the same device
+    assert ga.vram_bytes == 16 * GI
+    s.check_invariants()
+
+
+def test_spread_policy_uses_the_emptiest_node() -> None:
+    s = state(node("n1", [dev(0), dev(1)]), node("n2", [dev(0), dev(1)]))
+    a = s.reserve(pod("a", (16 * GI, 0)))
+    b = s.reserve(pod("b", (16 * GI, 0), cons=Constraints(policy="spread")))
+    assert a.node != b.node
+
+
+def test_160gi_high_bandwidth_takes_two_devices_of_one_island() -> None:
+    devices = [dev(0, island="a"), dev(1, island="b"), dev(2, island="b"), dev(3, island="c")]
+    s = state(node("n1", devices))
+    r = s.reserve(pod("big", (160 * GI, 0), cons=Constraints(high_bandwidth=True)))
+    grants = list(r.grants())
+    assert len(grants) == 2 and {g.island for g in grants} == {"b"}
+    assert sum(g.vram_bytes for g in grants) == 160 * GI
+
+
+def test_high_bandwidth_without_a_big_enough_island_is_refused_with_a_reason() -> None:
+    s = state(node("n1", [dev(0, island="a"), dev(1, island="b")]))
+    with pytest.raises(NoFit, match="one interconnect island"):
+        s.reserve(pod("big", (160 * GI, 0), cons=Constraints(high_bandwidth=True)))
+    # without the preference it may span islands
+    assert len(list(s.reserve(pod("big", (160 * GI, 0))).grants())) == 2
+
+
+def test_impossible_request_says_so_for_every_node() -> None:
+    s = state(node("n1", [dev(0)]), node("n2", [dev(0, vram=16 * GI, model="t4", tflops=65_000)]))
+    with pytest.raises(NoFit) as err:
+        s.reserve(pod("huge", (1024 * GI, 0), cons=Constraints(high_bandwidth=True)))
+    assert {v.node for v in err.value.verdicts} == {"n1", "n2"}
+    assert all(not v.fits and "needs" in v.reason for v in err.value.verdicts)
+
+
+def test_unhealthy_devices_are_excluded_and_degraded_ones_avoided() -> None:
+    s = state(node("n1", [dev(0, health=10), dev(1, health=70), dev(2)]))
+    r = s.reserve(pod("a", (8 * GI, 0)))
+    assert next(r.grants()).device == "nvidia-2"
+    s2 = state(node("n1", [dev(0, health=10)]))
+    with pytest.raises(NoFit, match="unhealthy"):
+        s2.reserve(pod("a", (8 * GI, 0)))
+
+
+def test_vendor_and_model_include_exclude() -> None:
+    s = state(node("nv", [dev(0)]), node("asc", [dev(0, model="910b3", vendor="ascend", vram=64 * GI)]))
+    assert s.reserve(pod("a", (8 * GI, 0), cons=Constraints(vendors_in=frozenset({"ascend"})))).node == "asc"
+    assert s.reserve(pod("b", (8 * GI, 0), cons=Constraints(vendors_out=frozenset({"ascend"})))).node == "nv"
+    assert s.reserve(pod("c", (8 * GI, 0), cons=Constraints(models_out=frozenset({"a100-80g"})))).node == "asc"
+
+
+def test_tflops_use_exchange_rates() -> None:
+    # 200 A100-TFLOPS do not fit a 910b (0.85 x 312 = 265) twice, but fit an h100 (468) twice
+    s = state(node("asc", [dev(0, model="910b3", vendor="ascend", tflops=265_200)]),
+              node("h", [dev(0, model="h100", tflops=468_000)]))
+    s.reserve(pod("a", (0, 200_000)))
+    s.reserve(pod("b", (0, 200_000)))
+    assert {s.reservation("a").node, s.reservation("b").node} == {"asc", "h"} or \
+        s.reservation("a").node == s.reservation("b").node == "h"  # type: ignore[union-attr]
+    s.check_invariants()
+
+
+def test_reserve_is_idempotent_and_conflicting_node_is_refused() -> None:
+    s = state(node("n1", [dev(0)]), node("n2", [dev(0)]))
+    r1 = s.reserve(pod("a", (8 * GI, 0)), "n1")
+    assert s.reserve(pod("a", (8 * GI, 0)), "n1") == r1
+    with pytest.raises(Conflict, match="already holds devices on node n1"):
+        s.reserve(pod("a", (8 * GI, 0)), "n2")
+
+
+def test_node_disappearing_keeps_reservations_but_takes_no_new_ones() -> None:
+    s = state(node("n1", [dev(0)]))
+    s.reserve(pod("a", (8 * GI, 0)))
+    s.remove_node("n1")
+    with pytest.raises(NoFit):
+        s.reserve(pod("b", (8 * GI, 0)), "n1")
+    assert s.reservation("a") is not None
+    assert s.release("a") is not None and s.usage("n1") == {}
+
+
+def test_demand_from_pod_and_bad_annotations() -> None:
+    ann = {"hcs.io/vendor": "nvidia,!ascend", "hcs.io/topology-preference": "high-bandwidth"}
+    requests = {"ai.compute/vram": "16Gi", "ai.compute/tflops-fp16": "100", "cpu": "2"}
+    p = {"metadata": {"uid": "u1", "namespace": "ns", "name": "p", "annotations": ann},
+         "spec": {"containers": [{"name": "c", "resources": {"requests": requests}}]}}
+    d = demand_from_pod(p)
+    assert d is not None and d.containers[0] == ContainerDemand("c", 16 * GI, 100_000) and d.cpu_milli == 2000
+    assert d.constraints.high_bandwidth and d.constraints.vendors_out == {"ascend"}
+    p["metadata"]["annotations"] = {"hcs.io/vendor": "nvdia"}  # type: ignore[index]
+    with pytest.raises(RequestError, match="ns/p annotation hcs.io/vendor: unknown value 'nvdia'"):
+        demand_from_pod(p)
+    p["metadata"]["annotations"] = {"hcs.io/model": "a100-81g"}  # type: ignore[index]
+    with pytest.raises(RequestError, match="unknown value 'a100-81g'"):
+        demand_from_pod(p)
+    p["metadata"]["annotations"] = {}  # type: ignore[index]
+    p["spec"]["containers"][0]["resources"]["requests"]["ai.compute/vram"] = "lots"  # type: ignore[index]
+    with pytest.raises(RequestError, match="ai.compute/vram"):
+        demand_from_pod(p)
+
+
+def test_parse_computenode_with_rates_and_node_allocatable() -> None:
+    obj = {"metadata": {"name": "n1"}, "spec": {"nodeName": "n1", "vendor": "nvidia", "devices": [
+        {"name": "nvidia-0", "vendor": "nvidia", "model": "a100-80g", "uuid": "GPU-0", "index": 0,
+         "vramBytes": 80 * GI, "compute": {"fp16Tflops": 312, "fp32Tflops": 19.5, "int8Tops": 624, "rate": 1.0},
+         "topology": {"busId": "0000:18:00.0", "numaNode": 0, "island": "nvl-0"}, "healthScore": 100}]}}
+    inv = parse_computenode(obj)
+    assert inv.devices[0].tflops_milli == 312_000 and inv.devices[0].island == "nvl-0"
+    assert parse_computenode(obj, ExchangeRates.from_config({"a100": 2.0})).devices[0].tflops_milli == 624_000
+    inv = with_node(inv, {"status": {"allocatable": {"cpu": "8", "memory": "32Gi"}}})
+    assert (inv.cpu_milli, inv.memory_bytes) == (8000, 32 * GI)
+    del obj["spec"]["devices"][0]["uuid"]  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match=r"ComputeNode n1 spec.devices\[0\]: missing field 'uuid'"):
+        parse_computenode(obj)
+
+
+ops = st.lists(st.tuples(st.sampled_from(["reserve", "release"]), st.integers(0, 11),
+                         st.integers(1, 100), st.integers(0, 400)), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops)
+def test_never_overcommit_and_release_restores_exactly(seq: list[tuple[str, int, int, int]]) -> None:
+    s = state(node("n1", [dev(0), dev(1, island="nvl0")]), node("n2", [dev(0, model="t4", vram=16 * GI,
+                                                                             tflops=65_000, island="")]))
+    before = {n: s.usage(n) for n in ("n1", "n2")}
+    for op, uid, gib, tfl in seq:
+        if op == "reserve":
+            with contextlib.suppress(NoFit):
+                s.reserve(pod(str(uid), (gib * GI, tfl * 1000)))
+        else:
+            s.release(str(uid))
+        s.check_invariants()
+    for r in s.reservations():
+        s.release(r.pod.uid)
+    assert {n: s.usage(n) for n in ("n1", "n2")} == before == {"n1": {}, "n2": {}}

@@ -1,0 +1,86 @@
+"""Trace replay on small slices of the shipped openb traces (the full run is bench/replay.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hcs.allocator import replay as rp
+from hcs.cli import main
+from hcs.errors import ConfigError
+
+TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+if not TRACES.exists():
+    TRACES = Path("/work/shared/traces")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("trace")
+    nodes = (TRACES / "openb_node_list_gpu_node.csv").read_text().splitlines()
+    pods = (TRACES / "openb_pod_list_gpushare40.csv").read_text().splitlines()
+    (d / "n.csv").write_text("\n".join(nodes[:1] + nodes[500:540]) + "\n")  # 40 G2 nodes, 8 GPUs each
+    (d / "p.csv").write_text("\n".join(pods[:1] + pods[1200:1500]) + "\n")
+    return d / "n.csv", d / "p.csv"
+
+
+def test_simulation_never_overcommits_and_is_deterministic(small: tuple[Path, Path]) -> None:
+    cluster = rp.load_nodes(small[0])
+    pods = rp.load_pods(small[1])
+    target = rp.target_of(pods)
+    a = rp.simulate(cluster, pods, "hcs", 3, target)
+    b = rp.simulate(cluster, pods, "hcs", 3, target)
+    assert a.allocation_ratio == b.allocation_ratio
+    assert 50.0 < a.allocation_ratio <= 100.0
+    assert a.placed > 0 and a.skipped > 0  # the cluster fills up before 100% arrived
+    assert len(a.latencies_ms) == a.placed + a.skipped
+
+
+def test_arrival_order_resamples_to_the_inflation_target(small: tuple[Path, Path]) -> None:
+    cluster = rp.load_nodes(small[0])
+    pods = rp.load_pods(small[1])
+    order = rp.arrival_order(pods, cluster.gpu_capacity, 1, 1.3)
+    demand = sum(pods[i].request.gpu_demand for i in order)
+    assert demand >= 1.3 * cluster.gpu_capacity
+    assert order != rp.arrival_order(pods, cluster.gpu_capacity, 2, 1.3)
+
+
+def test_hcs_beats_random_on_a_small_slice(small: tuple[Path, Path]) -> None:
+    res = {r.name: r for r in rp.replay(small[0], small[1], ["hcs", "random"], [0, 1])}
+    assert np.mean([s.allocation_ratio for s in res["hcs"].seeds]) > np.mean(
+        [s.allocation_ratio for s in res["random"].seeds])
+
+
+def test_cli_prints_the_fixed_json_shape(small: tuple[Path, Path], capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path) -> None:
+    png = tmp_path / "r.png"
+    rc = main(["replay", "--nodes", str(small[0]), "--pods", str(small[1]), "--policy", "hcs,best-fit",
+               "--seeds", "2", "--output", "json", "--plot", str(png)])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    for name in ("hcs", "best-fit"):
+        s = out["policies"][name]
+        assert len(s["allocation_ratio_per_seed"]) == 2
+        assert s["allocation_ratio_mean"] == pytest.approx(np.mean(s["allocation_ratio_per_seed"]), abs=1e-3)
+        assert 0 <= s["decision_p50_ms"] <= s["decision_p99_ms"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_csv_says_file_line_and_column(tmp_path: Path) -> None:
+    bad = tmp_path / "n.csv"
+    bad.write_text("sn,cpu_milli,memory_mib,gpu,model\nn1,lots,1024,2,T4\n")
+    with pytest.raises(ConfigError, match=r"n\.csv:2: column 'cpu_milli'"):
+        rp.load_nodes(bad)
+    missing = tmp_path / "p.csv"
+    missing.write_text("name,cpu_milli\nx,1\n")
+    with pytest.raises(ConfigError, match="missing column"):
+        rp.load_pods(missing)
+
+
+def test_cli_rejects_unknown_policy(small: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["replay", "--nodes", str(small[0]), "--pods", str(small[1]), "--policy", "magic", "--seeds", "1"])
+    assert rc == 1
+    assert "unknown policy 'magic'" in capsys.readouterr().err
