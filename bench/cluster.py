@@ -76,7 +76,8 @@ def main() -> int:
     from hcs.testing.cluster import busybox_pod, ensure_cluster
 
     cluster = ensure_cluster()
-    pod = json.dumps(busybox_pod("bench-rss", ["sh", "-c", "echo ok"], image=cluster.busybox_image))
+    pod = json.dumps(busybox_pod("bench-rss", ["sh", "-c", "echo ok"], image=cluster.busybox_image,
+                                 node_name=cluster.node_name))
     cluster.kubectl("delete", "pod", "bench-rss", "--ignore-not-found", "--wait=true")
     cluster.kubectl("apply", "-f", "-", input_text=pod)
     cluster.kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/bench-rss", "--timeout=180s")

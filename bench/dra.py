@@ -9,7 +9,9 @@
 - wipe_recreate_ms: all slices deleted (as a starting kubelet does) until they are back (target < 5000).
 
 Uses the local cluster (e2e/cluster) when it is up; with ``--no-cluster`` or without it, claims
-come from memory and the publish numbers are null (``"apiserver": false`` says so).
+come from memory and the publish numbers are null (``"apiserver": false`` says so). With the
+cluster, ``prepare_local_*`` also reports the plugin's own cost with claims read from memory, and
+``loadavg_1m`` the machine's load (the API server shares the CPUs).
 """
 
 from __future__ import annotations
@@ -89,12 +91,14 @@ def make_claims(rest: KubeRest | None, mem: MemoryClaims, n: int, prefix: str) -
     return refs
 
 
-def bench_prepare(api: Any, rest: KubeRest | None, iterations: int, batch_runs: int) -> dict[str, Any]:
+def bench_prepare(api: Any, rest: KubeRest | None, iterations: int, batch_runs: int,
+                  claim_status: bool = True) -> dict[str, Any]:
     mem = MemoryClaims()
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         cfg = DraConfig(node_name=NODE, plugins_registry=str(t / "reg"), plugin_dir=str(t / "plugin"),
-                        cdi_dir=str(t / "cdi"), interceptor_host_dir=str(t), publish_slices=False)
+                        cdi_dir=str(t / "cdi"), interceptor_host_dir=str(t), publish_slices=False,
+                        publish_claim_status=claim_status)
         plugin = DraPlugin(cfg, devices(8), api, claim_source=None if rest is not None else mem)
         plugin.start()
         sim = DraKubeletSim(t / "reg")
@@ -184,7 +188,12 @@ def main() -> int:
     if rest is not None:
         ensure_fake_node(rest, NODE)
         ensure_namespace(rest, NS)
+    result["loadavg_1m"] = os.getloadavg()[0]
     try:
+        if rest is not None:  # the plugin's own cost, claims from memory (no API round trip)
+            local = bench_prepare(None, None, args.iterations, args.runs)
+            result.update({k.replace("prepare_", "prepare_local_"): v for k, v in local.items()
+                           if not k.endswith("iterations")})
         result.update(bench_prepare(api, rest, args.iterations, args.runs))
         if rest is not None:
             result.update(bench_publish(rest, args.runs))

@@ -9,8 +9,10 @@ does: half ``/mutate``, half ``/validate``, pods with ``ai.compute`` requests (a
 ``p50_ms``/``p99_ms`` are measured per request from sending it to the last byte of the answer (what
 the API server observes); ``*_from_due_ms`` count from the moment the request was due in the open-loop
 schedule, so client-side queueing (a stalled server, or this client starved of CPU) is not hidden.
-``server_p99_ms`` comes from the webhook's own histogram (bucket upper bound). ``rss_mib`` is the
-webhook process's peak RSS. On a shared machine, ``loadavg_1m`` says how busy it was.
+``server_p99_ms`` comes from the webhook's own histogram (bucket upper bound);
+``server_cpu_ms_per_review`` is the webhook's CPU time per review, which does not depend on how busy
+the machine is. ``rss_mib`` is the webhook process's peak RSS. On a shared machine, ``loadavg_1m``
+says how busy it was: with more runnable tasks than cores, p99 measures the scheduler, not the webhook.
 
     .venv/bin/python bench/webhook.py [--rate 200] [--duration 30]
 """
@@ -67,6 +69,12 @@ def make_review(i: int) -> tuple[str, bytes]:
                           "resource": {"group": "", "version": "v1", "resource": "pods"},
                           "operation": "CREATE", "namespace": "bench", "object": pod, "dryRun": False}}
     return endpoint, json.dumps(review).encode()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -178,6 +186,7 @@ def main() -> int:
         for t in threads:
             t.start()
         interval = 1.0 / args.rate
+        cpu_before = cpu_seconds(proc.pid)
         start = time.perf_counter()
         total = int((args.warmup + args.duration) * args.rate)
         for i in range(total):
@@ -190,6 +199,7 @@ def main() -> int:
             work.put(None)
         for t in threads:
             t.join()
+        server_cpu = cpu_seconds(proc.pid) - cpu_before
         measured = [(d, s) for due, d, s in latencies if due >= start + args.warmup]
         elapsed = time.perf_counter() - start
         ms = [s * 1000 for _, s in measured]
@@ -202,6 +212,8 @@ def main() -> int:
             "p50_from_due_ms": round(percentile(ms_due, 50), 3),
             "p99_from_due_ms": round(percentile(ms_due, 99), 3),
             "server_p99_ms": server_p99_ms(port, ctx),
+            # CPU the webhook process spent per review (TLS, HTTP, JSON, policy): independent of machine load
+            "server_cpu_ms_per_review": round(server_cpu * 1000 / max(1, len(latencies)), 3),
             "rss_mib": peak_rss_mib(proc.pid),
             "rate_rps": args.rate,
             "achieved_rps": round(len(latencies) / elapsed, 1),

@@ -59,6 +59,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 GOMOD_DIR = HERE / "gomod"
 
+_MAJOR, _MINOR = K8S_VERSION.lstrip("v").split(".")[:2]
+# the version stamp Kubernetes' own build (hack/lib/version.sh) puts into every binary; without it the node
+# and /version report v0.0.0-master, which breaks kubeVersion checks (helm) and version-skew logic
+KUBE_LDFLAGS = "-s -w " + " ".join(
+    f"-X {pkg}.{var}={val}"
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+    for var, val in (("gitVersion", K8S_VERSION), ("gitMajor", _MAJOR), ("gitMinor", _MINOR),
+                     ("gitCommit", "unknown"), ("gitTreeState", "clean"), ("buildDate", "1970-01-01T00:00:00Z")))
 KUBE_PKGS = {
     "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
     "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
@@ -170,7 +178,8 @@ def bin_key() -> str:
     h = hashlib.sha256()
     for f in (GOMOD_DIR / "go.mod", GOMOD_DIR / "go.sum"):
         h.update(f.read_bytes())
-    h.update(json.dumps([CONTAINERD_VERSION, CRICTL_VERSION, HELM_VERSION, sorted(KUBE_PKGS.items())]).encode())
+    h.update(json.dumps([CONTAINERD_VERSION, CRICTL_VERSION, HELM_VERSION, sorted(KUBE_PKGS.items()),
+                         KUBE_LDFLAGS]).encode())
     return f"{K8S_VERSION}-{h.hexdigest()[:10]}"
 
 
@@ -298,7 +307,7 @@ def build(lay: Layout) -> dict[str, object]:
             out = Path(tmp)
             if todo_kube:
                 t = time.monotonic()
-                _run_go([go, "build", "-v", "-ldflags=-s -w", "-o", str(out) + "/", *KUBE_PKGS.values()],
+                _run_go([go, "build", "-v", f"-ldflags={KUBE_LDFLAGS}", "-o", str(out) + "/", *KUBE_PKGS.values()],
                         GOMOD_DIR, env, f"kubernetes {K8S_VERSION} + etcd {ETCD_VERSION}")
                 os.replace(out / "v3", out / "etcd") if (out / "v3").exists() else os.replace(out / "server",
                                                                                               out / "etcd")
@@ -435,7 +444,8 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise ClusterError(f"openssl {' '.join(args[:2])} failed in {cwd}: {r.stderr.strip()}")
 
 
-def _cert(pki: Path, name: str, subj: str, *, server_sans: Sequence[str] = (), client: bool = True) -> None:
+def _cert(pki: Path, name: str, subj: str, *, server_sans: Sequence[str] = (), client: bool = True,
+          ca: str = "ca") -> None:
     if (pki / f"{name}.crt").exists():
         return
     ext = ["basicConstraints=critical,CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment"]
@@ -446,7 +456,7 @@ def _cert(pki: Path, name: str, subj: str, *, server_sans: Sequence[str] = (), c
     (pki / f"{name}.ext").write_text("\n".join(ext) + "\n")
     _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj, cwd=pki)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
              "-days", "3650", "-sha256", "-extfile", f"{name}.ext", "-out", f"{name}.crt.tmp", cwd=pki)
     os.replace(pki / f"{name}.crt.tmp", pki / f"{name}.crt")
 
@@ -465,6 +475,13 @@ def ensure_pki(lay: Layout) -> None:
         _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=pki)
         _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub.tmp", cwd=pki)
         os.replace(pki / "sa.pub.tmp", pki / "sa.pub")
+    if not (pki / "front-proxy-ca.crt").exists():
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", "front-proxy-ca.key", "-out", "front-proxy-ca.crt.tmp", "-days", "3650", "-subj",
+                 "/CN=hcs-local-front-proxy-ca", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+                 "keyUsage=critical,keyCertSign,cRLSign,digitalSignature", cwd=pki)
+        os.replace(pki / "front-proxy-ca.crt.tmp", pki / "front-proxy-ca.crt")
+    _cert(pki, "front-proxy-client", "/CN=front-proxy-client", ca="front-proxy-ca")
     sans = ["IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
             "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local", f"DNS:{lay.node_name}"]
     _cert(pki, "apiserver", "/CN=kube-apiserver", server_sans=sans, client=False)
@@ -514,10 +531,20 @@ def scheduler_config(lay: Layout) -> str:
     )
 
 
-def write_configs(lay: Layout) -> None:
+def has_cap_sys_resource() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 24))
+    return False
+
+
+def render_configs(lay: Layout) -> dict[Path, str]:
+    """Every generated config file and its content."""
     cfg = lay.config
-    atomic_write(cfg / "kube-scheduler.yaml", scheduler_config(lay))
-    atomic_write(cfg / "containerd.toml", f"""version = 3
+    restrict_oom = not has_cap_sys_resource()
+    files: dict[Path, str] = {}
+    files[cfg / "kube-scheduler.yaml"] = scheduler_config(lay)
+    files[cfg / "containerd.toml"] = (f"""version = 3
 root = "{lay.state / 'containerd' / 'root'}"
 state = "{lay.state / 'containerd' / 'state'}"
 
@@ -525,6 +552,9 @@ state = "{lay.state / 'containerd' / 'state'}"
   address = "{lay.containerd_sock}"
 
 [plugins."io.containerd.cri.v1.runtime"]
+  # this machine's root lacks CAP_SYS_RESOURCE, so runc cannot lower oom_score_adj (the kubelet asks -998 for
+  # sandboxes): clamp requested scores to containerd's own instead of failing every pod
+  restrict_oom_score_adj = {str(restrict_oom).lower()}
   enable_cdi = true
   cdi_spec_dirs = ["/etc/cdi", "/var/run/cdi"]
   [plugins."io.containerd.cri.v1.runtime".containerd]
@@ -547,7 +577,7 @@ state = "{lay.state / 'containerd' / 'state'}"
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
 """)
-    atomic_write(cfg / "cni" / "10-hcs-bridge.conflist", json.dumps({
+    files[cfg / "cni" / "10-hcs-bridge.conflist"] = (json.dumps({
         "cniVersion": "1.0.0", "name": "hcs-pods",
         "plugins": [{"type": "bridge", "bridge": "hcs0", "isGateway": True, "ipMasq": False,
                      "hairpinMode": True,
@@ -555,7 +585,7 @@ state = "{lay.state / 'containerd' / 'state'}"
                               "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}}],
     }, indent=1) + "\n")
     gates = "\n".join(f"  {k}: {str(v).lower()}" for k, v in FEATURE_GATES.items())
-    atomic_write(cfg / "kubelet.yaml", f"""apiVersion: kubelet.config.k8s.io/v1beta1
+    files[cfg / "kubelet.yaml"] = (f"""apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: 0.0.0.0
 port: {lay.ports.kubelet}
@@ -593,6 +623,12 @@ maxPods: 110
 featureGates:
 {gates}
 """)
+    return files
+
+
+def write_configs(lay: Layout) -> None:
+    for path, text in render_configs(lay).items():
+        atomic_write(path, text)
 
 
 # ---------------------------------------------------------------- processes
@@ -629,6 +665,11 @@ def components(lay: Layout) -> list[Component]:
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client", "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
             f"--cert-dir={pki / 'apiserver-generated'}", "--profiling=false", "--v=1"),
             p.apiserver, f"https://127.0.0.1:{p.apiserver}/readyz"),
         Component("kube-controller-manager", (
@@ -856,8 +897,12 @@ def cmd_up(lay: Layout, no_node: bool) -> int:
     comps = {c.name: c for c in components(lay)}
     wanted = [n for n in comps if not (no_node and n in NODE_COMPONENTS)]
     with file_lock(state_lock(lay), "cluster up/down"):
-        if all(alive_pid(lay, n) and healthy(lay, comps[n]) for n in wanted) and (no_node or node_ready(lay)) \
-                and _scheduler_current(lay):
+        try:
+            rendered = render_configs(lay)
+        except ClusterError:
+            rendered = {}
+        if rendered and all(alive_pid(lay, n) and _current(lay, comps[n], rendered) and healthy(lay, comps[n])
+                            for n in wanted) and (no_node or node_ready(lay)):
             log(f"already up ({lay.state}); KUBECONFIG={lay.kubeconfig}")
             return 0
         if os.geteuid() != 0 and not no_node:
@@ -871,18 +916,21 @@ def cmd_up(lay: Layout, no_node: bool) -> int:
         lay.state.mkdir(parents=True, exist_ok=True)
         check_state(lay)
         ensure_pki(lay)
+        rendered = render_configs(lay)
         write_configs(lay)
         for d in (lay.logs, lay.run, lay.state / "etcd"):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(lay.state / "etcd", 0o700)
 
-        def ensure(name: str, extra: dict[str, object] | None = None) -> bool:
+        def ensure(name: str) -> None:
             if alive_pid(lay, name):
-                return False
+                if _current(lay, comps[name], rendered):
+                    return
+                log(f"{name}: binary, flags or config changed: restarting it")
+                stop(lay, name)
             with contextlib.suppress(FileNotFoundError):
                 (lay.run / f"{name}.pid").unlink()
-            start(lay, comps[name], extra)
-            return True
+            start(lay, comps[name], {"config_sha256": config_digest(lay, name, rendered)})
 
         if not no_node:
             ensure("containerd")
@@ -903,11 +951,7 @@ def cmd_up(lay: Layout, no_node: bool) -> int:
             importer.start()
         wait_healthy(lay, comps["kube-apiserver"], 180)
         ensure("kube-controller-manager")
-        sched_hash = hashlib.sha256((lay.config / "kube-scheduler.yaml").read_bytes()).hexdigest()
-        if alive_pid(lay, "kube-scheduler") and not _scheduler_current(lay):
-            log("scheduler config changed: restarting kube-scheduler")
-            stop(lay, "kube-scheduler")
-        ensure("kube-scheduler", {"config_sha256": sched_hash})
+        ensure("kube-scheduler")
         if importer is not None:
             importer.join()
             if import_err:
@@ -931,13 +975,22 @@ def cmd_up(lay: Layout, no_node: bool) -> int:
         return 0
 
 
-def _scheduler_current(lay: Layout) -> bool:
-    rec = _pid_record(lay, "kube-scheduler")
-    try:
-        want = hashlib.sha256(scheduler_config(lay).encode()).hexdigest()
-    except ClusterError:
-        return False
-    return rec is not None and rec.get("config_sha256") == want
+CONFIG_FILES = {"kube-scheduler": ("kube-scheduler.yaml",), "containerd": ("containerd.toml",),
+                "kubelet": ("kubelet.yaml",)}
+
+
+def config_digest(lay: Layout, name: str, rendered: dict[Path, str]) -> str:
+    h = hashlib.sha256()
+    for f in CONFIG_FILES.get(name, ()):
+        h.update(rendered[lay.config / f].encode())
+    return h.hexdigest()
+
+
+def _current(lay: Layout, comp: Component, rendered: dict[Path, str]) -> bool:
+    """Whether the running process was started with today's binary, flags and config files."""
+    rec = _pid_record(lay, comp.name)
+    return rec is not None and rec.get("argv") == list(comp.argv) and \
+        rec.get("config_sha256") == config_digest(lay, comp.name, rendered)
 
 
 def stop(lay: Layout, name: str, timeout: float = 20) -> None:

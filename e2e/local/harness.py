@@ -48,7 +48,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "helm"))
 
-import helm_chart  # noqa: E402  (tests/helm/helm_chart.py: renders the chart with the real helm)
+import helm_chart  # type: ignore[import-not-found]  # noqa: E402  (tests/helm/helm_chart.py: renders the chart with the real helm)
 
 from hcs.node.dra.kube import KubeError, KubeRest  # noqa: E402
 from hcs.testing.cluster import Cluster  # noqa: E402
@@ -171,6 +171,12 @@ class Harness:
         return self.cluster.node_name
 
     @property
+    def scheduler_name(self) -> str:
+        """The chart's ``hcs-scheduler`` profile, suffixed per session: the shared cluster may run other
+        hcs-scheduler instances (benchmarks, other suites) that must not take our pods, nor we theirs."""
+        return f"hcs-scheduler-e2e-{self.session}"
+
+    @property
     def namespace(self) -> str:
         return f"hcs-e2e-{self.session}"
 
@@ -196,6 +202,26 @@ class Harness:
                     "NODE_NAME": self.node, "KUBECONFIG": str(self.cluster.kubeconfig), "PYTHONUNBUFFERED": "1"})
         env.pop("HCS_SIM_FAULTS", None)
         return env
+
+    def tool(self, name: str) -> Path:
+        """A cluster binary. The running cluster may use binaries from an older build key than the one
+        ``hcs_cluster.py env`` names (a rebuild in progress): fall back to the newest build that has it."""
+        try:
+            return self.cluster.tool(name)
+        except FileNotFoundError:
+            found = sorted((p for p in self.cluster.bin_dir.parent.glob(f"*/{name}") if os.access(p, os.X_OK)),
+                           key=lambda p: p.stat().st_mtime, reverse=True)
+            if not found:
+                raise
+            return found[0]
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 120,
+                input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [str(self.tool("kubectl")), f"--kubeconfig={self.cluster.kubeconfig}", *args]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input_text, check=False)
+        if check and result.returncode != 0:
+            raise HarnessError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
 
     # ------------------------------------------------------------------ configuration (from the chart)
 
@@ -238,15 +264,20 @@ class Harness:
         w.update({"certFile": str(certs.cert), "keyFile": str(certs.key), "listen": f"127.0.0.1:{self.webhook_port}",
                   "kubeconfig": str(self.cluster.kubeconfig)})
         w.pop("failurePolicy", None)  # a chart value for the WebhookConfiguration, not a server setting
+        w["schedulerName"] = self.scheduler_name
         self.configs["webhook"] = self._write("webhook.yaml", comps["webhook"])
         self.configs["webhook-ca"] = certs.ca
 
         self.configs["scheduler"] = self._write("kube-scheduler.yaml", self._scheduler_config(comps))
         if self.use_allocator:
             a = comps["allocator"]
-            a["allocator"].update({"grpcListen": f"127.0.0.1:{self._allocator_grpc}",
-                                   "extenderListen": f"127.0.0.1:{self._allocator_extender}", "metricsPort": 0})
-            a["allocator"]["leaderElection"].update({"leaseNamespace": self.namespace})
+            # the Lease goes to the session namespace (the chart's is the release namespace)
+            a["allocator"].update({"grpcAddress": f"127.0.0.1:{self._allocator_grpc}",
+                                   "extenderAddress": f"127.0.0.1:{self._allocator_extender}",
+                                   "namespace": self.namespace, "kubeconfig": str(self.cluster.kubeconfig),
+                                   # one replica on a loaded 2-core CI box: a late renewal must not drop the
+                                   # leadership mid-scenario ("this replica is not the leader")
+                                   "leaseSeconds": 60})
             self.configs["allocator"] = self._write("allocator.yaml", a)
         self.device_classes = helm_chart.find(docs, "DeviceClass")
 
@@ -272,10 +303,12 @@ class Harness:
             cfg = dict(comps["kube-scheduler"])
             for ext in cfg.get("extenders", []):
                 ext["urlPrefix"] = f"http://127.0.0.1:{self._allocator_extender}/scheduler"
+            for prof in cfg.get("profiles", []):
+                prof["schedulerName"] = self.scheduler_name
         else:
             # Chart with scheduler.enabled=false renders no scheduler; the same profile without the extender.
             cfg = {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
-                   "profiles": [{"schedulerName": "hcs-scheduler", "pluginConfig": [{
+                   "profiles": [{"schedulerName": self.scheduler_name, "pluginConfig": [{
                        "name": "NodeResourcesFit",
                        "args": {"ignoredResources": ["ai.compute/vram", "ai.compute/tflops-fp16"]}}]}]}
         cfg["leaderElection"] = {"leaderElect": False}  # one replica here; the shared cluster's leases stay clean
@@ -320,7 +353,7 @@ class Harness:
             return [*hcs, "allocator", f"--config={self.configs['allocator']}"]
         if name == "scheduler":
             port = free_port()
-            return [str(self.cluster.tool("kube-scheduler")), f"--config={self.configs['scheduler']}",
+            return [str(self.tool("kube-scheduler")), f"--config={self.configs['scheduler']}",
                     f"--secure-port={port}", "--bind-address=127.0.0.1",
                     f"--cert-dir={self.root / 'scheduler-certs'}", "--v=2"]
         raise KeyError(name)
@@ -334,14 +367,17 @@ class Harness:
         return proc
 
     def down(self) -> None:
+        with contextlib.suppress(Exception):
+            self._unregister_webhook()
+        with contextlib.suppress(Exception):
+            # pods first, while the plugins still run: the kubelet unprepares claims through the DRA plugin
+            self.rest.request("DELETE", f"/api/v1/namespaces/{self.namespace}")
+            wait_for(lambda: not self._exists(f"/api/v1/namespaces/{self.namespace}"), 90,
+                     f"namespace {self.namespace} to go")
         for name in ("scheduler", "webhook", "dra", "node", "allocator"):
             p = self.procs.get(name)
             if p is not None:
                 p.stop()
-        with contextlib.suppress(Exception):
-            self._unregister_webhook()
-        with contextlib.suppress(Exception):
-            self.rest.request("DELETE", f"/api/v1/namespaces/{self.namespace}")
         with contextlib.suppress(Exception):
             self._wipe_node_objects()
         if self.created_ascend_root:
@@ -419,7 +455,8 @@ class Harness:
 
     def _unregister_webhook(self) -> None:
         for kind, name in self.webhook_names:
-            plural = "mutatingwebhookconfigurations" if kind.startswith("Mutating") else "validatingwebhookconfigurations"
+            plural = ("mutatingwebhookconfigurations" if kind.startswith("Mutating")
+                      else "validatingwebhookconfigurations")
             with contextlib.suppress(KubeError):
                 self.rest.request("DELETE", f"/apis/admissionregistration.k8s.io/v1/{plural}/{name}")
 
@@ -430,9 +467,10 @@ class Harness:
         return f"\n--- {name} log ({p.log}) ---\n{p.tail()}"
 
     def _check_alive(self, name: str) -> None:
-        if not self.procs[name].alive:
-            raise HarnessError(f"{name} exited (rc {self.procs[name].popen.returncode if self.procs[name].popen else '?'})"
-                               f"{self._failed(name)}")
+        p = self.procs[name]
+        if not p.alive:
+            rc = p.popen.returncode if p.popen is not None else "?"
+            raise HarnessError(f"{name} exited (rc {rc}){self._failed(name)}")
 
     def slot_allocatable(self) -> int:
         n = self.rest.request("GET", f"/api/v1/nodes/{self.node}")
@@ -454,7 +492,8 @@ class Harness:
             self._check_alive("dra")
             return bool(self.slices()) and (self.dra_plugin_dir / "dra.sock").exists()
 
-        wait_for(ready, timeout, f"ResourceSlices of {DRA_DRIVER} on {self.node}", on_timeout=lambda: self._failed("dra"))
+        wait_for(ready, timeout, f"ResourceSlices of {DRA_DRIVER} on {self.node}",
+                 on_timeout=lambda: self._failed("dra"))
 
     def webhook_ready(self) -> bool:
         ctx = ssl.create_default_context(cafile=str(self.configs["webhook-ca"]))
@@ -508,7 +547,7 @@ def main(argv: Sequence[str]) -> int:
         print("usage: e2e/local/harness.py up   (starts HCS against the local cluster until Ctrl-C)", file=sys.stderr)
         return 2
     cluster = ensure_cluster()
-    rest = KubeRest(kconfig.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    rest = KubeRest(kconfig.new_client_from_config(config_file=str(cluster.kubeconfig)))  # type: ignore[no-untyped-call]
     h = Harness(cluster, rest)
     try:
         h.up()
@@ -517,6 +556,29 @@ def main(argv: Sequence[str]) -> int:
     finally:
         h.down()
     return 0
+
+
+
+def restart_kubelet(timeout: float = 180) -> None:
+    """Stop the local cluster's kubelet (SIGTERM through the cluster tool's own ``stop``; containerd and
+    the pods keep running) and start it again with ``e2e/cluster/up`` (restarts what is missing)."""
+    from hcs.testing.cluster import cluster_layout
+
+    bin_dir = Path(cluster_layout()["bin_dir"])
+    if not (bin_dir / "kubelet").exists():
+        # `up` would have to build Kubernetes first (tens of minutes) while the node is down
+        raise HarnessError(f"not restarting the kubelet: {bin_dir}/kubelet does not exist (the cluster runs binaries "
+                           "of another build key; a rebuild is pending). Run e2e/cluster/up until it has built, "
+                           "then rerun")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import hcs_cluster as c; "
+            "c.stop(c.layout(), 'kubelet')")
+    subprocess.run([sys.executable, "-c", code, str(REPO / "e2e" / "cluster")], check=True, timeout=60,
+                   capture_output=True, text=True)
+    up = subprocess.run([sys.executable, str(REPO / "e2e" / "cluster" / "hcs_cluster.py"), "up"], timeout=timeout,
+                        capture_output=True, text=True, check=False)
+    if up.returncode != 0:
+        raise HarnessError(f"e2e/cluster/up after stopping the kubelet failed ({up.returncode}):\n"
+                           f"{up.stdout[-2000:]}{up.stderr[-2000:]}")
 
 
 if __name__ == "__main__":

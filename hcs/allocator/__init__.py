@@ -1,0 +1,1 @@
+"""The central allocator: inventory, reservations, placement policies, gRPC API, scheduler extender, replay."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +26,7 @@ from hcs.node.dra.kube import KubeError
 log = logging.getLogger(__name__)
 
 MAX_EXTENDER_PRIORITY = 10
+CACHE_SIZE = 20000
 SCHEDULER_CONFIG = Path(__file__).with_name("scheduler-config.yaml")
 
 
@@ -53,16 +55,50 @@ class Extender:
         self.state = state
         self.sync = sync
         self.is_leader = is_leader or (lambda: True)
-        self._bind_lock = threading.Lock()
+        self._lock = threading.Lock()
+        # pods seen by filter (bind then needs no GET) and filter scores (prioritize reuses them
+        # while the state is unchanged); both bounded
+        self._pods: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._scores: OrderedDict[str, tuple[int, tuple[str, ...], dict[str, float]]] = OrderedDict()
+
+    def _remember(self, cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+        with self._lock:
+            cache[key] = value
+            cache.move_to_end(key)
+            while len(cache) > CACHE_SIZE:
+                cache.popitem(last=False)
+
+    def _bound_node(self, namespace: str, name: str, uid: str) -> str | None:
+        """Where the API server says the pod is bound ("" = unbound, None = pod gone or unknown).
+
+        The scheduler's copy of a pod can be stale (a bind that timed out on its side may have
+        succeeded here), so decisions that free devices ask the API server, never the caller.
+        """
+        if self.sync is None:
+            return ""
+        try:
+            live = self.sync.get_pod(namespace, name)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if uid and (live.get("metadata") or {}).get("uid") != uid:
+            return None
+        return str((live.get("spec") or {}).get("nodeName") or "")
 
     def _drop_stale(self, pod: Mapping[str, Any]) -> None:
-        """A pod being (re)scheduled holds no devices: drop a reservation left by an interrupted bind."""
+        """A pod being (re)scheduled holds no devices: drop a reservation left by an interrupted bind,
+        unless the API server shows the pod bound (then the scheduler's copy is the stale one)."""
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid", ""))
-        if uid and not (pod.get("spec") or {}).get("nodeName") and self.state.reservation(uid) is not None:
-            log.info("pod %s/%s is being rescheduled: dropping its unbound reservation",
-                     meta.get("namespace"), meta.get("name"))
-            self.state.release(uid)
+        if not uid or (pod.get("spec") or {}).get("nodeName") or self.state.reservation(uid) is None:
+            return
+        bound = self._bound_node(str(meta.get("namespace", "")), str(meta.get("name", "")), uid)
+        if bound:
+            return
+        log.info("pod %s/%s is being rescheduled: dropping its unbound reservation",
+                 meta.get("namespace"), meta.get("name"))
+        self.state.release(uid)
 
     def filter(self, args: Mapping[str, Any]) -> dict[str, Any]:
         names = _node_names(args)
@@ -82,8 +118,13 @@ class Extender:
         if demand is None:
             return {"NodeNames": names, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": ""}
         self._drop_stale(pod)
-        verdicts = self.state.explain(demand, names)
+        version = self.state.version
+        verdicts = self.state.explain(demand, names, proposals=0)
         fit = [v.node for v in verdicts if v.fits]
+        if demand.pod.uid:
+            self._remember(self._pods, demand.pod.uid, pod)
+            self._remember(self._scores, demand.pod.uid,
+                           (version, tuple(sorted(names)), {v.node: v.score for v in verdicts if v.fits}))
         failed = {v.node: v.reason for v in verdicts if not v.fits}
         if not fit and self.sync:
             summary = "; ".join(f"{n}: {r}" for n, r in list(failed.items())[:5])
@@ -100,7 +141,12 @@ class Extender:
             demand = None
         if demand is None:
             return [{"Host": n, "Score": 0} for n in names]
-        scores = {v.node: v.score for v in self.state.explain(demand, names) if v.fits}
+        with self._lock:
+            cached = self._scores.get(demand.pod.uid)
+        if cached is not None and cached[0] == self.state.version and set(names) <= set(cached[1]):
+            scores = cached[2]
+        else:
+            scores = {v.node: v.score for v in self.state.explain(demand, names, proposals=0) if v.fits}
         return [{"Host": n, "Score": int(round(scores.get(n, 0.0) * MAX_EXTENDER_PRIORITY / 100))} for n in names]
 
     def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,43 +158,57 @@ class Extender:
             return {"Error": "hcs allocator: this replica is not the leader"}
         if self.sync is None:
             return {"Error": "hcs allocator: no API server connection; cannot bind"}
-        with self._bind_lock:
+        with self._lock:
+            pod = self._pods.pop(uid, None) if uid else None
+        if pod is None or (pod.get("metadata") or {}).get("name") != name:
             try:
                 pod = self.sync.get_pod(ns, name)
             except KubeError as exc:
                 return {"Error": f"pod {ns}/{name}: {exc}"}
-            if uid and pod["metadata"].get("uid") != uid:
-                return {"Error": f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"}
-            uid = str(pod["metadata"].get("uid"))
-            try:
-                demand = demand_from_pod(pod)
-            except RequestError as exc:
-                return {"Error": str(exc)}
-            res = None
-            if demand is not None:
-                held = self.state.reservation(uid)
-                if held is not None and held.node != node:
-                    self.state.release(uid)
+        if uid and pod["metadata"].get("uid") != uid:
+            return {"Error": f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"}
+        uid = str(pod["metadata"].get("uid"))
+        try:
+            demand = demand_from_pod(pod)
+        except RequestError as exc:
+            return {"Error": str(exc)}
+        res = None
+        if demand is not None:
+            held = self.state.reservation(uid)
+            if held is not None and held.node != node:
                 try:
-                    res = self.state.reserve(demand, node)
-                except (NoFit, Conflict) as exc:
-                    self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
-                    return {"Error": str(exc)}
-                try:
-                    self.sync.annotate(res, ns, name)  # source of truth first
+                    bound = self._bound_node(ns, name, uid)
                 except KubeError as exc:
-                    self.state.release(uid)
-                    return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+                    return {"Error": f"pod {ns}/{name}: {exc}"}
+                if bound:
+                    return {"Error": f"pod {ns}/{name} is already bound to {bound}"}
+                self.state.release(uid)
             try:
-                self.sync.bind(ns, name, uid, node)
+                res = self.state.reserve(demand, node)
+            except (NoFit, Conflict) as exc:
+                self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
+                return {"Error": str(exc)}
+            try:
+                self.sync.annotate(res, ns, name)  # source of truth first
             except KubeError as exc:
-                if res is not None:
-                    self.state.release(uid)
-                    try:
-                        self.sync.annotate(None, ns, name)
-                    except KubeError:
-                        log.warning("pod %s/%s: stale assignment annotation left; resync drops it", ns, name)
-                return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
+                self.state.release(uid)
+                return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+        try:
+            self.sync.bind(ns, name, uid, node)
+        except KubeError as exc:
+            try:
+                bound = self._bound_node(ns, name, uid)
+            except KubeError:
+                bound = ""
+            if bound == node:  # an earlier attempt (timed out on the scheduler's side) did bind it
+                return {"Error": ""}
+            if res is not None:
+                self.state.release(uid)
+                try:
+                    self.sync.annotate(None, ns, name)
+                except KubeError:
+                    log.warning("pod %s/%s: stale assignment annotation left; resync drops it", ns, name)
+            return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
         log.info("bound %s/%s to %s%s", ns, name, node, "" if res is None else
                  f" with {sum(1 for _ in res.grants())} device grant(s)")
         return {"Error": ""}

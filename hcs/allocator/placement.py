@@ -318,15 +318,22 @@ def _why_not(c: ContainerDemand, devices: Sequence[DeviceInfo], usage: Usage, hi
     return f"{need}: no device has enough free (largest free VRAM {human_bytes(free)} of {human_bytes(biggest)})"
 
 
+PROPOSALS = 16  # fitting nodes that get a full device plan in a verdict (the best ones)
+
+
 def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, Usage],
          cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor,
          rng: np.random.Generator) -> list[Verdict]:
-    """Verdict for every node, best first; the first fitting verdict carries the plan to reserve."""
+    """Verdict for every node, best first; the first fitting verdict carries the plan to reserve.
+
+    Container 0 is scored by the vectorised policy over every (node, model) group; only the best
+    ``PROPOSALS`` fitting nodes get a full device plan (the others say ``fits`` with a score).
+    """
     verdicts: list[Verdict] = []
     groups: list[_Group] = []
     eligible_of: dict[str, list[DeviceInfo]] = {}
-    first_trials: dict[str, list[tuple[str, tuple[Grant, ...]]]] = {}
     cons = demand.constraints
+    multi = len(demand.containers) > 1
     for node in nodes:
         devs = [d for d in node.devices if cons.allows(d)]
         if not devs:
@@ -344,23 +351,21 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
         if node.memory_bytes and mem_used + demand.memory_bytes > node.memory_bytes:
             verdicts.append(Verdict(node.name, False, "insufficient memory"))
             continue
-        nu = usage.get(node.name, {})
-        placed, why = _trial(demand, node, healthy, nu)
-        if why:
-            verdicts.append(Verdict(node.name, False, why))
-            continue
-        first_trials[node.name] = placed
+        if multi:
+            _, why = _trial(demand, node, healthy, usage.get(node.name, {}))
+            if why:
+                verdicts.append(Verdict(node.name, False, why))
+                continue
         eligible_of[node.name] = healthy
         by_model: dict[str, list[DeviceInfo]] = defaultdict(list)
         for d in healthy:
             by_model[d.model].append(d)
         for model, ds in by_model.items():
             groups.append(_Group(node, model, sorted(ds, key=lambda d: d.index)))
-    if not groups:
-        return verdicts
     main = demand.containers[0]
     policy = get_policy("hcs" if cons.policy == "binpack" else "spread")
-    scored: dict[str, tuple[float, Plan]] = {}
+    # best (score, group, column) per node
+    best_of: dict[str, tuple[float, _Group, int]] = {}
     by_model_groups: dict[str, list[_Group]] = defaultdict(list)
     for g in groups:
         by_model_groups[g.model].append(g)
@@ -376,47 +381,73 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
             nu = usage.get(g.node.name, {})
             for j, d in enumerate(g.devices):
                 used = nu.get(d.name, (0, 0))
-                ok = _fits_share(main, d, used) if k == 1 else _idle(used)
-                free[i, j] = _free_milli(d, used) if ok or k > 1 else min(_free_milli(d, used), milli - 1)
+                fm = _free_milli(d, used)
+                if k == 1 and fm >= milli and not _fits_share(main, d, used):
+                    fm = milli - 1  # rounding said yes, bytes say no
+                free[i, j] = fm
                 present[i, j] = True
                 penalty[i, j] = (100 - d.health_score) / 100.0
-        cpu_free = np.array([max(0, g.node.cpu_milli - cpu_mem_used.get(g.node.name, (0, 0))[0]) for g in gs])
-        mem_free = np.array([max(0, g.node.memory_bytes - cpu_mem_used.get(g.node.name, (0, 0))[1]) for g in gs])
-        view = NodeView(free, present, cpu_free, mem_free,
-                        np.array([g.node.cpu_milli for g in gs]), np.array([g.node.memory_bytes for g in gs]),
-                        penalty)
-        req = Request(demand.cpu_milli, demand.memory_bytes // (1 << 20), k, milli)
-        target = target_for(model)
-        ctx = PolicyContext(rng, target, {"strand": 0.0} if not view.cpu_total.any() else {})
+        cm = [cpu_mem_used.get(g.node.name, (0, 0)) for g in gs]
+        cpu_total = np.array([g.node.cpu_milli for g in gs], dtype=np.int64)
+        mem_total = np.array([g.node.memory_bytes for g in gs], dtype=np.int64)
+        view = NodeView(free, present, np.maximum(0, cpu_total - np.array([c[0] for c in cm])),
+                        np.maximum(0, mem_total - np.array([c[1] for c in cm])), cpu_total, mem_total, penalty)
+        req = Request(demand.cpu_milli, demand.memory_bytes, k, milli)
+        ctx = PolicyContext(rng, target_for(model), {"strand": 0.0} if not cpu_total.all() else {})
         scores = policy(view, req, ctx)
-        for i, g in enumerate(gs):
-            row = scores[i]
-            if not np.isfinite(row).any():
+        rows_ok = np.isfinite(scores).any(axis=1)
+        for ii in np.flatnonzero(rows_ok):
+            i = int(ii)
+            g = gs[i]
+            col = int(np.argmax(scores[i]))
+            sc = float(scores[i, col])
+            if k > 1 and _pick_whole(g.devices, k, usage.get(g.node.name, {}), cons.high_bandwidth) is None:
                 continue
-            best = float(np.max(row))
-            if k == 1:
-                dev = g.devices[int(np.argmax(row))]
-                first = (main.name, _grants_for(main, [dev], 1))
-            else:
-                chosen = _pick_whole(g.devices, k, usage.get(g.node.name, {}), cons.high_bandwidth)
-                if chosen is None:
-                    continue
-                first = (main.name, _grants_for(main, chosen, k))
-            placed, why = _trial(demand, g.node, eligible_of[g.node.name], usage.get(g.node.name, {}), first)
-            if why:
-                placed = first_trials[g.node.name]  # fall back to the greedy plan that fitted
-            prev = scored.get(g.node.name)
-            if prev is None or best > prev[0]:
-                scored[g.node.name] = (best, Plan(g.node.name, tuple(placed), best))
-    for name in first_trials:
-        if name not in scored:  # e.g. the main container only fits across models: use the greedy plan
-            scored[name] = (-1e18, Plan(name, tuple(first_trials[name]), -1e18))
-    raw = np.array([s for s, _ in scored.values()])
-    finite = raw[raw > -1e17]
-    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
+            prev = best_of.get(g.node.name)
+            if prev is None or sc > prev[0]:
+                best_of[g.node.name] = (sc, g, col)
+    # nodes where container 0 fits nowhere (or only across models) get a reason or the greedy plan
+    for name, healthy in eligible_of.items():
+        if name in best_of:
+            continue
+        node = next(g.node for g in groups if g.node.name == name)
+        placed, why = _trial(demand, node, healthy, usage.get(name, {}))
+        if why:
+            verdicts.append(Verdict(name, False, why))
+        else:
+            best_of[name] = (-1e18, _Group(node, "", []), -1)
+    ranked = sorted(best_of.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    finite = [s for _, (s, _, _) in ranked if s > -1e17]
+    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
     fit_verdicts = []
-    for name, (s, p) in scored.items():
-        norm = 0.0 if s <= -1e17 else (100.0 if hi == lo else 100.0 * (s - lo) / (hi - lo))
-        fit_verdicts.append(Verdict(name, True, "fits", round(norm, 3), p))
-    fit_verdicts.sort(key=lambda v: (-v.score, v.node))
+    for rank, (name, (sc, g, col)) in enumerate(ranked):
+        norm = 0.0 if sc <= -1e17 else (100.0 if hi == lo else 100.0 * (sc - lo) / (hi - lo))
+        the_plan = None
+        if rank < PROPOSALS:
+            the_plan = _plan_on(demand, g, col, eligible_of[name], usage.get(name, {}), sc)
+            if the_plan is None:
+                verdicts.append(Verdict(name, False, "no consistent device plan for every container"))
+                continue
+        fit_verdicts.append(Verdict(name, True, "fits", round(norm, 3), the_plan))
     return fit_verdicts + sorted(verdicts, key=lambda v: v.node)
+
+
+def _plan_on(demand: PodDemand, g: _Group, col: int, eligible: Sequence[DeviceInfo], usage: Usage,
+             score: float) -> Plan | None:
+    main = demand.containers[0]
+    first = None
+    if col >= 0 and g.devices:
+        k = device_count(main, g.devices[0])
+        if k == 1:
+            first = (main.name, _grants_for(main, [g.devices[col]], 1))
+        else:
+            chosen = _pick_whole(g.devices, k, usage, demand.constraints.high_bandwidth)
+            if chosen is None:
+                return None
+            first = (main.name, _grants_for(main, chosen, k))
+    placed, why = _trial(demand, g.node, eligible, usage, first)
+    if why and first is not None:
+        placed, why = _trial(demand, g.node, eligible, usage)  # the greedy plan that fitted
+    if why:
+        return None
+    return Plan(g.node.name, tuple(placed), score)

@@ -62,6 +62,9 @@ class NodeView:
     cpu_total: IntArray  # (C,)
     mem_total: IntArray  # (C,)
     penalty: FloatArray | None = None  # (C, G) health penalty >= 0 (degraded devices), optional
+    #: optional cache of ``_class_stats(target, gpu_free)`` for these rows (the replay keeps it
+    #: incrementally; it must match ``gpu_free`` and the context's target)
+    stats: tuple[IntArray, IntArray, IntArray] | None = None
 
     @property
     def n_gpus(self) -> IntArray:
@@ -264,7 +267,7 @@ def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) ->
     Entries for devices that cannot take the request are ``nan``.
     """
     f = view.gpu_free
-    cnt, usable, pos = _class_stats(target, f)
+    cnt, usable, pos = view.stats if view.stats is not None else _class_stats(target, f)
     total = f.sum(axis=1).astype(np.float64)
     w_before = target.weights(view.cpu_free)
     before = target.total * total - (w_before * (cnt >= target.count) * usable).sum(axis=1)
@@ -274,7 +277,10 @@ def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) ->
         cnt_a = cnt - k
         usable_a = usable - k * WHOLE
         after = target.total * (total - k * WHOLE) - (w_after * (cnt_a >= target.count) * usable_a).sum(axis=1)
-        return np.repeat((after - before)[:, None], f.shape[1], axis=1)
+        out = np.repeat((after - before)[:, None], f.shape[1], axis=1)
+        if k:
+            out[~valid_mask(view, req)] = np.nan
+        return out
     order, fs, keep, rep = _distinct_devices(f, valid_mask(view, req))
     rows, j = np.nonzero(keep)
     cols = order[rows, j]

@@ -66,8 +66,9 @@ class SeedResult:
     fragmentation: float  # percent of capacity fragmented (FGD measure) at 100% arrived
     placed: int
     skipped: int
-    latencies_ms: npt.NDArray[np.float64]
+    latencies_ms: npt.NDArray[np.float64]  # CPU time of each decision on its core (thread_time)
     curve: tuple[tuple[float, float], ...]  # (arrived %, allocation %)
+    wall_ms: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))  # wall clock, incl. waits
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,15 @@ class PolicyResult:
     def summary(self) -> dict[str, object]:
         ratios = [round(s.allocation_ratio, 3) for s in self.seeds]
         lat = np.concatenate([s.latencies_ms for s in self.seeds]) if self.seeds else np.zeros(1)
+        wall = np.concatenate([s.wall_ms for s in self.seeds]) if self.seeds else np.zeros(1)
         return {
             "allocation_ratio_mean": round(float(np.mean(ratios)), 3),
             "allocation_ratio_per_seed": ratios,
             "fragmentation_mean": round(float(np.mean([s.fragmentation for s in self.seeds])), 3),
             "decision_p50_ms": round(float(np.percentile(lat, 50)), 4),
             "decision_p99_ms": round(float(np.percentile(lat, 99)), 4),
+            "decision_wall_p50_ms": round(float(np.percentile(wall, 50)), 4),
+            "decision_wall_p99_ms": round(float(np.percentile(wall, 99)), 4),
             "placed_mean": round(float(np.mean([s.placed for s in self.seeds])), 1),
             "skipped_mean": round(float(np.mean([s.skipped for s in self.seeds])), 1),
         }
@@ -188,11 +192,15 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
     order = arrival_order(pods, capacity, seed, max(inflation, 1.3))
     arrived = allocated = placed = skipped = 0
     lat: list[float] = []
+    wall: list[float] = []
     curve: list[tuple[float, float]] = []
     step = capacity * inflation / curve_points
     next_mark = step
     ratio_at_100 = frag_at_100 = -1.0
     all_nodes = np.arange(n)
+    from hcs.allocator.policies import _class_stats
+
+    cnt_all, usable_all, pos_all = _class_stats(target, gpu_free)  # kept in step, node by node
     for i in order:
         pod = pods[i]
         req = pod.request
@@ -203,6 +211,7 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
             break
         arrived += req.gpu_demand
         t0 = time.perf_counter()
+        c0 = time.thread_time_ns()
         ok = (cpu_free >= req.cpu) & (mem_free >= req.mem)
         if pod.models:
             allowed = [model_idx[m] for m in pod.models if m in model_idx]
@@ -214,9 +223,11 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
         choice = None
         if len(cand):
             view = NodeView(gpu_free[cand], present[cand], cpu_free[cand], mem_free[cand],
-                            cluster.cpu[cand], cluster.mem[cand])
+                            cluster.cpu[cand], cluster.mem[cand],
+                            stats=(cnt_all[cand], usable_all[cand], pos_all[cand]))
             choice = pick(policy(view, req, ctx), rng)
-        lat.append((time.perf_counter() - t0) * 1000.0)
+        lat.append((time.thread_time_ns() - c0) / 1e6)
+        wall.append((time.perf_counter() - t0) * 1000.0)
         if choice is None:
             skipped += 1
         else:
@@ -228,6 +239,8 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
                 gpu_free[node, free_idx] = 0
             elif req.count == 1:
                 gpu_free[node, choice[1]] -= req.milli
+            c1, u1, p1 = _class_stats(target, gpu_free[node:node + 1])
+            cnt_all[node], usable_all[node], pos_all[node] = c1[0], u1[0], p1[0]
             allocated += req.gpu_demand
             placed += 1
         while arrived >= next_mark:
@@ -236,7 +249,7 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
     if ratio_at_100 < 0:
         ratio_at_100 = 100.0 * allocated / capacity
         frag_at_100 = _fragmentation_pct(target, gpu_free, cpu_free, capacity)
-    return SeedResult(ratio_at_100, frag_at_100, placed, skipped, np.array(lat), tuple(curve))
+    return SeedResult(ratio_at_100, frag_at_100, placed, skipped, np.array(lat), tuple(curve), np.array(wall))
 
 
 def _fragmentation_pct(target: TargetWorkload, gpu_free: IntArray, cpu_free: IntArray, capacity: int) -> float:

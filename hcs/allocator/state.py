@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from hcs.allocator.fastpath import DeviceTable, fast_plan
 from hcs.allocator.inventory import NodeInventory
 from hcs.allocator.placement import (
     ContainerDemand,
@@ -76,17 +77,24 @@ class AllocatorState:
         self._rng = np.random.default_rng(seed)
         self._recent: deque[ContainerDemand] = deque(maxlen=history)
         self._targets: dict[str, TargetWorkload] = {}
+        self._table: DeviceTable | None = None
+        self.version = 0  # bumped by every change of inventory or usage
 
     # ------------------------------------------------------------------ inventory
     def set_node(self, inv: NodeInventory) -> None:
         with self._lock:
-            self._nodes[inv.name] = inv
+            if self._nodes.get(inv.name) != inv:
+                self._nodes[inv.name] = inv
+                self._table = None
+                self.version += 1
 
     def remove_node(self, name: str) -> None:
         """The ComputeNode went away: no new placements there; existing reservations stay (the pods
         are bound) until released."""
         with self._lock:
-            self._nodes.pop(name, None)
+            if self._nodes.pop(name, None) is not None:
+                self._table = None
+                self.version += 1
 
     def nodes(self) -> list[NodeInventory]:
         with self._lock:
@@ -124,11 +132,18 @@ class AllocatorState:
         self._targets[model] = target
         return target
 
-    def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None) -> list[Verdict]:
+    def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16) -> list[Verdict]:
+        """Verdicts per node, best first; the best ``proposals`` fitting nodes carry a device plan."""
         with self._lock:
             inv = [n for n in self._nodes.values() if not nodes or n.name in nodes]
             missing = [n for n in (nodes or []) if n not in self._nodes]
-            verdicts = plan(demand, inv, self._usage, self._cpu_mem, self._target, self._rng)
+            if len(demand.containers) == 1:
+                if self._table is None:
+                    self._table = DeviceTable.build(list(self._nodes.values()))
+                verdicts = fast_plan(demand, self._table, self._usage, self._cpu_mem, self._target, self._rng,
+                                     set(nodes) if nodes else None, proposals)
+            else:
+                verdicts = plan(demand, inv, self._usage, self._cpu_mem, self._target, self._rng)
         return verdicts + [Verdict(n, False, "no ComputeNode for this node (no HCS node agent reporting)")
                            for n in missing]
 
@@ -147,7 +162,7 @@ class AllocatorState:
             if node and node not in self._nodes:
                 raise NoFit(f"pod {demand.pod.ref}: node {node} has no ComputeNode (no HCS node agent reporting)",
                             [Verdict(node, False, "no ComputeNode")])
-            verdicts = self.explain(demand, [node] if node else None)
+            verdicts = self.explain(demand, [node] if node else None, proposals=1)
             best = next((v for v in verdicts if v.fits and v.plan is not None), None)
             if best is None or best.plan is None:
                 reasons = "; ".join(f"{v.node}: {v.reason}" for v in verdicts[:5]) or "no nodes with HCS devices"
@@ -161,6 +176,7 @@ class AllocatorState:
             return res
 
     def _apply(self, res: Reservation, sign: int = 1) -> None:
+        self.version += 1
         inv = self._nodes.get(res.node)
         nu = self._usage.setdefault(res.node, {})
         if sign > 0 and inv is not None:  # check everything before changing anything
@@ -222,6 +238,7 @@ class AllocatorState:
         return problems
 
     def _apply_unchecked(self, r: Reservation) -> None:
+        self.version += 1
         nu = self._usage.setdefault(r.node, {})
         for g in r.grants():
             u = nu.get(g.device, (0, 0))

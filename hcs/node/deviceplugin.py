@@ -183,12 +183,16 @@ class PluginCore:
                 cdi.remove_spec(Path(self.config.cdiDir), self.config.cdiKind, s)
             self._background(self.store.remove, a)
             remaining = any(r.alloc.pod.uid == a.pod.uid for r in self._records.values())
-        _remove_tree(Path(self.config.quotaDir) / a.pod.uid / a.container)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.quota_file(a.pod.uid, a.container))
         if not remaining:
-            _remove_tree(Path(self.config.quotaDir) / a.pod.uid)
             _remove_tree(Path(self.config.shmDir) / a.pod.uid)
             self._confirm_async(self.source.release, a.pod.uid)
         self.on_change()
+
+    def quota_file(self, pod_uid: str, container: str) -> Path:
+        """Host path of a container's quota file (bind-mounted read-only as the file itself)."""
+        return Path(self.config.quotaDir) / f"{pod_uid}_{container}.quota"
 
     def vram_allocated(self) -> dict[str, tuple[int, int]]:
         """device key -> (allocated bytes, containers)."""
@@ -225,11 +229,15 @@ class PluginCore:
         except Exception as exc:  # a preference is optional: never fail it
             log.debug("GetPreferredAllocation: no candidate hint (%s)", exc)
         resp = dp.PreferredAllocationResponse()
+        island = {d.key: d.island for d in self.view.devices()}
         for creq in req.container_requests:
-            must = [i for i in creq.must_include_deviceIDs]
+            must = list(creq.must_include_deviceIDs)
             numa = {self._slot_by_id[i].numa_node for i in must if i in self._slot_by_id}
+            isl = {island.get(self._slot_by_id[i].device_key, "") for i in must if i in self._slot_by_id} - {""}
             free = [i for i in creq.available_deviceIDs if i not in must and i in self._slot_by_id]
+            # the sole candidate's device first, then the same interconnect island, then the same NUMA node
             free.sort(key=lambda i: (self._slot_by_id[i].device_key not in wanted,
+                                     bool(isl) and island.get(self._slot_by_id[i].device_key, "") not in isl,
                                      bool(numa) and self._slot_by_id[i].numa_node not in numa, i))
             n = max(0, creq.allocation_size - len(must))
             resp.container_responses.append(dp.ContainerPreferredAllocationResponse(deviceIDs=must + free[:n]))
@@ -354,16 +362,16 @@ class PluginCore:
                                   f"pod {a.pod.ref}: assigned device {g.key} is unhealthy "
                                   f"({'; '.join(d.health.reasons) or 'score ' + str(d.health.score)})")
             devices.append(d)
-        quota_dir = Path(self.config.quotaDir) / a.pod.uid / c.container
-        atomic_write(quota_dir / "quota", quota_file_text([g.vram_bytes for g in c.devices]))
+        quota_file = self.quota_file(a.pod.uid, c.container)
+        atomic_write(quota_file, quota_file_text([g.vram_bytes for g in c.devices]))
         shm_dir = Path(self.config.shmDir) / a.pod.uid
         shm_dir.mkdir(parents=True, exist_ok=True)
         interceptor = self.config.interceptorDir if self.config.interceptorDir and self.exists(
             self.config.interceptorDir) else ""
-        files = QuotaFiles(str(quota_dir / "quota"), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR)
+        files = QuotaFiles(str(quota_file), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR)
         options = InjectionOptions(interceptor_host_dir=interceptor, device_isolation=self.config.deviceIsolation)
         edits = container_edits(devices, [g.vram_bytes for g in c.devices], files, options)
-        own = {str(quota_dir / "quota"), str(shm_dir)}
+        own = {str(quota_file), str(shm_dir)}
         # Optional host paths (control nodes, driver dirs) that are absent would fail container creation.
         edits = ContainerEdits(
             env=edits.env,
@@ -511,6 +519,14 @@ class PluginCore:
                     continue
                 rebuilt = Allocation(a.pod, h.container, h.device_ids, c.devices)
                 self._record(rebuilt)
+                if self.config.cdiEnabled:
+                    # Allocate may have answered with the CDI name and died before PreStartContainer.
+                    try:
+                        edits, _ = self._edits(a, c)
+                        cdi.write_spec(Path(self.config.cdiDir), self.config.cdiKind, sorted(h.device_ids)[0],
+                                       edits, {})
+                    except PluginError as exc:
+                        log.error("recovery: %s", exc)
                 log.info("recovery: rebuilt allocation of %s/%s from the kubelet and the assignment source",
                          a.pod.ref, h.container)
         return self.allocations()

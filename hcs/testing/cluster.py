@@ -136,12 +136,18 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
 
 
 def busybox_pod(name: str, command: Sequence[str], *, image: str, namespace: str = "default",
-                extra_spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A minimal pod manifest running ``command`` in the locally imported busybox image."""
+                node_name: str | None = None, extra_spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A minimal pod manifest running ``command`` in the locally imported busybox image.
+
+    ``node_name`` adds a ``kubernetes.io/hostname`` node selector, so the scheduler still places the pod but
+    never on the API-only Node objects other tests create (pods bound there would never run).
+    """
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": 1,
         "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never", "command": list(command)}],
     }
+    if node_name is not None:
+        spec["nodeSelector"] = {"kubernetes.io/hostname": node_name}
     spec.update(extra_spec or {})
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace}, "spec": spec}

@@ -174,10 +174,11 @@ def _dra(raw: Any, where: str) -> DraSettings:
             f"{where}.deviceCounts: expected 1 to 8 distinct positive integers such as [1, 2, 4, 8], "
             f"got {counts_raw!r}"
         )
+    driver = _str(raw, "driver", d.driver, where)
     return DraSettings(
-        device_class=_str(raw, "deviceClass", d.device_class, where),
-        driver=_str(raw, "driver", d.driver, where),
-        island_attribute=_str(raw, "islandAttribute", d.island_attribute, where),
+        device_class=_str(raw, "deviceClass", f"vram.{driver}", where),
+        driver=driver,
+        island_attribute=_str(raw, "islandAttribute", f"{driver}/island", where),
         vendor_attribute=_str(raw, "vendorAttribute", d.vendor_attribute, where),
         model_attribute=_str(raw, "modelAttribute", d.model_attribute, where),
         memory_capacity=_str(raw, "memoryCapacity", d.memory_capacity, where),

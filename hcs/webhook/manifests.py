@@ -66,6 +66,15 @@ def webhook_configurations(
             "reinvocationPolicy": "IfNeeded",
             "matchConditions": [{"name": "asks-ai-compute", "expression": POD_ASKS_ACCELERATOR}],
             **common,
+        }, {
+            # pod templates: limits = requests for ai.compute (the API server requires it before any
+            # validating webhook runs); workloads are written rarely, so no match condition.
+            "name": "templates.webhook.ai.compute",
+            "clientConfig": _client_config("/mutate", ca_bundle, url, service),
+            "rules": WORKLOAD_RULES,
+            "sideEffects": "None",
+            "reinvocationPolicy": "IfNeeded",
+            **common,
         }],
     }
     validating = {

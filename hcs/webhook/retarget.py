@@ -103,13 +103,22 @@ def retarget_pod(api_client: Any, namespace: str, name: str, vendor: str, *, att
         try:
             core.patch_namespaced_pod(name, namespace, ops, _content_type="application/json-patch+json")
         except ApiException as exc:
-            if exc.status in (409, 422) and "test" in str(exc.body or "") + str(exc.reason or ""):
-                continue  # the pod changed under us: re-read and retry
-            if exc.status == 409:
+            # 409: conflict; 422 "the server rejected our request": our resourceVersion test failed because
+            # the pod changed after we read it. Re-read and retry; a 422 on an unchanged pod is a real error.
+            if exc.status == 409 or (exc.status == 422 and _changed(core, namespace, name, pod)):
                 continue
             raise RetargetError(
                 f"pod {namespace}/{name}: patching images for {vendor} failed ({exc.status} {exc.reason}: "
-                f"{exc.body})") from exc
+                f"{str(exc.body)[:300]})") from exc
         log.info("retargeted pod %s/%s to %s images", namespace, name, vendor)
         return True
     raise RetargetError(f"pod {namespace}/{name}: kept changing while retargeting; retry later")
+
+
+def _changed(core: Any, namespace: str, name: str, seen: Mapping[str, Any]) -> bool:
+    try:
+        now = json.loads(core.read_namespaced_pod(name, namespace, _preload_content=False).data)
+    except Exception:
+        return False
+    return bool(as_dict(now.get("metadata")).get("resourceVersion") != as_dict(seen.get("metadata")).get(
+        "resourceVersion"))

@@ -16,8 +16,8 @@ from typing import Any
 from hcs.webhook.capacity import IslandCapacity
 from hcs.webhook.config import WebhookConfig
 from hcs.webhook.kube import ClusterView, TemplateError
-from hcs.webhook.mutate import mutate_pod
-from hcs.webhook.podspec import as_dict, depth_exceeds, pod_template
+from hcs.webhook.mutate import mutate_pod, normalise_template
+from hcs.webhook.podspec import TEMPLATE_PATHS, as_dict, depth_exceeds, pod_template
 from hcs.webhook.validate import Verdict, template_amounts, validate_template
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,19 @@ class Admission:
             return self._deny(uid, kind, request, as_dict(obj), verdict)
         return Answer(200, _respond(uid, True, warnings=verdict.warnings), "allowed", kind)
 
+    def _mutate_workload(self, uid: str, kind: str, request: dict[str, Any]) -> Answer:
+        obj = request.get("object")
+        template = pod_template(obj, kind) if isinstance(obj, dict) else None
+        if template is None or not template.spec:
+            return Answer(200, _respond(uid, True), "allowed", kind)
+        amounts, verdict = validate_template(template, self.cfg, self.capacity)
+        if not verdict.allowed:
+            return self._deny(uid, kind, request, as_dict(obj), verdict)
+        mutation = normalise_template(template, amounts)
+        result = "patched" if mutation.patch else "allowed"
+        return Answer(200, _respond(uid, True, warnings=verdict.warnings + mutation.warnings, patch=mutation.patch),
+                      result, kind)
+
     def _deny(self, uid: str, kind: str, request: dict[str, Any], obj: dict[str, Any], verdict: Verdict) -> Answer:
         meta = as_dict(obj.get("metadata"))
         name = meta.get("name") or request.get("name") or meta.get("generateName") or ""
@@ -120,6 +133,8 @@ class Admission:
 
     def _mutate(self, uid: str, kind: str, request: dict[str, Any]) -> Answer:
         obj = request.get("object")
+        if kind != "Pod" and kind in TEMPLATE_PATHS and request.get("operation") in ("CREATE", "UPDATE"):
+            return self._mutate_workload(uid, kind, request)
         if kind != "Pod" or request.get("operation") != "CREATE" or not isinstance(obj, dict):
             return Answer(200, _respond(uid, True), "allowed", kind)
         template = pod_template(obj, "Pod")

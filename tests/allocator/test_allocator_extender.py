@@ -106,3 +106,18 @@ def test_scheduler_config_declares_managed_resources(capsys: pytest.CaptureFixtu
         ("ai.compute/vram", True), ("ai.compute/tflops-fp16", True)}
     assert main(["allocator", "--print-scheduler-config", "--extender-url", "http://127.0.0.1:9999"]) == 0
     assert 'urlPrefix: "http://127.0.0.1:9999"' in capsys.readouterr().out
+
+
+def test_filter_drops_a_reservation_left_by_an_interrupted_bind() -> None:
+    from hcs.allocator.placement import demand_from_pod
+
+    state = AllocatorState()
+    state.set_node(NodeInventory("big", a100s(1)))
+    p = pod("80Gi")
+    demand = demand_from_pod(p)
+    assert demand is not None
+    state.reserve(demand, "big")  # reserved + annotated, then the allocator died before the Binding
+    ext = Extender(state)
+    out = ext.filter({"Pod": p, "NodeNames": ["big"]})  # the scheduler retries the still-unbound pod
+    assert out["NodeNames"] == ["big"]
+    assert state.reservation("u-1") is None and state.usage("big") == {}

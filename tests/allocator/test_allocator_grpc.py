@@ -121,3 +121,30 @@ def test_annotation_is_the_json_the_node_agent_reads(stub: tuple[pbg.AllocatorSt
     assert agent_view.pod.uid == "u9" and agent_view.containers[0].devices[0].vram_bytes == 40 * GI
     with pytest.raises(ValueError, match="hcs.io/assignment"):
         reservation_from_annotation("{not json", "pod ns/x")
+
+
+def test_alloc_explain_cli_through_grpc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hcs.allocator.placement import Constraints, ContainerDemand, PodDemand, PodRef
+    from hcs.cli import main
+
+    state = AllocatorState()
+    state.set_node(NodeInventory("n1", devices(2)))
+    state.set_node(NodeInventory("n2", devices(1)))
+    want = PodDemand(PodRef("u-x", "team", "train"), (ContainerDemand("main", 100 * GI, 0),),
+                     Constraints(high_bandwidth=True))
+
+    def resolve(uid: str, ns: str, name: str) -> PodDemand | None:
+        return want if (ns, name) == ("team", "train") else None
+
+    sock = tmp_path / "a.sock"
+    server = serve(AllocatorService(state, resolve_pod=resolve), f"unix://{sock}")
+    try:
+        assert main(["alloc", "explain", "team/train", "--allocator", f"unix://{sock}"]) == 0
+        out = capsys.readouterr().out
+        assert "1 of 2 nodes fit" in out
+        assert "nvidia-0 80Gi, nvidia-1 80Gi" in out  # whole devices
+        assert "2 idle devices in one interconnect island required" in out
+        assert main(["alloc", "explain", "nope", "-n", "team", "--allocator", f"unix://{sock}"]) == 1
+        assert "NOT_FOUND" in capsys.readouterr().err
+    finally:
+        server.stop(None)

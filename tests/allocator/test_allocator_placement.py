@@ -187,3 +187,33 @@ def test_never_overcommit_and_release_restores_exactly(seq: list[tuple[str, int,
     for r in s.reservations():
         s.release(r.pod.uid)
     assert {n: s.usage(n) for n in ("n1", "n2")} == before == {"n1": {}, "n2": {}}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 4), st.sampled_from(["a100-80g", "t4"]), st.integers(0, 100)),
+                min_size=1, max_size=5),
+       st.lists(st.tuples(st.integers(1, 60), st.integers(0, 100)), max_size=8),
+       st.integers(1, 200), st.booleans())
+def test_fast_path_agrees_with_the_generic_planner(shape: list[tuple[int, str, int]],
+                                                   fill: list[tuple[int, int]], gib: int, hb: bool) -> None:
+    import numpy as np
+
+    from hcs.allocator.fastpath import DeviceTable, fast_plan
+    from hcs.allocator.placement import plan
+
+    nodes = [node(f"n{i}", [dev(j, model=m, vram=(80 if m == "a100-80g" else 16) * GI, health=h if j == 0 else 100,
+                                island=f"i{j // 2}") for j in range(n)])
+             for i, (n, m, h) in enumerate(shape)]
+    s = state(*nodes)
+    for i, (g, t) in enumerate(fill):
+        with contextlib.suppress(NoFit):
+            s.reserve(pod(f"f{i}", (g * GI, t * 1000)))
+    demand = pod("x", (gib * GI, 0), cons=Constraints(high_bandwidth=hb))
+    usage = {n.name: s.usage(n.name) for n in nodes}
+    generic = plan(demand, nodes, usage, {}, s._target, np.random.default_rng(0))
+    fast = fast_plan(demand, DeviceTable.build(nodes), usage, {}, s._target, np.random.default_rng(0))
+    assert {v.node for v in generic if v.fits} == {v.node for v in fast if v.fits}
+    if any(v.fits for v in generic):
+        assert generic[0].node == fast[0].node
+        assert generic[0].plan is not None and fast[0].plan is not None
+        assert generic[0].plan.containers == fast[0].plan.containers

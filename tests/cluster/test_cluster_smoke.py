@@ -111,7 +111,7 @@ def test_busybox_pod_runs_to_completion(api_client: Any, kube_cluster: Cluster, 
     wait_for(default_sa, timeout=60, what=f"service account {namespace}/default")  # made by the controller
     core.create_namespaced_pod(namespace, busybox_pod(
         "hello", ["sh", "-c", "echo hello from $(hostname) on hcs"], image=kube_cluster.busybox_image,
-        namespace=namespace))
+        namespace=namespace, node_name=kube_cluster.node_name))
 
     def finished() -> Any:
         pod = core.read_namespaced_pod("hello", namespace)

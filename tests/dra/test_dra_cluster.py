@@ -44,7 +44,7 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dra"
 NODE = "hcs-dra-test-node"
-NS = "hcs-dra-test"
+NS = f"hcs-dra-test-{os.getpid()}"
 DRIVER = "ai.compute"
 SLICES = f"{RESOURCE_API}/resourceslices"
 
@@ -165,7 +165,8 @@ def test_slices_appear_with_capacity_and_owner(rest, dra):
     assert devs["ascend-0"]["capacity"]["memory"]["value"] == "64Gi"
     assert devs["ascend-0"]["capacity"]["tflopsFP16"]["value"] == "265200m"
     assert devs["nvidia-0"]["allowMultipleAllocations"] is True, "DRAConsumableCapacity off in the apiserver?"
-    assert devs["nvidia-0"]["capacity"]["memory"]["requestPolicy"]["validRange"] == {"min": "1Gi", "step": "1Gi"}
+    assert devs["nvidia-0"]["capacity"]["memory"]["requestPolicy"] == {
+        "default": "80Gi", "validRange": {"min": "1Gi", "step": "1Gi"}}
     assert devs["nvidia-1"]["attributes"]["uuid"]["string"] == devices[1].uuid
 
 
@@ -284,6 +285,23 @@ def test_prepare_rejects_foreign_and_replaced_claims(rest, dra):
         rest.request("DELETE", f"{RESOURCE_API}/namespaces/{NS}/resourceclaims/{n}")
 
 
+def test_batch_prepare_reads_many_claims_with_one_list(rest, dra):
+    _, sim, cfg, _ = dra
+    refs = []
+    for i in range(10):
+        c = create_allocated_claim(rest, NS, f"batch-{i}", [
+            {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": f"nvidia-{i % 4}"}])
+        refs.append((NS, c["metadata"]["uid"], f"batch-{i}"))
+    refs.append((NS, new_uid(), "batch-missing"))
+    out = sim.prepare(DRIVER, refs)
+    assert [out[r[1]].error for r in refs[:10]] == [""] * 10
+    assert "not found" in out[refs[10][1]].error
+    assert len(list(Path(cfg.cdi_dir).glob("*.json"))) == 10
+    assert all(o.error == "" for o in sim.unprepare(DRIVER, refs).values())
+    for i in range(10):
+        rest.request("DELETE", f"{RESOURCE_API}/namespaces/{NS}/resourceclaims/batch-{i}")
+
+
 def test_wiped_slices_are_recreated_with_new_generation(rest, dra):
     plugin, _, _, _ = dra
     before = plugin.slices.generation
@@ -306,7 +324,7 @@ def test_200_devices_split_into_two_slices_accepted_by_the_apiserver(rest, api_c
         ctl.update(build_slices(devs, cfg))
         assert ctl.reconcile_once()
         slices = node_slices(rest, node)
-        assert sorted(len(s["spec"]["devices"]) for s in slices) == [64, 64, 64, 8]  # a taint: 64 per slice
+        assert sorted(len(s["spec"]["devices"]) for s in slices) == [8, 64, 64, 64]  # a taint: 64 per slice
         assert {s["spec"]["pool"]["resourceSliceCount"] for s in slices} == {4}
         devs[7] = replace(devs[7], health=Health())
         ctl.update(build_slices(devs, cfg))

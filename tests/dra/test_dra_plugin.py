@@ -201,6 +201,27 @@ def test_bad_claims_get_clear_errors_and_leak_nothing(env):
     assert list(env.plugin.state.claims) == [good[1]]
 
 
+def test_large_batch_uses_one_list_per_namespace(env):
+    listed: list[str] = []
+
+    def list_claims(ns: str):
+        listed.append(ns)
+        return [c for (n, _), c in env.claims.claims.items() if n == ns]
+
+    env.claims.list_claims = list_claims  # type: ignore[attr-defined]
+    env.start()
+    refs = [env.claim(f"nvidia-{i % 4}", "1Gi") for i in range(9)]
+    few = [env.claim("nvidia-0", "1Gi") for _ in range(2)]
+    few = [("other", uid, name) for _, uid, name in few]
+    for _, uid, name in few:
+        env.claims.claims[("other", name)] = {**env.claims.claims.pop(("ns", name)),
+                                              "metadata": {"namespace": "other", "name": name, "uid": uid}}
+    gone = ("ns", new_uid(), "gone")
+    out = env.sim.prepare(DRIVER, [*refs, *few, gone])
+    assert listed == ["ns"] and env.fetches == 2  # one LIST for 10 claims in ns, 2 GETs in "other"
+    assert all(out[r[1]].error == "" for r in refs + few) and "not found" in out[gone[1]].error
+
+
 def test_api_server_down_is_a_retryable_claim_error(env):
     env.start()
     ref = env.claim()

@@ -39,8 +39,10 @@ def test_memory_capacity_and_request_policy():
     (s,) = build_slices([make_device(vram_gib=64)], replace(CFG, memory_step_bytes=2 * GiB))
     dev = s.spec["devices"][0]
     assert dev["allowMultipleAllocations"] is True
-    assert dev["capacity"]["memory"] == {"value": "64Gi",
-                                         "requestPolicy": {"validRange": {"min": "1Gi", "step": "2Gi"}}}
+    assert dev["capacity"]["memory"] == {"value": "64Gi", "requestPolicy": {
+        "default": "63Gi", "validRange": {"min": "1Gi", "step": "2Gi"}}}  # default: whole device, on a step
+    (s,) = build_slices([make_device(vram_gib=80)], CFG)
+    assert s.spec["devices"][0]["capacity"]["memory"]["requestPolicy"]["default"] == "80Gi"
     assert s.spec["driver"] == "ai.compute" and s.spec["nodeName"] == "node-a"
     assert "pool" not in s.spec  # the controller owns generation and count
 

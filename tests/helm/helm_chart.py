@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,22 @@ RELEASE = "hcs"
 NAMESPACE = "hcs-system"
 
 
+CLUSTER_SCRIPT = REPO_ROOT / "e2e" / "cluster" / "hcs_cluster.py"
+
+
+def _cluster_bin_dir() -> str | None:
+    """The local cluster's pinned binaries dir (where ``hcs_cluster.py build`` puts helm)."""
+    try:
+        out = subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "env", "--json"], capture_output=True, text=True,
+                             timeout=60, check=False)
+        return str(json.loads(out.stdout)["bin_dir"]) if out.returncode == 0 else None
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
+        return None
+
+
 def find_helm() -> str | None:
-    """The helm binary: $HCS_HELM, PATH, the local cluster's binaries, then ~/.cache/hcs/tools/bin."""
+    """The helm binary: $HCS_HELM, PATH, the local cluster's pinned binaries (any cached build), then
+    ~/.cache/hcs/tools/bin."""
     explicit = os.environ.get("HCS_HELM")
     if explicit:
         return explicit
@@ -36,7 +51,9 @@ def find_helm() -> str | None:
     if on_path:
         return on_path
     home = Path.home() / ".cache" / "hcs"
-    candidates = sorted(glob.glob(str(home / "cluster" / "bin" / "*" / "helm")), reverse=True)
+    pinned = _cluster_bin_dir() if CLUSTER_SCRIPT.exists() else None
+    candidates = [os.path.join(pinned, "helm")] if pinned else []
+    candidates += sorted(glob.glob(str(home / "cluster" / "bin" / "*" / "helm")), reverse=True)
     candidates.append(str(home / "tools" / "bin" / "helm"))
     for c in candidates:
         if os.path.isfile(c) and os.access(c, os.X_OK):

@@ -144,7 +144,7 @@ def test_default_render_follows_the_seed_defaults(rendered: Render) -> None:
     assert configs["node"]["node"]["reportInterval"] == 30
     alloc = one(docs, "Deployment", "hcs-allocator")
     assert alloc["spec"]["replicas"] == 1
-    assert configs["allocator"]["allocator"]["leaderElection"]["enabled"] is True
+    assert configs["allocator"]["allocator"]["leaseName"] == "hcs-allocator"
     assert configs["kube-scheduler"]["leaderElection"]["leaderElect"] is True
     assert one(docs, "Deployment", "hcs-webhook")["spec"]["replicas"] == 2
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):

@@ -136,7 +136,7 @@ def test_rendered_scheduler_config_runs_the_real_kube_scheduler(kube_cluster: Cl
         # The allocator is not running: the scheduler's call to the extender at the Service fails, which
         # shows the rendered extender (URL, managed resource) is the one in use.
         message = wait_for(extender_event, timeout=90, what=f"a scheduling event naming {service_host}")
-        assert "/scheduler/filter" in message or "filter" in message
+        assert f"{service_host}.cluster.local:8888/scheduler/filter" in message, message
         phase = _kubectl(kube_cluster, "-n", test_namespace, "get", "pod", pod_name, "-o",
                          "jsonpath={.status.phase}").stdout
         assert phase == "Pending"
@@ -201,9 +201,10 @@ def test_node_agent_can_write_only_its_own_nodes_objects(kube_cluster: Cluster, 
                                    "--dry-run=server", "-o", "name", "-f", "-"], input=json.dumps(obj),
                                   capture_output=True, text=True, timeout=60, check=False)
 
-        def computenode(name: str) -> dict[str, Any]:
-            return {"apiVersion": "hetero.zrs.io/v1alpha1", "kind": "ComputeNode", "metadata": {"name": name},
-                    "spec": {"nodeName": name, "vendor": "none", "devices": []}}
+        def computenode(on: str) -> dict[str, Any]:  # the policy looks at spec.nodeName, not at the name
+            return {"apiVersion": "hetero.zrs.io/v1alpha1", "kind": "ComputeNode",
+                    "metadata": {"name": f"{on}-helm-test-{uuid.uuid4().hex[:4]}"},
+                    "spec": {"nodeName": on, "vendor": "none", "devices": []}}
 
         def slice_(on: str) -> dict[str, Any]:
             return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",

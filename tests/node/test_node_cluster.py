@@ -147,51 +147,78 @@ def test_local_policy_reads_pods_bound_to_the_node(rest: KubeRest, fake_node: An
         rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{pod_name}", query={"gracePeriodSeconds": "0"})
 
 
+RESOURCE = "test.hcs.io/slot"
+
+
+def _real_kubelet_config(kube_cluster: Any, root: Path, **extra: Any) -> Any:
+    from hcs.node.config import node_config
+
+    return node_config({
+        "nodeName": kube_cluster.node_name,
+        "devicePluginDir": str(Path(kube_cluster.kubelet_dir) / "device-plugins"),
+        "podResourcesSocket": str(Path(kube_cluster.kubelet_dir) / "pod-resources" / "kubelet.sock"),
+        "resourceName": RESOURCE, "socketName": f"hcs-test-{uuid.uuid4().hex[:6]}.sock",
+        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
+        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 2, "metricsPort": 0,
+        "reportInterval": 3600, **extra,
+    })
+
+
+def _run_pod(rest: KubeRest, kube_cluster: Any, pod_name: str, vram: str,
+             allocated: Any) -> tuple[dict[str, Any], str]:
+    """Create the pod on the real node; wait for the agent to allocate it, then for it to finish."""
+    node, ns = kube_cluster.node_name, "default"
+
+    def capacity() -> bool:
+        n = rest.request("GET", f"/api/v1/nodes/{node}")
+        return n["status"].get("allocatable", {}).get(RESOURCE) == "4"
+
+    _wait(capacity, 60, f"{RESOURCE} allocatable on {node}")
+    limits = {"ai.compute/vram": vram, RESOURCE: "1"}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "namespace": ns},
+           "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "main", "image": kube_cluster.busybox_image,
+                                    "imagePullPolicy": "Never",
+                                    "command": ["sh", "-c", "env | sort; echo QUOTA; cat $HCS_QUOTA_FILE"],
+                                    "resources": {"requests": limits, "limits": limits}}]}}
+    rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
+    # the kubelet admitted it and called Allocate
+    _wait(allocated, 60, f"the kubelet to call Allocate for {pod_name}")
+
+    def finished() -> Any:
+        p = rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{pod_name}")
+        return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    try:
+        p = _wait(finished, 120, f"pod {pod_name} to finish")
+    except TimeoutError:
+        events = rest.request("GET", f"/api/v1/namespaces/{ns}/events",
+                              query={"fieldSelector": f"involvedObject.name={pod_name}"})
+        sandbox = [e["message"] for e in events.get("items", []) if e.get("reason") == "FailedCreatePodSandBox"]
+        if sandbox:  # the local cluster's container runtime, not the device plugin
+            pytest.skip(f"the local cluster cannot start pod sandboxes: {sandbox[-1][:300]}")
+        raise
+    logs = kube_cluster.kubectl("logs", "-n", ns, pod_name).stdout
+    assert p["status"]["phase"] == "Succeeded", (p["status"], logs)
+    return p, logs
+
+
 def test_real_kubelet_registers_and_allocates(rest: KubeRest, kube_cluster: Any) -> None:
     """The real kubelet of the local cluster: registration, ListAndWatch, Allocate, PreStartContainer,
     pod-resources; the container sees the assignment's env and quota file."""
     import tempfile
 
     from hcs.node.agent import NodeAgent
-    from hcs.node.config import node_config
 
-    node = kube_cluster.node_name
-    resource = "test.hcs.io/slot"
     root = Path(tempfile.mkdtemp(prefix="hcsk", dir="/tmp"))
-    cfg = node_config({
-        "nodeName": node, "devicePluginDir": str(Path(kube_cluster.kubelet_dir) / "device-plugins"),
-        "podResourcesSocket": str(Path(kube_cluster.kubelet_dir) / "pod-resources" / "kubelet.sock"),
-        "resourceName": resource, "socketName": f"hcs-test-{uuid.uuid4().hex[:6]}.sock",
-        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
-        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 2, "metricsPort": 0,
-        "reportInterval": 3600,
-    })
+    cfg = _real_kubelet_config(kube_cluster, root)
     devices = [device(Vendor.NVIDIA, 0, 80), device(Vendor.NVIDIA, 1, 40)]
     agent = NodeAgent(cfg, devices, kube=rest).start()
     pod_name = f"hcs-dp-{uuid.uuid4().hex[:6]}"
     ns = "default"
     try:
-        def capacity() -> bool:
-            n = rest.request("GET", f"/api/v1/nodes/{node}")
-            return n["status"].get("allocatable", {}).get(resource) == "4"
-
-        _wait(capacity, 60, f"{resource} allocatable on {node}")
-        limits = {"ai.compute/vram": "8Gi", resource: "1"}
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name, "namespace": ns},
-               "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-                        "containers": [{"name": "main", "image": kube_cluster.busybox_image,
-                                        "imagePullPolicy": "Never",
-                                        "command": ["sh", "-c", "env | sort; echo QUOTA; cat $HCS_QUOTA_FILE"],
-                                        "resources": {"requests": limits, "limits": limits}}]}}
-        rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
-
-        def finished() -> Any:
-            p = rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{pod_name}")
-            return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
-
-        p = _wait(finished, 120, f"pod {pod_name} to finish")
-        logs = kube_cluster.kubectl("logs", "-n", ns, pod_name).stdout
-        assert p["status"]["phase"] == "Succeeded", (p["status"], logs)
+        p, logs = _run_pod(rest, kube_cluster, pod_name, "8Gi",
+                           lambda: any(a.pod.name == pod_name for a in agent.core.allocations()))
         assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in logs  # best fit: the 40 GiB device
         assert "HCS_QUOTA_FILE=/var/run/hcs/quota" in logs
         assert logs.split("QUOTA", 1)[1].split() == ["0", str(8 * GiB)]
@@ -207,4 +234,41 @@ def test_real_kubelet_registers_and_allocates(rest: KubeRest, kube_cluster: Any)
         agent.stop()
         import shutil
 
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_real_kubelet_deferred_match_through_cdi(rest: KubeRest, kube_cluster: Any) -> None:
+    """Two candidate pods (a never-created one stands in for a second pending pod): Allocate answers a
+    CDI name, PreStartContainer resolves the owner from the real kubelet's pod-resources and writes the
+    spec, containerd injects it."""
+    import shutil
+    import tempfile
+
+    from hcs.node.agent import NodeAgent
+    from hcs.node.assignments import PodDemand, PodRef
+    from hcs.node.sources import KubePodLister
+
+    root = Path(tempfile.mkdtemp(prefix="hcsk", dir="/tmp"))
+    kind = "test.hcs.io/slot"
+    cfg = _real_kubelet_config(kube_cluster, root, cdiDir="/var/run/cdi", cdiKind=kind)
+    devices = [device(Vendor.NVIDIA, 0, 80), device(Vendor.NVIDIA, 1, 40)]
+    ghost = PodDemand(PodRef("uid-ghost", "default", "ghost-never-created", 0), (("main", 30 * GiB),))
+    lister = KubePodLister(rest, kube_cluster.node_name)
+    agent = NodeAgent(cfg, devices, kube=rest, pod_lister=lambda: [ghost, *lister()]).start()
+    pod_name = f"hcs-cdi-{uuid.uuid4().hex[:6]}"
+    try:
+        deferred = agent.metrics.allocate_total.labels("deferred")
+        _, logs = _run_pod(rest, kube_cluster, pod_name, "30Gi", lambda: deferred._value.get() == 1)
+        # the ghost (older) took the 40 GiB device by best fit; the real pod got the 80 GiB one
+        assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0000" in logs, logs
+        assert logs.split("QUOTA", 1)[1].split() == ["0", str(30 * GiB)]
+        assert any(a.pod.name == pod_name for a in agent.core.allocations())  # resolved at PreStart
+        specs = list(Path("/var/run/cdi").glob("test.hcs.io-slot-*.json"))
+        assert specs, "the CDI spec was not written"
+    finally:
+        with contextlib.suppress(KubeError):
+            rest.request("DELETE", f"/api/v1/namespaces/default/pods/{pod_name}", query={"gracePeriodSeconds": "0"})
+        agent.stop()
+        for spec in Path("/var/run/cdi").glob("test.hcs.io-slot-*.json"):
+            spec.unlink()
         shutil.rmtree(root, ignore_errors=True)

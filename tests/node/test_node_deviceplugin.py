@@ -161,7 +161,7 @@ def test_multi_container_pod_gets_each_containers_assignment() -> None:
             env.pods.add(p)
             resps = env.sim.admit(_sim_pod(p, ("a", "b")), RESOURCE)
             quotas = [{m.container_path: m.host_path for m in r.mounts}[r.envs["HCS_QUOTA_FILE"]] for r in resps]
-            assert quotas[0] != quotas[1] and quotas[0].endswith("/a/quota") and quotas[1].endswith("/b/quota")
+            assert quotas[0] != quotas[1] and quotas[0].endswith("_a.quota") and quotas[1].endswith("_b.quota")
             assert agent.core.vram_allocated() == {"nvidia-0": (20 * GiB, 2)}
         finally:
             agent.stop()
@@ -213,5 +213,37 @@ def test_pod_admitted_without_assignment_is_refused_at_prestart() -> None:
             env.sim.admit(intruder, RESOURCE)  # exact guess: the only candidate is "real"
             with pytest.raises(AdmissionError, match="refusing to start"):
                 env.sim.start_container("default", "intruder", "main")
+        finally:
+            agent.stop()
+
+
+def test_preferred_allocation_prefers_candidate_device_then_island_then_numa() -> None:
+    from dataclasses import replace
+
+    from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
+
+    with node_env(slotsPerDevice=2) as env:
+        devs = [replace(device(Vendor.NVIDIA, 0, 80, numa=0), island="isl-a"),
+                replace(device(Vendor.NVIDIA, 1, 80, numa=1), island="isl-b"),
+                replace(device(Vendor.NVIDIA, 2, 80, numa=1), island="isl-a"),
+                replace(device(Vendor.NVIDIA, 3, 40, numa=0), island="isl-b")]
+        agent = NodeAgent(env.config, devs, pod_lister=env.pods).start()
+        try:
+            env.sim.wait_registered(RESOURCE)
+            core = agent.core
+            everything = [s.id for s in core.slots]  # s000,s001: nvidia-0 ... s006,s007: nvidia-3
+
+            def pref(must: list[str], size: int) -> list[str]:
+                r = core.preferred(dp.PreferredAllocationRequest(container_requests=[
+                    dp.ContainerPreferredAllocationRequest(available_deviceIDs=everything,
+                                                           must_include_deviceIDs=must, allocation_size=size)]))
+                return list(r.container_responses[0].deviceIDs)
+
+            assert pref([], 1) == ["s000"]  # no candidate: lowest ID
+            assert pref(["s000"], 3) == ["s000", "s001", "s004"]  # then nvidia-2, same island isl-a
+            assert pref(["s002"], 2) == ["s002", "s003"]
+            p = demand("small", 30, created_ms=1)
+            env.pods.add(p)  # best fit: the 40 GiB nvidia-3 → its slots first
+            assert pref([], 1) == ["s006"]
         finally:
             agent.stop()

@@ -109,14 +109,15 @@ def test_pod_removal_releases_its_devices(monkeypatch) -> None:  # type: ignore[
             p = demand("gone", 20, created_ms=1)
             env.pods.add(p)
             env.sim.admit(_sim_pod(p), RESOURCE)
-            quota_dir = Path(env.config.quotaDir) / p.pod.uid
-            assert quota_dir.exists()
+            quota_file = agent.core.quota_file(p.pod.uid, "main")
+            shm_dir = Path(env.config.shmDir) / p.pod.uid
+            assert quota_file.exists() and shm_dir.is_dir()
             env.sim.remove_pod("default", "gone")
             env.pods.remove(p.pod.uid)
             assert agent.core.reconcile() == 1
             agent.core.flush()
             assert agent.core.vram_allocated() == {}
-            assert not quota_dir.exists()
+            assert not quota_file.exists() and not shm_dir.exists()
             assert list((Path(env.config.stateDir) / "allocations").glob("*.json")) == []
         finally:
             agent.stop()
@@ -151,3 +152,30 @@ def test_metrics_endpoint() -> None:
             assert 'hcs_device_healthy{device="nvidia-0"' in text
         finally:
             agent.stop()
+
+
+def test_agent_restart_between_deferred_allocate_and_prestart() -> None:
+    import json
+
+    with node_env() as env:
+        devs = [device(Vendor.NVIDIA, 0, 80), device(Vendor.NVIDIA, 1, 80)]
+        agent = NodeAgent(env.config, devs, pod_lister=env.pods).start()
+        env.sim.wait_registered(RESOURCE)
+        a, b = demand("a", 60, created_ms=1), demand("b", 60, created_ms=2)
+        env.pods.add(a)
+        env.pods.add(b)
+        expected = {x.pod.uid: g.devices[0].uuid for x in agent.source.assignments() for g in x.containers}
+        [resp] = env.sim.admit(_sim_pod(b), RESOURCE)
+        slot = resp.cdi_devices[0].name.split("=")[1]
+        agent.stop()
+        agent2 = NodeAgent(env.config, devs, pod_lister=env.pods).start()
+        try:
+            env.sim.wait_registered(RESOURCE, count=2)
+            env.sim.start_container("default", "b", "main")
+            spec = json.loads((Path(env.config.cdiDir) / f"ai.compute-slot-{slot}.json").read_text())
+            cenv = dict(e.split("=", 1) for e in spec["devices"][0]["containerEdits"]["env"])
+            assert cenv["NVIDIA_VISIBLE_DEVICES"] == expected["uid-b"]
+            [resp_a] = env.sim.admit(_sim_pod(a), RESOURCE)
+            assert resp_a.envs["NVIDIA_VISIBLE_DEVICES"] == expected["uid-a"]
+        finally:
+            agent2.stop()

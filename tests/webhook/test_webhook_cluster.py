@@ -141,13 +141,16 @@ def _denied(api_client: Any, ns: str, create: Callable[[], Any]) -> str:
 def test_device_plugin_pod_is_mutated_by_the_real_api_server(api_client: Any, webhook: WebhookServer,
                                                              namespaces: dict[str, str]) -> None:
     ns = namespaces["dp"]
-    pod = _create_pod(api_client, ns, _pod("dp-16g", {"ai.compute/vram": "16384Mi", "ai.compute/tflops-fp16": "100"}))
+    # a fractional tflops-fp16 would fail the API server's validation (extended resources are whole
+    # numbers, requests = limits); the mutation runs first and makes the pod valid
+    pod = _create_pod(api_client, ns, _pod("dp-16g", {"ai.compute/vram": "16384Mi", "ai.compute/tflops-fp16": "99.5"}))
     assert pod["spec"]["schedulerName"] == "hcs-scheduler"
     res = pod["spec"]["containers"][0]["resources"]
     want = {"ai.compute/vram": "16Gi", "ai.compute/tflops-fp16": "100", "ai.compute/slot": "1"}
     assert res["requests"] == want and res["limits"] == want
+    # the API server hands admission canonical quantities (16384Mi arrives as 16Gi, 99.5 as 99500m)
     assert json.loads(pod["metadata"]["annotations"]["hcs.io/original-request"]) == {
-        "main": {"requests": {"ai.compute/vram": "16384Mi", "ai.compute/tflops-fp16": "100"}}}
+        "main": {"requests": {"ai.compute/vram": "16Gi", "ai.compute/tflops-fp16": "99500m"}}}
 
 
 def test_invalid_pods_and_workloads_are_denied(api_client: Any, webhook: WebhookServer,
@@ -158,6 +161,7 @@ def test_invalid_pods_and_workloads_are_denied(api_client: Any, webhook: Webhook
     assert "larger than the largest interconnect island in the cluster (80Gi)" in msg
     assert "spec.containers[0] (container 'main')" in msg
     template = _pod("x", {"ai.compute/vram": "8Gi"}, annotations={"hcs.io/vendor": "amd"})
+    template["spec"]["restartPolicy"] = "Always"
     deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bad-vendor"},
                   "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "x"}},
                            "template": {"metadata": {"labels": {"app": "x"}, **template["metadata"]},
@@ -230,16 +234,61 @@ def test_retargeted_pod_ends_with_the_vendor_image(api_client: Any, webhook: Web
     assert retarget_pod(api_client, ns, "retarget", "ascend") is False  # idempotent
 
 
-def test_computenode_capacity_reads_the_real_api(api_client: Any, kube_cluster: Any, tmp_path: Path) -> None:
+def test_computenode_capacity_reads_the_real_api(api_client: Any) -> None:
+    import yaml
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
-    crd = Path(__file__).resolve().parents[2] / "hcs" / "node" / "crds" / "computenode.yaml"
     ext = client.ApiextensionsV1Api(api_client)
     try:
         ext.read_custom_resource_definition("computenodes.hetero.zrs.io")
-    except Exception:
-        kube_cluster.kubectl("apply", "-f", str(crd))
-        _wait("ComputeNode CRD", lambda: kube_cluster.kubectl("get", "computenodes", check=False).returncode == 0)
-    listed = json.loads(kube_cluster.kubectl("get", "computenodes", "-o", "json").stdout)
-    expected = largest_island_of(listed["items"])
-    assert CachedCapacity(ComputeNodeCapacity(api_client), 5).largest_island_bytes() == expected
+    except ApiException as exc:
+        assert exc.status == 404
+        crd = Path(__file__).resolve().parents[2] / "hcs" / "node" / "crds" / "computenode.yaml"
+        ext.create_custom_resource_definition(yaml.safe_load(crd.read_text()))
+    custom = client.CustomObjectsApi(api_client)
+
+    def listed() -> Any:
+        return json.loads(custom.list_cluster_custom_object("hetero.zrs.io", "v1alpha1", "computenodes",
+                                                           _preload_content=False).data)
+
+    items = _wait("ComputeNode API", listed)["items"]
+    assert CachedCapacity(ComputeNodeCapacity(api_client), 5).largest_island_bytes() == largest_island_of(items)
+
+
+def test_deployment_with_the_simple_form_is_accepted_and_its_pods_mutated(
+        api_client: Any, webhook: WebhookServer, namespaces: dict[str, str]) -> None:
+    core, _, apps = _apis(api_client)
+    ns = namespaces["dp"]
+    template = _pod("x", {"ai.compute/vram": "8Gi"})
+    template["spec"]["restartPolicy"] = "Always"
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "simple"},
+                  "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "simple"}},
+                           "template": {"metadata": {"labels": {"app": "simple"}}, "spec": template["spec"]}}}
+    created = json.loads(apps.create_namespaced_deployment(ns, deployment, _preload_content=False).data)
+    res = created["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"] == res["limits"] == {"ai.compute/vram": "8Gi"}  # slot is added per pod, not here
+    pods = _wait("the Deployment's pod", lambda: json.loads(core.list_namespaced_pod(
+        ns, label_selector="app=simple", _preload_content=False).data)["items"])
+    pod = pods[0]
+    assert pod["spec"]["schedulerName"] == "hcs-scheduler"
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["ai.compute/slot"] == "1"
+
+
+def test_stale_retarget_patch_is_refused_and_retried(api_client: Any, webhook: WebhookServer,
+                                                     namespaces: dict[str, str]) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from hcs.webhook.retarget import retarget_patch
+
+    core, _, _ = _apis(api_client)
+    ns = namespaces["dp"]
+    pod = _create_pod(api_client, ns, _pod("stale", {"ai.compute/vram": "8Gi"}, image=CUDA_IMAGE))
+    stale_ops = retarget_patch(pod, "ascend")
+    core.patch_namespaced_pod("stale", ns, {"metadata": {"labels": {"touched": "yes"}}},
+                              _content_type="application/merge-patch+json")  # someone else writes first
+    with pytest.raises(ApiException) as info:
+        core.patch_namespaced_pod("stale", ns, stale_ops, _content_type="application/json-patch+json")
+    assert info.value.status == 422  # the resourceVersion test failed: what retarget_pod re-reads and retries on
+    assert retarget_pod(api_client, ns, "stale", "ascend") is True
+    assert _json(core.read_namespaced_pod, "stale", ns)["spec"]["containers"][0]["image"].endswith("ascend-example")

@@ -43,6 +43,13 @@ def test_device_plugin_mode_sets_scheduler_slot_and_normalises() -> None:
     assert m.templates == ()
 
 
+def test_defaulted_scheduler_name_counts_as_unset() -> None:
+    obj = pod({"ai.compute/vram": "8Gi"})
+    obj["spec"]["schedulerName"] = "default-scheduler"  # what the API server's defaulting wrote
+    out, _ = mutate(obj)
+    assert out["spec"]["schedulerName"] == "hcs-scheduler"
+
+
 def test_existing_scheduler_name_and_annotations_are_kept() -> None:
     obj = pod({"ai.compute/vram": "8Gi"}, annotations={"team": "x"})
     obj["spec"]["schedulerName"] = "my-scheduler"

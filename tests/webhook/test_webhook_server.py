@@ -201,3 +201,18 @@ def test_dra_mode_without_api_access_says_so(serve: ServerFactory) -> None:
     # a dry run creates nothing, so it can be answered
     out, resp = client.mutated(pod({"ai.compute/vram": "16Gi"}), dry_run=True)
     assert resp["allowed"] is True and out["spec"]["resourceClaims"][0]["name"] == "hcs-main"
+
+
+def test_workload_templates_get_limits_equal_to_requests(serve: ServerFactory) -> None:
+    _, client = serve(capacity=StaticCapacity(80 * GI))
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+           "spec": {"template": pod({"ai.compute/vram": "8192Mi", "cpu": "1"})}}
+    out, resp = client.mutated(dep, kind="Deployment")
+    res = out["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res == {"requests": {"ai.compute/vram": "8Gi", "cpu": "1"}, "limits": {"ai.compute/vram": "8Gi"}}
+    assert "schedulerName" not in out["spec"]["template"]["spec"]  # pods get it when they are created
+    again, resp = client.mutated(out, kind="Deployment")
+    assert "patch" not in resp and again == out
+    cron = {"spec": {"jobTemplate": {"spec": {"template": pod({"ai.compute/vram": "1Ti"})}}}}
+    resp = client.admit("mutate", review(cron, kind="CronJob"))
+    assert resp["allowed"] is False and "spec.containers[0]" in resp["status"]["message"]

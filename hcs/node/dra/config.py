@@ -42,6 +42,8 @@ class DraConfig:
     device_isolation: bool = True
     #: publish ResourceSlices (off when another component publishes them)
     publish_slices: bool = True
+    #: record prepared devices in the claim's status.devices (DRAResourceClaimDeviceStatus)
+    publish_claim_status: bool = True
     #: seconds between full slice resyncs (a watch triggers re-creation much sooner)
     resync_s: float = 30.0
     #: health_check_timeout_seconds sent on the health stream
@@ -76,8 +78,8 @@ class DraConfig:
         """Validate a camelCase mapping (the YAML section); every error names the field."""
         known = {
             "driverName", "pluginsRegistry", "pluginDir", "cdiDir", "mode", "memoryMin", "memoryStep",
-            "partitionSizes", "interceptorHostDir", "deviceIsolation", "publishSlices", "resyncSeconds",
-            "healthTimeoutSeconds",
+            "partitionSizes", "interceptorHostDir", "deviceIsolation", "publishSlices", "publishClaimStatus",
+            "resyncSeconds", "healthTimeoutSeconds",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -149,6 +151,7 @@ class DraConfig:
             interceptor_host_dir=s("interceptorHostDir", cls.interceptor_host_dir),
             device_isolation=b("deviceIsolation", True),
             publish_slices=b("publishSlices", True),
+            publish_claim_status=b("publishClaimStatus", True),
             resync_s=num("resyncSeconds", 30.0),
             health_timeout_s=int(num("healthTimeoutSeconds", 30)),
         )

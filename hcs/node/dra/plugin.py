@@ -74,6 +74,11 @@ class ApiClaimSource:
     def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
         return self.rest.request("GET", f"{RESOURCE_API}/namespaces/{namespace}/resourceclaims/{name}")
 
+    def list_claims(self, namespace: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.rest.request(
+            "GET", f"{RESOURCE_API}/namespaces/{namespace}/resourceclaims").get("items") or []
+        return items
+
 
 class _Serializer:
     """A process mutex plus flock on ``serialize.lock`` (serializes across plugin pods too)."""
@@ -311,7 +316,7 @@ class DraPlugin:
 
     # ------------------------------------------------------- claim status
     def _queue_status(self, claim: dict[str, Any], devices: Sequence[PreparedDevice]) -> None:
-        if self.rest is not None:
+        if self.rest is not None and self.cfg.publish_claim_status:
             self._status_q.put((claim, tuple(devices)))
 
     def _status_loop(self) -> None:

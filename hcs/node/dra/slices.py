@@ -112,6 +112,11 @@ def published_devices(devices: Sequence[Device], cfg: DraConfig) -> dict[str, Pu
     return out
 
 
+def _whole_device_default(total: int, cfg: DraConfig) -> int:
+    steps = (total - cfg.memory_min_bytes) // cfg.memory_step_bytes
+    return cfg.memory_min_bytes + max(0, steps) * cfg.memory_step_bytes
+
+
 def _consumable_device(d: Device, cfg: DraConfig, driver_version: str) -> dict[str, Any]:
     dev: dict[str, Any] = {
         "name": d.key,
@@ -120,10 +125,13 @@ def _consumable_device(d: Device, cfg: DraConfig, driver_version: str) -> dict[s
             CAPACITY_MEMORY: {
                 "value": format_bytes(d.vram_total_bytes),
                 "requestPolicy": {
+                    # the API requires a default with validRange: a claim that names no memory
+                    # takes the whole device (rounded down to the step)
+                    "default": format_bytes(_whole_device_default(d.vram_total_bytes, cfg)),
                     "validRange": {
                         "min": format_bytes(cfg.memory_min_bytes),
                         "step": format_bytes(cfg.memory_step_bytes),
-                    }
+                    },
                 },
             },
             CAPACITY_TFLOPS: {

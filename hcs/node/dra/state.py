@@ -36,6 +36,9 @@ from hcs.quantity import parse_bytes
 
 log = logging.getLogger(__name__)
 
+#: a prepare call with at least this many claims in one namespace reads them with one LIST
+LIST_THRESHOLD = 8
+
 
 @dataclass(frozen=True)
 class ClaimRef:
@@ -77,7 +80,7 @@ class ClaimState:
         *,
         path_exists: Callable[[str], bool] | None = None,
         on_prepared: Callable[[dict[str, Any], Sequence[PreparedDevice]], None] | None = None,
-        fetch_workers: int = 8,
+        fetch_workers: int = 16,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -194,18 +197,42 @@ class ClaimState:
         return out
 
     def _fetch(self, refs: Sequence[ClaimRef]) -> dict[str, dict[str, Any] | str]:
+        """Each claim (or an error text). Many claims of one namespace are read with one LIST."""
+
+        def missing(ref: ClaimRef) -> str:
+            return f"ResourceClaim {ref.namespace}/{ref.name} not found: it was deleted; nothing to prepare"
+
+        def failed(ref: ClaimRef, exc: Exception) -> str:
+            return (f"cannot read ResourceClaim {ref.namespace}/{ref.name} from the API server ({exc}); "
+                    "the kubelet will retry")
+
         def one(ref: ClaimRef) -> dict[str, Any] | str:
             try:
                 return self.source.get_claim(ref.namespace, ref.name)
             except KubeError as exc:
-                if exc.status == 404:
-                    return f"ResourceClaim {ref.namespace}/{ref.name} not found: it was deleted; nothing to prepare"
-                return (f"cannot read ResourceClaim {ref.namespace}/{ref.name} from the API server ({exc}); "
-                        "the kubelet will retry")
+                return missing(ref) if exc.status == 404 else failed(ref, exc)
 
-        if len(refs) == 1:
-            return {refs[0].uid: one(refs[0])}
-        return dict(zip([r.uid for r in refs], self._pool.map(one, refs), strict=True))
+        out: dict[str, dict[str, Any] | str] = {}
+        singles: list[ClaimRef] = []
+        by_ns: dict[str, list[ClaimRef]] = {}
+        for r in refs:
+            by_ns.setdefault(r.namespace, []).append(r)
+        lister = getattr(self.source, "list_claims", None)
+        for ns, group in by_ns.items():
+            if lister is None or len(group) < LIST_THRESHOLD:
+                singles.extend(group)
+                continue
+            try:
+                items = {c["metadata"]["name"]: c for c in lister(ns)}
+            except KubeError as exc:
+                out.update({r.uid: failed(r, exc) for r in group})
+                continue
+            out.update({r.uid: items.get(r.name) or missing(r) for r in group})
+        if len(singles) == 1:
+            out[singles[0].uid] = one(singles[0])
+        elif singles:
+            out.update(zip([r.uid for r in singles], self._pool.map(one, singles), strict=True))
+        return out
 
     def _plan(self, ref: ClaimRef, obj: dict[str, Any]) -> _Plan:
         meta = obj.get("metadata") or {}
