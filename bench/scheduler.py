@@ -61,6 +61,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Retrying(KubeRest):
+    """The shared local API server restarts now and then: retry transient failures for up to 90 s."""
+
+    def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:  # type: ignore[override]
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                return super().request(method, path, **kw)
+            except KubeError as exc:
+                if exc.status not in (0, 429, 500, 503) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+
 def ignore_missing(fn: Any, *a: Any, **kw: Any) -> None:
     try:
         fn(*a, **kw)
@@ -72,8 +86,21 @@ def ignore_missing(fn: Any, *a: Any, **kw: Any) -> None:
 def setup(rest: KubeRest, nodes: int, workers: int) -> list[str]:
     install_crd(rest)
     names = [f"hcs-bench-{i:04d}" for i in range(nodes)]
-    ignore_missing(rest.request, "POST", "/api/v1/namespaces",
-                   body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    deadline = time.time() + 600
+    while True:  # a namespace from an earlier run may still be terminating
+        try:
+            rest.request("POST", "/api/v1/namespaces",
+                         body={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+            break
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
+            ns = rest.request("GET", f"/api/v1/namespaces/{NS}")
+            if (ns.get("status") or {}).get("phase") != "Terminating":
+                break
+            if time.time() > deadline:
+                raise
+            time.sleep(2)
     ignore_missing(rest.request, "POST", "/apis/resource.k8s.io/v1/deviceclasses", body={
         "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": CLASS, "labels": {LABEL: "1"}},
         "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRIVER}"'}}]}})
@@ -223,7 +250,7 @@ def main() -> int:
     cluster = ensure_cluster()
     from kubernetes import config
 
-    rest = KubeRest(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    rest = Retrying(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
     teardown(rest)
     result: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods}
     with tempfile.TemporaryDirectory() as td:

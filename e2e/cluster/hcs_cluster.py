@@ -195,7 +195,8 @@ def layout() -> Layout:
             apiserver=_env_port("HCS_CLUSTER_APISERVER_PORT", 6443),
             etcd_client=_env_port("HCS_CLUSTER_ETCD_PORT", 2379),
             etcd_peer=_env_port("HCS_CLUSTER_ETCD_PEER_PORT", 2380),
-            controller_manager=10257, scheduler=10259, kubelet=10250, kubelet_healthz=10248,
+            controller_manager=_env_port("HCS_CLUSTER_CONTROLLER_MANAGER_PORT", 10257),
+            scheduler=_env_port("HCS_CLUSTER_SCHEDULER_PORT", 10259), kubelet=10250, kubelet_healthz=10248,
         ),
         scheduler_config_template=Path(sched).absolute() if sched else None,
     )
@@ -840,13 +841,21 @@ def api_get(lay: Layout, path: str) -> dict[str, object]:
     return data
 
 
-def node_ready(lay: Layout) -> bool:
+def node_ready(lay: Layout, since: float | None = None) -> bool:
+    """Node Ready; with ``since`` (epoch seconds) only a Ready heartbeat posted at or after it counts."""
     try:
         node = api_get(lay, f"/api/v1/nodes/{lay.node_name}")
     except (urllib.error.URLError, OSError, ValueError):
         return False
     conds = node.get("status", {}).get("conditions", [])  # type: ignore[union-attr]
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+    for c in conds:
+        if c.get("type") == "Ready" and c.get("status") == "True":
+            if since is None:
+                return True
+            beat = time.mktime(time.strptime(c.get("lastHeartbeatTime", "1970-01-01T00:00:00Z"),
+                                             "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+            return beat >= int(since) - 1
+    return False
 
 
 def ctr(lay: Layout, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -922,15 +931,18 @@ def cmd_up(lay: Layout, no_node: bool) -> int:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(lay.state / "etcd", 0o700)
 
-        def ensure(name: str) -> None:
+        kubelet_started: float | None = None
+
+        def ensure(name: str) -> bool:
             if alive_pid(lay, name):
                 if _current(lay, comps[name], rendered):
-                    return
+                    return False
                 log(f"{name}: binary, flags or config changed: restarting it")
                 stop(lay, name)
             with contextlib.suppress(FileNotFoundError):
                 (lay.run / f"{name}.pid").unlink()
             start(lay, comps[name], {"config_sha256": config_digest(lay, name, rendered)})
+            return True
 
         if not no_node:
             ensure("containerd")
@@ -956,13 +968,14 @@ def cmd_up(lay: Layout, no_node: bool) -> int:
             importer.join()
             if import_err:
                 raise ClusterError(str(import_err[0]))
-            ensure("kubelet")
+            if ensure("kubelet"):
+                kubelet_started = time.time() - 1  # a Ready left over from before the restart must not count
             wait_healthy(lay, comps["kubelet"], 60)
         wait_healthy(lay, comps["kube-controller-manager"], 60)
         wait_healthy(lay, comps["kube-scheduler"], 60)
         if not no_node:
             deadline = time.monotonic() + 120
-            while not node_ready(lay):
+            while not node_ready(lay, since=kubelet_started):
                 if time.monotonic() > deadline:
                     raise ClusterError(f"node {lay.node_name} registered but is not Ready after 120 s; see "
                                        f"`kubectl describe node {lay.node_name}` and {lay.logs}/kubelet.log:\n"
@@ -1010,13 +1023,14 @@ def stop(lay: Layout, name: str, timeout: float = 20) -> None:
         (lay.run / f"{name}.pid").unlink()
 
 
-def _our_processes(exe: Path) -> list[int]:
-    """Pids whose executable is exactly `exe` (processes this tool started, e.g. containerd shims)."""
+def _our_processes(exes: Sequence[Path]) -> list[int]:
+    """Pids whose executable is exactly one of `exes` (processes this tool started, e.g. containerd shims)."""
+    wanted = {str(e) for e in exes}
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             with contextlib.suppress(OSError):
-                if os.readlink(d / "exe") == str(exe):
+                if os.readlink(d / "exe") in wanted:
                     pids.append(int(d.name))
     return pids
 
@@ -1058,14 +1072,14 @@ def cmd_down(lay: Layout, purge: bool) -> int:
 
 def _node_cleanup(lay: Layout) -> None:
     """Remove what the node left behind: containers, shims, mounts, pod netns, the bridge, cgroups."""
-    shim = lay.bin / "containerd-shim-runc-v2"
+    shims = list((lay.cache / "bin").glob("*/containerd-shim-runc-v2"))  # any cached version we ran
     runc = DEBIAN_PACKAGES["runc"]
     if lay.runc_root.is_dir() and os.access(runc, os.X_OK):
         for ns in lay.runc_root.iterdir():
             r = subprocess.run([runc, "--root", str(ns), "list", "-q"], capture_output=True, text=True)
             for cid in r.stdout.split():
                 subprocess.run([runc, "--root", str(ns), "delete", "--force", cid], capture_output=True)
-    for pid in _our_processes(shim):
+    for pid in _our_processes(shims):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     mounts = _mounts_under([lay.state, lay.kubelet_dir]) + [

@@ -326,6 +326,7 @@ class Harness:
         shutil.copy2(PROFILE, self.profile)
         self.faults.write_text("")
         self._ascend_driver_root()
+        self._remove_leftovers()
         self._namespace()
         self._apply_device_classes()
         self._wipe_node_objects()
@@ -397,6 +398,26 @@ class Harness:
         marker = ASCEND_DRIVER_ROOT / "version.info"
         if not marker.exists():
             marker.write_text("Version=hcs-e2e-simulated\n")
+
+    def _remove_leftovers(self) -> None:
+        """Webhook configurations and namespaces of earlier sessions that could not clean up (API server
+        restarted under them, SIGKILL). One e2e session per cluster at a time (the node is shared)."""
+        for plural in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+            with contextlib.suppress(KubeError):
+                items = self.rest.request("GET", f"/apis/admissionregistration.k8s.io/v1/{plural}").get("items") or []
+                for item in items:
+                    n = item["metadata"]["name"]
+                    if n.startswith(("hcs-webhook-mutate-e2e-", "hcs-webhook-validate-e2e-")):
+                        LOG.info("removing leftover %s %s", plural, n)
+                        with contextlib.suppress(KubeError):
+                            self.rest.request("DELETE", f"/apis/admissionregistration.k8s.io/v1/{plural}/{n}")
+        with contextlib.suppress(KubeError):
+            for ns in self.rest.request("GET", "/api/v1/namespaces").get("items") or []:
+                n = ns["metadata"]["name"]
+                if n.startswith("hcs-e2e-") and "hcs-e2e" in (ns["metadata"].get("labels") or {}):
+                    LOG.info("removing leftover namespace %s", n)
+                    with contextlib.suppress(KubeError):
+                        self.rest.request("DELETE", f"/api/v1/namespaces/{n}")
 
     def _namespace(self) -> None:
         self.rest.request("POST", "/api/v1/namespaces", body={

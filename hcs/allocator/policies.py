@@ -196,7 +196,9 @@ def score_gpu_packing(view: NodeView, req: Request, ctx: PolicyContext) -> Float
 
 
 def score_dot_product(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
-    """Tetris-style alignment: maximise <request, free> over normalised dimensions."""
+    """DotProd as in the FGD paper's baseline: the node whose normalised free resources have the
+    smallest dot product with the request (packs along the request's direction; Tetris' max-alignment
+    variant spreads instead and scores far lower on these traces)."""
     gpu_total = np.maximum(view.n_gpus * WHOLE, 1)
     d_cpu = req.cpu / np.maximum(view.cpu_total, 1)
     d_mem = req.mem / np.maximum(view.mem_total, 1)
@@ -204,7 +206,7 @@ def score_dot_product(view: NodeView, req: Request, ctx: PolicyContext) -> Float
     f_cpu = view.cpu_free / np.maximum(view.cpu_total, 1)
     f_mem = view.mem_free / np.maximum(view.mem_total, 1)
     f_gpu = view.gpu_free.sum(axis=1) / gpu_total
-    node = np.asarray(d_cpu * f_cpu + d_mem * f_mem + d_gpu * f_gpu, dtype=np.float64)
+    node = -np.asarray(d_cpu * f_cpu + d_mem * f_mem + d_gpu * f_gpu, dtype=np.float64)
     dev = None if req.whole else -(view.gpu_free - req.milli) / WHOLE * 1e-3
     return _broadcast(view, req, node, dev)
 

@@ -284,21 +284,27 @@ def plot(results: Sequence[PolicyResult], path: str | Path, title: str = "") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     for res in results:
         n = min(len(s.curve) for s in res.seeds)
         if n == 0:
             continue
         xs = np.array([res.seeds[0].curve[j][0] for j in range(n)])
         ys = np.mean([[s.curve[j][1] for j in range(n)] for s in res.seeds], axis=0)
-        ax.plot(xs, ys, label=f"{res.name} ({np.mean([s.allocation_ratio for s in res.seeds]):.2f}%)")
-    ax.plot([0, 100], [0, 100], color="grey", lw=0.6, ls=":")
-    ax.axvline(100, color="grey", lw=0.6, ls="--")
-    ax.set_xlabel("arrived GPU demand (% of capacity)")
+        label = f"{res.name} ({np.mean([s.allocation_ratio for s in res.seeds]):.2f}% at 100%)"
+        ax.plot(xs, ys, label=label)
+        zoom.plot(xs, ys, label=res.name)
+    for a in (ax, zoom):
+        a.plot([0, 100], [0, 100], color="grey", lw=0.6, ls=":")
+        a.axvline(100, color="grey", lw=0.6, ls="--")
+        a.set_xlabel("arrived GPU demand (% of capacity)")
+        a.grid(alpha=0.3)
     ax.set_ylabel("GPU allocation ratio (%)")
     ax.set_title(title or "trace replay")
-    ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+    zoom.set_xlim(75, 131)
+    zoom.set_ylim(75, 100)
+    zoom.set_title("zoom: the saturation region")
     fig.tight_layout()
     fig.savefig(str(path))
     plt.close(fig)

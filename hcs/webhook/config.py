@@ -56,8 +56,9 @@ class DraSettings:
     tflops_capacity: str = "tflopsFP16"  # capacity names are C identifiers
     #: Device counts offered as ``firstAvailable`` alternatives for one request (in order).
     device_counts: tuple[int, ...] = (1, 2, 4, 8)
-    #: A split alternative is only offered when each device still gets at least this much VRAM.
-    min_split_bytes: int = 2**30
+    #: A split alternative is only offered when each device still gets at least this much VRAM, so
+    #: small requests stay on one device (as on the device-plugin path) and only big ones span devices.
+    min_split_bytes: int = 16 * 2**30
     #: VRAM is rounded up to this step per device (the DRA driver's requestPolicy step).
     step_bytes: int = 2**30
 

@@ -147,3 +147,47 @@ def test_lease_elects_exactly_one_leader(rest: KubeRest) -> None:
     finally:
         with contextlib.suppress(KubeError):
             rest.request("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/default/leases/{name}")
+
+
+def test_allocator_daemon_serves_grpc_and_extender_and_stops_cleanly(kube_cluster: Any, tmp_path: Any) -> None:
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    import grpc
+
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sock = tmp_path / "alloc.sock"
+    cfg = tmp_path / "hcs.yaml"
+    cfg.write_text(f"allocator:\n  namespace: default\n  leaseName: hcs-alloc-test-{uuid.uuid4().hex[:6]}\n"
+                   f"  leaseSeconds: 6\nexchangeRates:\n  a100: 1.0\n")
+    proc = subprocess.Popen([sys.executable, "-m", "hcs.cli", "allocator", "--config", str(cfg),
+                             "--kubeconfig", str(kube_cluster.kubeconfig), "--grpc-address", f"unix://{sock}",
+                             "--extender-address", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        leader = False
+        while time.time() < deadline and not leader:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    leader = json.loads(resp.read())["leader"]
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert leader, "the only replica never became leader"
+        with grpc.insecure_channel(f"unix://{sock}") as ch:
+            out = pbg.AllocatorStub(ch).GetNodeAssignments(pb.GetNodeAssignmentsRequest(node="nowhere"), timeout=10)
+        assert list(out.assignments) == []
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out_text = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out_text

@@ -60,10 +60,10 @@ def test_gpu_packing_prefers_an_occupied_device_over_an_idle_one() -> None:
     assert best(P.score_gpu_packing(v, P.Request(0, 0, 1, 500), ctx())) == (0, 1)
 
 
-def test_dot_product_aligns_request_with_free_resources() -> None:
-    # a CPU-heavy, GPU-light request goes where CPU is plentiful relative to GPU
+def test_dot_product_packs_along_the_request_direction() -> None:
+    # a CPU-heavy request goes where the free CPU is smallest (the smallest dot product)
     v = view([[1000, 1000], [1000, 1000]], cpu_free=[60000, 8000])
-    assert best(P.score_dot_product(v, P.Request(6000, 0, 1, 100), ctx()))[0] == 0
+    assert best(P.score_dot_product(v, P.Request(6000, 0, 1, 100), ctx()))[0] == 1
 
 
 def test_random_spreads_over_all_valid_placements() -> None:

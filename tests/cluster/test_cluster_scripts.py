@@ -135,7 +135,10 @@ def test_default_configs_enable_dra_gates_and_cgroup_v1(hc: ModuleType) -> None:
     flags = " ".join(apiserver.argv)
     assert "--runtime-config=resource.k8s.io/v1=true" in flags
     assert "DRAPartitionableDevices=true" in flags and "DRAConsumableCapacity=true" in flags
-    assert "enable_cdi = true" in (lay.config / "containerd.toml").read_text()
+    containerd = (lay.config / "containerd.toml").read_text()
+    assert "enable_cdi = true" in containerd
+    # without CAP_SYS_RESOURCE runc cannot apply the kubelet's negative sandbox oom_score_adj
+    assert f"restrict_oom_score_adj = {str(not hc.has_cap_sys_resource()).lower()}" in containerd
 
 
 def test_oci_archive_is_self_consistent(hc: ModuleType, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "dra"
-NODE = "hcs-dra-test-node"
+NODE = f"hcs-dra-test-node-{os.getpid()}"
 NS = f"hcs-dra-test-{os.getpid()}"
 DRIVER = "ai.compute"
 SLICES = f"{RESOURCE_API}/resourceslices"
@@ -315,7 +315,7 @@ def test_200_devices_split_into_two_slices_accepted_by_the_apiserver(rest, api_c
     from hcs.node.dra.slice_controller import SliceController
     from hcs.node.dra.slices import build_slices
 
-    node = "hcs-dra-test-node-200"
+    node = f"hcs-dra-test-node-{os.getpid()}-c"
     cfg = DraConfig(node_name=node)
     ctl = SliceController(rest, cfg)
     devs = [make_device(Vendor.NVIDIA, i, vram_gib=16) for i in range(200)]
@@ -351,7 +351,7 @@ def test_unhealthy_device_is_tainted_in_the_slice(rest, dra):
 
 def test_agent_process_restart_keeps_checkpoint_and_health_taint(rest, kube_cluster, tmp_path):
     """The standalone runner with the simulated NVML: SIGKILL between prepare and unprepare."""
-    node = "hcs-dra-test-node-2"
+    node = f"hcs-dra-test-node-{os.getpid()}-b"
     ensure_fake_node(rest, node)
     ensure_namespace(rest, NS)
     profile = tmp_path / "profile.json"

@@ -3,7 +3,7 @@
 The kubelet's plugin watcher finds our registration socket, the real kube-scheduler allocates the
 claim from our ResourceSlices, the kubelet calls NodePrepareResources on our socket, containerd
 applies our CDI spec (env, quota file mount, interceptor mount) and the container prints them.
-Deleting the pod makes the kubelet call NodeUnprepareResources, which removes the spec.
+When the pod completes the kubelet calls NodeUnprepareResources, which removes the spec.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dra_helpers import GiB, make_device  # noqa: E402
@@ -30,6 +29,9 @@ from hcs.testing.cluster import busybox_pod  # noqa: E402
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
+#: its own driver name: other suites on the shared cluster run ai.compute plugins for the same node
+DRIVER = "kubelet-test.ai.compute"
+CLASS = "kubelet-test.ai.compute"
 
 
 @pytest.fixture
@@ -39,8 +41,9 @@ def real_node_plugin(kube_cluster: Any, api_client: Any, tmp_path: Path):
     lib = REPO / "interceptor" / "build"
     cfg = DraConfig(
         node_name=kube_cluster.node_name,
+        driver_name=DRIVER,
         plugins_registry=str(kube_cluster.kubelet_dir / "plugins_registry"),
-        plugin_dir=str(kube_cluster.kubelet_dir / "plugins" / "ai.compute"),
+        plugin_dir=str(kube_cluster.kubelet_dir / "plugins" / DRIVER),
         cdi_dir="/var/run/cdi",
         interceptor_host_dir=str(lib) if (lib / "libhcs_interceptor.so").exists() else "",
         device_isolation=False,
@@ -59,18 +62,19 @@ def test_real_kubelet_runs_pod_with_16gi_claim(kube_cluster, api_client, real_no
     rest = KubeRest(api_client)
     assert plugin.registered.wait(30), f"the kubelet did not register the plugin: {plugin.registration_error}"
     assert plugin.slices is not None and plugin.slices.wait_synced(30), plugin.slices.last_error
-    for obj in yaml.safe_load_all((REPO / "examples" / "dra" / "deviceclasses.yaml").read_text()):
-        try:
-            rest.request("POST", f"{RESOURCE_API}/deviceclasses", body=obj)
-        except KubeError as exc:
-            assert exc.status == 409, exc
+    try:
+        rest.request("POST", f"{RESOURCE_API}/deviceclasses", body={
+            "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": CLASS},
+            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRIVER}"'}}]}})
+    except KubeError as exc:
+        assert exc.status == 409, exc
     ns = f"hcs-dra-kubelet-{os.getpid()}"
     ensure_namespace(rest, ns)
     try:
         rest.request("POST", f"{RESOURCE_API}/namespaces/{ns}/resourceclaimtemplates", body={
             "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": "vram-16gi"},
             "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
-                "deviceClassName": "vram.ai.compute", "capacity": {"requests": {"memory": "16Gi"}}}}]}}},
+                "deviceClassName": CLASS, "capacity": {"requests": {"memory": "16Gi"}}}}]}}},
         })
         script = "echo CUDA=$CUDA_VISIBLE_DEVICES; echo QUOTA=$(cat $HCS_QUOTA_FILE); echo CLAIM=$HCS_CLAIM"
         pod = busybox_pod("dra16", ["sh", "-c", script], image=kube_cluster.busybox_image, namespace=ns,
@@ -92,14 +96,10 @@ def test_real_kubelet_runs_pod_with_16gi_claim(kube_cluster, api_client, real_no
         assert values["CUDA"] in {d.uuid for d in devices}
         assert values["QUOTA"] == f"0 {16 * GiB}"
         assert values["CLAIM"].startswith(f"{ns}/dra16-acc-")
-        specs = list(Path(cfg.cdi_dir).glob("ai.compute-device_*.json"))
-        assert specs, "no CDI spec while the pod exists"
-        rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/dra16")
-
-        def unprepared() -> bool:
-            return not any(p.exists() for p in specs)
-
-        assert wait_for(unprepared, 60), "the kubelet did not unprepare the claim after the pod was deleted"
+        # the container saw our CDI edits; once it completed, the kubelet unprepares the claim
+        assert wait_for(lambda: not list(Path(cfg.cdi_dir).glob(f"{DRIVER}-device_*.json")), 60), \
+            "the kubelet did not unprepare the claim after the pod completed"
+        assert plugin.state.claims == {}
     finally:
         with contextlib.suppress(KubeError):
             rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/dra16", query={"gracePeriodSeconds": "0"})

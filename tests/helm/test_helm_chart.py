@@ -148,7 +148,7 @@ def test_default_render_follows_the_seed_defaults(rendered: Render) -> None:
     assert configs["kube-scheduler"]["leaderElection"]["leaderElect"] is True
     assert one(docs, "Deployment", "hcs-webhook")["spec"]["replicas"] == 2
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        assert [w["failurePolicy"] for w in one(docs, kind)["webhooks"]] == ["Fail"]
+        assert {w["failurePolicy"] for w in one(docs, kind)["webhooks"]} == {"Fail"}
     rates = {"a100": 1.0, "a800": 0.95, "h100": 1.5, "910b": 0.85, "hygon-dcu": 0.6}
     assert configs["allocator"]["exchangeRates"] == rates
     assert configs["node"]["exchangeRates"] == rates
@@ -158,7 +158,7 @@ def test_default_render_follows_the_seed_defaults(rendered: Render) -> None:
 def test_webhook_failure_policy_follows_the_value(rendered: Render, policy: str) -> None:
     docs = rendered(webhook__failurePolicy=policy)
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        assert [w["failurePolicy"] for w in one(docs, kind)["webhooks"]] == [policy]
+        assert {w["failurePolicy"] for w in one(docs, kind)["webhooks"]} == {policy}
 
 
 def test_components_can_be_switched_off(rendered: Render) -> None:
@@ -419,7 +419,8 @@ def test_generated_certificate_serves_the_webhook_service(rendered: Render, tmp_
     (tmp_path / "ca.pem").write_bytes(ca)
     (tmp_path / "tls.pem").write_bytes(base64.b64decode(secret["data"]["tls.crt"]))
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        assert base64.b64decode(one(docs, kind)["webhooks"][0]["clientConfig"]["caBundle"]) == ca
+        for hook in one(docs, kind)["webhooks"]:
+            assert base64.b64decode(hook["clientConfig"]["caBundle"]) == ca
     verify = _openssl("verify", "-CAfile", str(tmp_path / "ca.pem"), "-verify_hostname",
                       f"hcs-webhook.{NAMESPACE}.svc", str(tmp_path / "tls.pem"))
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -437,7 +438,7 @@ def test_cert_manager_when_present(rendered: Render) -> None:
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         cfg = one(docs, kind)
         assert cfg["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/hcs-webhook"
-        assert "caBundle" not in cfg["webhooks"][0]["clientConfig"]
+        assert all("caBundle" not in hook["clientConfig"] for hook in cfg["webhooks"])
     assert {i["metadata"]["name"] for i in find(docs, "Issuer")} == {"hcs-webhook-selfsigned", "hcs-webhook-ca"}
     # explicit off wins over detection; explicit on works without detection
     assert find(rendered(api_versions=("cert-manager.io/v1",), webhook__certManager__autoDetect=False), "Secret")
@@ -591,3 +592,31 @@ def test_webhook_skips_its_own_namespace_but_never_default(helm_bin: str) -> Non
 
     assert excluded("hcs-system") == ["kube-system", "hcs-system"]
     assert excluded("default") == ["kube-system"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rendered_command_lines_parse_with_the_real_clis(rendered: Render, mode: str) -> None:
+    """Every flag the chart passes exists in the component's CLI (argparse exits 2 on an unknown flag)."""
+    from hcs.cli import build_parser
+
+    docs = rendered(("values-dev.yaml",), mode=mode, nodeAgent__simulated__enabled=True, global__logJson=True)
+    parser = build_parser()
+    seen = set()
+    for workload in find(docs, "Deployment") + find(docs, "DaemonSet"):
+        for c in workload["spec"]["template"]["spec"]["containers"]:
+            argv = [a.replace("$(NODE_NAME)", "node-1").replace("$(POD_NAME)", "pod-1") for a in c.get("args", [])]
+            if c["image"].startswith("registry.k8s.io/kube-scheduler"):
+                continue  # checked against the real kube-scheduler in test_helm_cluster.py
+            if c["name"] == "dra-plugin":
+                dra_main = pytest.importorskip("hcs.node.dra.__main__")
+                command = [a.replace("$(NODE_NAME)", "node-1") for a in c["command"]]
+                assert command[:3] == ["python", "-m", "hcs.node.dra"]
+                ns = dra_main.build_parser().parse_args(command[3:])
+                assert ns.config == "/etc/hcs/dra.yaml" and ns.simulated and ns.log_level == "debug"
+                seen.add("dra")
+                continue
+            ns = parser.parse_args(argv)
+            assert ns.log_level == "debug" and ns.log_json and ns.config.startswith("/etc/hcs/")
+            seen.add(ns.command)
+    assert {"node", "allocator", "webhook"} <= seen
+    assert ("dra" in seen) == (mode != "devicePlugin")

@@ -179,7 +179,7 @@ def _run_pod(rest: KubeRest, kube_cluster: Any, pod_name: str, vram: str,
            "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
                     "containers": [{"name": "main", "image": kube_cluster.busybox_image,
                                     "imagePullPolicy": "Never",
-                                    "command": ["sh", "-c", "env | sort; echo QUOTA; cat $HCS_QUOTA_FILE"],
+                                    "command": ["sh", "-c", "env | sort; echo ==QUOTA==; cat $HCS_QUOTA_FILE"],
                                     "resources": {"requests": limits, "limits": limits}}]}}
     rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
     # the kubelet admitted it and called Allocate
@@ -221,7 +221,7 @@ def test_real_kubelet_registers_and_allocates(rest: KubeRest, kube_cluster: Any)
                            lambda: any(a.pod.name == pod_name for a in agent.core.allocations()))
         assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in logs  # best fit: the 40 GiB device
         assert "HCS_QUOTA_FILE=/var/run/hcs/quota" in logs
-        assert logs.split("QUOTA", 1)[1].split() == ["0", str(8 * GiB)]
+        assert logs.split("==QUOTA==", 1)[1].split() == ["0", str(8 * GiB)]
         ann = p["metadata"].get("annotations", {}).get("hcs.io/assignment")
         if ann is None:  # confirm/annotate is asynchronous
             ann = _wait(lambda: rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{pod_name}")["metadata"]
@@ -261,7 +261,7 @@ def test_real_kubelet_deferred_match_through_cdi(rest: KubeRest, kube_cluster: A
         _, logs = _run_pod(rest, kube_cluster, pod_name, "30Gi", lambda: deferred._value.get() == 1)
         # the ghost (older) took the 40 GiB device by best fit; the real pod got the 80 GiB one
         assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0000" in logs, logs
-        assert logs.split("QUOTA", 1)[1].split() == ["0", str(30 * GiB)]
+        assert logs.split("==QUOTA==", 1)[1].split() == ["0", str(30 * GiB)]
         assert any(a.pod.name == pod_name for a in agent.core.allocations())  # resolved at PreStart
         specs = list(Path("/var/run/cdi").glob("test.hcs.io-slot-*.json"))
         assert specs, "the CDI spec was not written"

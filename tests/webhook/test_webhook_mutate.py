@@ -83,7 +83,7 @@ def test_pod_without_metadata_gets_annotations() -> None:
 def test_dra_mode_translates_to_claim_template() -> None:
     obj = pod({"ai.compute/vram": "16Gi", "ai.compute/tflops-fp16": "100", "cpu": "1"},
               {"ai.compute/vram": "16Gi", "memory": "1Gi"})
-    out, m = mutate(obj, Mode.DRA)
+    out, m = mutate(obj, Mode.DRA, cfg=WebhookConfig(dra=DraSettings(min_split_bytes=GI)))
     spec = out["spec"]
     assert "schedulerName" not in spec  # kube-scheduler allocates DRA claims
     res = spec["containers"][0]["resources"]
@@ -105,6 +105,10 @@ def test_dra_mode_translates_to_claim_template() -> None:
 
 
 def test_dra_small_request_is_a_single_exact_request() -> None:
+    spec = claim_template_spec(16 * GI, None, {}, DraSettings())
+    assert "exactly" in spec["spec"]["devices"]["requests"][0]
+    spec = claim_template_spec(32 * GI, None, {}, DraSettings())
+    assert [a["count"] for a in spec["spec"]["devices"]["requests"][0]["firstAvailable"]] == [1, 2]
     spec = claim_template_spec(GI, None, {}, DraSettings())
     (request,) = spec["spec"]["devices"]["requests"]
     assert request["exactly"] == {"deviceClassName": "vram.ai.compute", "allocationMode": "ExactCount", "count": 1,

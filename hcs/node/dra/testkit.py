@@ -90,7 +90,7 @@ def create_allocated_claim(
 
 
 def pod_with_claim(name: str, node: str, *, template: str = "", claim: str = "",
-                   image: str = "busybox:hcs") -> dict[str, Any]:
+                   image: str = "hcs.local/busybox:1.35") -> dict[str, Any]:
     """A pod that references one claim (by template or by name), pinned by label to ``node``."""
     source = {"resourceClaimTemplateName": template} if template else {"resourceClaimName": claim}
     return {
