@@ -188,11 +188,12 @@ def make_pods(rest: KubeRest, n: int, kind: str, scheduler: str, workers: int) -
         list(ex.map(one, range(n)))
 
 
-def unbound(rest: KubeRest, kind: str) -> int:
-    out = rest.request("GET", f"/api/v1/namespaces/{NS}/pods", query={
-        "labelSelector": f"run={kind}", "fieldSelector": "spec.nodeName=", "limit": "1"})
-    items = out.get("items") or []
-    return len(items) + int((out.get("metadata") or {}).get("remainingItemCount") or 0)
+def unbound(rest: KubeRest, kind: str, exact: bool = False) -> int:
+    """Unbound pods of one run; cheap form (limit 1: 0 or 1, enough to poll for "all bound")."""
+    query = {"labelSelector": f"run={kind}", "fieldSelector": "spec.nodeName="}
+    if not exact:
+        query["limit"] = "1"  # (remainingItemCount is not served for selector lists)
+    return len(rest.request("GET", f"/api/v1/namespaces/{NS}/pods", query=query).get("items") or [])
 
 
 def scheduler_binary(cluster: Any) -> str:
@@ -231,9 +232,11 @@ def measure(rest: KubeRest, kind: str, n: int, start_scheduler: Any, timeout: fl
                 break
             time.sleep(0.25)
     finally:
+        elapsed = time.monotonic() - t0
         proc.terminate()
         proc.wait(timeout=30)
-    elapsed = time.monotonic() - t0
+    if left:
+        left = unbound(rest, kind, exact=True)
     return {"bound": n - left, "seconds": round(elapsed, 2), "pods_per_s": round((n - left) / elapsed, 2)}
 
 

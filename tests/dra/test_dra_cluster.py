@@ -8,6 +8,7 @@ calling the plugin is covered by the e2e suite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -335,6 +336,45 @@ def test_200_devices_split_into_two_slices_accepted_by_the_apiserver(rest, api_c
         assert not ctl.reconcile_once()  # in sync: nothing written
     finally:
         ctl.delete_all()
+
+
+def test_partitioned_mode_slices_and_scheduler_allocation(rest, api_client, tmp_path):
+    """Shared counters + partitions (DRAPartitionableDevices): the scheduler takes a 20Gi partition."""
+    node = f"hcs-dra-test-node-{os.getpid()}-p"
+    ensure_fake_node(rest, node)
+    ensure_namespace(rest, NS)
+    for obj in example("deviceclasses.yaml"):
+        apply(rest, obj)
+    cfg = DraConfig(node_name=node, mode="partitioned", partition_bytes=(20 * GiB,),
+                    plugins_registry=str(tmp_path / "r"), plugin_dir=str(tmp_path / "p"), cdi_dir=str(tmp_path / "c"))
+    plugin = DraPlugin(cfg, [make_device(Vendor.NVIDIA, 0, vram_gib=80)], api_client)
+    plugin.start()
+    try:
+        assert plugin.slices is not None and plugin.slices.wait_synced(30), plugin.slices.last_error
+        slices = node_slices(rest, node)
+        assert sum(1 for s in slices if s["spec"].get("sharedCounters")) == 1
+        devs = slice_devices(rest, node)
+        assert len(devs) == 5, "counters or partitions dropped: DRAPartitionableDevices off in the apiserver?"
+        assert devs["nvidia-0-20gi-0"]["consumesCounters"][0]["counterSet"] == "nvidia-0-counters"
+        apply(rest, {
+            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": "part"},
+            "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+                "deviceClassName": "vram.ai.compute",
+                "selectors": [{"cel": {"expression": 'device.attributes["ai.compute"].partition == true'}}]}}]}},
+        }, NS)
+        apply(rest, pod_with_claim("part", node, claim="part"), NS)
+        claim = wait_for(lambda: allocated(rest, "part"), 60)
+        assert claim, "partition claim not allocated"
+        (res,) = claim["status"]["allocation"]["devices"]["results"]
+        assert res["device"].startswith("nvidia-0-20gi-") and res["pool"] == node
+    finally:
+        force_delete_pods(rest, ["part"])
+        with contextlib.suppress(KubeError):
+            rest.request("DELETE", f"{RESOURCE_API}/namespaces/{NS}/resourceclaims/part")
+        plugin.stop()
+        if plugin.slices is not None:
+            plugin.slices.delete_all()
+        delete_node(rest, node)
 
 
 def test_unhealthy_device_is_tainted_in_the_slice(rest, dra):

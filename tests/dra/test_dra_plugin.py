@@ -149,6 +149,18 @@ def test_whole_device_claim_gets_full_quota_and_existing_device_nodes(env, tmp_p
     assert Path(quota["hostPath"]).read_text() == f"0 {80 * GiB}\n"
 
 
+def test_partitioned_mode_prepares_a_partition_with_its_size_as_quota(env):
+    env.cfg = replace(env.cfg, mode="partitioned", partition_bytes=(20 * GiB,))
+    env.start()
+    ref = env.claim("nvidia-2-20gi-3", memory=None)
+    out = env.sim.prepare(DRIVER, [ref])[ref[1]]
+    assert out.error == "" and out.devices[0].device_name == "nvidia-2-20gi-3"
+    edits = json.loads(env.cdi_files()[0].read_text())["devices"][0]["containerEdits"]
+    assert dict(e.split("=", 1) for e in edits["env"])["CUDA_VISIBLE_DEVICES"] == env.devices[2].uuid
+    quota = next(m for m in edits["mounts"] if m["containerPath"] == "/var/run/hcs/quota")
+    assert Path(quota["hostPath"]).read_text() == f"0 {20 * GiB}\n"
+
+
 def test_prepare_is_idempotent_and_unknown_unprepare_succeeds(env):
     env.start()
     ref = env.claim()
@@ -220,6 +232,17 @@ def test_large_batch_uses_one_list_per_namespace(env):
     out = env.sim.prepare(DRIVER, [*refs, *few, gone])
     assert listed == ["ns"] and env.fetches == 2  # one LIST for 10 claims in ns, 2 GETs in "other"
     assert all(out[r[1]].error == "" for r in refs + few) and "not found" in out[gone[1]].error
+
+
+def test_unwritable_cdi_dir_is_a_claim_error_without_leftovers(env):
+    (env.tmp / "cdi").write_text("not a directory")  # every spec write fails
+    env.start()
+    refs = [env.claim(f"nvidia-{i}") for i in range(2)]
+    out = env.sim.prepare(DRIVER, refs)
+    assert all("writing the CDI spec or quota file failed" in out[r[1]].error for r in refs)
+    assert env.plugin.state.claims == {} and list((env.cfg.data_dir / "claims").iterdir()) == []
+    (env.tmp / "cdi").unlink()
+    assert all(o.error == "" for o in env.sim.prepare(DRIVER, refs).values())
 
 
 def test_api_server_down_is_a_retryable_claim_error(env):

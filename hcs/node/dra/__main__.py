@@ -87,7 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hcs.devices.health import HealthMonitor
 
         monitor = HealthMonitor(inventory)
-    plugin = DraPlugin(cfg, inventory, kube_client(args.kubeconfig), health_source=monitor)
+    try:
+        api = kube_client(args.kubeconfig)
+    except Exception as exc:  # noqa: BLE001 - kubernetes raises several types for a bad kubeconfig
+        where = args.kubeconfig or "the in-cluster service account"
+        print(f"hcs dra: error: cannot use {where} to reach the API server: {exc}; pass --kubeconfig",
+              file=sys.stderr)
+        return 2
+    plugin = DraPlugin(cfg, inventory, api, health_source=monitor)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

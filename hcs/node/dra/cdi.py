@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hcs.node.dra.injection import ContainerEdits
+
+log = logging.getLogger(__name__)
 
 #: annotation on each spec: the claim it belongs to (lets us rebuild a lost checkpoint)
 CLAIM_ANNOTATION = "hcs.io/claim"
@@ -125,7 +128,7 @@ def write_spec(cdi_dir: Path, file_name: str, spec: Mapping[str, Any]) -> Path:
 
 
 def remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         path.unlink()
 
 
@@ -135,6 +138,9 @@ def our_specs(cdi_dir: Path, vendor: str, cls: str) -> Iterable[Path]:
     try:
         entries = list(cdi_dir.iterdir())
     except FileNotFoundError:
+        return []
+    except OSError as exc:  # not a directory, no permission: prepare will report it per claim
+        log.warning("cannot list CDI dir %s: %s", cdi_dir, exc)
         return []
     return sorted(p for p in entries if p.name.startswith(prefix) and p.suffix == ".json")
 
