@@ -8,7 +8,6 @@ calling the plugin is covered by the e2e suite.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -79,18 +78,18 @@ def slice_devices(rest: KubeRest, node: str = NODE) -> dict[str, dict[str, Any]]
     return {d["name"]: d for s in node_slices(rest, node) for d in s["spec"].get("devices") or []}
 
 
-def claim_of_pod(rest: KubeRest, pod: str) -> dict[str, Any] | None:
-    p = rest.request("GET", f"/api/v1/namespaces/{NS}/pods/{pod}")
+def claim_of_pod(rest: KubeRest, pod: str, ns: str = NS) -> dict[str, Any] | None:
+    p = rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{pod}")
     statuses = p.get("status", {}).get("resourceClaimStatuses") or []
     name = statuses[0].get("resourceClaimName") if statuses else p["spec"]["resourceClaims"][0].get(
         "resourceClaimName")
     if not name:
         return None
-    return rest.request("GET", f"{RESOURCE_API}/namespaces/{NS}/resourceclaims/{name}")
+    return rest.request("GET", f"{RESOURCE_API}/namespaces/{ns}/resourceclaims/{name}")
 
 
-def allocated(rest: KubeRest, pod: str) -> dict[str, Any] | None:
-    c = claim_of_pod(rest, pod)
+def allocated(rest: KubeRest, pod: str, ns: str = NS) -> dict[str, Any] | None:
+    c = claim_of_pod(rest, pod, ns)
     return c if c and (c.get("status") or {}).get("allocation") else None
 
 
@@ -100,14 +99,14 @@ def unschedulable(rest: KubeRest, pod: str) -> bool:
                for c in p.get("status", {}).get("conditions") or [])
 
 
-def force_delete_pods(rest: KubeRest, names: list[str]) -> None:
+def force_delete_pods(rest: KubeRest, names: list[str], ns: str = NS) -> None:
     claims = []
     for n in names:
         try:
-            c = claim_of_pod(rest, n)
+            c = claim_of_pod(rest, n, ns)
             if c and c["metadata"].get("ownerReferences"):
                 claims.append(c["metadata"]["name"])
-            rest.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{n}", query={"gracePeriodSeconds": "0"})
+            rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{n}", query={"gracePeriodSeconds": "0"})
         except KubeError as exc:
             if exc.status != 404:
                 raise
@@ -115,7 +114,7 @@ def force_delete_pods(rest: KubeRest, names: list[str]) -> None:
 
         def gone(c: str = c) -> bool:
             try:
-                rest.request("GET", f"{RESOURCE_API}/namespaces/{NS}/resourceclaims/{c}")
+                rest.request("GET", f"{RESOURCE_API}/namespaces/{ns}/resourceclaims/{c}")
                 return False
             except KubeError as exc:
                 return exc.status == 404
@@ -342,7 +341,8 @@ def test_partitioned_mode_slices_and_scheduler_allocation(rest, api_client, tmp_
     """Shared counters + partitions (DRAPartitionableDevices): the scheduler takes a 20Gi partition."""
     node = f"hcs-dra-test-node-{os.getpid()}-p"
     ensure_fake_node(rest, node)
-    ensure_namespace(rest, NS)
+    ns = f"{NS}-p"
+    ensure_namespace(rest, ns)
     for obj in example("deviceclasses.yaml"):
         apply(rest, obj)
     cfg = DraConfig(node_name=node, mode="partitioned", partition_bytes=(20 * GiB,),
@@ -361,16 +361,15 @@ def test_partitioned_mode_slices_and_scheduler_allocation(rest, api_client, tmp_
             "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
                 "deviceClassName": "vram.ai.compute",
                 "selectors": [{"cel": {"expression": 'device.attributes["ai.compute"].partition == true'}}]}}]}},
-        }, NS)
-        apply(rest, pod_with_claim("part", node, claim="part"), NS)
-        claim = wait_for(lambda: allocated(rest, "part"), 60)
+        }, ns)
+        apply(rest, pod_with_claim("part", node, claim="part"), ns)
+        claim = wait_for(lambda: allocated(rest, "part", ns), 60)
         assert claim, "partition claim not allocated"
         (res,) = claim["status"]["allocation"]["devices"]["results"]
         assert res["device"].startswith("nvidia-0-20gi-") and res["pool"] == node
     finally:
-        force_delete_pods(rest, ["part"])
-        with contextlib.suppress(KubeError):
-            rest.request("DELETE", f"{RESOURCE_API}/namespaces/{NS}/resourceclaims/part")
+        force_delete_pods(rest, ["part"], ns)
+        delete_namespace(rest, ns)
         plugin.stop()
         if plugin.slices is not None:
             plugin.slices.delete_all()
@@ -393,7 +392,8 @@ def test_agent_process_restart_keeps_checkpoint_and_health_taint(rest, kube_clus
     """The standalone runner with the simulated NVML: SIGKILL between prepare and unprepare."""
     node = f"hcs-dra-test-node-{os.getpid()}-b"
     ensure_fake_node(rest, node)
-    ensure_namespace(rest, NS)
+    ns = f"{NS}-r"
+    ensure_namespace(rest, ns)
     profile = tmp_path / "profile.json"
     profile.write_text((REPO / "driver" / "profiles" / "a100-80g-nvlink-8.json").read_text())
     faults = tmp_path / "faults"
@@ -413,9 +413,9 @@ def test_agent_process_restart_keeps_checkpoint_and_health_taint(rest, kube_clus
     try:
         sim.register()
         assert wait_for(lambda: len(slice_devices(rest, node)) == 8, 30), "8 devices not published"
-        claim = create_allocated_claim(rest, NS, "restart", [
+        claim = create_allocated_claim(rest, ns, "restart", [
             {"request": "gpu", "driver": DRIVER, "pool": node, "device": "nvidia-5"}])
-        ref = (NS, claim["metadata"]["uid"], "restart")
+        ref = (ns, claim["metadata"]["uid"], "restart")
         out = sim.prepare(DRIVER, [ref])[ref[1]]
         assert out.error == "" and out.devices[0].device_name == "nvidia-5"
         spec = tmp_path / "cdi" / f"ai.compute-device_{ref[1]}.json"
@@ -423,7 +423,7 @@ def test_agent_process_restart_keeps_checkpoint_and_health_taint(rest, kube_clus
         assert "CUDA_VISIBLE_DEVICES=GPU-" in " ".join(env_vars)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        rest.request("DELETE", f"{RESOURCE_API}/namespaces/{NS}/resourceclaims/restart")  # claim gone meanwhile
+        rest.request("DELETE", f"{RESOURCE_API}/namespaces/{ns}/resourceclaims/restart")  # claim gone meanwhile
         proc = launch()
         sim.close()
         sim.register()
@@ -442,3 +442,4 @@ def test_agent_process_restart_keeps_checkpoint_and_health_taint(rest, kube_clus
         for s in node_slices(rest, node):
             rest.request("DELETE", f"{SLICES}/{s['metadata']['name']}")
         delete_node(rest, node)
+        delete_namespace(rest, ns)

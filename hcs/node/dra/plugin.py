@@ -143,6 +143,7 @@ class DraPlugin:
         self.registered = threading.Event()
         self.registration_error = ""
         self.recovery_notes: list[str] = []
+        self._inodes: dict[Path, tuple[int, int] | None] = {}
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -176,7 +177,8 @@ class DraPlugin:
             if server is not None:
                 server.stop(grace=1.0).wait(2.0)
             with contextlib.suppress(FileNotFoundError):
-                sock.unlink()
+                if _inode(sock) == self._inodes.get(sock):  # never remove a newer instance's socket
+                    sock.unlink()
         self._reg_server = self._dra_server = None
         if self.slices is not None:
             self.slices.stop()
@@ -196,6 +198,7 @@ class DraPlugin:
         add(server)
         server.add_insecure_port(f"unix://{sock}")
         server.start()
+        self._inodes[sock] = _inode(sock)
         return server
 
     def _add_dra_services(self, server: grpc.Server) -> None:
@@ -354,6 +357,14 @@ class DraPlugin:
             query={"fieldManager": self.cfg.driver_name, "force": "true"},
             body=body, content_type="application/apply-patch+yaml",
         )
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 # ------------------------------------------------------------------ servicers
