@@ -27,6 +27,7 @@ from hcs.node.computenode import ComputeNodeReporter, IslandInfo
 from hcs.node.config import NodeConfig
 from hcs.node.deviceplugin import DevicePluginServicer, DeviceView, PluginCore
 from hcs.node.dra.kube import KubeRest
+from hcs.node.dra.plugin import DraPlugin
 from hcs.node.metrics import NodeMetrics
 from hcs.node.podresources import PodResourcesClient
 from hcs.node.state import Allocation
@@ -72,8 +73,10 @@ class NodeAgent:
         kube: KubeRest | None = None,
         pod_lister: PodLister | None = None,
         metrics: NodeMetrics | None = None,
+        dra: DraPlugin | None = None,
     ) -> None:
         self.config = config
+        self.dra = dra
         self.metrics = metrics or NodeMetrics()
         self.view = DeviceView(devices)
         self.islands = tuple(islands)
@@ -131,20 +134,23 @@ class NodeAgent:
         log.info("node %s: %d devices, %d slots of %s, %d allocations recovered", cfg.nodeName,
                  len(self.view.devices()), len(self.core.slots), cfg.resourceName, len(recovered))
         self._update_metrics()
-        self._serve()
-        self._try_register()
-        self._spawn(self._watch_kubelet, "hcs-kubelet-watch")
+        if cfg.devicePlugin:
+            self._serve()
+            self._try_register()
+            self._spawn(self._watch_kubelet, "hcs-kubelet-watch")
         self._spawn(self._housekeeping, "hcs-housekeeping")
         if self.health is not None:
             self._spawn(self._watch_health, "hcs-health")
         if self.reporter is not None:
             self.reporter.start()
-        # ---- DRA kubelet plugin (hcs/node/dra/, issue 6) starts here, in this process: -----------
-        # e.g. self.dra = DraPlugin(config, inventory, api_client); self.dra.start()  (stop() below)
+        if self.dra is not None:  # the DRA kubelet plugin runs in this process, fed by our health watch
+            self.dra.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        if self.dra is not None:
+            self.dra.stop()
         self.core.close()
         if self.reporter is not None:
             self.reporter.stop()
@@ -248,6 +254,8 @@ class NodeAgent:
                 continue
             changed = False
             for c in changes:
+                if self.dra is not None:
+                    self.dra.set_health(c.device_key, c.new)
                 if self.view.set_health(c.device_key, c.new):
                     changed = True
                     self.metrics.health_events.labels(c.device_key, str(c.new.healthy).lower()).inc()

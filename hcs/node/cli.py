@@ -56,6 +56,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--assignment-source", choices=("local", "allocator"), help="who decides devices per pod")
     p.add_argument("--allocator-address", help="host:port of the allocator gRPC API")
     p.add_argument("--slots-per-device", type=int, help="slot IDs advertised per physical device")
+    p.add_argument("--dra", action="store_true",
+                   help="also run the DRA kubelet plugin in this process (on by default when the config has a "
+                   "node.dra section; needs the API server)")
+    p.add_argument("--no-device-plugin", action="store_true",
+                   help="do not serve the kubelet device plugin (DRA-only nodes)")
     p.set_defaults(func=run)
 
 
@@ -68,13 +73,17 @@ def run(args: argparse.Namespace) -> int:
     from hcs.node.dra.kube import KubeError
 
     raw = load_config(args.config)
+    source = args.config or "config"
+    node_section = section(raw, "node", source=source)
+    dra_section = node_section.pop("dra", None)
     overrides: dict[str, Any] = {field: getattr(args, flag) for flag, field in _FLAGS.items()}
+    if args.no_device_plugin:
+        overrides["devicePlugin"] = False
     overrides["nodeName"] = args.node_name or os.environ.get("NODE_NAME") or raw.get("node", {}).get(
         "nodeName") or socket.gethostname()
     if args.kubeconfig:
         overrides["kubeconfig"] = args.kubeconfig
-    config = node_config(section(raw, "node", source=args.config or "config"), source=args.config or "config",
-                         **overrides)
+    config = node_config(node_section, source=source, **overrides)
     rest = None
     if not args.no_api_server:
         rest = _kube(config.kubeconfig)
@@ -106,10 +115,29 @@ def run(args: argparse.Namespace) -> int:
             health = HealthMonitor(inventory)
         except Exception as exc:  # a vendor library that enumerates but cannot be watched
             log.error("health monitoring unavailable (%s); devices stay as discovered", exc)
-    agent = NodeAgent(config, inventory.devices, islands=islands, health=health, kube=rest).start()
+    dra = None
+    if args.dra or dra_section is not None:
+        dra = _dra_plugin(dra_section or {}, config, inventory.devices, rest, source)
+    agent = NodeAgent(config, inventory.devices, islands=islands, health=health, kube=rest, dra=dra).start()
     done.wait()
     agent.stop()
     return 0
+
+
+def _dra_plugin(dra_section: Any, config: Any, devices: Any, rest: Any, source: str) -> Any:
+    """The DRA kubelet plugin for this node, started by the agent beside its device plugin."""
+    from hcs.node.dra.config import DraConfig
+    from hcs.node.dra.plugin import DraPlugin
+
+    if not isinstance(dra_section, dict):
+        raise ConfigError(f"{source}: field 'node.dra' must be a mapping, got {type(dra_section).__name__}")
+    if rest is None:
+        raise ConfigError(f"{source}: node.dra needs the API server (ResourceClaims, ResourceSlices); pass "
+                          "--kubeconfig or run in a cluster, or drop the node.dra section")
+    cfg = DraConfig.from_mapping(dra_section, node_name=config.nodeName, source=f"{source} node.dra")
+    if not config.deviceIsolation:
+        cfg = cfg.with_overrides(device_isolation=False)
+    return DraPlugin(cfg, devices, rest.api_client)
 
 
 def _kube(kubeconfig: str) -> Any:

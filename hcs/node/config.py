@@ -36,6 +36,7 @@ class NodeConfig:
     allocatorAddress: str = "hcs-allocator.hcs-system.svc:50051"
     healthPollInterval: float = 0.2
     kubeletWatchInterval: float = 0.15
+    devicePlugin: bool = True  # False: DRA only (no slot resource, no kubelet device-plugin socket)
 
     @property
     def kubelet_socket(self) -> str:
