@@ -46,6 +46,22 @@ class DeviceTable:
     penalty: npt.NDArray[np.float64]
     where: Mapping[tuple[str, str], tuple[int, int]]  # (node, device name) -> (row, col)
     node_index: Mapping[str, int]
+    row_key: npt.NDArray[np.int64]  # (R,) index into keys
+    keys: tuple[tuple[str, str], ...]  # distinct (vendor, model)
+    cpu_total: npt.NDArray[np.int64]  # (N,)
+    mem_total: npt.NDArray[np.int64]  # (N,)
+
+    def scatter(self, usage: Mapping[str, Usage]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``(R, W)`` VRAM and milli-TFLOPS in use, from the usage map."""
+        uv = np.zeros(self.vram.shape, dtype=np.int64)
+        ut = np.zeros(self.vram.shape, dtype=np.int64)
+        for node, nu in usage.items():
+            for dev, (v, t) in nu.items():
+                rc = self.where.get((node, dev))
+                if rc is not None:
+                    uv[rc] += v
+                    ut[rc] += t
+        return uv, ut
 
     @classmethod
     def build(cls, nodes: Sequence[NodeInventory]) -> DeviceTable:
@@ -73,26 +89,25 @@ class DeviceTable:
                 healthy[i, j] = d.healthy
                 penalty[i, j] = (100 - d.health_score) / 100.0
                 where[(nodes[ni].name, d.name)] = (i, j)
+        key_index: dict[tuple[str, str], int] = {}
+        row_key = np.array([key_index.setdefault((x[2], x[1]), len(key_index)) for x in rows], dtype=np.int64)
         return cls(tuple(nodes), np.array([x[0] for x in rows], dtype=np.int64), tuple(x[1] for x in rows),
                    tuple(x[2] for x in rows), tuple(x[3] for x in rows), vram, tfl, present, healthy, penalty,
-                   where, {n.name: i for i, n in enumerate(nodes)})
+                   where, {n.name: i for i, n in enumerate(nodes)}, row_key, tuple(key_index),
+                   np.array([n.cpu_milli for n in nodes], dtype=np.int64),
+                   np.array([n.memory_bytes for n in nodes], dtype=np.int64))
 
 
 def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
               cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor, rng: np.random.Generator,
-              only: set[str] | None = None, proposals: int = PROPOSALS) -> list[Verdict]:
+              only: set[str] | None = None, proposals: int = PROPOSALS,
+              used: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None) -> list[Verdict]:
+    """``used``: the caller's ``(R, W)`` usage arrays (kept in step with ``usage``), else scattered here."""
     assert len(demand.containers) == 1, "fast_plan serves single-container pods"
     main = demand.containers[0]
     cons = demand.constraints
     nodes = table.nodes
-    uv = np.zeros(table.vram.shape, dtype=np.int64)
-    ut = np.zeros(table.vram.shape, dtype=np.int64)
-    for node, nu in usage.items():
-        for dev, (v, t) in nu.items():
-            rc = table.where.get((node, dev))
-            if rc is not None:
-                uv[rc] += v
-                ut[rc] += t
+    uv, ut = used if used is not None else table.scatter(usage)
     n_nodes = len(nodes)
     cpu_used = np.zeros(n_nodes, dtype=np.int64)
     mem_used = np.zeros(n_nodes, dtype=np.int64)
@@ -100,25 +115,25 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
         ni = table.node_index.get(node)
         if ni is not None:
             cpu_used[ni], mem_used[ni] = c, m
-    cpu_total = np.array([n.cpu_milli for n in nodes], dtype=np.int64)
-    mem_total = np.array([n.memory_bytes for n in nodes], dtype=np.int64)
+    cpu_total = table.cpu_total
+    mem_total = table.mem_total
     node_ok_cpu = (cpu_total == 0) | (cpu_total - cpu_used >= demand.cpu_milli)
     node_ok_mem = (mem_total == 0) | (mem_total - mem_used >= demand.memory_bytes)
-    in_scope = np.ones(n_nodes, dtype=bool) if only is None else np.array([n.name in only for n in nodes])
+    if only is None:
+        in_scope = np.ones(n_nodes, dtype=bool)
+    else:
+        in_scope = np.zeros(n_nodes, dtype=bool)
+        in_scope[[table.node_index[n] for n in only if n in table.node_index]] = True
 
-    allowed_model: dict[tuple[str, str], bool] = {}
     reason: dict[int, str] = {}  # node index -> why not
     best: dict[int, tuple[float, int, int]] = {}  # node index -> (score, row, col)
     policy = get_policy("hcs" if cons.policy == "binpack" else "spread")
     free_v = table.vram - uv
     free_t = table.tflops - ut
     row_node = table.row_node
-    allowed = np.empty(len(table.row_model), dtype=bool)
-    for r, key in enumerate(zip(table.row_vendor, table.row_model, strict=True)):
-        ok = allowed_model.get(key)
-        if ok is None:
-            ok = allowed_model[key] = cons.allows(table.devices[r][0])
-        allowed[r] = ok
+    _, first_row = np.unique(table.row_key, return_index=True)  # one row per (vendor, model)
+    key_ok = np.array([cons.allows(table.devices[int(r)][0]) for r in first_row], dtype=bool)
+    allowed = key_ok[table.row_key] if len(table.row_key) else np.zeros(0, dtype=bool)
     scope = in_scope[row_node]
     healthy_any: npt.NDArray[np.bool_] = np.asarray(table.healthy.any(axis=1))
     cpu_ok = node_ok_cpu[row_node]

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,7 @@ class AllocatorState:
         self._recent: deque[ContainerDemand] = deque(maxlen=history)
         self._targets: dict[str, TargetWorkload] = {}
         self._table: DeviceTable | None = None
+        self._used: tuple[Any, Any] | None = None  # (R, W) arrays in step with _usage while _table lives
         self.version = 0  # bumped by every change of inventory or usage
 
     # ------------------------------------------------------------------ inventory
@@ -85,7 +87,7 @@ class AllocatorState:
         with self._lock:
             if self._nodes.get(inv.name) != inv:
                 self._nodes[inv.name] = inv
-                self._table = None
+                self._table = self._used = None
                 self.version += 1
 
     def remove_node(self, name: str) -> None:
@@ -93,7 +95,7 @@ class AllocatorState:
         are bound) until released."""
         with self._lock:
             if self._nodes.pop(name, None) is not None:
-                self._table = None
+                self._table = self._used = None
                 self.version += 1
 
     def nodes(self) -> list[NodeInventory]:
@@ -138,10 +140,11 @@ class AllocatorState:
             inv = [n for n in self._nodes.values() if not nodes or n.name in nodes]
             missing = [n for n in (nodes or []) if n not in self._nodes]
             if len(demand.containers) == 1:
-                if self._table is None:
+                if self._table is None or self._used is None:
                     self._table = DeviceTable.build(list(self._nodes.values()))
+                    self._used = self._table.scatter(self._usage)
                 verdicts = fast_plan(demand, self._table, self._usage, self._cpu_mem, self._target, self._rng,
-                                     set(nodes) if nodes else None, proposals)
+                                     set(nodes) if nodes else None, proposals, self._used)
             else:
                 verdicts = plan(demand, inv, self._usage, self._cpu_mem, self._target, self._rng)
         return verdicts + [Verdict(n, False, "no ComputeNode for this node (no HCS node agent reporting)")
@@ -193,6 +196,7 @@ class AllocatorState:
             nu[g.device] = (u[0] + sign * g.vram_bytes, u[1] + sign * g.tflops_milli)
             if nu[g.device] == (0, 0):
                 del nu[g.device]
+            self._track(res.node, g, sign)
         cm = self._cpu_mem.get(res.node, (0, 0))
         self._cpu_mem[res.node] = (cm[0] + sign * res.cpu_milli, cm[1] + sign * res.memory_bytes)
         if self._cpu_mem[res.node] == (0, 0):
@@ -243,7 +247,17 @@ class AllocatorState:
         for g in r.grants():
             u = nu.get(g.device, (0, 0))
             nu[g.device] = (u[0] + g.vram_bytes, u[1] + g.tflops_milli)
+            self._track(r.node, g, 1)
         self._res[r.pod.uid] = r
+
+    def _track(self, node: str, g: Grant, sign: int) -> None:
+        """Keep the fast path's usage arrays in step with ``_usage``."""
+        if self._table is None or self._used is None:
+            return
+        rc = self._table.where.get((node, g.device))
+        if rc is not None:
+            self._used[0][rc] += sign * g.vram_bytes
+            self._used[1][rc] += sign * g.tflops_milli
 
     def check_invariants(self) -> None:
         """Raise AssertionError if usage differs from the sum of reservations or exceeds capacity."""
@@ -256,6 +270,9 @@ class AllocatorState:
                     nu[g.device] = (u[0] + g.vram_bytes, u[1] + g.tflops_milli)
             assert {n: {d: u for d, u in m.items() if u != (0, 0)} for n, m in total.items()
                     if any(u != (0, 0) for u in m.values())} == self._usage
+            if self._table is not None and self._used is not None:
+                uv, ut = self._table.scatter(self._usage)
+                assert (uv == self._used[0]).all() and (ut == self._used[1]).all(), "fast-path usage drifted"
             for name, nu in self._usage.items():
                 inv = self._nodes.get(name)
                 if inv is None:

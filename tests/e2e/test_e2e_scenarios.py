@@ -9,6 +9,7 @@ last test (kubelet restart), which is placed at the end of the file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -141,34 +142,39 @@ def _wait_annotation(h: Any, pod_name: str, pod: dict[str, Any], timeout: float 
 
 
 def _claim_pod(h: Any, pod_name: str, command: str) -> list[dict[str, Any]]:
-    template = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
-                "metadata": {"name": pod_name},
-                "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
-                    "deviceClassName": "vram.ai.compute", "capacity": {"requests": {"memory": "16Gi"}}}}]}}}}
+    """A ResourceClaim (the seed's 16Gi as DRA capacity) and a pod using it. A claim rather than a
+    template: no dependency on the controller-manager's claim-from-template queue (slow when a shared
+    cluster is busy); the real scheduler still allocates it and the real kubelet prepares it."""
+    claim = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim", "metadata": {"name": pod_name},
+             "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+                 "deviceClassName": "vram.ai.compute", "capacity": {"requests": {"memory": "16Gi"}}}}]}}}
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod_name},
            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
                     # only the real node: other suites publish ai.compute slices for kubelet-less nodes
                     "nodeSelector": {"kubernetes.io/hostname": h.node},
-                    "resourceClaims": [{"name": "acc", "resourceClaimTemplateName": pod_name}],
+                    "resourceClaims": [{"name": "acc", "resourceClaimName": pod_name}],
                     "containers": [{"name": "main", "image": h.cluster.busybox_image, "imagePullPolicy": "Never",
                                     "command": ["sh", "-c", command], "resources": {"claims": [{"name": "acc"}]}}]}}
-    return [template, pod]
+    return [claim, pod]
 
 
-def _claim_of(h: Any, pod_name: str, timeout: float = 60) -> dict[str, Any]:
+def _claim_of(h: Any, pod_name: str, timeout: float = 90) -> dict[str, Any]:
+    path = f"/apis/resource.k8s.io/v1/namespaces/{h.namespace}/resourceclaims/{pod_name}"
     deadline = time.monotonic() + timeout
     while True:
-        pod = get_pod(h, pod_name)
-        statuses = pod.get("status", {}).get("resourceClaimStatuses") or []
-        if statuses and statuses[0].get("resourceClaimName"):
-            claim: dict[str, Any] = h.rest.request(
-                "GET", f"/apis/resource.k8s.io/v1/namespaces/{h.namespace}/resourceclaims/"
-                       f"{statuses[0]['resourceClaimName']}")
-            if claim.get("status", {}).get("allocation"):
-                return claim
+        claim: dict[str, Any] = h.rest.request("GET", path)
+        if claim.get("status", {}).get("allocation"):
+            return claim
         if time.monotonic() > deadline:
-            raise AssertionError(f"claim of pod {pod_name} not allocated" + diagnose(h, pod_name))
+            raise AssertionError(f"claim {pod_name} not allocated: {claim.get('status')}" + diagnose(h, pod_name))
         time.sleep(0.2)
+
+
+def _delete_claim(h: Any, claim_name: str) -> None:
+    from hcs.node.dra.kube import KubeError
+
+    with contextlib.suppress(KubeError):
+        h.rest.request("DELETE", f"/apis/resource.k8s.io/v1/namespaces/{h.namespace}/resourceclaims/{claim_name}")
 
 
 def _check_claim_output(h: Any, claim: dict[str, Any], log: str) -> None:
@@ -197,6 +203,7 @@ def test_resourceclaim_pod_through_kubelet_prepare_and_cdi(hcs_e2e: Any) -> None
     # containerd applied the CDI device the plugin returned from NodePrepareResources
     _check_claim_output(h, claim, log)
     delete_pod(h, pod_name)
+    _delete_claim(h, pod_name)
 
 
 def test_unhealthy_device_is_avoided_by_new_pods(hcs_e2e: Any) -> None:
@@ -260,6 +267,7 @@ def test_killing_the_dra_plugin_mid_prepare_loses_no_claim(hcs_e2e: Any) -> None
         delete_pod(h, pod_name)
     # the kubelet unprepares it once the pod is gone: nothing leaks either
     _wait(lambda: claim["metadata"]["uid"] not in _checkpoint_claims(h), 60, "the claim to be unprepared")
+    _delete_claim(h, pod_name)
 
 
 def test_kubelet_restart_keeps_pods_and_plugins_reregister(hcs_e2e: Any) -> None:
