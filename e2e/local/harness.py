@@ -548,6 +548,49 @@ class Harness:
         tmp.write_text("".join(f"{line}\n" for line in lines))
         os.replace(tmp, self.faults)
 
+    # ------------------------------------------------------------------ allocator sync points
+
+    def _allocator(self) -> Any:
+        import grpc
+
+        from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{self._allocator_grpc}")
+        return channel, pbg.AllocatorStub(channel)  # type: ignore[no-untyped-call]
+
+    def allocator_holds(self) -> list[str]:
+        """Pods of the session namespace the allocator still reserves devices for on this node."""
+        from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+
+        channel, stub = self._allocator()
+        try:
+            resp = stub.GetNodeAssignments(pb.GetNodeAssignmentsRequest(node=self.node), timeout=10)
+        finally:
+            channel.close()
+        return [a.pod.name for a in resp.assignments if a.pod.namespace == self.namespace]
+
+    def wait_allocator_released(self, timeout: float = 300) -> None:
+        """Deleted pods' reservations are freed by the allocator's sync loop (asynchronously): wait for it,
+        so the next scenario starts from free devices. No-op without the allocator."""
+        if not self.use_allocator:
+            return
+        wait_for(lambda: not self.allocator_holds(), timeout, "the allocator to release the session's pods",
+                 interval=1.0, on_timeout=lambda: f": still holds {self.allocator_holds()}")
+
+    def allocator_proposal(self, vram_bytes: int, vendors: Sequence[str] = ()) -> list[str]:
+        """Devices (``vendor-index``) the allocator would give a one-container request on this node now."""
+        from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+
+        req = pb.PodRequest(pod=pb.PodRef(uid="hcs-e2e-probe", namespace=self.namespace, name="probe"),
+                            containers=[pb.ContainerRequest(container="main", vram_bytes=vram_bytes)],
+                            constraints=pb.Constraints(vendors=list(vendors)))
+        channel, stub = self._allocator()
+        try:
+            resp = stub.Explain(pb.ExplainRequest(request=req, nodes=[self.node]), timeout=10)
+        finally:
+            channel.close()
+        return [f"{d.vendor}-{d.index}" for v in resp.verdicts if v.fits for c in v.proposal for d in c.devices]
+
     def computenode(self) -> dict[str, Any]:
         result: dict[str, Any] = self.rest.request("GET", f"{COMPUTENODES}/{self.node}")
         return result

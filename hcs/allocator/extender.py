@@ -22,6 +22,7 @@ from hcs.allocator.kube import KubeSync
 from hcs.allocator.placement import RequestError, demand_from_pod
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
 from hcs.node.dra.kube import KubeError
+from hcs.webhook.retarget import ANN_RETARGETED  # set once the allocator chose the pod's vendor
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,12 @@ class Extender:
                     "FailedAndUnresolvableNodes": {n: str(exc) for n in names}, "Error": ""}
         if demand is None:
             return {"NodeNames": names, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": ""}
+        held = self.state.reservation(demand.pod.uid) if demand.pod.uid else None
+        if held is not None and ANN_RETARGETED in (meta.get("annotations") or {}):
+            # placed before scheduling (its images were retargeted for that vendor): only that node will do
+            return {"NodeNames": [n for n in names if n == held.node], "FailedAndUnresolvableNodes": {},
+                    "FailedNodes": {n: f"the pod's images were set for its reservation on {held.node}"
+                                    for n in names if n != held.node}, "Error": ""}
         self._drop_stale(pod)
         version = self.state.version
         verdicts = self.state.explain(demand, names, proposals=0)

@@ -19,7 +19,7 @@ from typing import Any
 from hcs.allocator.inventory import ExchangeRates, InventoryError, parse_computenode, with_node
 from hcs.allocator.placement import ANN_ASSIGNMENT, PodDemand, RequestError, demand_from_pod
 from hcs.allocator.service import annotation_json, reservation_from_annotation
-from hcs.allocator.state import AllocatorState, Reservation
+from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation
 from hcs.node.dra.kube import KubeError, KubeRest
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,44 @@ class KubeSync:
         self.problems = problems
         return problems
 
+    # ---------------------------------------------------------------- image retargeting
+    def release_vendor_gates(self) -> int:
+        """Place pods the webhook gated with ``hcs.io/vendor-image``: reserve devices (the allocator picks
+        the vendor), record the assignment, then patch the vendor's images and remove the gate, so the
+        scheduler can bind the pod — the extender's filter keeps it on the reserved node. Returns the
+        number of pods released."""
+        from hcs.webhook.config import VENDOR_IMAGE_GATE
+        from hcs.webhook.retarget import RetargetError, retarget_pod
+
+        pods = self.rest.request("GET", "/api/v1/pods",
+                                 query={"fieldSelector": "spec.nodeName=,status.phase=Pending"}).get("items") or []
+        released = 0
+        for pod in pods:
+            gates = (pod.get("spec") or {}).get("schedulingGates") or []
+            if not any(g.get("name") == VENDOR_IMAGE_GATE for g in gates):
+                continue
+            meta = pod["metadata"]
+            ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
+            try:
+                demand = demand_from_pod(pod)
+                if demand is None:
+                    continue
+                res = self.state.reservation(uid) or self.state.reserve(demand)
+            except (RequestError, NoFit, Conflict) as exc:
+                self.event(ns, name, uid, "HcsNoFit", f"waiting for a vendor: {exc}")
+                continue
+            vendor = next((g.vendor for g in res.grants()), "")
+            try:
+                self.annotate(res, ns, name)
+                retarget_pod(self.rest.api_client, ns, name, vendor)
+            except (KubeError, RetargetError) as exc:
+                log.warning("pod %s/%s: retargeting to %s failed (%s); retrying", ns, name, vendor, exc)
+                continue
+            released += 1
+            self.event(ns, name, uid, "HcsRetargeted", f"placed on {res.node} ({vendor}); images set for {vendor}",
+                       kind="Normal")
+        return released
+
     # ---------------------------------------------------------------- pods
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         return self.rest.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
@@ -163,6 +201,7 @@ class KubeSync:
                 leader = is_leader()
                 if leader:
                     self.resync()
+                    self.release_vendor_gates()
                 was_leader = leader
             except KubeError as exc:
                 log.warning("API server sync failed (%s); retrying in %.0fs", exc, interval_s)

@@ -191,3 +191,38 @@ def test_allocator_daemon_serves_grpc_and_extender_and_stops_cleanly(kube_cluste
         proc.send_signal(signal.SIGTERM)
         out_text = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out_text
+
+
+def test_gated_pod_is_placed_retargeted_and_kept_on_its_node(rest: KubeRest, fake_node: str) -> None:
+    """Issue 8 part 5: the webhook gated the pod; the allocator picks the vendor, sets that vendor's image,
+    removes the gate, and the extender keeps the pod on the reserved node."""
+    import json
+
+    state = AllocatorState()
+    sync = KubeSync(rest, state)
+    sync.sync_inventory()
+    name = f"hcs-alloc-gated-{uuid.uuid4().hex[:6]}"
+    images = {"main": {"nvidia": "repo/torch:cuda", "ascend": "repo/torch:npu"}}
+    pod = rest.request("POST", "/api/v1/namespaces/default/pods", body={
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default",
+                     "annotations": {"hcs.io/vendor-images": json.dumps(images)}},
+        "spec": {"schedulerName": "hcs-scheduler", "schedulingGates": [{"name": "hcs.io/vendor-image"}],
+                 "containers": [{"name": "main", "image": "repo/torch:cuda-generic", "command": ["sleep", "1"],
+                                 "resources": {"requests": {"ai.compute/vram": "40Gi"},
+                                               "limits": {"ai.compute/vram": "40Gi"}}}]}})
+    try:
+        assert sync.release_vendor_gates() >= 1
+        live = rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")
+        assert live["spec"]["containers"][0]["image"] == "repo/torch:cuda"
+        assert not any(g["name"] == "hcs.io/vendor-image" for g in live["spec"].get("schedulingGates") or [])
+        assert ANN_ASSIGNMENT in live["metadata"]["annotations"]
+        held = state.reservation(pod["metadata"]["uid"])
+        assert held is not None  # on fake_node or another node some other test left in the shared cluster
+        ext = Extender(state, sync)
+        verdict = ext.filter({"Pod": live, "NodeNames": [held.node, "some-other-node"]})
+        assert verdict["NodeNames"] == [held.node]
+        assert sync.release_vendor_gates() == 0  # nothing gated any more
+    finally:
+        with contextlib.suppress(KubeError):
+            rest.request("DELETE", f"/api/v1/namespaces/default/pods/{name}")

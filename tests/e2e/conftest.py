@@ -62,3 +62,4 @@ def _clean_pods(request: pytest.FixtureRequest) -> Iterator[None]:
         delete_pod(h, p["metadata"]["name"], wait=False)
     for p in pods:
         delete_pod(h, p["metadata"]["name"])
+    h.wait_allocator_released()

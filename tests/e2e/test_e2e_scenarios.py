@@ -217,8 +217,9 @@ def test_unhealthy_device_is_avoided_by_new_pods(hcs_e2e: Any) -> None:
     try:
         h.set_faults([f"nvidia {i} health critical" for i in bad])
         _wait(lambda: reported(set(bad)), 60, "ComputeNode to report nvidia 0-2 unhealthy")
-        if h.use_allocator:
-            time.sleep(10)  # the allocator re-reads ComputeNodes every 2 s (syncIntervalSeconds), slower under load
+        if h.use_allocator:  # the allocator re-reads ComputeNodes in its sync loop: wait until it sees it
+            _wait(lambda: h.allocator_proposal(72 * GiB, ["nvidia"]) == ["nvidia-3"], 120,
+                  "the allocator to propose only nvidia-3")
         out = run_to_completion(h, accel_pod(name("healthy"), h.cluster.busybox_image, NVIDIA_FILLER,
                                              annotations=ONLY_NVIDIA))
         [dev] = _check_injection(out, [72 * GiB])
