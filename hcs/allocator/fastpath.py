@@ -127,6 +127,7 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
 
     reason: dict[int, str] = {}  # node index -> why not
     best: dict[int, tuple[float, int, int]] = {}  # node index -> (score, row, col)
+    waste_of: dict[int, int] = {}  # node index -> VRAM granted beyond the request (whole devices)
     policy = get_policy("hcs" if cons.policy == "binpack" else "spread")
     free_v = table.vram - uv
     free_t = table.tflops - ut
@@ -154,6 +155,7 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
     cand_score: list[npt.NDArray[np.float64]] = []
     cand_row: list[npt.NDArray[np.int64]] = []
     cand_col: list[npt.NDArray[np.int64]] = []
+    cand_waste: list[npt.NDArray[np.int64]] = []
     by_model: dict[str, list[int]] = defaultdict(list)
     for rr in np.flatnonzero(live):
         by_model[table.row_model[int(rr)]].append(int(rr))
@@ -206,18 +208,23 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
                                   f"enough ({int(idle_cnt[i])} idle)")
                     row_fits[i] = False
         fit_idx = np.flatnonzero(row_fits)
+        # Across models, whole devices granted beyond the request are waste: a 16Gi job takes a slice of
+        # one big device rather than two small ones, a 160Gi job 2x80Gi rather than 4x48Gi.
+        waste = max(0, k * ref.vram_bytes - main.vram_bytes) if k > 1 else 0
+        cand_waste.append(np.full(len(fit_idx), waste, dtype=np.int64))
         cand_node.append(ni_rows[fit_idx])
         cand_score.append(row_best[fit_idx])
         cand_row.append(rows[fit_idx])
         cand_col.append(cols[fit_idx])
     if cand_node:
         cn, cs = np.concatenate(cand_node), np.concatenate(cand_score)
-        cr, cc = np.concatenate(cand_row), np.concatenate(cand_col)
-        order = np.argsort(-cs, kind="stable")
+        cr, cc, cw = np.concatenate(cand_row), np.concatenate(cand_col), np.concatenate(cand_waste)
+        order = np.lexsort((-cs, cw))  # least waste first, then the policy's score
         _, first = np.unique(cn[order], return_index=True)
         for j in order[first]:
             best[int(cn[j])] = (float(cs[j]), int(cr[j]), int(cc[j]))
-    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], nodes[kv[0]].name))
+            waste_of[int(cn[j])] = int(cw[j])
+    ranked = sorted(best.items(), key=lambda kv: (waste_of[kv[0]], -kv[1][0], nodes[kv[0]].name))
     lo = min((s for _, (s, _, _) in ranked), default=0.0)
     hi = max((s for _, (s, _, _) in ranked), default=0.0)
     out: list[Verdict] = []

@@ -217,3 +217,15 @@ def test_fast_path_agrees_with_the_generic_planner(shape: list[tuple[int, str, i
         assert generic[0].node == fast[0].node
         assert generic[0].plan is not None and fast[0].plan is not None
         assert generic[0].plan.containers == fast[0].plan.containers
+
+
+def test_across_models_the_least_wasteful_placement_wins() -> None:
+    """A 16Gi/100 TFLOPS job takes a slice of one A100, not two whole MLU370s (96 TFLOPS each); a 160Gi job
+    takes 2x80Gi, not 4x48Gi."""
+    mlu = [dev(i, "mlu370-x8", "cambricon", 48 * GI, 96_000, "mlu0") for i in range(8)]
+    s = state(node("mlu", mlu), node("a100", [dev(i) for i in range(8)]))
+    small = s.reserve(pod("small", (16 * GI, 100_000)))
+    assert small.node == "a100" and [g.vram_bytes for g in small.grants()] == [16 * GI]
+    big = s.reserve(pod("big", (160 * GI, 0), cons=Constraints(high_bandwidth=True)))
+    assert big.node == "a100" and [g.vram_bytes for g in big.grants()] == [80 * GI, 80 * GI]
+    s.check_invariants()
