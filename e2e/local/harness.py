@@ -318,7 +318,8 @@ class Harness:
     # ------------------------------------------------------------------ start / stop
 
     def up(self) -> Harness:
-        self.use_allocator = allocator_available()
+        # HCS_E2E_ALLOCATOR=0 forces the chart's scheduler.enabled=false rendering (node-local placement)
+        self.use_allocator = os.environ.get("HCS_E2E_ALLOCATOR", "1") != "0" and allocator_available()
         if self.use_allocator:
             self._allocator_grpc, self._allocator_extender = free_port(), free_port()
         self.render()
@@ -571,8 +572,13 @@ class Harness:
 
     def wait_allocator_released(self, timeout: float = 300) -> None:
         """Deleted pods' reservations are freed by the allocator's sync loop (asynchronously): wait for it,
-        so the next scenario starts from free devices. No-op without the allocator."""
+        so the next scenario starts from free devices. Without the allocator the node agent's local policy
+        frees them when the kubelet's pod-resources no longer list the pod: wait for its ComputeNode to
+        report nothing allocated."""
         if not self.use_allocator:
+            wait_for(lambda: int(self.computenode().get("status", {}).get("vramAllocatedBytes", 0)) == 0, timeout,
+                     "the node agent to release the session's devices (ComputeNode vramAllocatedBytes 0)",
+                     interval=1.0)
             return
         wait_for(lambda: not self.allocator_holds(), timeout, "the allocator to release the session's pods",
                  interval=1.0, on_timeout=lambda: f": still holds {self.allocator_holds()}")

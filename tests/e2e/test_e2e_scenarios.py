@@ -84,8 +84,8 @@ def test_training_pod_requests_32gi_limits_64gi(hcs_e2e: Any) -> None:
 def test_multi_gpu_160gi_high_bandwidth_lands_on_one_island(hcs_e2e: Any) -> None:
     h = hcs_e2e
     if not h.use_allocator:
-        pytest.xfail("`hcs allocator` is not in this tree (hcs/allocator has no cli.py, so no extender and no "
-                     "multi-device reservation); the node agent's local policy places each container on ONE "
+        pytest.xfail("running without `hcs allocator` (not in this tree, or HCS_E2E_ALLOCATOR=0): no extender and "
+                     "no multi-device reservation; the node agent's local policy places each container on ONE "
                      "device, so a 160Gi request cannot be placed without the allocator (issue 7)")
     out = run_to_completion(h, accel_pod(name("multi"), h.cluster.busybox_image,
                                          {"requests": {"ai.compute/vram": "160Gi"}},
