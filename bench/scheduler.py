@@ -40,8 +40,8 @@ import yaml  # noqa: E402
 from hcs.allocator.extender import Extender, serve_http  # noqa: E402
 from hcs.allocator.kube import CN_PATH, KubeSync  # noqa: E402
 from hcs.allocator.state import AllocatorState  # noqa: E402
+from hcs.kube import KubeError, KubeRest  # noqa: E402
 from hcs.node.computenode import install_crd  # noqa: E402
-from hcs.node.dra.kube import KubeError, KubeRest  # noqa: E402
 from hcs.testing.cluster import ensure_cluster  # noqa: E402
 
 NS = "hcs-bench"

@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO / "tests" / "helm"))
 
 import helm_chart  # type: ignore[import-not-found]  # noqa: E402  (tests/helm/helm_chart.py: renders the chart with the real helm)
 
-from hcs.node.dra.kube import KubeError, KubeRest  # noqa: E402
+from hcs.kube import KubeError, KubeRest  # noqa: E402
 from hcs.testing.cluster import Cluster  # noqa: E402
 
 LOG = logging.getLogger("hcs.e2e")

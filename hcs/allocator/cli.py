@@ -111,7 +111,7 @@ def run_allocator(args: argparse.Namespace) -> int:
     from hcs.allocator.kube import KubeSync, LeaderElector, Persister
     from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
-    from hcs.node.dra.kube import KubeRest
+    from hcs.kube import KubeRest
 
     if args.print_scheduler_config:
         text = SCHEDULER_CONFIG.read_text()
@@ -184,7 +184,7 @@ def run_explain(args: argparse.Namespace) -> int:
         from hcs.allocator.kube import KubeSync
         from hcs.allocator.placement import demand_from_pod
         from hcs.allocator.state import AllocatorState
-        from hcs.node.dra.kube import KubeError, KubeRest
+        from hcs.kube import KubeError, KubeRest
 
         state = AllocatorState()
         sync = KubeSync(KubeRest(_api_client(args.kubeconfig)), state)

@@ -21,7 +21,7 @@ from typing import Any
 from hcs.allocator.kube import KubeSync
 from hcs.allocator.placement import RequestError, demand_from_pod
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
-from hcs.node.dra.kube import KubeError
+from hcs.kube import KubeError
 from hcs.webhook.retarget import ANN_RETARGETED  # set once the allocator chose the pod's vendor
 
 log = logging.getLogger(__name__)

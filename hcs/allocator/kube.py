@@ -20,7 +20,7 @@ from hcs.allocator.inventory import ExchangeRates, InventoryError, parse_compute
 from hcs.allocator.placement import ANN_ASSIGNMENT, PodDemand, RequestError, demand_from_pod
 from hcs.allocator.service import annotation_json, reservation_from_annotation
 from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation
-from hcs.node.dra.kube import KubeError, KubeRest
+from hcs.kube import KubeError, KubeRest
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import grpc
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from hcs.devices.model import Device, Health
+from hcs.kube import KubeRest
 from hcs.node.assignments import Assignment, AssignmentSource, LocalAssignmentSource, PodLister, StaticPodLister
 from hcs.node.computenode import ComputeNodeReporter, IslandInfo
 from hcs.node.config import NodeConfig
 from hcs.node.deviceplugin import DevicePluginServicer, DeviceView, PluginCore
-from hcs.node.dra.kube import KubeRest
 from hcs.node.dra.plugin import DraPlugin
 from hcs.node.metrics import NodeMetrics
 from hcs.node.podresources import PodResourcesClient

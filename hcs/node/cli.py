@@ -67,10 +67,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from hcs.devices.health import HealthMonitor
     from hcs.devices.inventory import discover
+    from hcs.kube import KubeError
     from hcs.node.agent import NodeAgent
     from hcs.node.computenode import IslandInfo, install_crd
     from hcs.node.config import node_config
-    from hcs.node.dra.kube import KubeError
 
     raw = load_config(args.config)
     source = args.config or "config"
@@ -143,7 +143,7 @@ def _dra_plugin(dra_section: Any, config: Any, devices: Any, rest: Any, source: 
 def _kube(kubeconfig: str) -> Any:
     from kubernetes import client, config
 
-    from hcs.node.dra.kube import KubeRest
+    from hcs.kube import KubeRest
 
     try:
         if kubeconfig:

@@ -14,7 +14,7 @@ import yaml
 
 from hcs import __version__
 from hcs.devices.model import Device
-from hcs.node.dra.kube import KubeError, KubeRest
+from hcs.kube import KubeError, KubeRest
 from hcs.node.metrics import NodeMetrics
 from hcs.quantity import format_bytes
 

@@ -13,6 +13,7 @@ import grpc
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
 from hcs.devices.model import Vendor
+from hcs.kube import KubeError, KubeRest
 from hcs.node.assignments import (
     ASSIGNMENT_ANNOTATION,
     Assignment,
@@ -23,7 +24,6 @@ from hcs.node.assignments import (
     demand_from_pod,
     dumps,
 )
-from hcs.node.dra.kube import KubeError, KubeRest
 
 log = logging.getLogger(__name__)
 

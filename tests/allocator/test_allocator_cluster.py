@@ -15,8 +15,8 @@ from hcs.allocator.extender import Extender
 from hcs.allocator.kube import CN_PATH, KubeSync, LeaderElector
 from hcs.allocator.placement import ANN_ASSIGNMENT
 from hcs.allocator.state import AllocatorState
+from hcs.kube import KubeError, KubeRest
 from hcs.node.computenode import install_crd
-from hcs.node.dra.kube import KubeError, KubeRest
 
 pytestmark = pytest.mark.cluster
 GI = 2**30

@@ -61,7 +61,7 @@ class MemoryClaims:
         self.claims[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
 
     def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
-        from hcs.node.dra.kube import KubeError
+        from hcs.kube import KubeError
 
         if self.down:
             raise KubeError(0, "GET claim: API server unreachable: connection refused")

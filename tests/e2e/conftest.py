@@ -30,7 +30,7 @@ def hcs_e2e(request: pytest.FixtureRequest) -> Iterator[Any]:
     kube_cluster = request.getfixturevalue("kube_cluster")
     api_client = request.getfixturevalue("api_client")
 
-    from hcs.node.dra.kube import KubeRest
+    from hcs.kube import KubeRest
 
     start = time.monotonic()
     h = Harness(kube_cluster, KubeRest(api_client, timeout_s=30))

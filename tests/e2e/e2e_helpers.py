@@ -121,7 +121,7 @@ def run_to_completion(h: Any, manifest: Mapping[str, Any], timeout: float = 90) 
 
 
 def delete_pod(h: Any, pod_name: str, wait: bool = True) -> None:
-    from hcs.node.dra.kube import KubeError
+    from hcs.kube import KubeError
 
     try:
         h.rest.request("DELETE", f"/api/v1/namespaces/{h.namespace}/pods/{pod_name}", query={"gracePeriodSeconds": "0"})

@@ -171,7 +171,7 @@ def _claim_of(h: Any, pod_name: str, timeout: float = 90) -> dict[str, Any]:
 
 
 def _delete_claim(h: Any, claim_name: str) -> None:
-    from hcs.node.dra.kube import KubeError
+    from hcs.kube import KubeError
 
     with contextlib.suppress(KubeError):
         h.rest.request("DELETE", f"/apis/resource.k8s.io/v1/namespaces/{h.namespace}/resourceclaims/{claim_name}")

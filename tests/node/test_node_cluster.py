@@ -17,8 +17,8 @@ import contextlib
 from node_helpers import GiB, device  # noqa: E402
 
 from hcs.devices.model import Health, Vendor  # noqa: E402
+from hcs.kube import KubeError, KubeRest  # noqa: E402
 from hcs.node.computenode import BASE, ComputeNodeReporter, IslandInfo, install_crd  # noqa: E402
-from hcs.node.dra.kube import KubeError, KubeRest  # noqa: E402
 from hcs.node.metrics import NodeMetrics  # noqa: E402
 from hcs.node.sources import KubePodLister  # noqa: E402
 

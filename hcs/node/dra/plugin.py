@@ -37,9 +37,9 @@ from hcs.api.gen.drahealth.v1alpha1 import api_pb2_grpc as hv1alpha1_grpc
 from hcs.api.gen.pluginregistration.v1 import api_pb2 as reg
 from hcs.api.gen.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from hcs.devices.model import Device, Health
+from hcs.kube import RESOURCE_API, KubeError, KubeRest
 from hcs.node.dra.checkpoint import PreparedDevice
 from hcs.node.dra.config import DraConfig
-from hcs.node.dra.kube import RESOURCE_API, KubeError, KubeRest
 from hcs.node.dra.slice_controller import SliceController
 from hcs.node.dra.slices import PublishedDevice, build_slices, published_devices
 from hcs.node.dra.state import ClaimRef, ClaimSource, ClaimState, Outcome

@@ -17,8 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from hcs.kube import RESOURCE_API, KubeError, KubeRest
 from hcs.node.dra.config import DraConfig
-from hcs.node.dra.kube import RESOURCE_API, KubeError, KubeRest
 from hcs.node.dra.slices import SPEC_HASH_ANNOTATION, SliceContent
 
 log = logging.getLogger(__name__)

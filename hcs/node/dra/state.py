@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from hcs.devices.model import Device
 from hcs.errors import QuantityError
+from hcs.kube import KubeError
 from hcs.node.dra import cdi
 from hcs.node.dra import checkpoint as ckpt
 from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
@@ -30,7 +31,6 @@ from hcs.node.dra.injection import (
     container_edits,
     quota_file_text,
 )
-from hcs.node.dra.kube import KubeError
 from hcs.node.dra.slices import CAPACITY_MEMORY, PublishedDevice
 from hcs.quantity import parse_bytes
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hcs.node.dra.kube import RESOURCE_API, KubeError, KubeRest
+from hcs.kube import RESOURCE_API, KubeError, KubeRest
 
 
 def _now() -> str:

@@ -2,8 +2,8 @@
 
 The 37.x client is pydantic based: its typed methods validate and convert every body, which
 costs milliseconds per 128-device ResourceSlice and hides fields the client does not know yet.
-The driver speaks the wire format (camelCase dicts, exactly as in the API reference) and reuses
-the ApiClient only for its configuration: host, TLS and authentication.
+HCS components (node agent, DRA driver, allocator) speak the wire format (camelCase dicts, exactly
+as in the API reference) and reuse the ApiClient only for its configuration: host, TLS, authentication.
 """
 
 from __future__ import annotations
