@@ -34,11 +34,10 @@ from typing import Any  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hcs.kubelet_sim import DraKubeletSim, wipe_node_slices  # noqa: E402
-
 from hcs.devices.model import Compute, Device, Vendor  # noqa: E402
 from hcs.kube import KubeRest  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
+from hcs.node.dra.kubelet_sim import DraKubeletSim, wipe_node_slices  # noqa: E402
 from hcs.node.dra.plugin import DraPlugin  # noqa: E402
 from hcs.node.dra.slice_controller import SliceController  # noqa: E402
 from hcs.node.dra.slices import build_slices  # noqa: E402

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hcs.kubelet_sim import DraKubeletSim
 
 from hcs.kube import KubeRest
+from hcs.node.dra.kubelet_sim import DraKubeletSim
 from hcs.testing.kubelet_sim import KubeletSim
 
 ROOT = Path(__file__).resolve().parents[2]
