@@ -9,8 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hcs.fileio import atomic_write
 from hcs.node.dra.injection import ContainerEdits
-from hcs.node.state import atomic_write
 
 log = logging.getLogger(__name__)
 

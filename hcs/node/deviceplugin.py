@@ -32,6 +32,7 @@ import grpc
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from hcs.devices.model import Device, Health
+from hcs.fileio import atomic_write
 from hcs.node import cdi
 from hcs.node.assignments import Assignment, AssignmentSource, ContainerAssignment, DeviceGrant
 from hcs.node.config import NodeConfig
@@ -45,7 +46,7 @@ from hcs.node.dra.injection import (
 from hcs.node.metrics import NodeMetrics
 from hcs.node.podresources import Holder, PodResourcesClient, PodResourcesError
 from hcs.node.slots import Slot, build_slots
-from hcs.node.state import Allocation, AllocationStore, atomic_write
+from hcs.node.state import Allocation, AllocationStore
 
 log = logging.getLogger(__name__)
 

@@ -10,41 +10,16 @@ import contextlib
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hcs.devices.model import Vendor
+from hcs.fileio import atomic_write
 from hcs.node.assignments import DeviceGrant, PodRef
 
 log = logging.getLogger(__name__)
-
-
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644, durable: bool = False) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same dir + rename (readers see the old or the
-    new content, never a torn file). ``durable`` adds an fsync; the agent's per-container files do
-    not need it: after a power loss every container is gone and the kubelet's checkpoint rules."""
-    raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, raw)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)

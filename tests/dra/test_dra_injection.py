@@ -90,6 +90,8 @@ def test_cdi_spec_minimum_version_and_validation():
 
 
 def test_write_atomic_leaves_no_temp(tmp_path):
-    cdi.write_atomic(tmp_path / "a.json", b"{}")
-    cdi.write_atomic(tmp_path / "a.json", b'{"x":1}')
+    from hcs.fileio import atomic_write
+
+    atomic_write(tmp_path / "a.json", b"{}")
+    atomic_write(tmp_path / "a.json", b'{"x":1}')
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"] and (tmp_path / "a.json").read_bytes() == b'{"x":1}'

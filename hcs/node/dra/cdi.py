@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hcs.fileio import atomic_write
 from hcs.node.dra.injection import ContainerEdits
 
 log = logging.getLogger(__name__)
@@ -103,27 +102,9 @@ def build_spec(kind: str, devices: Sequence[CdiDevice], annotations: Mapping[str
     return spec
 
 
-def write_atomic(path: Path, data: bytes, *, fsync: bool = False, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a hidden temp file in the same directory and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_spec(cdi_dir: Path, file_name: str, spec: Mapping[str, Any]) -> Path:
     path = cdi_dir / file_name
-    write_atomic(path, json.dumps(spec, sort_keys=True, separators=(",", ":")).encode())
+    atomic_write(path, json.dumps(spec, sort_keys=True, separators=(",", ":")))
     return path
 
 

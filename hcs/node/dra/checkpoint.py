@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hcs.node.dra.cdi import write_atomic
+from hcs.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def save(path: Path, claims: dict[str, ClaimEntry], *, durable: bool = True) -> 
     prepared claim; intent records and removals are safe without: recovery sweeps leftovers)."""
     body = {uid: e.to_json() for uid, e in sorted(claims.items())}
     data = {"version": VERSION, "checksum": _checksum(body), "claims": body}
-    write_atomic(path, json.dumps(data, separators=(",", ":")).encode(), fsync=durable, mode=0o600)
+    atomic_write(path, json.dumps(data, separators=(",", ":")), durable=durable, mode=0o600)
 
 
 def quarantine(path: Path) -> Path:
