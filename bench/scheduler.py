@@ -165,7 +165,9 @@ def teardown(rest: KubeRest) -> None:
 def make_pods(rest: KubeRest, n: int, kind: str, scheduler: str, workers: int) -> None:
     def one(i: int) -> None:
         container: dict[str, Any] = {"name": "main", "image": "busybox", "command": ["sleep", "3600"]}
-        spec: dict[str, Any] = {"schedulerName": scheduler, "tolerations": TOLERATIONS, "containers": [container]}
+        # nodeSelector: only the bench's Node objects, never the cluster's real node
+        spec: dict[str, Any] = {"schedulerName": scheduler, "tolerations": TOLERATIONS, "containers": [container],
+                                "nodeSelector": {LABEL: "1"}}
         if kind == "hcs":
             container["resources"] = {"requests": {"ai.compute/vram": "16Gi"}, "limits": {"ai.compute/vram": "16Gi"}}
         else:

@@ -173,7 +173,7 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
         usable = table.present[rows] & table.healthy[rows]
         if k == 1:
             exact = (fv >= main.vram_bytes) & (ft >= main.tflops_milli)
-            fm = np.where(exact | (fm < milli), fm, milli - 1)
+            fm = np.where(exact, np.maximum(fm, milli), np.minimum(fm, milli - 1))  # the bytes decide
         fm = np.where(usable, fm, 0)
         ni_rows = row_node[rows]
         view = NodeView(fm, usable, np.maximum(0, cpu_total[ni_rows] - cpu_used[ni_rows]),

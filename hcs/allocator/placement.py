@@ -364,8 +364,9 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
             groups.append(_Group(node, model, sorted(ds, key=lambda d: d.index)))
     main = demand.containers[0]
     policy = get_policy("hcs" if cons.policy == "binpack" else "spread")
-    # best (score, group, column) per node
+    # best (score, group, column) per node, and the VRAM it grants beyond the request
     best_of: dict[str, tuple[float, _Group, int]] = {}
+    waste_of: dict[str, int] = {}
     by_model_groups: dict[str, list[_Group]] = defaultdict(list)
     for g in groups:
         by_model_groups[g.model].append(g)
@@ -373,6 +374,9 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
         ref = gs[0].devices[0]
         k = device_count(main, ref)
         milli = share_milli(main, ref) if k == 1 else WHOLE
+        # Across models, whole devices granted beyond the request are waste (as in fastpath.fast_plan):
+        # a 17Gi job takes a slice of one 80Gi device rather than two whole 16Gi ones.
+        waste = max(0, k * ref.vram_bytes - main.vram_bytes) if k > 1 else 0
         width = max(len(g.devices) for g in gs)
         free = np.zeros((len(gs), width), dtype=np.int64)
         present = np.zeros((len(gs), width), dtype=bool)
@@ -382,8 +386,12 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
             for j, d in enumerate(g.devices):
                 used = nu.get(d.name, (0, 0))
                 fm = _free_milli(d, used)
-                if k == 1 and fm >= milli and not _fits_share(main, d, used):
-                    fm = milli - 1  # rounding said yes, bytes say no
+                if k == 1:  # the bytes decide, not the rounded shares
+                    fits = _fits_share(main, d, used)
+                    if fits and fm < milli:
+                        fm = milli
+                    elif not fits and fm >= milli:
+                        fm = milli - 1
                 free[i, j] = fm
                 present[i, j] = True
                 penalty[i, j] = (100 - d.health_score) / 100.0
@@ -404,8 +412,9 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
             if k > 1 and _pick_whole(g.devices, k, usage.get(g.node.name, {}), cons.high_bandwidth) is None:
                 continue
             prev = best_of.get(g.node.name)
-            if prev is None or sc > prev[0]:
+            if prev is None or (waste, -sc) < (waste_of[g.node.name], -prev[0]):
                 best_of[g.node.name] = (sc, g, col)
+                waste_of[g.node.name] = waste
     # nodes where container 0 fits nowhere (or only across models) get a reason or the greedy plan
     for name, healthy in eligible_of.items():
         if name in best_of:
@@ -416,7 +425,8 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
             verdicts.append(Verdict(name, False, why))
         else:
             best_of[name] = (-1e18, _Group(node, "", []), -1)
-    ranked = sorted(best_of.items(), key=lambda kv: (-kv[1][0], kv[0]))
+            waste_of[name] = 2**62  # a greedy cross-model plan ranks after every single-model one
+    ranked = sorted(best_of.items(), key=lambda kv: (waste_of[kv[0]], -kv[1][0], kv[0]))
     finite = [s for _, (s, _, _) in ranked if s > -1e17]
     lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
     fit_verdicts = []

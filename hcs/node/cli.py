@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -119,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dra or dra_section is not None:
         dra = _dra_plugin(dra_section or {}, config, inventory.devices, rest, source)
     agent = NodeAgent(config, inventory.devices, islands=islands, health=health, kube=rest, dra=dra).start()
+    # Start-up objects (modules, protobuf descriptors, the kubernetes client) live for the whole run:
+    # move them out of the collector's reach so a full collection never stalls a kubelet call.
+    gc.freeze()
     done.wait()
     agent.stop()
     return 0

@@ -17,6 +17,7 @@ kubelet's own view plus the assignment list.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import threading
@@ -230,18 +231,24 @@ class PluginCore:
         except Exception as exc:  # a preference is optional: never fail it
             log.debug("GetPreferredAllocation: no candidate hint (%s)", exc)
         resp = dp.PreferredAllocationResponse()
-        island = {d.key: d.island for d in self.view.devices()}
+        devices = self.view.devices()
+        island = {d.key: d.island for d in devices}
+        slot_by_id = self._slot_by_id
         for creq in req.container_requests:
             must = list(creq.must_include_deviceIDs)
-            numa = {self._slot_by_id[i].numa_node for i in must if i in self._slot_by_id}
-            isl = {island.get(self._slot_by_id[i].device_key, "") for i in must if i in self._slot_by_id} - {""}
-            free = [i for i in creq.available_deviceIDs if i not in must and i in self._slot_by_id]
-            # the sole candidate's device first, then the same interconnect island, then the same NUMA node
-            free.sort(key=lambda i: (self._slot_by_id[i].device_key not in wanted,
-                                     bool(isl) and island.get(self._slot_by_id[i].device_key, "") not in isl,
-                                     bool(numa) and self._slot_by_id[i].numa_node not in numa, i))
+            must_slots = [slot_by_id[i] for i in must if i in slot_by_id]
+            numa = {s.numa_node for s in must_slots}
+            isl = {island.get(s.device_key, "") for s in must_slots} - {""}
+            # the sole candidate's device first, then the same interconnect island, then the same NUMA
+            # node: ranked once per device (a handful) instead of once per offered slot (hundreds)
+            rank = {d.key: (d.key not in wanted, bool(isl) and d.island not in isl,
+                            bool(numa) and d.numa_node not in numa) for d in devices}
+            worst = (True, True, True)
+            taken = set(must)
             n = max(0, creq.allocation_size - len(must))
-            resp.container_responses.append(dp.ContainerPreferredAllocationResponse(deviceIDs=must + free[:n]))
+            free = (i for i in creq.available_deviceIDs if i not in taken and i in slot_by_id)
+            best = heapq.nsmallest(n, free, key=lambda i: (rank.get(slot_by_id[i].device_key, worst), i))
+            resp.container_responses.append(dp.ContainerPreferredAllocationResponse(deviceIDs=must + best))
         return resp
 
     def allocate(self, req: dp.AllocateRequest) -> dp.AllocateResponse:

@@ -2,6 +2,9 @@
 
 The webhook asks through the :class:`IslandCapacity` protocol. Implementations:
 
+* :class:`AllocatorCapacity` asks the allocator (``hcs.allocator.v1`` ``GetCapacity``) over gRPC: the
+  allocator already holds the parsed inventory, so the webhook needs no ComputeNode read access.
+* :class:`FallbackCapacity` tries one source, then another (allocator, then ComputeNodes).
 * :class:`ComputeNodeCapacity` reads ComputeNode objects (``hetero.zrs.io/v1alpha1``) from the API
   server: per node, devices that share an island sum up; a device outside any island is its own.
 * :class:`StaticCapacity` is a fixed answer (tests, air-gapped set-ups: ``largestIsland`` in config).
@@ -19,8 +22,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import grpc
+
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
 from hcs.devices.model import HEALTHY_THRESHOLD
 from hcs.errors import QuantityError
 from hcs.quantity import parse_bytes
@@ -124,6 +132,105 @@ class ComputeNodeCapacity:
             raise CapacityUnavailable(f"listing ComputeNodes failed ({status or type(exc).__name__})") from exc
         items = result.get("items", []) if isinstance(result, Mapping) else []
         return largest_island_of(items)
+
+
+@dataclass(frozen=True)
+class IslandSummary:
+    """The allocator's ``GetCapacity`` answer in plain Python (kept for logs and a vendor selector)."""
+
+    largest_bytes: int | None
+    node: str = ""
+    island: str = ""
+    devices: tuple[str, ...] = ()
+    by_vendor: Mapping[str, int] = field(default_factory=dict)
+    nodes: int = 0
+    healthy_devices: int = 0
+
+    def describe(self) -> str:
+        """``node n1 island nvl0 (nvidia-0, nvidia-1)``: where the largest island is."""
+        if self.largest_bytes is None:
+            return "no healthy accelerator registered"
+        where = f"island {self.island}" if self.island else "device without interconnect island"
+        return f"node {self.node} {where} ({', '.join(self.devices)})"
+
+
+def summary_of(resp: pb.GetCapacityResponse) -> IslandSummary:
+    largest = resp.largest if resp.HasField("largest") else None
+    return IslandSummary(
+        largest_bytes=largest.vram_bytes if largest is not None else None,
+        node=largest.node if largest is not None else "",
+        island=largest.island if largest is not None else "",
+        devices=tuple(largest.devices) if largest is not None else (),
+        by_vendor={i.vendor: i.vram_bytes for i in resp.largest_by_vendor},
+        nodes=resp.nodes,
+        healthy_devices=resp.healthy_devices,
+    )
+
+
+class AllocatorCapacity:
+    """Asks the allocator's ``GetCapacity`` over gRPC (``host:port`` or ``unix:/path``).
+
+    One channel for the process's lifetime (gRPC reconnects by itself); reconnect back-off is capped
+    at a few seconds so the check comes back soon after an allocator restart instead of after gRPC's
+    default two minutes. Any RPC failure becomes :class:`CapacityUnavailable`.
+    """
+
+    def __init__(self, address: str, timeout_s: float = 1.0) -> None:
+        self.address = address
+        self._timeout = timeout_s
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 1000),
+            ("grpc.max_reconnect_backoff_ms", 3000),
+        ])
+        self._stub = pbg.AllocatorStub(self._channel)  # type: ignore[no-untyped-call]
+        self.last: IslandSummary | None = None
+
+    def summary(self) -> IslandSummary:
+        try:
+            resp = self._stub.GetCapacity(pb.GetCapacityRequest(), timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            name = code.name if code is not None else type(exc).__name__
+            detail = (exc.details() if hasattr(exc, "details") else "") or ""
+            hint = {
+                "DEADLINE_EXCEEDED": f"no answer within {self._timeout:g}s",
+                "UNIMPLEMENTED": "the allocator predates GetCapacity; upgrade it",
+            }.get(name, detail[:200])
+            raise CapacityUnavailable(
+                f"allocator {self.address}: {name} ({hint}); check that `hcs allocator` runs and "
+                "webhook.allocatorAddress points at it") from exc
+        self.last = summary_of(resp)
+        return self.last
+
+    def largest_island_bytes(self) -> int | None:
+        return self.summary().largest_bytes
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class FallbackCapacity:
+    """``primary``'s answer, else ``secondary``'s when the primary cannot answer.
+
+    A primary that answers "nothing registered" (None) is believed: that is an answer, not an outage.
+    Only when both fail does the webhook's ``allocatorFailurePolicy`` apply.
+    """
+
+    def __init__(self, primary: IslandCapacity, secondary: IslandCapacity, what: str = "the fallback") -> None:
+        self._primary = primary
+        self._secondary = secondary
+        self._what = what
+
+    def largest_island_bytes(self) -> int | None:
+        try:
+            return self._primary.largest_island_bytes()
+        except CapacityUnavailable as first:
+            log.warning("%s; asking %s instead", first, self._what)
+            try:
+                return self._secondary.largest_island_bytes()
+            except CapacityUnavailable as second:
+                raise CapacityUnavailable(f"{first}; {self._what} failed too: {second}") from second
 
 
 class CachedCapacity:

@@ -17,7 +17,14 @@ import yaml
 
 from hcs.config import env_override, load_config, section
 from hcs.errors import ConfigError
-from hcs.webhook.capacity import CachedCapacity, ComputeNodeCapacity, IslandCapacity, StaticCapacity
+from hcs.webhook.capacity import (
+    AllocatorCapacity,
+    CachedCapacity,
+    ComputeNodeCapacity,
+    FallbackCapacity,
+    IslandCapacity,
+    StaticCapacity,
+)
 from hcs.webhook.config import Mode, WebhookConfig, webhook_config
 from hcs.webhook.kube import ClusterView
 from hcs.webhook.manifests import webhook_configurations
@@ -40,7 +47,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--key-file", help="PEM private key")
     p.add_argument("--kubeconfig", help="kubeconfig; default: in-cluster, then $KUBECONFIG")
     p.add_argument("--no-kube", action="store_true", help="run without API-server access (no namespace modes, "
-                   "image map, DRA templates or island check)")
+                   "image map or DRA templates; the island check then needs webhook.allocatorAddress "
+                   "or webhook.largestIsland)")
     p.add_argument("--mode", choices=[m.value for m in Mode], help="cluster-wide mode (namespaces may override "
                    "with the hcs.io/mode label)")
     p.add_argument("--print-configurations", metavar="URL",
@@ -83,15 +91,21 @@ def api_client_for(kubeconfig: str) -> Any:
 
 
 def build_capacity(cfg: WebhookConfig, api_client: Any) -> IslandCapacity | None:
-    inner: IslandCapacity | None = None
+    """Where the island check gets its answer: fixed ``largestIsland``, else the allocator (falling back
+    to ComputeNode objects when it is unreachable and API access exists), else ComputeNode objects.
+
+    The result is TTL-cached; ``None`` means no source (the check is skipped with a warning).
+    """
     if cfg.largest_island_bytes is not None:
         return StaticCapacity(cfg.largest_island_bytes)
+    inner: IslandCapacity | None = None
     if cfg.allocator_address:
-        # hcs.allocator.v1 has no inventory-summary call yet (Explain answers "fits now", not "can ever
-        # fit"); the island size comes from ComputeNode objects, which the allocator reads too.
-        log.warning("webhook.allocatorAddress=%s: the allocator API has no island-capacity call yet; "
-                    "reading ComputeNode objects instead", cfg.allocator_address)
-    if api_client is not None:
+        inner = AllocatorCapacity(cfg.allocator_address)
+        if api_client is not None:
+            inner = FallbackCapacity(inner, ComputeNodeCapacity(api_client), "ComputeNode objects")
+        log.info("island capacity from the allocator at %s%s", cfg.allocator_address,
+                 " (ComputeNode objects when it is unreachable)" if api_client is not None else "")
+    elif api_client is not None:
         inner = ComputeNodeCapacity(api_client)
     return CachedCapacity(inner, cfg.cache_ttl_s) if inner is not None else None
 

@@ -148,3 +148,100 @@ def test_alloc_explain_cli_through_grpc(tmp_path: Path, capsys: pytest.CaptureFi
         assert "NOT_FOUND" in capsys.readouterr().err
     finally:
         server.stop(None)
+
+
+# --------------------------------------------------------------------------- GetCapacity
+
+
+@pytest.fixture()
+def capacity_server(tmp_path: Path) -> Iterator[tuple[pbg.AllocatorStub, AllocatorState, list[bool]]]:
+    """An allocator with an empty inventory on a real socket; ``leader[0]`` flips leadership."""
+    state = AllocatorState()
+    leader = [True]
+    sock = tmp_path / "cap.sock"
+    server = serve(AllocatorService(state, is_leader=lambda: leader[0]), f"unix://{sock}")
+    channel = grpc.insecure_channel(f"unix://{sock}")
+    try:
+        yield pbg.AllocatorStub(channel), state, leader
+    finally:
+        channel.close()
+        server.stop(None)
+
+
+def dev(name: str, vendor: str, gib: int, island: str = "", health: int = 100) -> DeviceInfo:
+    index = int(name.rsplit("-", 1)[1])
+    return DeviceInfo(name, vendor, "m", f"{name}-uuid", index, gib * GI, 1000, island, health)
+
+
+def test_capacity_of_an_empty_inventory_has_no_largest_island(
+        capacity_server: tuple[pbg.AllocatorStub, AllocatorState, list[bool]]) -> None:
+    s, state, _ = capacity_server
+    out = s.GetCapacity(pb.GetCapacityRequest(), timeout=5)
+    assert not out.HasField("largest") and not out.largest_by_vendor
+    assert (out.nodes, out.devices, out.healthy_devices) == (0, 0, 0)
+    state.set_node(NodeInventory("empty", ()))  # a ComputeNode with no devices is still no capacity
+    out = s.GetCapacity(pb.GetCapacityRequest(), timeout=5)
+    assert not out.HasField("largest") and out.nodes == 1
+
+
+def test_capacity_sums_islands_per_node_and_vendor(
+        capacity_server: tuple[pbg.AllocatorStub, AllocatorState, list[bool]]) -> None:
+    s, state, _ = capacity_server
+    # a: two NVLink islands of 2×80 and a lone 141Gi device; b: the same island id on another node
+    # must not add up with a's; c: four Ascend devices in one HCCS ring (4×64 = 256 > 160).
+    state.set_node(NodeInventory("a", (dev("nvidia-0", "nvidia", 80, "nv0"), dev("nvidia-1", "nvidia", 80, "nv0"),
+                                       dev("nvidia-2", "nvidia", 80, "nv1"), dev("nvidia-3", "nvidia", 80, "nv1"),
+                                       dev("nvidia-4", "nvidia", 141))))
+    state.set_node(NodeInventory("b", (dev("nvidia-0", "nvidia", 80, "nv0"),)))
+    state.set_node(NodeInventory("c", tuple(dev(f"ascend-{i}", "ascend", 64, "hccs-0") for i in range(4))))
+    out = s.GetCapacity(pb.GetCapacityRequest(), timeout=5)
+    assert (out.largest.node, out.largest.island, out.largest.vendor) == ("c", "hccs-0", "ascend")
+    assert out.largest.vram_bytes == 256 * GI and list(out.largest.devices) == [f"ascend-{i}" for i in range(4)]
+    by = {i.vendor: i for i in out.largest_by_vendor}
+    assert [i.vendor for i in out.largest_by_vendor] == ["ascend", "nvidia"]
+    # the first of the equal 160Gi islands in name order, bigger than the 141Gi singleton
+    assert (by["nvidia"].node, by["nvidia"].island, by["nvidia"].vram_bytes) == ("a", "nv0", 160 * GI)
+    assert (out.nodes, out.devices, out.healthy_devices) == (3, 10, 10)
+
+
+def test_capacity_of_a_device_outside_any_island_is_its_own(
+        capacity_server: tuple[pbg.AllocatorStub, AllocatorState, list[bool]]) -> None:
+    s, state, _ = capacity_server
+    state.set_node(NodeInventory("pcie", tuple(dev(f"hygon-{i}", "hygon", 64) for i in range(3))))
+    out = s.GetCapacity(pb.GetCapacityRequest(), timeout=5)
+    assert out.largest.vram_bytes == 64 * GI and out.largest.island == ""
+    assert list(out.largest.devices) == ["hygon-0"]
+
+
+def test_capacity_excludes_unhealthy_devices(
+        capacity_server: tuple[pbg.AllocatorStub, AllocatorState, list[bool]]) -> None:
+    s, state, _ = capacity_server
+    state.set_node(NodeInventory("a", (dev("nvidia-0", "nvidia", 80, "nv0"), dev("nvidia-1", "nvidia", 80, "nv0"),
+                                       dev("nvidia-2", "nvidia", 80, "nv0", health=10),
+                                       dev("nvidia-3", "nvidia", 80, "nv0", health=60))))  # degraded still counts
+    out = s.GetCapacity(pb.GetCapacityRequest(), timeout=5)
+    assert out.largest.vram_bytes == 240 * GI
+    assert list(out.largest.devices) == ["nvidia-0", "nvidia-1", "nvidia-3"]
+    assert (out.devices, out.healthy_devices) == (4, 3)
+    state.set_node(NodeInventory("a", (dev("nvidia-0", "nvidia", 80, "nv0", health=0),)))
+    out = s.GetCapacity(pb.GetCapacityRequest(), timeout=5)
+    assert not out.HasField("largest") and (out.devices, out.healthy_devices) == (1, 0)
+
+
+def test_capacity_ignores_reservations(
+        capacity_server: tuple[pbg.AllocatorStub, AllocatorState, list[bool]]) -> None:
+    """The webhook asks "can this ever fit", so devices in use still count."""
+    s, state, _ = capacity_server
+    state.set_node(NodeInventory("n1", devices(2)))
+    s.Reserve(pb.ReserveRequest(request=request("busy", 160)))
+    assert s.GetCapacity(pb.GetCapacityRequest(), timeout=5).largest.vram_bytes == 160 * GI
+
+
+def test_capacity_from_a_standby_replica_is_unavailable(
+        capacity_server: tuple[pbg.AllocatorStub, AllocatorState, list[bool]]) -> None:
+    s, state, leader = capacity_server
+    state.set_node(NodeInventory("n1", devices(2)))
+    leader[0] = False
+    with pytest.raises(grpc.RpcError) as err:
+        s.GetCapacity(pb.GetCapacityRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "not the leader" in err.value.details()

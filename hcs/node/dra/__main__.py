@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulated drivers: host indices in *_VISIBLE_DEVICES (no device-node isolation)")
     p.add_argument("--no-publish", action="store_true", help="do not publish ResourceSlices")
     p.add_argument("--no-health", action="store_true", help="do not watch device health")
+    p.add_argument("--no-claim-cache", action="store_true",
+                   help="read every claim from the API server at prepare (no watch-fed claim cache)")
     p.add_argument("--log-level", default=None)
     return p
 
@@ -56,6 +58,8 @@ def make_config(args: argparse.Namespace) -> DraConfig:
         over["device_isolation"] = False
     if args.no_publish:
         over["publish_slices"] = False
+    if args.no_claim_cache:
+        over["claim_cache"] = False
     return cfg.with_overrides(**over) if over else cfg
 
 

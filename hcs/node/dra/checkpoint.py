@@ -1,8 +1,9 @@
 """The DRA driver's checkpoint: which claims this node prepared, written atomically with a checksum.
 
-A claim entry is recorded as ``PrepareStarted`` before any file is written and as
-``PrepareCompleted`` after, so a crash in between leaves a record of what to clean up (no leaked
-CDI files). A corrupt file is moved aside and reported; the caller rebuilds from the CDI specs.
+A claim is recorded ``PrepareCompleted`` (durably) after its files are written; files without an
+entry after a crash are swept by the caller's recovery. ``PrepareStarted`` entries (written by
+earlier versions before any file) are still read and cleaned up. A corrupt file is moved aside and
+reported; the caller rebuilds from the CDI specs.
 """
 
 from __future__ import annotations
@@ -119,10 +120,13 @@ def load(path: Path) -> dict[str, ClaimEntry]:
 
 def save(path: Path, claims: dict[str, ClaimEntry], *, durable: bool = True) -> None:
     """Write atomically; ``durable`` also fsyncs (needed only where losing the write would lose a
-    prepared claim; intent records and removals are safe without: recovery sweeps leftovers)."""
-    body = {uid: e.to_json() for uid, e in sorted(claims.items())}
-    data = {"version": VERSION, "checksum": _checksum(body), "claims": body}
-    atomic_write(path, json.dumps(data, separators=(",", ":")), durable=durable, mode=0o600)
+    prepared claim; removals are safe without: recovery sweeps leftovers)."""
+    body = {uid: e.to_json() for uid, e in claims.items()}
+    # serialize once: the checksummed canonical text is also what the file embeds
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    text = f'{{"version":{VERSION},"checksum":"{digest}","claims":{canonical}}}'
+    atomic_write(path, text, durable=durable, mode=0o600)
 
 
 def quarantine(path: Path) -> Path:

@@ -44,6 +44,9 @@ class DraConfig:
     publish_slices: bool = True
     #: record prepared devices in the claim's status.devices (DRAResourceClaimDeviceStatus)
     publish_claim_status: bool = True
+    #: serve NodePrepareResources from a watch-fed cache of this node's allocated claims (claims.py);
+    #: a miss, another UID or a broken watch still GETs the claim, so this only saves the round trip
+    claim_cache: bool = True
     #: seconds between full slice resyncs (a watch triggers re-creation much sooner)
     resync_s: float = 30.0
     #: health_check_timeout_seconds sent on the health stream
@@ -79,7 +82,7 @@ class DraConfig:
         known = {
             "driverName", "pluginsRegistry", "pluginDir", "cdiDir", "mode", "memoryMin", "memoryStep",
             "partitionSizes", "interceptorHostDir", "deviceIsolation", "publishSlices", "publishClaimStatus",
-            "resyncSeconds", "healthTimeoutSeconds",
+            "resyncSeconds", "healthTimeoutSeconds", "claimCache",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -152,6 +155,7 @@ class DraConfig:
             device_isolation=b("deviceIsolation", True),
             publish_slices=b("publishSlices", True),
             publish_claim_status=b("publishClaimStatus", True),
+            claim_cache=b("claimCache", True),
             resync_s=num("resyncSeconds", 30.0),
             health_timeout_s=int(num("healthTimeoutSeconds", 30)),
         )

@@ -17,7 +17,6 @@ import fcntl
 import itertools
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +38,7 @@ from hcs.api.gen.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from hcs.devices.model import Device, Health
 from hcs.kube import RESOURCE_API, KubeError, KubeRest
 from hcs.node.dra.checkpoint import PreparedDevice
+from hcs.node.dra.claims import ClaimCache
 from hcs.node.dra.config import DraConfig
 from hcs.node.dra.slice_controller import SliceController
 from hcs.node.dra.slices import PublishedDevice, build_slices, published_devices
@@ -53,6 +53,12 @@ _add_health: Any = hv1alpha1_grpc.add_DRAResourceHealthServicer_to_server
 _add_registration: Any = reg_grpc.add_RegistrationServicer_to_server
 
 SUPPORTED_VERSIONS = ("v1.DRAPlugin", "v1beta1.DRAPlugin", "v1alpha1.DRAResourceHealth")
+
+#: claim status patches wait until prepare/unprepare calls have paused this long (on a small node
+#: the patch and the API server's work for it otherwise land on the next prepare's CPU time)...
+STATUS_QUIET_S = 0.05
+#: ...but no longer than this after the prepare
+STATUS_MAX_DELAY_S = 1.0
 
 
 class HasDevices(Protocol):
@@ -124,11 +130,16 @@ class DraPlugin:
         self._published: dict[str, PublishedDevice] = published_devices(list(self._devices.values()), config)
         self._driver_versions = dict(driver_versions or {})
         self.rest = KubeRest(kube_api_client) if kube_api_client is not None else None
+        #: watch-fed claims of this node; only with the API source (a given claim_source is used as is)
+        self.claim_cache: ClaimCache | None = None
         if claim_source is None:
             if self.rest is None:
                 raise ValueError("DraPlugin needs a kube_api_client or a claim_source to read ResourceClaims")
             claim_source = ApiClaimSource(self.rest)
-        self.state = ClaimState(config, claim_source, lambda: self._published, on_prepared=self._queue_status)
+            if config.claim_cache:
+                self.claim_cache = ClaimCache(self.rest, config.driver_name, config.node_name)
+        self.state = ClaimState(config, claim_source, lambda: self._published, on_prepared=self._queue_status,
+                                cache=self.claim_cache)
         self.slices = SliceController(self.rest, config) if self.rest is not None and config.publish_slices else None
         self.health_source = health_source
         self._serial = _Serializer(config.data_dir / "serialize.lock")
@@ -138,7 +149,10 @@ class DraPlugin:
         self._health_cond = threading.Condition()
         self._health_version = 0
         self._threads: list[threading.Thread] = []
-        self._status_q: queue.Queue[tuple[dict[str, Any], tuple[PreparedDevice, ...]] | None] = queue.Queue()
+        # claim uid -> (claim, devices, queued at): status patches waiting for a pause in prepare calls
+        self._status_pending: dict[str, tuple[dict[str, Any], tuple[PreparedDevice, ...], float]] = {}
+        self._status_cond = threading.Condition()
+        self._last_call = 0.0
         self._req_ids = itertools.count(1)
         self.registered = threading.Event()
         self.registration_error = ""
@@ -149,6 +163,8 @@ class DraPlugin:
     def start(self) -> None:
         """Recover state, serve the DRA socket, then register; start publishing and health watch."""
         self._stop.clear()
+        if self.claim_cache is not None:  # first: it lists while we recover; prepare GETs until synced
+            self.claim_cache.start()
         self.recovery_notes = self.state.recover()
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         Path(self.cfg.plugins_registry).mkdir(parents=True, exist_ok=True)
@@ -169,7 +185,8 @@ class DraPlugin:
         self._stop.set()
         with self._health_cond:
             self._health_cond.notify_all()
-        self._status_q.put(None)
+        with self._status_cond:
+            self._status_cond.notify_all()
         for t in self._threads:  # first, so the socket watcher cannot resurrect a socket
             t.join(timeout=3.0)
         self._threads.clear()
@@ -182,6 +199,8 @@ class DraPlugin:
         self._reg_server = self._dra_server = None
         if self.slices is not None:
             self.slices.stop()
+        if self.claim_cache is not None:
+            self.claim_cache.stop()
         self.state.close()
         self._serial.close()
 
@@ -292,6 +311,7 @@ class DraPlugin:
     def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, Outcome]:
         rid = next(self._req_ids)
         t0 = time.perf_counter()
+        self._last_call = time.monotonic()
         with self._serial.hold():
             try:
                 out = self.state.prepare(refs)
@@ -300,12 +320,17 @@ class DraPlugin:
                 out = {r.uid: Outcome(error=f"internal error preparing claim {r}: {exc}") for r in refs}
         for r in refs:  # every requested claim must have an entry
             out.setdefault(r.uid, Outcome(error=f"claim {r} was not processed"))
+        self._last_call = time.monotonic()
         log.debug("prepare request %d: %d claim(s), %d error(s), %.1f ms", rid, len(refs),
                   sum(1 for o in out.values() if o.error), (time.perf_counter() - t0) * 1000)
         return out
 
     def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, Outcome]:
         rid = next(self._req_ids)
+        self._last_call = time.monotonic()
+        with self._status_cond:  # not prepared any more: a pending "Prepared" status would be stale
+            for r in refs:
+                self._status_pending.pop(r.uid, None)
         with self._serial.hold():
             try:
                 out = self.state.unprepare(refs)
@@ -319,20 +344,44 @@ class DraPlugin:
 
     # ------------------------------------------------------- claim status
     def _queue_status(self, claim: dict[str, Any], devices: Sequence[PreparedDevice]) -> None:
-        if self.rest is not None and self.cfg.publish_claim_status:
-            self._status_q.put((claim, tuple(devices)))
+        if self.rest is None or not self.cfg.publish_claim_status:
+            return
+        uid = str((claim.get("metadata") or {}).get("uid", ""))
+        with self._status_cond:  # latest wins per claim
+            self._status_pending[uid] = (claim, tuple(devices), time.monotonic())
+            self._status_cond.notify()
+
+    def _status_batch(self) -> list[tuple[dict[str, Any], tuple[PreparedDevice, ...]]]:
+        """Wait for pending patches and a pause in prepare calls (or their deadline); take them all."""
+        with self._status_cond:
+            while not self._stop.is_set():
+                if not self._status_pending:
+                    self._status_cond.wait(timeout=1.0)
+                    continue
+                now = time.monotonic()
+                oldest = min(t for _, _, t in self._status_pending.values())
+                wait = min(STATUS_QUIET_S - (now - self._last_call), oldest + STATUS_MAX_DELAY_S - now)
+                if wait <= 0:
+                    batch = [(c, d) for c, d, _ in self._status_pending.values()]
+                    self._status_pending.clear()
+                    return batch
+                self._status_cond.wait(timeout=wait)
+        return []
 
     def _status_loop(self) -> None:
-        while True:
-            item = self._status_q.get()
-            if item is None or self._stop.is_set():
-                return
-            claim, devices = item
-            try:
-                self.publish_claim_status(claim, devices)
-            except KubeError as exc:
-                log.info("could not publish device status on claim %s/%s: %s",
-                         claim["metadata"].get("namespace"), claim["metadata"].get("name"), exc)
+        while not self._stop.is_set():
+            for claim, devices in self._status_batch():
+                if self._stop.is_set():
+                    return
+                meta = claim.get("metadata") or {}
+                try:
+                    self.publish_claim_status(claim, devices)
+                except KubeError as exc:
+                    log.info("could not publish device status on claim %s/%s: %s",
+                             meta.get("namespace"), meta.get("name"), exc)
+                except Exception:  # noqa: BLE001 - a malformed claim must not stop status publishing
+                    log.exception("publishing device status on claim %s/%s failed",
+                                  meta.get("namespace"), meta.get("name"))
 
     def publish_claim_status(self, claim: dict[str, Any], devices: Sequence[PreparedDevice]) -> None:
         """Server-side apply of status.devices entries for our devices (DRAResourceClaimDeviceStatus)."""

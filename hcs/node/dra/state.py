@@ -61,6 +61,11 @@ class ClaimSource(Protocol):
         """The ResourceClaim as the API returns it (camelCase JSON); KubeError on failure."""
 
 
+class ClaimLookup(Protocol):
+    def lookup(self, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
+        """A trusted local copy of the claim with exactly this UID, or None (then the source is asked)."""
+
+
 class PrepareError(Exception):
     pass
 
@@ -81,9 +86,11 @@ class ClaimState:
         path_exists: Callable[[str], bool] | None = None,
         on_prepared: Callable[[dict[str, Any], Sequence[PreparedDevice]], None] | None = None,
         fetch_workers: int = 16,
+        cache: ClaimLookup | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
+        self.cache = cache
         self.devices = devices
         self.path_exists = path_exists or (lambda p: Path(p).exists())
         self.on_prepared = on_prepared
@@ -120,6 +127,13 @@ class ClaimState:
                 self._remove_files(entry)
                 del self.claims[uid]
                 notes.append(f"claim {entry.namespace}/{entry.name} was mid-prepare at the last stop; cleaned up")
+            elif entry.cdi_spec and not Path(entry.cdi_spec).exists():
+                # a tmpfs CDI dir after a reboot: "prepared" would hand out a CDI ID nobody can resolve;
+                # forgetting the claim makes the kubelet's next prepare write it again
+                self._remove_files(entry)
+                del self.claims[uid]
+                notes.append(f"claim {entry.namespace}/{entry.name}: its CDI spec {entry.cdi_spec} is gone; "
+                             "forgotten, the next prepare writes it again")
         known_specs = {e.cdi_spec for e in self.claims.values()}
         for spec in cdi.our_specs(self.cdi_dir, self.cfg.cdi_vendor, "device"):
             if str(spec) not in known_specs:
@@ -161,23 +175,32 @@ class ClaimState:
                 todo.setdefault(ref.uid, ref)
         if not todo:
             return out
-        fetched = self._fetch(list(todo.values()))
+        fetched, cached = self._fetch(list(todo.values()))
         plans: list[tuple[ClaimRef, dict[str, Any], _Plan]] = []
         for ref in todo.values():
             obj = fetched[ref.uid]
             try:
                 if isinstance(obj, str):
                     raise PrepareError(obj)
-                plans.append((ref, obj, self._plan(ref, obj)))
+                try:
+                    plan = self._plan(ref, obj)
+                except PrepareError:
+                    if ref.uid not in cached:
+                        raise
+                    # the cache may only save a round trip, never reject: judge the API's copy instead
+                    obj = self._fetch_one(ref)
+                    if isinstance(obj, str):
+                        raise PrepareError(obj) from None
+                    plan = self._plan(ref, obj)
+                plans.append((ref, obj, plan))
             except PrepareError as exc:
                 log.warning("prepare %s: %s", ref, exc)
                 out[ref.uid] = Outcome(error=str(exc))
         if not plans:
             return out
-        # 1. record intent, 2. write files, 3. record completion (a crash between leaves a cleanup record)
-        for ref, _, plan in plans:
-            self.claims[ref.uid] = plan.entry(ckpt.STARTED)
-        ckpt.save(self.checkpoint_path, self.claims, durable=False)
+        # Write the files, then record completion durably. No intent record first: a crash in between
+        # leaves only files at paths derived from the UID in our own dirs, which recover() sweeps
+        # (an entry-less CDI spec or claim dir is a leak), and the kubelet retries the prepare.
         done: list[tuple[dict[str, Any], _Plan]] = []
 
         def write(plan: _Plan) -> Exception | None:
@@ -197,31 +220,53 @@ class ClaimState:
             else:
                 log.error("prepare %s: writing files failed: %s", ref, err)
                 self._remove_files(plan.entry(ckpt.STARTED))
-                del self.claims[ref.uid]
                 out[ref.uid] = Outcome(error=f"claim {ref}: writing the CDI spec or quota file failed: {err}")
-        ckpt.save(self.checkpoint_path, self.claims)
+        if not done:
+            return out
+        try:
+            ckpt.save(self.checkpoint_path, self.claims)
+        except OSError as exc:  # not recorded durably: do not report these claims as prepared
+            log.error("prepare: writing the checkpoint failed: %s", exc)
+            for _, plan in done:
+                self.claims.pop(plan.ref.uid, None)
+                self._remove_files(plan.entry(ckpt.COMPLETED))
+                out[plan.ref.uid] = Outcome(error=f"claim {plan.ref}: writing the checkpoint failed: {exc}")
+            return out
         if self.on_prepared is not None:
             for obj, plan in done:
                 self.on_prepared(obj, plan.devices)
         return out
 
-    def _fetch(self, refs: Sequence[ClaimRef]) -> dict[str, dict[str, Any] | str]:
-        """Each claim (or an error text). Many claims of one namespace are read with one LIST."""
+    @staticmethod
+    def _missing(ref: ClaimRef) -> str:
+        return f"ResourceClaim {ref.namespace}/{ref.name} not found: it was deleted; nothing to prepare"
 
-        def missing(ref: ClaimRef) -> str:
-            return f"ResourceClaim {ref.namespace}/{ref.name} not found: it was deleted; nothing to prepare"
+    @staticmethod
+    def _failed(ref: ClaimRef, exc: Exception) -> str:
+        return (f"cannot read ResourceClaim {ref.namespace}/{ref.name} from the API server ({exc}); "
+                "the kubelet will retry")
 
-        def failed(ref: ClaimRef, exc: Exception) -> str:
-            return (f"cannot read ResourceClaim {ref.namespace}/{ref.name} from the API server ({exc}); "
-                    "the kubelet will retry")
+    def _fetch_one(self, ref: ClaimRef) -> dict[str, Any] | str:
+        try:
+            return self.source.get_claim(ref.namespace, ref.name)
+        except KubeError as exc:
+            return self._missing(ref) if exc.status == 404 else self._failed(ref, exc)
 
-        def one(ref: ClaimRef) -> dict[str, Any] | str:
-            try:
-                return self.source.get_claim(ref.namespace, ref.name)
-            except KubeError as exc:
-                return missing(ref) if exc.status == 404 else failed(ref, exc)
-
+    def _fetch(self, refs: Sequence[ClaimRef]) -> tuple[dict[str, dict[str, Any] | str], set[str]]:
+        """Each claim (or an error text), and the UIDs answered by the cache. Claims the cache does
+        not hold are read from the source; many of one namespace with one LIST."""
         out: dict[str, dict[str, Any] | str] = {}
+        cached: set[str] = set()
+        if self.cache is not None:
+            rest: list[ClaimRef] = []
+            for r in refs:
+                obj = self.cache.lookup(r.namespace, r.name, r.uid)
+                if obj is None:
+                    rest.append(r)
+                else:
+                    out[r.uid] = obj
+                    cached.add(r.uid)
+            refs = rest
         singles: list[ClaimRef] = []
         by_ns: dict[str, list[ClaimRef]] = {}
         for r in refs:
@@ -234,14 +279,14 @@ class ClaimState:
             try:
                 items = {c["metadata"]["name"]: c for c in lister(ns)}
             except KubeError as exc:
-                out.update({r.uid: failed(r, exc) for r in group})
+                out.update({r.uid: self._failed(r, exc) for r in group})
                 continue
-            out.update({r.uid: items.get(r.name) or missing(r) for r in group})
+            out.update({r.uid: items.get(r.name) or self._missing(r) for r in group})
         if len(singles) == 1:
-            out[singles[0].uid] = one(singles[0])
+            out[singles[0].uid] = self._fetch_one(singles[0])
         elif singles:
-            out.update(zip([r.uid for r in singles], self._pool.map(one, singles), strict=True))
-        return out
+            out.update(zip([r.uid for r in singles], self._pool.map(self._fetch_one, singles), strict=True))
+        return out, cached
 
     def _plan(self, ref: ClaimRef, obj: dict[str, Any]) -> _Plan:
         meta = obj.get("metadata") or {}

@@ -189,3 +189,35 @@ class ExplainResponse(_message.Message):
     verdicts: _containers.RepeatedCompositeFieldContainer[NodeVerdict]
     summary: str
     def __init__(self, verdicts: _Optional[_Iterable[_Union[NodeVerdict, _Mapping]]] = ..., summary: _Optional[str] = ...) -> None: ...
+
+class GetCapacityRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Island(_message.Message):
+    __slots__ = ("node", "island", "vendor", "vram_bytes", "devices")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ISLAND_FIELD_NUMBER: _ClassVar[int]
+    VENDOR_FIELD_NUMBER: _ClassVar[int]
+    VRAM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    island: str
+    vendor: str
+    vram_bytes: int
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[str] = ..., island: _Optional[str] = ..., vendor: _Optional[str] = ..., vram_bytes: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetCapacityResponse(_message.Message):
+    __slots__ = ("largest", "largest_by_vendor", "nodes", "devices", "healthy_devices")
+    LARGEST_FIELD_NUMBER: _ClassVar[int]
+    LARGEST_BY_VENDOR_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    largest: Island
+    largest_by_vendor: _containers.RepeatedCompositeFieldContainer[Island]
+    nodes: int
+    devices: int
+    healthy_devices: int
+    def __init__(self, largest: _Optional[_Union[Island, _Mapping]] = ..., largest_by_vendor: _Optional[_Iterable[_Union[Island, _Mapping]]] = ..., nodes: _Optional[int] = ..., devices: _Optional[int] = ..., healthy_devices: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,11 @@ class AllocatorStub:
                 request_serializer=hcs_dot_allocator_dot_v1_dot_allocator__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=hcs_dot_allocator_dot_v1_dot_allocator__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.GetCapacity = channel.unary_unary(
+                '/hcs.allocator.v1.Allocator/GetCapacity',
+                request_serializer=hcs_dot_allocator_dot_v1_dot_allocator__pb2.GetCapacityRequest.SerializeToString,
+                response_deserializer=hcs_dot_allocator_dot_v1_dot_allocator__pb2.GetCapacityResponse.FromString,
+                _registered_method=True)
 
 
 class AllocatorServicer:
@@ -101,6 +106,15 @@ class AllocatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCapacity(self, request, context):
+        """The largest interconnect island over healthy devices (what no request may exceed: the admission
+        webhook denies a container asking for more VRAM). Answers from the inventory in memory, O(devices);
+        a standby replica answers UNAVAILABLE (its inventory is not kept in sync).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AllocatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +142,11 @@ def add_AllocatorServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=hcs_dot_allocator_dot_v1_dot_allocator__pb2.ExplainRequest.FromString,
                     response_serializer=hcs_dot_allocator_dot_v1_dot_allocator__pb2.ExplainResponse.SerializeToString,
+            ),
+            'GetCapacity': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCapacity,
+                    request_deserializer=hcs_dot_allocator_dot_v1_dot_allocator__pb2.GetCapacityRequest.FromString,
+                    response_serializer=hcs_dot_allocator_dot_v1_dot_allocator__pb2.GetCapacityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +284,33 @@ class Allocator:
             '/hcs.allocator.v1.Allocator/Explain',
             hcs_dot_allocator_dot_v1_dot_allocator__pb2.ExplainRequest.SerializeToString,
             hcs_dot_allocator_dot_v1_dot_allocator__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCapacity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hcs.allocator.v1.Allocator/GetCapacity',
+            hcs_dot_allocator_dot_v1_dot_allocator__pb2.GetCapacityRequest.SerializeToString,
+            hcs_dot_allocator_dot_v1_dot_allocator__pb2.GetCapacityResponse.FromString,
             options,
             channel_credentials,
             insecure,
