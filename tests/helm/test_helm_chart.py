@@ -210,6 +210,13 @@ def test_node_agent_writes_are_restricted_to_its_own_node(rendered: Render) -> N
             assert set(rule["operations"]) == {"CREATE", "UPDATE", "DELETE"}
             covered.update(rule["resources"])
     assert {"computenodes", "computenodes/status", "resourceslices"} <= covered
+    # Claim status: the API server itself ties status.devices writes to the claim's node through the
+    # per-driver "associated-node:patch" verb on resourceclaims/driver (never "arbitrary-node").
+    role = one(docs, "ClusterRole", "hcs-node-agent")
+    driver_rules = [r for r in role["rules"] if "resourceclaims/driver" in r["resources"]]
+    assert driver_rules == [{"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/driver"],
+                             "resourceNames": ["ai.compute"], "verbs": ["associated-node:patch"]}]
+    covered |= {"resourceclaims/status", "resourceclaims/driver"}
     # RBAC lets the agent write exactly the resources the policies cover (and nothing else).
     role = one(docs, "ClusterRole", "hcs-node-agent")
     writes = {res for r in role["rules"] if {"create", "update", "patch", "delete"} & set(r["verbs"])

@@ -26,6 +26,7 @@ import yaml
 from helm_chart import container, render
 from helm_chart_fixtures import Render
 
+from hcs.kube import KubeError, KubeRest
 from hcs.testing.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -179,7 +180,8 @@ def _token_kubeconfig(admin_kubeconfig: Path, token: str, out: Path) -> Path:
 def test_node_agent_can_write_only_its_own_nodes_objects(kube_cluster: Cluster, helm_bin: str,
                                                          test_namespace: str, tmp_path: Path) -> None:
     """The chart's RBAC + ValidatingAdmissionPolicies, applied for real, with a token bound to a pod on the node:
-    the agent may create its own node's ComputeNode and ResourceSlice, and is denied another node's."""
+    the agent may create its own node's ComputeNode and ResourceSlice and publish device status on its own
+    node's claims, and is denied another node's."""
     release = "hcs-helm-test"
     docs = render((), {"mode": "both"}, namespace=test_namespace, release=release)
     _apply_crds_for_real(kube_cluster, docs)
@@ -231,6 +233,40 @@ def test_node_agent_can_write_only_its_own_nodes_objects(kube_cluster: Cluster, 
         assert own_slice.returncode == 0, own_slice.stderr
         denied = as_agent(computenode(other))
         assert denied.returncode != 0 and f"node '{node}' may only write ComputeNode" in denied.stderr, denied.stderr
+        # Claim status (status.devices after prepare): only on claims allocated from its own node's pool.
+        from kubernetes import config as kube_config
+
+        admin = KubeRest(kube_config.new_client_from_config(config_file=str(kube_cluster.kubeconfig)))
+        claim_of = {}
+        for on in (node, other):  # allocated as the scheduler does: results + the node it selects
+            name = f"claim-{uuid.uuid4().hex[:6]}"
+            claim = admin.request("POST", f"/apis/resource.k8s.io/v1/namespaces/{test_namespace}/resourceclaims",
+                                  body={"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                                        "metadata": {"name": name}, "spec": {"devices": {"requests": [
+                                            {"name": "gpu", "exactly": {"deviceClassName": "vram.ai.compute"}}]}}})
+            claim["status"] = {"allocation": {
+                "devices": {"results": [{"request": "gpu", "driver": "ai.compute", "pool": on, "device": "nvidia-0"}]},
+                "nodeSelector": {"nodeSelectorTerms": [{"matchFields": [
+                    {"key": "metadata.name", "operator": "In", "values": [on]}]}]}}}
+            admin.request("PUT", f"/apis/resource.k8s.io/v1/namespaces/{test_namespace}/resourceclaims/{name}/status",
+                          body=claim)
+            claim_of[on] = name
+
+        agent = KubeRest(kube_config.new_client_from_config(config_file=str(agent_kubeconfig)))
+
+        def patch_status(on: str) -> str:
+            """"" when the agent may patch the claim's status, else the API server's refusal."""
+            body = {"status": {"devices": [{"driver": "ai.compute", "pool": on, "device": "nvidia-0",
+                                            "data": {"vendor": "nvidia"}}]}}
+            try:  # PATCH only, as the DRA plugin does (no GET of the status subresource)
+                agent.request("PATCH", f"/apis/resource.k8s.io/v1/namespaces/{test_namespace}/resourceclaims/"
+                              f"{claim_of[on]}/status", body=body, content_type="application/merge-patch+json")
+            except KubeError as exc:
+                return str(exc)
+            return ""
+
+        assert "arbitrary-node:patch" in patch_status(other)  # the API server's node authorization
+        assert patch_status(node) == ""
         # RBAC: no rights beyond the chart's rules, e.g. no Secrets.
         secrets = subprocess.run([str(kube_cluster.tool("kubectl")), f"--kubeconfig={agent_kubeconfig}", "auth",
                                   "can-i", "list", "secrets", "-A"], capture_output=True, text=True, timeout=60,
