@@ -123,6 +123,7 @@ def main() -> int:
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="hcsb", dir="/tmp"))
+    run = Path(tempfile.mkdtemp(prefix="hcsb", dir="/dev/shm" if os.path.isdir("/dev/shm") else "/tmp"))
     profile = root / "node.json"
     shutil.copy(PROFILE, profile)
     faults = root / "node.faults"
@@ -140,7 +141,8 @@ def main() -> int:
     cfg = root / "hcs.yaml"
     cfg.write_text(json.dumps({"node": {
         "devicePluginDir": str(root / "dp"), "podResourcesSocket": str(root / "pr.sock"),
-        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
+        # quota files and shm dirs on tmpfs, as the default /run/hcs is on a node
+        "stateDir": str(root / "state"), "quotaDir": str(run / "quota"), "shmDir": str(run / "shm"),
         "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 64, "metricsPort": mport,
         "metricsAddress": "127.0.0.1",
         "assignmentSource": "allocator", "allocatorAddress": f"127.0.0.1:{port}", "healthPollInterval": 0.1,
@@ -239,6 +241,7 @@ def main() -> int:
         sim.stop()
         server.stop(0)
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(run, ignore_errors=True)
     if agent.returncode not in (0, -signal.SIGTERM):
         result["agent_stderr_tail"] = err.decode(errors="replace")[-2000:]
     print(json.dumps(result, sort_keys=True))

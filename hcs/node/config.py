@@ -21,8 +21,11 @@ class NodeConfig:
     socketName: str = "hcs-slot.sock"
     slotsPerDevice: int = 8
     stateDir: str = "/var/lib/hcs/node"
-    quotaDir: str = "/var/lib/hcs/quota"
-    shmDir: str = "/var/lib/hcs/shm"
+    # Per-container quota files and the interceptor's shared accounting dirs live on tmpfs (/run): they
+    # are per running container, rewritten by the agent's recovery, and tmpfs keeps Allocate's file
+    # writes and the interceptor's mmap'd counters off the disk.
+    quotaDir: str = "/run/hcs/quota"
+    shmDir: str = "/run/hcs/shm"
     interceptorDir: str = "/usr/local/hcs/lib"  # host dir of libhcs_interceptor.so; "" disables it
     cdiEnabled: bool = True
     cdiDir: str = "/var/run/cdi"

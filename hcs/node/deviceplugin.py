@@ -146,6 +146,8 @@ class PluginCore:
         self._deferred: set[str] = set()
         self._deferred_since: dict[str, float] = {}
         self._prefetch: tuple[float, Sequence[Assignment]] | None = None
+        #: Dropped allocations whose files sweep_files has not removed yet.
+        self._unswept: list[Allocation] = []
         #: Set when recovery saw slots held by containers it could not account for.
         self._unaccounted = False
         self._confirmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcs-confirm")
@@ -184,13 +186,29 @@ class PluginCore:
                     del self._by_slot[s]
                 cdi.remove_spec(Path(self.config.cdiDir), self.config.cdiKind, s)
             self._background(self.store.remove, a)
-            remaining = any(r.alloc.pod.uid == a.pod.uid for r in self._records.values())
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.quota_file(a.pod.uid, a.container))
+            # The files go in sweep_files: a drop often happens inside Allocate (the kubelet re-offers
+            # a slot whose pod is gone), and the kubelet waits on Allocate.
+            self._unswept.append(a)
+            remaining = a.pod.uid in self._held_uid
         if not remaining:
-            _remove_tree(Path(self.config.shmDir) / a.pod.uid)
             self._confirm_async(self.source.release, a.pod.uid)
         self.on_change()
+
+    def sweep_files(self) -> int:
+        """Remove dropped containers' quota files, and a pod's shared accounting dir once it holds
+        nothing. Under the lock, like every file write of an allocation, so a new allocation of the
+        same pod and container keeps its (same-named) files. Returns how many drops were swept."""
+        with self._lock:
+            pending, self._unswept = self._unswept, []
+            for a in pending:
+                held = self._held_uid.get(a.pod.uid)
+                if held is not None and a.container in held:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.quota_file(a.pod.uid, a.container))
+                if held is None:
+                    _remove_tree(Path(self.config.shmDir) / a.pod.uid)
+        return len(pending)
 
     def quota_file(self, pod_uid: str, container: str) -> Path:
         """Host path of a container's quota file (bind-mounted read-only as the file itself)."""
@@ -500,6 +518,7 @@ class PluginCore:
         for old in loaded:
             if all(s in self._slot_by_id for s in old.slots):
                 self._record(old, persist=False)
+                self._restore_files(old)
             else:
                 log.warning("state: allocation of %s/%s names unknown slots %s; dropping it",
                             old.pod.ref, old.container, old.slots)
@@ -539,6 +558,18 @@ class PluginCore:
                          a.pod.ref, h.container)
         return self.allocations()
 
+    def _restore_files(self, a: Allocation) -> None:
+        """Re-create a recorded container's quota file and shm dir when they are gone (quotaDir and
+        shmDir are on tmpfs: after a reboot the kubelet restarts the container with the same mounts)."""
+        quota_file = self.quota_file(a.pod.uid, a.container)
+        try:
+            if not quota_file.exists():
+                atomic_write(quota_file, quota_file_text([g.vram_bytes for g in a.devices]))
+                log.info("recovery: re-created quota file %s", quota_file)
+            (Path(self.config.shmDir) / a.pod.uid).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("recovery: cannot re-create the files of %s/%s: %s", a.pod.ref, a.container, exc)
+
     def reconcile(self) -> int:
         """Drop allocations whose slots the kubelet no longer lists (pod gone). Returns how many."""
         if self.podres is None:
@@ -562,9 +593,11 @@ class PluginCore:
                 log.info("pod %s container %s no longer holds slots %s; releasing", a.pod.ref, a.container, a.slots)
                 self._drop(a)
                 dropped += 1
+        self.sweep_files()
         return dropped
 
     def close(self) -> None:
+        self.sweep_files()
         self.stopped.set()
         self.view.wake()
         self._confirmer.shutdown(wait=True, cancel_futures=False)

@@ -301,7 +301,7 @@ def test_node_agent_mounts_follow_the_mode(rendered: Render, mode: str) -> None:
     docs = rendered(mode=mode)
     ds = one(docs, "DaemonSet")
     paths = set(_host_paths(ds).values())
-    assert {"/var/run/cdi", "/dev", "/usr/local/hcs/lib", "/var/lib/hcs"} <= paths
+    assert {"/var/run/cdi", "/dev", "/usr/local/hcs/lib", "/var/lib/hcs", "/run/hcs"} <= paths
     dp = {"/var/lib/kubelet/device-plugins", "/var/lib/kubelet/pod-resources"}
     dra = {"/var/lib/kubelet/plugins_registry", "/var/lib/kubelet/plugins"}
     assert (dp <= paths) == (mode != "dra")

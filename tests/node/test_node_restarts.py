@@ -179,3 +179,29 @@ def test_agent_restart_between_deferred_allocate_and_prestart() -> None:
             assert resp_a.envs["NVIDIA_VISIBLE_DEVICES"] == expected["uid-a"]
         finally:
             agent2.stop()
+
+
+def test_restart_recreates_quota_files_lost_with_tmpfs() -> None:
+    """quotaDir/shmDir are on tmpfs (/run): after a reboot the records survive but the files do not; the
+    kubelet restarts the containers with the same bind mounts, so recovery must put the files back."""
+    import shutil
+
+    with node_env() as env:
+        devs = [device(Vendor.NVIDIA, 0, 80)]
+        agent = NodeAgent(env.config, devs, pod_lister=env.pods).start()
+        env.sim.wait_registered(RESOURCE)
+        p = demand("p", 20, created_ms=1)
+        env.pods.add(p)
+        env.sim.admit(_sim_pod(p), RESOURCE)
+        quota_file = agent.core.quota_file(p.pod.uid, "main")
+        content = quota_file.read_text()
+        agent.core.flush()
+        agent.stop()
+        shutil.rmtree(env.config.quotaDir)  # the reboot
+        shutil.rmtree(env.config.shmDir)
+        agent2 = NodeAgent(env.config, devs, pod_lister=env.pods).start()
+        try:
+            assert quota_file.read_text() == content == f"0 {20 * GiB}\n"
+            assert (Path(env.config.shmDir) / p.pod.uid).is_dir()
+        finally:
+            agent2.stop()
