@@ -559,6 +559,7 @@ def test_rendered_configs_pass_the_components_own_validation(rendered: Render, v
     node_mod = pytest.importorskip("hcs.node.config")
     cfg = node_mod.node_config(section(configs["node"], "node"), source="chart", nodeName="node-1")
     assert cfg.deviceIsolation is False and cfg.reportInterval == _values(*values_files)["nodeAgent"]["reportInterval"]
+    assert cfg.devicePlugin == (mode != "dra")  # DRA-only nodes neither mount nor serve the device plugin
     if mode == "devicePlugin":
         assert "dra.yaml" not in node_cm
     else:
@@ -587,8 +588,10 @@ def test_rendered_configs_pass_the_components_own_validation(rendered: Render, v
         "ports"][0]["containerPort"]
     assert wh.scheduler_name == configs["kube-scheduler"]["profiles"][0]["schedulerName"]
     assert wh.slot_resource == cfg.resourceName
-    if wh.allocator_address:  # the webhook then needs its allocator client (else it refuses to start)
-        pytest.importorskip("hcs.webhook.allocator_client")
+    if wh.allocator_address:  # the island check asks the allocator's GetCapacity
+        from hcs.webhook.capacity import AllocatorCapacity
+
+        assert AllocatorCapacity(wh.allocator_address).address == wh.allocator_address
 
 
 def test_webhook_skips_its_own_namespace_but_never_default(helm_bin: str) -> None:
@@ -627,3 +630,77 @@ def test_rendered_command_lines_parse_with_the_real_clis(rendered: Render, mode:
             seen.add(ns.command)
     assert {"node", "allocator", "webhook"} <= seen
     assert ("dra" in seen) == (mode != "devicePlugin")
+
+
+# ---------------------------------------------------------------- DRA rolling updates and device metadata
+
+
+def _dra_section(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    text = one(docs, "ConfigMap", "hcs-node-agent")["data"]["dra.yaml"]
+    section: dict[str, Any] = yaml.safe_load(text)["node"]["dra"]
+    return section
+
+
+def test_dra_rolling_update_surges_the_daemonset_in_dra_mode(rendered: Render) -> None:
+    from hcs.errors import ConfigError
+    from hcs.node.dra.config import DraConfig
+
+    docs = rendered(mode="dra", nodeAgent__dra__rollingUpdate=True)
+    ds = one(docs, "DaemonSet")
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    env = {e["name"]: e for e in container(ds, "dra-plugin")["env"]}
+    assert env["POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    section = _dra_section(docs)
+    assert section["rollingUpdate"] is True and section["deviceMetadata"] is False
+    # what the plugin makes of it, with the env the pod gets (and a clear error without it)
+    cfg = DraConfig.from_mapping(section, node_name="node-1", environ={"POD_UID": "0b9e0e6e-1f4d"})
+    assert str(cfg.registration_socket) == "/var/lib/kubelet/plugins_registry/ai.compute-0b9e0e6e-1f4d-reg.sock"
+    assert str(cfg.dra_socket) == "/var/lib/kubelet/plugins/ai.compute/dra-0b9e0e6e-1f4d.sock"
+    with pytest.raises(ConfigError, match="POD_UID"):
+        DraConfig.from_mapping(section, node_name="node-1", environ={})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dra_rolling_update_off_keeps_todays_strategy_and_sockets(rendered: Render, mode: str) -> None:
+    from hcs.node.dra.config import DraConfig
+
+    docs = rendered(mode=mode)
+    ds = one(docs, "DaemonSet")
+    assert ds["spec"]["updateStrategy"] == _values()["nodeAgent"]["updateStrategy"]
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1}
+    if mode == "devicePlugin":
+        return
+    section = _dra_section(docs)
+    assert section["rollingUpdate"] is False and section["deviceMetadata"] is False
+    cfg = DraConfig.from_mapping(section, node_name="node-1", environ={"POD_UID": "u-1"})
+    assert cfg.registration_socket.name == "ai.compute-reg.sock" and cfg.dra_socket.name == "dra.sock"
+
+
+@pytest.mark.parametrize("mode", ["devicePlugin", "both"])
+def test_dra_rolling_update_with_the_device_plugin_fails_the_render(helm_bin: str, mode: str) -> None:
+    with pytest.raises(HelmError) as exc:
+        render(set_values={"mode": mode, "nodeAgent.dra.rollingUpdate": True})
+    assert "nodeAgent.dra.rollingUpdate" in exc.value.stderr and "mode=dra" in exc.value.stderr
+    assert "device plugin" in exc.value.stderr
+
+
+def test_dra_device_metadata_reaches_the_plugin_config(rendered: Render) -> None:
+    from hcs.node.dra.config import DraConfig
+
+    docs = rendered(mode="both", nodeAgent__dra__deviceMetadata=True)
+    section = _dra_section(docs)
+    assert section["deviceMetadata"] is True and section["rollingUpdate"] is False
+    assert DraConfig.from_mapping(section, node_name="node-1", environ={}).device_metadata is True
+    assert one(docs, "DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"] == {"maxUnavailable": 1}
+
+
+def test_dra_options_are_typed_in_the_schema(helm_bin: str) -> None:
+    for key in ("nodeAgent.dra.rollingUpdate", "nodeAgent.dra.deviceMetadata"):
+        with pytest.raises(HelmError) as exc:
+            render(set_values={"mode": "dra", key: "yes"})  # a string: --set-string
+        assert key.rsplit(".", 1)[1] in exc.value.stderr, exc.value.stderr
+    lint = helm("lint", str(CHART), "--strict", "--set", "mode=dra", "--set", "nodeAgent.dra.rollingUpdate=true",
+                "--set", "nodeAgent.dra.deviceMetadata=true", "--kube-version", "1.37.2", helm_bin=helm_bin,
+                check=False)
+    assert lint.returncode == 0 and "[WARNING]" not in lint.stdout, lint.stdout + lint.stderr

@@ -104,6 +104,11 @@ def load(path: Path) -> dict[str, ClaimEntry]:
         raw = path.read_bytes()
     except FileNotFoundError:
         return {}
+    return parse(raw, path)
+
+
+def parse(raw: bytes, path: Path) -> dict[str, ClaimEntry]:
+    """Claims from a checkpoint's bytes (``path`` only names it in errors); CheckpointCorrupt when invalid."""
     try:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("version") != VERSION:
@@ -118,15 +123,18 @@ def load(path: Path) -> dict[str, ClaimEntry]:
         raise CheckpointCorrupt(f"{path}: not a valid checkpoint ({exc})") from exc
 
 
-def save(path: Path, claims: dict[str, ClaimEntry], *, durable: bool = True) -> None:
+def save(path: Path, claims: dict[str, ClaimEntry], *, durable: bool = True) -> bytes:
     """Write atomically; ``durable`` also fsyncs (needed only where losing the write would lose a
-    prepared claim; removals are safe without: recovery sweeps leftovers)."""
+    prepared claim; removals are safe without: recovery sweeps leftovers). Returns the bytes written
+    (a plugin sharing the file with another pod compares them to notice the other's writes)."""
     body = {uid: e.to_json() for uid, e in claims.items()}
     # serialize once: the checksummed canonical text is also what the file embeds
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()
     text = f'{{"version":{VERSION},"checksum":"{digest}","claims":{canonical}}}'
-    atomic_write(path, text, durable=durable, mode=0o600)
+    raw = text.encode()
+    atomic_write(path, raw, durable=durable, mode=0o600)
+    return raw
 
 
 def quarantine(path: Path) -> Path:

@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 from hcs.kube import RESOURCE_API, KubeError, KubeRest
+from hcs.node.dra.metadata import POD_CLAIM_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,14 @@ def trim(claim: dict[str, Any]) -> dict[str, Any]:
     """Only what prepare and the claim-status patch read (drops managedFields, spec, conditions)."""
     meta = claim.get("metadata") or {}
     status = claim.get("status") or {}
+    kept = {k: meta[k] for k in _META_KEYS if k in meta}
+    annotations = meta.get("annotations") or {}
+    if POD_CLAIM_ANNOTATION in annotations:  # device metadata paths of template-generated claims
+        kept["annotations"] = {POD_CLAIM_ANNOTATION: annotations[POD_CLAIM_ANNOTATION]}
     return {
         "apiVersion": claim.get("apiVersion", "resource.k8s.io/v1"),
         "kind": "ResourceClaim",
-        "metadata": {k: meta[k] for k in _META_KEYS if k in meta},
+        "metadata": kept,
         "status": {k: status[k] for k in _STATUS_KEYS if k in status},
     }
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -15,6 +17,32 @@ DEFAULT_DRIVER = "ai.compute"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 MODES = ("consumable", "partitioned")
+
+#: AF_UNIX sun_path is 108 bytes including the terminating NUL
+MAX_SOCKET_PATH = 107
+#: what a pod UID may contain to become part of a socket file name (Kubernetes UIDs are UUIDs)
+_POD_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _fits(path: Path) -> bool:
+    return len(os.fsencode(str(path))) <= MAX_SOCKET_PATH
+
+
+def _short(pod_uid: str) -> str:
+    """A short, stable stand-in for a pod UID when the full UID makes a socket path too long."""
+    return hashlib.sha256(pod_uid.encode()).hexdigest()[:16]
+
+
+def _per_pod_socket(directory: Path, names: tuple[str, ...], what: str, key: str) -> Path:
+    """The first of ``names`` whose path fits AF_UNIX; a ConfigError naming the setting otherwise."""
+    for name in names:
+        if _fits(directory / name):
+            return directory / name
+    last = directory / names[-1]
+    raise ConfigError(
+        f"{key}: the {what} {last} is {len(os.fsencode(str(last)))} bytes even with a hashed pod UID; "
+        f"unix sockets allow {MAX_SOCKET_PATH}: use a shorter {key}"
+    )
 
 
 @dataclass(frozen=True)
@@ -51,7 +79,25 @@ class DraConfig:
     resync_s: float = 30.0
     #: health_check_timeout_seconds sent on the health stream
     health_timeout_s: int = 30
+    #: per-pod socket names (kubelet >= 1.33), so the old and the new plugin pod of a DaemonSet surge
+    #: (maxSurge 1) serve side by side; needs ``pod_uid``
+    rolling_update: bool = False
+    #: this plugin pod's UID (downward API metadata.uid, env POD_UID); names the sockets with rolling_update
+    pod_uid: str = ""
+    #: KEP-5304: a DeviceMetadata file per claim request, bind-mounted read-only into the containers
+    device_metadata: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rolling_update:
+            if not self.pod_uid:
+                raise ConfigError(
+                    "node.dra.rollingUpdate needs this pod's UID: set env POD_UID from the downward API "
+                    "(valueFrom.fieldRef.fieldPath: metadata.uid) or node.dra.podUID"
+                )
+            if not _POD_UID.match(self.pod_uid):
+                raise ConfigError(f"node.dra.podUID: {self.pod_uid!r} is not a pod UID (letters, digits, '-', '_', "
+                                  "'.'); take it from the downward API (metadata.uid)")
 
     @property
     def data_dir(self) -> Path:
@@ -59,11 +105,25 @@ class DraConfig:
 
     @property
     def dra_socket(self) -> Path:
-        return self.data_dir / "dra.sock"
+        """``dra.sock``; ``dra-<podUID>.sock`` with rolling updates (hashed UID if the path is too long)."""
+        if not self.rolling_update:
+            return self.data_dir / "dra.sock"
+        return _per_pod_socket(self.data_dir, (f"dra-{self.pod_uid}.sock", f"dra-{_short(self.pod_uid)}.sock"),
+                               "DRA socket", "pluginDir")
 
     @property
     def registration_socket(self) -> Path:
-        return Path(self.plugins_registry) / f"{self.driver_name}-reg.sock"
+        """``<driver>-reg.sock``; ``<driver>-<podUID>-reg.sock`` with rolling updates (hashed when too long)."""
+        registry = Path(self.plugins_registry)
+        if not self.rolling_update:
+            return registry / f"{self.driver_name}-reg.sock"
+        short = _short(self.pod_uid)
+        return _per_pod_socket(registry, (
+            f"{self.driver_name}-{self.pod_uid}-reg.sock",
+            f"{self.driver_name}-{short}-reg.sock",
+            # a 63-character driver name alone can overflow a deep registry dir
+            f"{_short(self.driver_name + '/' + self.pod_uid)}-reg.sock",
+        ), "registration socket", "pluginsRegistry")
 
     @property
     def cdi_vendor(self) -> str:
@@ -77,12 +137,17 @@ class DraConfig:
         return replace(self, **kwargs)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, node_name: str, source: str = "config node.dra") -> DraConfig:
-        """Validate a camelCase mapping (the YAML section); every error names the field."""
+    def from_mapping(cls, data: Mapping[str, Any], *, node_name: str, source: str = "config node.dra",
+                     environ: Mapping[str, str] | None = None) -> DraConfig:
+        """Validate a camelCase mapping (the YAML section); every error names the field.
+
+        ``podUID`` defaults to env ``POD_UID`` (``environ``, default os.environ), so every runner
+        (``hcs node``, ``python -m hcs.node.dra``) picks up the downward-API value the same way.
+        """
         known = {
             "driverName", "pluginsRegistry", "pluginDir", "cdiDir", "mode", "memoryMin", "memoryStep",
             "partitionSizes", "interceptorHostDir", "deviceIsolation", "publishSlices", "publishClaimStatus",
-            "resyncSeconds", "healthTimeoutSeconds", "claimCache",
+            "resyncSeconds", "healthTimeoutSeconds", "claimCache", "rollingUpdate", "podUID", "deviceMetadata",
         }
         unknown = sorted(set(data) - known)
         if unknown:
@@ -141,7 +206,19 @@ class DraConfig:
             parts.append(n)
         step = q("memoryStep", 1 << 30)
         mn = q("memoryMin", 1 << 30)
-        return cls(
+        rolling = b("rollingUpdate", False)
+        env = os.environ if environ is None else environ
+        pod_uid = s("podUID", env.get("POD_UID", "")).strip()
+        if rolling and not pod_uid:
+            raise ConfigError(
+                f"{source}.rollingUpdate: true needs this pod's UID: set env POD_UID from the downward API "
+                "(env: [{name: POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}]) or podUID; "
+                "or set rollingUpdate: false"
+            )
+        if rolling and not _POD_UID.match(pod_uid):
+            raise ConfigError(f"{source}.podUID: {pod_uid!r} is not a pod UID (letters, digits, '-', '_', '.'); "
+                              "take it from the downward API (metadata.uid)")
+        cfg = cls(
             node_name=node_name,
             driver_name=driver,
             plugins_registry=s("pluginsRegistry", cls.plugins_registry),
@@ -158,4 +235,12 @@ class DraConfig:
             claim_cache=b("claimCache", True),
             resync_s=num("resyncSeconds", 30.0),
             health_timeout_s=int(num("healthTimeoutSeconds", 30)),
+            rolling_update=rolling,
+            pod_uid=pod_uid,
+            device_metadata=b("deviceMetadata", False),
         )
+        try:  # with rolling updates both socket paths must fit AF_UNIX (the hashed fallbacks usually do)
+            _ = (cfg.dra_socket, cfg.registration_socket)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}.{exc}") from exc
+        return cfg

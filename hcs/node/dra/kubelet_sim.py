@@ -3,6 +3,9 @@
 - discovers ``*.sock`` files in a plugins_registry directory (names starting with '.' ignored),
   calls ``GetInfo``, validates type ``DRAPlugin``, picks the first advertised service the kubelet
   supports (``v1.DRAPlugin``, then ``v1beta1.DRAPlugin``) and calls ``NotifyRegistrationStatus``;
+- keeps every registration of a driver (rolling updates, kubelet >= 1.33: two plugin pods, each with
+  its own ``<driver>-<podUID>-reg.sock``), calls the newest and falls back to the previous one when
+  the newest's socket goes (``forget_removed``);
 - prepares/unprepares claims in one batch per driver, checks every claim UID got an entry;
 - opens the ``v1alpha1.DRAResourceHealth/NodeWatchResources`` stream;
 - optionally wipes the node's ResourceSlices like a starting kubelet does.
@@ -53,6 +56,8 @@ class RegisteredPlugin:
     supported: tuple[str, ...]
     channel: grpc.Channel
     health_stream: bool
+    #: the registration socket it came through
+    socket: str = ""
 
     def stub(self) -> Any:
         if self.service == "v1.DRAPlugin":
@@ -67,7 +72,10 @@ class RegisteredPlugin:
 class DraKubeletSim:
     plugins_registry: Path
     timeout_s: float = 45.0
+    #: driver name -> the registration the kubelet uses (the newest)
     plugins: dict[str, RegisteredPlugin] = field(default_factory=dict)
+    #: registration socket path -> its registration, oldest first
+    registrations: dict[str, RegisteredPlugin] = field(default_factory=dict)
     #: services the simulated kubelet knows, in its preference order of the plugin's list
     known_services: tuple[str, ...] = KUBELET_SERVICES
 
@@ -82,6 +90,26 @@ class DraKubeletSim:
             if time.monotonic() > deadline:
                 raise SimError(f"no registration socket appeared in {self.plugins_registry} within {timeout_s}s")
             time.sleep(0.05)
+
+    def register_new(self) -> list[RegisteredPlugin]:
+        """Run the handshake with every registration socket not registered yet (the watcher's create events)."""
+        socks = sorted(p for p in self.plugins_registry.glob("*.sock")
+                       if not p.name.startswith(".") and str(p) not in self.registrations)
+        return [self._register(p) for p in socks]
+
+    def forget_removed(self) -> list[str]:
+        """Deregister plugins whose registration socket is gone (the watcher's delete events); a driver
+        falls back to its newest remaining registration. Returns the removed sockets' names."""
+        gone = [sock for sock in self.registrations if not Path(sock).exists()]
+        for sock in gone:
+            reg_ = self.registrations.pop(sock)
+            reg_.channel.close()
+            if self.plugins.get(reg_.name) is reg_:
+                del self.plugins[reg_.name]
+                left = [r for r in self.registrations.values() if r.name == reg_.name]
+                if left:
+                    self.plugins[reg_.name] = left[-1]
+        return [Path(s).name for s in gone]
 
     def _register(self, sock: Path) -> RegisteredPlugin:
         with grpc.insecure_channel(f"unix://{sock}") as ch:
@@ -103,14 +131,16 @@ class DraKubeletSim:
             stub.NotifyRegistrationStatus(reg.RegistrationStatus(plugin_registered=not error, error=error), timeout=5)
             if error:
                 raise SimError(f"registration of {sock.name} failed: {error}")
-        old = self.plugins.pop(info.name, None)
+        old = self.registrations.pop(str(sock), None)  # the same socket registering again
         if old is not None:
             old.channel.close()
         plugin = RegisteredPlugin(
             name=info.name, endpoint=info.endpoint, service=service, supported=tuple(info.supported_versions),
             channel=grpc.insecure_channel(f"unix://{info.endpoint}"),
             health_stream="v1alpha1.DRAResourceHealth" in info.supported_versions,
+            socket=str(sock),
         )
+        self.registrations[str(sock)] = plugin
         self.plugins[info.name] = plugin
         return plugin
 
@@ -148,9 +178,10 @@ class DraKubeletSim:
         yield from stub.NodeWatchResources(hv1alpha1.NodeWatchResourcesRequest(), timeout=timeout_s)
 
     def close(self) -> None:
-        for p in self.plugins.values():
+        for p in {id(p): p for p in (*self.plugins.values(), *self.registrations.values())}.values():
             p.channel.close()
         self.plugins.clear()
+        self.registrations.clear()
 
 
 def wipe_node_slices(rest: Any, node_name: str, driver: str | None = None) -> int:

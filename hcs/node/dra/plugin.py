@@ -5,6 +5,12 @@
   and DRAResourceHealth v1alpha1 (NodeWatchResources), started first;
 - ``<plugins_registry>/<driver>-reg.sock``: pluginregistration.Registration, started second, so the
   kubelet only learns about the plugin once it is serving.
+With ``rolling_update`` both names carry the pod UID (``dra-<podUID>.sock``,
+``<driver>-<podUID>-reg.sock``): the old and the new pod of a DaemonSet surge serve side by side, the
+kubelet (>= 1.33) calls the newest registration and falls back to the other when its socket goes.
+Each instance only ever removes or re-creates its own socket names; ``serialize.lock`` (flock) keeps
+prepare/unprepare one at a time across both pods and the checkpoint is re-read when the other pod
+changed it.
 It publishes the node's ResourceSlices (slice_controller.py), keeps prepared claims in a checkpoint
 (state.py), turns device health into the health stream and a NoSchedule taint, and records the
 prepared devices in the claim's ``status.devices`` (best effort, in the background).
@@ -41,7 +47,7 @@ from hcs.node.dra.checkpoint import PreparedDevice
 from hcs.node.dra.claims import ClaimCache
 from hcs.node.dra.config import DraConfig
 from hcs.node.dra.slice_controller import SliceController
-from hcs.node.dra.slices import PublishedDevice, build_slices, published_devices
+from hcs.node.dra.slices import PublishedDevice, build_slices, published_attributes, published_devices
 from hcs.node.dra.state import ClaimRef, ClaimSource, ClaimState, Outcome
 
 log = logging.getLogger(__name__)
@@ -139,7 +145,7 @@ class DraPlugin:
             if config.claim_cache:
                 self.claim_cache = ClaimCache(self.rest, config.driver_name, config.node_name)
         self.state = ClaimState(config, claim_source, lambda: self._published, on_prepared=self._queue_status,
-                                cache=self.claim_cache)
+                                cache=self.claim_cache, attributes=self._attributes)
         self.slices = SliceController(self.rest, config) if self.rest is not None and config.publish_slices else None
         self.health_source = health_source
         self._serial = _Serializer(config.data_dir / "serialize.lock")
@@ -165,7 +171,8 @@ class DraPlugin:
         self._stop.clear()
         if self.claim_cache is not None:  # first: it lists while we recover; prepare GETs until synced
             self.claim_cache.start()
-        self.recovery_notes = self.state.recover()
+        with self._serial.hold():  # the other pod of a rolling update must not prepare mid-sweep
+            self.recovery_notes = self.state.recover()
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         Path(self.cfg.plugins_registry).mkdir(parents=True, exist_ok=True)
         self._dra_server = self._serve(self.cfg.dra_socket, self._add_dra_services, workers=16)
@@ -177,8 +184,9 @@ class DraPlugin:
         self._spawn(self._socket_watch_loop, "dra-socket-watch")
         if self.health_source is not None:
             self._spawn(self._health_loop, "dra-health")
-        log.info("DRA plugin %s serving on %s, registered via %s (%d devices)",
-                 self.cfg.driver_name, self.cfg.dra_socket, self.cfg.registration_socket, len(self._devices))
+        log.info("DRA plugin %s serving on %s, registered via %s (%d devices%s)",
+                 self.cfg.driver_name, self.cfg.dra_socket, self.cfg.registration_socket, len(self._devices),
+                 f", rolling update as pod {self.cfg.pod_uid}" if self.cfg.rolling_update else "")
 
     def stop(self) -> None:
         """Deregister (remove the registration socket) and stop serving. Published slices stay."""
@@ -212,7 +220,9 @@ class DraPlugin:
     def _serve(self, sock: Path, add: Any, workers: int) -> grpc.Server:
         sock.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            sock.unlink()  # stale socket from a previous run
+            # stale socket of a previous run of this pod: the name is ours alone (with rolling updates it
+            # carries our pod UID, so another live pod's sockets are never touched)
+            sock.unlink()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dra-grpc"))
         add(server)
         server.add_insecure_port(f"unix://{sock}")
@@ -229,7 +239,8 @@ class DraPlugin:
         _add_registration(_RegistrationServicer(self), server)
 
     def _socket_watch_loop(self) -> None:
-        """Re-create the registration socket if it disappears (someone wiped plugins_registry)."""
+        """Re-create the registration socket if it disappears (someone wiped plugins_registry). It only
+        looks at this instance's own socket names, so two rolling-update pods never fight over one."""
         while not self._stop.wait(0.5):
             if not self.cfg.registration_socket.exists() and self._reg_server is not None:
                 log.warning("registration socket %s vanished; re-registering", self.cfg.registration_socket)
@@ -244,6 +255,10 @@ class DraPlugin:
     # --------------------------------------------------------------- devices
     def devices(self) -> list[Device]:
         return list(self._devices.values())
+
+    def _attributes(self, pub: PublishedDevice) -> dict[str, dict[str, Any]]:
+        """A device's attributes exactly as our slices publish them (for device metadata files)."""
+        return published_attributes(pub, self.cfg.mode, self._driver_versions.get(pub.device.vendor.value, ""))
 
     def _desired_slices(self) -> list[Any]:
         return build_slices(list(self._devices.values()), self.cfg, self._driver_versions)

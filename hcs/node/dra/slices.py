@@ -86,6 +86,14 @@ def device_attributes(d: Device, driver_version: str = "") -> dict[str, dict[str
     return attrs
 
 
+def published_attributes(pub: PublishedDevice, mode: str, driver_version: str = "") -> dict[str, dict[str, Any]]:
+    """The attributes ``pub`` carries in our slices (device metadata repeats them to containers)."""
+    attrs = device_attributes(pub.device, driver_version)
+    if mode == "partitioned":
+        attrs["partition"] = {"bool": pub.partition}
+    return attrs
+
+
 def _taints(d: Device, driver: str) -> list[dict[str, Any]]:
     if d.health.healthy:
         return []

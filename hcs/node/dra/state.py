@@ -2,6 +2,9 @@
 
 Transport-free (the gRPC servicers in plugin.py call it). Calls are serialized by the caller.
 Every claim gets an outcome; a bad claim never affects the others in the same call.
+With rolling updates two plugin pods share the data dir: the caller's flock serializes their calls
+and each call first re-reads the checkpoint if the other pod rewrote it, so a claim prepared by the
+old pod is known to (and unprepared by) the new one.
 """
 
 from __future__ import annotations
@@ -18,20 +21,23 @@ from typing import Any, Protocol
 
 from hcs.devices.model import Device
 from hcs.errors import QuantityError
+from hcs.fileio import atomic_write
 from hcs.kube import KubeError
 from hcs.node.dra import cdi
 from hcs.node.dra import checkpoint as ckpt
+from hcs.node.dra import metadata as devmeta
 from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
 from hcs.node.dra.config import DraConfig
 from hcs.node.dra.injection import (
     CONTAINER_STATE_DIR,
     ContainerEdits,
     InjectionOptions,
+    Mount,
     QuotaFiles,
     container_edits,
     quota_file_text,
 )
-from hcs.node.dra.slices import CAPACITY_MEMORY, PublishedDevice
+from hcs.node.dra.slices import CAPACITY_MEMORY, PublishedDevice, published_attributes
 from hcs.quantity import parse_bytes
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,7 @@ class ClaimState:
         on_prepared: Callable[[dict[str, Any], Sequence[PreparedDevice]], None] | None = None,
         fetch_workers: int = 16,
         cache: ClaimLookup | None = None,
+        attributes: Callable[[PublishedDevice], Mapping[str, Mapping[str, Any]]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -99,6 +106,12 @@ class ClaimState:
         self.checkpoint_path = self.data_dir / "checkpoint.json"
         self.claims_dir = self.data_dir / "claims"
         self.claims: dict[str, ClaimEntry] = {}
+        #: the device attributes as our slices publish them (device metadata files repeat them)
+        self.attributes = attributes or (lambda pub: published_attributes(pub, cfg.mode))
+        #: another plugin pod may write the checkpoint between our calls (rolling updates)
+        self.shared = cfg.rolling_update
+        #: the checkpoint's bytes as we last read or wrote them (shared mode: unchanged = no re-read)
+        self._checkpoint_raw: bytes | None = None
         self._pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="dra-fetch")
         self.options = InjectionOptions(
             interceptor_host_dir=cfg.interceptor_host_dir, device_isolation=cfg.device_isolation
@@ -115,13 +128,9 @@ class ClaimState:
         """
         notes: list[str] = []
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self.claims = ckpt.load(self.checkpoint_path)
-        except ckpt.CheckpointCorrupt as exc:
-            moved = ckpt.quarantine(self.checkpoint_path)
-            self.claims = self._rebuild_from_cdi()
-            notes.append(f"checkpoint corrupt ({exc}); moved to {moved}, rebuilt {len(self.claims)} claim(s) "
-                         "from CDI specs")
+        note = self._load()
+        if note:
+            notes.append(note)
         for uid, entry in list(self.claims.items()):
             if entry.state != ckpt.COMPLETED:
                 self._remove_files(entry)
@@ -145,10 +154,40 @@ class ClaimState:
                 if str(d) not in known_dirs:
                     shutil.rmtree(d, ignore_errors=True)
                     notes.append(f"removed leaked claim dir {d}")
-        ckpt.save(self.checkpoint_path, self.claims)
+        self._save()
         for n in notes:
             log.warning("%s", n)
         return notes
+
+    def _load(self) -> str:
+        """Read the checkpoint into ``claims`` (rebuilt from the CDI specs when corrupt); a note if repaired."""
+        try:
+            raw = self.checkpoint_path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        if raw == self._checkpoint_raw:
+            return ""
+        self._checkpoint_raw = raw
+        try:
+            self.claims = ckpt.parse(raw, self.checkpoint_path) if raw else {}
+        except ckpt.CheckpointCorrupt as exc:
+            moved = ckpt.quarantine(self.checkpoint_path)
+            self.claims = self._rebuild_from_cdi()
+            self._save()
+            return (f"checkpoint corrupt ({exc}); moved to {moved}, rebuilt {len(self.claims)} claim(s) "
+                    "from CDI specs")
+        return ""
+
+    def _save(self, *, durable: bool = True) -> None:
+        self._checkpoint_raw = ckpt.save(self.checkpoint_path, self.claims, durable=durable)
+
+    def refresh(self) -> None:
+        """Shared data dir (rolling updates): pick up the other plugin pod's checkpoint writes. The
+        caller holds the cross-pod lock, so nobody writes while we read."""
+        if self.shared:
+            note = self._load()
+            if note:
+                log.warning("%s", note)
 
     def _rebuild_from_cdi(self) -> dict[str, ClaimEntry]:
         out: dict[str, ClaimEntry] = {}
@@ -165,6 +204,7 @@ class ClaimState:
 
     # ---------------------------------------------------------------- prepare
     def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, Outcome]:
+        self.refresh()
         out: dict[str, Outcome] = {}
         todo: dict[str, ClaimRef] = {}
         for ref in refs:
@@ -224,7 +264,7 @@ class ClaimState:
         if not done:
             return out
         try:
-            ckpt.save(self.checkpoint_path, self.claims)
+            self._save()
         except OSError as exc:  # not recorded durably: do not report these claims as prepared
             log.error("prepare: writing the checkpoint failed: %s", exc)
             for _, plan in done:
@@ -321,6 +361,7 @@ class ClaimState:
         claim_dir = self.claims_dir / ref.uid
         cdi_devices: list[cdi.CdiDevice] = []
         files: dict[Path, str] = {}
+        metadata: dict[Path, str] = {}
         dirs: list[Path] = []
         prepared: list[PreparedDevice] = []
         for req, items in by_request.items():
@@ -351,7 +392,17 @@ class ClaimState:
                 )
             except ValueError as exc:
                 raise PrepareError(f"ResourceClaim {ref} request {req!r}: {exc}") from exc
-            cdi_devices.append(cdi.CdiDevice(cdi_name, self._existing_only(edits, {str(quota_host), str(shm_host)})))
+            ours = {str(quota_host), str(shm_host)}
+            if self.cfg.device_metadata:
+                meta_host = claim_dir / devmeta.host_file_name(req)
+                metadata[meta_host] = self._metadata(ref, obj, req, items)
+                edits = replace(edits, mounts=(*edits.mounts, Mount(
+                    str(meta_host),
+                    devmeta.container_path(self.cfg.driver_name, ref.name, devmeta.pod_claim_name(obj), req),
+                    read_only=True,
+                )))
+                ours.add(str(meta_host))
+            cdi_devices.append(cdi.CdiDevice(cdi_name, self._existing_only(edits, ours)))
             files[quota_host] = quota_file_text(quotas)
             dirs.append(shm_host)
             qualified = cdi.qualified_name(self.cfg.cdi_kind, cdi_name)
@@ -364,7 +415,17 @@ class ClaimState:
                     share_id=str(r.get("shareID") or ""),
                 ))
         spec_path = self.cdi_dir / cdi.spec_file_name(self.cfg.cdi_vendor, "device", ref.uid)
-        return _Plan(ref, claim_dir, spec_path, cdi_devices, files, dirs, tuple(prepared), self.cfg.cdi_kind)
+        return _Plan(ref, claim_dir, spec_path, cdi_devices, files, dirs, tuple(prepared), self.cfg.cdi_kind,
+                     metadata)
+
+    def _metadata(self, ref: ClaimRef, obj: dict[str, Any], req: str,
+                  items: Sequence[tuple[dict[str, Any], PublishedDevice]]) -> str:
+        """The request's DeviceMetadata file text; its name keeps the subrequest that was allocated."""
+        request_ref = str(items[0][0].get("request") or req)
+        devices = [devmeta.MetadataDevice(pool=str(r.get("pool", "")), name=pub.name, attributes=self.attributes(pub))
+                   for r, pub in items]
+        claim = {**obj, "metadata": {**(obj.get("metadata") or {}), "name": ref.name, "namespace": ref.namespace}}
+        return devmeta.encode(devmeta.build(self.cfg.driver_name, claim, request_ref, devices))
 
     def _existing_only(self, edits: ContainerEdits, ours: set[str]) -> ContainerEdits:
         """Drop device nodes and mounts whose host path is missing (containerd would fail the container)."""
@@ -394,12 +455,15 @@ class ClaimState:
         for d in plan.dirs:
             d.mkdir(exist_ok=True)
             d.chmod(0o1777)  # shared accounting dir: every uid in the container may create its slot
+        for path, text in plan.metadata.items():  # world-readable: any uid in the container reads it
+            atomic_write(path, text, mode=0o444)
         entry = plan.entry(ckpt.COMPLETED)
         spec = cdi.build_spec(plan.kind, plan.cdi_devices, {cdi.CLAIM_ANNOTATION: json.dumps(entry.to_json())})
         cdi.write_spec(plan.spec_path.parent, plan.spec_path.name, spec)
 
     # -------------------------------------------------------------- unprepare
     def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, Outcome]:
+        self.refresh()
         out: dict[str, Outcome] = {}
         changed = False
         for ref in refs:
@@ -416,7 +480,7 @@ class ClaimState:
             changed = True
             out[ref.uid] = Outcome()
         if changed:
-            ckpt.save(self.checkpoint_path, self.claims, durable=False)
+            self._save(durable=False)
         return out
 
     def _remove_files(self, entry: ClaimEntry) -> None:
@@ -436,6 +500,8 @@ class _Plan:
     dirs: list[Path]
     devices: tuple[PreparedDevice, ...]
     kind: str
+    #: KEP-5304 metadata files (host path -> JSON), only with device_metadata
+    metadata: dict[Path, str]
 
     def entry(self, state: str) -> ClaimEntry:
         return ClaimEntry(

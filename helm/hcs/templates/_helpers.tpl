@@ -106,4 +106,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if and .Values.scheduler.enabled (gt (int .Values.scheduler.replicas) 1) (not .Values.scheduler.leaderElection.enabled) }}
 {{- fail "values: scheduler.replicas > 1 needs scheduler.leaderElection.enabled=true (two active schedulers would bind pods twice)" }}
 {{- end }}
+{{- if and .Values.nodeAgent.enabled .Values.nodeAgent.dra.rollingUpdate (ne .Values.mode "dra") }}
+{{- fail (printf "values: nodeAgent.dra.rollingUpdate=true needs mode=dra (mode is %q): it runs the old and the new node-agent pod side by side, and the device plugin's socket in the kubelet's device-plugins dir has one fixed name the two pods would fight over; set mode=dra or nodeAgent.dra.rollingUpdate=false" (toString .Values.mode)) }}
+{{- end }}
 {{- end }}
