@@ -21,6 +21,7 @@ from typing import Any
 from hcs.allocator.kube import KubeSync
 from hcs.allocator.placement import RequestError, demand_from_pod
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
+from hcs.httpreply import send_once
 from hcs.kube import KubeError
 from hcs.webhook.retarget import ANN_RETARGETED  # set once the allocator chose the pod's vendor
 
@@ -226,20 +227,12 @@ def make_handler(ext: Extender) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         # kube-scheduler waits on /filter and /prioritize inside its serial scheduling cycle: no Nagle
         disable_nagle_algorithm = True
-        _headers_buffer: list[bytes]
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("extender: " + format, *args)
 
         def _reply(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            # headers and body in one write: as two, the body waits for the ACK of the headers, which
-            # the client's delayed ACK holds back up to 40 ms per call (Nagle)
-            self._headers_buffer.append(b"\r\n" + data)
-            self.flush_headers()
+            send_once(self, code, json.dumps(body).encode())
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path.rstrip("/") in ("/healthz", "/readyz"):

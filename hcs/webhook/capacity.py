@@ -184,7 +184,6 @@ class AllocatorCapacity:
             ("grpc.max_reconnect_backoff_ms", 3000),
         ])
         self._stub = pbg.AllocatorStub(self._channel)  # type: ignore[no-untyped-call]
-        self.last: IslandSummary | None = None
 
     def summary(self) -> IslandSummary:
         try:
@@ -200,8 +199,7 @@ class AllocatorCapacity:
             raise CapacityUnavailable(
                 f"allocator {self.address}: {name} ({hint}); check that `hcs allocator` runs and "
                 "webhook.allocatorAddress points at it") from exc
-        self.last = summary_of(resp)
-        return self.last
+        return summary_of(resp)
 
     def largest_island_bytes(self) -> int | None:
         return self.summary().largest_bytes

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hcs.errors import ConfigError
+from hcs.httpreply import send_once
 from hcs.webhook.podspec import TEMPLATE_PATHS
 from hcs.webhook.review import Admission
 
@@ -189,7 +190,6 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's pending header lines
     server: _Server
     server_version = "hcs-webhook"
     sys_version = ""
@@ -198,12 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        # headers and body in one write: one TLS record, no Nagle/delayed-ACK stall between them
-        self._headers_buffer.append(b"\r\n" + body)
-        self.flush_headers()
+        send_once(self, status, body, content_type)  # one TLS record, no Nagle/delayed-ACK stall
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.split("?", 1)[0]

@@ -123,18 +123,15 @@ def parse(raw: bytes, path: Path) -> dict[str, ClaimEntry]:
         raise CheckpointCorrupt(f"{path}: not a valid checkpoint ({exc})") from exc
 
 
-def save(path: Path, claims: dict[str, ClaimEntry], *, durable: bool = True) -> bytes:
+def save(path: Path, claims: dict[str, ClaimEntry], *, durable: bool = True) -> None:
     """Write atomically; ``durable`` also fsyncs (needed only where losing the write would lose a
-    prepared claim; removals are safe without: recovery sweeps leftovers). Returns the bytes written
-    (a plugin sharing the file with another pod compares them to notice the other's writes)."""
+    prepared claim; removals are safe without: recovery sweeps leftovers)."""
     body = {uid: e.to_json() for uid, e in claims.items()}
     # serialize once: the checksummed canonical text is also what the file embeds
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()
     text = f'{{"version":{VERSION},"checksum":"{digest}","claims":{canonical}}}'
-    raw = text.encode()
-    atomic_write(path, raw, durable=durable, mode=0o600)
-    return raw
+    atomic_write(path, text, durable=durable, mode=0o600)
 
 
 def quarantine(path: Path) -> Path:

@@ -110,8 +110,9 @@ class ClaimState:
         self.attributes = attributes or (lambda pub: published_attributes(pub, cfg.mode))
         #: another plugin pod may write the checkpoint between our calls (rolling updates)
         self.shared = cfg.rolling_update
-        #: the checkpoint's bytes as we last read or wrote them (shared mode: unchanged = no re-read)
-        self._checkpoint_raw: bytes | None = None
+        #: the checkpoint file's (inode, mtime, size) as we last read or wrote it: every write replaces
+        #: the file (rename), so an unchanged stamp means nobody else wrote it (shared mode: no re-read)
+        self._checkpoint_stamp: tuple[int, int, int] | None = None
         self._pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="dra-fetch")
         self.options = InjectionOptions(
             interceptor_host_dir=cfg.interceptor_host_dir, device_isolation=cfg.device_isolation
@@ -161,13 +162,14 @@ class ClaimState:
 
     def _load(self) -> str:
         """Read the checkpoint into ``claims`` (rebuilt from the CDI specs when corrupt); a note if repaired."""
+        stamp = self._stamp()
+        if stamp is not None and stamp == self._checkpoint_stamp:
+            return ""
         try:
             raw = self.checkpoint_path.read_bytes()
         except FileNotFoundError:
             raw = b""
-        if raw == self._checkpoint_raw:
-            return ""
-        self._checkpoint_raw = raw
+        self._checkpoint_stamp = stamp
         try:
             self.claims = ckpt.parse(raw, self.checkpoint_path) if raw else {}
         except ckpt.CheckpointCorrupt as exc:
@@ -179,7 +181,15 @@ class ClaimState:
         return ""
 
     def _save(self, *, durable: bool = True) -> None:
-        self._checkpoint_raw = ckpt.save(self.checkpoint_path, self.claims, durable=durable)
+        ckpt.save(self.checkpoint_path, self.claims, durable=durable)
+        self._checkpoint_stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.checkpoint_path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def refresh(self) -> None:
         """Shared data dir (rolling updates): pick up the other plugin pod's checkpoint writes. The
