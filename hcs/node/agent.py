@@ -275,6 +275,7 @@ class NodeAgent:
                     last_reconcile = time.monotonic()
                     if self.core.reconcile() and self.reporter is not None:
                         self.reporter.trigger()
+                self.core.release_background()  # normally released by the kubelet call that queued it
                 self.core.sweep_files()
                 self._update_metrics()
             except Exception:

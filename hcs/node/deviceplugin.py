@@ -113,6 +113,8 @@ class DeviceView:
 class _Record:
     alloc: Allocation
     recorded_at: float
+    #: The quota file and shm dir exist (written after the Allocate reply, or at PreStartContainer).
+    files_ready: bool = True
 
 
 class PluginCore:
@@ -150,7 +152,12 @@ class PluginCore:
         self._unswept: list[Allocation] = []
         #: Set when recovery saw slots held by containers it could not account for.
         self._unaccounted = False
-        self._confirmer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcs-confirm")
+        #: Work that need not delay a kubelet call (state records, container files, allocator
+        #: confirmations) waits here until the reply is on the wire (release_background); then it runs
+        #: in order on one worker per kind, so a slow allocator never holds up a file write.
+        self._held: list[tuple[ThreadPoolExecutor, Callable[[], None]]] = []
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcs-disk")
+        self._remote = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcs-confirm")
         self.stopped = threading.Event()
         #: Called (without locks held by the caller's caller) after an allocation is added or dropped.
         self.on_change: Callable[[], None] = lambda: None
@@ -161,13 +168,13 @@ class PluginCore:
         with self._lock:
             return [r.alloc for r in self._records.values()]
 
-    def _record(self, a: Allocation, persist: bool = True) -> None:
+    def _record(self, a: Allocation, persist: bool = True, files_ready: bool = True) -> _Record:
         with self._lock:
             if persist:
                 # Off the Allocate path, in order with removals (one worker); a crash before it lands
                 # is covered by recovery from the kubelet's pod-resources + the assignment source.
                 self._background(self.store.put, a)
-            self._records[a.id] = _Record(a, time.monotonic())
+            rec = self._records[a.id] = _Record(a, time.monotonic(), files_ready)
             self._held_ref.setdefault((a.pod.namespace, a.pod.name), set()).add(a.container)
             self._held_uid.setdefault(a.pod.uid, set()).add(a.container)
             for s in a.slots:
@@ -175,6 +182,7 @@ class PluginCore:
                 self._deferred.discard(s)
                 self._deferred_since.pop(s, None)
         self.on_change()
+        return rec
 
     def _drop(self, a: Allocation) -> None:
         with self._lock:
@@ -191,7 +199,7 @@ class PluginCore:
             self._unswept.append(a)
             remaining = a.pod.uid in self._held_uid
         if not remaining:
-            self._confirm_async(self.source.release, a.pod.uid)
+            self._tell_source(self.source.release, a.pod.uid)
         self.on_change()
 
     def sweep_files(self) -> int:
@@ -213,6 +221,38 @@ class PluginCore:
     def quota_file(self, pod_uid: str, container: str) -> Path:
         """Host path of a container's quota file (bind-mounted read-only as the file itself)."""
         return Path(self.config.quotaDir) / f"{pod_uid}_{container}.quota"
+
+    def _write_files(self, a: Allocation) -> None:
+        """The container's quota file (what the interceptor enforces) and its pod's shm dir."""
+        atomic_write(self.quota_file(a.pod.uid, a.container), quota_file_text([g.vram_bytes for g in a.devices]))
+        (Path(self.config.shmDir) / a.pod.uid).mkdir(parents=True, exist_ok=True)
+
+    def _files_after_reply(self, rec: _Record) -> None:
+        """Background: write a new allocation's files unless PreStartContainer (or a drop) came first."""
+        with self._lock:  # in order with sweep_files, which removes a dropped container's files
+            if rec.files_ready or self._records.get(rec.alloc.id) is not rec:
+                return
+            try:
+                self._write_files(rec.alloc)
+            except OSError as exc:  # PreStartContainer tries again and fails the container if it must
+                log.error("writing the quota file of %s/%s: %s", rec.alloc.pod.ref, rec.alloc.container, exc)
+                return
+            rec.files_ready = True
+
+    def _ensure_files(self, rec: _Record) -> None:
+        """Before the container is created, its quota file and shm dir must exist (they are mounts)."""
+        a = rec.alloc
+        with self._lock:
+            if rec.files_ready and self.quota_file(a.pod.uid, a.container).exists() and (
+                    Path(self.config.shmDir) / a.pod.uid).is_dir():
+                return
+            try:
+                self._write_files(a)
+            except OSError as exc:
+                raise PluginError(grpc.StatusCode.INTERNAL,
+                                  f"cannot write the quota file of {a.pod.ref}/{a.container} under "
+                                  f"{self.config.quotaDir} or {self.config.shmDir}: {exc}") from exc
+            rec.files_ready = True
 
     def vram_allocated(self) -> dict[str, tuple[int, int]]:
         """device key -> (allocated bytes, containers)."""
@@ -264,8 +304,19 @@ class PluginCore:
             worst = (True, True, True)
             taken = set(must)
             n = max(0, creq.allocation_size - len(must))
-            free = (i for i in creq.available_deviceIDs if i not in taken and i in slot_by_id)
-            best = heapq.nsmallest(n, free, key=lambda i: (rank.get(slot_by_id[i].device_key, worst), i))
+            # offered slots grouped by device; a device's slot IDs are contiguous, so taking whole
+            # groups in (rank, first ID) order is the order of (rank, ID) over all slots
+            by_device: dict[str, list[str]] = {}
+            for i in creq.available_deviceIDs:
+                s = slot_by_id.get(i)
+                if s is not None and i not in taken:
+                    by_device.setdefault(s.device_key, []).append(i)
+            best: list[str] = []
+            for ids in sorted(by_device.values(), key=lambda ids: (rank.get(slot_by_id[ids[0]].device_key, worst),
+                                                                   min(ids))):
+                if len(best) >= n:
+                    break
+                best += heapq.nsmallest(n - len(best), ids)
             resp.container_responses.append(dp.ContainerPreferredAllocationResponse(deviceIDs=must + best))
         return resp
 
@@ -371,7 +422,8 @@ class PluginCore:
                         out.append((a, c))
         return out
 
-    def _edits(self, a: Assignment, c: ContainerAssignment) -> tuple[ContainerEdits, list[Device]]:
+    def _edits(self, a: Assignment, c: ContainerAssignment, write_files: bool = True
+               ) -> tuple[ContainerEdits, list[Device]]:
         devices: list[Device] = []
         for g in c.devices:
             d = self.view.get(g.key)
@@ -389,9 +441,9 @@ class PluginCore:
                                   f"({'; '.join(d.health.reasons) or 'score ' + str(d.health.score)})")
             devices.append(d)
         quota_file = self.quota_file(a.pod.uid, c.container)
-        atomic_write(quota_file, quota_file_text([g.vram_bytes for g in c.devices]))
         shm_dir = Path(self.config.shmDir) / a.pod.uid
-        shm_dir.mkdir(parents=True, exist_ok=True)
+        if write_files:
+            self._write_files(Allocation(a.pod, c.container, (), c.devices))
         interceptor = self.config.interceptorDir if self.config.interceptorDir and self.exists(
             self.config.interceptorDir) else ""
         files = QuotaFiles(str(quota_file), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR)
@@ -408,11 +460,16 @@ class PluginCore:
         return edits, devices
 
     def _exact(self, ids: tuple[str, ...], a: Assignment, c: ContainerAssignment) -> dp.ContainerAllocateResponse:
-        edits, _ = self._edits(a, c)
-        self._record(Allocation(a.pod, c.container, ids, c.devices))
-        self._confirm_async(self.source.confirm, a.pod.uid)
-        log.info("Allocate %s -> %s container %s: %s", list(ids), a.pod.ref, c.container,
-                 ", ".join(f"{g.key} {g.vram_bytes}B" for g in c.devices))
+        # The files are mounts of the container, which the kubelet creates only after
+        # PreStartContainer (pre_start_required): they are written after this reply, and
+        # PreStartContainer makes sure of them.
+        edits, _ = self._edits(a, c, write_files=False)
+        rec = self._record(Allocation(a.pod, c.container, ids, c.devices), files_ready=False)
+        self._hold(self._disk, lambda: self._files_after_reply(rec))
+        self._tell_source(self.source.confirm, a.pod.uid)
+        if log.isEnabledFor(logging.INFO):
+            log.info("Allocate %s -> %s container %s: %s", list(ids), a.pod.ref, c.container,
+                     ", ".join(f"{g.key} {g.vram_bytes}B" for g in c.devices))
         return dp.ContainerAllocateResponse(
             envs=edits.env_dict(),
             mounts=[dp.Mount(container_path=m.container_path, host_path=m.host_path, read_only=m.read_only)
@@ -437,6 +494,7 @@ class PluginCore:
                                   f"Allocate but the kubelet gave them to {owner.namespace}/{owner.pod}/"
                                   f"{owner.container}; refusing to start it with another pod's devices "
                                   "(was a pod with ai.compute/slot admitted without an HCS assignment?)")
+            self._ensure_files(rec)
             return dp.PreStartContainerResponse()
         assert owner is not None
         with self._lock:
@@ -451,7 +509,7 @@ class PluginCore:
             slot = sorted(ids)[0]
             cdi.write_spec(Path(self.config.cdiDir), self.config.cdiKind, slot, edits, {})
             self._record(Allocation(a.pod, c.container, ids, c.devices))
-        self._confirm_async(self.source.confirm, a.pod.uid)
+        self._tell_source(self.source.confirm, a.pod.uid)
         log.info("PreStartContainer %s -> %s container %s (CDI %s)", list(ids), a.pod.ref, c.container,
                  cdi.qualified_name(self.config.cdiKind, slot))
         return dp.PreStartContainerResponse()
@@ -477,7 +535,22 @@ class PluginCore:
                               f"the kubelet's pod-resources API shows no container holding slots {list(ids)}")
         return owner
 
+    def _hold(self, worker: ThreadPoolExecutor, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._held.append((worker, job))
+
+    def release_background(self) -> None:
+        """Start the held background work (called once the kubelet has its reply; housekeeping too)."""
+        with self._lock:
+            held, self._held = self._held, []
+        for worker, job in held:
+            try:
+                worker.submit(job)
+            except RuntimeError:  # shutting down: do it inline
+                job()
+
     def _background(self, fn: Callable[[Allocation], None], a: Allocation) -> None:
+        """A state-dir write, in order with the others."""
         def run() -> None:
             try:
                 fn(a)
@@ -485,21 +558,10 @@ class PluginCore:
                 log.error("state dir %s: %s(%s/%s) failed: %s", self.store.dir, getattr(fn, "__name__", fn),
                           a.pod.ref, a.container, exc)
 
-        try:
-            self._confirmer.submit(run)
-        except RuntimeError:  # shutting down: do it inline
-            run()
+        self._hold(self._disk, run)
 
-    def flush(self) -> None:
-        """Wait until background state writes and confirmations queued so far are done."""
-        done = threading.Event()
-        try:
-            self._confirmer.submit(done.set)
-        except RuntimeError:
-            return
-        done.wait(10)
-
-    def _confirm_async(self, fn: Callable[[str], None], uid: str) -> None:
+    def _tell_source(self, fn: Callable[[str], None], uid: str) -> None:
+        """Confirm or release a pod's assignment, in order, unless the agent is stopping."""
         def run() -> None:
             try:
                 fn(uid)
@@ -507,8 +569,18 @@ class PluginCore:
                 log.warning("assignment source: %s(%s) failed: %s", getattr(fn, "__name__", fn), uid, exc)
 
         if not self.stopped.is_set():
-            with contextlib.suppress(RuntimeError):
-                self._confirmer.submit(run)
+            self._hold(self._remote, run)
+
+    def flush(self) -> None:
+        """Start the held background work and wait until it is done."""
+        self.release_background()
+        for worker in (self._disk, self._remote):
+            done = threading.Event()
+            try:
+                worker.submit(done.set)
+            except RuntimeError:
+                continue
+            done.wait(10)
 
     # ---- recovery / garbage collection ---------------------------------------------------------
 
@@ -523,6 +595,7 @@ class PluginCore:
                 log.warning("state: allocation of %s/%s names unknown slots %s; dropping it",
                             old.pod.ref, old.container, old.slots)
                 self.store.remove(old)
+        self.release_background()
         if self.podres is None:
             return self.allocations()
         try:
@@ -546,6 +619,7 @@ class PluginCore:
                     continue
                 rebuilt = Allocation(a.pod, h.container, h.device_ids, c.devices)
                 self._record(rebuilt)
+                self._restore_files(rebuilt)
                 if self.config.cdiEnabled:
                     # Allocate may have answered with the CDI name and died before PreStartContainer.
                     try:
@@ -556,6 +630,7 @@ class PluginCore:
                         log.error("recovery: %s", exc)
                 log.info("recovery: rebuilt allocation of %s/%s from the kubelet and the assignment source",
                          a.pod.ref, h.container)
+        self.release_background()
         return self.allocations()
 
     def _restore_files(self, a: Allocation) -> None:
@@ -564,9 +639,8 @@ class PluginCore:
         quota_file = self.quota_file(a.pod.uid, a.container)
         try:
             if not quota_file.exists():
-                atomic_write(quota_file, quota_file_text([g.vram_bytes for g in a.devices]))
-                log.info("recovery: re-created quota file %s", quota_file)
-            (Path(self.config.shmDir) / a.pod.uid).mkdir(parents=True, exist_ok=True)
+                log.info("recovery: re-creating quota file %s", quota_file)
+            self._write_files(a)
         except OSError as exc:
             log.error("recovery: cannot re-create the files of %s/%s: %s", a.pod.ref, a.container, exc)
 
@@ -593,14 +667,17 @@ class PluginCore:
                 log.info("pod %s container %s no longer holds slots %s; releasing", a.pod.ref, a.container, a.slots)
                 self._drop(a)
                 dropped += 1
+        self.release_background()
         self.sweep_files()
         return dropped
 
     def close(self) -> None:
+        self.release_background()
         self.sweep_files()
         self.stopped.set()
         self.view.wake()
-        self._confirmer.shutdown(wait=True, cancel_futures=False)
+        for worker in (self._disk, self._remote):
+            worker.shutdown(wait=True, cancel_futures=False)
 
 
 def _unhold(index: dict[Any, set[str]], key: Any, container: str) -> None:
@@ -649,6 +726,9 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):
             context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc}")
         finally:
             self.core.metrics.grpc_latency.labels(method, code).observe(time.perf_counter() - start)
+            # background work queued by this call starts once the reply is sent, not while it is
+            if not context.add_callback(self.core.release_background):
+                self.core.release_background()
 
     def GetDevicePluginOptions(self, request: dp.Empty, context: grpc.ServicerContext) -> dp.DevicePluginOptions:
         out = self._call("GetDevicePluginOptions", self.core.options, context)

@@ -55,13 +55,14 @@ def test_allocate_exact_best_fit_with_env_devices_mounts_and_quota() -> None:
             mounts = {m.container_path: m for m in resp.mounts}
             host_quota = Path(mounts[quota_file].host_path)
             assert mounts[quota_file].read_only
+            env.sim.start_container("default", "train", "main")  # PreStart: the kubelet creates it next
             assert host_quota.read_text() == f"0 {16 * GiB}\n"
+            assert Path(mounts[resp.envs["HCS_SHM_DIR"]].host_path).is_dir()
             assert not mounts[resp.envs["HCS_SHM_DIR"]].read_only
             assert mounts["/usr/local/hcs/lib"].host_path == str(env.root / "lib")
             assert "/dev/nvidia1" in {d.host_path for d in resp.devices}
             assert "/dev/nvidia0" not in {d.host_path for d in resp.devices}
             assert not resp.cdi_devices
-            env.sim.start_container("default", "train", "main")  # PreStart verifies the owner
             assert agent.core.vram_allocated() == {"nvidia-1": (16 * GiB, 1)}
         finally:
             agent.stop()
@@ -94,6 +95,7 @@ def test_allocate_per_vendor(vendor: Vendor, env_expect: dict[str, str], node_ex
             assert node_expect <= {d.host_path for d in resp.devices}
             assert mount_expect in {m.container_path for m in resp.mounts}
             host_quota = {m.container_path: m.host_path for m in resp.mounts}[resp.envs["HCS_QUOTA_FILE"]]
+            env.sim.start_container("default", "job", "main")
             assert Path(host_quota).read_text() == f"0 {8 * GiB}\n"
         finally:
             agent.stop()
@@ -163,6 +165,37 @@ def test_multi_container_pod_gets_each_containers_assignment() -> None:
             quotas = [{m.container_path: m.host_path for m in r.mounts}[r.envs["HCS_QUOTA_FILE"]] for r in resps]
             assert quotas[0] != quotas[1] and quotas[0].endswith("_a.quota") and quotas[1].endswith("_b.quota")
             assert agent.core.vram_allocated() == {"nvidia-0": (20 * GiB, 2)}
+        finally:
+            agent.stop()
+
+
+def test_prestart_makes_sure_of_the_containers_files() -> None:
+    """Allocate writes the quota file and shm dir after its reply; PreStartContainer, which the
+    kubelet calls right before creating the container (whose mounts they are), re-creates them if
+    they are gone and fails the container with a clear error if they cannot be written."""
+    import shutil
+
+    with node_env() as env:
+        agent = NodeAgent(env.config, [device(Vendor.NVIDIA, 0, 80)], pod_lister=env.pods).start()
+        try:
+            env.sim.wait_registered(RESOURCE)
+            env.pods.add(p := demand("f", 8, created_ms=1))
+            [resp] = env.sim.admit(_sim_pod(p), RESOURCE)
+            mounts = {m.container_path: Path(m.host_path) for m in resp.mounts}
+            quota, shm = mounts[resp.envs["HCS_QUOTA_FILE"]], mounts[resp.envs["HCS_SHM_DIR"]]
+            agent.core.flush()
+            assert quota.read_text() == f"0 {8 * GiB}\n" and shm.is_dir()  # written after the reply
+            quota.unlink()
+            shutil.rmtree(shm)
+            env.sim.start_container("default", "f", "main")
+            assert quota.read_text() == f"0 {8 * GiB}\n" and shm.is_dir()
+
+            quota.unlink()
+            shutil.rmtree(env.config.quotaDir)
+            Path(env.config.quotaDir).write_text("not a directory")
+            with pytest.raises(AdmissionError, match="cannot write the quota file"):
+                env.sim.start_container("default", "f", "main")
+            assert agent.core.allocations()  # the allocation stays; the kubelet retries the start
         finally:
             agent.stop()
 

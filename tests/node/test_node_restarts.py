@@ -109,6 +109,7 @@ def test_pod_removal_releases_its_devices(monkeypatch) -> None:  # type: ignore[
             p = demand("gone", 20, created_ms=1)
             env.pods.add(p)
             env.sim.admit(_sim_pod(p), RESOURCE)
+            env.sim.start_container("default", "gone", "main")
             quota_file = agent.core.quota_file(p.pod.uid, "main")
             shm_dir = Path(env.config.shmDir) / p.pod.uid
             assert quota_file.exists() and shm_dir.is_dir()
@@ -193,9 +194,9 @@ def test_restart_recreates_quota_files_lost_with_tmpfs() -> None:
         p = demand("p", 20, created_ms=1)
         env.pods.add(p)
         env.sim.admit(_sim_pod(p), RESOURCE)
+        agent.core.flush()
         quota_file = agent.core.quota_file(p.pod.uid, "main")
         content = quota_file.read_text()
-        agent.core.flush()
         agent.stop()
         shutil.rmtree(env.config.quotaDir)  # the reboot
         shutil.rmtree(env.config.shmDir)
