@@ -1,8 +1,10 @@
-"""Shared helpers for the DRA tests: devices built directly on the model, claim objects."""
+"""Shared helpers for the DRA tests: devices built directly on the model, claim objects, and a
+plugin environment (real sockets, the DRA-kubelet simulator, claims from memory)."""
 
 from __future__ import annotations
 
 import uuid as uuidlib
+from pathlib import Path
 from typing import Any
 
 from hcs.devices.model import Compute, Device, Vendor
@@ -69,3 +71,56 @@ class MemoryClaims:
             return self.claims[(namespace, name)]
         except KeyError:
             raise KubeError(404, f"resourceclaims {name} not found") from None
+
+
+class PluginEnv:
+    """A DraPlugin under ``tmp`` on 4 simulated NVIDIA devices, registered with the DRA-kubelet
+    simulator; claims come from a :class:`MemoryClaims`. ``config`` overrides DraConfig fields."""
+
+    node = "node-a"
+
+    def __init__(self, tmp: Path, **config: Any) -> None:
+        from hcs.node.dra.config import DraConfig
+        from hcs.node.dra.kubelet_sim import DraKubeletSim
+
+        self.tmp = tmp
+        (tmp / "lib").mkdir()
+        self.cfg = DraConfig(node_name=self.node, plugins_registry=str(tmp / "registry"),
+                             plugin_dir=str(tmp / "plugin"), cdi_dir=str(tmp / "cdi"),
+                             interceptor_host_dir=str(tmp / "lib"), **config)
+        self.claims = MemoryClaims()
+        self.devices = make_devices(4)
+        self.plugin: Any = None
+        self.sim = DraKubeletSim(tmp / "registry")
+
+    def start(self, **kw: Any) -> Any:
+        from hcs.node.dra.plugin import DraPlugin
+
+        self.plugin = DraPlugin(self.cfg, self.devices, None, claim_source=self.claims, **kw)
+        self.plugin.start()
+        self.sim.register()
+        return self.plugin
+
+    def stop(self) -> None:
+        if self.plugin is not None:
+            self.plugin.stop()
+            self.plugin = None
+
+    def close(self) -> None:
+        self.stop()
+        self.sim.close()
+
+    def add_claim(self, results: list[dict[str, Any]], name: str | None = None,
+                  annotations: dict[str, str] | None = None) -> tuple[str, str, str]:
+        """An allocated claim from this node's pool; returns (namespace, uid, name)."""
+        uid = new_uid()
+        name = name or f"c-{uid[:8]}"
+        obj = claim_object("ns", name, uid, self.node, results)
+        if annotations:
+            obj["metadata"]["annotations"] = annotations
+        self.claims.add(obj)
+        return ("ns", uid, name)
+
+    def cdi_files(self) -> list[Path]:
+        d = self.tmp / "cdi"
+        return sorted(d.glob("*.json")) if d.exists() else []

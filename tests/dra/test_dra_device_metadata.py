@@ -15,16 +15,14 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dra_helpers import MemoryClaims, claim_object, make_devices, new_uid  # noqa: E402
+from dra_helpers import PluginEnv, claim_object  # noqa: E402
 
 from hcs.errors import ConfigError  # noqa: E402
 from hcs.node.dra import cdi  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
 from hcs.node.dra.claims import trim  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.kubelet_sim import DraKubeletSim  # noqa: E402
 from hcs.node.dra.metadata import POD_CLAIM_ANNOTATION  # noqa: E402
-from hcs.node.dra.plugin import DraPlugin  # noqa: E402
 from hcs.node.dra.slices import device_attributes  # noqa: E402
 
 NODE = "node-a"
@@ -32,36 +30,13 @@ DRIVER = "ai.compute"
 ROOT = "/var/run/kubernetes.io/dra-device-attributes"
 
 
-class Env:
+class Env(PluginEnv):
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        (tmp / "lib").mkdir()
-        self.cfg = DraConfig(node_name=NODE, plugins_registry=str(tmp / "registry"), plugin_dir=str(tmp / "plugin"),
-                             cdi_dir=str(tmp / "cdi"), interceptor_host_dir=str(tmp / "lib"), device_metadata=True)
-        self.claims = MemoryClaims()
-        self.devices = make_devices(4)
-        self.plugin: DraPlugin | None = None
-        self.sim = DraKubeletSim(tmp / "registry")
-
-    def start(self, **kw: Any) -> DraPlugin:
-        self.plugin = DraPlugin(self.cfg, self.devices, None, claim_source=self.claims, **kw)
-        self.plugin.start()
-        self.sim.register()
-        return self.plugin
-
-    def stop(self) -> None:
-        if self.plugin is not None:
-            self.plugin.stop()
-            self.plugin = None
+        super().__init__(tmp, device_metadata=True)
 
     def claim(self, results: list[dict[str, Any]], *, pod_claim: str = "") -> tuple[str, str, str]:
-        uid = new_uid()
-        name = f"c-{uid[:8]}"
-        obj = claim_object("ns", name, uid, NODE, results)
-        if pod_claim:
-            obj["metadata"]["annotations"] = {POD_CLAIM_ANNOTATION: pod_claim, "other": "x"}
-        self.claims.add(obj)
-        return ("ns", uid, name)
+        annotations = {POD_CLAIM_ANNOTATION: pod_claim, "other": "x"} if pod_claim else None
+        return self.add_claim(results, annotations=annotations)
 
     def spec(self, uid: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.tmp / "cdi" / f"ai.compute-device_{uid}.json").read_text())
@@ -70,17 +45,12 @@ class Env:
     def claim_dir(self, uid: str) -> Path:
         return self.cfg.data_dir / "claims" / uid
 
-    def cdi_files(self) -> list[Path]:
-        d = self.tmp / "cdi"
-        return sorted(d.glob("*.json")) if d.exists() else []
-
 
 @pytest.fixture
 def env(tmp_path):
     e = Env(tmp_path)
     yield e
-    e.stop()
-    e.sim.close()
+    e.close()
 
 
 def _metadata_mounts(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -16,14 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dra_helpers import (  # noqa: E402
-    GiB,
-    MemoryClaims,
-    claim_object,
-    make_device,  # noqa: E402
-    make_devices,
-    new_uid,
-)
+from dra_helpers import GiB, PluginEnv, claim_object, make_device, new_uid  # noqa: E402
 
 from hcs.api.gen.drahealth.v1alpha1 import api_pb2 as hpb  # noqa: E402
 from hcs.devices.model import Health  # noqa: E402
@@ -38,13 +31,11 @@ NODE = "node-a"
 DRIVER = "ai.compute"
 
 
-class Env:
+class Env(PluginEnv):
+    """Counts claim fetches (the batch test wants one list per namespace, not one GET per claim)."""
+
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        (tmp / "lib").mkdir()
-        self.cfg = DraConfig(node_name=NODE, plugins_registry=str(tmp / "registry"), plugin_dir=str(tmp / "plugin"),
-                             cdi_dir=str(tmp / "cdi"), interceptor_host_dir=str(tmp / "lib"))
-        self.claims = MemoryClaims()
+        super().__init__(tmp)
         self.fetches = 0
         orig = self.claims.get_claim
 
@@ -53,41 +44,20 @@ class Env:
             return orig(ns, name)
 
         self.claims.get_claim = counted  # type: ignore[method-assign]
-        self.devices = make_devices(4)
-        self.plugin: DraPlugin | None = None
-        self.sim = DraKubeletSim(tmp / "registry")
-
-    def start(self, **kw) -> DraPlugin:
-        self.plugin = DraPlugin(self.cfg, self.devices, None, claim_source=self.claims, **kw)
-        self.plugin.start()
-        self.sim.register()
-        return self.plugin
-
-    def stop(self) -> None:
-        if self.plugin is not None:
-            self.plugin.stop()
-            self.plugin = None
 
     def claim(self, device: str = "nvidia-1", memory: str | None = "16Gi", *, name: str | None = None,
               **over) -> tuple[str, str, str]:
-        uid = new_uid()
-        name = name or f"c-{uid[:8]}"
         result = {"request": "gpu", "device": device, **over}
         if memory:
             result["consumedCapacity"] = {"memory": memory, "tflopsFP16": "0"}
-        self.claims.add(claim_object("ns", name, uid, NODE, [result]))
-        return ("ns", uid, name)
-
-    def cdi_files(self) -> list[Path]:
-        return sorted((self.tmp / "cdi").glob("*.json")) if (self.tmp / "cdi").exists() else []
+        return self.add_claim([result], name)
 
 
 @pytest.fixture
 def env(tmp_path):
     e = Env(tmp_path)
     yield e
-    e.stop()
-    e.sim.close()
+    e.close()
 
 
 def test_registration_advertises_versions_and_sockets(env):
