@@ -1,5 +1,7 @@
 """Cluster inventory as the allocator sees it: ComputeNode objects (hetero.zrs.io/v1alpha1, written by
-each node agent) plus the Node's allocatable CPU and memory. All parsing of those objects lives here.
+each node agent) plus the Node's allocatable CPU and memory. All parsing of those objects lives here,
+and so does :func:`capacity_of` (the largest interconnect islands), which the allocator's ``GetCapacity``
+and the admission webhook's ComputeNode fallback both use, so the two always agree.
 
 TFLOPS are counted in A100-equivalent milli-TFLOPS: a device offers ``rate(model) × 312 × 1000``.
 The rate is the configured exchange rate (``exchangeRates`` keyed by catalog rate key or model id),
@@ -8,10 +10,11 @@ else the rate the node agent reported in the ComputeNode.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.devices.catalog import Catalog, default_catalog
 from hcs.errors import HcsError
 from hcs.quantity import parse_bytes, parse_quantity
@@ -85,21 +88,28 @@ def _field(obj: Mapping[str, Any], key: str, where: str) -> Any:
     return obj[key]
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def parse_computenode(obj: Mapping[str, Any], rates: ExchangeRates | None = None) -> NodeInventory:
     """A ComputeNode (API JSON dict) → :class:`NodeInventory` (CPU/memory unknown until a Node is merged)."""
     rates = rates or ExchangeRates.from_config(None)
-    meta = obj.get("metadata") or {}
-    where = f"ComputeNode {meta.get('name', '?')}"
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    where = f"ComputeNode {meta.get('name', '?') if isinstance(meta, Mapping) else '?'}"
     spec = _field(obj, "spec", where)
     node = str(_field(spec, "nodeName", f"{where} spec"))
+    listed = _field(spec, "devices", f"{where} spec") or []
+    if not isinstance(listed, list):
+        raise InventoryError(f"{where}: spec.devices is {type(listed).__name__}, not a list")
     devices = []
-    for i, d in enumerate(_field(spec, "devices", f"{where} spec") or []):
+    for i, d in enumerate(listed):
         at = f"{where} spec.devices[{i}]"
         try:
-            compute = d.get("compute") or {}
+            compute = _mapping(d.get("compute") if isinstance(d, Mapping) else None)
             model = str(_field(d, "model", at))
             rate = rates.rate(model, float(compute.get("rate", 0) or 0))
-            topo = d.get("topology") or {}
+            topo = _mapping(d.get("topology"))
             score = int(d.get("healthScore", 100))
             if d.get("healthy") is False:
                 score = min(score, HEALTHY_THRESHOLD - 1)
@@ -115,6 +125,42 @@ def parse_computenode(obj: Mapping[str, Any], rates: ExchangeRates | None = None
     if len(set(names)) != len(names):
         raise InventoryError(f"{where}: duplicate device names {sorted(names)}")
     return NodeInventory(node, tuple(devices))
+
+
+def capacity_of(nodes: Iterable[NodeInventory]) -> pb.GetCapacityResponse:
+    """Largest interconnect island over healthy devices, overall and per vendor.
+
+    An island is the healthy devices of one node sharing ``DeviceInfo.island``; a device with no island
+    is its own. Ties go to the first (node, island) in name order so repeated answers are stable.
+    """
+    islands: dict[tuple[str, str, str], pb.Island] = {}  # (node, island key, vendor) -> island
+    total = healthy = count = 0
+    for inv in nodes:
+        count += 1
+        for d in inv.devices:
+            total += 1
+            if not d.healthy:
+                continue
+            healthy += 1
+            key = (inv.name, d.island or f"\0{d.name}", d.vendor)
+            isl = islands.get(key)
+            if isl is None:
+                isl = islands[key] = pb.Island(node=inv.name, island=d.island, vendor=d.vendor)
+            isl.vram_bytes += d.vram_bytes
+            isl.devices.append(d.name)
+    out = pb.GetCapacityResponse(nodes=count, devices=total, healthy_devices=healthy)
+    per_vendor: dict[str, pb.Island] = {}
+    for key in sorted(islands):
+        isl = islands[key]
+        if isl.vram_bytes <= 0:
+            continue
+        if not out.HasField("largest") or isl.vram_bytes > out.largest.vram_bytes:
+            out.largest.CopyFrom(isl)
+        best = per_vendor.get(isl.vendor)
+        if best is None or isl.vram_bytes > best.vram_bytes:
+            per_vendor[isl.vendor] = isl
+    out.largest_by_vendor.extend(per_vendor[v] for v in sorted(per_vendor))
+    return out
 
 
 def with_node(inv: NodeInventory, node: Mapping[str, Any]) -> NodeInventory:

@@ -7,14 +7,14 @@ int64 as strings), so the node agent and a restarted allocator read the same thi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import json_format
 
-from hcs.allocator.inventory import NodeInventory
+from hcs.allocator.inventory import capacity_of
 from hcs.allocator.placement import (
     Constraints,
     ContainerDemand,
@@ -101,42 +101,6 @@ def verdict_to_proto(v: Verdict) -> pb.NodeVerdict:
                 pb.DeviceAssignment(uuid=g.uuid, index=g.index, vendor=g.vendor, model=g.model,
                                     vram_bytes=g.vram_bytes, tflops_milli=g.tflops_milli, island=g.island)
                 for g in grants]))
-    return out
-
-
-def capacity_of(nodes: Iterable[NodeInventory]) -> pb.GetCapacityResponse:
-    """Largest interconnect island over healthy devices, overall and per vendor.
-
-    An island is the healthy devices of one node sharing ``DeviceInfo.island``; a device with no island
-    is its own. Ties go to the first (node, island) in name order so repeated answers are stable.
-    """
-    islands: dict[tuple[str, str, str], pb.Island] = {}  # (node, island key, vendor) -> island
-    total = healthy = count = 0
-    for inv in nodes:
-        count += 1
-        for d in inv.devices:
-            total += 1
-            if not d.healthy:
-                continue
-            healthy += 1
-            key = (inv.name, d.island or f"\0{d.name}", d.vendor)
-            isl = islands.get(key)
-            if isl is None:
-                isl = islands[key] = pb.Island(node=inv.name, island=d.island, vendor=d.vendor)
-            isl.vram_bytes += d.vram_bytes
-            isl.devices.append(d.name)
-    out = pb.GetCapacityResponse(nodes=count, devices=total, healthy_devices=healthy)
-    per_vendor: dict[str, pb.Island] = {}
-    for key in sorted(islands):
-        isl = islands[key]
-        if isl.vram_bytes <= 0:
-            continue
-        if not out.HasField("largest") or isl.vram_bytes > out.largest.vram_bytes:
-            out.largest.CopyFrom(isl)
-        best = per_vendor.get(isl.vendor)
-        if best is None or isl.vram_bytes > best.vram_bytes:
-            per_vendor[isl.vendor] = isl
-    out.largest_by_vendor.extend(per_vendor[v] for v in sorted(per_vendor))
     return out
 
 

@@ -94,7 +94,10 @@ def build_capacity(cfg: WebhookConfig, api_client: Any) -> IslandCapacity | None
     """Where the island check gets its answer: fixed ``largestIsland``, else the allocator (falling back
     to ComputeNode objects when it is unreachable and API access exists), else ComputeNode objects.
 
-    The result is TTL-cached; ``None`` means no source (the check is skipped with a warning).
+    The allocator and ComputeNode sources know each island's vendor and node (vendor-pinned pods are
+    checked against their vendors' islands, denials say where the island is); a fixed ``largestIsland``
+    is one number for every pod. The result is TTL-cached; ``None`` means no source (the check is
+    skipped with a warning).
     """
     if cfg.largest_island_bytes is not None:
         return StaticCapacity(cfg.largest_island_bytes)

@@ -1,14 +1,16 @@
 """Validation of ``ai.compute/*`` requests: pure functions from a pod template to a verdict.
 
 Each denial says what is wrong, where (container / annotation) and how to fix it. The island-size
-check asks a :class:`~hcs.webhook.capacity.IslandCapacity`; when that is unreachable the configured
-failure policy decides (admit with a warning, or deny).
+check asks a :class:`~hcs.webhook.capacity.IslandCapacity` for the cluster's islands and compares each
+container's VRAM with the largest island among the vendors ``hcs.io/vendor`` allows (all when unset);
+the denial names that island's node. When the source is unreachable the configured failure policy
+decides (admit with a warning, or deny).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
@@ -195,7 +197,35 @@ def check_privileged(amounts: list[Amounts], cfg: WebhookConfig) -> Verdict:
     return Verdict(tuple(denials), tuple(warnings))
 
 
-def check_island(amounts: list[Amounts], capacity: IslandCapacity | None, cfg: WebhookConfig) -> Verdict:
+def allowed_vendors(annotations: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The vendors ``hcs.io/vendor`` lets the pod run on (in :class:`Vendor` order); None: no restriction.
+
+    ``"nvidia,ascend"`` allows those two, ``"!hygon"`` every vendor but Hygon. A selector that allows
+    every vendor is no restriction. (Unknown names are denied by :func:`check_annotations`.)
+    """
+    raw = annotations.get(ANN_VENDOR)
+    if raw is None:
+        return None
+    include, exclude = split_selector(raw)
+    every = [v.value for v in Vendor]
+    allowed = tuple(v for v in every if (not include or v in include) and v not in exclude)
+    return None if len(allowed) == len(every) else allowed
+
+
+def _either(names: Iterable[str]) -> str:
+    """``ascend`` / ``ascend or hygon`` / ``nvidia, ascend or hygon``."""
+    items = list(names)
+    return " or ".join(items) if len(items) < 3 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def check_island(
+    amounts: list[Amounts], capacity: IslandCapacity | None, cfg: WebhookConfig, t: PodTemplate
+) -> Verdict:
+    """Each container's VRAM must fit the largest interconnect island it may run on.
+
+    With ``hcs.io/vendor`` (and a source that knows vendors) that is the largest island among the
+    allowed vendors; a configured ``largestIsland`` knows no vendors, so it is the one number.
+    """
     wanted = [a for a in amounts if a.vram_bytes is not None]
     if not wanted:
         return Verdict()
@@ -203,23 +233,40 @@ def check_island(amounts: list[Amounts], capacity: IslandCapacity | None, cfg: W
         return Verdict(warnings=("accelerator inventory not configured: VRAM was not checked against the "
                                  "largest interconnect island",))
     try:
-        largest = capacity.largest_island_bytes()
+        islands = capacity.islands()
     except CapacityUnavailable as exc:
         text = f"cannot check VRAM against the largest interconnect island: {exc}"
         if cfg.allocator_failure is FailurePolicy.CLOSED:
             return Verdict(denials=(text + "; retry when the HCS allocator is reachable",))
         return Verdict(warnings=(text + "; admitted without the check (webhook.allocatorFailurePolicy=open)",))
-    if largest is None:
+    overall = islands.largest
+    if overall is None:
         return Verdict(warnings=("no accelerators are registered in the cluster yet: VRAM was not checked",))
+    vendors = allowed_vendors(t.annotations) if islands.knows_vendors else None
+    selector = t.field(f"metadata.annotations[{ANN_VENDOR}]")
+    island = islands.largest_among(vendors)
+    if island is None:
+        assert vendors is not None
+        return Verdict(warnings=(
+            f"{selector}: no healthy {_either(vendors) or 'allowed'} accelerator is registered in the cluster "
+            f"yet: VRAM was not checked; the pod stays Pending until one is",))
+    scope = "interconnect island" if vendors is None else f"{_either(vendors)} interconnect island"
     denials = []
     for a in wanted:
         assert a.vram_bytes is not None
-        if a.vram_bytes > largest:
-            denials.append(
-                f"{a.container.where}: {VRAM} {format_bytes(a.vram_bytes)} is larger than the largest "
-                f"interconnect island in the cluster ({format_bytes(largest)}); no node can ever run it. "
-                "Ask for less VRAM per container or split the work across pods"
-            )
+        if a.vram_bytes <= island.vram_bytes:
+            continue
+        text = (f"{a.container.where}: {VRAM} {format_bytes(a.vram_bytes)} is larger than the largest {scope} "
+                f"in the cluster ({island.describe()}); no node can ever run it")
+        if vendors is not None:
+            text += f" with {selector}={t.annotations[ANN_VENDOR]!r}"
+        if vendors is not None and a.vram_bytes <= overall.vram_bytes:  # another vendor's island holds it
+            text += (f". Ask for less VRAM per container, split the work across pods, or allow {overall.vendor} "
+                     f"in {selector}: its largest island holds {format_bytes(overall.vram_bytes)} "
+                     f"({overall.where()})")
+        else:
+            text += ". Ask for less VRAM per container or split the work across pods"
+        denials.append(text)
     return Verdict(tuple(denials))
 
 
@@ -233,5 +280,5 @@ def validate_template(
     verdict = verdict.merge(Verdict(tuple(check_annotations(t, cfg))))
     verdict = verdict.merge(check_privileged(amounts, cfg))
     if verdict.allowed:
-        verdict = verdict.merge(check_island(amounts, capacity, cfg))
+        verdict = verdict.merge(check_island(amounts, capacity, cfg, t))
     return amounts, verdict

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from webhook_helpers import Client, ServerFactory
+from webhook_helpers import Client, ComputeNodeApi, ServerFactory
 
 from hcs.webhook.capacity import IslandCapacity
 from hcs.webhook.certs import CertPaths, generate_certs
@@ -43,3 +43,10 @@ def serve(certs: CertPaths) -> Iterator[ServerFactory]:
     for server, client in started:
         client.close()
         server.stop()
+
+
+@pytest.fixture
+def computenode_api() -> Iterator[ComputeNodeApi]:
+    api = ComputeNodeApi()
+    yield api
+    api.close()

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from hcs.webhook.capacity import CachedCapacity, ComputeNodeCapacity, StaticCapacity, largest_island_of
+from hcs.allocator.inventory import capacity_of
+from hcs.webhook.capacity import CachedCapacity, ComputeNodeCapacity, StaticCapacity, inventory_of, islands_of
 from hcs.webhook.certs import CertPaths, generate_certs
 from hcs.webhook.config import WebhookConfig
 from hcs.webhook.kube import ClusterView
@@ -249,7 +250,8 @@ def test_computenode_capacity_reads_the_real_api(api_client: Any) -> None:
                                                            _preload_content=False).data)
 
     items = _wait("ComputeNode API", listed)["items"]
-    assert CachedCapacity(ComputeNodeCapacity(api_client), 5).largest_island_bytes() == largest_island_of(items)
+    expected = islands_of(capacity_of(inventory_of(items)[0]))  # what the allocator would answer
+    assert CachedCapacity(ComputeNodeCapacity(api_client), 5).islands() == expected
 
 
 def test_deployment_with_the_simple_form_is_accepted_and_its_pods_mutated(

@@ -35,7 +35,7 @@ def test_lookups_fall_back_when_the_api_is_down(dead_api: Any) -> None:
     assert view.namespace_mode("team-a") is Mode.DRA
     assert view.image_map() == {}
     with pytest.raises(CapacityUnavailable, match="listing ComputeNodes failed"):
-        ComputeNodeCapacity(dead_api).largest_island_bytes()
+        ComputeNodeCapacity(dead_api).islands()
 
 
 def test_dra_template_creation_failure_is_a_clear_denial(serve: ServerFactory, dead_api: Any) -> None:

@@ -8,7 +8,7 @@ import pytest
 from webhook_helpers import pod
 
 from hcs.errors import ConfigError
-from hcs.webhook.capacity import CapacityUnavailable, StaticCapacity
+from hcs.webhook.capacity import CapacityUnavailable, ClusterIslands, Island, StaticCapacity
 from hcs.webhook.config import FailurePolicy, Mode, WebhookConfig, webhook_config
 from hcs.webhook.podspec import depth_exceeds, pod_template, split_selector
 from hcs.webhook.validate import validate_template
@@ -19,8 +19,28 @@ BIG = StaticCapacity(640 * GI)
 
 
 class Down:
-    def largest_island_bytes(self) -> int | None:
+    def islands(self) -> ClusterIslands:
         raise CapacityUnavailable("allocator unreachable (test)")
+
+
+class Known:
+    """A source that knows where each vendor's largest island is (like the allocator)."""
+
+    def __init__(self, *islands: Island) -> None:
+        by_vendor: dict[str, Island] = {}
+        for i in islands:
+            if i.vendor not in by_vendor or i.vram_bytes > by_vendor[i.vendor].vram_bytes:
+                by_vendor[i.vendor] = i
+        largest = max(islands, key=lambda i: i.vram_bytes) if islands else None
+        self.answer = ClusterIslands(largest, by_vendor)
+
+    def islands(self) -> ClusterIslands:
+        return self.answer
+
+
+NVL = Island(320 * GI, "nvidia", "big", "nvl-a", tuple(f"nvidia-{i}" for i in range(4)))
+HCCS = Island(128 * GI, "ascend", "npu", "hccs-0", ("ascend-0", "ascend-1"))
+MIXED = Known(NVL, HCCS)
 
 
 def verdict(obj: dict[str, Any], kind: str = "Pod", cfg: WebhookConfig = CFG, capacity: Any = BIG) -> Any:
@@ -79,6 +99,60 @@ def test_larger_than_largest_island_is_denied() -> None:
     assert not v.allowed
     assert "larger than the largest interconnect island in the cluster (640Gi)" in v.denials[0]
     assert verdict(pod({"ai.compute/vram": "640Gi"}), capacity=StaticCapacity(640 * GI)).allowed
+
+
+def test_denial_names_the_island_and_node() -> None:
+    v = verdict(pod({"ai.compute/vram": "321Gi"}), capacity=MIXED)
+    assert v.denials == ("spec.containers[0] (container 'main'): ai.compute/vram 321Gi is larger than the largest "
+                         "interconnect island in the cluster (320Gi: island nvl-a on node big, 4 devices); no node "
+                         "can ever run it. Ask for less VRAM per container or split the work across pods",)
+    assert verdict(pod({"ai.compute/vram": "320Gi"}), capacity=MIXED).allowed
+
+
+def test_vendor_pin_is_checked_against_that_vendors_islands() -> None:
+    ann = {"hcs.io/vendor": "ascend"}
+    v = verdict(pod({"ai.compute/vram": "200Gi"}, annotations=ann), capacity=MIXED)
+    assert not v.allowed
+    assert v.denials[0] == (
+        "spec.containers[0] (container 'main'): ai.compute/vram 200Gi is larger than the largest ascend "
+        "interconnect island in the cluster (128Gi: island hccs-0 on node npu, 2 devices); no node can ever run "
+        "it with metadata.annotations[hcs.io/vendor]='ascend'. Ask for less VRAM per container, split the work "
+        "across pods, or allow nvidia in metadata.annotations[hcs.io/vendor]: its largest island holds 320Gi "
+        "(island nvl-a on node big, 4 devices)")
+    assert verdict(pod({"ai.compute/vram": "128Gi"}, annotations=ann), capacity=MIXED).allowed
+    # too big for every vendor: no point suggesting another one
+    v = verdict(pod({"ai.compute/vram": "400Gi"}, annotations=ann), capacity=MIXED)
+    assert "largest ascend interconnect island" in v.denials[0] and "allow nvidia" not in v.denials[0]
+    assert v.denials[0].endswith("Ask for less VRAM per container or split the work across pods")
+
+
+def test_vendor_exclusion_is_checked_against_the_others() -> None:
+    v = verdict(pod({"ai.compute/vram": "200Gi"}, annotations={"hcs.io/vendor": "!nvidia"}), capacity=MIXED)
+    assert not v.allowed
+    assert "larger than the largest ascend, hygon or cambricon interconnect island in the cluster (128Gi: " \
+           "island hccs-0 on node npu, 2 devices)" in v.denials[0]
+    assert "allow nvidia" in v.denials[0]
+    # excluding a vendor that is not the largest one changes nothing
+    assert verdict(pod({"ai.compute/vram": "300Gi"}, annotations={"hcs.io/vendor": "!ascend"}), capacity=MIXED).allowed
+    # naming every vendor is no restriction
+    v = verdict(pod({"ai.compute/vram": "321Gi"}, annotations={"hcs.io/vendor": "nvidia,ascend,hygon,cambricon"}),
+                capacity=MIXED)
+    assert "the largest interconnect island in the cluster (320Gi" in v.denials[0]
+
+
+def test_vendor_pin_without_a_healthy_device_is_admitted_with_a_warning() -> None:
+    v = verdict(pod({"ai.compute/vram": "16Gi"}, annotations={"hcs.io/vendor": "hygon,cambricon"}), capacity=MIXED)
+    assert v.allowed
+    assert v.warnings == ("metadata.annotations[hcs.io/vendor]: no healthy hygon or cambricon accelerator is "
+                          "registered in the cluster yet: VRAM was not checked; the pod stays Pending until one is",)
+
+
+def test_a_configured_size_ignores_the_vendor_pin() -> None:
+    ann = {"hcs.io/vendor": "ascend"}
+    assert verdict(pod({"ai.compute/vram": "640Gi"}, annotations=ann), capacity=StaticCapacity(640 * GI)).allowed
+    v = verdict(pod({"ai.compute/vram": "641Gi"}, annotations=ann), capacity=StaticCapacity(640 * GI))
+    assert "larger than the largest interconnect island in the cluster (640Gi); no node can ever run it. " \
+           "Ask for less VRAM" in v.denials[0]
 
 
 def test_allocator_down_fails_open_with_warning_by_default() -> None:

@@ -5,12 +5,20 @@ from __future__ import annotations
 import base64
 import copy
 import http.client
+import http.server
 import json
 import ssl
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from hcs.devices.model import FABRIC_OF, Compute, Device, Health, Vendor
+from hcs.node.computenode import IslandInfo, build_spec, build_status
+
+GI = 2**30
+_MODEL = {Vendor.NVIDIA: "a100-80g", Vendor.ASCEND: "910b1", Vendor.HYGON: "k100", Vendor.CAMBRICON: "mlu370-x8"}
 
 
 def apply_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -109,3 +117,73 @@ class Client:
 
 #: ``serve(cfg=None, capacity=None, api_client=None, cert=None, key=None, cert_check_s=5.0)`` → (server, client)
 ServerFactory = Callable[..., tuple[Any, Client]]
+
+
+def accel(vendor: str, index: int, gib: int, island: str = "", health: int = 100) -> Device:
+    """A device as a vendor backend reports it (the node agent turns it into a ComputeNode entry)."""
+    v = Vendor(vendor)
+    return Device(
+        vendor=v, model=_MODEL[v], name=f"{v} test device", uuid=f"{v.upper()}-UUID-{index:04d}", index=index,
+        pci_bus_id=f"0000:{index + 16:02x}:00.0", numa_node=0, vram_total_bytes=gib * GI, vram_used_bytes=0,
+        compute=Compute(312.0, 19.5, 624.0, 1.0),
+        health=Health(health, () if health == 100 else (f"test: score {health}",)), island=island)
+
+
+def computenode(node: str, devices: list[Device]) -> dict[str, Any]:
+    """The ComputeNode object the node agent writes for ``devices`` (hcs/node/computenode.py's builders)."""
+    members: dict[str, list[Device]] = {}
+    for d in devices:
+        if d.island:
+            members.setdefault(d.island, []).append(d)
+    islands = [IslandInfo(iid, str(ds[0].vendor), str(FABRIC_OF[ds[0].vendor]), tuple(d.key for d in ds), 100.0)
+               for iid, ds in members.items()]
+    return {"apiVersion": "hetero.zrs.io/v1alpha1", "kind": "ComputeNode", "metadata": {"name": node},
+            "spec": build_spec(node, devices, islands), "status": build_status(devices, {}, now="2025-01-01T00:00:00Z")}
+
+
+class ComputeNodeApi:
+    """A loopback HTTP stand-in for the API server's ComputeNode list (what ``ComputeNodeCapacity`` reads),
+    reached through a real ``kubernetes.client.ApiClient`` (:attr:`client`)."""
+
+    PATH = "/apis/hetero.zrs.io/v1alpha1/computenodes"
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.status = 200
+        self.requests = 0
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                api.requests += 1
+                if self.path.split("?")[0] != api.PATH or api.status != 200:
+                    code = 404 if api.status == 200 else api.status
+                    body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                       "code": code}).encode()
+                else:
+                    code = 200
+                    body = json.dumps({"apiVersion": "hetero.zrs.io/v1alpha1", "kind": "ComputeNodeList",
+                                       "metadata": {"resourceVersion": "1"}, "items": api.items}).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        from kubernetes import client as k8s
+
+        conf = k8s.Configuration()
+        conf.host = f"http://127.0.0.1:{self._server.server_address[1]}"
+        conf.retries = 0
+        self.client = k8s.ApiClient(conf)
+
+    def close(self) -> None:
+        self.client.close()
+        self._server.shutdown()
+        self._server.server_close()
