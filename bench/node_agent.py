@@ -6,7 +6,8 @@ against the kubelet simulator (real gRPC over unix sockets) and a stand-in alloc
 round trip + kubelet pod-resources List + quota file + state record.
 
 Prints exactly one JSON object on stdout. Targets (issue 5): allocate_p99_ms < 2,
-health_to_listandwatch_ms < 1000, rss_mib < 120. ``rpc_floor_*`` is an empty call to the same agent
+health_to_listandwatch_ms < 1000, rss_mib < 120. The agent runs with ``cpuAffinity: auto`` (one CPU,
+``agent_cpus``; ``--cpu-affinity ''`` measures it unpinned). ``rpc_floor_*`` is an empty call to the same agent
 (the Python gRPC round trip before any work); ``cpu_pressure_avg10`` (PSI) and ``load_average_1m``
 say how busy the machine was: on a small VM the tail moves with them (stop the local cluster,
 ``e2e/cluster/down``, before measuring).
@@ -133,6 +134,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--allocations", type=int, default=400)
     ap.add_argument("--health-events", type=int, default=6)
+    ap.add_argument("--cpu-affinity", default="auto",
+                    help="the agent's node.cpuAffinity: 'auto' (one CPU, the default here) or '' (not pinned)")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="hcsb", dir="/tmp"))
@@ -159,6 +162,7 @@ def main() -> int:
         "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 64, "metricsPort": mport,
         "metricsAddress": "127.0.0.1",
         "assignmentSource": "allocator", "allocatorAddress": f"127.0.0.1:{port}", "healthPollInterval": 0.1,
+        "cpuAffinity": args.cpu_affinity,
     }}))
     env = dict(os.environ, HCS_SIM_PROFILE=str(profile), HCS_SIM_FAULTS=str(faults))
     agent = subprocess.Popen([sys.executable, "-m", "hcs.cli", "--log-level", "warning", "node", "--config", str(cfg),
@@ -244,6 +248,7 @@ def main() -> int:
         result["load_average_1m"] = round(os.getloadavg()[0], 2)
         result["cpu_pressure_avg10"] = cpu_pressure()
         result["cpus"] = os.cpu_count()
+        result["agent_cpus"] = sorted(os.sched_getaffinity(agent.pid))
         result["targets"] = {"allocate_p99_ms": 2, "health_to_listandwatch_ms": 1000, "rss_mib": 120}
     finally:
         agent.send_signal(signal.SIGTERM)

@@ -40,6 +40,7 @@ class NodeConfig:
     healthPollInterval: float = 0.2
     kubeletWatchInterval: float = 0.15
     devicePlugin: bool = True  # False: DRA only (no slot resource, no kubelet device-plugin socket)
+    cpuAffinity: str = ""  # "" | "auto" | cpuset list: pin the agent's threads (hcs/node/affinity.py)
 
     @property
     def kubelet_socket(self) -> str:

@@ -114,6 +114,9 @@ def test_bad_values_fail_with_a_message_naming_the_value(helm_bin: str) -> None:
     with pytest.raises(HelmError) as exc:
         render(set_values={"scheduler.replicas": 2, "scheduler.leaderElection.enabled": False})
     assert "leaderElection" in exc.value.stderr
+    with pytest.raises(HelmError) as exc:
+        render(set_values={"nodeAgent.cpuAffinity": "fast"})
+    assert "cpuAffinity" in exc.value.stderr
 
 
 # ---------------------------------------------------------------- values keep the seed's keys and defaults
@@ -704,3 +707,13 @@ def test_dra_options_are_typed_in_the_schema(helm_bin: str) -> None:
                 "--set", "nodeAgent.dra.deviceMetadata=true", "--kube-version", "1.37.2", helm_bin=helm_bin,
                 check=False)
     assert lint.returncode == 0 and "[WARNING]" not in lint.stdout, lint.stdout + lint.stderr
+
+
+def test_node_agent_cpu_affinity_reaches_its_config(rendered: Render) -> None:
+    from hcs.config import section
+    from hcs.node.config import node_config
+
+    for value, expected in (("", ""), ("auto", "auto"), (1, "1")):
+        docs = rendered((), nodeAgent__cpuAffinity=value)
+        cfg = node_config(section(component_configs(docs)["node"], "node"), source="chart", nodeName="n")
+        assert cfg.cpuAffinity == expected
