@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 from hcs.config import env_override, load_config, section
 from hcs.errors import ConfigError, HcsError
+from hcs.signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def run_allocator(args: argparse.Namespace) -> int:
     cfg, rates_cfg = load_allocator_config(args.config, args)
     rates = ExchangeRates.from_config(rates_cfg)
     rest = KubeRest(_api_client(cfg.kubeconfig))
+    stop = StopSignals()
     state = AllocatorState()
     sync = KubeSync(rest, state, rates)
     identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
@@ -149,10 +150,7 @@ def run_allocator(args: argparse.Namespace) -> int:
     threading.Thread(target=sync.run, args=(cfg.sync_interval_s, elector.is_leader), name="hcs-sync",
                      daemon=True).start()
     log.info("allocator %s: gRPC %s, extender http://%s:%d", identity, cfg.grpc_address, host, port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    stop.wait(stop_timeout_s=20)
     log.info("shutting down")
     sync.stop()
     elector.release()

@@ -6,16 +6,18 @@ import argparse
 import gc
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 from typing import Any
 
 from hcs.config import load_config, section
 from hcs.errors import ConfigError
+from hcs.signals import StopSignals
 
 log = logging.getLogger(__name__)
+
+#: Seconds a stop may take before the agent prints every thread's stack and exits (exit status 1).
+STOP_TIMEOUT_S = 20
 
 _FLAGS = {
     # flag -> NodeConfig field
@@ -107,14 +109,7 @@ def run(args: argparse.Namespace) -> int:
     # Latency: a kubelet call waiting for the GIL behind the health poller would wait up to the
     # default 5 ms switch interval; 0.5 ms keeps Allocate close to its own cost.
     sys.setswitchinterval(0.0005)
-    done = threading.Event()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
-        done.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stop = StopSignals()
     health = None
     if inventory.devices:
         try:
@@ -128,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     # Start-up objects (modules, protobuf descriptors, the kubernetes client) live for the whole run:
     # move them out of the collector's reach so a full collection never stalls a kubelet call.
     gc.freeze()
-    done.wait()
+    stop.wait(stop_timeout_s=STOP_TIMEOUT_S)
     agent.stop()
     return 0
 

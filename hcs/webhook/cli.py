@@ -8,7 +8,6 @@ import importlib
 import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import yaml
 
 from hcs.config import env_override, load_config, section
 from hcs.errors import ConfigError
+from hcs.signals import StopSignals
 from hcs.webhook.capacity import (
     AllocatorCapacity,
     CachedCapacity,
@@ -132,15 +132,14 @@ def run(args: argparse.Namespace) -> int:
     server = WebhookServer(cfg.host, cfg.port, cfg.cert_file, cfg.key_file, admission,
                            cert_check_s=cfg.cert_check_s, max_body_bytes=cfg.max_body_bytes)
 
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("signal %d: stopping", signum)
-        server.request_stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop = StopSignals()
     log.info("webhook config: %s", json.dumps({"mode": cfg.mode.value, "port": server.port,
                                                 "allocatorFailurePolicy": cfg.allocator_failure.value,
                                                 "imageMap": cfg.image_map or None,
                                                 "kube": api_client is not None}))
-    server.serve_forever()
+    server.start()
+    try:
+        stop.wait(stop_timeout_s=20)
+    finally:
+        server.stop()
     return 0

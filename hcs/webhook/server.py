@@ -310,18 +310,6 @@ class WebhookServer:
             self._threads.append(t)
         log.info("webhook serving HTTPS on %s:%d", *self._server.server_address[:2])
 
-    def serve_forever(self) -> None:
-        self.start()
-        try:
-            while not self._stop.wait(3600):
-                pass
-        finally:
-            self.stop()
-
-    def request_stop(self) -> None:
-        """Ask ``serve_forever`` to return (safe from a signal handler)."""
-        self._stop.set()
-
     def stop(self) -> None:
         if self._stop.is_set() and not self._threads:
             return

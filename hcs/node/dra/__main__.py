@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +18,7 @@ from hcs.errors import HcsError
 from hcs.logs import setup_logging
 from hcs.node.dra.config import DraConfig
 from hcs.node.dra.plugin import DraPlugin
+from hcs.signals import StopSignals
 
 log = logging.getLogger("hcs.node.dra")
 
@@ -99,12 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     plugin = DraPlugin(cfg, inventory, api, health_source=monitor)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+    stop = StopSignals()
     plugin.start()
     print(f"ready {cfg.dra_socket}", flush=True)
-    done.wait()
+    stop.wait(stop_timeout_s=20)
     plugin.stop()
     if monitor is not None:
         monitor.close()
