@@ -222,10 +222,10 @@ class PluginCore:
         """Host path of a container's quota file (bind-mounted read-only as the file itself)."""
         return Path(self.config.quotaDir) / f"{pod_uid}_{container}.quota"
 
-    def _write_files(self, a: Allocation) -> None:
+    def _write_files(self, pod_uid: str, container: str, grants: Sequence[DeviceGrant]) -> None:
         """The container's quota file (what the interceptor enforces) and its pod's shm dir."""
-        atomic_write(self.quota_file(a.pod.uid, a.container), quota_file_text([g.vram_bytes for g in a.devices]))
-        (Path(self.config.shmDir) / a.pod.uid).mkdir(parents=True, exist_ok=True)
+        atomic_write(self.quota_file(pod_uid, container), quota_file_text([g.vram_bytes for g in grants]))
+        (Path(self.config.shmDir) / pod_uid).mkdir(parents=True, exist_ok=True)
 
     def _files_after_reply(self, rec: _Record) -> None:
         """Background: write a new allocation's files unless PreStartContainer (or a drop) came first."""
@@ -233,7 +233,7 @@ class PluginCore:
             if rec.files_ready or self._records.get(rec.alloc.id) is not rec:
                 return
             try:
-                self._write_files(rec.alloc)
+                self._write_files(rec.alloc.pod.uid, rec.alloc.container, rec.alloc.devices)
             except OSError as exc:  # PreStartContainer tries again and fails the container if it must
                 log.error("writing the quota file of %s/%s: %s", rec.alloc.pod.ref, rec.alloc.container, exc)
                 return
@@ -247,7 +247,7 @@ class PluginCore:
                     Path(self.config.shmDir) / a.pod.uid).is_dir():
                 return
             try:
-                self._write_files(a)
+                self._write_files(a.pod.uid, a.container, a.devices)
             except OSError as exc:
                 raise PluginError(grpc.StatusCode.INTERNAL,
                                   f"cannot write the quota file of {a.pod.ref}/{a.container} under "
@@ -443,7 +443,7 @@ class PluginCore:
         quota_file = self.quota_file(a.pod.uid, c.container)
         shm_dir = Path(self.config.shmDir) / a.pod.uid
         if write_files:
-            self._write_files(Allocation(a.pod, c.container, (), c.devices))
+            self._write_files(a.pod.uid, c.container, c.devices)
         interceptor = self.config.interceptorDir if self.config.interceptorDir and self.exists(
             self.config.interceptorDir) else ""
         files = QuotaFiles(str(quota_file), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR)
@@ -640,7 +640,7 @@ class PluginCore:
         try:
             if not quota_file.exists():
                 log.info("recovery: re-creating quota file %s", quota_file)
-            self._write_files(a)
+            self._write_files(a.pod.uid, a.container, a.devices)
         except OSError as exc:
             log.error("recovery: cannot re-create the files of %s/%s: %s", a.pod.ref, a.container, exc)
 

@@ -241,6 +241,9 @@ def check_island(
         return Verdict(warnings=(text + "; admitted without the check (webhook.allocatorFailurePolicy=open)",))
     overall = islands.largest
     if overall is None:
+        if islands.devices:
+            return Verdict(warnings=(f"none of the {islands.devices} accelerators registered in the cluster is "
+                                     "healthy: VRAM was not checked; the pod stays Pending until one is",))
         return Verdict(warnings=("no accelerators are registered in the cluster yet: VRAM was not checked",))
     vendors = allowed_vendors(t.annotations) if islands.knows_vendors else None
     selector = t.field(f"metadata.annotations[{ANN_VENDOR}]")

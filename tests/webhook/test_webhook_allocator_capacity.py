@@ -145,6 +145,11 @@ def test_no_healthy_device_admits_with_a_warning(serve: ServerFactory, allocator
     resp = validate(serve, cfg, build_capacity(cfg, None), "16Gi")
     assert resp["allowed"] is True
     assert any("no accelerators are registered" in str(w) for w in resp["warnings"])  # type: ignore[attr-defined]
+    allocator.state.set_node(NodeInventory("sick", (gpu(0, 80, "nvl-a", health=0), gpu(1, 80, "nvl-a", health=0))))
+    resp = validate(serve, cfg, build_capacity(cfg, None), "16Gi")
+    assert resp["allowed"] is True
+    assert any("none of the 2 accelerators registered in the cluster is healthy" in str(w)
+               for w in resp["warnings"])  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("policy", [FailurePolicy.OPEN, FailurePolicy.CLOSED])
