@@ -73,6 +73,20 @@ class MemoryClaims:
             raise KubeError(404, f"resourceclaims {name} not found") from None
 
 
+def count_claim_reads(source: Any) -> list[str]:
+    """Record the name of every claim ``source.get_claim`` is asked for (it still answers); returns
+    the record, which grows as the code under test reads."""
+    reads: list[str] = []
+    orig = source.get_claim
+
+    def counted(namespace: str, name: str) -> Any:
+        reads.append(name)
+        return orig(namespace, name)
+
+    source.get_claim = counted
+    return reads
+
+
 class PluginEnv:
     """A DraPlugin under ``tmp`` on 4 simulated NVIDIA devices, registered with the DRA-kubelet
     simulator; claims come from a :class:`MemoryClaims`. ``config`` overrides DraConfig fields."""

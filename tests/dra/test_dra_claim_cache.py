@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dra_helpers import MemoryClaims, claim_object, make_devices  # noqa: E402
+from dra_helpers import MemoryClaims, claim_object, count_claim_reads, make_devices  # noqa: E402
 
 from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
@@ -100,14 +100,7 @@ def _state(tmp_path: Path, cache: DictCache | None) -> tuple[ClaimState, MemoryC
     cfg = DraConfig(node_name="node-a", plugin_dir=str(tmp_path / "plugin"), cdi_dir=str(tmp_path / "cdi"),
                     interceptor_host_dir=str(tmp_path / "lib"))
     src = MemoryClaims()
-    reads: list[str] = []
-    orig = src.get_claim
-
-    def counted(ns: str, name: str) -> dict[str, Any]:
-        reads.append(name)
-        return orig(ns, name)
-
-    src.get_claim = counted  # type: ignore[method-assign]
+    reads = count_claim_reads(src)
     pub = published_devices(make_devices(4), cfg)
     st = ClaimState(cfg, src, lambda: pub, cache=cache)
     st.recover()
@@ -334,15 +327,7 @@ def _api_reads(plugin: DraPlugin) -> list[str]:
     """Count the plugin's claim GETs (the real source, only observed)."""
     src = plugin.state.source
     assert isinstance(src, ApiClaimSource)
-    reads: list[str] = []
-    orig = src.get_claim
-
-    def counted(namespace: str, name: str) -> dict[str, Any]:
-        reads.append(name)
-        return orig(namespace, name)
-
-    src.get_claim = counted  # type: ignore[method-assign]
-    return reads
+    return count_claim_reads(src)
 
 
 def _cached(cache: ClaimCache, name: str, uid: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dra_helpers import GiB, PluginEnv, claim_object, make_device, new_uid  # noqa: E402
+from dra_helpers import GiB, PluginEnv, claim_object, count_claim_reads, make_device, new_uid  # noqa: E402
 
 from hcs.api.gen.drahealth.v1alpha1 import api_pb2 as hpb  # noqa: E402
 from hcs.devices.model import Health  # noqa: E402
@@ -36,14 +36,11 @@ class Env(PluginEnv):
 
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp)
-        self.fetches = 0
-        orig = self.claims.get_claim
+        self.reads = count_claim_reads(self.claims)
 
-        def counted(ns: str, name: str):
-            self.fetches += 1
-            return orig(ns, name)
-
-        self.claims.get_claim = counted  # type: ignore[method-assign]
+    @property
+    def fetches(self) -> int:
+        return len(self.reads)
 
     def claim(self, device: str = "nvidia-1", memory: str | None = "16Gi", *, name: str | None = None,
               **over) -> tuple[str, str, str]:
