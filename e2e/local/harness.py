@@ -250,6 +250,10 @@ class Harness:
                   "reportInterval": 2})
         if self.use_allocator:
             n["allocatorAddress"] = f"127.0.0.1:{self._allocator_grpc}"
+            # host processes have no projected ServiceAccount token: the allocator runs --insecure-dev here
+            # (caller authentication is tested in tests/security/test_sec_auth_*.py)
+            n.pop("allocatorTokenFile", None)
+            n.pop("allocatorCAFile", None)
         self.configs["node"] = self._write("node.yaml", node_cfg)
 
         dra_cfg = yaml.safe_load(node_cm["data"]["dra.yaml"])
@@ -264,6 +268,8 @@ class Harness:
         w.update({"certFile": str(certs.cert), "keyFile": str(certs.key), "listen": f"127.0.0.1:{self.webhook_port}",
                   "kubeconfig": str(self.cluster.kubeconfig)})
         w.pop("failurePolicy", None)  # a chart value for the WebhookConfiguration, not a server setting
+        w.pop("allocatorTokenFile", None)  # no projected token for a host process (allocator: --insecure-dev)
+        w.pop("allocatorCAFile", None)
         w["schedulerName"] = self.scheduler_name
         self.configs["webhook"] = self._write("webhook.yaml", comps["webhook"])
         self.configs["webhook-ca"] = certs.ca
@@ -352,7 +358,8 @@ class Harness:
         if name == "webhook":
             return [*hcs, "webhook", f"--config={self.configs['webhook']}"]
         if name == "allocator":
-            return [*hcs, "allocator", f"--config={self.configs['allocator']}"]
+            # --insecure-dev: the agents here are host processes without a ServiceAccount token (see render)
+            return [*hcs, "allocator", f"--config={self.configs['allocator']}", "--insecure-dev"]
         if name == "scheduler":
             port = free_port()
             return [str(self.tool("kube-scheduler")), f"--config={self.configs['scheduler']}",

@@ -27,17 +27,41 @@ class AllocatorConfig:
     lease_seconds: int = 15
     sync_interval_s: float = 2.0
     kubeconfig: str | None = None
+    # Caller authentication of the gRPC API (hcs/allocator/auth.py); off only with --insecure-dev.
+    tls_cert_file: str = ""  # allocator.tls.certFile: serving certificate for TCP listeners
+    tls_key_file: str = ""  # allocator.tls.keyFile
+    auth_audience: str = "hcs-allocator"  # allocator.auth.audience: the tokens' audience
+    node_agent_users: tuple[str, ...] = ()  # allocator.auth.nodeAgentUsers: restricted to their own node
+    auth_cache_ttl_s: float = 60.0  # allocator.auth.cacheTTLSeconds
+    auth_cache_size: int = 4096  # allocator.auth.cacheSize
+
+
+def _sub(sec: dict[str, Any], key: str, known: set[str], path: str | None) -> dict[str, Any]:
+    raw = sec.get(key) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: allocator.{key} must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"config {path}: allocator.{key}.{unknown[0]} is not a known field; "
+                          f"known: {', '.join(sorted(known))}")
+    return raw
 
 
 def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[AllocatorConfig, dict[str, Any]]:
     cfg = load_config(path)
     sec = section(cfg, "allocator", source=f"config {path}")
     known = {"grpcAddress", "extenderAddress", "namespace", "leaseName", "leaseSeconds", "syncIntervalSeconds",
-             "kubeconfig"}
+             "kubeconfig", "tls", "auth"}
     unknown = sorted(set(sec) - known)
     if unknown:
         raise ConfigError(f"config {path}: allocator.{unknown[0]} is not a known field; "
                           f"known: {', '.join(sorted(known))}")
+    tls = _sub(sec, "tls", {"certFile", "keyFile"}, path)
+    auth = _sub(sec, "auth", {"audience", "nodeAgentUsers", "cacheTTLSeconds", "cacheSize"}, path)
+    users = auth.get("nodeAgentUsers") or []
+    if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+        raise ConfigError(f"config {path}: allocator.auth.nodeAgentUsers must be a list of user names, e.g. "
+                          "[system:serviceaccount:hcs-system:hcs-node-agent]")
     try:
         out = AllocatorConfig(
             grpc_address=str(args.grpc_address or env_override("ALLOCATOR_GRPC_ADDRESS")
@@ -48,9 +72,17 @@ def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[A
             lease_seconds=int(sec.get("leaseSeconds", AllocatorConfig.lease_seconds)),
             sync_interval_s=float(sec.get("syncIntervalSeconds", AllocatorConfig.sync_interval_s)),
             kubeconfig=args.kubeconfig or sec.get("kubeconfig") or env_override("KUBECONFIG_PATH"),
+            tls_cert_file=str(tls.get("certFile") or ""),
+            tls_key_file=str(tls.get("keyFile") or ""),
+            auth_audience=str(auth.get("audience") or AllocatorConfig.auth_audience),
+            node_agent_users=tuple(users),
+            auth_cache_ttl_s=float(auth.get("cacheTTLSeconds", AllocatorConfig.auth_cache_ttl_s)),
+            auth_cache_size=int(auth.get("cacheSize", AllocatorConfig.auth_cache_size)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config {path}: allocator section: {exc}") from exc
+    if not 0 <= out.auth_cache_ttl_s <= 3600 or out.auth_cache_size < 1:
+        raise ConfigError(f"config {path}: allocator.auth.cacheTTLSeconds must be 0..3600 and cacheSize >= 1")
     if out.lease_seconds < 3:
         raise ConfigError(f"config {path}: allocator.leaseSeconds must be >= 3, got {out.lease_seconds}")
     rates = section(cfg, "exchangeRates", source=f"config {path}")
@@ -86,6 +118,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--extender-address", default=None, help="HOST:PORT for the scheduler extender")
     p.add_argument("--namespace", default=None, help="namespace of the leader-election Lease")
     p.add_argument("--identity", default=None, help="leader-election identity (default hostname_pid)")
+    p.add_argument("--insecure-dev", action="store_true",
+                   help="DEVELOPMENT ONLY: serve the gRPC API (and the extender) in plaintext and accept "
+                        "callers without any identity; logs a warning. Never in a cluster")
     p.add_argument("--print-scheduler-config", action="store_true",
                    help="print the KubeSchedulerConfiguration for the hcs-scheduler profile and exit")
     p.add_argument("--extender-url", default=None, help="with --print-scheduler-config: the extender URL")
@@ -99,6 +134,11 @@ def register(subparsers: Any) -> None:
     e.add_argument("--allocator", default=env_override("ALLOCATOR_ADDRESS"),
                    help="allocator gRPC address (env HCS_ALLOCATOR_ADDRESS); without it, compute locally "
                         "from the API server")
+    e.add_argument("--token-file", default=env_override("ALLOCATOR_TOKEN_FILE"),
+                   help="file holding a bearer token for the allocator's audience (env HCS_ALLOCATOR_TOKEN_FILE), "
+                        "e.g. from `kubectl create token SA --audience hcs-allocator`")
+    e.add_argument("--ca-file", default=env_override("ALLOCATOR_CA_FILE"),
+                   help="CA certificate that signed the allocator's TLS certificate (env HCS_ALLOCATOR_CA_FILE)")
     e.add_argument("--kubeconfig", default=None)
     e.add_argument("--output", choices=("table", "json"), default="table")
     e.set_defaults(func=run_explain)
@@ -106,6 +146,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_allocator(args: argparse.Namespace) -> int:
+    from hcs.allocator.auth import KubeAuthorizer, server_credentials
     from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, serve_http
     from hcs.allocator.inventory import ExchangeRates
     from hcs.allocator.kube import KubeSync, LeaderElector, Persister
@@ -121,6 +162,13 @@ def run_allocator(args: argparse.Namespace) -> int:
         return 0
     cfg, rates_cfg = load_allocator_config(args.config, args)
     rates = ExchangeRates.from_config(rates_cfg)
+    if args.insecure_dev:
+        log.warning("--insecure-dev: the allocator's gRPC API is served WITHOUT TLS and WITHOUT caller "
+                    "authentication: anyone who reaches %s can read, reserve and release any pod's devices. "
+                    "Development only; never run this in a cluster", cfg.grpc_address)
+        credentials = None
+    else:
+        credentials = server_credentials(cfg.grpc_address, cfg.tls_cert_file, cfg.tls_key_file)
     rest = KubeRest(_api_client(cfg.kubeconfig))
     stop = StopSignals()
     state = AllocatorState()
@@ -140,16 +188,22 @@ def run_allocator(args: argparse.Namespace) -> int:
             log.exception("resync after election failed")
 
     elector.on_elected = elected
-    service = AllocatorService(state, Persister(sync), sync.resolve, elector.is_leader)
+    auth = None if args.insecure_dev else KubeAuthorizer(
+        rest, audience=cfg.auth_audience, node_agent_users=cfg.node_agent_users, ttl_s=cfg.auth_cache_ttl_s,
+        cache_size=cfg.auth_cache_size)
+    service = AllocatorService(state, Persister(sync), sync.resolve, elector.is_leader, auth=auth)
     if cfg.grpc_address.startswith("unix://"):
         os.makedirs(os.path.dirname(cfg.grpc_address[len("unix://"):]) or ".", exist_ok=True)
-    grpc_server = serve(service, cfg.grpc_address)
+    grpc_server = serve(service, cfg.grpc_address, credentials=credentials)
     host, port = _split_host_port(cfg.extender_address)
     http_server = serve_http(Extender(state, sync, elector.is_leader), host, port)
     threading.Thread(target=elector.run, name="hcs-lease", daemon=True).start()
     threading.Thread(target=sync.run, args=(cfg.sync_interval_s, elector.is_leader), name="hcs-sync",
                      daemon=True).start()
-    log.info("allocator %s: gRPC %s, extender http://%s:%d", identity, cfg.grpc_address, host, port)
+    log.info("allocator %s: gRPC %s (%s), extender http://%s:%d", identity, cfg.grpc_address,
+             "INSECURE, no caller authentication" if auth is None else
+             f"{'local' if cfg.grpc_address.startswith('unix:') else 'TLS'}, tokens for audience "
+             f"{cfg.auth_audience!r}, {len(cfg.node_agent_users)} node-agent identities", host, port)
     stop.wait(stop_timeout_s=20)
     log.info("shutting down")
     sync.stop()
@@ -169,7 +223,9 @@ def run_explain(args: argparse.Namespace) -> int:
     ns, _, name = args.pod.rpartition("/")
     ns = ns or args.namespace
     if args.allocator:
-        channel = grpc.insecure_channel(args.allocator)
+        from hcs.allocator.auth import channel as allocator_channel
+
+        channel = allocator_channel(args.allocator, token_file=args.token_file or "", ca_file=args.ca_file or "")
         try:
             resp = pbg.AllocatorStub(channel).Explain(  # type: ignore[no-untyped-call]
                 pb.ExplainRequest(pod=pb.PodRef(namespace=ns, name=name)), timeout=30)

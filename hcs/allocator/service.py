@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf import json_format
 
+from hcs.allocator.auth import AllowAll, CallAuthorizer, Caller, Denied
 from hcs.allocator.inventory import capacity_of
 from hcs.allocator.placement import (
     Constraints,
@@ -132,18 +133,32 @@ PodResolver = Callable[[str, str, str], PodDemand | None]  # (uid, namespace, na
 
 
 class AllocatorService(pbg.AllocatorServicer):
+    """The gRPC API. ``auth`` decides who may call what (:mod:`hcs.allocator.auth`); the default,
+    :class:`~hcs.allocator.auth.AllowAll`, is for in-process tests and ``--insecure-dev`` only:
+    ``hcs allocator`` passes a :class:`~hcs.allocator.auth.KubeAuthorizer` unless told otherwise."""
+
     def __init__(self, state: AllocatorState, persister: Persister | None = None,
-                 resolve_pod: PodResolver | None = None, is_leader: Callable[[], bool] | None = None) -> None:
+                 resolve_pod: PodResolver | None = None, is_leader: Callable[[], bool] | None = None,
+                 auth: CallAuthorizer | None = None) -> None:
         self.state = state
         self.persister: Persister = persister or NullPersister()
         self.resolve_pod = resolve_pod
         self.is_leader = is_leader or (lambda: True)
+        self.auth: CallAuthorizer = auth or AllowAll()
+
+    def _authorize(self, context: Any, rpc: str, node: str | None = None) -> Caller | None:
+        try:
+            return self.auth.authorize(context.invocation_metadata() or (), rpc, node)
+        except Denied as exc:
+            context.abort(exc.code, str(exc))
+            raise AssertionError("unreachable") from exc
 
     def _leader(self, context: Any) -> None:
         if not self.is_leader():
             context.abort(grpc.StatusCode.UNAVAILABLE, "this allocator replica is not the leader; retry")
 
     def Reserve(self, request: pb.ReserveRequest, context: Any) -> pb.ReserveResponse:  # noqa: N802
+        self._authorize(context, "Reserve", request.node or None)
         self._leader(context)
         try:
             demand = demand_from_proto(request.request)
@@ -162,6 +177,8 @@ class AllocatorService(pbg.AllocatorServicer):
         return pb.ReserveResponse(assignment=reservation_to_proto(res))
 
     def Confirm(self, request: pb.ConfirmRequest, context: Any) -> pb.ConfirmResponse:  # noqa: N802
+        # A node agent confirms on its own node only; state.confirm checks the reservation is on it.
+        self._authorize(context, "Confirm", request.node)
         self._leader(context)
         try:
             res = self.state.confirm(request.pod_uid, request.node)
@@ -176,8 +193,11 @@ class AllocatorService(pbg.AllocatorServicer):
         return pb.ConfirmResponse(assignment=reservation_to_proto(res))
 
     def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:  # noqa: N802
+        # Authorised against the node the reservation is on: a node agent frees only its node's pods.
+        held = self.state.reservation(request.pod_uid) if request.pod_uid else None
+        self._authorize(context, "Release", held.node if held is not None else None)
         self._leader(context)
-        res = self.state.release(request.pod_uid)
+        res = self.state.release(request.pod_uid) if held is not None else None
         if res is not None:
             try:
                 self.persister.released(res)
@@ -187,12 +207,14 @@ class AllocatorService(pbg.AllocatorServicer):
 
     def GetNodeAssignments(self, request: pb.GetNodeAssignmentsRequest,  # noqa: N802
                            context: Any) -> pb.GetNodeAssignmentsResponse:
+        self._authorize(context, "GetNodeAssignments", request.node)
         if not request.node:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node is required")
         return pb.GetNodeAssignmentsResponse(
             assignments=[reservation_to_proto(r) for r in self.state.reservations(request.node)])
 
     def Explain(self, request: pb.ExplainRequest, context: Any) -> pb.ExplainResponse:  # noqa: N802
+        self._authorize(context, "Explain")
         try:
             if request.HasField("request"):
                 demand = demand_from_proto(request.request)
@@ -217,15 +239,23 @@ class AllocatorService(pbg.AllocatorServicer):
     def GetCapacity(self, request: pb.GetCapacityRequest, context: Any) -> pb.GetCapacityResponse:  # noqa: N802
         # Only the leader keeps its inventory in sync with the ComputeNodes; a standby would answer
         # from an empty or stale one, and the webhook would admit (or deny) on a wrong island size.
+        self._authorize(context, "GetCapacity")
         self._leader(context)
         return capacity_of(self.state.nodes())
 
 
-def serve(service: AllocatorService, address: str, workers: int = 8) -> grpc.Server:
-    """Start the gRPC server on ``address`` (``unix:///path`` or ``host:port``)."""
+def serve(service: AllocatorService, address: str, workers: int = 8,
+          credentials: grpc.ServerCredentials | None = None) -> grpc.Server:
+    """Start the gRPC server on ``address`` (``unix:///path`` or ``host:port``).
+
+    ``credentials`` (see :func:`hcs.allocator.auth.server_credentials`): TLS or local; None serves plaintext,
+    which only ``--insecure-dev`` and in-process tests use.
+    """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     pbg.add_AllocatorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    if server.add_insecure_port(address) == 0:
+    port = (server.add_secure_port(address, credentials) if credentials is not None
+            else server.add_insecure_port(address))
+    if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
     return server

@@ -86,7 +86,9 @@ class NodeAgent:
             if config.assignmentSource == "allocator":
                 from hcs.node.sources import AllocatorAssignmentSource
 
-                source = AllocatorAssignmentSource(config.allocatorAddress, config.nodeName)
+                source = AllocatorAssignmentSource(config.allocatorAddress, config.nodeName,
+                                                   token_file=config.allocatorTokenFile,
+                                                   ca_file=config.allocatorCAFile)
             else:
                 persist = None
                 if pod_lister is None:

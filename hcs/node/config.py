@@ -37,6 +37,11 @@ class NodeConfig:
     metricsPort: int = 9464  # 0 disables /metrics
     assignmentSource: str = "local"  # local | allocator
     allocatorAddress: str = "hcs-allocator.hcs-system.svc:50051"
+    # Caller identity towards the allocator (hcs/allocator/auth.py): a projected ServiceAccount token for
+    # the audience hcs-allocator, re-read on rotation, and the CA of the allocator's TLS certificate.
+    # Both "" = plaintext and anonymous (an allocator started with --insecure-dev).
+    allocatorTokenFile: str = ""
+    allocatorCAFile: str = ""
     healthPollInterval: float = 0.2
     kubeletWatchInterval: float = 0.15
     devicePlugin: bool = True  # False: DRA only (no slot resource, no kubelet device-plugin socket)

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from hcs.allocator.auth import channel as allocator_channel
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
 from hcs.devices.model import Vendor
@@ -45,12 +46,16 @@ def assignment_from_proto(a: al.Assignment) -> Assignment:
 class AllocatorAssignmentSource:
     """``hcs.allocator.v1.Allocator``: GetNodeAssignments / Confirm / Release for this node."""
 
-    def __init__(self, address: str, node: str, timeout_s: float = 1.0, attempts: int = 3) -> None:
+    def __init__(self, address: str, node: str, timeout_s: float = 1.0, attempts: int = 3, *,
+                 token_file: str = "", ca_file: str = "", server_name: str = "") -> None:
+        """``token_file``/``ca_file``: the caller identity and the allocator's CA (see
+        :func:`hcs.allocator.auth.channel`); both empty only against an ``--insecure-dev`` allocator."""
         self.address = address
         self.node = node
         self.timeout_s = timeout_s
         self.attempts = attempts
-        self._channel = grpc.insecure_channel(address, options=[("grpc.max_reconnect_backoff_ms", 1000)])
+        self._channel = allocator_channel(address, token_file=token_file, ca_file=ca_file, server_name=server_name,
+                                          options=[("grpc.max_reconnect_backoff_ms", 1000)])
         self._stub = al_grpc.AllocatorStub(self._channel)  # type: ignore[no-untyped-call]
 
     def assignments(self) -> Sequence[Assignment]:

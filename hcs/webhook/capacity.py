@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from hcs.allocator.auth import channel as allocator_channel
 from hcs.allocator.inventory import ExchangeRates, InventoryError, NodeInventory, capacity_of, parse_computenode
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
@@ -215,10 +216,14 @@ class AllocatorCapacity:
     default two minutes. Any RPC failure becomes :class:`CapacityUnavailable`.
     """
 
-    def __init__(self, address: str, timeout_s: float = 1.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 1.0, *, token_file: str = "", ca_file: str = "",
+                 server_name: str = "") -> None:
+        """``token_file``/``ca_file``: the webhook's identity and the allocator's CA (see
+        :func:`hcs.allocator.auth.channel`); both empty only against an ``--insecure-dev`` allocator."""
         self.address = address
         self._timeout = timeout_s
-        self._channel = grpc.insecure_channel(address, options=[
+        self._channel = allocator_channel(address, token_file=token_file, ca_file=ca_file, server_name=server_name,
+                                          options=[
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 1000),
             ("grpc.max_reconnect_backoff_ms", 3000),
@@ -235,6 +240,9 @@ class AllocatorCapacity:
             hint = {
                 "DEADLINE_EXCEEDED": f"no answer within {self._timeout:g}s",
                 "UNIMPLEMENTED": "the allocator predates GetCapacity; upgrade it",
+                "UNAUTHENTICATED": f"{detail[:200]}; check webhook.allocatorTokenFile",
+                "PERMISSION_DENIED": f"{detail[:200]}; the webhook's ServiceAccount needs get on "
+                                     "capacity.allocator.hcs.io (the chart binds it)",
             }.get(name, detail[:200])
             raise CapacityUnavailable(
                 f"allocator {self.address}: {name} ({hint}); check that `hcs allocator` runs and "

@@ -103,7 +103,8 @@ def build_capacity(cfg: WebhookConfig, api_client: Any) -> IslandCapacity | None
         return StaticCapacity(cfg.largest_island_bytes)
     inner: IslandCapacity | None = None
     if cfg.allocator_address:
-        inner = AllocatorCapacity(cfg.allocator_address)
+        inner = AllocatorCapacity(cfg.allocator_address, token_file=cfg.allocator_token_file,
+                                  ca_file=cfg.allocator_ca_file)
         if api_client is not None:
             inner = FallbackCapacity(inner, ComputeNodeCapacity(api_client), "ComputeNode objects")
         log.info("island capacity from the allocator at %s%s", cfg.allocator_address,

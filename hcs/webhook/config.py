@@ -80,6 +80,10 @@ class WebhookConfig:
     allocator_failure: FailurePolicy = FailurePolicy.OPEN
     #: gRPC target of the allocator (``host:port`` or ``unix:/path``); empty: read ComputeNodes.
     allocator_address: str = ""
+    #: Projected ServiceAccount token (audience hcs-allocator) sent to the allocator; "" = anonymous.
+    allocator_token_file: str = ""
+    #: CA of the allocator's TLS certificate; "" = plaintext (an ``--insecure-dev`` allocator).
+    allocator_ca_file: str = ""
     #: ``namespace/name`` of the ConfigMap mapping images to per-vendor images; empty: off.
     image_map: str = ""
     cache_ttl_s: float = 10.0
@@ -99,6 +103,7 @@ class WebhookConfig:
 _KEYS = {
     "listen", "certFile", "keyFile", "certCheckSeconds", "mode", "modeLabel", "schedulerName",
     "slotResource", "denyPrivilegedWithQuota", "allocatorFailurePolicy", "allocatorAddress", "imageMap",
+    "allocatorTokenFile", "allocatorCAFile",
     "cacheTTLSeconds", "maxBodyBytes", "maxDepth", "kubeconfig", "extraModels", "dra", "failurePolicy",
     "largestIsland",
 }
@@ -222,6 +227,8 @@ def webhook_config(raw: Mapping[str, Any], *, source: str = "config") -> Webhook
         deny_privileged_with_quota=_bool(raw, "denyPrivilegedWithQuota", d.deny_privileged_with_quota, where),
         allocator_failure=_enum(raw, "allocatorFailurePolicy", d.allocator_failure, where),
         allocator_address=_str(raw, "allocatorAddress", d.allocator_address, where),
+        allocator_token_file=_str(raw, "allocatorTokenFile", d.allocator_token_file, where),
+        allocator_ca_file=_str(raw, "allocatorCAFile", d.allocator_ca_file, where),
         image_map=image_map,
         cache_ttl_s=_num(raw, "cacheTTLSeconds", d.cache_ttl_s, where),
         max_body_bytes=int(_num(raw, "maxBodyBytes", d.max_body_bytes, where, minimum=1024)),
