@@ -441,7 +441,7 @@ def test_generated_certificate_serves_the_webhook_service(rendered: Render, tmp_
 
 def test_cert_manager_when_present(rendered: Render) -> None:
     docs = rendered(api_versions=("cert-manager.io/v1",))
-    assert not find(docs, "Secret")
+    assert not find(docs, "Secret", "hcs-webhook-tls")  # (the allocator's gRPC Secret is chart-generated)
     cert = one(docs, "Certificate", "hcs-webhook")
     assert cert["spec"]["secretName"] == "hcs-webhook-tls"
     assert f"hcs-webhook.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
@@ -451,7 +451,8 @@ def test_cert_manager_when_present(rendered: Render) -> None:
         assert all("caBundle" not in hook["clientConfig"] for hook in cfg["webhooks"])
     assert {i["metadata"]["name"] for i in find(docs, "Issuer")} == {"hcs-webhook-selfsigned", "hcs-webhook-ca"}
     # explicit off wins over detection; explicit on works without detection
-    assert find(rendered(api_versions=("cert-manager.io/v1",), webhook__certManager__autoDetect=False), "Secret")
+    assert find(rendered(api_versions=("cert-manager.io/v1",), webhook__certManager__autoDetect=False), "Secret",
+                "hcs-webhook-tls")
     assert find(rendered(webhook__certManager__enabled=True), "Certificate")
 
 

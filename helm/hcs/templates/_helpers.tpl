@@ -51,6 +51,27 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "hcs.allocator.name" -}}{{ include "hcs.fullname" . }}-allocator{{- end }}
 {{- define "hcs.webhook.name" -}}{{ include "hcs.fullname" . }}-webhook{{- end }}
 {{- define "hcs.webhook.secret" -}}{{ include "hcs.fullname" . }}-webhook-tls{{- end }}
+{{- define "hcs.allocator.secret" -}}{{ include "hcs.fullname" . }}-allocator-tls{{- end }}
+
+{{/*
+Caller identity towards the allocator's gRPC API (docs/operations.md, "Allocator API access"): a bound,
+projected ServiceAccount token for the allocator's audience (the kubelet rotates it) and the CA that signed
+the allocator's serving certificate (only ca.crt of its Secret is projected). Mounted at
+/var/run/secrets/hcs-allocator in the node agents and, with capacitySource=allocator, the webhook.
+*/}}
+{{- define "hcs.allocator.authDir" -}}/var/run/secrets/hcs-allocator{{- end }}
+{{- define "hcs.allocator.authVolume" -}}
+- name: allocator-auth
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ .Values.scheduler.auth.audience | quote }}
+          expirationSeconds: {{ .Values.scheduler.auth.tokenExpirationSeconds }}
+          path: token
+      - secret:
+          name: {{ include "hcs.allocator.secret" . }}
+          items: [{key: ca.crt, path: ca.crt}]
+{{- end }}
 
 {{- define "hcs.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
