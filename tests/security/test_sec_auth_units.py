@@ -6,6 +6,8 @@ allocator without caller authentication (what ``--insecure-dev`` serves)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -206,3 +208,28 @@ def test_every_rpc_has_an_authorisation_rule() -> None:
     assert rpcs == set(VERBS)
     assert {v.rpc for v in VERBS.values() if v.node_scoped} == {"GetNodeAssignments", "Confirm", "Release"}
     assert AllowAll().authorize([], "Reserve", None) is None
+
+
+def _run_allocator(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("allocator:\n  namespace: default\n")
+    return subprocess.run([sys.executable, "-m", "hcs.cli", "allocator", "--config", str(cfg),
+                           "--grpc-address", "127.0.0.1:0", *flags], capture_output=True, text=True, timeout=60,
+                          env=env, check=False)
+
+
+def test_plaintext_needs_the_explicit_insecure_dev_flag(tmp_path: Path) -> None:
+    """Without TLS files and without --insecure-dev the daemon refuses to start, saying how to fix it.
+    (With a cluster: tests/security/test_sec_auth_cluster.py starts both variants for real.)"""
+    out = _run_allocator(tmp_path)
+    assert out.returncode == 1
+    assert "allocator.tls.certFile" in out.stderr and "--insecure-dev" in out.stderr
+    assert "WITHOUT caller authentication" not in out.stderr
+
+
+def test_insecure_dev_logs_a_warning_at_start(tmp_path: Path) -> None:
+    out = _run_allocator(tmp_path, "--insecure-dev")  # stops later: no API server configured here
+    assert "WARNING" in out.stderr and "--insecure-dev" in out.stderr
+    assert "WITHOUT TLS and WITHOUT caller authentication" in out.stderr
+    assert "no kubeconfig" in out.stderr and out.returncode == 1
