@@ -83,7 +83,7 @@ class World:
         c: dict[str, Any] = {"name": "main", "image": "busybox", "command": ["sleep", "3600"]}
         if vram:
             c["resources"] = {"requests": {"ai.compute/vram": vram}, "limits": {"ai.compute/vram": vram}}
-        spec: dict[str, Any] = {"serviceAccountName": sa, "containers": [c], "schedulerName": "hcs-scheduler",
+        spec: dict[str, Any] = {"serviceAccountName": sa, "containers": [c], "schedulerName": "sec-auth-no-such-scheduler",
                                 "automountServiceAccountToken": False}
         if node:
             spec["nodeName"] = node
