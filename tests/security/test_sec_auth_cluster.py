@@ -83,8 +83,8 @@ class World:
         c: dict[str, Any] = {"name": "main", "image": "busybox", "command": ["sleep", "3600"]}
         if vram:
             c["resources"] = {"requests": {"ai.compute/vram": vram}, "limits": {"ai.compute/vram": vram}}
-        spec: dict[str, Any] = {"serviceAccountName": sa, "containers": [c], "schedulerName": "sec-auth-no-such-scheduler",
-                                "automountServiceAccountToken": False}
+        spec: dict[str, Any] = {"serviceAccountName": sa, "containers": [c], "automountServiceAccountToken": False,
+                                "schedulerName": "sec-auth-no-such-scheduler"}
         if node:
             spec["nodeName"] = node
         pod = self.rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body={
