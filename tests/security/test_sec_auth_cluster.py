@@ -458,3 +458,21 @@ def _wait_exit(proc: subprocess.Popen[str], timeout: float) -> bool:
         return True
     except subprocess.TimeoutExpired:
         return False
+
+
+def test_operator_explain_with_a_token_and_the_ca(world: World, daemon: Daemon, victim: Any,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`hcs alloc explain --allocator` authenticates like every other client; without a token it is refused."""
+    import json as _json
+
+    from hcs.cli import main
+
+    pod, _ = victim
+    target = f"{world.sys_ns}/{pod['metadata']['name']}"
+    token = world.token(world.sys_ns, "hcs-scheduler")
+    assert main(["alloc", "explain", target, "--allocator", daemon.address, "--token-file", str(token),
+                 "--ca-file", str(daemon.ca), "--output", "json"]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert "already holds devices" in out["summary"]
+    rc = main(["alloc", "explain", target, "--allocator", daemon.address, "--ca-file", str(daemon.ca)])
+    assert rc == 1 and "UNAUTHENTICATED" in capsys.readouterr().err
