@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,11 @@ def test_rbac_grants_exactly_the_verbs_the_allocator_checks(rendered: Render) ->
         "sec_auth_cluster", Path(__file__).parents[1] / "security" / "test_sec_auth_cluster.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        del sys.modules[spec.name]
     assert mod.RULES["node-api"] == one(docs, "ClusterRole", "hcs-allocator-api-node")["rules"]
     assert mod.RULES["capacity"] == one(docs, "ClusterRole", "hcs-allocator-api-capacity")["rules"]
 
