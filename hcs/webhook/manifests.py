@@ -28,6 +28,15 @@ WORKLOAD_RULES = [
 ]
 POD_RULE = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
             "scope": "Namespaced"}
+#: Pod updates that matter to HCS: the assignment record (hcs.io/assignment and its signature) changing,
+#: and ephemeral containers being added (the one way to add a container to a quota'd pod).
+POD_UPDATE_RULE = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                   "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"}
+_RECORD_KEYS = ("hcs.io/assignment", "hcs.io/assignment-signature")
+RECORD_CHANGED = " || ".join(
+    f"object.metadata.?annotations[?'{k}'].orValue('') != oldObject.metadata.?annotations[?'{k}'].orValue('')"
+    for k in _RECORD_KEYS)
+POD_UPDATE_MATTERS = f"request.subResource == 'ephemeralcontainers' || {RECORD_CHANGED}"
 
 
 def _client_config(path: str, ca_bundle: str, url: str | None, service: tuple[str, str, int] | None) -> dict[str, Any]:
@@ -61,8 +70,8 @@ def webhook_configurations(
             "name": "mutate.webhook.ai.compute",
             "clientConfig": _client_config("/mutate", ca_bundle, url, service),
             "rules": [POD_RULE],
-            # creates ResourceClaimTemplates in DRA mode, never on dry runs
-            "sideEffects": "NoneOnDryRun",
+            # creates nothing: DRA templates come from the admitted pods (hcs.webhook.claims)
+            "sideEffects": "None",
             "reinvocationPolicy": "IfNeeded",
             "matchConditions": [{"name": "asks-ai-compute", "expression": POD_ASKS_ACCELERATOR}],
             **common,
@@ -86,6 +95,14 @@ def webhook_configurations(
             "clientConfig": _client_config("/validate", ca_bundle, url, service),
             "rules": [POD_RULE, *WORKLOAD_RULES],
             "sideEffects": "None",
+            **common,
+        }, {
+            # only the allocator writes hcs.io/assignment; no privileged ephemeral containers in quota'd pods
+            "name": "records.webhook.ai.compute",
+            "clientConfig": _client_config("/validate", ca_bundle, url, service),
+            "rules": [POD_UPDATE_RULE],
+            "sideEffects": "None",
+            "matchConditions": [{"name": "record-or-ephemeral", "expression": POD_UPDATE_MATTERS}],
             **common,
         }],
     }
