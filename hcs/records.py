@@ -9,7 +9,7 @@ every device (vendor, index, uuid) with its bytes and compute share, so a record
 forged nor copied onto another pod. Readers also check the record against the pod it sits on
 (uid — never empty —, namespace, name, node).
 
-Key: the file named by ``$HCS_RECORD_KEY_FILE``, else ``/etc/hcs/record-key/key`` when that exists
+Key: the file named by ``$HCS_RECORD_KEY_FILE``, else ``/etc/hcs-record-key/key`` when that exists
 (where the chart mounts it). Without a key (a developer's shell, unit tests) records are written
 unsigned and read without the MAC check, and the process logs that once; the identity checks apply
 in every mode. A record that fails a check is logged and counted in
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 ASSIGNMENT_ANNOTATION = "hcs.io/assignment"
 SIGNATURE_ANNOTATION = "hcs.io/assignment-signature"
 KEY_ENV = "HCS_RECORD_KEY_FILE"
-DEFAULT_KEY_FILE = "/etc/hcs/record-key/key"
+DEFAULT_KEY_FILE = "/etc/hcs-record-key/key"
 SCHEME = "hmac-sha256"
 MIN_KEY_BYTES = 32
 

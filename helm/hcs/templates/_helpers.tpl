@@ -51,6 +51,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "hcs.allocator.name" -}}{{ include "hcs.fullname" . }}-allocator{{- end }}
 {{- define "hcs.webhook.name" -}}{{ include "hcs.fullname" . }}-webhook{{- end }}
 {{- define "hcs.webhook.secret" -}}{{ include "hcs.fullname" . }}-webhook-tls{{- end }}
+{{/* Secret with the HMAC key of hcs.io/assignment records (hcs/records.py). */}}
+{{- define "hcs.records.secret" -}}{{ .Values.records.existingSecret | default (printf "%s-record-key" (include "hcs.fullname" .)) }}{{- end }}
 
 {{- define "hcs.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
@@ -109,4 +111,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if and .Values.nodeAgent.enabled .Values.nodeAgent.dra.rollingUpdate (ne .Values.mode "dra") }}
 {{- fail (printf "values: nodeAgent.dra.rollingUpdate=true needs mode=dra (mode is %q): it runs the old and the new node-agent pod side by side, and the device plugin's socket in the kubelet's device-plugins dir has one fixed name the two pods would fight over; set mode=dra or nodeAgent.dra.rollingUpdate=false" (toString .Values.mode)) }}
 {{- end }}
+{{- end }}
+
+{{/* CEL: a pod UPDATE the webhook must see (hcs/webhook/manifests.py POD_UPDATE_MATTERS). */}}
+{{- define "hcs.webhook.podUpdateMatters" -}}
+request.subResource == 'ephemeralcontainers' || object.metadata.?annotations[?'hcs.io/assignment'].orValue('') != oldObject.metadata.?annotations[?'hcs.io/assignment'].orValue('') || object.metadata.?annotations[?'hcs.io/assignment-signature'].orValue('') != oldObject.metadata.?annotations[?'hcs.io/assignment-signature'].orValue('')
 {{- end }}
