@@ -127,3 +127,71 @@ def find_helm() -> str | None:
         return _find()
     finally:
         sys.path.pop(0)
+
+
+def impersonating(kubeconfig: Path, user: str, groups: tuple[str, ...] = (),
+                  extra: dict[str, list[str]] | None = None) -> Any:
+    """A KubeRest acting as ``user`` (the admin kubeconfig impersonates it: the API server then
+    authorises and admits the request exactly as it would that user's)."""
+    from urllib.parse import quote
+
+    from kubernetes import config
+
+    from hcs.kube import KubeRest
+
+    client = config.new_client_from_config(config_file=str(kubeconfig))
+    client.set_default_header("Impersonate-User", user)
+    for g in groups or ("system:authenticated",):
+        client.set_default_header("Impersonate-Group", g)  # one header value (urllib3 keeps the last)
+    for key, values in (extra or {}).items():
+        for v in values:
+            client.set_default_header(f"Impersonate-Extra-{quote(key, safe='')}", v)
+    return KubeRest(client)
+
+
+def sa_user(namespace: str, name: str) -> str:
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def ensure(rest: Any, path: str, body: dict[str, Any]) -> None:
+    from hcs.kube import KubeError
+
+    try:
+        rest.request("POST", path, body=body)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+
+
+def delete(rest: Any, path: str) -> None:
+    from hcs.kube import KubeError
+
+    try:
+        rest.request("DELETE", path)
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+
+
+def grant_in_namespace(rest: Any, namespace: str, name: str, users: list[str],
+                       rules: list[dict[str, Any]]) -> None:
+    """A Role + RoleBinding giving ``users`` (service-account users) ``rules`` in ``namespace``."""
+    ensure(rest, f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles",
+           {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name},
+            "rules": rules})
+    subjects = []
+    for u in users:
+        _, _, ns, sa = u.split(":", 3)
+        subjects.append({"kind": "ServiceAccount", "name": sa, "namespace": ns})
+    ensure(rest, f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+           {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": subjects})
+
+
+def taint_node(rest: Any, name: str) -> None:
+    """A kubelet-less Node nothing gets scheduled to (NoSchedule taint): pods are bound to it by name."""
+    ensure(rest, "/api/v1/nodes", {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"hcs.io/fake-node": "true"}},
+        "spec": {"taints": [{"key": "hcs.io/sec-records-test", "effect": "NoSchedule"}]}})
