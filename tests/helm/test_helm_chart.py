@@ -200,7 +200,10 @@ def test_node_agent_writes_are_restricted_to_its_own_node(rendered: Render) -> N
     docs = rendered(mode="both")
     sa = one(docs, "ServiceAccount", "hcs-node-agent")
     user = f"system:serviceaccount:{NAMESPACE}:{sa['metadata']['name']}"
-    policies = {p["metadata"]["name"]: p for p in find(docs, "ValidatingAdmissionPolicy")}
+    # node-restriction.yaml's policies (assignment-records.yaml and pod-writers.yaml are tested in
+    # tests/security/test_sec_records_*)
+    policies = {p["metadata"]["name"]: p for p in find(docs, "ValidatingAdmissionPolicy")
+                if p["metadata"]["name"] in ("hcs-node-agent-computenodes", "hcs-node-agent-resourceslices")}
     bindings = {b["spec"]["policyName"]: b for b in find(docs, "ValidatingAdmissionPolicyBinding")}
     covered = set()
     for name, policy in policies.items():
@@ -229,7 +232,8 @@ def test_node_agent_writes_are_restricted_to_its_own_node(rendered: Render) -> N
     docs = rendered(mode="devicePlugin")
     role = one(docs, "ClusterRole", "hcs-node-agent")
     assert not any("resource.k8s.io" in r["apiGroups"] for r in role["rules"])
-    assert [p["metadata"]["name"] for p in find(docs, "ValidatingAdmissionPolicy")] == [
+    assert [p["metadata"]["name"] for p in find(docs, "ValidatingAdmissionPolicy")
+            if p["metadata"]["name"].startswith("hcs-node-agent-") and "pod-writes" not in p["metadata"]["name"]] == [
         "hcs-node-agent-computenodes"]
 
 
@@ -441,7 +445,7 @@ def test_generated_certificate_serves_the_webhook_service(rendered: Render, tmp_
 
 def test_cert_manager_when_present(rendered: Render) -> None:
     docs = rendered(api_versions=("cert-manager.io/v1",))
-    assert not find(docs, "Secret")
+    assert [s["metadata"]["name"] for s in find(docs, "Secret")] == ["hcs-record-key"]  # no TLS Secret
     cert = one(docs, "Certificate", "hcs-webhook")
     assert cert["spec"]["secretName"] == "hcs-webhook-tls"
     assert f"hcs-webhook.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]
@@ -451,7 +455,8 @@ def test_cert_manager_when_present(rendered: Render) -> None:
         assert all("caBundle" not in hook["clientConfig"] for hook in cfg["webhooks"])
     assert {i["metadata"]["name"] for i in find(docs, "Issuer")} == {"hcs-webhook-selfsigned", "hcs-webhook-ca"}
     # explicit off wins over detection; explicit on works without detection
-    assert find(rendered(api_versions=("cert-manager.io/v1",), webhook__certManager__autoDetect=False), "Secret")
+    assert one(rendered(api_versions=("cert-manager.io/v1",), webhook__certManager__autoDetect=False), "Secret",
+               "hcs-webhook-tls")
     assert find(rendered(webhook__certManager__enabled=True), "Certificate")
 
 
