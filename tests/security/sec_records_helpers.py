@@ -109,7 +109,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 60, interval:
 
 def render_chart(helm: str, release: str, namespace: str, **values: Any) -> list[dict[str, Any]]:
     """The chart rendered by the real helm binary (``--set`` values)."""
-    args = [helm, "template", release, str(REPO / "helm" / "hcs"), "--namespace", namespace]
+    args = [helm, "template", release, str(REPO / "helm" / "hcs"), "--namespace", namespace,
+            "--kube-version", "1.37.2"]
     for k, v in values.items():
         args += ["--set", f"{k}={json.dumps(v) if isinstance(v, bool) else v}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
