@@ -83,7 +83,8 @@ def review(obj: dict[str, Any], *, operation: str = "CREATE", old: dict[str, Any
 
 def pod(name: str = "p", vram: str | None = "1Gi", *, annotations: dict[str, str] | None = None,
         node: str = "", image: str = "hcs.local/busybox:1.35") -> dict[str, Any]:
-    res: dict[str, Any] = {"requests": {"ai.compute/vram": vram}} if vram else {}
+    # limits = requests: extended resources need both when no webhook normalises them
+    res: dict[str, Any] = {"requests": {"ai.compute/vram": vram}, "limits": {"ai.compute/vram": vram}} if vram else {}
     spec: dict[str, Any] = {"restartPolicy": "Never", "automountServiceAccountToken": False,
                             "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never",
                                             "command": ["true"], "resources": res}]}

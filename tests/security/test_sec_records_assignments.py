@@ -200,15 +200,17 @@ def rest(api_client: Any) -> KubeRest:
 @pytest.fixture(scope="module")
 def spaces(rest: KubeRest) -> Iterator[dict[str, str]]:
     names = {"guarded": f"hcs-sr-guarded-{RUN}", "open": f"hcs-sr-open-{RUN}", "node": f"hcs-sr-node-{RUN}",
-             "release": f"hcs-sr-rel-{RUN}"}
+             "node2": f"hcs-sr-node2-{RUN}", "node3": f"hcs-sr-node3-{RUN}", "release": f"hcs-sr-rel-{RUN}"}
     for key in ("guarded", "open", "release"):
         ensure(rest, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
             "name": names[key], "labels": {"hcs-sec-records": RUN if key == "guarded" else "no"}}})
-    taint_node(rest, names["node"])
+    for key in ("node", "node2", "node3"):  # one node per test: each test sees only its own pods there
+        taint_node(rest, names[key])
     yield names
     for key in ("guarded", "open", "release"):
         delete(rest, f"/api/v1/namespaces/{names[key]}")
-    delete(rest, f"/api/v1/nodes/{names['node']}")
+    for key in ("node", "node2", "node3"):
+        delete(rest, f"/api/v1/nodes/{names[key]}")
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +302,7 @@ def test_forged_record_is_ignored_by_agent_and_allocator(rest: KubeRest, spaces:
     from hcs.allocator.kube import KubeSync
     from hcs.node.sources import KubePodLister
 
-    ns, node = spaces["open"], spaces["node"]
+    ns, node = spaces["open"], spaces["node2"]
     key = RecordKey(os.urandom(32))
     sync = KubeSync(rest, AllocatorState(), records=key)
     sync.state.set_node(_inv(node))
@@ -352,7 +354,7 @@ def test_restore_with_conflicting_genuine_records_reports_the_later_pod(rest: Ku
     it, the later pod gets an Event and the conflict metric counts it."""
     from hcs.allocator.kube import KubeSync
 
-    ns, node = spaces["open"], spaces["node"]
+    ns, node = spaces["open"], spaces["node3"]
     key = RecordKey(os.urandom(32))
     writer = KubeSync(rest, AllocatorState(), records=key)
     pods = {}
