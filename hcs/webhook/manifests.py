@@ -36,7 +36,7 @@ _RECORD_KEYS = ("hcs.io/assignment", "hcs.io/assignment-signature")
 RECORD_CHANGED = " || ".join(
     f"object.metadata.?annotations[?'{k}'].orValue('') != oldObject.metadata.?annotations[?'{k}'].orValue('')"
     for k in _RECORD_KEYS)
-POD_UPDATE_MATTERS = f"request.subResource == 'ephemeralcontainers' || {RECORD_CHANGED}"
+POD_UPDATE_MATTERS = f"request.?subResource.orValue('') == 'ephemeralcontainers' || {RECORD_CHANGED}"
 
 
 def _client_config(path: str, ca_bundle: str, url: str | None, service: tuple[str, str, int] | None) -> dict[str, Any]:

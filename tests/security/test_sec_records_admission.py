@@ -134,3 +134,27 @@ def test_real_path_still_creates_the_template(stack: Any, rest: KubeRest) -> Non
     with pytest.raises(KubeError) as info:
         rest.request("GET", f"{RESOURCE_API}/namespaces/{ns}/resourceclaimtemplates/{dry_name}")
     assert info.value.status == 404
+
+
+def test_registered_webhook_guards_records_and_ephemeral_containers(stack: Any, rest: KubeRest) -> None:
+    """Through the real API server, with only the webhook (no ValidatingAdmissionPolicy): ordinary pod
+    updates pass (the match condition filters them), a record write by someone other than the
+    allocator and a privileged debug container in a quota'd (DRA-translated) pod are denied."""
+    _, _, ns = stack
+    rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod("guarded", "2Gi"))
+    path = f"/api/v1/namespaces/{ns}/pods/guarded"
+    merge = "application/merge-patch+json"
+    rest.request("PATCH", path, body={"metadata": {"labels": {"team": "a"}, "annotations": {"note": "x"}}},
+                 content_type=merge)
+    with pytest.raises(KubeError) as info:
+        rest.request("PATCH", path, body={"metadata": {"annotations": {"hcs.io/assignment": "{}"}}},
+                     content_type=merge)
+    assert info.value.status == 403 and "only the HCS allocator" in str(info.value)
+    current = rest.request("GET", path)
+    debug = [{"name": "debugger", "image": "hcs.local/busybox:1.35", "targetContainerName": "main",
+              "securityContext": {"privileged": True}}]
+    with pytest.raises(KubeError) as info:
+        rest.request("PATCH", f"{path}/ephemeralcontainers", body={"spec": {"ephemeralContainers": debug}},
+                     content_type="application/strategic-merge-patch+json")
+    assert info.value.status == 403 and "spec.ephemeralContainers[0].securityContext.privileged" in str(info.value)
+    assert current["spec"].get("resourceClaims"), "the pod should be DRA-translated (quota'd through claims)"
