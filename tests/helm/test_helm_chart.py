@@ -233,7 +233,7 @@ def test_node_agent_writes_are_restricted_to_its_own_node(rendered: Render) -> N
     role = one(docs, "ClusterRole", "hcs-node-agent")
     assert not any("resource.k8s.io" in r["apiGroups"] for r in role["rules"])
     assert [p["metadata"]["name"] for p in find(docs, "ValidatingAdmissionPolicy")
-            if p["metadata"]["name"].startswith("hcs-node-agent-") and "pod-writes" not in p["metadata"]["name"]] == [
+            if p["metadata"]["name"].startswith("hcs-node-agent-")] == [
         "hcs-node-agent-computenodes"]
 
 

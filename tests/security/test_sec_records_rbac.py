@@ -91,7 +91,7 @@ def test_chart_rbac_verbs() -> None:
     agent = next(d for d in local if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-node-agent"))
     assert {v for r in agent["rules"] if "pods" in r["resources"] for v in r["verbs"]} == {"list", "watch", "patch"}
     names = {d["metadata"]["name"] for d in local if d["kind"] == "ValidatingAdmissionPolicy"}
-    assert {f"{RELEASE}-hcs-node-agent-pod-writes", f"{RELEASE}-hcs-allocator-pod-writes"} <= names
+    assert {f"{RELEASE}-hcs-pod-writes-node-agent", f"{RELEASE}-hcs-pod-writes-allocator"} <= names
 
 
 # --------------------------------------------------------------------------- the real API server
@@ -187,7 +187,7 @@ def writers(rest: KubeRest) -> Iterator[dict[str, str]]:
     base = "/apis/admissionregistration.k8s.io/v1"
     installed = []
     for d in docs:
-        if not d["metadata"]["name"].endswith("-pod-writes"):
+        if "-pod-writes-" not in d["metadata"]["name"]:
             continue
         if d["kind"] == "ValidatingAdmissionPolicyBinding":
             d["spec"]["matchResources"] = {"namespaceSelector": {"matchLabels": {"hcs-sr-writes": RUN}}}
