@@ -399,3 +399,34 @@ def test_local_policy_never_adopts_an_overcommitting_record() -> None:
     got = {a.pod.uid: a for a in LocalAssignmentSource(lambda: [_device(0)], lister).assignments()}
     assert got["a"] == held and got["b"].containers[0].devices[0].vram_bytes == GI
     assert json.loads(dumps(got["b"], node="n"))["node"] == "n"
+
+
+def test_chart_guards_the_record_with_the_policy_or_else_the_webhook() -> None:
+    """Default: the ValidatingAdmissionPolicy guards record writes and the webhook sees only ephemeral
+    containers; with records.admissionPolicy=false the webhook's /validate takes the record rule."""
+    from hcs.webhook.manifests import EPHEMERAL, POD_UPDATE_MATTERS
+
+    helm = find_helm()
+    if helm is None:
+        pytest.fail("helm not found (built with the local cluster)")
+
+    def shape(**values: Any) -> tuple[set[str], dict[str, Any], dict[str, Any]]:
+        docs = render_chart(helm, "hcs", "hcs-system", **values)
+        policies = {d["metadata"]["name"] for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+        validating = next(d for d in docs if d["kind"] == "ValidatingWebhookConfiguration")
+        hook = next(w for w in validating["webhooks"] if w["name"] == "records.webhook.ai.compute")
+        cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "hcs-webhook")
+        import yaml
+
+        return policies, hook, yaml.safe_load(cm["data"]["config.yaml"])["webhook"]
+
+    policies, hook, cfg = shape()
+    assert "hcs-assignment-records" in policies
+    assert hook["rules"][0]["resources"] == ["pods/ephemeralcontainers"]
+    assert hook["matchConditions"][0]["expression"] == EPHEMERAL
+    policies, hook, cfg = shape(**{"records.admissionPolicy": False})
+    assert "hcs-assignment-records" not in policies
+    assert hook["rules"][0]["resources"] == ["pods", "pods/ephemeralcontainers"]
+    assert hook["matchConditions"][0]["expression"] == POD_UPDATE_MATTERS
+    assert cfg["assignmentWriters"] == ["system:serviceaccount:hcs-system:hcs-allocator"]
+    assert cfg["nodeAssignmentWriters"] == ["system:serviceaccount:hcs-system:hcs-node-agent"]

@@ -115,5 +115,5 @@ app.kubernetes.io/component: {{ index . 1 }}
 
 {{/* CEL: a pod UPDATE the webhook must see (hcs/webhook/manifests.py POD_UPDATE_MATTERS). */}}
 {{- define "hcs.webhook.podUpdateMatters" -}}
-request.?subResource.orValue('') == 'ephemeralcontainers' || object.metadata.?annotations[?'hcs.io/assignment'].orValue('') != oldObject.metadata.?annotations[?'hcs.io/assignment'].orValue('') || object.metadata.?annotations[?'hcs.io/assignment-signature'].orValue('') != oldObject.metadata.?annotations[?'hcs.io/assignment-signature'].orValue('')
+request.?subResource.orValue('') == 'ephemeralcontainers'{{ if not .Values.records.admissionPolicy }} || object.metadata.?annotations[?'hcs.io/assignment'].orValue('') != oldObject.metadata.?annotations[?'hcs.io/assignment'].orValue('') || object.metadata.?annotations[?'hcs.io/assignment-signature'].orValue('') != oldObject.metadata.?annotations[?'hcs.io/assignment-signature'].orValue(''){{ end }}
 {{- end }}
