@@ -13,7 +13,8 @@ Key: the file named by ``$HCS_RECORD_KEY_FILE``, else ``/etc/hcs-record-key/key`
 (where the chart mounts it). Without a key (a developer's shell, unit tests) records are written
 unsigned and read without the MAC check, and the process logs that once; the identity checks apply
 in every mode. A record that fails a check is logged and counted in
-``hcs_assignment_records_rejected_total{component,reason}``; the caller then ignores it.
+``hcs_assignment_records_rejected_total{component,reason}`` (once per record and pod, however often it
+is read); the caller then ignores it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,8 +165,9 @@ class RecordKey:
             msg = parse_record(text)
             self._check(msg, signature, pod, node)
         except RecordError as exc:
-            REJECTED.labels(component or "unknown", exc.reason).inc()
-            log.warning("pod %s: %s record ignored: %s", pod.ref, ASSIGNMENT_ANNOTATION, exc)
+            if _first_rejection(component, pod, text, signature):  # once per record, not per list
+                REJECTED.labels(component or "unknown", exc.reason).inc()
+                log.warning("pod %s: %s record ignored: %s", pod.ref, ASSIGNMENT_ANNOTATION, exc)
             raise
         return msg
 
@@ -193,6 +196,22 @@ class RecordKey:
 
 
 _warned = threading.Event()
+_rejected: OrderedDict[str, None] = OrderedDict()
+_rejected_lock = threading.Lock()
+
+
+def _first_rejection(component: str, pod: PodIdentity, text: str, signature: str | None) -> bool:
+    """True the first time this component rejects this record on this pod (readers re-list often)."""
+    digest = hashlib.sha256(f"{text}\0{signature or ''}".encode()).hexdigest()[:24]
+    key = f"{component}|{pod.uid}|{pod.namespace}/{pod.name}|{pod.node}|{digest}"
+    with _rejected_lock:
+        if key in _rejected:
+            _rejected.move_to_end(key)
+            return False
+        _rejected[key] = None
+        while len(_rejected) > 4096:
+            _rejected.popitem(last=False)
+    return True
 
 
 def _warn_unsigned_once() -> None:

@@ -337,6 +337,8 @@ def test_forged_record_is_ignored_by_agent_and_allocator(rest: KubeRest, spaces:
     assert all(b <= 80 * GI for b in per_device.values()), per_device
     assert _rejected("signature", "node-agent") == before["signature"] + 1
     assert _rejected("uid", "node-agent") == before["uid"] + 2
+    src.assignments()  # the agent re-lists all the time: each forged record is logged and counted once
+    assert _rejected("uid", "node-agent") == before["uid"] + 2
 
     problems = [p for p in sync.resync() if f"pod {ns}/" in p]
     kept = {r.pod.name for r in sync.state.reservations(node)}
