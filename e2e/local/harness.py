@@ -271,6 +271,12 @@ class Harness:
         w.pop("allocatorTokenFile", None)  # no projected token for a host process (allocator: --insecure-dev)
         w.pop("allocatorCAFile", None)
         w["schedulerName"] = self.scheduler_name
+        # the allocator and node agent run with the admin kubeconfig here, so that identity (not the chart's
+        # ServiceAccounts) is the one the webhook lets write hcs.io/assignment records
+        who = self.rest.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        w["assignmentWriters"] = [who["status"]["userInfo"]["username"]]
+        w["nodeAssignmentWriters"] = []
         self.configs["webhook"] = self._write("webhook.yaml", comps["webhook"])
         self.configs["webhook-ca"] = certs.ca
 

@@ -19,8 +19,9 @@ from typing import Any
 from hcs.allocator.inventory import ExchangeRates, InventoryError, parse_computenode, with_node
 from hcs.allocator.placement import ANN_ASSIGNMENT, PodDemand, RequestError, demand_from_pod
 from hcs.allocator.service import annotation_json, reservation_from_annotation
-from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation
+from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation, RestoreConflict
 from hcs.kube import KubeError, KubeRest
+from hcs.records import CONFLICTS, SIGNATURE_ANNOTATION, PodIdentity, RecordError, RecordKey
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,13 @@ def _now_rfc3339() -> str:
 class KubeSync:
     """Keeps :class:`AllocatorState` in step with ComputeNodes, Nodes and annotated pods."""
 
-    def __init__(self, rest: KubeRest, state: AllocatorState, rates: ExchangeRates | None = None) -> None:
+    def __init__(self, rest: KubeRest, state: AllocatorState, rates: ExchangeRates | None = None,
+                 records: RecordKey | None = None) -> None:
         self.rest = rest
         self.state = state
+        #: signs the hcs.io/assignment records this allocator writes and checks those it reads back
+        self.records = records if records is not None else RecordKey.from_env()
+        self._conflicts_reported: set[str] = set()
         self.rates = rates or ExchangeRates.from_config(None)
         self._stop = threading.Event()
         self.problems: list[str] = []
@@ -80,13 +85,15 @@ class KubeSync:
             if phase in ("Succeeded", "Failed"):
                 continue
             where = f"pod {meta.get('namespace')}/{meta.get('name')}"
-            try:
+            try:  # only records this allocator (or a node agent) signed, bound to this very pod
+                self.records.check(text, (meta.get("annotations") or {}).get(SIGNATURE_ANNOTATION),
+                                   PodIdentity.of(pod), component="allocator")
                 res = reservation_from_annotation(text, where)
+            except RecordError as exc:
+                problems.append(f"{where}: {ANN_ASSIGNMENT} ignored: {exc}")
+                continue
             except ValueError as exc:
                 problems.append(str(exc))
-                continue
-            if res.pod.uid != meta.get("uid"):
-                problems.append(f"{where}: annotation belongs to pod uid {res.pod.uid}, not {meta.get('uid')}; ignored")
                 continue
             bound = (pod.get("spec") or {}).get("nodeName")
             if bound and bound != res.node:
@@ -99,17 +106,33 @@ class KubeSync:
             if demand is not None:
                 from dataclasses import replace
 
-                res = replace(res, cpu_milli=demand.cpu_milli, memory_bytes=demand.memory_bytes)
+                # the pod's own creation time decides who came first in a conflict (not the record's)
+                res = replace(res, cpu_milli=demand.cpu_milli, memory_bytes=demand.memory_bytes,
+                              pod=replace(res.pod, created_ms=demand.pod.created_ms or res.pod.created_ms))
             live[res.pod.uid] = res
         for r in self.state.reservations():
             if r.pod.uid not in live:
                 log.info("pod %s (%s) no longer holds devices on %s: released", r.pod.ref, r.pod.uid, r.node)
                 self.state.release(r.pod.uid)
-        problems += self.state.restore(live.values())
+        problems += self.state.restore(live.values(), on_conflict=self._report_conflict)
         for p in problems:
             log.warning("%s", p)
         self.problems = problems
         return problems
+
+    def _report_conflict(self, c: RestoreConflict) -> None:
+        """A restored reservation lost to an earlier pod's: an Event on the pod and the conflicts metric."""
+        if c.loser.pod.uid in self._conflicts_reported:
+            return  # reported once per pod, not on every resync
+        if len(self._conflicts_reported) > 10000:
+            self._conflicts_reported.clear()
+        self._conflicts_reported.add(c.loser.pod.uid)
+        CONFLICTS.labels(c.loser.node).inc()
+        held = ", ".join(w.pod.ref for w in c.winners) or "earlier pods"
+        self.event(c.loser.pod.namespace, c.loser.pod.name, c.loser.pod.uid, "HcsAssignmentConflict",
+                   f"the devices recorded for this pod on {c.loser.node} are held by the earlier {held} "
+                   f"({c.reason}); this pod's reservation was not restored. Delete and recreate the pod to "
+                   "be placed again")
 
     # ---------------------------------------------------------------- image retargeting
     def release_vendor_gates(self) -> int:
@@ -171,7 +194,8 @@ class KubeSync:
         return demand_from_pod(pod) if pod else None
 
     def annotate(self, r: Reservation | None, namespace: str, name: str) -> None:
-        body = {"metadata": {"annotations": {ANN_ASSIGNMENT: annotation_json(r) if r else None}}}
+        """Write (or with ``None`` remove) the pod's signed assignment record."""
+        body = {"metadata": {"annotations": self.records.annotations(annotation_json(r) if r else None)}}
         self.rest.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body, content_type=MERGE)
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None:

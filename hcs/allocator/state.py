@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,6 +54,15 @@ class Conflict(HcsError):
 
 
 @dataclass(frozen=True)
+class RestoreConflict:
+    """A restored reservation that overlapped earlier pods' and was not adopted."""
+
+    loser: Reservation
+    winners: tuple[Reservation, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
 class Reservation:
     pod: PodRef
     node: str
@@ -66,6 +75,11 @@ class Reservation:
     def grants(self) -> Iterable[Grant]:
         for _, gs in self.containers:
             yield from gs
+
+
+def _age(r: Reservation) -> tuple[int, int, str]:
+    """Who came first (conflicts in :meth:`AllocatorState.restore`: the later pod loses)."""
+    return (r.pod.created_ms, r.reserved_at_ms, r.pod.uid)
 
 
 class AllocatorState:
@@ -226,29 +240,71 @@ class AllocatorState:
                 self._apply(res, -1)
             return res
 
-    def restore(self, reservations: Iterable[Reservation]) -> list[str]:
-        """Adopt reservations read back from pod annotations; returns problems (never raises)."""
-        problems = []
+    def restore(self, reservations: Iterable[Reservation],
+                on_conflict: Callable[[RestoreConflict], None] | None = None) -> list[str]:
+        """Adopt reservations read back from pod annotations; returns problems (never raises).
+
+        Never over-commits: when records overlap (a bug, a split brain, a forged record that got past
+        the integrity check), the earliest pod (creation time, then reservation time, then uid) keeps
+        its devices and every later overlapping pod loses its reservation — including one this
+        allocator already held. Each loser is reported to ``on_conflict`` (the caller posts an Event on
+        the pod and counts it) and in the returned problems.
+        """
+        problems: list[str] = []
+        lost: list[RestoreConflict] = []
         with self._lock:
+            fresh: dict[str, Reservation] = {}
             for r in reservations:
-                if r.pod.uid in self._res:
-                    continue
-                try:
+                if r.pod.uid and r.pod.uid not in self._res:
+                    fresh.setdefault(r.pod.uid, r)
+            clashing: list[Reservation] = []
+            for r in sorted(fresh.values(), key=_age):
+                if self._overcommit(r) is None:
                     self._apply(r)
-                except Conflict as exc:
-                    problems.append(f"pod {r.pod.ref}: {exc}")
-                    # keep the bound pod's claim anyway so nothing else is placed on top of it
-                    self._apply_unchecked(r)
+                else:
+                    clashing.append(r)
+            if clashing:
+                # earliest pod wins: rebuild usage from every reservation in age order
+                everyone = sorted([*self._res.values(), *clashing], key=_age)
+                for r in list(self._res.values()):
+                    self._apply(r, -1)
+                for r in everyone:
+                    why = self._overcommit(r)
+                    if why is None:
+                        self._apply(r)
+                        continue
+                    winners = tuple(w for w in self._res.values() if w.node == r.node and
+                                    {g.device for g in w.grants()} & {g.device for g in r.grants()})
+                    lost.append(RestoreConflict(r, winners, why))
+        for c in lost:
+            held_by = ", ".join(f"{w.pod.ref} (uid {w.pod.uid})" for w in c.winners) or "capacity"
+            problems.append(f"pod {c.loser.pod.ref}: its devices on {c.loser.node} are held by the earlier "
+                            f"{held_by}: {c.reason}; reservation not adopted (the later pod loses)")
+            if on_conflict is not None:
+                try:
+                    on_conflict(c)
+                except Exception:  # reporting must not undo the restore
+                    log.exception("reporting the conflict of pod %s failed", c.loser.pod.ref)
         return problems
 
-    def _apply_unchecked(self, r: Reservation) -> None:
-        self.version += 1
-        nu = self._usage.setdefault(r.node, {})
+    def _overcommit(self, r: Reservation) -> str | None:
+        """Why adopting ``r`` would over-commit a device (None: it fits; unknown nodes are not checked)."""
+        inv = self._nodes.get(r.node)
+        if inv is None:
+            return None
+        nu = self._usage.get(r.node, {})
+        extra: dict[str, tuple[int, int]] = {}
         for g in r.grants():
-            u = nu.get(g.device, (0, 0))
-            nu[g.device] = (u[0] + g.vram_bytes, u[1] + g.tflops_milli)
-            self._track(r.node, g, 1)
-        self._res[r.pod.uid] = r
+            d = inv.device(g.device)
+            if d is None:
+                return f"node {r.node} has no device {g.device}"
+            u = extra.get(g.device, nu.get(g.device, (0, 0)))
+            u = (u[0] + g.vram_bytes, u[1] + g.tflops_milli)
+            extra[g.device] = u
+            if g.vram_bytes < 0 or g.tflops_milli < 0 or u[0] > d.vram_bytes or u[1] > d.tflops_milli:
+                return (f"device {r.node}/{g.device} cannot hold its grant of {g.vram_bytes} B "
+                        f"({u[0]} of {d.vram_bytes} B with the earlier pods')")
+        return None
 
     def _track(self, node: str, g: Grant, sign: int) -> None:
         """Keep the fast path's usage arrays in step with ``_usage``."""

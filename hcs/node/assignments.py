@@ -15,11 +15,14 @@ from typing import Any, Protocol
 
 from hcs.devices.model import Device, Vendor
 from hcs.quantity import parse_bytes
+from hcs.records import ASSIGNMENT_ANNOTATION as ASSIGNMENT_ANNOTATION
+from hcs.records import SIGNATURE_ANNOTATION as SIGNATURE_ANNOTATION
+from hcs.records import PodIdentity, RecordError, RecordKey
 
 log = logging.getLogger(__name__)
 
 VRAM_RESOURCE = "ai.compute/vram"
-ASSIGNMENT_ANNOTATION = "hcs.io/assignment"
+_NO_KEY = RecordKey(None)  # identity checks only (callers without a key: tests, static listers)
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,15 @@ class PodDemand:
 PodLister = Callable[[], Sequence[PodDemand]]
 
 
-def demand_from_pod(pod: Mapping[str, Any]) -> PodDemand | None:
-    """A pod (API-server JSON dict) → its VRAM demand, or None when it asks for none / is finished."""
+def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, node: str = "",
+                    component: str = "node-agent") -> PodDemand | None:
+    """A pod (API-server JSON dict) → its VRAM demand, or None when it asks for none / is finished.
+
+    The pod's ``hcs.io/assignment`` record is adopted only when it passes :meth:`RecordKey.check`:
+    bound to this pod's (non-empty) uid, namespace and name, to ``node`` (the agent's own) and, with a
+    key, carrying a valid MAC. Anything else is logged, counted and ignored, so the local policy places
+    the pod by its real request.
+    """
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
@@ -124,16 +134,16 @@ def demand_from_pod(pod: Mapping[str, Any]) -> PodDemand | None:
     ref = PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
                  _created_ms(meta.get("creationTimestamp")))
     assigned = None
-    raw_assignment = (meta.get("annotations") or {}).get(ASSIGNMENT_ANNOTATION)
+    annotations = meta.get("annotations") or {}
+    raw_assignment = annotations.get(ASSIGNMENT_ANNOTATION)
     if raw_assignment:
+        key = records if records is not None else _NO_KEY
         try:
-            assigned = assignment_from_annotation(str(raw_assignment))
-            if assigned.pod.uid and assigned.pod.uid != ref.uid:
-                log.warning("pod %s: annotation %s is for pod uid %s; ignoring it", ref.ref, ASSIGNMENT_ANNOTATION,
-                            assigned.pod.uid)
-                assigned = None
-            else:
-                assigned = replace(assigned, pod=ref)
+            msg = key.check(str(raw_assignment), annotations.get(SIGNATURE_ANNOTATION), PodIdentity.of(pod),
+                            node=node, component=component)
+            assigned = replace(_from_message(msg), pod=ref)
+        except RecordError:
+            pass  # logged and counted by check(); the local policy places the pod by its request
         except ValueError as exc:
             log.warning("pod %s: bad %s annotation (%s); placing it with the local policy", ref.ref,
                         ASSIGNMENT_ANNOTATION, exc)
@@ -205,11 +215,14 @@ class LocalAssignmentSource:
             present = {d.pod.uid for d in demands}
             for uid in [u for u, a in self._by_uid.items() if u not in present and not a.confirmed]:
                 del self._by_uid[uid]
-            for demand in demands:
-                if demand.assigned is not None and demand.pod.uid not in self._by_uid:
-                    self._by_uid[demand.pod.uid] = demand.assigned
-            devices = [d for d in self._devices() if d.health.healthy]
+            all_devices = list(self._devices())
             used = self._used()
+            for demand in sorted(demands, key=lambda d: (d.pod.created_ms, d.pod.uid)):
+                # even a genuine record is adopted only where it does not overcommit a device
+                if (demand.assigned is not None and demand.pod.uid not in self._by_uid
+                        and self._fits(demand.assigned, all_devices, used)):
+                    self._by_uid[demand.pod.uid] = demand.assigned
+            devices = [d for d in all_devices if d.health.healthy]
             for demand in sorted(demands, key=lambda d: (d.pod.created_ms, d.pod.uid)):
                 if demand.pod.uid in self._by_uid:
                     continue
@@ -225,6 +238,28 @@ class LocalAssignmentSource:
                 for g in c.devices:
                     used[g.key] = used.get(g.key, 0) + g.vram_bytes
         return used
+
+    @staticmethod
+    def _fits(a: Assignment, devices: Sequence[Device], used: dict[str, int]) -> bool:
+        """Adopt a recorded assignment only onto known devices with room; ``used`` grows when it fits."""
+        by_key = {d.key: d for d in devices}
+        trial = dict(used)
+        for c in a.containers:
+            for g in c.devices:
+                d = by_key.get(g.key)
+                if d is None or (d.uuid and g.uuid and d.uuid != g.uuid):
+                    log.warning("pod %s: recorded assignment names device %s (%s), which this node does not have; "
+                                "placing the pod by its request", a.pod.ref, g.key, g.uuid)
+                    return False
+                trial[g.key] = trial.get(g.key, 0) + g.vram_bytes
+                if g.vram_bytes < 0 or trial[g.key] > d.vram_total_bytes:
+                    log.warning("pod %s: recorded assignment of %d bytes on %s would overcommit it (%d of %d "
+                                "bytes already granted); placing the pod by its request", a.pod.ref,
+                                g.vram_bytes, g.key, used.get(g.key, 0), d.vram_total_bytes)
+                    return False
+        used.clear()
+        used.update(trial)
+        return True
 
     @staticmethod
     def _place(demand: PodDemand, devices: Sequence[Device], used: dict[str, int]) -> Assignment | None:
@@ -282,7 +317,8 @@ def dumps(a: Assignment, node: str = "") -> str:
 
 def assignment_from_annotation(text: str) -> Assignment:
     """The ``hcs.io/assignment`` annotation: proto3 JSON of ``hcs.allocator.v1.Assignment`` (camelCase or
-    snake_case field names). Raises ValueError saying what is wrong."""
+    snake_case field names). Raises ValueError saying what is wrong. (Parsing only: trust comes from
+    :meth:`hcs.records.RecordKey.check`.)"""
     from google.protobuf import json_format
 
     from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
@@ -292,6 +328,12 @@ def assignment_from_annotation(text: str) -> Assignment:
         json_format.Parse(text, msg, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise ValueError(f"not an hcs.allocator.v1.Assignment in JSON: {exc}") from exc
+    return _from_message(msg)
+
+
+def _from_message(msg: Any) -> Assignment:
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
+
     try:
         containers = tuple(
             ContainerAssignment(c.container, tuple(

@@ -35,6 +35,9 @@ class NodeMetrics:
         self.health_events = Counter("hcs_device_health_changes_total", "Health changes seen.",
                                      ("device", "healthy"), registry=r)
         self.reports = Counter("hcs_computenode_reports_total", "ComputeNode writes.", ("result",), registry=r)
+        from hcs.records import REJECTED
+
+        r.register(REJECTED)  # hcs_assignment_records_rejected_total{component,reason}
         self._server: Any = None
 
     def serve(self, address: str, port: int) -> int:

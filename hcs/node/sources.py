@@ -16,7 +16,6 @@ from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
 from hcs.devices.model import Vendor
 from hcs.kube import KubeError, KubeRest
 from hcs.node.assignments import (
-    ASSIGNMENT_ANNOTATION,
     Assignment,
     ContainerAssignment,
     DeviceGrant,
@@ -25,6 +24,7 @@ from hcs.node.assignments import (
     demand_from_pod,
     dumps,
 )
+from hcs.records import RecordKey
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +91,39 @@ class AllocatorAssignmentSource:
 
 class KubePodLister:
     """Pods bound to this node that ask for ``ai.compute/vram`` (fresh list on every call: the pod
-    being admitted must be in it, so no cache)."""
+    being admitted must be in it, so no cache). Every request carries the ``spec.nodeName`` field
+    selector: the agent never reads other nodes' pods. Recorded assignments are checked with
+    ``records`` (see :mod:`hcs.records`) before the local policy adopts them."""
 
-    def __init__(self, rest: KubeRest, node: str) -> None:
+    def __init__(self, rest: KubeRest, node: str, records: RecordKey | None = None) -> None:
+        if not node:
+            raise ValueError("KubePodLister needs the node name (it lists only that node's pods)")
         self.rest = rest
         self.node = node
+        self.records = records if records is not None else RecordKey.from_env()
 
     def __call__(self) -> Sequence[PodDemand]:
         try:
-            data: dict[str, Any] = self.rest.request("GET", "/api/v1/pods",
-                                                     query={"fieldSelector": f"spec.nodeName={self.node}"})
+            data: dict[str, Any] = self.rest.request("GET", "/api/v1/pods", query=node_pods_query(self.node))
         except KubeError as exc:
             raise RuntimeError(f"listing pods on node {self.node}: {exc}") from exc
         out = []
         for pod in data.get("items") or []:
-            d = demand_from_pod(pod)
+            if ((pod.get("spec") or {}).get("nodeName") or "") != self.node:
+                continue  # never act on another node's pod, whatever the server returned
+            d = demand_from_pod(pod, self.records, self.node)
             if d is not None:
                 out.append(d)
         return out
 
     def annotate(self, a: Assignment) -> None:
-        """Write the (local policy's) assignment onto the pod, as the allocator does."""
-        body = {"metadata": {"annotations": {ASSIGNMENT_ANNOTATION: dumps(a)}}}
+        """Write the (local policy's) assignment onto the pod, signed, as the allocator does."""
+        text = dumps(a, node=self.node)
+        body = {"metadata": {"annotations": self.records.annotations(text)}}
         self.rest.request("PATCH", f"/api/v1/namespaces/{a.pod.namespace}/pods/{a.pod.name}", body=body,
                           content_type="application/merge-patch+json")
+
+
+def node_pods_query(node: str) -> dict[str, str]:
+    """The query of every pod list/watch the node agent makes: only pods bound to ``node``."""
+    return {"fieldSelector": f"spec.nodeName={node}"}

@@ -138,9 +138,16 @@ def run(args: argparse.Namespace) -> int:
                                                 "allocatorFailurePolicy": cfg.allocator_failure.value,
                                                 "imageMap": cfg.image_map or None,
                                                 "kube": api_client is not None}))
+    claims = None
+    if api_client is not None:  # DRA mode's ResourceClaimTemplates, from admitted pods (not from /mutate)
+        from hcs.webhook.claims import ClaimTemplateController
+
+        claims = ClaimTemplateController(cfg, api_client).start()
     server.start()
     try:
         stop.wait(stop_timeout_s=20)
     finally:
         server.stop()
+        if claims is not None:
+            claims.stop()
     return 0

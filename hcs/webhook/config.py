@@ -63,6 +63,12 @@ class DraSettings:
     step_bytes: int = 2**30
 
 
+#: /dev and /proc (devices and other processes), HCS's run, state and library dirs, the kubelet's
+#: device-plugin and CDI dirs.
+DEFAULT_PROTECTED_HOST_PATHS = ("/dev", "/proc", "/run/hcs", "/var/run/hcs", "/var/lib/hcs", "/usr/local/hcs",
+                                "/var/lib/kubelet/device-plugins", "/var/run/cdi", "/etc/cdi")
+
+
 @dataclass(frozen=True)
 class WebhookConfig:
     host: str = "0.0.0.0"
@@ -95,6 +101,13 @@ class WebhookConfig:
     #: Extra model names accepted in ``hcs.io/model`` besides the catalog's.
     extra_models: tuple[str, ...] = ()
     dra: DraSettings = field(default_factory=DraSettings)
+    #: Users (``system:serviceaccount:NS:NAME``) that may write a pod's ``hcs.io/assignment`` record: the
+    #: allocator. Everyone else is denied (the chart's ValidatingAdmissionPolicy has the same rule).
+    assignment_writers: tuple[str, ...] = ()
+    #: Users that may write it only on pods bound to the node named in their token (node agents).
+    node_assignment_writers: tuple[str, ...] = ()
+    #: Host paths a quota'd pod may not mount (nor any path inside or above them).
+    protected_host_paths: tuple[str, ...] = DEFAULT_PROTECTED_HOST_PATHS
 
     def with_overrides(self, **changes: Any) -> WebhookConfig:
         return replace(self, **changes)
@@ -105,7 +118,7 @@ _KEYS = {
     "slotResource", "denyPrivilegedWithQuota", "allocatorFailurePolicy", "allocatorAddress", "imageMap",
     "allocatorTokenFile", "allocatorCAFile",
     "cacheTTLSeconds", "maxBodyBytes", "maxDepth", "kubeconfig", "extraModels", "dra", "failurePolicy",
-    "largestIsland",
+    "largestIsland", "assignmentWriters", "nodeAssignmentWriters", "protectedHostPaths",
 }
 _DRA_KEYS = {
     "deviceClass", "driver", "islandAttribute", "vendorAttribute", "modelAttribute", "memoryCapacity",
@@ -237,4 +250,17 @@ def webhook_config(raw: Mapping[str, Any], *, source: str = "config") -> Webhook
         extra_models=tuple(extra),
         largest_island_bytes=_bytes(raw, "largestIsland", 1, where) if "largestIsland" in raw else None,
         dra=_dra(raw.get("dra"), f"{where}.dra"),
+        assignment_writers=_strs(raw, "assignmentWriters", d.assignment_writers, where),
+        node_assignment_writers=_strs(raw, "nodeAssignmentWriters", d.node_assignment_writers, where),
+        protected_host_paths=_strs(raw, "protectedHostPaths", d.protected_host_paths, where, absolute=True),
     )
+
+
+def _strs(raw: Mapping[str, Any], key: str, default: tuple[str, ...], where: str, *,
+          absolute: bool = False) -> tuple[str, ...]:
+    value = raw.get(key, list(default))
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}.{key}: expected a list of non-empty strings, got {value!r}")
+    if absolute and not all(v.startswith("/") for v in value):
+        raise ConfigError(f"{where}.{key}: expected absolute paths such as /dev, got {value!r}")
+    return tuple(value)

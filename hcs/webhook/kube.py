@@ -2,7 +2,7 @@
 
 * the mode of a namespace (label ``hcs.io/mode: dra|device-plugin``), TTL-cached;
 * the image map ConfigMap (data key ``images.yaml``: image → vendor → image), TTL-cached;
-* creation of generated ResourceClaimTemplates (create-if-absent, remembered once created).
+(ResourceClaimTemplates are created by :mod:`hcs.webhook.claims` from admitted pods, not here.)
 
 A failed read falls back to the last good value (or the cluster default) and is logged; the
 admission path never raises because the API server is slow or down.
@@ -14,8 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -27,10 +26,6 @@ from hcs.webhook.mutate import ImageMap
 log = logging.getLogger(__name__)
 
 IMAGE_MAP_KEY = "images.yaml"
-
-
-class TemplateError(Exception):
-    """A generated ResourceClaimTemplate could not be created."""
 
 
 def parse_image_map(text: str, *, source: str) -> dict[str, dict[str, str]]:
@@ -95,8 +90,6 @@ class ClusterView:
         self._cfg = cfg
         self._api_client = api_client
         self._cache = _Ttl(cfg.cache_ttl_s, clock)
-        self._created: OrderedDict[str, None] = OrderedDict()
-        self._created_lock = threading.Lock()
 
     def _get_json(self, path: str) -> Any:
         resp = self._api_client.call_api(
@@ -111,6 +104,11 @@ class ClusterView:
             err.status = resp.status  # type: ignore[attr-defined]
             raise err
         return json.loads(resp.data)
+
+    @property
+    def connected(self) -> bool:
+        """Whether this webhook has API-server credentials (DRA mode's template controller needs them)."""
+        return self._api_client is not None
 
     def namespace_mode(self, namespace: str) -> Mode:
         """The namespace's ``hcs.io/mode`` label, else the cluster-wide ``webhook.mode``."""
@@ -146,33 +144,3 @@ class ClusterView:
 
         result: ImageMap = self._cache.get("imagemap", load, {})
         return result
-
-    def ensure_templates(self, templates: tuple[Mapping[str, Any], ...], *, dry_run: bool) -> None:
-        """Create the ResourceClaimTemplates a mutated pod refers to (no-op on dry runs)."""
-        if not templates or dry_run:
-            return
-        if self._api_client is None:
-            raise TemplateError("DRA mode needs API-server access to create ResourceClaimTemplates; "
-                                "run the webhook with a kubeconfig or in-cluster credentials")
-        for tpl in templates:
-            meta = tpl["metadata"]
-            key = f"{meta['namespace']}/{meta['name']}"
-            with self._created_lock:
-                if key in self._created:
-                    continue
-            path = f"/apis/resource.k8s.io/v1/namespaces/{meta['namespace']}/resourceclaimtemplates"
-            resp = self._api_client.call_api(
-                *self._api_client.param_serialize(
-                    method="POST", resource_path=path, body=dict(tpl), auth_settings=["BearerToken"],
-                    header_params={"Content-Type": "application/json"},
-                ),
-                _request_timeout=5,
-            )
-            resp.read()
-            if resp.status not in (200, 201, 409):  # 409: already there (same content, same name)
-                raise TemplateError(f"creating ResourceClaimTemplate {key} failed: HTTP {resp.status} "
-                                    f"{resp.data[:300]!r}; check the webhook's RBAC for resourceclaimtemplates")
-            with self._created_lock:
-                self._created[key] = None
-                while len(self._created) > 10000:
-                    self._created.popitem(last=False)

@@ -28,6 +28,17 @@ WORKLOAD_RULES = [
 ]
 POD_RULE = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
             "scope": "Namespaced"}
+#: Pod updates that matter to HCS: the assignment record (hcs.io/assignment and its signature) changing,
+#: and ephemeral containers being added (the one way to add a container to a quota'd pod).
+POD_UPDATE_RULE = {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                   "resources": ["pods", "pods/ephemeralcontainers"], "scope": "Namespaced"}
+_RECORD_KEYS = ("hcs.io/assignment", "hcs.io/assignment-signature")
+RECORD_CHANGED = " || ".join(
+    f"object.metadata.?annotations[?'{k}'].orValue('') != oldObject.metadata.?annotations[?'{k}'].orValue('')"
+    for k in _RECORD_KEYS)
+EPHEMERAL = "request.?subResource.orValue('') == 'ephemeralcontainers'"
+POD_UPDATE_MATTERS = f"{EPHEMERAL} || {RECORD_CHANGED}"
+EPHEMERAL_RULE = {**POD_UPDATE_RULE, "resources": ["pods/ephemeralcontainers"]}
 
 
 def _client_config(path: str, ca_bundle: str, url: str | None, service: tuple[str, str, int] | None) -> dict[str, Any]:
@@ -43,11 +54,13 @@ def _client_config(path: str, ca_bundle: str, url: str | None, service: tuple[st
 def webhook_configurations(
     *, ca_bundle: str, url: str | None = None, service: tuple[str, str, int] | None = None,
     failure_policy: str = "Fail", timeout_s: int = 5, exclude_namespaces: tuple[str, ...] = ("kube-system",),
-    name_suffix: str = "", namespace_selector: dict[str, Any] | None = None,
+    name_suffix: str = "", namespace_selector: dict[str, Any] | None = None, record_writes: bool = True,
 ) -> list[dict[str, Any]]:
     """``[MutatingWebhookConfiguration, ValidatingWebhookConfiguration]`` for a webhook at url/service.
 
     ``namespace_selector`` replaces the default (every namespace but ``exclude_namespaces``).
+    ``record_writes``: the webhook also guards ``hcs.io/assignment`` writes (for clusters without the
+    chart's ValidatingAdmissionPolicy; with it, leave the allocator's writes independent of the webhook).
     """
     ns_selector = namespace_selector or {"matchExpressions": [
         {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(exclude_namespaces)}]}
@@ -61,8 +74,8 @@ def webhook_configurations(
             "name": "mutate.webhook.ai.compute",
             "clientConfig": _client_config("/mutate", ca_bundle, url, service),
             "rules": [POD_RULE],
-            # creates ResourceClaimTemplates in DRA mode, never on dry runs
-            "sideEffects": "NoneOnDryRun",
+            # creates nothing: DRA templates come from the admitted pods (hcs.webhook.claims)
+            "sideEffects": "None",
             "reinvocationPolicy": "IfNeeded",
             "matchConditions": [{"name": "asks-ai-compute", "expression": POD_ASKS_ACCELERATOR}],
             **common,
@@ -86,6 +99,15 @@ def webhook_configurations(
             "clientConfig": _client_config("/validate", ca_bundle, url, service),
             "rules": [POD_RULE, *WORKLOAD_RULES],
             "sideEffects": "None",
+            **common,
+        }, {
+            # only the allocator writes hcs.io/assignment; no privileged ephemeral containers in quota'd pods
+            "name": "records.webhook.ai.compute",
+            "clientConfig": _client_config("/validate", ca_bundle, url, service),
+            "rules": [POD_UPDATE_RULE if record_writes else EPHEMERAL_RULE],
+            "sideEffects": "None",
+            "matchConditions": [{"name": "record-or-ephemeral",
+                                 "expression": POD_UPDATE_MATTERS if record_writes else EPHEMERAL}],
             **common,
         }],
     }

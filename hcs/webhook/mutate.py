@@ -51,6 +51,9 @@ from hcs.webhook.validate import Amounts
 ImageMap = Mapping[str, Mapping[str, str]]
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "hcs-webhook"}
+#: DRA mode: label selecting the pods whose ResourceClaimTemplates :mod:`hcs.webhook.claims` creates, and
+#: annotation recording each template's inputs ({template name: {"vram": bytes, "tflops": n}}).
+CLAIM_TEMPLATES = "hcs.io/claim-templates"
 REQUEST_NAME = "accel"
 DEFAULT_SCHEDULER = "default-scheduler"
 
@@ -59,7 +62,8 @@ DEFAULT_SCHEDULER = "default-scheduler"
 class Mutation:
     patch: tuple[dict[str, Any], ...] = ()
     warnings: tuple[str, ...] = ()
-    #: ResourceClaimTemplates (dicts, resource.k8s.io/v1) that must exist for the patched pod.
+    #: ResourceClaimTemplates (dicts, resource.k8s.io/v1) the patched pod refers to. The webhook does not
+    #: create them (admission has no side effects): :mod:`hcs.webhook.claims` does, from the admitted pod.
     templates: tuple[dict[str, Any], ...] = ()
 
 
@@ -194,10 +198,11 @@ def _patch_ops(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]
     """JSON-patch ``add`` ops for the subtrees the webhook touches (``add`` replaces object members)."""
     ops: list[dict[str, Any]] = []
     old_meta, new_meta = as_dict(old.get("metadata")), as_dict(new.get("metadata"))
-    if old_meta.get("annotations") != new_meta.get("annotations"):
-        if "metadata" not in old:
-            ops.append({"op": "add", "path": "/metadata", "value": {}})
-        ops.append({"op": "add", "path": "/metadata/annotations", "value": new_meta["annotations"]})
+    for key in ("annotations", "labels"):
+        if key in new_meta and old_meta.get(key) != new_meta.get(key):
+            if "metadata" not in old and not ops:
+                ops.append({"op": "add", "path": "/metadata", "value": {}})
+            ops.append({"op": "add", "path": f"/metadata/{key}", "value": new_meta[key]})
     old_spec, new_spec = as_dict(old.get("spec")), as_dict(new.get("spec"))
     for key in ("schedulerName", "schedulingGates", "resourceClaims"):
         if old_spec.get(key) != new_spec.get(key):
@@ -278,10 +283,12 @@ def mutate_pod(
                 res[section] = {**as_dict(res.get(section)), **values}
     else:
         claims = as_list(spec.get("resourceClaims"))
+        inputs: dict[str, dict[str, int | None]] = {}
         for a in amounts:
             claim_name = _dns_name("hcs-", a.container.name)
             tpl = claim_template(namespace, a.vram_bytes, a.tflops, annotations, cfg.dra)
             templates.append(tpl)
+            inputs[tpl["metadata"]["name"]] = {"vram": a.vram_bytes, "tflops": a.tflops}
             claims = [c for c in claims if as_dict(c).get("name") != claim_name]
             claims.append({"name": claim_name, "resourceClaimTemplateName": tpl["metadata"]["name"]})
             res = _container_resources(spec, a)
@@ -295,6 +302,8 @@ def mutate_pod(
             own = [c for c in as_list(res.get("claims")) if as_dict(c).get("name") != claim_name]
             res["claims"] = [*own, {"name": claim_name}]
         spec["resourceClaims"] = claims
+        annotations[CLAIM_TEMPLATES] = json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+        meta["labels"] = {**{str(k): v for k, v in as_dict(meta.get("labels")).items()}, CLAIM_TEMPLATES: "true"}
 
     warnings += _image_retarget(spec, annotations, image_map or {}, mode)
     meta["annotations"] = annotations

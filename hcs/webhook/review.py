@@ -15,10 +15,18 @@ from typing import Any
 
 from hcs.webhook.capacity import IslandCapacity
 from hcs.webhook.config import WebhookConfig
-from hcs.webhook.kube import ClusterView, TemplateError
+from hcs.webhook.kube import ClusterView
 from hcs.webhook.mutate import mutate_pod, normalise_template
 from hcs.webhook.podspec import TEMPLATE_PATHS, as_dict, depth_exceeds, pod_template
-from hcs.webhook.validate import Verdict, template_amounts, validate_template
+from hcs.webhook.validate import (
+    Verdict,
+    check_quota_escapes,
+    check_record_write,
+    check_template_record,
+    is_quota_pod,
+    template_amounts,
+    validate_template,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +108,20 @@ class Admission:
         template = pod_template(as_dict(obj), kind) if isinstance(obj, dict) else None
         if template is None or operation not in ("CREATE", "UPDATE"):
             return Answer(200, _respond(uid, True), "allowed", kind)
+        # only the allocator (and node agents, for their node) may write the assignment record
+        records = check_record_write(request, self.cfg) if kind == "Pod" else check_template_record(template)
         if kind == "Pod" and operation == "UPDATE":
             # a pod's accelerator request is fixed at creation; updates are the allocator's annotations
-            # and image retargeting, which must not be blocked by a changed cluster.
+            # and image retargeting, which must not be blocked by a changed cluster. Ephemeral containers
+            # (kubectl debug) are the one way to add a container: held to the quota rules.
+            verdict = records
+            if request.get("subResource") == "ephemeralcontainers" and is_quota_pod(template):
+                verdict = verdict.merge(check_quota_escapes(template, self.cfg, ("ephemeralContainers",)))
+            if not verdict.allowed:
+                return self._deny(uid, kind, request, as_dict(obj), verdict)
             return Answer(200, _respond(uid, True), "allowed", kind)
         _, verdict = validate_template(template, self.cfg, self.capacity)
+        verdict = records.merge(verdict)
         if not verdict.allowed:
             return self._deny(uid, kind, request, as_dict(obj), verdict)
         return Answer(200, _respond(uid, True, warnings=verdict.warnings), "allowed", kind)
@@ -149,16 +166,13 @@ class Admission:
         if not verdict.allowed:
             return self._deny(uid, kind, request, obj, verdict)
         mode = self.cluster.namespace_mode(namespace)
+        # No side effects: DRA templates are created by hcs.webhook.claims from the admitted pod, never
+        # here, where the caller (anyone reaching this port) is not authenticated.
         mutation = mutate_pod(obj, template, amounts, namespace, mode, self.cfg, self.cluster.image_map())
-        try:
-            self.cluster.ensure_templates(mutation.templates, dry_run=bool(request.get("dryRun")))
-        except TemplateError as exc:
-            return Answer(200, _respond(uid, False, message=f"Pod in namespace {namespace}: {exc}", code=500),
-                          "denied", kind)
-        except Exception as exc:  # API server unreachable
+        if mutation.templates and not self.cluster.connected and not request.get("dryRun"):
             return Answer(200, _respond(uid, False, code=500, message=(
-                f"Pod in namespace {namespace}: could not create the ResourceClaimTemplate for DRA mode "
-                f"({type(exc).__name__}); retry when the API server is reachable")), "denied", kind)
+                f"Pod in namespace {namespace}: DRA mode needs API-server access to create ResourceClaimTemplates; "
+                "run the webhook with a kubeconfig or in-cluster credentials")), "denied", kind)
         result = "patched" if mutation.patch else "allowed"
         warnings = verdict.warnings + mutation.warnings
         return Answer(200, _respond(uid, True, warnings=warnings, patch=mutation.patch), result, kind)

@@ -10,6 +10,7 @@ decides (admit with a warning, or deny).
 from __future__ import annotations
 
 import math
+import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -21,6 +22,7 @@ from hcs.quantity import format_bytes, parse_quantity
 from hcs.webhook.capacity import CapacityUnavailable, IslandCapacity
 from hcs.webhook.config import (
     ANN_MODEL,
+    ANN_ORIGINAL,
     ANN_POLICY,
     ANN_TOPOLOGY,
     ANN_VENDOR,
@@ -30,7 +32,7 @@ from hcs.webhook.config import (
     FailurePolicy,
     WebhookConfig,
 )
-from hcs.webhook.podspec import ContainerRef, PodTemplate, as_dict, containers, split_selector
+from hcs.webhook.podspec import ContainerRef, PodTemplate, as_dict, as_list, containers, split_selector
 
 TOPOLOGY_VALUES = (HIGH_BANDWIDTH, "none")
 POLICY_VALUES = ("binpack", "spread")
@@ -173,28 +175,136 @@ def check_annotations(t: PodTemplate, cfg: WebhookConfig) -> list[str]:
     return errors
 
 
-def _privileged(c: ContainerRef) -> bool:
-    sc = as_dict(c.body.get("securityContext"))
-    caps = as_dict(sc.get("capabilities"))
-    added = {str(x).upper() for x in caps.get("add", []) if isinstance(x, str)} if isinstance(
-        caps.get("add"), list) else set()
-    return sc.get("privileged") is True or "SYS_ADMIN" in added or "ALL" in added
+#: Capabilities that let a container get around the in-container quota: SYS_ADMIN (mounts, namespaces,
+#: device cgroups), SYS_PTRACE (rewrite another process or the interceptor's state), SYS_RAWIO and
+#: SYS_MODULE (talk to the device or the kernel directly), ALL (every one of them).
+QUOTA_BREAKING_CAPS = ("SYS_ADMIN", "SYS_PTRACE", "SYS_RAWIO", "SYS_MODULE", "ALL")
+ALL_CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
+DRA_CLAIM_PREFIX = "hcs-"
 
 
-def check_privileged(amounts: list[Amounts], cfg: WebhookConfig) -> Verdict:
-    denials: list[str] = []
-    warnings: list[str] = []
-    for a in amounts:
-        if a.vram_bytes is None or not _privileged(a.container):
+def _cap_name(value: object) -> str:
+    """``cap_sys_admin`` / ``CAP_SYS_ADMIN`` / `` sys_admin `` → ``SYS_ADMIN`` (the kernel ignores case)."""
+    name = str(value).strip().upper()
+    return name[4:] if name.startswith("CAP_") else name
+
+
+def is_quota_pod(t: PodTemplate) -> bool:
+    """A pod held to an HCS quota: it asks for ``ai.compute/*``, or the webhook translated it (DRA mode
+    moves the request into ``hcs-*`` resource claims and records it in ``hcs.io/original-request``)."""
+    if any(c.asks_accelerator for c in containers(t.spec)):
+        return True
+    if ANN_ORIGINAL in as_dict(t.metadata.get("annotations")):
+        return True
+    return any(str(as_dict(c).get("name", "")).startswith(DRA_CLAIM_PREFIX)
+               for c in as_list(t.spec.get("resourceClaims")))
+
+
+def _covers(host_path: str, protected: str) -> bool:
+    """Mounting ``host_path`` exposes ``protected`` (the same dir, inside it, or an ancestor of it)."""
+    hp = "/" + posixpath.normpath("/" + host_path).lstrip("/")
+    pr = "/" + posixpath.normpath("/" + protected).lstrip("/")
+    return hp == pr or hp.startswith(pr.rstrip("/") + "/") or pr.startswith(hp.rstrip("/") + "/")
+
+
+def check_quota_escapes(t: PodTemplate, cfg: WebhookConfig, lists: tuple[str, ...] = ALL_CONTAINER_LISTS) -> Verdict:
+    """What would let a quota'd pod leave its quota: privileged containers (init and ephemeral ones
+    included), quota-breaking capabilities, explicit privilege escalation, the host's PID namespace,
+    and hostPath mounts of ``/dev``, ``/proc`` or HCS's own host directories. One line per finding:
+    what, where (field path) and what to do. Callers apply it to quota'd pods only."""
+    problems: list[str] = []
+    spec = t.spec
+    if spec.get("hostPID") is True:
+        problems.append(f"{t.field('spec.hostPID')}: true lets the pod see and trace host processes, the HCS "
+                        "node agent included; remove hostPID")
+    for i, vol in enumerate(as_list(spec.get("volumes"))):
+        hp = as_dict(as_dict(vol).get("hostPath")).get("path")
+        if not isinstance(hp, str):
             continue
-        text = (f"{a.container.where}: privileged (or CAP_SYS_ADMIN) together with a {VRAM} quota: a "
-                "privileged container can bypass the in-container quota and take a whole device")
-        if cfg.deny_privileged_with_quota:
-            denials.append(text + "; drop securityContext.privileged / SYS_ADMIN, or ask an administrator "
-                           "to set webhook.denyPrivilegedWithQuota=false")
-        else:
-            warnings.append(text)
-    return Verdict(tuple(denials), tuple(warnings))
+        hit = next((pr for pr in cfg.protected_host_paths if _covers(hp, pr)), None)
+        if hit is not None:
+            problems.append(f"{t.field(f'spec.volumes[{i}].hostPath.path')}: {hp!r} exposes the host's {hit}, "
+                            "where a container can reach devices or HCS quota files directly; use a volume that "
+                            "is not a hostPath of it")
+    for list_name in lists:
+        for i, raw in enumerate(as_list(spec.get(list_name))):
+            c = as_dict(raw)
+            name = c.get("name") if isinstance(c.get("name"), str) else f"#{i}"
+            base = t.field(f"spec.{list_name}[{i}].securityContext")
+            sc = as_dict(c.get("securityContext"))
+            if sc.get("privileged") is True:
+                problems.append(f"{base}.privileged (container {name!r}): a privileged container can open any "
+                                "device and bypass the in-container quota; remove privileged: true")
+            caps = as_dict(sc.get("capabilities")).get("add")
+            for j, cap in enumerate(as_list(caps)):
+                if _cap_name(cap) in QUOTA_BREAKING_CAPS:
+                    problems.append(f"{base}.capabilities.add[{j}] (container {name!r}): {str(cap)[:40]!r} lets a "
+                                    "container bypass the in-container quota; remove it from capabilities.add")
+            if sc.get("allowPrivilegeEscalation") is True:
+                problems.append(f"{base}.allowPrivilegeEscalation (container {name!r}): true lets setuid programs "
+                                "gain capabilities that bypass the in-container quota; set it to false or remove it")
+    if not problems:
+        return Verdict()
+    if cfg.deny_privileged_with_quota:
+        return Verdict(tuple(p + " (pods with HCS quotas may not; only an administrator can allow it, with "
+                             "webhook.denyPrivilegedWithQuota=false)" for p in problems))
+    return Verdict(warnings=tuple(p + " (admitted: webhook.denyPrivilegedWithQuota=false)" for p in problems))
+
+
+# --- the hcs.io/assignment record: only the allocator (and node agents, for their node) write it ------
+
+RECORD_ANNOTATIONS = ("hcs.io/assignment", "hcs.io/assignment-signature")
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+
+
+def _record(meta: object) -> tuple[object, ...]:
+    ann = as_dict(as_dict(meta).get("annotations"))
+    return tuple(ann.get(k) for k in RECORD_ANNOTATIONS)
+
+
+def check_record_write(request: Mapping[str, object], cfg: WebhookConfig) -> Verdict:
+    """Deny a pod CREATE carrying ``hcs.io/assignment`` (or its signature) and a pod UPDATE changing or
+    removing them, unless the API server authenticated the request as the allocator
+    (``assignmentWriters``) or as a node agent writing a pod bound to its own node
+    (``nodeAssignmentWriters``, node from the token's node-name claim). The same rule as the chart's
+    ValidatingAdmissionPolicy, for clusters without it."""
+    operation = request.get("operation")
+    obj = as_dict(request.get("object"))
+    new = _record(obj.get("metadata"))
+    if operation == "CREATE":
+        if not any(v is not None for v in new):
+            return Verdict()
+    elif operation == "UPDATE":
+        if new == _record(as_dict(request.get("oldObject")).get("metadata")):
+            return Verdict()
+    else:
+        return Verdict()
+    user = as_dict(request.get("userInfo"))
+    username = str(user.get("username", ""))
+    if username and username in cfg.assignment_writers:
+        return Verdict()
+    if username and username in cfg.node_assignment_writers:
+        token_node = next(iter(as_list(as_dict(user.get("extra")).get(NODE_NAME_EXTRA))), "")
+        pod_node = as_dict(obj.get("spec")).get("nodeName") or ""
+        if token_node and token_node == pod_node:
+            return Verdict()
+        return Verdict((f"metadata.annotations[{RECORD_ANNOTATIONS[0]}]: the HCS node agent on node "
+                        f"{token_node or '(unknown)'} may only write it on pods bound to that node, not on a pod "
+                        f"bound to {pod_node or 'no node'}",))
+    verb = "set" if operation == "CREATE" else "changed"
+    return Verdict((f"metadata.annotations[{RECORD_ANNOTATIONS[0]}]: {verb} by {username[:120] or 'an unknown user'}; "
+                    "only the HCS allocator records which devices a pod holds; remove the hcs.io/assignment "
+                    "annotations from your change",))
+
+
+def check_template_record(t: PodTemplate) -> Verdict:
+    """A workload's pod template must not carry the record (its pods would copy a forged one)."""
+    ann = as_dict(t.metadata.get("annotations"))
+    found = [k for k in RECORD_ANNOTATIONS if k in ann]
+    if not found:
+        return Verdict()
+    return Verdict(tuple(f"{t.field(f'metadata.annotations[{k}]')}: only the HCS allocator writes it; remove it "
+                         "from the pod template" for k in found))
 
 
 def allowed_vendors(annotations: Mapping[str, str]) -> tuple[str, ...] | None:
@@ -279,9 +389,11 @@ def validate_template(
     """Everything the validating webhook checks for one pod template."""
     amounts, verdict = template_amounts(t, cfg)
     if not amounts and verdict.allowed:
+        if is_quota_pod(t):  # translated for DRA: no ai.compute left, but held to a quota all the same
+            return amounts, check_quota_escapes(t, cfg)
         return amounts, verdict  # not an accelerator pod: not ours
     verdict = verdict.merge(Verdict(tuple(check_annotations(t, cfg))))
-    verdict = verdict.merge(check_privileged(amounts, cfg))
+    verdict = verdict.merge(check_quota_escapes(t, cfg))
     if verdict.allowed:
         verdict = verdict.merge(check_island(amounts, capacity, cfg, t))
     return amounts, verdict

@@ -200,7 +200,10 @@ def test_node_agent_writes_are_restricted_to_its_own_node(rendered: Render) -> N
     docs = rendered(mode="both")
     sa = one(docs, "ServiceAccount", "hcs-node-agent")
     user = f"system:serviceaccount:{NAMESPACE}:{sa['metadata']['name']}"
-    policies = {p["metadata"]["name"]: p for p in find(docs, "ValidatingAdmissionPolicy")}
+    # node-restriction.yaml's policies (assignment-records.yaml and pod-writers.yaml are tested in
+    # tests/security/test_sec_records_*)
+    policies = {p["metadata"]["name"]: p for p in find(docs, "ValidatingAdmissionPolicy")
+                if p["metadata"]["name"] in ("hcs-node-agent-computenodes", "hcs-node-agent-resourceslices")}
     bindings = {b["spec"]["policyName"]: b for b in find(docs, "ValidatingAdmissionPolicyBinding")}
     covered = set()
     for name, policy in policies.items():
@@ -229,7 +232,8 @@ def test_node_agent_writes_are_restricted_to_its_own_node(rendered: Render) -> N
     docs = rendered(mode="devicePlugin")
     role = one(docs, "ClusterRole", "hcs-node-agent")
     assert not any("resource.k8s.io" in r["apiGroups"] for r in role["rules"])
-    assert [p["metadata"]["name"] for p in find(docs, "ValidatingAdmissionPolicy")] == [
+    assert [p["metadata"]["name"] for p in find(docs, "ValidatingAdmissionPolicy")
+            if p["metadata"]["name"].startswith("hcs-node-agent-")] == [
         "hcs-node-agent-computenodes"]
 
 
@@ -270,7 +274,8 @@ def test_webhook_configurations_match_the_webhook_reference(rendered: Render) ->
     svc = one(docs, "Service", "hcs-webhook")
     port = svc["spec"]["ports"][0]["port"]
     expected = manifests.webhook_configurations(ca_bundle="CA", service=(NAMESPACE, "hcs-webhook", port),
-                                                exclude_namespaces=("kube-system", NAMESPACE))
+                                                exclude_namespaces=("kube-system", NAMESPACE),
+                                                record_writes=False)  # records.admissionPolicy guards them
     for ref in expected:
         got = one(docs, ref["kind"])
         assert got["metadata"]["name"] == ref["metadata"]["name"]
@@ -442,6 +447,7 @@ def test_generated_certificate_serves_the_webhook_service(rendered: Render, tmp_
 def test_cert_manager_when_present(rendered: Render) -> None:
     docs = rendered(api_versions=("cert-manager.io/v1",))
     assert not find(docs, "Secret", "hcs-webhook-tls")  # (the allocator's gRPC Secret is chart-generated)
+    assert "hcs-record-key" in [s["metadata"]["name"] for s in find(docs, "Secret")]
     cert = one(docs, "Certificate", "hcs-webhook")
     assert cert["spec"]["secretName"] == "hcs-webhook-tls"
     assert f"hcs-webhook.{NAMESPACE}.svc" in cert["spec"]["dnsNames"]

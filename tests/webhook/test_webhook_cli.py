@@ -41,7 +41,7 @@ def test_print_configurations(certs: CertPaths) -> None:
     mutating, validating = yaml.safe_load_all(out.stdout)
     hook = mutating["webhooks"][0]
     assert hook["clientConfig"]["url"] == "https://10.0.0.1:9443/mutate"
-    assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "NoneOnDryRun"
+    assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
     assert hook["matchConditions"][0]["expression"] == POD_ASKS_ACCELERATOR
     assert validating["webhooks"][0]["clientConfig"]["url"].endswith("/validate")
 

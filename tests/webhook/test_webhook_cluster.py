@@ -20,6 +20,7 @@ import pytest
 from hcs.allocator.inventory import capacity_of
 from hcs.webhook.capacity import CachedCapacity, ComputeNodeCapacity, StaticCapacity, inventory_of, islands_of
 from hcs.webhook.certs import CertPaths, generate_certs
+from hcs.webhook.claims import ClaimTemplateController
 from hcs.webhook.config import WebhookConfig
 from hcs.webhook.kube import ClusterView
 from hcs.webhook.manifests import webhook_configurations
@@ -90,6 +91,7 @@ def webhook(api_client: Any, wh_certs: CertPaths, namespaces: dict[str, str]) ->
     admission = Admission(cfg, StaticCapacity(80 * GI), ClusterView(cfg, api_client))
     server = WebhookServer("127.0.0.1", 0, str(wh_certs.cert), str(wh_certs.key), admission)
     server.start()
+    claims = ClaimTemplateController(cfg, api_client).start()  # DRA templates, from the admitted pods
     _, admreg, _ = _apis(api_client)
     mutating, validating = webhook_configurations(
         url=f"https://127.0.0.1:{server.port}", ca_bundle=base64.b64encode(wh_certs.ca.read_bytes()).decode(),
@@ -111,6 +113,7 @@ def webhook(api_client: Any, wh_certs: CertPaths, namespaces: dict[str, str]) ->
     yield server
     admreg.delete_mutating_webhook_configuration(mutating["metadata"]["name"])
     admreg.delete_validating_webhook_configuration(validating["metadata"]["name"])
+    claims.stop()
     server.stop()
 
 
@@ -189,7 +192,9 @@ def test_dra_mode_pod_is_translated_and_accepted(api_client: Any, webhook: Webho
     (claim_ref,) = pod["spec"]["resourceClaims"]
     tpl_name = claim_ref["resourceClaimTemplateName"]
     resource = client.ResourceV1Api(api_client)
-    tpl = _json(resource.read_namespaced_resource_claim_template, tpl_name, ns)
+    # created by the claim-template controller from the admitted pod (the webhook itself creates nothing)
+    tpl = _wait(f"ResourceClaimTemplate {tpl_name}",
+                lambda: _json(resource.read_namespaced_resource_claim_template, tpl_name, ns), timeout=30)
     devices = tpl["spec"]["spec"]["devices"]
     assert devices["constraints"] == [{"requests": ["accel"], "matchAttribute": "ai.compute/island"}]
     alternatives = devices["requests"][0]["firstAvailable"]

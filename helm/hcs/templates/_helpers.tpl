@@ -72,6 +72,8 @@ the allocator's serving certificate (only ca.crt of its Secret is projected). Mo
           name: {{ include "hcs.allocator.secret" . }}
           items: [{key: ca.crt, path: ca.crt}]
 {{- end }}
+{{/* Secret with the HMAC key of hcs.io/assignment records (hcs/records.py). */}}
+{{- define "hcs.records.secret" -}}{{ .Values.records.existingSecret | default (printf "%s-record-key" (include "hcs.fullname" .)) }}{{- end }}
 
 {{- define "hcs.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
@@ -130,4 +132,9 @@ the allocator's serving certificate (only ca.crt of its Secret is projected). Mo
 {{- if and .Values.nodeAgent.enabled .Values.nodeAgent.dra.rollingUpdate (ne .Values.mode "dra") }}
 {{- fail (printf "values: nodeAgent.dra.rollingUpdate=true needs mode=dra (mode is %q): it runs the old and the new node-agent pod side by side, and the device plugin's socket in the kubelet's device-plugins dir has one fixed name the two pods would fight over; set mode=dra or nodeAgent.dra.rollingUpdate=false" (toString .Values.mode)) }}
 {{- end }}
+{{- end }}
+
+{{/* CEL: a pod UPDATE the webhook must see (hcs/webhook/manifests.py POD_UPDATE_MATTERS). */}}
+{{- define "hcs.webhook.podUpdateMatters" -}}
+request.?subResource.orValue('') == 'ephemeralcontainers'{{ if not .Values.records.admissionPolicy }} || object.metadata.?annotations[?'hcs.io/assignment'].orValue('') != oldObject.metadata.?annotations[?'hcs.io/assignment'].orValue('') || object.metadata.?annotations[?'hcs.io/assignment-signature'].orValue('') != oldObject.metadata.?annotations[?'hcs.io/assignment-signature'].orValue(''){{ end }}
 {{- end }}
