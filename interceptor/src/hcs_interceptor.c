@@ -9,13 +9,19 @@
  * the caller's return address, so RTLD_NEXT lookups of other symbols keep their meaning) and
  * cuGetProcAddress / cuGetProcAddress_v2 (the pointer handed back is the hook's).
  *
- * Configuration (README.md): HCS_QUOTA_FILE or HCS_VRAM_QUOTA, HCS_SHM_DIR, HCS_INTERCEPTOR_LOG.
+ * Managed container (the node agent mounted the quota file at HCS_FIXED_QUOTA_FILE, and/or
+ * /etc/ld.so.preload names this library): the quota comes from that fixed, read-only file and the
+ * ledger from HCS_FIXED_LEDGER_DIR; no environment variable changes either. Development mode
+ * (neither present): HCS_QUOTA_FILE or HCS_VRAM_QUOTA, HCS_SHM_DIR. HCS_INTERCEPTOR_LOG in both.
+ * dlmopen() into a new link-map namespace is refused while a quota is configured: a vendor
+ * runtime loaded there would not see the hooks.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -23,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hcs_vendor_abi.h"
@@ -127,6 +134,14 @@ static struct hcs_state g = {.init_lock = PTHREAD_MUTEX_INITIALIZER, .log_level 
 
 typedef void *(*dlsym_fn)(void *, const char *);
 HCS_HIDDEN __attribute__((used)) _Atomic(dlsym_fn) hcs_real_dlsym_ptr;
+typedef void *(*dlmopen_fn)(Lmid_t, const char *, int);
+HCS_HIDDEN __attribute__((used)) dlmopen_fn hcs_real_dlmopen_ptr;
+
+/* Fixed in-container paths of a managed container (hcs/node/dra/injection.py mounts them). */
+#define HCS_FIXED_QUOTA_FILE "/var/run/hcs/quota"
+#define HCS_FIXED_LEDGER_DIR "/var/run/hcs/shm"
+#define HCS_LD_SO_PRELOAD "/etc/ld.so.preload"
+#define HCS_LIB_NAME "libhcs_interceptor.so"
 
 /* Set while a hook runs the real function: a vendor library that calls its own exported
  * allocation symbols internally is then passed straight through instead of being counted twice. */
@@ -213,6 +228,24 @@ static inline void *real_fn(int id) {
 
 /* ------------------------------------------------------------------ initialisation */
 
+/* True when /etc/ld.so.preload names this library: the node agent mounted it (read-only) into a
+ * managed container. Its absence is no proof of anything (development shells have none). */
+static bool preload_file_names_us(void) {
+    int fd = open(HCS_LD_SO_PRELOAD, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    char buf[4096];
+    ssize_t n;
+    do {
+        n = read(fd, buf, sizeof buf - 1);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    return strstr(buf, HCS_LIB_NAME) != NULL;
+}
+
 static void init_locked(void) {
     const char *lv = getenv("HCS_INTERCEPTOR_LOG");
     if (lv != NULL && *lv >= '0' && *lv <= '9')
@@ -220,30 +253,56 @@ static void init_locked(void) {
     char err[4608];
     g.enforcing = false;
     g.fail_closed = false;
-    if (hcs_quota_load(&g.quota, err, sizeof err) != 0) {
+    struct stat st;
+    bool fixed = stat(HCS_FIXED_QUOTA_FILE, &st) == 0 && S_ISREG(st.st_mode);
+    bool managed = fixed || preload_file_names_us();
+    const char *dir;
+    if (managed) {
+        /* The agent's files at fixed paths decide; no environment variable is even read. */
+        if (!fixed) {
+            hcs_log(0, "%s names this library but %s is missing: a managed container without its quota "
+                    "file (was /var/run/hcs moved or hidden?); every device allocation is refused",
+                    HCS_LD_SO_PRELOAD, HCS_FIXED_QUOTA_FILE);
+            g.fail_closed = true;
+            return;
+        }
+        if (hcs_quota_load_file(&g.quota, HCS_FIXED_QUOTA_FILE, err, sizeof err) != 0) {
+            hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
+            g.fail_closed = true;
+            return;
+        }
+        if (getenv("HCS_QUOTA_FILE") != NULL || getenv("HCS_VRAM_QUOTA") != NULL || getenv("HCS_SHM_DIR") != NULL)
+            hcs_log(2, "managed container: HCS_QUOTA_FILE / HCS_VRAM_QUOTA / HCS_SHM_DIR are ignored");
+        dir = HCS_FIXED_LEDGER_DIR;
+    } else {
+        if (hcs_quota_load(&g.quota, err, sizeof err) != 0) {
+            hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
+            g.fail_closed = true;
+            return;
+        }
+        if (!g.quota.configured) {
+            hcs_log(2, "no HCS_QUOTA_FILE / HCS_VRAM_QUOTA: pass-through, nothing enforced");
+            return;
+        }
+        dir = getenv("HCS_SHM_DIR");
+        if (dir == NULL || *dir == '\0')
+            dir = "/tmp";
+    }
+    if (hcs_region_open(&g.region, dir, !managed, err, sizeof err) != 0) {
         hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
         g.fail_closed = true;
         return;
     }
-    if (!g.quota.configured) {
-        hcs_log(2, "no HCS_QUOTA_FILE / HCS_VRAM_QUOTA: pass-through, nothing enforced");
-        return;
-    }
-    const char *dir = getenv("HCS_SHM_DIR");
-    if (dir == NULL || *dir == '\0')
-        dir = "/tmp";
-    if (hcs_region_open(&g.region, dir, err, sizeof err) != 0 ||
-        hcs_region_claim_slot(&g.region, err, sizeof err) != 0) {
+    if (hcs_region_claim_slot(&g.region, err, sizeof err) != 0) {
         hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
-        if (g.region.hdr != NULL)
-            hcs_region_close(&g.region);
+        hcs_region_close(&g.region);
         g.fail_closed = true;
         return;
     }
     hcs_ptrmap_init(&g.map);
     g.enforcing = true;
-    hcs_log(2, "quota from %s, shared region %s/%s slot %d", g.quota.source, dir, HCS_REGION_FILE,
-            g.region.slot);
+    hcs_log(2, "%s: quota from %s, ledger %s/%s slot %d", managed ? "managed" : "development", g.quota.source,
+            dir, HCS_LEDGER_FILE, g.region.slot);
 }
 
 static struct hcs_state *state_slow(void) {
@@ -276,8 +335,20 @@ static void atfork_child(void) {
     atomic_store_explicit(&g.ready, 0, memory_order_relaxed);
 }
 
+static void *dlmopen_unavailable(Lmid_t lmid, const char *file, int flags) {
+    (void)lmid;
+    (void)file;
+    (void)flags;
+    return NULL;
+}
+
 __attribute__((constructor)) static void hcs_ctor(void) {
     (void)real_dlsym();
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.3.4", "GLIBC_2.17", NULL};
+    dlmopen_fn f = NULL;
+    for (int i = 0; versions[i] != NULL && f == NULL; i++)
+        f = (dlmopen_fn)dlvsym(RTLD_NEXT, "dlmopen", versions[i]);
+    hcs_real_dlmopen_ptr = f != NULL ? f : dlmopen_unavailable;
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
@@ -298,15 +369,18 @@ HOT enum admit_result admit(struct hcs_state *s, int dev, uint64_t size, const c
         return ADMIT_PASS;
     if (hcs_region_reserve(&s->region, dev, size, limit))
         return ADMIT_OK;
-    if (s->log_level >= 2)
-        hcs_log(2, "%s: device %d: %llu bytes refused: container uses %llu of its %llu-byte quota", api, dev,
-                (unsigned long long)size, (unsigned long long)hcs_region_used(&s->region, dev),
-                (unsigned long long)limit);
+    if (s->log_level >= 2) {
+        bool ok;
+        uint64_t used = hcs_region_used(&s->region, dev, &ok);
+        hcs_log(2, "%s: device %d: %llu bytes refused: container uses %llu of its %llu-byte quota%s", api, dev,
+                (unsigned long long)size, (unsigned long long)used, (unsigned long long)limit,
+                ok ? "" : " (ledger unreadable: failing closed)");
+    }
     return ADMIT_DENY;
 }
 
 HOT void unreserve(struct hcs_state *s, int dev, uint64_t size) {
-    hcs_region_release(&s->region, dev, size);
+    hcs_region_release(&s->region, dev, size, limit_of(s, dev));
 }
 
 HOT void track(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t size, int dev) {
@@ -317,7 +391,7 @@ HOT void track(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t s
     if (r == HCS_PUT_REPLACED) {
         /* the runtime handed out an address we still had: its earlier free bypassed the hooks (e.g. a
          * v1 entry point), so that earlier charge is stale */
-        hcs_region_release(&s->region, (int)old.dev, old.size);
+        unreserve(s, (int)old.dev, old.size);
         hcs_log(2, "address 0x%llx reused without a hooked free; %llu stale bytes returned",
                 (unsigned long long)key, (unsigned long long)old.size);
         return;
@@ -350,10 +424,8 @@ static void limit_view(struct hcs_state *s, int dev, uint64_t *free_b, uint64_t 
     uint64_t limit = limit_of(s, dev);
     if (limit == HCS_UNLIMITED)
         return;
-    hcs_region_lock(&s->region);
-    (void)hcs_region_reclaim_locked(&s->region); /* a query after a crash shows the freed share */
-    hcs_region_unlock(&s->region);
-    uint64_t used = hcs_region_used(&s->region, dev);
+    bool ok;
+    uint64_t used = hcs_region_used(&s->region, dev, &ok); /* dead processes' leases are already gone */
     uint64_t total = *total_b < limit ? *total_b : limit; /* never report more than the card has */
     uint64_t free_q = total > used ? total - used : 0;    /* never an error, never negative */
     *free_b = *free_b < free_q ? *free_b : free_q;
@@ -1167,5 +1239,85 @@ HCS_EXPORT void *dlsym(void *handle, const char *name) {
     if (hcs_dlsym_lookup(handle, name, &out))
         return out;
     return real_dlsym()(handle, name);
+}
+#endif
+
+/* ------------------------------------------------------------------ dlmopen */
+
+/* dlmopen(LM_ID_NEWLM, "libcuda.so.1") would load a second copy of the vendor runtime into a new
+ * link-map namespace, where neither LD_PRELOAD nor /etc/ld.so.preload put this library: its
+ * allocations would bypass the quota. While a quota is configured (or the configuration is broken)
+ * loads into any namespace other than the base one are refused. Called by the dlmopen trampoline:
+ * 0 = go on into the C library's dlmopen with the caller's own return address (it decides the
+ * caller's RUNPATH and $ORIGIN), 1 = refuse (the trampoline returns NULL). */
+HCS_HIDDEN __attribute__((used)) int hcs_dlmopen_check(Lmid_t lmid, const char *file, int flags) {
+    (void)flags;
+    if (lmid == LM_ID_BASE)
+        return 0;
+    struct hcs_state *s = state();
+    if (!s->enforcing && !s->fail_closed)
+        return 0;
+    hcs_log(1, "dlmopen(%ld, \"%s\") refused: a library loaded into another link-map namespace would "
+            "escape the VRAM quota; load it with dlopen", (long)lmid, file != NULL ? file : "(null)");
+    /* leave a matching dlerror() for the caller: a path no one can create */
+    void *h = dlopen("/proc/hcs-interceptor: dlmopen into a new namespace is refused under a VRAM quota",
+                     RTLD_NOW | RTLD_LOCAL);
+    if (h != NULL)
+        dlclose(h);
+    return 1;
+}
+
+#if defined(__x86_64__)
+__asm__(".text\n"
+        ".globl dlmopen\n"
+        ".type dlmopen,@function\n"
+        "dlmopen:\n"
+        "    .cfi_startproc\n"
+        "    pushq %rdi\n"
+        "    .cfi_adjust_cfa_offset 8\n"
+        "    pushq %rsi\n"
+        "    .cfi_adjust_cfa_offset 8\n"
+        "    pushq %rdx\n"
+        "    .cfi_adjust_cfa_offset 8\n"
+        "    call hcs_dlmopen_check\n"
+        "    popq %rdx\n"
+        "    .cfi_adjust_cfa_offset -8\n"
+        "    popq %rsi\n"
+        "    .cfi_adjust_cfa_offset -8\n"
+        "    popq %rdi\n"
+        "    .cfi_adjust_cfa_offset -8\n"
+        "    testl %eax, %eax\n"
+        "    jnz 1f\n"
+        "    jmp *hcs_real_dlmopen_ptr(%rip)\n"
+        "1:  xorl %eax, %eax\n"
+        "    ret\n"
+        "    .cfi_endproc\n"
+        ".size dlmopen, .-dlmopen\n");
+#elif defined(__aarch64__)
+__asm__(".text\n"
+        ".globl dlmopen\n"
+        ".type dlmopen,%function\n"
+        "dlmopen:\n"
+        "    stp x29, x30, [sp, #-48]!\n"
+        "    mov x29, sp\n"
+        "    stp x0, x1, [sp, #16]\n"
+        "    str x2, [sp, #32]\n"
+        "    bl hcs_dlmopen_check\n"
+        "    mov w9, w0\n"
+        "    ldp x0, x1, [sp, #16]\n"
+        "    ldr x2, [sp, #32]\n"
+        "    ldp x29, x30, [sp], #48\n"
+        "    cbnz w9, 1f\n"
+        "    adrp x16, hcs_real_dlmopen_ptr\n"
+        "    ldr x16, [x16, :lo12:hcs_real_dlmopen_ptr]\n"
+        "    br x16\n"
+        "1:  mov x0, #0\n"
+        "    ret\n"
+        ".size dlmopen, .-dlmopen\n");
+#else
+HCS_EXPORT void *dlmopen(Lmid_t lmid, const char *file, int flags) {
+    if (hcs_dlmopen_check(lmid, file, flags))
+        return NULL;
+    return hcs_real_dlmopen_ptr(lmid, file, flags);
 }
 #endif

@@ -149,7 +149,7 @@ def test_bad_env_quota_fails_closed(h: Harness) -> None:
 def test_unusable_shared_dir_fails_closed(h: Harness, tmp_path: Path) -> None:
     res = h.run("t_cuda", "alloc", "1", HCS_VRAM_QUOTA="16Mi", HCS_SHM_DIR=str(tmp_path / "no" / "such"))
     assert res.json()["rc"] == 2
-    assert "cannot open the shared accounting region" in res.err
+    assert "cannot open the container's VRAM ledger" in res.err
 
 
 def test_processes_share_one_quota_and_sigkill_returns_the_share(h: Harness) -> None:
