@@ -374,7 +374,7 @@ static int case_lookup_alloc(uint64_t bytes, const char *how) {
         f = (alloc_v2_fn)dlsym(RTLD_NEXT, "cuMemAlloc_v2");
     } else if (strcmp(how, "dlvsym") == 0) {
         void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-        static const char *const vs[] = {"libcuda.so.1", "GLIBC_2.2.5", "CUDA_12", ""};
+        static const char *const vs[] = {"libcuda.so.1", "GLIBC_2.2.5", "CUDA_12", "CUDA_11"};
         for (int i = 0; h != NULL && f == NULL && i < 4; i++)
             f = (alloc_v2_fn)dlvsym(h, "cuMemAlloc_v2", vs[i]);
     }
