@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -170,20 +171,26 @@ int hcs_region_claim_slot(struct hcs_region *r, char *err, size_t errlen) {
  * Each answer of F_OFD_GETLK names one conflicting lock; the cells it touches are then excluded
  * and both sides searched again (at most 2n+1 calls for n locks). Returns false when the kernel
  * cannot be asked; the caller then refuses (fail closed). */
+struct interval {
+    uint64_t lo, hi;
+};
+#define LOCAL_INTERVALS 32
+#define MAX_INTERVALS (HCS_MAX_SLOTS + 2) /* each answer removes >= 1 cell: never more pending */
+
 static bool sum_others(struct hcs_region *r, int dev, uint64_t *out) {
     uint64_t lo0 = cell_start(dev, 0), hi0 = cell_start(dev, HCS_MAX_SLOTS);
-    uint64_t stack_lo[64], stack_hi[64];
-    int top = 0;
+    struct interval local[LOCAL_INTERVALS];
+    struct interval *st = local;
+    int cap = LOCAL_INTERVALS, top = 0;
+    bool ok = false;
     uint64_t total = 0;
-    stack_lo[top] = lo0;
-    stack_hi[top] = hi0;
-    top++;
+    st[top++] = (struct interval){lo0, hi0};
     int budget = 4 * HCS_MAX_SLOTS + 8;
     while (top > 0) {
         if (--budget < 0)
-            return false;
+            goto out;
         top--;
-        uint64_t lo = stack_lo[top], hi = stack_hi[top];
+        uint64_t lo = st[top].lo, hi = st[top].hi;
         if (lo >= hi)
             continue;
         struct flock fl;
@@ -197,7 +204,7 @@ static bool sum_others(struct hcs_region *r, int dev, uint64_t *out) {
             rc = fcntl(r->fd, F_OFD_GETLK, &fl);
         } while (rc != 0 && errno == EINTR);
         if (rc != 0)
-            return false;
+            goto out;
         if (fl.l_type == F_UNLCK)
             continue;
         uint64_t ls = (uint64_t)fl.l_start;
@@ -210,21 +217,27 @@ static bool sum_others(struct hcs_region *r, int dev, uint64_t *out) {
         /* exclude the whole cells touched by [a, b) and search what is left on either side */
         uint64_t ca = lo0 + ((a - lo0) / HCS_LEASE_SPAN) * HCS_LEASE_SPAN;
         uint64_t cb = b == 0 ? 0 : lo0 + ((b - 1 - lo0) / HCS_LEASE_SPAN + 1) * HCS_LEASE_SPAN;
-        if (top + 2 > 64)
-            return false;
-        if (lo < ca) {
-            stack_lo[top] = lo;
-            stack_hi[top] = ca;
-            top++;
+        if (top + 2 > cap) { /* many processes hold leases: move the pending intervals to the heap */
+            if (st != local)
+                goto out;
+            struct interval *big = malloc(sizeof *big * MAX_INTERVALS);
+            if (big == NULL)
+                goto out;
+            memcpy(big, local, sizeof local);
+            st = big;
+            cap = MAX_INTERVALS;
         }
-        if (cb < hi) {
-            stack_lo[top] = cb;
-            stack_hi[top] = hi;
-            top++;
-        }
+        if (lo < ca)
+            st[top++] = (struct interval){lo, ca};
+        if (cb < hi)
+            st[top++] = (struct interval){cb, hi};
     }
     *out = total;
-    return true;
+    ok = true;
+out:
+    if (st != local)
+        free(st);
+    return ok;
 }
 
 /* Make this process's lock in its (dev) cell exactly new_len long. */

@@ -263,3 +263,26 @@ def test_liveness_works_across_pid_namespaces(h: Harness) -> None:
             break
         time.sleep(0.1)
     assert res == {"rc": 0, "free": 0, "total": Q}
+
+
+def test_many_processes_holding_leases_are_all_counted(h: Harness) -> None:
+    """70 live processes each hold a lease: another process's room is computed from all of them
+    (the kernel answers one lock per query; the ledger walk must find every one, exactly)."""
+    h.base_env["HCS_VRAM_QUOTA"] = "16Mi"
+    n, each = 70, 100 * 1024
+    holders = [h.popen("t_cuda", "hold", str(each)) for _ in range(n)]
+    try:
+        for p in holders:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            assert line.startswith("ready"), line + (p.stderr.read() if p.stderr else "")
+        room = Q - n * each
+        over = h.run("t_cuda", "alloc", str(room + 1)).json()
+        assert over["rc"] == 2 and over["free"] == room, over
+        assert h.run("t_cuda", "alloc", str(room)).json() == {"rc": 0, "free": 0, "total": Q}
+    finally:
+        for p in holders:
+            p.kill()
+        for p in holders:
+            p.wait()
+    assert h.run("t_cuda", "alloc", str(Q)).json() == {"rc": 0, "free": 0, "total": Q}
