@@ -30,7 +30,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
+
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000 /* linux/stat.h, Linux 5.8 */
+#endif
 
 #include "hcs_vendor_abi.h"
 #include "ptrmap.h"
@@ -246,6 +251,37 @@ static bool preload_file_names_us(void) {
     return strstr(buf, HCS_LIB_NAME) != NULL;
 }
 
+/* True when the open file fd (named path in messages) is the root of a read-only mount: what the
+ * container runtime makes of the agent's read-only bind mounts, and what a process without
+ * CAP_SYS_ADMIN can neither create nor undo. A file or directory the container made itself (say
+ * after renaming /var/run/hcs away) is not. Checked on the descriptor that is then used, so a
+ * rename between the check and the use changes nothing. Kernels before 5.8 lack
+ * STATX_ATTR_MOUNT_ROOT: then "on another filesystem than its parent directory". */
+static bool readonly_mount_root(int fd, const char *path, char *why, size_t whylen) {
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_INO, &sx) != 0) {
+        snprintf(why, whylen, "%s: statx: %s", path, strerror(errno));
+        return false;
+    }
+    bool root;
+    if (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) {
+        root = (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+    } else {
+        char parent[256];
+        snprintf(parent, sizeof parent, "%s/..", path);
+        struct stat a, b;
+        root = fstat(fd, &a) == 0 && stat(parent, &b) == 0 && a.st_dev != b.st_dev;
+    }
+    struct statvfs vf;
+    bool ro = fstatvfs(fd, &vf) == 0 && (vf.f_flag & ST_RDONLY);
+    if (!root || !ro) {
+        snprintf(why, whylen, "%s is not a read-only mount (%s): not the node agent's", path,
+                 !root ? "not a mount point" : "writable");
+        return false;
+    }
+    return true;
+}
+
 static void init_locked(void) {
     const char *lv = getenv("HCS_INTERCEPTOR_LOG");
     if (lv != NULL && *lv >= '0' && *lv <= '9')
@@ -257,6 +293,8 @@ static void init_locked(void) {
     bool fixed = stat(HCS_FIXED_QUOTA_FILE, &st) == 0 && S_ISREG(st.st_mode);
     bool managed = fixed || preload_file_names_us();
     const char *dir;
+    int ledger_dirfd = AT_FDCWD;
+    int rc;
     if (managed) {
         /* The agent's files at fixed paths decide; no environment variable is even read. */
         if (!fixed) {
@@ -266,14 +304,37 @@ static void init_locked(void) {
             g.fail_closed = true;
             return;
         }
-        if (hcs_quota_load_file(&g.quota, HCS_FIXED_QUOTA_FILE, err, sizeof err) != 0) {
+        /* open first, then check what was opened: the agent's read-only mounts, nothing else */
+        int qfd = open(HCS_FIXED_QUOTA_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        int dfd = open(HCS_FIXED_LEDGER_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        char why[512] = "";
+        bool ok = qfd >= 0 && dfd >= 0;
+        if (!ok)
+            snprintf(why, sizeof why, "%s: %s", qfd < 0 ? HCS_FIXED_QUOTA_FILE : HCS_FIXED_LEDGER_DIR,
+                     strerror(errno));
+        ok = ok && readonly_mount_root(qfd, HCS_FIXED_QUOTA_FILE, why, sizeof why) &&
+             readonly_mount_root(dfd, HCS_FIXED_LEDGER_DIR, why, sizeof why);
+        if (!ok) {
+            hcs_log(0, "%s; every device allocation is refused", why);
+            if (qfd >= 0)
+                close(qfd);
+            if (dfd >= 0)
+                close(dfd);
+            g.fail_closed = true;
+            return;
+        }
+        rc = hcs_quota_load_fd(&g.quota, qfd, HCS_FIXED_QUOTA_FILE, err, sizeof err);
+        close(qfd);
+        if (rc != 0) {
             hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
+            close(dfd);
             g.fail_closed = true;
             return;
         }
         if (getenv("HCS_QUOTA_FILE") != NULL || getenv("HCS_VRAM_QUOTA") != NULL || getenv("HCS_SHM_DIR") != NULL)
             hcs_log(2, "managed container: HCS_QUOTA_FILE / HCS_VRAM_QUOTA / HCS_SHM_DIR are ignored");
         dir = HCS_FIXED_LEDGER_DIR;
+        ledger_dirfd = dfd;
     } else {
         if (hcs_quota_load(&g.quota, err, sizeof err) != 0) {
             hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
@@ -288,7 +349,10 @@ static void init_locked(void) {
         if (dir == NULL || *dir == '\0')
             dir = "/tmp";
     }
-    if (hcs_region_open(&g.region, dir, !managed, err, sizeof err) != 0) {
+    rc = hcs_region_open_at(&g.region, ledger_dirfd, dir, !managed, err, sizeof err);
+    if (ledger_dirfd != AT_FDCWD)
+        close(ledger_dirfd);
+    if (rc != 0) {
         hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
         g.fail_closed = true;
         return;

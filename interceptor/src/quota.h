@@ -29,6 +29,8 @@ int hcs_quota_parse_file_text(struct hcs_quota *q, const char *text, const char 
 int hcs_quota_parse_env(struct hcs_quota *q, const char *value, char *err, size_t errlen);
 /* From a quota file (the managed container's fixed, read-only one). 0, or -1 with message. */
 int hcs_quota_load_file(struct hcs_quota *q, const char *path, char *err, size_t errlen);
+/* Same, from an open descriptor (not closed); origin names it in messages. */
+int hcs_quota_load_fd(struct hcs_quota *q, int fd, const char *origin, char *err, size_t errlen);
 /* Development mode, from the process environment: HCS_QUOTA_FILE wins over HCS_VRAM_QUOTA. 0, or -1 with message. */
 int hcs_quota_load(struct hcs_quota *q, char *err, size_t errlen);
 

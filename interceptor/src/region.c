@@ -48,6 +48,10 @@ static void ledger_unlock(int fd) {
 }
 
 int hcs_region_open(struct hcs_region *r, const char *dir, bool create, char *err, size_t errlen) {
+    return hcs_region_open_at(r, AT_FDCWD, dir, create, err, errlen);
+}
+
+int hcs_region_open_at(struct hcs_region *r, int dirfd, const char *dir, bool create, char *err, size_t errlen) {
     char path[4096];
     memset(r, 0, sizeof *r);
     r->fd = -1;
@@ -58,14 +62,16 @@ int hcs_region_open(struct hcs_region *r, const char *dir, bool create, char *er
         snprintf(err, errlen, "%s: accounting directory path too long", dir);
         return -1;
     }
+    /* dirfd given: the ledger file is named relative to that (already checked) directory */
+    const char *name = dirfd == AT_FDCWD ? path : HCS_LEDGER_FILE;
     int fd = -1;
     if (create) {
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
+        fd = openat(dirfd, name, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
         if (fd >= 0)
             (void)fchmod(fd, 0666); /* every uid of the container must open it; fails if not owner */
     }
     if (fd < 0) /* read-only is all the ledger needs (read locks, flock) */
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         snprintf(err, errlen,
                  "%s: cannot open the container's VRAM ledger: %s; %s", path, strerror(errno),

@@ -58,6 +58,8 @@ struct hcs_region {
 /* Open the ledger in dir (create=true: create the file when absent; false: it must exist, as the
  * node agent creates it for a managed container). 0, or -1 with a message in err naming the file. */
 int hcs_region_open(struct hcs_region *r, const char *dir, bool create, char *err, size_t errlen);
+/* Same, with the directory given as an open descriptor (dir only names it in messages). */
+int hcs_region_open_at(struct hcs_region *r, int dirfd, const char *dir, bool create, char *err, size_t errlen);
 /* Claim a slot for the calling process. 0 or -1 with message. */
 int hcs_region_claim_slot(struct hcs_region *r, char *err, size_t errlen);
 /* Drop the pin and fd (the kernel releases this process's locks when the description goes). */

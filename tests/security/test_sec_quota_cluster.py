@@ -60,6 +60,10 @@ rm -f /var/run/hcs/shm/hcs-vram.ledger 2>/dev/null; [ -e /var/run/hcs/shm/hcs-vr
 (: > /etc/ld.so.preload) 2>/dev/null && echo preload-written
 umount /etc/ld.so.preload 2>/dev/null && echo preload-unmounted
 echo "==AFTER=="; env -u LD_PRELOAD {T_CUDA} alloc {Q + 1}
+echo "==FORGED=="
+mv /var/run/hcs /var/run/hcs.moved && mkdir -p /var/run/hcs/shm && echo '* 100Gi' > /var/run/hcs/quota \
+  && : > /var/run/hcs/shm/hcs-vram.ledger && echo forged
+env -u LD_PRELOAD {T_CUDA} alloc {Q + 1}
 echo "==END=="
 """
 
@@ -137,6 +141,10 @@ def test_pod_container_without_ld_preload_is_held_to_its_quota(api_client: Any, 
         assert rc("EXACT") == {"rc": 0, "free": 0, "total": Q}, logs  # legitimate use up to the quota
         assert _section(logs, "TAMPER").split() == [], logs  # nothing could be written/removed/unmounted
         assert rc("AFTER")["rc"] == 2, logs
+        # /var/run/hcs is a rootfs directory: it can be renamed and a quota file forged in its place,
+        # but that file is no read-only mount, so every allocation is refused
+        assert "forged" in _section(logs, "FORGED"), logs
+        assert rc("FORGED")["rc"] == 2, logs
     finally:
         with contextlib.suppress(KubeError):
             rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{pod_name}", query={"gracePeriodSeconds": "0"})

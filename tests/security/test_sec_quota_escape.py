@@ -186,6 +186,23 @@ def test_moving_the_fixed_paths_away_fails_closed(ctr: Container) -> None:
         assert "every device allocation is refused" in r.err
 
 
+def test_forged_quota_file_and_ledger_in_place_of_the_mounts_fail_closed(ctr: Container) -> None:
+    """After renaming /var/run/hcs away, the container writes its own quota file ("* 100Gi") and an
+    empty ledger at the fixed paths. They are not read-only mount points (only the runtime, or
+    CAP_SYS_ADMIN, makes those), so the interceptor refuses every allocation."""
+    ctr.hold(48 * MIB)
+    res = ctr.sh("mv /var/run/hcs /var/run/hcs.moved && mkdir -p /var/run/hcs/shm && "
+                 f"echo '* 100Gi' > {CONTAINER_QUOTA_FILE} && : > {LEDGER} && chmod -R a+rX /var/run/hcs")
+    assert res.rc == 0, res
+    for nbytes in (1, Q + 1):
+        r = ctr.run(T_CUDA, "alloc", str(nbytes))
+        assert r.json()["rc"] == 2, r
+        assert "is not a read-only mount" in r.err, r.err
+    # the same with the forged directory made read-only by a bind mount is impossible without
+    # CAP_SYS_ADMIN
+    assert ctr.sh("mount --bind -o ro /var/run/hcs /var/run/hcs").rc != 0
+
+
 def test_dlmopen_into_a_new_namespace_is_refused(ctr: Container) -> None:
     """A library loaded with dlmopen(LM_ID_NEWLM) binds to a second copy of libcuda that no preload
     reaches; the interceptor refuses such loads while a quota is configured."""
