@@ -242,7 +242,11 @@ class PluginCore:
         """The container's quota file (what the interceptor enforces), its ledger dir, and the
         node's /etc/ld.so.preload source."""
         atomic_write(self.quota_file(pod_uid, container), quota_file_text([g.vram_bytes for g in grants]))
-        create_ledger(self.ledger_dir(pod_uid, container))
+        uuids = []
+        for g in grants:
+            d = self.view.get(g.key)
+            uuids.append(g.uuid or (d.uuid if d is not None else ""))
+        create_ledger(self.ledger_dir(pod_uid, container), uuids)
         if self.config.interceptorDir:
             ensure_preload_file(self.preload_file())
 

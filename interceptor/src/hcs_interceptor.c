@@ -80,9 +80,11 @@ static const char *const lib_names[LIB_COUNT][3] = {
     X(cuGetProcAddress, LIB_CUDA, 1)                                                                     \
     X(cuGetProcAddress_v2, LIB_CUDA, 1)                                                                  \
     X(cuCtxGetDevice, LIB_CUDA, 0)                                                                       \
+    X(cuDeviceGetUuid, LIB_CUDA, 0)                                                                      \
     X(nvmlDeviceGetMemoryInfo, LIB_NVML, 1)                                                              \
     X(nvmlDeviceGetMemoryInfo_v2, LIB_NVML, 1)                                                           \
     X(nvmlDeviceGetIndex, LIB_NVML, 0)                                                                   \
+    X(nvmlDeviceGetUUID, LIB_NVML, 0)                                                                    \
     X(aclrtMalloc, LIB_ACL, 1)                                                                           \
     X(aclrtMallocCached, LIB_ACL, 1)                                                                     \
     X(aclrtFree, LIB_ACL, 1)                                                                             \
@@ -133,7 +135,18 @@ struct hcs_state {
     struct hcs_ptrmap map;
     _Atomic(void *) lib_handle[LIB_COUNT];
     _Atomic(void *) real[SYM_COUNT];
+    /* Managed container with the agent's device list (<ledger dir>/devices, "<index> <uuid>"): a
+     * CUDA ordinal is mapped to the agent's index by the device's UUID, so CUDA_VISIBLE_DEVICES set
+     * inside the container (reordered, or one GPU per rank) neither moves a GPU to another quota
+     * line nor splits its ledger. */
+    bool uuid_map;
+    uint8_t dev_uuid[HCS_MAX_DEVICES][16];
+    bool dev_known[HCS_MAX_DEVICES];
+    _Atomic int cuda_canon[HCS_MAX_DEVICES]; /* ordinal -> index; CANON_UNSET until looked up */
 };
+
+#define CANON_UNSET (-3)
+#define DEV_FOREIGN (-2) /* a device the agent did not give this container: refused */
 
 static struct hcs_state g = {.init_lock = PTHREAD_MUTEX_INITIALIZER, .log_level = 1};
 
@@ -282,6 +295,70 @@ static bool readonly_mount_root(int fd, const char *path, char *why, size_t whyl
     return true;
 }
 
+static int hexval(int c) {
+    return (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+         : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+}
+
+/* "GPU-5f0c2f3c-...." (or without the prefix) -> 16 bytes; false unless exactly 32 hex digits */
+static bool parse_uuid(const char *s, size_t n, uint8_t out[16]) {
+    if (n >= 4 && memcmp(s, "GPU-", 4) == 0) {
+        s += 4;
+        n -= 4;
+    }
+    int nib = 0;
+    memset(out, 0, 16);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '-')
+            continue;
+        int v = hexval((unsigned char)s[i]);
+        if (v < 0 || nib >= 32)
+            return false;
+        out[nib / 2] = (uint8_t)(out[nib / 2] | (nib % 2 ? v : v << 4));
+        nib++;
+    }
+    return nib == 32;
+}
+
+/* The agent's device list in the (read-only) ledger dir: "<index> <uuid>" per line. Absent (an
+ * older agent, or no NVIDIA devices): CUDA ordinals are taken as they are. */
+static void load_device_list(int dfd) {
+    g.uuid_map = false;
+    memset(g.dev_known, 0, sizeof g.dev_known);
+    for (int i = 0; i < HCS_MAX_DEVICES; i++)
+        atomic_store(&g.cuda_canon[i], CANON_UNSET);
+    int fd = openat(dfd, "devices", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return;
+    char buf[4096];
+    ssize_t n;
+    do {
+        n = read(fd, buf, sizeof buf - 1);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        char *end;
+        long idx = strtol(line, &end, 10);
+        while (*end == ' ' || *end == '\t')
+            end++;
+        size_t len = strcspn(end, " \t\r#");
+        if (end == line || idx < 0 || idx >= HCS_MAX_DEVICES || !parse_uuid(end, len, g.dev_uuid[idx]))
+            continue; /* other vendors' ids and comments: not CUDA UUIDs */
+        g.dev_known[idx] = true;
+        g.uuid_map = true;
+    }
+}
+
+static int index_of_uuid(const uint8_t u[16]) {
+    for (int i = 0; i < HCS_MAX_DEVICES; i++)
+        if (g.dev_known[i] && memcmp(g.dev_uuid[i], u, 16) == 0)
+            return i;
+    return DEV_FOREIGN;
+}
+
 static void init_locked(void) {
     const char *lv = getenv("HCS_INTERCEPTOR_LOG");
     if (lv != NULL && *lv >= '0' && *lv <= '9')
@@ -335,6 +412,7 @@ static void init_locked(void) {
             hcs_log(2, "managed container: HCS_QUOTA_FILE / HCS_VRAM_QUOTA / HCS_SHM_DIR are ignored");
         dir = HCS_FIXED_LEDGER_DIR;
         ledger_dirfd = dfd;
+        load_device_list(dfd);
     } else {
         if (hcs_quota_load(&g.quota, err, sizeof err) != 0) {
             hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
@@ -485,6 +563,10 @@ HOT bool take(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t *s
 static void limit_view(struct hcs_state *s, int dev, uint64_t *free_b, uint64_t *total_b) {
     if (!s->enforcing)
         return;
+    if (dev == DEV_FOREIGN) { /* not this container's device: nothing of it is available */
+        *free_b = 0;
+        return;
+    }
     uint64_t limit = limit_of(s, dev);
     if (limit == HCS_UNLIMITED)
         return;
@@ -517,18 +599,43 @@ static bool settle_pitch(struct hcs_state *s, int dev, uint64_t reserved, uint64
 
 /* ------------------------------------------------------------------ CUDA driver API */
 
+static __attribute__((noinline)) int cuda_canon_slow(int ordinal) {
+    __typeof__(&cuDeviceGetUuid) f = REAL(cuDeviceGetUuid);
+    CUuuid u;
+    int idx = DEV_FOREIGN;
+    if (f != NULL && f(&u, ordinal) == CUDA_SUCCESS)
+        idx = index_of_uuid((const uint8_t *)u.bytes);
+    if (idx == DEV_FOREIGN)
+        hcs_log(1, "CUDA device %d is not one of the devices the node agent gave this container; its "
+                "allocations are refused", ordinal);
+    atomic_store_explicit(&g.cuda_canon[ordinal], idx, memory_order_release);
+    return idx;
+}
+
+/* The agent's index of the device behind a CUDA ordinal (the ordinal itself without a device list). */
+HOT int cuda_canon(int ordinal) {
+    if (LIKELY(!g.uuid_map) || ordinal < 0)
+        return ordinal;
+    if (ordinal >= HCS_MAX_DEVICES)
+        return DEV_FOREIGN;
+    int c = atomic_load_explicit(&g.cuda_canon[ordinal], memory_order_acquire);
+    return LIKELY(c != CANON_UNSET) ? c : cuda_canon_slow(ordinal);
+}
+
 HOT int cuda_device(void) {
     __typeof__(&cuCtxGetDevice) f = REAL(cuCtxGetDevice);
     CUdevice d;
     if (f == NULL || f(&d) != CUDA_SUCCESS)
         return -1;
-    return d;
+    return cuda_canon(d);
 }
 
 typedef CUresult (*cu_alloc_call)(const void *args, CUdeviceptr *dptr);
 
 HOT CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr *dptr,
                            cu_alloc_call call, const void *args, const char *api) {
+    if (dev == DEV_FOREIGN)
+        return CUDA_ERROR_OUT_OF_MEMORY; /* not a device of this container: fail closed */
     if (dev < 0)
         return call(args, dptr); /* no context: the driver reports the error */
     enum admit_result a = admit(s, dev, size, api);
@@ -640,6 +747,8 @@ HCS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t
     if (in_hook || (!s->enforcing && !s->fail_closed))
         return real(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
     int dev = cuda_device();
+    if (dev == DEV_FOREIGN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     if (dev < 0)
         return real(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
     bool ovf;
@@ -709,7 +818,9 @@ HCS_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t siz
     if (in_hook || (!s->enforcing && !s->fail_closed) || prop == NULL ||
         prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
         return real(handle, size, prop, flags);
-    int dev = prop->location.id;
+    int dev = cuda_canon(prop->location.id);
+    if (dev == DEV_FOREIGN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     enum admit_result a = admit(s, dev, size, "cuMemCreate");
     if (a == ADMIT_DENY)
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -754,7 +865,8 @@ HCS_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
     CUresult rc = real(bytes, dev);
     struct hcs_state *s = state();
     if (rc == CUDA_SUCCESS && bytes != NULL && s->enforcing) {
-        uint64_t limit = limit_of(s, dev);
+        int idx = cuda_canon(dev);
+        uint64_t limit = idx == DEV_FOREIGN ? 0 : limit_of(s, idx);
         if (limit < *bytes)
             *bytes = (size_t)limit;
     }
@@ -854,6 +966,16 @@ static void nvml_view(nvmlDevice_t device, uint64_t *free_b, uint64_t *total_b) 
     struct hcs_state *s = state();
     if (!s->enforcing)
         return;
+    if (s->uuid_map) { /* NVML's index is not the agent's: match the UUID */
+        __typeof__(&nvmlDeviceGetUUID) uuid_fn = REAL(nvmlDeviceGetUUID);
+        char text[96];
+        uint8_t u[16];
+        int dev = DEV_FOREIGN;
+        if (uuid_fn != NULL && uuid_fn(device, text, sizeof text) == NVML_SUCCESS && parse_uuid(text, strlen(text), u))
+            dev = index_of_uuid(u);
+        limit_view(s, dev, free_b, total_b);
+        return;
+    }
     __typeof__(&nvmlDeviceGetIndex) idx_fn = REAL(nvmlDeviceGetIndex);
     unsigned int idx;
     if (idx_fn == NULL || idx_fn(device, &idx) != NVML_SUCCESS)

@@ -402,6 +402,24 @@ static __attribute__((noreturn)) int case_closefds_hold(uint64_t first, uint64_t
         pause();
 }
 
+/* on device ordinal <ord>: allocate <bytes> and report, or (hold=1) allocate, say "ready", wait */
+static int case_alloc_on(int ord, uint64_t bytes, int hold) {
+    if (cuInit(0) != CUDA_SUCCESS)
+        return 2;
+    ctx_on(ord);
+    CUdeviceptr p;
+    CUresult rc = cuMemAlloc_v2(&p, bytes);
+    size_t f = 0, t = 0;
+    (void)cuMemGetInfo_v2(&f, &t);
+    printf("{\"rc\": %d, \"free\": %zu, \"total\": %zu}\n", rc, f, t);
+    if (!hold)
+        return 0;
+    printf("ready\n");
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: t_cuda <case> [bytes]\n");
@@ -415,6 +433,10 @@ int main(int argc, char **argv) {
         return case_attach_wait(strtoull(argv[2], NULL, 10));
     if (strcmp(c, "hold") == 0 && argc > 2)
         return case_hold(strtoull(argv[2], NULL, 10));
+    if (strcmp(c, "alloc_on") == 0 && argc > 3)
+        return case_alloc_on(atoi(argv[2]), strtoull(argv[3], NULL, 10), 0);
+    if (strcmp(c, "hold_on") == 0 && argc > 3)
+        return case_alloc_on(atoi(argv[2]), strtoull(argv[3], NULL, 10), 1);
     if (strcmp(c, "setenv_alloc") == 0 && argc > 2)
         return case_setenv_alloc(argc, argv);
     if (strcmp(c, "dlmopen_alloc") == 0 && argc > 3)

@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 INTERCEPTOR = REPO / "interceptor"
@@ -153,11 +154,13 @@ class Container:
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def hold(self, nbytes: int, *, case: str = "hold", extra: Mapping[str, str] | None = None,
-             unset: Iterable[str] = ()) -> subprocess.Popen[str]:
+             unset: Iterable[str] = (), ordinal: int = 0) -> subprocess.Popen[str]:
         """A process of the container that allocates nbytes and keeps them (killed by close())."""
         args = [str(BUILD / "tests" / "t_cuda"), case, str(nbytes)]
         if case == "closefds_hold":
             args.append("1")
+        if case == "hold_on":
+            args = [str(BUILD / "tests" / "t_cuda"), case, str(ordinal), str(nbytes)]
         p = self.popen(*args, extra=extra, unset=unset)
         assert p.stdout is not None
         lines = []
@@ -188,10 +191,10 @@ class Container:
                 p.wait(timeout=30)
 
 
-def base_env(root: Path) -> dict[str, str]:
+def base_env(root: Path, profile_doc: dict[str, Any] | None = None) -> dict[str, str]:
     root.mkdir(parents=True, exist_ok=True)
     profile = root / "profile.json"
-    profile.write_text(json.dumps(PROFILE))
+    profile.write_text(json.dumps(profile_doc or PROFILE))
     return {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HCS_SIM_PROFILE": str(profile),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "node"))
 
 from node_helpers import device  # noqa: E402
-from sec_quota_container import BUILD, MIB, Bind, Container, base_env, build, library, prerequisites  # noqa: E402
+from sec_quota_container import (  # noqa: E402
+    BUILD,
+    MIB,
+    PROFILE,
+    Bind,
+    Container,
+    base_env,
+    build,
+    library,
+    prerequisites,
+)
 
 from hcs.devices.model import Vendor  # noqa: E402
 from hcs.node.dra.injection import (  # noqa: E402
@@ -260,3 +271,62 @@ def test_thread_and_process_races_never_exceed_the_quota(ctr: Container) -> None
     assert sum(r["oom"] for r in results) > 10, "the quota was never the limit: the test proves nothing"
     assert seen["violations"] == 0 and seen["max"] <= Q and seen["errors"] == 0, seen
     assert seen["final"] == 0, seen
+
+
+GPU_UUIDS = ["GPU-5f0c2f3c-0000-4000-8000-00000000000a", "GPU-5f0c2f3c-0000-4000-8000-00000000000b",
+             "GPU-5f0c2f3c-0000-4000-8000-00000000000c"]
+
+
+@pytest.fixture
+def multi(built: None, tmp_path: Path) -> Iterator[tuple[Container, list[str]]]:
+    """A container given GPUs a (64Mi) and b (32Mi) of a node with three; c belongs to someone else."""
+    profile = {**PROFILE, "devices": [
+        {**PROFILE["devices"][0], "uuid": u, "pci_bus_id": f"0000:0{i + 1}:00.0"}  # type: ignore[dict-item]
+        for i, u in enumerate(GPU_UUIDS)]}
+    host = tmp_path / "host"
+    host.mkdir()
+    quotas = [64 * MIB, 32 * MIB]
+    (host / "quota").write_text(quota_file_text(quotas))
+    devs = [replace(device(Vendor.NVIDIA, i, 1), uuid=GPU_UUIDS[i]) for i in range(2)]
+    create_ledger(host / "ledger", [d.uuid for d in devs])
+    ensure_preload_file(host / "ld.so.preload")
+    edits = container_edits(
+        devs, quotas, QuotaFiles(str(host / "quota"), CONTAINER_QUOTA_FILE, str(host / "ledger"), CONTAINER_LEDGER_DIR),
+        InjectionOptions(interceptor_host_dir=str(library().parent), device_isolation=False,
+                         preload_host_path=str(host / "ld.so.preload")))
+    env = base_env(tmp_path, profile)
+    env.update({k: v for k, v in edits.env if k.startswith("HCS_") or k == "LD_PRELOAD"})
+    # the agent's selection (a, b); the simulated driver sees all three cards, like a node without
+    # device-node isolation, so "someone else's card" is reachable by name here
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(GPU_UUIDS[:2])
+    c = Container(tmp_path / "ctr", [Bind(m.host_path, m.container_path, m.read_only) for m in edits.mounts], env)
+    try:
+        yield c, GPU_UUIDS
+    finally:
+        c.close()
+
+
+def _on(c: Container, ordinal: int, nbytes: int, visible: str) -> dict[str, object]:
+    return c.run(T_CUDA, "alloc_on", str(ordinal), str(nbytes), extra={"CUDA_VISIBLE_DEVICES": visible}).json()
+
+
+def test_reordering_cuda_visible_devices_moves_no_gpu_to_another_quota(multi: tuple[Container, list[str]]) -> None:
+    """CUDA_VISIBLE_DEVICES is the container's to set (launchers give each rank one GPU), and it
+    renumbers CUDA ordinals. The interceptor maps each ordinal to the agent's device by UUID (the
+    device list in the read-only ledger dir), so a GPU keeps its own quota line and ledger whatever
+    its ordinal: reordering gains nothing, and a card the agent did not give is refused."""
+    c, (a, b, other) = multi
+    c.hold(64 * MIB, case="hold_on", ordinal=0)  # GPU a full, in the agent's order
+    swapped = f"{b},{a}"
+    got = _on(c, 1, 1, swapped)  # GPU a again, now as ordinal 1 (which was b's quota line and ledger)
+    assert got["rc"] == 2 and got["total"] == 64 * MIB and got["free"] == 0, got
+    got = _on(c, 0, 32 * MIB + 1, swapped)  # GPU b as ordinal 0 keeps b's 32Mi, not a's 64Mi
+    assert got["rc"] == 2 and got["total"] == 32 * MIB, got
+    assert _on(c, 0, 32 * MIB, swapped) == {"rc": 0, "free": 0, "total": 32 * MIB}
+    # one GPU per rank (legitimate): b alone is ordinal 0 and is held to b's quota
+    assert _on(c, 0, 32 * MIB, b) == {"rc": 0, "free": 0, "total": 32 * MIB}
+    got = _on(c, 0, 32 * MIB + 1, b)
+    assert got["rc"] == 2, got
+    # a card the agent did not give this container: nothing of it
+    got = _on(c, 0, 1, other)
+    assert got["rc"] == 2 and got["free"] == 0, got

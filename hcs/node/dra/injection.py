@@ -134,14 +134,39 @@ def ensure_preload_file(path: Path) -> None:
     os.replace(tmp, path)
 
 
-def create_ledger(directory: Path) -> None:
+#: The device list next to the ledger: "<in-container index> <uuid>" per device. The interceptor maps a
+#: CUDA ordinal to this index by the device's UUID, so CUDA_VISIBLE_DEVICES set inside the container
+#: (reordered, or one GPU per rank) cannot move a GPU to another quota line or split its ledger.
+DEVICE_LIST_FILE = "devices"
+
+
+def device_list_text(uuids: Sequence[str]) -> str:
+    return "".join(f"{i} {u}\n" for i, u in enumerate(uuids))
+
+
+def create_ledger(directory: Path, uuids: Sequence[str] = ()) -> None:
     """The container's VRAM ledger: a directory (mounted read-only) holding one empty file whose
-    byte-range locks are the accounting. Idempotent; the file is never truncated (live locks on it
-    belong to running processes)."""
+    byte-range locks are the accounting, and the device list. Idempotent; the ledger file is never
+    truncated (live locks on it belong to running processes); the list is replaced atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)
     fd = os.open(directory / LEDGER_FILE, os.O_RDONLY | os.O_CREAT, 0o444)
     os.close(fd)
+    text = device_list_text(uuids)
+    target = directory / DEVICE_LIST_FILE
+    try:
+        if target.read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = directory / f".{DEVICE_LIST_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
 
 
 def _selection(devices: Sequence[Device], isolation: bool) -> str:

@@ -378,7 +378,7 @@ class ClaimState:
         cdi_devices: list[cdi.CdiDevice] = []
         files: dict[Path, str] = {}
         metadata: dict[Path, str] = {}
-        dirs: list[Path] = []
+        dirs: list[tuple[Path, tuple[str, ...]]] = []
         prepared: list[PreparedDevice] = []
         for req, items in by_request.items():
             devs: list[Device] = []
@@ -420,7 +420,7 @@ class ClaimState:
                 ours.add(str(meta_host))
             cdi_devices.append(cdi.CdiDevice(cdi_name, self._existing_only(edits, ours)))
             files[quota_host] = quota_file_text(quotas)
-            dirs.append(shm_host)
+            dirs.append((shm_host, tuple(d.uuid for d in devs)))
             qualified = cdi.qualified_name(self.cfg.cdi_kind, cdi_name)
             for i, (r, pub) in enumerate(items):
                 prepared.append(PreparedDevice(
@@ -471,8 +471,8 @@ class ClaimState:
                 os.write(fd, text.encode())
             finally:
                 os.close(fd)
-        for d in plan.dirs:
-            create_ledger(d)  # the VRAM ledger: read-only in the container, its locks are the accounting
+        for d, uuids in plan.dirs:
+            create_ledger(d, uuids)  # the VRAM ledger: read-only in the container, its locks are the accounting
         if self.options.preload_host_path:
             ensure_preload_file(self.preload_path)
         for path, text in plan.metadata.items():  # world-readable: any uid in the container reads it
@@ -517,7 +517,7 @@ class _Plan:
     spec_path: Path
     cdi_devices: list[cdi.CdiDevice]
     files: dict[Path, str]
-    dirs: list[Path]
+    dirs: list[tuple[Path, tuple[str, ...]]]
     devices: tuple[PreparedDevice, ...]
     kind: str
     #: KEP-5304 metadata files (host path -> JSON), only with device_metadata
