@@ -300,9 +300,9 @@ static int hexval(int c) {
          : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
 }
 
-/* "GPU-5f0c2f3c-...." (or without the prefix) -> 16 bytes; false unless exactly 32 hex digits */
+/* "GPU-5f0c2f3c-...." / "MIG-..." (or without the prefix) -> 16 bytes; false unless 32 hex digits */
 static bool parse_uuid(const char *s, size_t n, uint8_t out[16]) {
-    if (n >= 4 && memcmp(s, "GPU-", 4) == 0) {
+    if (n >= 4 && (memcmp(s, "GPU-", 4) == 0 || memcmp(s, "MIG-", 4) == 0)) {
         s += 4;
         n -= 4;
     }

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,9 @@ def test_pod_container_without_ld_preload_is_held_to_its_quota(api_client: Any, 
         "cdiDir": str(root / "cdi"), "interceptorDir": str(root / "lib"), "slotsPerDevice": 2,
         "metricsPort": 0, "reportInterval": 3600, "deviceIsolation": False,
     })
-    agent = NodeAgent(cfg, [device(Vendor.NVIDIA, 0, 1)], kube=rest).start()
+    # the card the simulated driver shows (its UUID is what the agent puts in CUDA_VISIBLE_DEVICES)
+    gpu = replace(device(Vendor.NVIDIA, 0, 1), uuid=str(PROFILE["devices"][0]["uuid"]))  # type: ignore[index]
+    agent = NodeAgent(cfg, [gpu], kube=rest).start()
     node, ns = kube_cluster.node_name, "default"
     pod_name = f"hcs-secq-{uuid.uuid4().hex[:6]}"
     try:
