@@ -44,6 +44,7 @@ from hcs.node.dra.injection import (  # noqa: E402
     create_ledger,
     ensure_preload_file,
     quota_file_text,
+    shadows_managed_path,
 )
 
 Q = 64 * MIB  # the container's quota (the issue's numbers)
@@ -330,3 +331,16 @@ def test_reordering_cuda_visible_devices_moves_no_gpu_to_another_quota(multi: tu
     # a card the agent did not give this container: nothing of it
     got = _on(c, 0, 1, other)
     assert got["rc"] == 2 and got["free"] == 0, got
+
+
+def test_mount_paths_admission_must_deny() -> None:
+    """A pod's own volumeMount at (or below) an agent mount path shadows it (verified on the local
+    cluster: a read-only ConfigMap subPath at /var/run/hcs/quota replaced the quota). The rule the
+    admission webhook applies to quota'd pods; ancestors are mounted first and are harmless."""
+    for bad in ("/etc/ld.so.preload", "/var/run/hcs/quota", "/var/run/hcs", "/var/run/hcs/shm/hcs-vram.ledger",
+                "/run/hcs/quota", "/usr/local/hcs/lib", "/usr/local/hcs/lib/libhcs_interceptor.so",
+                "//var/run//hcs/./quota"):
+        assert shadows_managed_path(bad), bad
+    for ok in ("/etc", "/var/run", "/run", "/usr/local", "/data", "/etc/ld.so.preload.d", "/var/run/hcs2",
+               "/etc/myapp"):
+        assert not shadows_managed_path(ok), ok

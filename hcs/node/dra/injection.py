@@ -41,6 +41,19 @@ CONTAINER_LD_SO_PRELOAD = "/etc/ld.so.preload"
 #: The ledger file inside the ledger directory (interceptor/src/region.h HCS_LEDGER_FILE).
 LEDGER_FILE = "hcs-vram.ledger"
 
+#: Container paths the agent's read-only mounts occupy. A pod's own volumeMount at one of them, or
+#: below one, is mounted after the agent's (containerd orders mounts by path depth, stably) and
+#: shadows it: a ConfigMap ``subPath`` at /var/run/hcs/quota replaces the quota, one at
+#: /etc/ld.so.preload removes the preload. Admission must deny such mounts in quota'd pods
+#: (``shadows_managed_path``); mounts at an ancestor (/etc, /var/run) are mounted first and harmless.
+PROTECTED_CONTAINER_PATHS = (CONTAINER_LD_SO_PRELOAD, CONTAINER_STATE_DIR, "/run/hcs", CONTAINER_INTERCEPTOR_DIR)
+
+
+def shadows_managed_path(mount_path: str) -> bool:
+    """True when a pod volumeMount at ``mount_path`` would cover one of the agent's mounts."""
+    p = "/" + "/".join(x for x in mount_path.split("/") if x not in ("", "."))
+    return any(p == q or p.startswith(q + "/") for q in PROTECTED_CONTAINER_PATHS)
+
 ASCEND_DRIVER_ROOT = "/usr/local/Ascend/driver"
 HYGON_HAL_DIR = "/opt/hyhal"
 
