@@ -1,9 +1,10 @@
 /*
- * libhcs_interceptor.so - enforce a container's VRAM quota inside the container (LD_PRELOAD).
+ * libhcs_interceptor.so - enforce a container's VRAM quota inside the container (preloaded from
+ * /etc/ld.so.preload and LD_PRELOAD).
  *
  * Every device-memory allocation of CUDA (driver API), Ascend ACL, Hygon HIP and Cambricon CNRT is
- * checked against the per-device quota before it reaches the vendor library, and accounted in a
- * region shared by all processes of the container (region.c); memory queries (cuMemGetInfo,
+ * checked against the per-device quota before it reaches the vendor library, and accounted in the
+ * container's ledger, kept by the kernel as byte-range locks (region.c); memory queries (cuMemGetInfo,
  * cuDeviceTotalMem, NVML, aclrtGetMemInfo, hipMemGetInfo, cnrtMemGetInfo) report the quota.
  * Entry points that bypass symbol interposition are covered too: dlsym (a trampoline that keeps
  * the caller's return address, so RTLD_NEXT lookups of other symbols keep their meaning) and
