@@ -33,8 +33,48 @@ static _Atomic int initialized;
 static __thread CUcontext current;
 static struct CUctx_st primary[SIM_MAX_DEVICES];
 
+/* CUDA_VISIBLE_DEVICES, read at cuInit like the real driver: a comma list of indices or UUIDs
+ * ("GPU-..."), cut at the first invalid entry; the ordinals the application sees are positions in
+ * it. vis[ordinal] = the profile's NVIDIA device index. */
+static int vis_n = -1;
+static int vis[SIM_MAX_DEVICES];
+
 static int ndev(void) {
-    return sim_mem_count(SIM_VENDOR_NVIDIA);
+    return vis_n >= 0 ? vis_n : sim_mem_count(SIM_VENDOR_NVIDIA);
+}
+
+/* the profile device behind an application-visible ordinal */
+static int phys(int ordinal) {
+    return (vis_n >= 0 && ordinal >= 0 && ordinal < vis_n) ? vis[ordinal] : ordinal;
+}
+
+static void load_visible(int count) {
+    const char *env = getenv("CUDA_VISIBLE_DEVICES");
+    int n = 0;
+    if (env == NULL) {
+        for (int i = 0; i < count && i < SIM_MAX_DEVICES; i++)
+            vis[n++] = i;
+        vis_n = n;
+        return;
+    }
+    const sim_profile_t *p = NULL;
+    (void)sim_mem_profile(&p);
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", env);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok != NULL && n < SIM_MAX_DEVICES;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long idx = strtol(tok, &end, 10);
+        int found = -1;
+        if (end != tok && *end == '\0')
+            found = (idx >= 0 && idx < count) ? (int)idx : -1;
+        else if (p != NULL)
+            found = sim_vendor_find_uuid(p, SIM_VENDOR_NVIDIA, tok);
+        if (found < 0)
+            break;
+        vis[n++] = found;
+    }
+    vis_n = n;
 }
 
 static CUresult map_rc(int rc) {
@@ -65,9 +105,12 @@ static CUresult current_dev(int *dev) {
 EXPORT CUresult cuInit(unsigned int flags) {
     if (flags != 0)
         return CUDA_ERROR_INVALID_VALUE;
-    int n = ndev();
-    if (n < 0)
+    int count = sim_mem_count(SIM_VENDOR_NVIDIA);
+    if (count < 0)
         return CUDA_ERROR_NOT_INITIALIZED;
+    if (!atomic_load_explicit(&initialized, memory_order_acquire))
+        load_visible(count);
+    int n = ndev();
     if (n == 0)
         return CUDA_ERROR_NO_DEVICE;
     for (int i = 0; i < n && i < SIM_MAX_DEVICES; i++) {
@@ -111,11 +154,48 @@ EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
         return CUDA_ERROR_INVALID_VALUE;
     if (sim_mem_profile(&p) != SIM_MEM_OK)
         return CUDA_ERROR_NOT_INITIALIZED;
-    const sim_device_t *d = sim_vendor_device(p, SIM_VENDOR_NVIDIA, dev);
+    if (dev < 0 || dev >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    const sim_device_t *d = sim_vendor_device(p, SIM_VENDOR_NVIDIA, phys(dev));
     if (d == NULL)
         return CUDA_ERROR_INVALID_DEVICE;
     snprintf(name, (size_t)len, "%s", d->model);
     return CUDA_SUCCESS;
+}
+
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" -> 16 bytes (what NVML prints is "GPU-" + these) */
+static CUresult uuid_of(CUuuid *uuid, CUdevice dev) {
+    NEED_INIT();
+    const sim_profile_t *p;
+    if (uuid == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (dev < 0 || dev >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    if (sim_mem_profile(&p) != SIM_MEM_OK)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    const sim_device_t *d = sim_vendor_device(p, SIM_VENDOR_NVIDIA, phys(dev));
+    if (d == NULL)
+        return CUDA_ERROR_INVALID_DEVICE;
+    const char *u = strncmp(d->uuid, "GPU-", 4) == 0 ? d->uuid + 4 : d->uuid;
+    memset(uuid->bytes, 0, sizeof uuid->bytes);
+    int nib = 0;
+    for (; *u != '\0' && nib < 32; u++) {
+        int v = (*u >= '0' && *u <= '9') ? *u - '0' : (*u >= 'a' && *u <= 'f') ? *u - 'a' + 10
+              : (*u >= 'A' && *u <= 'F') ? *u - 'A' + 10 : -1;
+        if (v < 0)
+            continue; /* dashes */
+        uuid->bytes[nib / 2] = (char)(uuid->bytes[nib / 2] | (nib % 2 ? v : v << 4));
+        nib++;
+    }
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) {
+    return uuid_of(uuid, dev);
+}
+
+EXPORT CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
+    return uuid_of(uuid, dev);
 }
 
 EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
@@ -123,7 +203,9 @@ EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
     size_t f, t;
     if (bytes == NULL)
         return CUDA_ERROR_INVALID_VALUE;
-    int rc = sim_mem_info(SIM_VENDOR_NVIDIA, dev, &f, &t);
+    if (dev < 0 || dev >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    int rc = sim_mem_info(SIM_VENDOR_NVIDIA, phys(dev), &f, &t);
     if (rc != SIM_MEM_OK)
         return map_rc(rc);
     *bytes = t;
@@ -215,7 +297,7 @@ static CUresult alloc_dev(CUdeviceptr *dptr, size_t size) {
     if (dptr == NULL || size == 0)
         return CUDA_ERROR_INVALID_VALUE;
     void *p = NULL;
-    rc = map_rc(sim_mem_alloc(SIM_VENDOR_NVIDIA, dev, size, 1, &p));
+    rc = map_rc(sim_mem_alloc(SIM_VENDOR_NVIDIA, phys(dev), size, 1, &p));
     if (rc == CUDA_SUCCESS)
         *dptr = (CUdeviceptr)(uintptr_t)p;
     return rc;
@@ -314,7 +396,7 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, c
     struct vmm_handle *h = malloc(sizeof *h);
     if (h == NULL)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult rc = map_rc(sim_mem_alloc(SIM_VENDOR_NVIDIA, dev, size, counted, &h->mem));
+    CUresult rc = map_rc(sim_mem_alloc(SIM_VENDOR_NVIDIA, counted ? phys(dev) : 0, size, counted, &h->mem));
     if (rc != CUDA_SUCCESS) {
         free(h);
         return rc;
@@ -342,7 +424,7 @@ EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
         return rc;
     if (free_bytes == NULL || total_bytes == NULL)
         return CUDA_ERROR_INVALID_VALUE;
-    return map_rc(sim_mem_info(SIM_VENDOR_NVIDIA, dev, free_bytes, total_bytes));
+    return map_rc(sim_mem_info(SIM_VENDOR_NVIDIA, phys(dev), free_bytes, total_bytes));
 }
 
 EXPORT CUresult cuGetErrorName(CUresult error, const char **pStr) {

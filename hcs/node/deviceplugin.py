@@ -38,10 +38,15 @@ from hcs.node import cdi
 from hcs.node.assignments import Assignment, AssignmentSource, ContainerAssignment, DeviceGrant
 from hcs.node.config import NodeConfig
 from hcs.node.dra.injection import (
+    CONTAINER_LEDGER_DIR,
+    CONTAINER_QUOTA_FILE,
+    LEDGER_FILE,
     ContainerEdits,
     InjectionOptions,
     QuotaFiles,
     container_edits,
+    create_ledger,
+    ensure_preload_file,
     quota_file_text,
 )
 from hcs.node.metrics import NodeMetrics
@@ -51,9 +56,11 @@ from hcs.node.state import Allocation, AllocationStore
 
 log = logging.getLogger(__name__)
 
-#: Where the per-container quota file and the pod's shared accounting dir appear in the container.
-CONTAINER_QUOTA_FILE = "/var/run/hcs/quota"
-CONTAINER_SHM_DIR = "/var/run/hcs/shm"
+#: Where the per-container quota file and the container's VRAM ledger dir appear in the container
+#: (fixed paths the interceptor trusts; see hcs/node/dra/injection.py).
+CONTAINER_SHM_DIR = CONTAINER_LEDGER_DIR
+#: Host side of the container's /etc/ld.so.preload, in quotaDir (no name clash with <uid>_<c>.quota).
+PRELOAD_FILE = "ld.so.preload"
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
@@ -203,8 +210,8 @@ class PluginCore:
         self.on_change()
 
     def sweep_files(self) -> int:
-        """Remove dropped containers' quota files, and a pod's shared accounting dir once it holds
-        nothing. Under the lock, like every file write of an allocation, so a new allocation of the
+        """Remove dropped containers' quota files and ledger dirs (and a pod's dir once it holds
+        nothing). Under the lock, like every file write of an allocation, so a new allocation of the
         same pod and container keeps its (same-named) files. Returns how many drops were swept."""
         with self._lock:
             pending, self._unswept = self._unswept, []
@@ -214,6 +221,7 @@ class PluginCore:
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.quota_file(a.pod.uid, a.container))
+                _remove_tree(self.ledger_dir(a.pod.uid, a.container))
                 if held is None:
                     _remove_tree(Path(self.config.shmDir) / a.pod.uid)
         return len(pending)
@@ -222,10 +230,25 @@ class PluginCore:
         """Host path of a container's quota file (bind-mounted read-only as the file itself)."""
         return Path(self.config.quotaDir) / f"{pod_uid}_{container}.quota"
 
+    def ledger_dir(self, pod_uid: str, container: str) -> Path:
+        """Host dir of a container's VRAM ledger: per container, like its quota file and devices
+        (containers of one pod never share one)."""
+        return Path(self.config.shmDir) / pod_uid / container
+
+    def preload_file(self) -> Path:
+        return Path(self.config.quotaDir) / PRELOAD_FILE
+
     def _write_files(self, pod_uid: str, container: str, grants: Sequence[DeviceGrant]) -> None:
-        """The container's quota file (what the interceptor enforces) and its pod's shm dir."""
+        """The container's quota file (what the interceptor enforces), its ledger dir, and the
+        node's /etc/ld.so.preload source."""
         atomic_write(self.quota_file(pod_uid, container), quota_file_text([g.vram_bytes for g in grants]))
-        (Path(self.config.shmDir) / pod_uid).mkdir(parents=True, exist_ok=True)
+        uuids = []
+        for g in grants:
+            d = self.view.get(g.key)
+            uuids.append(g.uuid or (d.uuid if d is not None else ""))
+        create_ledger(self.ledger_dir(pod_uid, container), uuids)
+        if self.config.interceptorDir:
+            ensure_preload_file(self.preload_file())
 
     def _files_after_reply(self, rec: _Record) -> None:
         """Background: write a new allocation's files unless PreStartContainer (or a drop) came first."""
@@ -244,7 +267,8 @@ class PluginCore:
         a = rec.alloc
         with self._lock:
             if rec.files_ready and self.quota_file(a.pod.uid, a.container).exists() and (
-                    Path(self.config.shmDir) / a.pod.uid).is_dir():
+                    self.ledger_dir(a.pod.uid, a.container) / LEDGER_FILE).is_file() and (
+                    not self.config.interceptorDir or self.preload_file().is_file()):
                 return
             try:
                 self._write_files(a.pod.uid, a.container, a.devices)
@@ -441,15 +465,17 @@ class PluginCore:
                                   f"({'; '.join(d.health.reasons) or 'score ' + str(d.health.score)})")
             devices.append(d)
         quota_file = self.quota_file(a.pod.uid, c.container)
-        shm_dir = Path(self.config.shmDir) / a.pod.uid
+        shm_dir = self.ledger_dir(a.pod.uid, c.container)
         if write_files:
             self._write_files(a.pod.uid, c.container, c.devices)
         interceptor = self.config.interceptorDir if self.config.interceptorDir and self.exists(
             self.config.interceptorDir) else ""
         files = QuotaFiles(str(quota_file), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR)
-        options = InjectionOptions(interceptor_host_dir=interceptor, device_isolation=self.config.deviceIsolation)
+        preload = str(self.preload_file())
+        options = InjectionOptions(interceptor_host_dir=interceptor, device_isolation=self.config.deviceIsolation,
+                                   preload_host_path=preload)
         edits = container_edits(devices, [g.vram_bytes for g in c.devices], files, options)
-        own = {str(quota_file), str(shm_dir)}
+        own = {str(quota_file), str(shm_dir), preload}
         # Optional host paths (control nodes, driver dirs) that are absent would fail container creation.
         edits = ContainerEdits(
             env=edits.env,
@@ -634,7 +660,7 @@ class PluginCore:
         return self.allocations()
 
     def _restore_files(self, a: Allocation) -> None:
-        """Re-create a recorded container's quota file and shm dir when they are gone (quotaDir and
+        """Re-create a recorded container's quota file and ledger dir when they are gone (quotaDir and
         shmDir are on tmpfs: after a reboot the kubelet restarts the container with the same mounts)."""
         quota_file = self.quota_file(a.pod.uid, a.container)
         try:

@@ -1,21 +1,28 @@
 /*
- * libhcs_interceptor.so - enforce a container's VRAM quota inside the container (LD_PRELOAD).
+ * libhcs_interceptor.so - enforce a container's VRAM quota inside the container (preloaded from
+ * /etc/ld.so.preload and LD_PRELOAD).
  *
  * Every device-memory allocation of CUDA (driver API), Ascend ACL, Hygon HIP and Cambricon CNRT is
- * checked against the per-device quota before it reaches the vendor library, and accounted in a
- * region shared by all processes of the container (region.c); memory queries (cuMemGetInfo,
+ * checked against the per-device quota before it reaches the vendor library, and accounted in the
+ * container's ledger, kept by the kernel as byte-range locks (region.c); memory queries (cuMemGetInfo,
  * cuDeviceTotalMem, NVML, aclrtGetMemInfo, hipMemGetInfo, cnrtMemGetInfo) report the quota.
  * Entry points that bypass symbol interposition are covered too: dlsym (a trampoline that keeps
  * the caller's return address, so RTLD_NEXT lookups of other symbols keep their meaning) and
  * cuGetProcAddress / cuGetProcAddress_v2 (the pointer handed back is the hook's).
  *
- * Configuration (README.md): HCS_QUOTA_FILE or HCS_VRAM_QUOTA, HCS_SHM_DIR, HCS_INTERCEPTOR_LOG.
+ * Managed container (the node agent mounted the quota file at HCS_FIXED_QUOTA_FILE, and/or
+ * /etc/ld.so.preload names this library): the quota comes from that fixed, read-only file and the
+ * ledger from HCS_FIXED_LEDGER_DIR; no environment variable changes either. Development mode
+ * (neither present): HCS_QUOTA_FILE or HCS_VRAM_QUOTA, HCS_SHM_DIR. HCS_INTERCEPTOR_LOG in both.
+ * dlmopen() into a new link-map namespace is refused while a quota is configured: a vendor
+ * runtime loaded there would not see the hooks.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -23,7 +30,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
+
+#ifndef STATX_ATTR_MOUNT_ROOT
+#define STATX_ATTR_MOUNT_ROOT 0x00002000 /* linux/stat.h, Linux 5.8 */
+#endif
 
 #include "hcs_vendor_abi.h"
 #include "ptrmap.h"
@@ -68,9 +81,11 @@ static const char *const lib_names[LIB_COUNT][3] = {
     X(cuGetProcAddress, LIB_CUDA, 1)                                                                     \
     X(cuGetProcAddress_v2, LIB_CUDA, 1)                                                                  \
     X(cuCtxGetDevice, LIB_CUDA, 0)                                                                       \
+    X(cuDeviceGetUuid, LIB_CUDA, 0)                                                                      \
     X(nvmlDeviceGetMemoryInfo, LIB_NVML, 1)                                                              \
     X(nvmlDeviceGetMemoryInfo_v2, LIB_NVML, 1)                                                           \
     X(nvmlDeviceGetIndex, LIB_NVML, 0)                                                                   \
+    X(nvmlDeviceGetUUID, LIB_NVML, 0)                                                                    \
     X(aclrtMalloc, LIB_ACL, 1)                                                                           \
     X(aclrtMallocCached, LIB_ACL, 1)                                                                     \
     X(aclrtFree, LIB_ACL, 1)                                                                             \
@@ -121,12 +136,31 @@ struct hcs_state {
     struct hcs_ptrmap map;
     _Atomic(void *) lib_handle[LIB_COUNT];
     _Atomic(void *) real[SYM_COUNT];
+    /* Managed container with the agent's device list (<ledger dir>/devices, "<index> <uuid>"): a
+     * CUDA ordinal is mapped to the agent's index by the device's UUID, so CUDA_VISIBLE_DEVICES set
+     * inside the container (reordered, or one GPU per rank) neither moves a GPU to another quota
+     * line nor splits its ledger. */
+    bool uuid_map;
+    uint8_t dev_uuid[HCS_MAX_DEVICES][16];
+    bool dev_known[HCS_MAX_DEVICES];
+    _Atomic int cuda_canon[HCS_MAX_DEVICES]; /* ordinal -> index; CANON_UNSET until looked up */
 };
+
+#define CANON_UNSET (-3)
+#define DEV_FOREIGN (-2) /* a device the agent did not give this container: refused */
 
 static struct hcs_state g = {.init_lock = PTHREAD_MUTEX_INITIALIZER, .log_level = 1};
 
 typedef void *(*dlsym_fn)(void *, const char *);
 HCS_HIDDEN __attribute__((used)) _Atomic(dlsym_fn) hcs_real_dlsym_ptr;
+typedef void *(*dlmopen_fn)(Lmid_t, const char *, int);
+HCS_HIDDEN __attribute__((used)) dlmopen_fn hcs_real_dlmopen_ptr;
+
+/* Fixed in-container paths of a managed container (hcs/node/dra/injection.py mounts them). */
+#define HCS_FIXED_QUOTA_FILE "/var/run/hcs/quota"
+#define HCS_FIXED_LEDGER_DIR "/var/run/hcs/shm"
+#define HCS_LD_SO_PRELOAD "/etc/ld.so.preload"
+#define HCS_LIB_NAME "libhcs_interceptor.so"
 
 /* Set while a hook runs the real function: a vendor library that calls its own exported
  * allocation symbols internally is then passed straight through instead of being counted twice. */
@@ -213,6 +247,119 @@ static inline void *real_fn(int id) {
 
 /* ------------------------------------------------------------------ initialisation */
 
+/* True when /etc/ld.so.preload names this library: the node agent mounted it (read-only) into a
+ * managed container. Its absence is no proof of anything (development shells have none). */
+static bool preload_file_names_us(void) {
+    int fd = open(HCS_LD_SO_PRELOAD, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    char buf[4096];
+    ssize_t n;
+    do {
+        n = read(fd, buf, sizeof buf - 1);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    return strstr(buf, HCS_LIB_NAME) != NULL;
+}
+
+/* True when the open file fd (named path in messages) is the root of a read-only mount: what the
+ * container runtime makes of the agent's read-only bind mounts, and what a process without
+ * CAP_SYS_ADMIN can neither create nor undo. A file or directory the container made itself (say
+ * after renaming /var/run/hcs away) is not. Checked on the descriptor that is then used, so a
+ * rename between the check and the use changes nothing. Kernels before 5.8 lack
+ * STATX_ATTR_MOUNT_ROOT: then "on another filesystem than its parent directory". */
+static bool readonly_mount_root(int fd, const char *path, char *why, size_t whylen) {
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_TYPE | STATX_INO, &sx) != 0) {
+        snprintf(why, whylen, "%s: statx: %s", path, strerror(errno));
+        return false;
+    }
+    bool root;
+    if (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) {
+        root = (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
+    } else {
+        char parent[256];
+        snprintf(parent, sizeof parent, "%s/..", path);
+        struct stat a, b;
+        root = fstat(fd, &a) == 0 && stat(parent, &b) == 0 && a.st_dev != b.st_dev;
+    }
+    struct statvfs vf;
+    bool ro = fstatvfs(fd, &vf) == 0 && (vf.f_flag & ST_RDONLY);
+    if (!root || !ro) {
+        snprintf(why, whylen, "%s is not a read-only mount (%s): not the node agent's", path,
+                 !root ? "not a mount point" : "writable");
+        return false;
+    }
+    return true;
+}
+
+static int hexval(int c) {
+    return (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+         : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+}
+
+/* "GPU-5f0c2f3c-...." / "MIG-..." (or without the prefix) -> 16 bytes; false unless 32 hex digits */
+static bool parse_uuid(const char *s, size_t n, uint8_t out[16]) {
+    if (n >= 4 && (memcmp(s, "GPU-", 4) == 0 || memcmp(s, "MIG-", 4) == 0)) {
+        s += 4;
+        n -= 4;
+    }
+    int nib = 0;
+    memset(out, 0, 16);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '-')
+            continue;
+        int v = hexval((unsigned char)s[i]);
+        if (v < 0 || nib >= 32)
+            return false;
+        out[nib / 2] = (uint8_t)(out[nib / 2] | (nib % 2 ? v : v << 4));
+        nib++;
+    }
+    return nib == 32;
+}
+
+/* The agent's device list in the (read-only) ledger dir: "<index> <uuid>" per line. Absent (an
+ * older agent, or no NVIDIA devices): CUDA ordinals are taken as they are. */
+static void load_device_list(int dfd) {
+    g.uuid_map = false;
+    memset(g.dev_known, 0, sizeof g.dev_known);
+    for (int i = 0; i < HCS_MAX_DEVICES; i++)
+        atomic_store(&g.cuda_canon[i], CANON_UNSET);
+    int fd = openat(dfd, "devices", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return;
+    char buf[4096];
+    ssize_t n;
+    do {
+        n = read(fd, buf, sizeof buf - 1);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        char *end;
+        long idx = strtol(line, &end, 10);
+        while (*end == ' ' || *end == '\t')
+            end++;
+        size_t len = strcspn(end, " \t\r#");
+        if (end == line || idx < 0 || idx >= HCS_MAX_DEVICES || !parse_uuid(end, len, g.dev_uuid[idx]))
+            continue; /* other vendors' ids and comments: not CUDA UUIDs */
+        g.dev_known[idx] = true;
+        g.uuid_map = true;
+    }
+}
+
+static int index_of_uuid(const uint8_t u[16]) {
+    for (int i = 0; i < HCS_MAX_DEVICES; i++)
+        if (g.dev_known[i] && memcmp(g.dev_uuid[i], u, 16) == 0)
+            return i;
+    return DEV_FOREIGN;
+}
+
 static void init_locked(void) {
     const char *lv = getenv("HCS_INTERCEPTOR_LOG");
     if (lv != NULL && *lv >= '0' && *lv <= '9')
@@ -220,30 +367,85 @@ static void init_locked(void) {
     char err[4608];
     g.enforcing = false;
     g.fail_closed = false;
-    if (hcs_quota_load(&g.quota, err, sizeof err) != 0) {
+    struct stat st;
+    bool fixed = stat(HCS_FIXED_QUOTA_FILE, &st) == 0 && S_ISREG(st.st_mode);
+    bool managed = fixed || preload_file_names_us();
+    const char *dir;
+    int ledger_dirfd = AT_FDCWD;
+    int rc;
+    if (managed) {
+        /* The agent's files at fixed paths decide; no environment variable is even read. */
+        if (!fixed) {
+            hcs_log(0, "%s names this library but %s is missing: a managed container without its quota "
+                    "file (was /var/run/hcs moved or hidden?); every device allocation is refused",
+                    HCS_LD_SO_PRELOAD, HCS_FIXED_QUOTA_FILE);
+            g.fail_closed = true;
+            return;
+        }
+        /* open first, then check what was opened: the agent's read-only mounts, nothing else */
+        int qfd = open(HCS_FIXED_QUOTA_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        int dfd = open(HCS_FIXED_LEDGER_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        char why[512] = "";
+        bool ok = qfd >= 0 && dfd >= 0;
+        if (!ok)
+            snprintf(why, sizeof why, "%s: %s", qfd < 0 ? HCS_FIXED_QUOTA_FILE : HCS_FIXED_LEDGER_DIR,
+                     strerror(errno));
+        ok = ok && readonly_mount_root(qfd, HCS_FIXED_QUOTA_FILE, why, sizeof why) &&
+             readonly_mount_root(dfd, HCS_FIXED_LEDGER_DIR, why, sizeof why);
+        if (!ok) {
+            hcs_log(0, "%s; every device allocation is refused", why);
+            if (qfd >= 0)
+                close(qfd);
+            if (dfd >= 0)
+                close(dfd);
+            g.fail_closed = true;
+            return;
+        }
+        rc = hcs_quota_load_fd(&g.quota, qfd, HCS_FIXED_QUOTA_FILE, err, sizeof err);
+        close(qfd);
+        if (rc != 0) {
+            hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
+            close(dfd);
+            g.fail_closed = true;
+            return;
+        }
+        if (getenv("HCS_QUOTA_FILE") != NULL || getenv("HCS_VRAM_QUOTA") != NULL || getenv("HCS_SHM_DIR") != NULL)
+            hcs_log(2, "managed container: HCS_QUOTA_FILE / HCS_VRAM_QUOTA / HCS_SHM_DIR are ignored");
+        dir = HCS_FIXED_LEDGER_DIR;
+        ledger_dirfd = dfd;
+        load_device_list(dfd);
+    } else {
+        if (hcs_quota_load(&g.quota, err, sizeof err) != 0) {
+            hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
+            g.fail_closed = true;
+            return;
+        }
+        if (!g.quota.configured) {
+            hcs_log(2, "no HCS_QUOTA_FILE / HCS_VRAM_QUOTA: pass-through, nothing enforced");
+            return;
+        }
+        dir = getenv("HCS_SHM_DIR");
+        if (dir == NULL || *dir == '\0')
+            dir = "/tmp";
+    }
+    rc = hcs_region_open_at(&g.region, ledger_dirfd, dir, !managed, err, sizeof err);
+    if (ledger_dirfd != AT_FDCWD)
+        close(ledger_dirfd);
+    if (rc != 0) {
         hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
         g.fail_closed = true;
         return;
     }
-    if (!g.quota.configured) {
-        hcs_log(2, "no HCS_QUOTA_FILE / HCS_VRAM_QUOTA: pass-through, nothing enforced");
-        return;
-    }
-    const char *dir = getenv("HCS_SHM_DIR");
-    if (dir == NULL || *dir == '\0')
-        dir = "/tmp";
-    if (hcs_region_open(&g.region, dir, err, sizeof err) != 0 ||
-        hcs_region_claim_slot(&g.region, err, sizeof err) != 0) {
+    if (hcs_region_claim_slot(&g.region, err, sizeof err) != 0) {
         hcs_log(0, "%s; every device allocation is refused until this is fixed", err);
-        if (g.region.hdr != NULL)
-            hcs_region_close(&g.region);
+        hcs_region_close(&g.region);
         g.fail_closed = true;
         return;
     }
     hcs_ptrmap_init(&g.map);
     g.enforcing = true;
-    hcs_log(2, "quota from %s, shared region %s/%s slot %d", g.quota.source, dir, HCS_REGION_FILE,
-            g.region.slot);
+    hcs_log(2, "%s: quota from %s, ledger %s/%s slot %d", managed ? "managed" : "development", g.quota.source,
+            dir, HCS_LEDGER_FILE, g.region.slot);
 }
 
 static struct hcs_state *state_slow(void) {
@@ -276,8 +478,20 @@ static void atfork_child(void) {
     atomic_store_explicit(&g.ready, 0, memory_order_relaxed);
 }
 
+static void *dlmopen_unavailable(Lmid_t lmid, const char *file, int flags) {
+    (void)lmid;
+    (void)file;
+    (void)flags;
+    return NULL;
+}
+
 __attribute__((constructor)) static void hcs_ctor(void) {
     (void)real_dlsym();
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.3.4", "GLIBC_2.17", NULL};
+    dlmopen_fn f = NULL;
+    for (int i = 0; versions[i] != NULL && f == NULL; i++)
+        f = (dlmopen_fn)dlvsym(RTLD_NEXT, "dlmopen", versions[i]);
+    hcs_real_dlmopen_ptr = f != NULL ? f : dlmopen_unavailable;
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
@@ -298,15 +512,18 @@ HOT enum admit_result admit(struct hcs_state *s, int dev, uint64_t size, const c
         return ADMIT_PASS;
     if (hcs_region_reserve(&s->region, dev, size, limit))
         return ADMIT_OK;
-    if (s->log_level >= 2)
-        hcs_log(2, "%s: device %d: %llu bytes refused: container uses %llu of its %llu-byte quota", api, dev,
-                (unsigned long long)size, (unsigned long long)hcs_region_used(&s->region, dev),
-                (unsigned long long)limit);
+    if (s->log_level >= 2) {
+        bool ok;
+        uint64_t used = hcs_region_used(&s->region, dev, &ok);
+        hcs_log(2, "%s: device %d: %llu bytes refused: container uses %llu of its %llu-byte quota%s", api, dev,
+                (unsigned long long)size, (unsigned long long)used, (unsigned long long)limit,
+                ok ? "" : " (ledger unreadable: failing closed)");
+    }
     return ADMIT_DENY;
 }
 
 HOT void unreserve(struct hcs_state *s, int dev, uint64_t size) {
-    hcs_region_release(&s->region, dev, size);
+    hcs_region_release(&s->region, dev, size, limit_of(s, dev));
 }
 
 HOT void track(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t size, int dev) {
@@ -317,7 +534,7 @@ HOT void track(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t s
     if (r == HCS_PUT_REPLACED) {
         /* the runtime handed out an address we still had: its earlier free bypassed the hooks (e.g. a
          * v1 entry point), so that earlier charge is stale */
-        hcs_region_release(&s->region, (int)old.dev, old.size);
+        unreserve(s, (int)old.dev, old.size);
         hcs_log(2, "address 0x%llx reused without a hooked free; %llu stale bytes returned",
                 (unsigned long long)key, (unsigned long long)old.size);
         return;
@@ -347,13 +564,15 @@ HOT bool take(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t *s
 static void limit_view(struct hcs_state *s, int dev, uint64_t *free_b, uint64_t *total_b) {
     if (!s->enforcing)
         return;
+    if (dev == DEV_FOREIGN) { /* not this container's device: nothing of it is available */
+        *free_b = 0;
+        return;
+    }
     uint64_t limit = limit_of(s, dev);
     if (limit == HCS_UNLIMITED)
         return;
-    hcs_region_lock(&s->region);
-    (void)hcs_region_reclaim_locked(&s->region); /* a query after a crash shows the freed share */
-    hcs_region_unlock(&s->region);
-    uint64_t used = hcs_region_used(&s->region, dev);
+    bool ok;
+    uint64_t used = hcs_region_used(&s->region, dev, &ok); /* dead processes' leases are already gone */
     uint64_t total = *total_b < limit ? *total_b : limit; /* never report more than the card has */
     uint64_t free_q = total > used ? total - used : 0;    /* never an error, never negative */
     *free_b = *free_b < free_q ? *free_b : free_q;
@@ -381,18 +600,43 @@ static bool settle_pitch(struct hcs_state *s, int dev, uint64_t reserved, uint64
 
 /* ------------------------------------------------------------------ CUDA driver API */
 
+static __attribute__((noinline)) int cuda_canon_slow(int ordinal) {
+    __typeof__(&cuDeviceGetUuid) f = REAL(cuDeviceGetUuid);
+    CUuuid u;
+    int idx = DEV_FOREIGN;
+    if (f != NULL && f(&u, ordinal) == CUDA_SUCCESS)
+        idx = index_of_uuid((const uint8_t *)u.bytes);
+    if (idx == DEV_FOREIGN)
+        hcs_log(1, "CUDA device %d is not one of the devices the node agent gave this container; its "
+                "allocations are refused", ordinal);
+    atomic_store_explicit(&g.cuda_canon[ordinal], idx, memory_order_release);
+    return idx;
+}
+
+/* The agent's index of the device behind a CUDA ordinal (the ordinal itself without a device list). */
+HOT int cuda_canon(int ordinal) {
+    if (LIKELY(!g.uuid_map) || ordinal < 0)
+        return ordinal;
+    if (ordinal >= HCS_MAX_DEVICES)
+        return DEV_FOREIGN;
+    int c = atomic_load_explicit(&g.cuda_canon[ordinal], memory_order_acquire);
+    return LIKELY(c != CANON_UNSET) ? c : cuda_canon_slow(ordinal);
+}
+
 HOT int cuda_device(void) {
     __typeof__(&cuCtxGetDevice) f = REAL(cuCtxGetDevice);
     CUdevice d;
     if (f == NULL || f(&d) != CUDA_SUCCESS)
         return -1;
-    return d;
+    return cuda_canon(d);
 }
 
 typedef CUresult (*cu_alloc_call)(const void *args, CUdeviceptr *dptr);
 
 HOT CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr *dptr,
                            cu_alloc_call call, const void *args, const char *api) {
+    if (dev == DEV_FOREIGN)
+        return CUDA_ERROR_OUT_OF_MEMORY; /* not a device of this container: fail closed */
     if (dev < 0)
         return call(args, dptr); /* no context: the driver reports the error */
     enum admit_result a = admit(s, dev, size, api);
@@ -504,6 +748,8 @@ HCS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t
     if (in_hook || (!s->enforcing && !s->fail_closed))
         return real(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
     int dev = cuda_device();
+    if (dev == DEV_FOREIGN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     if (dev < 0)
         return real(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
     bool ovf;
@@ -573,7 +819,9 @@ HCS_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t siz
     if (in_hook || (!s->enforcing && !s->fail_closed) || prop == NULL ||
         prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
         return real(handle, size, prop, flags);
-    int dev = prop->location.id;
+    int dev = cuda_canon(prop->location.id);
+    if (dev == DEV_FOREIGN)
+        return CUDA_ERROR_OUT_OF_MEMORY;
     enum admit_result a = admit(s, dev, size, "cuMemCreate");
     if (a == ADMIT_DENY)
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -618,7 +866,8 @@ HCS_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
     CUresult rc = real(bytes, dev);
     struct hcs_state *s = state();
     if (rc == CUDA_SUCCESS && bytes != NULL && s->enforcing) {
-        uint64_t limit = limit_of(s, dev);
+        int idx = cuda_canon(dev);
+        uint64_t limit = idx == DEV_FOREIGN ? 0 : limit_of(s, idx);
         if (limit < *bytes)
             *bytes = (size_t)limit;
     }
@@ -718,6 +967,16 @@ static void nvml_view(nvmlDevice_t device, uint64_t *free_b, uint64_t *total_b) 
     struct hcs_state *s = state();
     if (!s->enforcing)
         return;
+    if (s->uuid_map) { /* NVML's index is not the agent's: match the UUID */
+        __typeof__(&nvmlDeviceGetUUID) uuid_fn = REAL(nvmlDeviceGetUUID);
+        char text[96];
+        uint8_t u[16];
+        int dev = DEV_FOREIGN;
+        if (uuid_fn != NULL && uuid_fn(device, text, sizeof text) == NVML_SUCCESS && parse_uuid(text, strlen(text), u))
+            dev = index_of_uuid(u);
+        limit_view(s, dev, free_b, total_b);
+        return;
+    }
     __typeof__(&nvmlDeviceGetIndex) idx_fn = REAL(nvmlDeviceGetIndex);
     unsigned int idx;
     if (idx_fn == NULL || idx_fn(device, &idx) != NVML_SUCCESS)
@@ -1167,5 +1426,85 @@ HCS_EXPORT void *dlsym(void *handle, const char *name) {
     if (hcs_dlsym_lookup(handle, name, &out))
         return out;
     return real_dlsym()(handle, name);
+}
+#endif
+
+/* ------------------------------------------------------------------ dlmopen */
+
+/* dlmopen(LM_ID_NEWLM, "libcuda.so.1") would load a second copy of the vendor runtime into a new
+ * link-map namespace, where neither LD_PRELOAD nor /etc/ld.so.preload put this library: its
+ * allocations would bypass the quota. While a quota is configured (or the configuration is broken)
+ * loads into any namespace other than the base one are refused. Called by the dlmopen trampoline:
+ * 0 = go on into the C library's dlmopen with the caller's own return address (it decides the
+ * caller's RUNPATH and $ORIGIN), 1 = refuse (the trampoline returns NULL). */
+HCS_HIDDEN __attribute__((used)) int hcs_dlmopen_check(Lmid_t lmid, const char *file, int flags) {
+    (void)flags;
+    if (lmid == LM_ID_BASE)
+        return 0;
+    struct hcs_state *s = state();
+    if (!s->enforcing && !s->fail_closed)
+        return 0;
+    hcs_log(1, "dlmopen(%ld, \"%s\") refused: a library loaded into another link-map namespace would "
+            "escape the VRAM quota; load it with dlopen", (long)lmid, file != NULL ? file : "(null)");
+    /* leave a matching dlerror() for the caller: a path no one can create */
+    void *h = dlopen("/proc/hcs-interceptor: dlmopen into a new namespace is refused under a VRAM quota",
+                     RTLD_NOW | RTLD_LOCAL);
+    if (h != NULL)
+        dlclose(h);
+    return 1;
+}
+
+#if defined(__x86_64__)
+__asm__(".text\n"
+        ".globl dlmopen\n"
+        ".type dlmopen,@function\n"
+        "dlmopen:\n"
+        "    .cfi_startproc\n"
+        "    pushq %rdi\n"
+        "    .cfi_adjust_cfa_offset 8\n"
+        "    pushq %rsi\n"
+        "    .cfi_adjust_cfa_offset 8\n"
+        "    pushq %rdx\n"
+        "    .cfi_adjust_cfa_offset 8\n"
+        "    call hcs_dlmopen_check\n"
+        "    popq %rdx\n"
+        "    .cfi_adjust_cfa_offset -8\n"
+        "    popq %rsi\n"
+        "    .cfi_adjust_cfa_offset -8\n"
+        "    popq %rdi\n"
+        "    .cfi_adjust_cfa_offset -8\n"
+        "    testl %eax, %eax\n"
+        "    jnz 1f\n"
+        "    jmp *hcs_real_dlmopen_ptr(%rip)\n"
+        "1:  xorl %eax, %eax\n"
+        "    ret\n"
+        "    .cfi_endproc\n"
+        ".size dlmopen, .-dlmopen\n");
+#elif defined(__aarch64__)
+__asm__(".text\n"
+        ".globl dlmopen\n"
+        ".type dlmopen,%function\n"
+        "dlmopen:\n"
+        "    stp x29, x30, [sp, #-48]!\n"
+        "    mov x29, sp\n"
+        "    stp x0, x1, [sp, #16]\n"
+        "    str x2, [sp, #32]\n"
+        "    bl hcs_dlmopen_check\n"
+        "    mov w9, w0\n"
+        "    ldp x0, x1, [sp, #16]\n"
+        "    ldr x2, [sp, #32]\n"
+        "    ldp x29, x30, [sp], #48\n"
+        "    cbnz w9, 1f\n"
+        "    adrp x16, hcs_real_dlmopen_ptr\n"
+        "    ldr x16, [x16, :lo12:hcs_real_dlmopen_ptr]\n"
+        "    br x16\n"
+        "1:  mov x0, #0\n"
+        "    ret\n"
+        ".size dlmopen, .-dlmopen\n");
+#else
+HCS_EXPORT void *dlmopen(Lmid_t lmid, const char *file, int flags) {
+    if (hcs_dlmopen_check(lmid, file, flags))
+        return NULL;
+    return hcs_real_dlmopen_ptr(lmid, file, flags);
 }
 #endif

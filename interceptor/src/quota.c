@@ -250,54 +250,82 @@ int hcs_quota_parse_env(struct hcs_quota *q, const char *value, char *err, size_
     return 0;
 }
 
+static int read_small_fd(int fd, const char *path, char *buf, size_t cap, char *err, size_t errlen);
+
 static int read_small_file(const char *path, char *buf, size_t cap, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(err, errlen, "HCS_QUOTA_FILE=%s: cannot open: %s; the node agent writes this file "
-                 "(check the mount) or unset HCS_QUOTA_FILE", path, strerror(errno));
+        snprintf(err, errlen, "%s: cannot open the quota file: %s; the node agent writes this file "
+                 "(check the mount)", path, strerror(errno));
         return -1;
     }
+    int rc = read_small_fd(fd, path, buf, cap, err, errlen);
+    close(fd);
+    return rc;
+}
+
+/* Read at most cap-1 bytes of fd (not closed here) into buf, NUL-terminated. */
+static int read_small_fd(int fd, const char *path, char *buf, size_t cap, char *err, size_t errlen) {
     size_t n = 0;
     for (;;) {
         if (n + 1 >= cap) {
-            snprintf(err, errlen, "HCS_QUOTA_FILE=%s: larger than %zu bytes; not a quota file", path, cap);
-            close(fd);
+            snprintf(err, errlen, "%s: larger than %zu bytes; not a quota file", path, cap);
             return -1;
         }
         ssize_t r = read(fd, buf + n, cap - 1 - n);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            snprintf(err, errlen, "HCS_QUOTA_FILE=%s: read: %s", path, strerror(errno));
-            close(fd);
+            snprintf(err, errlen, "%s: read: %s", path, strerror(errno));
             return -1;
         }
         if (r == 0)
             break;
         n += (size_t)r;
     }
-    close(fd);
     buf[n] = '\0';
     if (memchr(buf, '\0', n) != NULL) {
-        snprintf(err, errlen, "HCS_QUOTA_FILE=%s: contains NUL bytes; not a quota file", path);
+        snprintf(err, errlen, "%s: contains NUL bytes; not a quota file", path);
         return -1;
     }
     return 0;
+}
+
+int hcs_quota_load_fd(struct hcs_quota *q, int fd, const char *origin, char *err, size_t errlen) {
+    quota_reset(q);
+    char *buf = malloc(QUOTA_FILE_MAX);
+    if (buf == NULL) {
+        snprintf(err, errlen, "out of host memory reading %s", origin);
+        return -1;
+    }
+    int rc = read_small_fd(fd, origin, buf, QUOTA_FILE_MAX, err, errlen);
+    if (rc == 0)
+        rc = hcs_quota_parse_file_text(q, buf, origin, err, errlen);
+    free(buf);
+    snprintf(q->source, sizeof q->source, "%s", origin);
+    return rc;
+}
+
+int hcs_quota_load_file(struct hcs_quota *q, const char *file, char *err, size_t errlen) {
+    quota_reset(q);
+    char *buf = malloc(QUOTA_FILE_MAX);
+    if (buf == NULL) {
+        snprintf(err, errlen, "out of host memory reading %s", file);
+        return -1;
+    }
+    int rc = read_small_file(file, buf, QUOTA_FILE_MAX, err, errlen);
+    if (rc == 0)
+        rc = hcs_quota_parse_file_text(q, buf, file, err, errlen);
+    free(buf);
+    snprintf(q->source, sizeof q->source, "%s", file);
+    return rc;
 }
 
 int hcs_quota_load(struct hcs_quota *q, char *err, size_t errlen) {
     quota_reset(q);
     const char *file = getenv("HCS_QUOTA_FILE");
     if (file != NULL && *file != '\0') {
-        char *buf = malloc(QUOTA_FILE_MAX);
-        if (buf == NULL) {
-            snprintf(err, errlen, "out of host memory reading HCS_QUOTA_FILE");
-            return -1;
-        }
-        int rc = read_small_file(file, buf, QUOTA_FILE_MAX, err, errlen);
-        if (rc == 0)
-            rc = hcs_quota_parse_file_text(q, buf, file, err, errlen);
-        free(buf);
+        int rc = hcs_quota_load_file(q, file, err, errlen);
         snprintf(q->source, sizeof q->source, "HCS_QUOTA_FILE=%s", file);
         return rc;
     }

@@ -1,4 +1,5 @@
-/* quota.h - per-device VRAM quota from HCS_QUOTA_FILE or HCS_VRAM_QUOTA (format: README.md). */
+/* quota.h - per-device VRAM quota: the fixed quota file of a managed container, or (development
+ * mode) HCS_QUOTA_FILE / HCS_VRAM_QUOTA (format: README.md). */
 #ifndef HCS_QUOTA_H
 #define HCS_QUOTA_H
 
@@ -26,7 +27,11 @@ int hcs_quota_parse_file_text(struct hcs_quota *q, const char *text, const char 
                               size_t errlen);
 /* Parse the env form: "16Gi" (every device) or "0:16Gi,1:8Gi". */
 int hcs_quota_parse_env(struct hcs_quota *q, const char *value, char *err, size_t errlen);
-/* From the process environment: HCS_QUOTA_FILE wins over HCS_VRAM_QUOTA. 0, or -1 with message. */
+/* From a quota file (the managed container's fixed, read-only one). 0, or -1 with message. */
+int hcs_quota_load_file(struct hcs_quota *q, const char *path, char *err, size_t errlen);
+/* Same, from an open descriptor (not closed); origin names it in messages. */
+int hcs_quota_load_fd(struct hcs_quota *q, int fd, const char *origin, char *err, size_t errlen);
+/* Development mode, from the process environment: HCS_QUOTA_FILE wins over HCS_VRAM_QUOTA. 0, or -1 with message. */
 int hcs_quota_load(struct hcs_quota *q, char *err, size_t errlen);
 
 #endif /* HCS_QUOTA_H */

@@ -1,25 +1,28 @@
 /*
- * region.h - the container-wide VRAM accounting region shared by every process of a container.
+ * region.h - the container-wide VRAM ledger shared by every process of a container.
  *
- * A file <dir>/hcs-vram-v1.region, mmap'ed MAP_SHARED by each process. Layout: one header page,
- * then HCS_MAX_SLOTS per-process slots. Each slot holds the bytes its process has allocated per
- * device index. The container's usage of device d is the sum of used[d] over all slots.
+ * The ledger is kept by the KERNEL, not in shared memory: it is the table of open-file-description
+ * (OFD) byte-range locks on one file, <dir>/hcs-vram.ledger. Nothing is ever written to the file;
+ * it can be (and in a managed container is) mounted read-only, so a process of the container
+ * cannot zero, truncate, replace or forge the accounting, whatever tools it has.
  *
- * Invariants and why they hold (see interceptor/README.md for the long version):
- *  - A slot's counters are only ever changed by single atomic operations, so a process killed at any
- *    instruction leaves them exact: there is no "global total" that could drift from the slots.
- *  - Every increase happens with the allocation lock held and after checking sum + size <= limit;
- *    decreases (frees, reclaiming a dead process's slot) are lock-free. So the sum read under the
- *    allocation lock never exceeds the limit.
- *  - The allocation lock is one word holding the holder's slot number (+ a waiters bit). It costs
- *    two CAS uncontended; waiters sleep on a shared futex. A holder killed with SIGKILL is detected
- *    by its waiters through its slot's liveness lock and the lock is taken over (nothing to repair:
- *    counters are exact).
- *  - Claiming and reclaiming slots is serialised by a PTHREAD_PROCESS_SHARED + PTHREAD_MUTEX_ROBUST
- *    mutex (EOWNERDEAD -> reclaim dead slots, mark consistent).
- *  - Liveness of a slot's owner is an open-file-description lock (F_OFD_SETLK) on a byte of the
- *    region file named after the slot. The kernel drops it when the owner dies, whatever PID
- *    namespace the observer lives in and whatever PID reuse happened: no kill(pid,0) guessing.
+ *  - Each process claims a slot s (a read lock on byte HCS_LIVE_BASE + s, taken under the ledger
+ *    lock, so slots are unique among live processes).
+ *  - A process's LEASE on device d is a read lock on [cell(d, s), cell(d, s) + lease): its length is
+ *    the number of bytes of quota the process holds. The container's usage of d, as another process
+ *    sees it, is the sum of the lengths of every lock in device d's cells (F_OFD_GETLK, which the
+ *    kernel answers from locks nobody but their owner can change).
+ *  - The ledger lock (serialising lease growth across processes) is flock(LOCK_EX) on the file.
+ *  - A process that dies - SIGKILL included, at any instruction - loses all its locks: its lease,
+ *    its slot and the ledger lock come back by themselves. No PID, no reclamation code, no repair.
+ *
+ * Hot path: each process keeps its own used[d] and lease[d] counters. An allocation that fits in
+ * the process's lease is one compare-and-swap (no system call); a larger one takes the slow path
+ * (flock, sum the others' leases, extend the own lease exactly to what is needed). A free lowers
+ * used[d]; when more than limit/64 of the lease is unused it is trimmed back to used[d] (one
+ * fcntl). So usage never exceeds the quota, and the boundary is exact for one process; another
+ * process of the same container may find up to limit/64 less room per process that freed memory
+ * recently (slack kept to make alloc/free loops free of system calls).
  */
 #ifndef HCS_REGION_H
 #define HCS_REGION_H
@@ -29,84 +32,79 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define HCS_MAX_DEVICES 32
 #define HCS_MAX_SLOTS 1024
-#define HCS_REGION_MAGIC 0x3176676572534348ULL /* "HCSregv1" little-endian */
-#define HCS_REGION_VERSION 1u
-#define HCS_REGION_FILE "hcs-vram-v1.region"
-#define HCS_REGION_HEADER_SIZE 4096u
-#define HCS_SLOT_LOCK_BASE (1LL << 30) /* byte HCS_SLOT_LOCK_BASE + i is slot i's liveness lock */
-#define HCS_INIT_LOCK_BYTE ((1LL << 30) - 1)
-
-#define HCS_SLOT_FREE 0u
-#define HCS_SLOT_ACTIVE 1u
-
-struct hcs_slot {
-    _Atomic uint32_t state; /* HCS_SLOT_FREE / HCS_SLOT_ACTIVE */
-    int32_t pid;            /* owner's pid in its own namespace (informational only) */
-    uint64_t pidns;         /* inode of the owner's pid namespace (informational only) */
-    _Atomic uint64_t used[HCS_MAX_DEVICES];
-} __attribute__((aligned(64)));
-
-struct hcs_region_header {
-    uint64_t magic;
-    uint32_t version;
-    uint32_t header_size;
-    uint32_t slot_size;
-    uint32_t max_slots;
-    uint32_t max_devices;
-    _Atomic uint32_t hwm;             /* slots [0, hwm) have ever been used */
-    _Atomic uint64_t reclaimed_slots; /* statistics: dead processes reclaimed */
-    _Atomic uint64_t reclaimed_bytes; /* statistics: bytes returned from dead processes */
-    _Atomic uint64_t owner_died;      /* statistics: EOWNERDEAD recoveries */
-    _Atomic uint64_t peak[HCS_MAX_DEVICES]; /* highest container usage ever granted, per device */
-    _Atomic uint64_t lock_steals;     /* statistics: allocation locks taken over from dead holders */
-    /* Allocation lock (hot path): 0 = free, else holder's slot + 1. A waiter that finds the holder's
-     * slot dead (liveness lock gone) takes it over; see hcs_region_alloc_lock(). */
-    _Atomic uint32_t alloc_lock __attribute__((aligned(64)));
-    /* Slot lock (cold path: claiming and reclaiming slots): robust + process-shared. */
-    pthread_mutex_t lock __attribute__((aligned(64)));
-};
+#define HCS_LEDGER_FILE "hcs-vram.ledger"
+#define HCS_LIVE_BASE (1LL << 30)     /* byte HCS_LIVE_BASE + s: slot s is taken */
+#define HCS_LEASE_BASE (1LL << 40)    /* device d, slot s: [cell, cell + lease) */
+#define HCS_LEASE_SPAN (1ULL << 47)   /* a cell; the largest lease a process can hold on a device */
+#define HCS_LEASE_MAX (HCS_LEASE_SPAN - 1)
 
 struct hcs_region {
-    int fd;                /* O_CLOEXEC; holds this process's slot lock */
-    size_t map_size;
-    struct hcs_region_header *hdr;
-    struct hcs_slot *slots;
-    int slot;              /* this process's slot index, -1 = none (observer) */
+    int fd;                /* O_CLOEXEC; its open file description owns this process's locks */
+    void *pin;             /* PROT_READ mapping of the file: keeps the description (and so the
+                              locks) alive if the application closes fd; MADV_DONTFORK */
+    dev_t dev;             /* identity of the ledger file, checked on the slow path */
+    ino_t ino;
+    int slot;              /* this process's slot, -1 = none (observer) */
+    _Atomic bool broken;   /* fd no longer names the ledger: every further allocation is refused */
+    pthread_mutex_t mu;    /* slow path of this process's threads */
+    _Atomic uint64_t used[HCS_MAX_DEVICES];  /* bytes this process has allocated */
+    _Atomic uint64_t lease[HCS_MAX_DEVICES]; /* bytes of quota it holds in the ledger (>= used) */
 };
 
-/* Open (creating and initialising if needed) the region in dir. Returns 0, or -1 with a message
- * in err naming the file and what to do. Does not claim a slot. */
-int hcs_region_open(struct hcs_region *r, const char *dir, char *err, size_t errlen);
-/* Claim a slot for the calling process (reusing a free or dead one). 0 or -1 with message. */
+/* Open the ledger in dir (create=true: create the file when absent; false: it must exist, as the
+ * node agent creates it for a managed container). 0, or -1 with a message in err naming the file. */
+int hcs_region_open(struct hcs_region *r, const char *dir, bool create, char *err, size_t errlen);
+/* Same, with the directory given as an open descriptor (dir only names it in messages). */
+int hcs_region_open_at(struct hcs_region *r, int dirfd, const char *dir, bool create, char *err, size_t errlen);
+/* Claim a slot for the calling process. 0 or -1 with message. */
 int hcs_region_claim_slot(struct hcs_region *r, char *err, size_t errlen);
-/* Drop the mapping and fd without touching the slot (the kernel releases the liveness lock when
- * the last fd of the open file description closes). */
+/* Drop the pin and fd (the kernel releases this process's locks when the description goes). */
 void hcs_region_close(struct hcs_region *r);
 
-/* Lock / unlock the slot mutex (claim / reclaim), recovering from a dead owner. */
-void hcs_region_lock(struct hcs_region *r);
-void hcs_region_unlock(struct hcs_region *r);
-/* Lock / unlock the allocation lock. The caller must own a slot. */
-void hcs_region_alloc_lock(struct hcs_region *r);
-void hcs_region_alloc_unlock(struct hcs_region *r);
+/* Reserve size bytes on device dev if the container total stays <= limit. */
+bool hcs_region_reserve_slow(struct hcs_region *r, int dev, uint64_t size, uint64_t limit);
+static inline bool hcs_region_reserve(struct hcs_region *r, int dev, uint64_t size, uint64_t limit) {
+    _Atomic uint64_t *u = &r->used[dev];
+    uint64_t cur = atomic_load_explicit(u, memory_order_relaxed);
+    for (;;) {
+        uint64_t lease = atomic_load_explicit(&r->lease[dev], memory_order_seq_cst);
+        if (cur > lease || size > lease - cur)
+            return hcs_region_reserve_slow(r, dev, size, limit);
+        if (atomic_compare_exchange_weak_explicit(u, &cur, cur + size, memory_order_seq_cst,
+                                                  memory_order_relaxed)) {
+            /* a concurrent trim may have lowered the lease after we read it (see region.c) */
+            if (__builtin_expect(cur + size <= atomic_load_explicit(&r->lease[dev], memory_order_seq_cst), 1))
+                return true;
+            atomic_fetch_sub_explicit(u, size, memory_order_seq_cst);
+            return hcs_region_reserve_slow(r, dev, size, limit);
+        }
+    }
+}
 
-/* Reserve size bytes on device dev for the calling process if the container total stays
- * <= limit. Exact: sum + size == limit succeeds. Reclaims dead processes' slots before failing.
- * Returns true when reserved. */
-bool hcs_region_reserve(struct hcs_region *r, int dev, uint64_t size, uint64_t limit);
-/* Unconditionally account size bytes (unlimited devices, and pitch corrections). */
-void hcs_region_add(struct hcs_region *r, int dev, uint64_t size);
-/* Give back size bytes (lock-free; clamps at zero, never wraps). */
-void hcs_region_release(struct hcs_region *r, int dev, uint64_t size);
-/* Container usage of device dev right now (lock-free snapshot; for queries). */
-uint64_t hcs_region_used(const struct hcs_region *r, int dev);
-/* Same, read under the allocation lock (caller owns a slot): never exceeds a limit enforced by
- * reserve. */
-uint64_t hcs_region_used_locked(struct hcs_region *r, int dev);
-/* Reclaim the slots of dead processes. Caller holds the slot mutex. Returns slots reclaimed. */
-int hcs_region_reclaim_locked(struct hcs_region *r);
+/* Trim the lease of dev down to what is used (cold). */
+void hcs_region_trim(struct hcs_region *r, int dev);
+/* Give back size bytes (clamps at zero, never wraps); trims the lease when over limit/64 is idle. */
+static inline void hcs_region_release(struct hcs_region *r, int dev, uint64_t size, uint64_t limit) {
+    _Atomic uint64_t *u = &r->used[dev];
+    uint64_t old = atomic_load_explicit(u, memory_order_relaxed);
+    uint64_t next;
+    do {
+        next = old >= size ? old - size : 0;
+    } while (!atomic_compare_exchange_weak_explicit(u, &old, next, memory_order_seq_cst, memory_order_relaxed));
+    uint64_t lease = atomic_load_explicit(&r->lease[dev], memory_order_relaxed);
+    if (__builtin_expect(lease > next && lease - next > limit / 64, 0))
+        hcs_region_trim(r, dev);
+}
+
+/* Container usage of dev as this process sees it: its own used bytes + the other processes'
+ * leases. *ok=false when the kernel could not be asked (callers then assume the worst). */
+uint64_t hcs_region_used(struct hcs_region *r, int dev, bool *ok);
+/* Observer (no slot needed): under the ledger lock, the sum of every process's lease on dev.
+ * 0, or -1 when the ledger could not be read. */
+int hcs_region_observe(struct hcs_region *r, int dev, uint64_t *out);
 
 #endif /* HCS_REGION_H */

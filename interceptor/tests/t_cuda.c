@@ -336,6 +336,90 @@ static int case_attach_wait(uint64_t bytes) {
     return case_alloc(bytes);
 }
 
+/* --- attack cases (tests/security/test_sec_quota_*.py); each prints one JSON line --- */
+
+/* setenv before the first device call: in a managed container the quota and the ledger come from
+ * fixed paths, so variables set now change nothing. Args: <bytes> NAME=VALUE... */
+static int case_setenv_alloc(int argc, char **argv) {
+    for (int i = 3; i < argc; i++) {
+        char *eq = strchr(argv[i], '=');
+        if (eq == NULL)
+            return 2;
+        *eq = '\0';
+        setenv(argv[i], eq + 1, 1);
+    }
+    return case_alloc(strtoull(argv[2], NULL, 10));
+}
+
+/* dlmopen(LM_ID_NEWLM) of a library that allocates through its own binding to libcuda */
+static int case_dlmopen_alloc(uint64_t bytes, const char *lib) {
+    void *h = dlmopen(LM_ID_NEWLM, lib, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL) {
+        const char *e = dlerror();
+        printf("{\"dlmopen\": \"refused\", \"rc\": -1, \"error_set\": %s}\n", e != NULL ? "true" : "false");
+        return 0;
+    }
+    int (*f)(uint64_t) = (int (*)(uint64_t))dlsym(h, "t_ns_alloc");
+    int rc = f != NULL ? f(bytes) : -2;
+    printf("{\"dlmopen\": \"loaded\", \"rc\": %d}\n", rc);
+    return 0;
+}
+
+typedef CUresult (*alloc_v2_fn)(CUdeviceptr *, size_t);
+
+/* dlsym(RTLD_NEXT) and dlvsym on the driver's handle: both must hand out the limited function */
+static int case_lookup_alloc(uint64_t bytes, const char *how) {
+    alloc_v2_fn f = NULL;
+    if (strcmp(how, "rtld_next") == 0) {
+        f = (alloc_v2_fn)dlsym(RTLD_NEXT, "cuMemAlloc_v2");
+    } else if (strcmp(how, "dlvsym") == 0) {
+        void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+        static const char *const vs[] = {"libcuda.so.1", "GLIBC_2.2.5", "CUDA_12", "CUDA_11"};
+        for (int i = 0; h != NULL && f == NULL && i < 4; i++)
+            f = (alloc_v2_fn)dlvsym(h, "cuMemAlloc_v2", vs[i]);
+    }
+    if (f == NULL) {
+        printf("{\"lookup\": \"null\", \"rc\": -1}\n");
+        return 0;
+    }
+    CUdeviceptr p;
+    printf("{\"lookup\": \"%s\", \"rc\": %d}\n", f == &cuMemAlloc_v2 ? "hook" : "other", f(&p, bytes));
+    return 0;
+}
+
+/* allocate, close every fd above stderr (the ledger's included), allocate again, report and hold:
+ * the first allocation must stay counted for the other processes, the second must be refused */
+static __attribute__((noreturn)) int case_closefds_hold(uint64_t first, uint64_t second) {
+    CUdeviceptr p, q;
+    CUresult a = cuMemAlloc_v2(&p, first);
+    for (int fd = 3; fd < 4096; fd++)
+        close(fd);
+    CUresult b = cuMemAlloc_v2(&q, second);
+    printf("{\"first\": %d, \"second\": %d}\n", a, b);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
+/* on device ordinal <ord>: allocate <bytes> and report, or (hold=1) allocate, say "ready", wait */
+static int case_alloc_on(int ord, uint64_t bytes, int hold) {
+    if (cuInit(0) != CUDA_SUCCESS)
+        return 2;
+    ctx_on(ord);
+    CUdeviceptr p;
+    CUresult rc = cuMemAlloc_v2(&p, bytes);
+    size_t f = 0, t = 0;
+    (void)cuMemGetInfo_v2(&f, &t);
+    printf("{\"rc\": %d, \"free\": %zu, \"total\": %zu}\n", rc, f, t);
+    if (!hold)
+        return 0;
+    printf("ready\n");
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: t_cuda <case> [bytes]\n");
@@ -349,6 +433,18 @@ int main(int argc, char **argv) {
         return case_attach_wait(strtoull(argv[2], NULL, 10));
     if (strcmp(c, "hold") == 0 && argc > 2)
         return case_hold(strtoull(argv[2], NULL, 10));
+    if (strcmp(c, "alloc_on") == 0 && argc > 3)
+        return case_alloc_on(atoi(argv[2]), strtoull(argv[3], NULL, 10), 0);
+    if (strcmp(c, "hold_on") == 0 && argc > 3)
+        return case_alloc_on(atoi(argv[2]), strtoull(argv[3], NULL, 10), 1);
+    if (strcmp(c, "setenv_alloc") == 0 && argc > 2)
+        return case_setenv_alloc(argc, argv);
+    if (strcmp(c, "dlmopen_alloc") == 0 && argc > 3)
+        return case_dlmopen_alloc(strtoull(argv[2], NULL, 10), argv[3]);
+    if (strcmp(c, "lookup_alloc") == 0 && argc > 3)
+        return case_lookup_alloc(strtoull(argv[2], NULL, 10), argv[3]);
+    if (strcmp(c, "closefds_hold") == 0 && argc > 3)
+        return case_closefds_hold(strtoull(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
     uint64_t q = env_u64("HCS_TEST_QUOTA");
     if (strcmp(c, "boundary") == 0)
         case_boundary(q);

@@ -4,9 +4,9 @@
  *       (run with LD_PRELOAD) each thread allocates and frees at random, holding up to 4 blocks;
  *       every result must be success or CUDA_ERROR_OUT_OF_MEMORY. Prints one JSON line.
  *   t_stress observer <shm_dir> <quota> <stop_file>
- *       (run WITHOUT the interceptor) an independent process that maps the region and, under its
- *       robust mutex, sums the container's usage of device 0 until <stop_file> exists. Prints one
- *       JSON line: samples, max, violations (samples above quota), final usage.
+ *       (run WITHOUT the interceptor) an independent process that, under the ledger lock, sums
+ *       every process's lease on device 0 from the kernel's lock table until <stop_file> exists.
+ *       Prints one JSON line: samples, max, violations (samples above quota), final usage, errors.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -97,9 +97,9 @@ static int run_worker(int threads, int iters, uint64_t max_bytes, unsigned seed)
 static int run_observer(const char *dir, uint64_t quota, const char *stop) {
     struct hcs_region r;
     char err[512];
-    /* the workers create the region; wait for it */
+    /* the workers create the ledger file; wait for it */
     for (int i = 0; i < 2000; i++) {
-        if (hcs_region_open(&r, dir, err, sizeof err) == 0)
+        if (hcs_region_open(&r, dir, false, err, sizeof err) == 0)
             break;
         if (i == 1999) {
             fprintf(stderr, "observer: %s\n", err);
@@ -107,15 +107,14 @@ static int run_observer(const char *dir, uint64_t quota, const char *stop) {
         }
         usleep(5000);
     }
-    if (hcs_region_claim_slot(&r, err, sizeof err) != 0) { /* the allocation lock needs an owner id */
-        fprintf(stderr, "observer: %s\n", err);
-        return 2;
-    }
-    long samples = 0, violations = 0;
+    long samples = 0, violations = 0, errors = 0;
     uint64_t max = 0;
     for (;;) {
         int stopping = access(stop, F_OK) == 0;
-        uint64_t u = hcs_region_used_locked(&r, 0);
+        uint64_t u = 0;
+        /* under the ledger lock: every process's lease, read from the kernel's lock table */
+        if (hcs_region_observe(&r, 0, &u) != 0)
+            errors++;
         samples++;
         if (u > quota)
             violations++;
@@ -125,15 +124,12 @@ static int run_observer(const char *dir, uint64_t quota, const char *stop) {
             break;
         sched_yield();
     }
-    /* after every worker has exited: dead slots are reclaimed and nothing is left */
-    hcs_region_lock(&r);
-    int reclaimed = hcs_region_reclaim_locked(&r);
-    hcs_region_unlock(&r);
-    uint64_t final_used = hcs_region_used_locked(&r, 0);
-    printf("{\"samples\": %ld, \"max\": %llu, \"violations\": %ld, \"final\": %llu, \"reclaimed\": %d, "
-           "\"peak\": %llu}\n",
-           samples, (unsigned long long)max, violations, (unsigned long long)final_used, reclaimed,
-           (unsigned long long)atomic_load(&r.hdr->peak[0]));
+    /* after every worker has exited: the kernel dropped their leases, nothing is left */
+    uint64_t final_used = 0;
+    if (hcs_region_observe(&r, 0, &final_used) != 0)
+        errors++;
+    printf("{\"samples\": %ld, \"max\": %llu, \"violations\": %ld, \"final\": %llu, \"errors\": %ld}\n",
+           samples, (unsigned long long)max, violations, (unsigned long long)final_used, errors);
     hcs_region_close(&r);
     return 0;
 }

@@ -61,7 +61,8 @@ def test_interceptor_and_quota_env():
     assert env["HCS_QUOTA_FILE"] == "/var/run/hcs/quota" and env["HCS_SHM_DIR"] == "/var/run/hcs/shm"
     mounts = {m.container_path: m for m in _edits(Vendor.NVIDIA, [0]).mounts}
     assert mounts["/usr/local/hcs/lib"].host_path == "/opt/hcs/lib" and mounts["/usr/local/hcs/lib"].read_only
-    assert mounts["/var/run/hcs/quota"].read_only and not mounts["/var/run/hcs/shm"].read_only
+    # read-only ledger dir (issue 16): its locks are the accounting, nothing in the container writes it
+    assert mounts["/var/run/hcs/quota"].read_only and mounts["/var/run/hcs/shm"].read_only
     no_quota = container_edits([make_device()], [GiB], None)
     assert "LD_PRELOAD" not in no_quota.env_dict() and "HCS_QUOTA_FILE" not in no_quota.env_dict()
 

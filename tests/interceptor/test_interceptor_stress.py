@@ -1,6 +1,6 @@
 """Shared accounting under contention: 4 processes x 8 threads allocate and free at random against
 one container quota while an independent observer process (not preloaded) samples the shared region
-under its robust mutex. The quota must never be exceeded and nothing may be left behind."""
+under the ledger lock (the kernel's lock table). The quota must never be exceeded and nothing may be left behind."""
 
 from __future__ import annotations
 
@@ -53,5 +53,5 @@ def test_four_processes_eight_threads_never_exceed_quota(built: None, tmp_path: 
     assert seen["violations"] == 0, seen
     assert seen["max"] <= QUOTA
     assert seen["max"] > QUOTA // 2, seen  # the observer really saw the pressure
-    assert seen["peak"] <= QUOTA, seen  # highest usage ever granted, recorded under the mutex
+    assert seen["errors"] == 0, seen  # the ledger could always be read
     assert seen["final"] == 0, seen  # every byte came back (frees + exited processes)

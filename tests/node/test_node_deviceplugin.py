@@ -58,7 +58,11 @@ def test_allocate_exact_best_fit_with_env_devices_mounts_and_quota() -> None:
             env.sim.start_container("default", "train", "main")  # PreStart: the kubelet creates it next
             assert host_quota.read_text() == f"0 {16 * GiB}\n"
             assert Path(mounts[resp.envs["HCS_SHM_DIR"]].host_path).is_dir()
-            assert not mounts[resp.envs["HCS_SHM_DIR"]].read_only
+            # the VRAM ledger (issue 16): per container, read-only, an empty file whose locks count
+            assert mounts[resp.envs["HCS_SHM_DIR"]].read_only
+            assert (Path(mounts[resp.envs["HCS_SHM_DIR"]].host_path) / "hcs-vram.ledger").is_file()
+            assert mounts["/etc/ld.so.preload"].read_only
+            assert Path(mounts["/etc/ld.so.preload"].host_path).read_text() == resp.envs["LD_PRELOAD"] + "\n"
             assert mounts["/usr/local/hcs/lib"].host_path == str(env.root / "lib")
             assert "/dev/nvidia1" in {d.host_path for d in resp.devices}
             assert "/dev/nvidia0" not in {d.host_path for d in resp.devices}

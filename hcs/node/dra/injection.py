@@ -11,19 +11,48 @@ ignore device nodes and see every device of the node profile, so for them the se
 host indices (``device_isolation=False``). NVIDIA uses UUIDs, which are right either way.
 The quota file is always indexed by the in-container ordinal (position in ``devices``), which is
 what the application sees in both cases.
+
+Quota that the container cannot leave (interceptor/README.md, "Managed containers"): the
+interceptor is preloaded from a read-only ``/etc/ld.so.preload`` as well as ``LD_PRELOAD`` (so
+unsetting the variable changes nothing), the quota file is mounted read-only at the fixed path
+``/var/run/hcs/quota`` and the VRAM ledger directory read-only at ``/var/run/hcs/shm``; when the
+quota file is there the interceptor reads no environment variable at all. The ledger is the
+kernel's table of byte-range locks on ``hcs-vram.ledger`` in that directory, a file the agent
+creates empty and nobody ever writes: the container cannot zero, replace or forge it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from hcs.devices.model import Device, Vendor
 
-#: Where the interceptor library and the quota file appear inside the container.
+#: Where the interceptor library and the quota file appear inside the container. The quota file and
+#: ledger paths are compiled into the interceptor (interceptor/src/hcs_interceptor.c): keep in step.
 INTERCEPTOR_LIB = "libhcs_interceptor.so"
 CONTAINER_INTERCEPTOR_DIR = "/usr/local/hcs/lib"
 CONTAINER_STATE_DIR = "/var/run/hcs"
+CONTAINER_QUOTA_FILE = f"{CONTAINER_STATE_DIR}/quota"
+CONTAINER_LEDGER_DIR = f"{CONTAINER_STATE_DIR}/shm"
+CONTAINER_LD_SO_PRELOAD = "/etc/ld.so.preload"
+#: The ledger file inside the ledger directory (interceptor/src/region.h HCS_LEDGER_FILE).
+LEDGER_FILE = "hcs-vram.ledger"
+
+#: Container paths the agent's read-only mounts occupy. A pod's own volumeMount at one of them, or
+#: below one, is mounted after the agent's (containerd orders mounts by path depth, stably) and
+#: shadows it: a ConfigMap ``subPath`` at /var/run/hcs/quota replaces the quota, one at
+#: /etc/ld.so.preload removes the preload. Admission must deny such mounts in quota'd pods
+#: (``shadows_managed_path``); mounts at an ancestor (/etc, /var/run) are mounted first and harmless.
+PROTECTED_CONTAINER_PATHS = (CONTAINER_LD_SO_PRELOAD, CONTAINER_STATE_DIR, "/run/hcs", CONTAINER_INTERCEPTOR_DIR)
+
+
+def shadows_managed_path(mount_path: str) -> bool:
+    """True when a pod volumeMount at ``mount_path`` would cover one of the agent's mounts."""
+    p = "/" + "/".join(x for x in mount_path.split("/") if x not in ("", "."))
+    return any(p == q or p.startswith(q + "/") for q in PROTECTED_CONTAINER_PATHS)
 
 ASCEND_DRIVER_ROOT = "/usr/local/Ascend/driver"
 HYGON_HAL_DIR = "/opt/hyhal"
@@ -72,6 +101,9 @@ class InjectionOptions:
     interceptor_host_dir: str = "/usr/local/hcs/lib"
     #: True when device nodes isolate devices (real hardware); False for the simulated drivers.
     device_isolation: bool = True
+    #: Host file (written by the agent, ``preload_file_text()``) mounted read-only at
+    #: /etc/ld.so.preload whenever the interceptor is; "" = LD_PRELOAD only.
+    preload_host_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +119,67 @@ class QuotaFiles:
 def quota_file_text(quotas: Sequence[int]) -> str:
     """The interceptor's quota file: one line ``<in-container index> <bytes>`` per device."""
     return "".join(f"{i} {int(q)}\n" for i, q in enumerate(quotas))
+
+
+def preload_file_text() -> str:
+    """The /etc/ld.so.preload the agent mounts into quota'd containers."""
+    return f"{CONTAINER_INTERCEPTOR_DIR}/{INTERCEPTOR_LIB}\n"
+
+
+def ensure_preload_file(path: Path) -> None:
+    """Write the host side of /etc/ld.so.preload (world-readable) unless it already says the same.
+
+    Atomic (temp + rename): a container starting meanwhile sees the old or the new file, never half."""
+    text = preload_file_text()
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+#: The device list next to the ledger: "<in-container index> <uuid>" per device. The interceptor maps a
+#: CUDA ordinal to this index by the device's UUID, so CUDA_VISIBLE_DEVICES set inside the container
+#: (reordered, or one GPU per rank) cannot move a GPU to another quota line or split its ledger.
+DEVICE_LIST_FILE = "devices"
+
+
+def device_list_text(uuids: Sequence[str]) -> str:
+    return "".join(f"{i} {u}\n" for i, u in enumerate(uuids))
+
+
+def create_ledger(directory: Path, uuids: Sequence[str] = ()) -> None:
+    """The container's VRAM ledger: a directory (mounted read-only) holding one empty file whose
+    byte-range locks are the accounting, and the device list. Idempotent; the ledger file is never
+    truncated (live locks on it belong to running processes); the list is replaced atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
+    fd = os.open(directory / LEDGER_FILE, os.O_RDONLY | os.O_CREAT, 0o444)
+    os.close(fd)
+    text = device_list_text(uuids)
+    target = directory / DEVICE_LIST_FILE
+    try:
+        if target.read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = directory / f".{DEVICE_LIST_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
 
 
 def _selection(devices: Sequence[Device], isolation: bool) -> str:
@@ -167,11 +260,14 @@ def container_edits(
         env.append(("HCS_QUOTA_FILE", files.quota_container_path))
         mounts.append(Mount(files.quota_host_path, files.quota_container_path, read_only=True))
         if files.shm_host_dir:
+            # read-only: the ledger is lock state, nothing in the container ever writes the directory
             env.append(("HCS_SHM_DIR", files.shm_container_dir))
-            mounts.append(Mount(files.shm_host_dir, files.shm_container_dir, read_only=False))
+            mounts.append(Mount(files.shm_host_dir, files.shm_container_dir, read_only=True))
         if options.interceptor_host_dir:
             env.append(("LD_PRELOAD", f"{CONTAINER_INTERCEPTOR_DIR}/{INTERCEPTOR_LIB}"))
             mounts.append(Mount(options.interceptor_host_dir, CONTAINER_INTERCEPTOR_DIR, read_only=True))
+            if options.preload_host_path:
+                mounts.append(Mount(options.preload_host_path, CONTAINER_LD_SO_PRELOAD, read_only=True))
     for k, v in (extra_env or {}).items():
         env.append((k, v))
     return ContainerEdits(env=tuple(env), device_nodes=base.device_nodes, mounts=tuple(mounts))

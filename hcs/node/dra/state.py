@@ -29,12 +29,15 @@ from hcs.node.dra import metadata as devmeta
 from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
 from hcs.node.dra.config import DraConfig
 from hcs.node.dra.injection import (
+    CONTAINER_LD_SO_PRELOAD,
     CONTAINER_STATE_DIR,
     ContainerEdits,
     InjectionOptions,
     Mount,
     QuotaFiles,
     container_edits,
+    create_ledger,
+    ensure_preload_file,
     quota_file_text,
 )
 from hcs.node.dra.slices import CAPACITY_MEMORY, PublishedDevice, published_attributes
@@ -114,8 +117,11 @@ class ClaimState:
         #: the file (rename), so an unchanged stamp means nobody else wrote it (shared mode: no re-read)
         self._checkpoint_stamp: tuple[int, int, int] | None = None
         self._pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="dra-fetch")
+        #: host side of the containers' read-only /etc/ld.so.preload (written before any spec names it)
+        self.preload_path = self.data_dir / "ld.so.preload"
         self.options = InjectionOptions(
-            interceptor_host_dir=cfg.interceptor_host_dir, device_isolation=cfg.device_isolation
+            interceptor_host_dir=cfg.interceptor_host_dir, device_isolation=cfg.device_isolation,
+            preload_host_path=str(self.preload_path) if cfg.interceptor_host_dir else "",
         )
 
     def close(self) -> None:
@@ -372,7 +378,7 @@ class ClaimState:
         cdi_devices: list[cdi.CdiDevice] = []
         files: dict[Path, str] = {}
         metadata: dict[Path, str] = {}
-        dirs: list[Path] = []
+        dirs: list[tuple[Path, tuple[str, ...]]] = []
         prepared: list[PreparedDevice] = []
         for req, items in by_request.items():
             devs: list[Device] = []
@@ -414,7 +420,7 @@ class ClaimState:
                 ours.add(str(meta_host))
             cdi_devices.append(cdi.CdiDevice(cdi_name, self._existing_only(edits, ours)))
             files[quota_host] = quota_file_text(quotas)
-            dirs.append(shm_host)
+            dirs.append((shm_host, tuple(d.uuid for d in devs)))
             qualified = cdi.qualified_name(self.cfg.cdi_kind, cdi_name)
             for i, (r, pub) in enumerate(items):
                 prepared.append(PreparedDevice(
@@ -440,10 +446,13 @@ class ClaimState:
     def _existing_only(self, edits: ContainerEdits, ours: set[str]) -> ContainerEdits:
         """Drop device nodes and mounts whose host path is missing (containerd would fail the container)."""
         nodes = tuple(n for n in edits.device_nodes if self.path_exists(n.source))
-        mounts = tuple(m for m in edits.mounts if m.host_path in ours or self.path_exists(m.host_path))
+        mounts = tuple(m for m in edits.mounts if m.host_path in ours or m.host_path == self.options.preload_host_path
+                       or self.path_exists(m.host_path))
         env = edits.env
         if self.cfg.interceptor_host_dir and not any(m.host_path == self.cfg.interceptor_host_dir for m in mounts):
             env = tuple((k, v) for k, v in env if k != "LD_PRELOAD")
+            # without the library the preload file would only make ld.so complain in every process
+            mounts = tuple(m for m in mounts if m.container_path != CONTAINER_LD_SO_PRELOAD)
             log.warning("interceptor dir %s missing on this node: VRAM quota not enforced in containers",
                         self.cfg.interceptor_host_dir)
         return ContainerEdits(env=env, device_nodes=nodes, mounts=mounts)
@@ -462,9 +471,10 @@ class ClaimState:
                 os.write(fd, text.encode())
             finally:
                 os.close(fd)
-        for d in plan.dirs:
-            d.mkdir(exist_ok=True)
-            d.chmod(0o1777)  # shared accounting dir: every uid in the container may create its slot
+        for d, uuids in plan.dirs:
+            create_ledger(d, uuids)  # the VRAM ledger: read-only in the container, its locks are the accounting
+        if self.options.preload_host_path:
+            ensure_preload_file(self.preload_path)
         for path, text in plan.metadata.items():  # world-readable: any uid in the container reads it
             atomic_write(path, text, mode=0o444)
         entry = plan.entry(ckpt.COMPLETED)
@@ -507,7 +517,7 @@ class _Plan:
     spec_path: Path
     cdi_devices: list[cdi.CdiDevice]
     files: dict[Path, str]
-    dirs: list[Path]
+    dirs: list[tuple[Path, tuple[str, ...]]]
     devices: tuple[PreparedDevice, ...]
     kind: str
     #: KEP-5304 metadata files (host path -> JSON), only with device_metadata
