@@ -118,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
+    except UnicodeDecodeError as exc:  # an input file that is not text; the message names no file, say so
+        print(f"{prefix}: error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+              "check the files passed to this command", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. disk full or permission denied while writing an output
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{prefix}: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
         if level == "debug":
             log.exception("%s failed", prefix)

@@ -293,3 +293,9 @@ def test_replay_progress_bar_on_a_terminal_only_for_people(trace: tuple[Path, Pa
     rc, drawn = _stderr_on_a_terminal(["replay", "--nodes", str(nodes), "--pods", str(pods), "--seeds", "3",
                                        "--output", "json"])
     assert rc == 0 and b"/3" not in drawn, drawn[:400]
+
+
+def test_binary_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_bytes(b"\xff\xfe\x80\x81 not text")
+    one_line_error(hcs("inspect", "--config", str(cfg)), "not UTF-8 text")
