@@ -131,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.plot, "--plot")
     workdir_arg = _check_workdir(args.workdir) if args.workdir else None
     log_level = getattr(args, "effective_log_level", None) or "info"
-    stop = StopSignals() if args.keep else None
     started = time.monotonic()
 
     def say(msg: str) -> None:
@@ -189,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
                                         "vram_total_bytes": d.total, "vram_used_bytes": d.used} for d in devices]},
                           sys.stdout, indent=2)
                 print(flush=True)
-            if stop is not None:
+            if args.keep:
+                stop = StopSignals()  # from here on Ctrl-C / SIGTERM stop the stack (before: KeyboardInterrupt)
                 pending = [r.name for r in results if r.pending_reasons]
                 print(_keep_help(stack, pending), file=sys.stdout if table else sys.stderr, flush=True)
                 stop.wait()
