@@ -93,8 +93,17 @@ def _api_client(kubeconfig: str | None) -> Any:
     from kubernetes import client, config
 
     if kubeconfig or os.environ.get("KUBECONFIG"):
-        return config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig or os.environ.get("KUBECONFIG"))
+        path = kubeconfig or os.environ.get("KUBECONFIG")
+        source = "--kubeconfig" if kubeconfig else "KUBECONFIG"
+        if not os.path.isfile(str(path)):
+            raise ConfigError(f"{source} {path}: no such file; pass the kubeconfig of your cluster "
+                              "(e.g. ~/.kube/config)")
+        try:
+            return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
+        except Exception as exc:  # noqa: BLE001 - the client raises yaml, OS, type and config errors
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"{source} {path}: not a usable kubeconfig ({first}); check it with "
+                              f"`kubectl --kubeconfig {path} cluster-info`") from exc
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException as exc:
@@ -111,7 +120,9 @@ def _split_host_port(address: str) -> tuple[str, int]:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("allocator", help="run the central allocator (gRPC API + scheduler extender)")
+    p = subparsers.add_parser("allocator", help="run the central allocator (gRPC API + scheduler extender)",
+                              description="Run the central allocator: reservations and placement over the "
+                              "cluster's ComputeNodes, its gRPC API, and the kube-scheduler extender (HTTP).")
     p.add_argument("--config", default=env_override("CONFIG"), help="YAML config (section 'allocator')")
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("--grpc-address", default=None, help="unix:///path or HOST:PORT")

@@ -29,7 +29,7 @@ from hcs.allocator.placement import (
     share_milli,
 )
 from hcs.allocator.policies import WHOLE, NodeView, PolicyContext, Request, get_policy
-from hcs.quantity import human_bytes
+from hcs.allocator.reasons import filter_shortfall, island_counts, share_shortfall, whole_shortfall
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,7 +144,9 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
         r = int(rr)
         ni = int(row_node[r])
         if not allowed[r]:
-            reason.setdefault(ni, "no device matches the vendor/model constraints")
+            if ni not in reason:
+                reason[ni] = filter_shortfall(cons.vendors_in, cons.vendors_out, cons.models_in, cons.models_out,
+                                              ((d.vendor, d.model) for d in nodes[ni].devices))
         elif not healthy_any[r]:
             reason[ni] = "every matching device is unhealthy"
         elif not cpu_ok[r]:
@@ -159,7 +161,6 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
     by_model: dict[str, list[int]] = defaultdict(list)
     for rr in np.flatnonzero(live):
         by_model[table.row_model[int(rr)]].append(int(rr))
-    need = f"container {main.name} needs {human_bytes(main.vram_bytes)} VRAM / {main.tflops_milli / 1000:g} TFLOPS"
     for model, rows_list in by_model.items():
         rows = np.array(rows_list, dtype=np.int64)
         ref = table.devices[rows_list[0]][0]
@@ -192,20 +193,29 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
         for i in np.flatnonzero(~row_fits):
             ni = int(ni_rows[i])
             if k > 1:
-                where = " in one interconnect island" if cons.high_bandwidth else ""
-                reason[ni] = f"{need}: {k} idle devices{where} required, {int(idle_cnt[i])} idle"
+                n_usable = int(usable[i].sum())
+                sizes: list[int] = []
+                if cons.high_bandwidth and n_usable >= k:
+                    devs = [d for d, u in zip(table.devices[rows_list[i]], usable[i], strict=False) if u]
+                    sizes, _ = island_counts(devs, usage.get(nodes[ni].name, {}))
+                reason[ni] = whole_shortfall(main.vram_bytes, main.tflops_milli, k, model, ref.vram_bytes,
+                                             ref.tflops_milli, n_usable, int(idle_cnt[i]), cons.high_bandwidth,
+                                             sizes)
             else:
-                big = int(np.where(usable[i], fv[i], 0).max())
-                reason[ni] = (f"{need}: no device has enough free (largest free VRAM {human_bytes(big)} of "
-                              f"{human_bytes(int(vt[i].max()))})")
+                vram_ok = usable[i] & (fv[i] >= main.vram_bytes)
+                reason[ni] = share_shortfall(main.vram_bytes, main.tflops_milli, int(vt[i].max()),
+                                             int(np.where(usable[i], fv[i], 0).max()),
+                                             int(ft[i][vram_ok].max()) if vram_ok.any() else None)
         if k > 1:
             for i in np.flatnonzero(row_fits):
                 ni = int(ni_rows[i])
                 r = rows_list[i]
                 devs = [d for d, h in zip(table.devices[r], table.healthy[r], strict=False) if h]
                 if _pick_whole(devs, k, usage.get(nodes[ni].name, {}), cons.high_bandwidth) is None:
-                    reason[ni] = (f"{need}: {k} idle devices in one interconnect island required, none has "
-                                  f"enough ({int(idle_cnt[i])} idle)")
+                    sizes, idles = island_counts(devs, usage.get(nodes[ni].name, {}))
+                    reason[ni] = whole_shortfall(main.vram_bytes, main.tflops_milli, k, model, ref.vram_bytes,
+                                                 ref.tflops_milli, len(devs), int(idle_cnt[i]),
+                                                 cons.high_bandwidth, sizes, idles)
                     row_fits[i] = False
         fit_idx = np.flatnonzero(row_fits)
         # Across models, whole devices granted beyond the request are waste: a 16Gi job takes a slice of

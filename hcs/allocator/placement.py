@@ -30,7 +30,7 @@ from hcs.allocator.policies import WHOLE, NodeView, PolicyContext, Request, Targ
 from hcs.devices.catalog import default_catalog
 from hcs.devices.model import Vendor
 from hcs.errors import HcsError
-from hcs.quantity import human_bytes, parse_bytes, parse_quantity
+from hcs.quantity import parse_bytes, parse_quantity
 
 VRAM = "ai.compute/vram"
 TFLOPS = "ai.compute/tflops-fp16"
@@ -306,16 +306,23 @@ def _trial(demand: PodDemand, node: NodeInventory, devices: Sequence[DeviceInfo]
 
 
 def _why_not(c: ContainerDemand, devices: Sequence[DeviceInfo], usage: Usage, high_bw: bool) -> str:
-    need = f"container {c.name} needs {human_bytes(c.vram_bytes)} VRAM / {c.tflops_milli / 1000:g} TFLOPS"
-    biggest = max(d.vram_bytes for d in devices)
-    k = min(device_count(c, d) for d in devices)
+    """Why container ``c`` fits none of ``devices`` (the node's eligible ones): see ``reasons``."""
+    from hcs.allocator.reasons import island_counts, share_shortfall, whole_shortfall
+
+    ref = min(devices, key=lambda d: (device_count(c, d), -d.vram_bytes))
+    k = device_count(c, ref)
+    prefix = f"container {c.name}: "
     if k > 1:
-        idle = sum(1 for d in devices if _idle(usage.get(d.name, (0, 0))))
-        if high_bw:
-            return f"{need}: {k} idle devices in one interconnect island required, none has enough ({idle} idle)"
-        return f"{need}: {k} idle devices required, {idle} idle"
-    free = max(d.vram_bytes - usage.get(d.name, (0, 0))[0] for d in devices)
-    return f"{need}: no device has enough free (largest free VRAM {human_bytes(free)} of {human_bytes(biggest)})"
+        same = [d for d in devices if d.model == ref.model]
+        idle = sum(1 for d in same if _idle(usage.get(d.name, (0, 0))))
+        sizes, idles = island_counts(same, usage)
+        return prefix + whole_shortfall(c.vram_bytes, c.tflops_milli, k, ref.model, ref.vram_bytes, ref.tflops_milli,
+                                        len(same), idle, high_bw, sizes, idles)
+    free_v = [d.vram_bytes - usage.get(d.name, (0, 0))[0] for d in devices]
+    vram_ok = [d.tflops_milli - usage.get(d.name, (0, 0))[1] for d, f in zip(devices, free_v, strict=True)
+               if f >= c.vram_bytes]
+    return prefix + share_shortfall(c.vram_bytes, c.tflops_milli, max(d.vram_bytes for d in devices), max(free_v),
+                                    max(vram_ok) if vram_ok else None)
 
 
 PROPOSALS = 16  # fitting nodes that get a full device plan in a verdict (the best ones)
@@ -337,8 +344,11 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
     for node in nodes:
         devs = [d for d in node.devices if cons.allows(d)]
         if not devs:
-            verdicts.append(Verdict(node.name, False, "no device matches the vendor/model constraints"
-                                    if node.devices else "node has no accelerator devices"))
+            from hcs.allocator.reasons import filter_shortfall
+
+            verdicts.append(Verdict(node.name, False, filter_shortfall(
+                cons.vendors_in, cons.vendors_out, cons.models_in, cons.models_out,
+                ((d.vendor, d.model) for d in node.devices))))
             continue
         healthy = [d for d in devs if d.healthy]
         if not healthy:

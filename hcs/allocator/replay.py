@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,9 @@ def _rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
             return list(reader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror}); pass an existing CSV file") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path}: not a text CSV file ({exc}); pass an openb CSV "
+                          "(see the README's 'Traces' section)") from exc
 
 
 def _int(row: dict[str, str], col: str, path: Path, line: int) -> int:
@@ -263,7 +266,9 @@ def target_of(pods: Sequence[TracePod], demand_exponent: float = 0.0) -> TargetW
 
 
 def replay(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], seeds: Sequence[int], *,
-           inflation: float = 1.0, weights: dict[str, float] | None = None) -> list[PolicyResult]:
+           inflation: float = 1.0, weights: dict[str, float] | None = None,
+           on_seed: Callable[[str, int], None] | None = None) -> list[PolicyResult]:
+    """Every policy over every seed; ``on_seed(policy, seed)`` after each run (progress bars)."""
     cluster = load_nodes(nodes)
     pods = load_pods(pods_csv)
     for name in policies:
@@ -271,9 +276,12 @@ def replay(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], see
     target = target_of(pods)
     out = []
     for name in policies:
-        results = tuple(simulate(cluster, pods, name, s, target, inflation=inflation, weights=weights)
-                        for s in seeds)
-        out.append(PolicyResult(name, results))
+        runs = []
+        for s in seeds:
+            runs.append(simulate(cluster, pods, name, s, target, inflation=inflation, weights=weights))
+            if on_seed is not None:
+                on_seed(name, s)
+        out.append(PolicyResult(name, tuple(runs)))
     return out
 
 

@@ -8,8 +8,12 @@ import logging
 from typing import Any
 
 from hcs.allocator import replay as rp
-from hcs.allocator.policies import POLICIES
+from hcs.allocator.policies import POLICIES, get_policy
+from hcs.cliutil import check_output_path, progress_bar, progress_enabled
 from hcs.errors import ConfigError
+
+#: the weights policy ``hcs`` reads (``score_hcs`` in policies.py), with their defaults.
+HCS_WEIGHTS = {"pack": 0.05, "cpu": 0.0, "strand": 2.0, "bf": 1e-3, "occ": 0.0}
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +23,8 @@ def register(subparsers: Any) -> None:
         "replay",
         help="replay a GPU-cluster trace (openb CSV) through placement policies",
         description="Replay an openb trace with the USENIX ATC '23 FGD protocol: arrivals only, shuffled "
-        "per seed, resampled to 130%% of GPU capacity; reports the GPU allocation ratio when arrived "
-        "demand reaches 100%% of capacity, fragmentation and decision latency.",
+        "per seed, resampled to 130% of GPU capacity when plotting; reports the GPU allocation ratio when arrived "
+        "demand reaches 100% of capacity, fragmentation and decision latency.",
     )
     p.add_argument("--nodes", required=True, help="node list CSV (sn,cpu_milli,memory_mib,gpu,model)")
     p.add_argument("--pods", required=True,
@@ -32,7 +36,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="write a PNG of allocation ratio vs arrived demand (replays to 130%%)")
     p.add_argument("--weight", action="append", default=[], metavar="K=V",
-                   help="policy weight override, e.g. strand=2 (repeatable)")
+                   help="weight of policy hcs, e.g. strand=2 (repeatable); known: "
+                   + ", ".join(f"{k} (default {v:g})" for k, v in HCS_WEIGHTS.items()))
     p.set_defaults(func=run)
 
 
@@ -43,9 +48,16 @@ def _weights(items: list[str]) -> dict[str, float]:
         try:
             if not sep:
                 raise ValueError
-            out[key.strip()] = float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"--weight {item!r}: expected KEY=NUMBER, e.g. --weight strand=2") from None
+        name = key.strip()
+        if name not in HCS_WEIGHTS:
+            raise ConfigError(f"--weight {item!r}: {name!r} is not a weight of policy hcs; "
+                              f"known: {', '.join(HCS_WEIGHTS)}")
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"--weight {item!r}: must be a finite number")
+        out[name] = number
     return out
 
 
@@ -55,9 +67,19 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--policy: give at least one policy name")
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
+    for name in policies:
+        get_policy(name)
+    weights = _weights(args.weight)
+    if weights and "hcs" not in policies:
+        raise ConfigError("--weight: the weights belong to policy hcs, which --policy does not include")
+    if args.plot:
+        check_output_path(args.plot, "--plot")
     inflation = 1.3 if args.plot else 1.0
-    results = rp.replay(args.nodes, args.pods, policies, list(range(args.seeds)), inflation=inflation,
-                        weights=_weights(args.weight))
+    seeds = list(range(args.seeds))
+    with progress_bar(len(policies) * len(seeds), "replay",
+                      progress_enabled(args.output == "json")) as step:
+        results = rp.replay(args.nodes, args.pods, policies, seeds, inflation=inflation, weights=weights,
+                            on_seed=lambda policy, seed: step(f"{policy} seed {seed}"))
     if args.plot:
         rp.plot(results, args.plot, title=f"{args.pods} ({args.seeds} seeds)")
     summary = {r.name: r.summary() for r in results}

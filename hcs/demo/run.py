@@ -5,6 +5,9 @@ agent), and report where it landed and what was injected."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +20,7 @@ from hcs.allocator.placement import ContainerDemand, PodDemand, PodRef, parse_co
 from hcs.allocator.service import demand_to_proto
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.demo.report import DeviceUse, PodResult
-from hcs.demo.stack import RESOURCE, DemoStack
+from hcs.demo.stack import RESOURCE, ROOT, DemoStack
 from hcs.demo.workloads import DemoPod
 from hcs.testing.kubelet_sim import AdmissionError, SimPod
 
@@ -30,25 +33,26 @@ def demand_of(pod: DemoPod) -> PodDemand:
                      parse_constraints(pod.annotations, f"pod {NAMESPACE}/{pod.name}"))
 
 
-def reserve(stack: DemoStack, pod: DemoPod) -> tuple[PodDemand, Any, str]:
-    """(demand, assignment proto or None, pending reason)."""
+def reserve(stack: DemoStack, pod: DemoPod) -> tuple[PodDemand, Any, list[str]]:
+    """(demand, assignment proto or None, pending reasons: one per node)."""
     demand = demand_of(pod)
+    stack.demands[(NAMESPACE, pod.name)] = demand  # `hcs alloc explain demo/NAME --allocator ...` finds it
     try:
         resp = stack.stub.Reserve(al.ReserveRequest(request=demand_to_proto(demand)), timeout=10)
-        return demand, resp.assignment, ""
+        return demand, resp.assignment, []
     except grpc.RpcError as exc:
         if exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT):
             raise
         return demand, None, why_pending(stack, demand, exc.details() or "")
 
 
-def why_pending(stack: DemoStack, demand: PodDemand, fallback: str) -> str:
+def why_pending(stack: DemoStack, demand: PodDemand, fallback: str) -> list[str]:
+    """The allocator's Explain, one ``node: reason`` per node that does not fit."""
     try:
         verdicts = stack.stub.Explain(al.ExplainRequest(request=demand_to_proto(demand)), timeout=10).verdicts
     except grpc.RpcError:
-        return fallback
-    reasons = sorted({f"{v.node}: {v.reason}" for v in verdicts if not v.fits})
-    return "; ".join(reasons) or fallback
+        return [fallback]
+    return sorted(f"{v.node}: {v.reason}" for v in verdicts if not v.fits) or [fallback]
 
 
 def admit(stack: DemoStack, demand: PodDemand, assignment: Any, note: str) -> PodResult:
@@ -65,7 +69,7 @@ def admit(stack: DemoStack, demand: PodDemand, assignment: Any, note: str) -> Po
         responses = node.kubelet.admit(sim_pod, RESOURCE)
         node.kubelet.start_container(NAMESPACE, demand.pod.name, "main")
     except AdmissionError as exc:
-        result.pending_reason = f"admission on {assignment.node} failed: {exc}"
+        result.pending_reasons = [f"{assignment.node}: admission failed: {exc}"]
         return result
     env: dict[str, str] = {}
     mounts: dict[str, str] = {}  # container path -> host path
@@ -77,6 +81,7 @@ def admit(stack: DemoStack, demand: PodDemand, assignment: Any, note: str) -> Po
             env.update(cdi_env)
             mounts.update(cdi_mounts)
     result.env = dict(sorted(env.items()))
+    result.mounts = mounts
     result.quota = _read_quota(env.get("HCS_QUOTA_FILE", ""), mounts)
     return result
 
@@ -96,14 +101,44 @@ def _cdi_edits(cdi_dir: Path, name: str) -> tuple[dict[str, str], dict[str, str]
     return {}, {}
 
 
-def _read_quota(container_path: str, mounts: dict[str, str]) -> str:
-    """The host file behind the container's HCS_QUOTA_FILE, as the container would read it."""
+def host_path(container_path: str, mounts: dict[str, str]) -> Path | None:
+    """The host path behind a path inside the container (through its mounts)."""
     path = Path(container_path)
     for inside in (path, *path.parents):
         if str(inside) in mounts:
-            host = Path(mounts[str(inside)]) / path.relative_to(inside)
-            return host.read_text().strip().replace("\n", "; ") if host.is_file() else ""
-    return ""
+            return Path(mounts[str(inside)]) / path.relative_to(inside)
+    return None
+
+
+def _read_quota(container_path: str, mounts: dict[str, str]) -> str:
+    """The host file behind the container's HCS_QUOTA_FILE, as the container would read it."""
+    host = host_path(container_path, mounts) if container_path else None
+    return host.read_text().strip().replace("\n", "; ") if host is not None and host.is_file() else ""
+
+
+def quota_check(stack: DemoStack, r: PodResult) -> dict[str, Any]:
+    """Run ``hcs.demo.quota_check`` as the pod's container would: its env, the interceptor preloaded, its
+    quota file and accounting dir (host paths of its mounts), the node's simulated runtime."""
+    quota_file = host_path(r.env.get("HCS_QUOTA_FILE", ""), r.mounts)
+    shm_dir = host_path(r.env.get("HCS_SHM_DIR", ""), r.mounts)
+    interceptor = ROOT / "interceptor" / "build" / "libhcs_interceptor.so"
+    if quota_file is None or shm_dir is None or not interceptor.is_file():
+        return {"enforced": False, "error": "no quota file, accounting dir or interceptor (run `make dev`)"}
+    lines = [ln.split() for ln in quota_file.read_text().splitlines() if ln.strip()]
+    quota = int(lines[0][1])
+    env = dict(os.environ)
+    env.update({k: v for k, v in r.env.items() if k not in ("LD_PRELOAD", "LD_LIBRARY_PATH")})
+    env.update(LD_PRELOAD=str(interceptor), HCS_QUOTA_FILE=str(quota_file), HCS_SHM_DIR=str(shm_dir),
+               HCS_SIM_PROFILE=str(stack.node(r.node).profile), LD_LIBRARY_PATH=str(ROOT / "driver/build/lib"))
+    env.pop("HCS_DRIVER_PATH", None)
+    out = subprocess.run([sys.executable, "-m", "hcs.demo.quota_check", r.vendor, str(quota)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    try:
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"enforced": False, "error": (out.stderr.strip() or "no output")[-300:]}
+    result["pod"] = r.name
+    return result
 
 
 def run_workloads(stack: DemoStack, pods: list[DemoPod], on_result: Callable[[PodResult], None]) -> list[PodResult]:
@@ -114,14 +149,14 @@ def run_workloads(stack: DemoStack, pods: list[DemoPod], on_result: Callable[[Po
     for pod in pods:
         demand, assignment, reason = reserve(stack, pod)
         if assignment is None:
-            r = PodResult(pod.name, pending_reason=reason, note=pod.note)
+            r = PodResult(pod.name, pending_reasons=reason, note=pod.note)
             results.append(r)
             on_result(r)
         else:
             reserved.append((pod, demand, assignment))
     for pod, demand, assignment in reserved:
         r = admit(stack, demand, assignment, pod.note)
-        if r.pending_reason:
+        if r.pending_reasons:
             stack.stub.Release(al.ReleaseRequest(pod_uid=demand.pod.uid), timeout=10)
         results.append(r)
         on_result(r)

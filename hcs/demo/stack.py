@@ -1,15 +1,19 @@
 """The demo's simulated cluster: per node a kubelet simulator and a real ``hcs node`` process on its own
-simulated driver profile, plus the allocator's gRPC service — the production code paths, wired
-without an API server (the demo hands each node's ComputeNode spec to the allocator directly).
+simulated driver profile, the allocator's gRPC service, and a real ``hcs webhook`` process over TLS —
+the production code paths, wired without an API server (the demo hands each node's ComputeNode spec
+to the allocator directly, and the webhook asks the allocator for island capacity).
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -20,6 +24,7 @@ from typing import Any
 import grpc
 
 from hcs.allocator.inventory import parse_computenode
+from hcs.allocator.placement import PodDemand
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
@@ -58,6 +63,7 @@ class DemoNode:
     kubelet: KubeletSim | None = None
     agent: subprocess.Popen[bytes] | None = None
     computenode: dict[str, Any] = field(default_factory=dict)
+    metrics_port: int = 0
 
 
 def _free_port() -> int:
@@ -73,9 +79,15 @@ def _sim_env(profile: Path, faults: Path) -> dict[str, str]:
 
 
 class DemoStack:
-    """Start/stop everything; ``stub`` talks to the allocator; ``nodes`` hold the kubelet simulators."""
+    """Start/stop everything; ``stub`` talks to the allocator; ``nodes`` hold the kubelet simulators.
 
-    def __init__(self, workdir: Path, nodes: tuple[tuple[str, str], ...] = DEFAULT_NODES) -> None:
+    ``log_level`` is passed to every process it starts (their logs go to ``WORKDIR/<node>/agent.log``
+    and ``WORKDIR/webhook/webhook.log``); ``demands`` lets ``hcs alloc explain demo/POD --allocator``
+    find the demo's pods by name, as the real allocator finds them through the API server.
+    """
+
+    def __init__(self, workdir: Path, nodes: tuple[tuple[str, str], ...] = DEFAULT_NODES,
+                 log_level: str = "info") -> None:
         self.workdir = workdir
         self.nodes = [DemoNode(name, PROFILES / profile, workdir / name) for name, profile in nodes]
         self.state = AllocatorState(seed=0)
@@ -83,23 +95,97 @@ class DemoStack:
         self.channel: grpc.Channel | None = None
         self.stub: Any = None
         self.address = ""
+        self.log_level = log_level
+        self.demands: dict[tuple[str, str], PodDemand] = {}
+        self.webhook: subprocess.Popen[bytes] | None = None
+        self.webhook_port = 0
+        self.webhook_ca = ""
+        self.webhook_skipped = ""
+
+    def _resolve(self, uid: str, namespace: str, name: str) -> PodDemand | None:
+        found = self.demands.get((namespace, name))
+        if found is None and uid:
+            found = next((d for d in self.demands.values() if d.pod.uid == uid), None)
+        return found
 
     def start(self, progress: Any = None) -> DemoStack:
         say = progress or (lambda _msg: None)
         self.address = f"127.0.0.1:{_free_port()}"
-        self.server = serve(AllocatorService(self.state), self.address)
+        self.server = serve(AllocatorService(self.state, resolve_pod=self._resolve), self.address)
         self.channel = grpc.insecure_channel(self.address)
         self.stub = al_grpc.AllocatorStub(self.channel)  # type: ignore[no-untyped-call]
         say(f"allocator gRPC API on {self.address}")
         for node in self.nodes:
             self._start_node(node)
             say(f"{node.name}: node agent pid {node.agent.pid if node.agent else '?'} on {node.profile.name}")
+        try:
+            self._start_webhook()
+        except HcsError as exc:  # e.g. no openssl for its certificate: the rest of the demo still runs
+            self.webhook_skipped = str(exc)
+            say(f"admission webhook skipped: {exc}")
         for node in self.nodes:
             assert node.kubelet is not None
             conn = node.kubelet.wait_registered(RESOURCE, timeout_s=60)
             self.state.set_node(parse_computenode(node.computenode))
             say(f"{node.name}: device plugin registered, {len(conn.devices)} slots advertised")
+        if self.webhook_skipped:
+            return self
+        self._wait_webhook()
+        say(f"admission webhook (hcs webhook, TLS) on https://127.0.0.1:{self.webhook_port}, "
+            "asking the allocator for island capacity")
         return self
+
+    def _start_webhook(self) -> None:
+        from hcs.webhook.certs import generate_certs
+
+        wdir = self.workdir / "webhook"
+        certs = generate_certs(wdir)
+        self.webhook_ca = str(certs.ca)
+        self.webhook_port = _free_port()
+        config = wdir / "webhook.yaml"
+        config.write_text(json.dumps({"webhook": {"allocatorAddress": self.address}}))
+        cmd = [sys.executable, "-m", "hcs.cli", "--log-level", self.log_level, "webhook", "--no-kube",
+               "--listen", f"127.0.0.1:{self.webhook_port}", "--cert-file", str(certs.cert),
+               "--key-file", str(certs.key), "--config", str(config)]
+        with (wdir / "webhook.log").open("wb") as log_file:
+            self.webhook = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+
+    def _https(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        ctx = ssl.create_default_context(cafile=self.webhook_ca)
+        conn = http.client.HTTPSConnection("127.0.0.1", self.webhook_port, context=ctx, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def _wait_webhook(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self._https("GET", "/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.webhook is None or self.webhook.poll() is not None or time.monotonic() > deadline:
+                log_text = (self.workdir / "webhook" / "webhook.log").read_text(errors="replace")[-800:]
+                raise HcsError(f"the demo's webhook did not start: {log_text.strip() or 'no output'}")
+            time.sleep(0.2)
+
+    def admission_review(self, pod: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """POST an AdmissionReview for ``pod`` to the webhook's /mutate; (response, decoded JSON patch)."""
+        review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                  "request": {"uid": "demo-review-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                              "resource": {"group": "", "version": "v1", "resource": "pods"},
+                              "namespace": pod["metadata"].get("namespace", "default"), "operation": "CREATE",
+                              "userInfo": {"username": "demo"}, "object": pod}}
+        status, body = self._https("POST", "/mutate", json.dumps(review).encode())
+        if status != 200:
+            raise HcsError(f"webhook /mutate answered HTTP {status}: {body[:300]!r}")
+        response: dict[str, Any] = json.loads(body)["response"]
+        patch = json.loads(base64.b64decode(response["patch"])) if response.get("patch") else []
+        return response, patch
 
     def _start_node(self, node: DemoNode) -> None:
         node.dir.mkdir(parents=True, exist_ok=True)
@@ -113,15 +199,20 @@ class DemoStack:
         node.computenode = json.loads(out.stdout)
         node.kubelet = KubeletSim(node.dir / "device-plugins", node.dir / "pod-resources.sock").start()
         interceptor = ROOT / "interceptor" / "build"
-        cmd = [sys.executable, "-m", "hcs.cli", "--log-level", "warning", "node", "--no-api-server",
+        node.metrics_port = _free_port()
+        config = node.dir / "node.yaml"
+        config.write_text(json.dumps({"node": {"metricsAddress": "127.0.0.1"}}))
+        cmd = [sys.executable, "-m", "hcs.cli", "--log-level", self.log_level, "node", "--config", str(config),
+               "--no-api-server",
                "--node-name", node.name, "--assignment-source", "allocator", "--allocator-address", self.address,
                "--device-plugin-dir", str(node.dir / "device-plugins"),
                "--pod-resources-socket", str(node.dir / "pod-resources.sock"),
                "--state-dir", str(node.dir / "state"), "--quota-dir", str(node.dir / "quota"),
                "--shm-dir", str(node.dir / "shm"), "--cdi-dir", str(node.dir / "cdi"),
-               "--interceptor-dir", str(interceptor) if interceptor.exists() else "", "--metrics-port", "0"]
-        log_file = (node.dir / "agent.log").open("wb")
-        node.agent = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+               "--interceptor-dir", str(interceptor) if interceptor.exists() else "",
+               "--metrics-port", str(node.metrics_port)]
+        with (node.dir / "agent.log").open("wb") as log_file:
+            node.agent = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
     def agent_log(self, node: str) -> str:
         path = self.workdir / node / "agent.log"
@@ -131,17 +222,18 @@ class DemoStack:
         return next(n for n in self.nodes if n.name == name)
 
     def stop(self) -> None:
-        for node in self.nodes:
-            if node.agent is not None and node.agent.poll() is None:
-                node.agent.send_signal(signal.SIGTERM)
+        procs = [n.agent for n in self.nodes if n.agent is not None] + ([self.webhook] if self.webhook else [])
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         for node in self.nodes:
-            if node.agent is not None:
-                try:
-                    node.agent.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    node.agent.kill()
-                    node.agent.wait()
             if node.kubelet is not None:
                 node.kubelet.stop()
         if self.channel is not None:

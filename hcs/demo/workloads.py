@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 GI = 2**30
 
@@ -44,8 +45,26 @@ def burst_pods(count: int, seed: int) -> list[DemoPod]:
 
 
 def overflow_pods() -> list[DemoPod]:
-    """Requests that must wait: bigger than any island, and a second 160Gi job when NVLink is full."""
+    """A request that must wait: a whole 8-device island while the 160Gi job holds two of the NVLink GPUs."""
     return [
-        DemoPod("too-big-1Ti", 1024 * GI, 0, annotations={"hcs.io/topology-preference": "high-bandwidth"},
-                note="larger than any interconnect island: stays pending with a reason"),
+        DemoPod("whole-island-640g", 640 * GI, 0, annotations={"hcs.io/topology-preference": "high-bandwidth"},
+                note="640Gi on one interconnect island: waits, with a reason per node"),
     ]
+
+
+def pod_manifest(name: str, vram: str, tflops: str = "", annotations: dict[str, str] | None = None,
+                 namespace: str = "demo") -> dict[str, Any]:
+    """The Pod a user would apply (the README's form: ``limits`` of ai.compute resources)."""
+    limits = {"ai.compute/vram": vram, **({"ai.compute/tflops-fp16": tflops} if tflops else {})}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"demo-{name}",
+                         "annotations": dict(annotations or {})},
+            "spec": {"containers": [{"name": "main", "image": "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime",
+                                     "resources": {"limits": limits}}]}}
+
+
+def admission_pods() -> list[dict[str, Any]]:
+    """Sent to the real webhook: the README's inference pod (admitted and routed to HCS), and one larger
+    than any interconnect island (denied at admission, naming the largest island)."""
+    return [pod_manifest("inference-basic", "16Gi", "100"),
+            pod_manifest("too-big-1Ti", "1Ti", annotations={"hcs.io/topology-preference": "high-bandwidth"})]

@@ -57,6 +57,9 @@ def validate_profile(data: Any, *, source: str = "profile", catalog: Catalog | N
         where = f"devices[{i}]"
         if not isinstance(dev, dict):
             raise fail(where, "must be an object")
+        for name in dev:
+            if name not in _REQUIRED and name not in _OPTIONAL:
+                raise fail(f"{where}.{name}", "unknown field (check the spelling; see driver/README.md)")
         for name, typ in _REQUIRED.items():
             if name not in dev:
                 raise fail(f"{where}.{name}", "is required")
@@ -98,6 +101,9 @@ def validate_profile(data: Any, *, source: str = "profile", catalog: Catalog | N
             where = f"devices[{i}].links[{j}]"
             if not isinstance(link, dict):
                 raise fail(where, "must be an object with peer, type and gbps")
+            for name in link:
+                if name not in ("peer", "type", "gbps"):
+                    raise fail(f"{where}.{name}", "unknown field (check the spelling; see driver/README.md)")
             peer: Any = link.get("peer")
             kind: Any = link.get("type")
             gbps: Any = link.get("gbps")

@@ -81,8 +81,8 @@ def test_bind_persists_and_restart_rebuilds_the_same_state(rest: KubeRest, fake_
             meta = p["metadata"]
             out = ext.filter({"Pod": p, "NodeNames": [fake_node]})
             if fake_node not in out["NodeNames"]:
-                assert "no device has enough free" in out["FailedNodes"][fake_node] or \
-                    "idle devices" in out["FailedNodes"][fake_node]
+                assert "not enough free VRAM" in out["FailedNodes"][fake_node] or \
+                    "devices busy" in out["FailedNodes"][fake_node]
                 continue
             result = ext.bind({"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
                                "Node": fake_node})

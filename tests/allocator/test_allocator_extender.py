@@ -50,8 +50,8 @@ def pod(vram: str, **ann: str) -> dict[str, Any]:
 def test_filter_keeps_fitting_nodes_and_explains_the_rest(url: str) -> None:
     out = post(f"{url}/filter", {"Pod": pod("40Gi"), "NodeNames": ["big", "small", "ghost"]})
     assert out["NodeNames"] == ["big"]
-    assert "needs 40.0Gi VRAM" in out["FailedNodes"]["small"]
-    assert "3 idle devices required, 1 idle" in out["FailedNodes"]["small"]
+    assert out["FailedNodes"]["small"] == ("node too small: needs 3 whole t4 devices (16.0Gi each) for 40.0Gi VRAM, "
+                                           "the node has 1")
     assert "no ComputeNode" in out["FailedNodes"]["ghost"]
     assert out["Error"] == ""
 

@@ -82,7 +82,7 @@ def test_explain_lists_every_node_with_reasons(stub: tuple[pbg.AllocatorStub, Al
     out = s.Explain(pb.ExplainRequest(request=request("e", 240, topology_preference="high-bandwidth")))
     by = {v.node: v for v in out.verdicts}
     assert by["n1"].fits and len(by["n1"].proposal[0].devices) == 3
-    assert not by["n2"].fits and "idle devices" in by["n2"].reason
+    assert not by["n2"].fits and "node too small: needs 3 whole a100-80g devices" in by["n2"].reason
     assert out.summary.startswith("1 of 2 nodes fit")
 
 
@@ -143,7 +143,7 @@ def test_alloc_explain_cli_through_grpc(tmp_path: Path, capsys: pytest.CaptureFi
         out = capsys.readouterr().out
         assert "1 of 2 nodes fit" in out
         assert "nvidia-0 80Gi, nvidia-1 80Gi" in out  # whole devices
-        assert "2 idle devices in one interconnect island required" in out
+        assert "node too small: needs 2 whole a100-80g devices (80.0Gi each) for 100.0Gi VRAM, the node has 1" in out
         assert main(["alloc", "explain", "nope", "-n", "team", "--allocator", f"unix://{sock}"]) == 1
         assert "NOT_FOUND" in capsys.readouterr().err
     finally:
