@@ -268,7 +268,7 @@ def main() -> int:
             state = AllocatorState()
             sync = KubeSync(rest, state)
             sync.sync_inventory()
-            server = serve_http(Extender(state, sync), "127.0.0.1", 0)
+            server = serve_http(Extender(state, sync), "127.0.0.1", 0, insecure_dev=True)
             url = f"http://127.0.0.1:{server.server_address[1]}"
             ext_cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "hcs" / "allocator" /
                                       "scheduler-config.yaml").read_text())["extenders"][0]
