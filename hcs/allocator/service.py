@@ -74,6 +74,10 @@ def reservation_from_annotation(text: str, where: str = "pod") -> Reservation:
     return reservation_from_proto(msg)
 
 
+#: Most devices one container may ask for explicitly (ContainerRequest.device_count); no node has more.
+MAX_DEVICE_COUNT = 64
+
+
 def demand_from_proto(req: pb.PodRequest) -> PodDemand:
     cons = req.constraints
     ann = {"hcs.io/topology-preference": cons.topology_preference,
@@ -82,9 +86,14 @@ def demand_from_proto(req: pb.PodRequest) -> PodDemand:
     where = f"pod {req.pod.namespace}/{req.pod.name}"
     constraints = parse_constraints(ann, where) if any(ann.values()) else Constraints()
     containers = []
+    if req.cpu_milli < 0 or req.memory_bytes < 0:
+        raise RequestError(f"{where}: cpu_milli and memory_bytes must be >= 0")
     for c in req.containers:
         if c.vram_bytes < 0 or c.tflops_milli < 0:
             raise RequestError(f"{where} container {c.container}: vram_bytes and tflops_milli must be >= 0")
+        if not 0 <= c.device_count <= MAX_DEVICE_COUNT:
+            raise RequestError(f"{where} container {c.container}: device_count {c.device_count} is out of range; "
+                               f"use 0 (derive from the sizes) to {MAX_DEVICE_COUNT}")
         if c.vram_bytes or c.tflops_milli:
             containers.append(ContainerDemand(c.container, c.vram_bytes, c.tflops_milli))
     if not containers:

@@ -171,7 +171,7 @@ def test_allocator_daemon_serves_grpc_and_extender_and_stops_cleanly(kube_cluste
                    f"  leaseSeconds: 6\nexchangeRates:\n  a100: 1.0\n")
     proc = subprocess.Popen([sys.executable, "-m", "hcs.cli", "allocator", "--config", str(cfg),
                              "--kubeconfig", str(kube_cluster.kubeconfig), "--grpc-address", f"unix://{sock}",
-                             "--extender-address", f"127.0.0.1:{port}"],
+                             "--extender-address", f"127.0.0.1:{port}", "--insecure-dev"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 60
