@@ -26,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import ssl
 import threading
 import time
+from asyncio import sslproto
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,6 +213,16 @@ class CertStore:
         return True
 
 
+def _malloc_trim() -> None:
+    gc.collect()  # closed connections sit in reference cycles (asyncio TLS protocol <-> transport) until then
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class _ConnState:
     __slots__ = ("busy", "idle_since", "pending_since", "transport")
 
@@ -290,6 +302,12 @@ class _Guard:
 
     def sweep(self) -> None:
         now = time.monotonic()
+        self.peak = max(getattr(self, "peak", 0), len(self.conns))
+        if self.peak >= 64 and len(self.conns) <= self.peak // 4:
+            # a burst of connections (an attack, a reconnect storm) is over: hand the freed buffers back to
+            # the OS, or RSS stays at the burst's peak (glibc keeps freed heap memory)
+            self.peak = len(self.conns)
+            _malloc_trim()
         for proto, st in list(self.conns.items()):
             if st.busy:
                 continue
@@ -328,6 +346,33 @@ class _Server(web.Server):
         return self.conn_cls(self, loop=self._loop, **self._kwargs)
 
 
+class _SSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS protocol with a 32 KiB read buffer instead of 256 KiB per connection: a TLS record is
+    at most 16 KiB, and 512 idle connections should not hold 128 MiB."""
+
+    max_size = 32 * 1024
+
+
+async def _start_tls(loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, app: asyncio.BaseProtocol,
+                     ctx: ssl.SSLContext, handshake_timeout_s: float) -> asyncio.Transport:
+    """``loop.start_tls(server_side=True)`` with :class:`_SSLProtocol` (same steps as the stdlib's)."""
+    waiter = loop.create_future()
+    proto = _SSLProtocol(loop, app, ctx, waiter, server_side=True, call_connection_made=False,
+                         ssl_handshake_timeout=handshake_timeout_s)  # type: ignore[arg-type]  # float works
+    transport.pause_reading()
+    transport.set_protocol(proto)
+    conmade = loop.call_soon(proto.connection_made, transport)
+    resume = loop.call_soon(transport.resume_reading)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        conmade.cancel()
+        resume.cancel()
+        raise
+    return proto._app_transport
+
+
 class _TlsAccept(asyncio.Protocol):
     """A raw TCP connection until its TLS handshake is done; then aiohttp's protocol takes over.
 
@@ -357,8 +402,7 @@ class _TlsAccept(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         assert svc._certs is not None
         try:
-            tls = await loop.start_tls(transport, app, svc._certs.server_context(), server_side=True,
-                                       ssl_handshake_timeout=svc.limits.handshake_timeout_s)
+            tls = await _start_tls(loop, transport, app, svc._certs.server_context(), svc.limits.handshake_timeout_s)
         except (OSError, ssl.SSLError, asyncio.CancelledError, ConnectionError, TimeoutError) as exc:
             svc._guard.lost(self)
             if not isinstance(exc, asyncio.CancelledError):
