@@ -27,7 +27,7 @@ from sec_input_helpers import (
     webhook_process,
 )
 
-from hcs.httpserve import HttpService, Limits, Reply, Request
+from hcs.httpserve import HttpService, Limits, Reply
 from hcs.webhook.certs import generate_certs
 
 SLOW = 512
@@ -66,7 +66,8 @@ def _legit_admissions(wh: Daemon, n: int) -> list[float]:
     try:
         for _ in range(n):
             t = time.perf_counter()
-            conn.request("POST", "/validate", body=admission_review("16Gi"), headers={"Content-Type": "application/json"})
+            conn.request("POST", "/validate", body=admission_review("16Gi"),
+                         headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             body = resp.read()
             times.append(time.perf_counter() - t)

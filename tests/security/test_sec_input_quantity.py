@@ -9,6 +9,7 @@ on, and legitimate requests still work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -60,10 +61,8 @@ def test_parser_work_is_bounded_for_any_input() -> None:
     start = time.process_time()
     for _ in range(10):
         for text in worst:
-            try:
+            with contextlib.suppress(QuantityError):
                 parse_quantity(text)
-            except QuantityError:
-                pass
     assert time.process_time() - start < 1.0
 
 
