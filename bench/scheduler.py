@@ -273,6 +273,8 @@ def main() -> int:
             ext_cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "hcs" / "allocator" /
                                       "scheduler-config.yaml").read_text())["extenders"][0]
             ext_cfg["urlPrefix"] = url
+            ext_cfg["enableHTTPS"] = False  # the in-process extender runs with insecure_dev (no client certs)
+            ext_cfg.pop("tlsConfig", None)
             make_pods(rest, args.pods, "hcs", HCS_PROFILE, args.workers)
             result["hcs"] = measure(rest, "hcs", args.pods, lambda: run_scheduler(
                 cluster, tmp, "hcs", {"schedulerName": HCS_PROFILE}, [ext_cfg]), args.timeout)

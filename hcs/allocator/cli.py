@@ -120,7 +120,7 @@ def run_allocator(args: argparse.Namespace) -> int:
     if args.print_scheduler_config:
         text = SCHEDULER_CONFIG.read_text()
         if args.extender_url:
-            text = text.replace("http://hcs-allocator.hcs-system.svc:8888", args.extender_url)
+            text = text.replace("https://hcs-allocator.hcs-system.svc:8888", args.extender_url)
         print(text, end="")
         return 0
     cfg, rates_cfg = load_allocator_config(args.config, args)
