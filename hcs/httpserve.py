@@ -18,7 +18,8 @@ sees it (docs/architecture.md, "HTTP serving", has the measured comparison that 
   hands each new connection the current pair (``sni_callback``, called with or without SNI).
 
 A handler gets a :class:`Request` (body already read) and returns a :class:`Reply`; an exception in a
-handler is logged and answered 500 without affecting other requests.
+handler is logged and answered 500 without affecting other requests. An optional ``precheck`` sees the
+request line, headers and client certificate before the body is read (authorisation).
 """
 
 from __future__ import annotations
@@ -426,12 +427,14 @@ class HttpService:
     def __init__(self, host: str, port: int, handler: Handler, *, certs: CertStore | None = None,
                  limits: Limits | None = None, name: str = "http",
                  inline: Callable[[str, str], bool] | None = None,
-                 on_tls_error: Callable[[], None] | None = None, body_hint: str = "") -> None:
+                 on_tls_error: Callable[[], None] | None = None, body_hint: str = "",
+                 precheck: Callable[[Request], Reply | None] | None = None) -> None:
         self.limits = limits or Limits()
         self.stats = ConnStats()
         if on_tls_error is not None:
             self.stats.on_handshake_error.append(on_tls_error)
         self._handler = handler
+        self._precheck = precheck
         self._body_hint = f" ({body_hint})" if body_hint else ""
         self._certs = certs
         self._name = name
@@ -501,6 +504,18 @@ class HttpService:
             self._guard.end(proto)
 
     async def _serve_one(self, request: web.BaseRequest) -> web.StreamResponse:
+        transport = request.transport
+        peer = (transport.get_extra_info("peercert") if transport is not None else None) or None
+        if self._precheck is not None:
+            # before the body is read: a caller that may not call this path costs no body buffering
+            early = self._precheck(Request(request.method, request.path, request.headers, b"", peer,
+                                           request.remote or ""))
+            if early is not None:
+                resp = web.Response(status=early.status, body=early.body,
+                                    headers={"Content-Type": early.content_type})
+                if request.body_exists:
+                    resp.force_close()
+                return resp
         limit = self.limits.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -522,9 +537,7 @@ class HttpService:
                 resp = _text(408, f"request body not received within {self.limits.body_timeout_s:g} s\n")
                 resp.force_close()
                 return resp
-        transport = request.transport
-        peer = transport.get_extra_info("peercert") if transport is not None else None
-        req = Request(request.method, request.path, request.headers, body, peer or None, request.remote or "")
+        req = Request(request.method, request.path, request.headers, body, peer, request.remote or "")
         try:
             if self._inline(req.method, req.path):
                 reply = self._handler(req)

@@ -324,7 +324,8 @@ class ExtenderServer:
         self._http = HttpService(host, port, self._handle, certs=self.certs, name="hcs-extender",
                                  limits=limits or Limits(max_body_bytes=MAX_BODY_BYTES),
                                  inline=lambda method, path: method != "POST",
-                                 body_hint="ExtenderArgs for a nodeCacheCapable extender are far smaller")
+                                 body_hint="ExtenderArgs for a nodeCacheCapable extender are far smaller",
+                                 precheck=self._precheck)
         self._stop = threading.Event()
         self._cert_check_s = cert_check_s
         self._http.start()
@@ -356,6 +357,10 @@ class ExtenderServer:
         self._http.stop()
 
     stop = shutdown
+
+    def _precheck(self, req: Request) -> Reply | None:
+        """Verbs need the scheduler's certificate: refused before the body is read."""
+        return self._authorize(req) if req.method == "POST" else None
 
     def _authorize(self, req: Request) -> Reply | None:
         if self.tls is None:

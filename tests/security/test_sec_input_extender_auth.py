@@ -48,6 +48,12 @@ def test_extender_verbs_need_the_schedulers_certificate(tmp_path: Path) -> None:
             # a certificate from another CA (forged CN hcs-scheduler): the TLS handshake fails
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
                 ext.request("POST", path, payload, cert=certs.other_ca)
+        # an unauthenticated caller announcing a 7 MiB body is refused from its headers: the body is never read
+        ctx = ssl.create_default_context(cafile=str(ext.ca))
+        with socket.create_connection(("127.0.0.1", ext.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"POST /scheduler/bind HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n{" % (7 * 2**20))
+            assert tls.recv(100).startswith(b"HTTP/1.1 401")
         # plain HTTP to the extender port gets nothing
         with socket.create_connection(("127.0.0.1", ext.port), timeout=5) as s:
             s.sendall(b"POST /scheduler/bind HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
