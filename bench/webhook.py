@@ -243,6 +243,10 @@ def main() -> int:
                     if item is None:
                         break
                     due, i = item
+                    if time.perf_counter() > hard_deadline:  # a stalled server: stop, count the rest as errors
+                        with lock:
+                            errors.append("not sent: the webhook stalled past the run's end")
+                        continue
                     endpoint, body = bodies[i % len(bodies)]
                     sent = time.perf_counter()
                     try:
@@ -262,11 +266,13 @@ def main() -> int:
                             errors.append(data[:200].decode(errors="replace"))
                 conn.close()
 
+            hard_deadline = float("inf")
             threads = [threading.Thread(target=worker, daemon=True) for _ in range(args.connections)]
             for t in threads:
                 t.start()
             interval = 1.0 / args.rate
             start = time.perf_counter()
+            hard_deadline = start + warmup + duration + 15.0
             total = int((warmup + duration) * args.rate)
             for i in range(total):
                 due = start + i * interval
