@@ -449,7 +449,8 @@ def test_cert_manager_when_present(rendered: Render) -> None:
         cfg = one(docs, kind)
         assert cfg["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/hcs-webhook"
         assert all("caBundle" not in hook["clientConfig"] for hook in cfg["webhooks"])
-    assert {i["metadata"]["name"] for i in find(docs, "Issuer")} == {"hcs-webhook-selfsigned", "hcs-webhook-ca"}
+    assert {i["metadata"]["name"] for i in find(docs, "Issuer")} == {
+        "hcs-webhook-selfsigned", "hcs-webhook-ca", "hcs-allocator-extender-selfsigned", "hcs-allocator-extender-ca"}
     # explicit off wins over detection; explicit on works without detection
     assert find(rendered(api_versions=("cert-manager.io/v1",), webhook__certManager__autoDetect=False), "Secret")
     assert find(rendered(webhook__certManager__enabled=True), "Certificate")

@@ -39,7 +39,8 @@ def test_extender_serves_https_and_the_scheduler_presents_its_certificate(render
         """Where each configured path lands: the mounted Secret item, written out under tmp_path."""
         out = []
         for path in paths:
-            vol = next(n for n, mp in _mounts(c).items() if path.startswith(mp + "/"))
+            vol = max((n for n, mp in _mounts(c).items() if path.startswith(mp + "/")),
+                      key=lambda n: len(_mounts(c)[n]))
             rel = path[len(_mounts(c)[vol]) + 1:]
             item = next(i for i in volumes[vol]["secret"]["items"] if i["path"] == rel)
             assert volumes[vol]["secret"]["secretName"] == secret["metadata"]["name"]
@@ -81,3 +82,17 @@ def test_templates_webhook_only_sees_workloads_that_ask_for_ai_compute(rendered:
     mutating = one(docs, "MutatingWebhookConfiguration")
     hook = next(w for w in mutating["webhooks"] if w["name"] == "templates.webhook.ai.compute")
     assert hook["matchConditions"] == [{"name": "template-asks-ai-compute", "expression": TEMPLATE_ASKS_ACCELERATOR}]
+
+
+def test_cert_manager_issues_the_extender_pairs_from_its_own_ca(rendered: Render) -> None:
+    docs = rendered(api_versions=("cert-manager.io/v1",))
+    server = one(docs, "Certificate", "hcs-allocator-extender")
+    client = one(docs, "Certificate", "hcs-allocator-scheduler-client")
+    assert server["spec"]["issuerRef"]["name"] == client["spec"]["issuerRef"]["name"] == "hcs-allocator-extender-ca"
+    assert client["spec"]["commonName"] == "hcs-scheduler" and "client auth" in client["spec"]["usages"]
+    assert "server auth" in server["spec"]["usages"]
+    deploy = one(docs, "Deployment", "hcs-allocator")
+    volumes = {v["name"]: v["secret"] for v in deploy["spec"]["template"]["spec"]["volumes"] if "secret" in v}
+    assert volumes["extender-tls"]["secretName"] == server["spec"]["secretName"]
+    assert volumes["extender-client"]["secretName"] == client["spec"]["secretName"]
+    assert {i["path"] for i in volumes["extender-client"]["items"]} == {"ca.crt", "client.crt", "client.key"}
