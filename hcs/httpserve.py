@@ -241,6 +241,7 @@ class _Guard:
         self.limits = limits
         self.stats = stats
         self.conns: dict[Any, _ConnState] = {}
+        self.peak = 0  # most connections open since the last trim
 
     def made(self, proto: Any, transport: asyncio.BaseTransport, handshaking: bool = False) -> bool:
         """Track a new connection (False: refused, every slot is serving a request)."""
@@ -303,7 +304,7 @@ class _Guard:
 
     def sweep(self) -> None:
         now = time.monotonic()
-        self.peak = max(getattr(self, "peak", 0), len(self.conns))
+        self.peak = max(self.peak, len(self.conns))
         if self.peak >= 64 and len(self.conns) <= self.peak // 4:
             # a burst of connections (an attack, a reconnect storm) is over: hand the freed buffers back to
             # the OS, or RSS stays at the burst's peak (glibc keeps freed heap memory)
