@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hcs import httpserve
 from hcs.httpserve import HttpService, Limits, Reply, Request, cert_not_after
+from hcs.webhook.capacity import StaticCapacity
 from hcs.webhook.podspec import TEMPLATE_PATHS
 from hcs.webhook.review import Admission
 
@@ -88,7 +89,7 @@ class WebhookServer:
         self.admission = admission
         self.limits = limits or Limits(max_body_bytes=max_body_bytes, max_connections=MAX_CONNECTIONS)
         self._http = HttpService(host, port, self._handle, certs=self.certs, limits=self.limits, name="webhook",
-                                 inline=lambda method, path: method != "POST",
+                                 inline=self._inline,
                                  on_tls_error=self.metrics.tls_errors.inc,
                                  body_hint="webhook.maxBodyBytes; an AdmissionReview is far smaller")
         self.metrics.watch(self._http.stats)
@@ -99,6 +100,16 @@ class WebhookServer:
     @property
     def port(self) -> int:
         return self._http.port
+
+    def _inline(self, method: str, path: str) -> bool:
+        """Run on the event loop: GETs, and reviews when nothing in them can wait on I/O (a fixed
+        ``largestIsland`` and no API access: pure CPU, so a thread hop would only add latency)."""
+        return method != "POST" or self._local_only
+
+    @property
+    def _local_only(self) -> bool:
+        adm = self.admission  # (an unknown shape counts as "may wait": worker threads)
+        return isinstance(adm.capacity, StaticCapacity | None) and getattr(adm.cluster, "_api_client", 1) is None
 
     def _handle(self, req: Request) -> Reply:
         if req.method == "POST":
