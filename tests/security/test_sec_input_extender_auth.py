@@ -106,6 +106,13 @@ def test_grpc_device_count_out_of_range_is_invalid_argument(tmp_path: Path) -> N
                 stub.Reserve(pb.ReserveRequest(request=_grpc_request(bad), node="big"), timeout=10)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "device_count" in (err.value.details() or "")
+        # the largest int64 amounts used to overflow the placement arithmetic (INTERNAL): now refused up front
+        for field, value in (("tflops_milli", 2**63 - 1), ("vram_bytes", 2**63 - 1)):
+            req = _grpc_request(0)
+            setattr(req.containers[0], field, value)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Reserve(pb.ReserveRequest(request=req, node="big"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, err.value.details())
         assert state.reservation("u-1") is None
         ok = stub.Reserve(pb.ReserveRequest(request=_grpc_request(1), node="big"), timeout=10)
         assert ok.assignment.node == "big"

@@ -113,6 +113,10 @@ def test_extender_refuses_bad_quantities_and_stays_healthy(tmp_path: Path) -> No
                 assert out["NodeNames"] == [] and message in out["FailedAndUnresolvableNodes"]["big"], (value, out)
         assert not watch.failures and watch.ok > 0, watch.failures[:5]
         assert ext.alive()
+        # in range for Kubernetes, beyond any node: refused before the placement arithmetic (int64) sees it
+        status, body = ext.request("POST", "/scheduler/filter", extender_filter_args("7Ei"), cert=cert)
+        assert status == 200
+        assert "larger than any node could hold" in json.loads(body)["FailedAndUnresolvableNodes"]["big"]
         status, body = ext.request("POST", "/scheduler/filter", extender_filter_args("16Gi"), cert=cert)
         assert status == 200 and json.loads(body)["NodeNames"] == ["big"]
         assert ext.rss_kib <= rss_before * 1.2, (rss_before, ext.rss_kib)
