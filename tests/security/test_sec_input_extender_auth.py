@@ -176,3 +176,28 @@ def test_bind_refuses_a_pod_without_an_accelerator_request(api_client: Any, tmp_
         for ns, name in made:
             with contextlib.suppress(KubeError):
                 rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}?gracePeriodSeconds=0")
+
+
+@pytest.mark.parametrize(("sec", "message"), [
+    ({"tls": {"certFile": "c", "keyFile": "k"}}, "clientCAFile is required"),
+    ({"tls": {"certFile": "c", "keyFile": "k", "clientCAFile": "a", "allowedSubjects": "hcs-scheduler"}},
+     "non-empty list"),
+    ({"tls": {"certFile": "c", "keyFile": "k", "clientCAFile": "a", "allowedSubjects": []}}, "non-empty list"),
+    ({"tls": {"certFile": "c", "keyFile": "k", "clientCAFile": "a", "verify": False}}, "tls.verify is not a known"),
+    ({"plain": True}, "extender.plain is not a known field"),
+    ({}, "--insecure-dev"),
+])
+def test_extender_tls_config_errors_say_what_to_fix(sec: dict[str, Any], message: str) -> None:
+    from hcs.allocator.extender import extender_tls_from_config
+
+    with pytest.raises(ConfigError, match=message):
+        extender_tls_from_config(sec, insecure_dev=False)
+
+
+def test_extender_tls_config_reads_subjects() -> None:
+    from hcs.allocator.extender import extender_tls_from_config
+
+    tls = extender_tls_from_config({"tls": {"certFile": "c", "keyFile": "k", "clientCAFile": "a",
+                                            "allowedSubjects": ["CN=hcs-scheduler", "backup"]}}, insecure_dev=False)
+    assert tls is not None and tls.allowed_subjects == ("hcs-scheduler", "backup")
+    assert extender_tls_from_config(None, insecure_dev=True) is None
