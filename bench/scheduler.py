@@ -268,11 +268,13 @@ def main() -> int:
             state = AllocatorState()
             sync = KubeSync(rest, state)
             sync.sync_inventory()
-            server = serve_http(Extender(state, sync), "127.0.0.1", 0)
+            server = serve_http(Extender(state, sync), "127.0.0.1", 0, insecure_dev=True)
             url = f"http://127.0.0.1:{server.server_address[1]}"
             ext_cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "hcs" / "allocator" /
                                       "scheduler-config.yaml").read_text())["extenders"][0]
             ext_cfg["urlPrefix"] = url
+            ext_cfg["enableHTTPS"] = False  # the in-process extender runs with insecure_dev (no client certs)
+            ext_cfg.pop("tlsConfig", None)
             make_pods(rest, args.pods, "hcs", HCS_PROFILE, args.workers)
             result["hcs"] = measure(rest, "hcs", args.pods, lambda: run_scheduler(
                 cluster, tmp, "hcs", {"schedulerName": HCS_PROFILE}, [ext_cfg]), args.timeout)

@@ -290,6 +290,9 @@ class Harness:
                                    # one replica on a loaded 2-core CI box: a late renewal must not drop the
                                    # leadership mid-scenario ("this replica is not the leader")
                                    "leaseSeconds": 60})
+            srv, _client = self._extender_certs()
+            a["allocator"]["extender"] = {"tls": {"certFile": str(srv.cert), "keyFile": str(srv.key),
+                                                  "clientCAFile": str(srv.ca), "allowedSubjects": ["hcs-scheduler"]}}
             self.configs["allocator"] = self._write("allocator.yaml", a)
         self.device_classes = helm_chart.find(docs, "DeviceClass")
 
@@ -307,14 +310,29 @@ class Harness:
 
         return generate_certs(self.root / "tls", ("127.0.0.1", "localhost"), days=2)
 
+    def _extender_certs(self) -> Any:
+        """The extender's serving pair and the scheduler's client pair (CN hcs-scheduler), one CA."""
+        from hcs.webhook.certs import generate_certs
+
+        if getattr(self, "_ext_certs", None) is None:
+            d = self.root / "extender-tls"
+            srv = generate_certs(d, ("127.0.0.1", "localhost"), days=2, name="extender")
+            client = generate_certs(d, ("hcs-scheduler",), days=2, name="scheduler-client", ca=srv,
+                                    usage="clientAuth")
+            self._ext_certs = (srv, client)
+        return self._ext_certs
+
     def _scheduler_config(self, comps: Mapping[str, Any]) -> dict[str, Any]:
         kubeconfig = str(self.cluster.dir / "config" / "scheduler.kubeconfig")
         if not Path(kubeconfig).exists():
             kubeconfig = str(self.cluster.kubeconfig)
         if self.use_allocator:
             cfg = dict(comps["kube-scheduler"])
+            srv, client = self._extender_certs()
             for ext in cfg.get("extenders", []):
-                ext["urlPrefix"] = f"http://127.0.0.1:{self._allocator_extender}/scheduler"
+                ext["urlPrefix"] = f"https://127.0.0.1:{self._allocator_extender}/scheduler"
+                ext["enableHTTPS"] = True
+                ext["tlsConfig"] = {"certFile": str(client.cert), "keyFile": str(client.key), "caFile": str(srv.ca)}
             for prof in cfg.get("profiles", []):
                 prof["schedulerName"] = self.scheduler_name
         else:

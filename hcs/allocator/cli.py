@@ -52,6 +52,7 @@ def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[A
     sec = section(cfg, "allocator", source=f"config {path}")
     known = {"grpcAddress", "extenderAddress", "namespace", "leaseName", "leaseSeconds", "syncIntervalSeconds",
              "kubeconfig", "tls", "auth"}
+    known |= {"extender"}  # allocator.extender.tls: hcs.allocator.extender.extender_tls_from_config
     unknown = sorted(set(sec) - known)
     if unknown:
         raise ConfigError(f"config {path}: allocator.{unknown[0]} is not a known field; "
@@ -135,6 +136,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--print-scheduler-config", action="store_true",
                    help="print the KubeSchedulerConfiguration for the hcs-scheduler profile and exit")
     p.add_argument("--extender-url", default=None, help="with --print-scheduler-config: the extender URL")
+    from hcs.allocator.extender import add_extender_args
+
+    add_extender_args(p)
     p.set_defaults(func=run_allocator)
 
     a = subparsers.add_parser("alloc", help="allocator client commands")
@@ -158,7 +162,7 @@ def register(subparsers: Any) -> None:
 
 def run_allocator(args: argparse.Namespace) -> int:
     from hcs.allocator.auth import KubeAuthorizer, server_credentials
-    from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, serve_http
+    from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, extender_tls_from_config, serve_http
     from hcs.allocator.inventory import ExchangeRates
     from hcs.allocator.kube import KubeSync, LeaderElector, Persister
     from hcs.allocator.service import AllocatorService, serve
@@ -168,10 +172,14 @@ def run_allocator(args: argparse.Namespace) -> int:
     if args.print_scheduler_config:
         text = SCHEDULER_CONFIG.read_text()
         if args.extender_url:
-            text = text.replace("http://hcs-allocator.hcs-system.svc:8888", args.extender_url)
+            text = text.replace("https://hcs-allocator.hcs-system.svc:8888", args.extender_url)
         print(text, end="")
         return 0
     cfg, rates_cfg = load_allocator_config(args.config, args)
+    insecure_dev = bool(getattr(args, "insecure_dev", False))
+    extender_tls = extender_tls_from_config(
+        section(load_config(args.config), "allocator", source=f"config {args.config}").get("extender"),
+        insecure_dev=insecure_dev, source=f"config {args.config}")
     rates = ExchangeRates.from_config(rates_cfg)
     if args.insecure_dev:
         log.warning("--insecure-dev: the allocator's gRPC API is served WITHOUT TLS and WITHOUT caller "
@@ -207,14 +215,16 @@ def run_allocator(args: argparse.Namespace) -> int:
         os.makedirs(os.path.dirname(cfg.grpc_address[len("unix://"):]) or ".", exist_ok=True)
     grpc_server = serve(service, cfg.grpc_address, credentials=credentials)
     host, port = _split_host_port(cfg.extender_address)
-    http_server = serve_http(Extender(state, sync, elector.is_leader), host, port)
+    http_server = serve_http(Extender(state, sync, elector.is_leader), host, port, tls=extender_tls,
+                             insecure_dev=insecure_dev)
     threading.Thread(target=elector.run, name="hcs-lease", daemon=True).start()
     threading.Thread(target=sync.run, args=(cfg.sync_interval_s, elector.is_leader), name="hcs-sync",
                      daemon=True).start()
-    log.info("allocator %s: gRPC %s (%s), extender http://%s:%d", identity, cfg.grpc_address,
+    log.info("allocator %s: gRPC %s (%s), extender %s://%s:%d", identity, cfg.grpc_address,
              "INSECURE, no caller authentication" if auth is None else
              f"{'local' if cfg.grpc_address.startswith('unix:') else 'TLS'}, tokens for audience "
-             f"{cfg.auth_audience!r}, {len(cfg.node_agent_users)} node-agent identities", host, port)
+             f"{cfg.auth_audience!r}, {len(cfg.node_agent_users)} node-agent identities",
+             "http" if extender_tls is None else "https", host, port)
     stop.wait(stop_timeout_s=20)
     log.info("shutting down")
     sync.stop()

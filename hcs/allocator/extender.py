@@ -5,23 +5,33 @@ the keys are the Go field names): ``ExtenderArgs{Pod, Nodes, NodeNames}``,
 ``ExtenderFilterResult{Nodes, NodeNames, FailedNodes, FailedAndUnresolvableNodes, Error}``,
 ``HostPriorityList[{Host, Score}]`` (0..10), ``ExtenderBindingArgs{PodName, PodNamespace, PodUID,
 Node}`` → ``ExtenderBindingResult{Error}``. Keys are read case-insensitively, as Go decodes them.
+
+Only the scheduler may call the verbs: the listener serves HTTPS and a verb needs a client
+certificate signed by ``allocator.extender.tls.clientCAFile`` whose subject CN is one of
+``allowedSubjects`` (kube-scheduler's extender ``tlsConfig``; the chart issues both). ``/healthz`` and
+``/readyz`` need no certificate (kubelet probes). Plain HTTP without caller checks exists only for
+development, behind ``hcs allocator --insecure-dev``, which logs a warning. Bind refuses a pod that
+asks for no ``ai.compute`` resources and carries no HCS assignment: the extender binds only what HCS
+places, never an arbitrary pending pod with the allocator's rights.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hcs.allocator.kube import KubeSync
-from hcs.allocator.placement import RequestError, demand_from_pod
+from hcs.allocator.placement import ANN_ASSIGNMENT, RequestError, demand_from_pod
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
-from hcs.httpreply import send_once
+from hcs.errors import ConfigError
+from hcs.httpserve import CertStore, HttpService, Limits, Reply, Request
 from hcs.kube import KubeError
 from hcs.webhook.retarget import ANN_RETARGETED  # set once the allocator chose the pod's vendor
 
@@ -180,6 +190,10 @@ class Extender:
             demand = demand_from_pod(pod)
         except RequestError as exc:
             return {"Error": str(exc)}
+        if demand is None and ANN_ASSIGNMENT not in ((pod.get("metadata") or {}).get("annotations") or {}):
+            log.warning("refused to bind %s/%s: it asks for no ai.compute resources", ns, name)
+            return {"Error": f"pod {ns}/{name} asks for no ai.compute resources and holds no HCS assignment; the "
+                             "HCS extender binds only pods it places (use the default scheduler for others)"}
         res = None
         if demand is not None:
             held = self.state.reservation(uid)
@@ -222,52 +236,185 @@ class Extender:
         return {"Error": ""}
 
 
-def make_handler(ext: Extender) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # kube-scheduler waits on /filter and /prioritize inside its serial scheduling cycle: no Nagle
-        disable_nagle_algorithm = True
+DEFAULT_ALLOWED_SUBJECTS = ("hcs-scheduler",)
+#: Largest extender request accepted: ExtenderArgs with nodeCacheCapable carry node names, not nodes.
+MAX_BODY_BYTES = 8 * 2**20
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("extender: " + format, *args)
 
-        def _reply(self, code: int, body: Any) -> None:
-            send_once(self, code, json.dumps(body).encode())
+@dataclass(frozen=True)
+class ExtenderTLS:
+    """``allocator.extender.tls``: serving pair, the CA that signs the scheduler's client certificate,
+    and the client certificate subjects (CN) allowed to call the verbs."""
 
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path.rstrip("/") in ("/healthz", "/readyz"):
-                self._reply(200, {"ok": True, "leader": ext.is_leader()})
-            else:
-                self._reply(404, {"Error": f"unknown path {self.path}"})
+    cert_file: str
+    key_file: str
+    client_ca_file: str
+    allowed_subjects: tuple[str, ...] = DEFAULT_ALLOWED_SUBJECTS
 
-        def do_POST(self) -> None:  # noqa: N802
+
+def add_extender_args(parser: argparse.ArgumentParser) -> None:
+    """``--insecure-dev`` on ``hcs allocator`` (shared with the gRPC API's development mode)."""
+    if "--insecure-dev" not in parser._option_string_actions:
+        parser.add_argument("--insecure-dev", action="store_true",
+                            help="development only: serve without authentication (plain HTTP extender, "
+                                 "no caller checks); logs a warning")
+
+
+def extender_tls_from_config(sec: Mapping[str, Any] | None, *, insecure_dev: bool,
+                             source: str = "config") -> ExtenderTLS | None:
+    """The extender's TLS settings from ``allocator.extender``; None only with ``--insecure-dev``."""
+    sec = sec or {}
+    if not isinstance(sec, Mapping):
+        raise ConfigError(f"{source}: allocator.extender must be a mapping with key tls")
+    unknown = sorted(set(sec) - {"tls"})
+    if unknown:
+        raise ConfigError(f"{source}: allocator.extender.{unknown[0]} is not a known field; known: tls")
+    tls = sec.get("tls")
+    if not tls:
+        if insecure_dev:
+            log.warning("INSECURE: the scheduler extender serves plain HTTP and accepts every caller "
+                        "(--insecure-dev); any pod that reaches it can filter, prioritize and bind. "
+                        "Never use this in a shared cluster")
+            return None
+        raise ConfigError(f"{source}: allocator.extender.tls is required (certFile, keyFile, clientCAFile, "
+                          "allowedSubjects): only the scheduler, with a client certificate, may call the extender. "
+                          "For a development setup without authentication pass --insecure-dev")
+    if not isinstance(tls, Mapping):
+        raise ConfigError(f"{source}: allocator.extender.tls must be a mapping")
+    known = {"certFile", "keyFile", "clientCAFile", "allowedSubjects"}
+    unknown = sorted(set(tls) - known)
+    if unknown:
+        raise ConfigError(f"{source}: allocator.extender.tls.{unknown[0]} is not a known field; "
+                          f"known: {', '.join(sorted(known))}")
+    missing = [k for k in ("certFile", "keyFile", "clientCAFile") if not tls.get(k)]
+    if missing:
+        raise ConfigError(f"{source}: allocator.extender.tls.{missing[0]} is required")
+    subjects = tls.get("allowedSubjects", list(DEFAULT_ALLOWED_SUBJECTS))
+    if isinstance(subjects, str) or not isinstance(subjects, list) or not subjects \
+            or not all(isinstance(x, str) and x for x in subjects):
+        raise ConfigError(f"{source}: allocator.extender.tls.allowedSubjects must be a non-empty list of "
+                          "certificate common names, e.g. [hcs-scheduler]")
+    if insecure_dev:
+        log.warning("--insecure-dev given but allocator.extender.tls is set: the extender keeps requiring "
+                    "the scheduler's client certificate")
+    return ExtenderTLS(str(tls["certFile"]), str(tls["keyFile"]), str(tls["clientCAFile"]),
+                       tuple(s.removeprefix("CN=") for s in subjects))
+
+
+def _common_names(cert: Mapping[str, Any] | None) -> list[str]:
+    if not cert:
+        return []
+    return [str(value) for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"]
+
+
+def _json(status: int, body: Any) -> Reply:
+    return Reply(status, json.dumps(body).encode())
+
+
+class ExtenderServer:
+    """The extender's HTTP(S) listener; ``server_address``, ``port`` and ``shutdown()`` as before."""
+
+    def __init__(self, ext: Extender, host: str, port: int, tls: ExtenderTLS | None, *,
+                 limits: Limits | None = None, cert_check_s: float = 5.0) -> None:
+        self.ext = ext
+        self.tls = tls
+        self.certs = None if tls is None else CertStore(
+            tls.cert_file, tls.key_file, client_ca_file=tls.client_ca_file, label="extender TLS",
+            hint="set allocator.extender.tls.certFile/keyFile/clientCAFile")
+        self._http = HttpService(host, port, self._handle, certs=self.certs, name="hcs-extender",
+                                 limits=limits or Limits(max_body_bytes=MAX_BODY_BYTES),
+                                 inline=lambda method, path: method != "POST",
+                                 body_hint="ExtenderArgs for a nodeCacheCapable extender are far smaller",
+                                 precheck=self._precheck)
+        self._stop = threading.Event()
+        self._cert_check_s = cert_check_s
+        self._http.start()
+        if self.certs is not None:
+            threading.Thread(target=self._watch_certs, name="hcs-extender-certs", daemon=True).start()
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self._http.server_address
+
+    @property
+    def port(self) -> int:
+        return self._http.port
+
+    @property
+    def stats(self) -> Any:
+        return self._http.stats
+
+    def _watch_certs(self) -> None:
+        assert self.certs is not None
+        while not self._stop.wait(self._cert_check_s):
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                args = json.loads(self.rfile.read(length) or b"{}")
-                if not isinstance(args, dict):
-                    raise ValueError("body must be a JSON object")
-            except ValueError as exc:
-                self._reply(400, {"Error": f"bad request body: {exc}"})
-                return
-            verb = self.path.strip("/").split("/")[-1]
-            try:
-                if verb == "filter":
-                    self._reply(200, ext.filter(args))
-                elif verb == "prioritize":
-                    self._reply(200, ext.prioritize(args))
-                elif verb == "bind":
-                    self._reply(200, ext.bind(args))
-                else:
-                    self._reply(404, {"Error": f"unknown extender verb {verb!r}; use filter, prioritize or bind"})
-            except Exception as exc:  # never crash the server on one bad request
-                log.exception("extender %s failed", verb)
-                self._reply(200, {"Error": f"hcs allocator internal error: {exc}"})
+                self.certs.maybe_reload()
+            except Exception:
+                log.exception("extender certificate reload check failed")
 
-    return Handler
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._http.stop()
+
+    stop = shutdown
+
+    def _precheck(self, req: Request) -> Reply | None:
+        """Verbs need the scheduler's certificate: refused before the body is read."""
+        return self._authorize(req) if req.method == "POST" else None
+
+    def _authorize(self, req: Request) -> Reply | None:
+        if self.tls is None:
+            return None
+        names = _common_names(req.peer_cert)
+        if not names:
+            return _json(401, {"Error": "the HCS extender needs the scheduler's client certificate (kube-scheduler "
+                                        "extender tlsConfig certFile/keyFile, signed by the chart's extender CA)"})
+        if not any(n in self.tls.allowed_subjects for n in names):
+            log.warning("extender call from %s refused: certificate CN %s is not in allowedSubjects",
+                        req.remote, ", ".join(names))
+            return _json(403, {"Error": f"client certificate CN {names[0]!r} may not call the HCS extender; "
+                                        f"allowed: {', '.join(self.tls.allowed_subjects)}"})
+        return None
+
+    def _handle(self, req: Request) -> Reply:
+        ext = self.ext
+        if req.method != "POST":
+            if req.path.rstrip("/") in ("/healthz", "/readyz"):
+                return _json(200, {"ok": True, "leader": ext.is_leader()})
+            return _json(404, {"Error": f"unknown path {req.path}"})
+        denied = self._authorize(req)
+        if denied is not None:
+            return denied
+        verb = req.path.strip("/").split("/")[-1]
+        if verb not in ("filter", "prioritize", "bind"):
+            return _json(404, {"Error": f"unknown extender verb {verb!r}; use filter, prioritize or bind"})
+        try:
+            args = json.loads(req.body or b"{}")
+            if not isinstance(args, dict):
+                raise ValueError("body must be a JSON object")
+        except RecursionError:
+            return _json(400, {"Error": "bad request body: JSON nested too deeply"})
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _json(400, {"Error": f"bad request body: {str(exc)[:200]}"})
+        try:
+            if verb == "filter":
+                return _json(200, ext.filter(args))
+            if verb == "prioritize":
+                return _json(200, ext.prioritize(args))
+            return _json(200, ext.bind(args))
+        except (RecursionError, AttributeError, TypeError, ValueError) as exc:
+            # malformed ExtenderArgs (wrong shapes): the caller's error, not the allocator's
+            log.info("extender %s: malformed arguments: %s", verb, exc)
+            return _json(400, {"Error": f"malformed ExtenderArgs for {verb}: {str(exc)[:200]}"})
+        except Exception as exc:  # never crash the server on one bad request
+            log.exception("extender %s failed", verb)
+            return _json(200, {"Error": f"hcs allocator internal error: {exc}"})
 
 
-def serve_http(ext: Extender, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(ext))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="hcs-extender", daemon=True).start()
-    return server
+def serve_http(ext: Extender, host: str, port: int, *, tls: ExtenderTLS | None = None,
+               insecure_dev: bool = False, limits: Limits | None = None) -> ExtenderServer:
+    """Start the extender listener: HTTPS with client certificates, or plain HTTP with ``insecure_dev``."""
+    if tls is None and not insecure_dev:
+        raise ConfigError("the scheduler extender needs TLS with client certificates (allocator.extender.tls); "
+                          "plain HTTP only with --insecure-dev")
+    return ExtenderServer(ext, host, port, tls, limits=limits)

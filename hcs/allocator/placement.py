@@ -33,6 +33,11 @@ from hcs.errors import HcsError
 from hcs.quantity import parse_bytes, parse_quantity
 
 VRAM = "ai.compute/vram"
+#: Largest request the allocator considers, per container (VRAM 1 PiB, 10^9 TFLOPS) and per pod (host
+#: CPU, memory): far beyond any node, small enough that placement arithmetic (int64) cannot overflow.
+MAX_VRAM_BYTES = 2**50
+MAX_TFLOPS_MILLI = 10**12
+MAX_HOST_AMOUNT = 2**53
 TFLOPS = "ai.compute/tflops-fp16"
 ANN_TOPOLOGY = "hcs.io/topology-preference"
 ANN_VENDOR = "hcs.io/vendor"
@@ -190,6 +195,9 @@ def demand_from_pod(pod: Mapping[str, Any]) -> PodDemand | None:
             raise RequestError(str(exc)) from exc
         if tfl < 0:
             raise RequestError(f"{at} {TFLOPS}: must be >= 0")
+        if vram > MAX_VRAM_BYTES or tfl * 1000 > MAX_TFLOPS_MILLI or max(cpu, mem) > MAX_HOST_AMOUNT:
+            raise RequestError(f"{at}: the request is larger than any node could hold (at most 1Pi "
+                               f"{VRAM}, 1e9 {TFLOPS}); ask for what the workload needs")
         if vram or tfl:
             containers.append(ContainerDemand(str(c.get("name", "")), vram, math.ceil(tfl * 1000)))
     if not containers:

@@ -75,7 +75,13 @@ def reservation_from_annotation(text: str, where: str = "pod") -> Reservation:
     return reservation_from_proto(msg)
 
 
+#: Most devices one container may ask for explicitly (ContainerRequest.device_count); no node has more.
+MAX_DEVICE_COUNT = 64
+
+
 def demand_from_proto(req: pb.PodRequest) -> PodDemand:
+    from hcs.allocator.placement import MAX_HOST_AMOUNT, MAX_TFLOPS_MILLI, MAX_VRAM_BYTES  # bounds (issue 16)
+
     cons = req.constraints
     ann = {"hcs.io/topology-preference": cons.topology_preference,
            "hcs.io/vendor": ",".join(cons.vendors), "hcs.io/model": ",".join(cons.models),
@@ -83,9 +89,17 @@ def demand_from_proto(req: pb.PodRequest) -> PodDemand:
     where = f"pod {req.pod.namespace}/{req.pod.name}"
     constraints = parse_constraints(ann, where) if any(ann.values()) else Constraints()
     containers = []
+    if not (0 <= req.cpu_milli <= MAX_HOST_AMOUNT and 0 <= req.memory_bytes <= MAX_HOST_AMOUNT):
+        raise RequestError(f"{where}: cpu_milli and memory_bytes must be 0..{MAX_HOST_AMOUNT}")
     for c in req.containers:
         if c.vram_bytes < 0 or c.tflops_milli < 0:
             raise RequestError(f"{where} container {c.container}: vram_bytes and tflops_milli must be >= 0")
+        if c.vram_bytes > MAX_VRAM_BYTES or c.tflops_milli > MAX_TFLOPS_MILLI:
+            raise RequestError(f"{where} container {c.container}: vram_bytes (at most {MAX_VRAM_BYTES}) or "
+                               f"tflops_milli (at most {MAX_TFLOPS_MILLI}) larger than any node could hold")
+        if not 0 <= c.device_count <= MAX_DEVICE_COUNT:
+            raise RequestError(f"{where} container {c.container}: device_count {c.device_count} is out of range; "
+                               f"use 0 (derive from the sizes) to {MAX_DEVICE_COUNT}")
         if c.vram_bytes or c.tflops_milli:
             containers.append(ContainerDemand(c.container, c.vram_bytes, c.tflops_milli))
     if not containers:

@@ -34,11 +34,13 @@ def _san(hosts: tuple[str, ...]) -> str:
 
 
 def generate_certs(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), *, days: int = 30,
-                   name: str = "webhook", ca: CertPaths | None = None, not_after: str | None = None) -> CertPaths:
+                   name: str = "webhook", ca: CertPaths | None = None, not_after: str | None = None,
+                   usage: str = "serverAuth") -> CertPaths:
     """A CA (unless given) and an ECDSA P-256 serving certificate for ``hosts`` signed by it.
 
     ``not_after`` (``YYYYMMDDHHMMSSZ``) replaces ``days`` with a fixed end date, e.g. one in the past
-    for an expired certificate (signed with ``openssl ca``, which accepts explicit dates).
+    for an expired certificate (signed with ``openssl ca``, which accepts explicit dates). ``usage`` is
+    the extendedKeyUsage (``clientAuth`` for a client certificate whose CN is ``hosts[0]``).
     """
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -58,7 +60,7 @@ def generate_certs(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "loca
     csr = directory / f"{name}.csr"
     cert = directory / f"{name}.crt"
     ext = directory / f"{name}.ext"
-    ext.write_text(f"subjectAltName={_san(hosts)}\nextendedKeyUsage=serverAuth\n")
+    ext.write_text(f"subjectAltName={_san(hosts)}\nextendedKeyUsage={usage}\n")
     run("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
         str(key), "-out", str(csr), "-subj", f"/CN={hosts[0]}")
     if not_after is None:

@@ -20,6 +20,21 @@ _ASKS = (
 )
 POD_ASKS_ACCELERATOR = f"has(object.spec) && {_CONTAINERS}.exists({_ASKS})"
 
+
+def _template_asks(template: str) -> str:
+    spec = f"{template}.spec"
+    return (f"has({spec}) && ({spec}.containers + (has({spec}.initContainers) ? {spec}.initContainers : []))"
+            f".exists({_ASKS})")
+
+
+# Workloads (object.spec.template) and CronJobs (object.spec.jobTemplate.spec.template) whose pod template
+# asks for ai.compute/*: no other Deployment, Job or ReplicaSet in the cluster waits on the webhook.
+TEMPLATE_ASKS_ACCELERATOR = (
+    "has(object.spec) && ((has(object.spec.template) && " + _template_asks("object.spec.template") + ") || "
+    "(has(object.spec.jobTemplate) && has(object.spec.jobTemplate.spec) && has(object.spec.jobTemplate.spec.template)"
+    " && " + _template_asks("object.spec.jobTemplate.spec.template") + "))"
+)
+
 WORKLOAD_RULES = [
     {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
      "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"], "scope": "Namespaced"},
@@ -81,12 +96,13 @@ def webhook_configurations(
             **common,
         }, {
             # pod templates: limits = requests for ai.compute (the API server requires it before any
-            # validating webhook runs); workloads are written rarely, so no match condition.
+            # validating webhook runs); only workloads whose template asks for ai.compute/* are sent.
             "name": "templates.webhook.ai.compute",
             "clientConfig": _client_config("/mutate", ca_bundle, url, service),
             "rules": WORKLOAD_RULES,
             "sideEffects": "None",
             "reinvocationPolicy": "IfNeeded",
+            "matchConditions": [{"name": "template-asks-ai-compute", "expression": TEMPLATE_ASKS_ACCELERATOR}],
             **common,
         }],
     }

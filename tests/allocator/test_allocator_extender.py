@@ -28,7 +28,7 @@ def url() -> Iterator[str]:
     state = AllocatorState()
     state.set_node(NodeInventory("big", a100s(2)))
     state.set_node(NodeInventory("small", (DeviceInfo("nvidia-0", "nvidia", "t4", "GPU-t4", 0, 16 * GI, 20_000),)))
-    server = serve_http(Extender(state), "127.0.0.1", 0)
+    server = serve_http(Extender(state), "127.0.0.1", 0, insecure_dev=True)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:

@@ -39,7 +39,7 @@ def test_format_then_parse_roundtrips(n):
 
 
 @settings(deadline=None)
-@given(st.integers(min_value=0, max_value=2**40), st.sampled_from(["", "Ki", "Mi", "Gi", "Ti", "k", "M", "G"]))
+@given(st.integers(min_value=0, max_value=2**22), st.sampled_from(["", "Ki", "Mi", "Gi", "Ti", "k", "M", "G"]))
 def test_suffix_scaling_is_exact(n, suffix):
     scale = {"": 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}[suffix]
     assert parse_bytes(f"{n}{suffix}") == n * scale

@@ -350,7 +350,7 @@ def test_scheduler_profile_and_extender(rendered: Render) -> None:
     assert ext["nodeCacheCapable"] is True and ext["bindVerb"] and ext["filterVerb"] and ext["prioritizeVerb"]
     svc = one(docs, "Service", "hcs-allocator")
     port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "extender")
-    assert ext["urlPrefix"].startswith(f"http://hcs-allocator.{NAMESPACE}.svc.cluster.local:{port}/")
+    assert ext["urlPrefix"].startswith(f"https://hcs-allocator.{NAMESPACE}.svc.cluster.local:{port}/")
     reference = REPO_ROOT / "hcs" / "allocator" / "scheduler-config.yaml"
     if reference.exists():  # the allocator's own KubeSchedulerConfiguration, apart from where the extender is
         ref = yaml.safe_load(reference.read_text())
@@ -455,7 +455,8 @@ def test_cert_manager_when_present(rendered: Render) -> None:
         cfg = one(docs, kind)
         assert cfg["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == f"{NAMESPACE}/hcs-webhook"
         assert all("caBundle" not in hook["clientConfig"] for hook in cfg["webhooks"])
-    assert {i["metadata"]["name"] for i in find(docs, "Issuer")} == {"hcs-webhook-selfsigned", "hcs-webhook-ca"}
+    assert {i["metadata"]["name"] for i in find(docs, "Issuer")} == {
+        "hcs-webhook-selfsigned", "hcs-webhook-ca", "hcs-allocator-extender-selfsigned", "hcs-allocator-extender-ca"}
     # explicit off wins over detection; explicit on works without detection
     assert find(rendered(api_versions=("cert-manager.io/v1",), webhook__certManager__autoDetect=False), "Secret",
                 "hcs-webhook-tls")
