@@ -177,9 +177,6 @@ def run_allocator(args: argparse.Namespace) -> int:
         return 0
     cfg, rates_cfg = load_allocator_config(args.config, args)
     insecure_dev = bool(getattr(args, "insecure_dev", False))
-    extender_tls = extender_tls_from_config(
-        section(load_config(args.config), "allocator", source=f"config {args.config}").get("extender"),
-        insecure_dev=insecure_dev, source=f"config {args.config}")
     rates = ExchangeRates.from_config(rates_cfg)
     if args.insecure_dev:
         log.warning("--insecure-dev: the allocator's gRPC API is served WITHOUT TLS and WITHOUT caller "
@@ -188,6 +185,10 @@ def run_allocator(args: argparse.Namespace) -> int:
         credentials = None
     else:
         credentials = server_credentials(cfg.grpc_address, cfg.tls_cert_file, cfg.tls_key_file)
+    # after the gRPC API's transport (the primary API), the extender's: both refuse plaintext without the flag
+    extender_tls = extender_tls_from_config(
+        section(load_config(args.config), "allocator", source=f"config {args.config}").get("extender"),
+        insecure_dev=insecure_dev, source=f"config {args.config}")
     rest = KubeRest(_api_client(cfg.kubeconfig))
     stop = StopSignals()
     state = AllocatorState()

@@ -7,6 +7,7 @@ checkpoint); the API-server path is covered by test_dra_cluster.py against a rea
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import threading
@@ -96,8 +97,11 @@ def test_prepare_writes_cdi_spec_and_quota_and_unprepare_removes(env):
     assert env_vars["LD_PRELOAD"] == "/usr/local/hcs/lib/libhcs_interceptor.so"
     quota_mount = next(m for m in edits["mounts"] if m["containerPath"] == env_vars["HCS_QUOTA_FILE"])
     assert Path(quota_mount["hostPath"]).read_text() == f"0 {16 * GiB}\n" and "ro" in quota_mount["options"]
-    # /dev/nvidia1 does not exist on this machine: left out rather than failing the container
-    assert "deviceNodes" not in edits
+    # device nodes that do not exist on this host are left out rather than failing the container (a host
+    # prepared for the chart e2e may have mknod-made /dev/nvidia* nodes; the rule is the same either way)
+    wanted = [p for p in ("/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+              if os.path.exists(p)]
+    assert [n["path"] for n in edits.get("deviceNodes", [])] == wanted
     res = env.sim.unprepare(DRIVER, [ref])
     assert res[ref[1]].error == ""
     assert env.cdi_files() == [] and not Path(quota_mount["hostPath"]).exists()
@@ -111,7 +115,8 @@ def test_whole_device_claim_gets_full_quota_and_existing_device_nodes(env, tmp_p
     ref = env.claim("nvidia-0", memory=None)
     assert env.sim.prepare(DRIVER, [ref])[ref[1]].error == ""
     edits = json.loads(env.cdi_files()[0].read_text())["devices"][0]["containerEdits"]
-    assert [n["path"] for n in edits["deviceNodes"]] == [str(node)]
+    controls = [p for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools") if os.path.exists(p)]
+    assert [n["path"] for n in edits["deviceNodes"]] == [str(node), *controls]  # only nodes that exist
     quota = next(m for m in edits["mounts"] if m["containerPath"] == "/var/run/hcs/quota")
     assert Path(quota["hostPath"]).read_text() == f"0 {80 * GiB}\n"
 

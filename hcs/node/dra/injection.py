@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hcs.devices.model import Device, Vendor
+from hcs.fileio import atomic_write
 
 #: Where the interceptor library and the quota file appear inside the container. The quota file and
 #: ledger paths are compiled into the interceptor (interceptor/src/hcs_interceptor.c): keep in step.
@@ -137,14 +138,7 @@ def ensure_preload_file(path: Path) -> None:
     except OSError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
-    try:
-        os.write(fd, text.encode())
-        os.fchmod(fd, 0o444)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, text, mode=0o444)  # per-thread temp name: claims are prepared concurrently
 
 
 #: The device list next to the ledger: "<in-container index> <uuid>" per device. The interceptor maps a
