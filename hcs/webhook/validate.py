@@ -18,6 +18,7 @@ from functools import cache
 
 from hcs.devices.model import Vendor
 from hcs.errors import QuantityError
+from hcs.node.dra.injection import shadows_managed_path
 from hcs.quantity import format_bytes, parse_quantity
 from hcs.webhook.capacity import CapacityUnavailable, IslandCapacity
 from hcs.webhook.config import (
@@ -210,7 +211,8 @@ def _covers(host_path: str, protected: str) -> bool:
 def check_quota_escapes(t: PodTemplate, cfg: WebhookConfig, lists: tuple[str, ...] = ALL_CONTAINER_LISTS) -> Verdict:
     """What would let a quota'd pod leave its quota: privileged containers (init and ephemeral ones
     included), quota-breaking capabilities, explicit privilege escalation, the host's PID namespace,
-    and hostPath mounts of ``/dev``, ``/proc`` or HCS's own host directories. One line per finding:
+    hostPath mounts of ``/dev``, ``/proc`` or HCS's own host directories, and volumeMounts that would
+    cover the agent's in-container mounts (quota file, ledger, /etc/ld.so.preload). One line per finding:
     what, where (field path) and what to do. Callers apply it to quota'd pods only."""
     problems: list[str] = []
     spec = t.spec
@@ -240,6 +242,13 @@ def check_quota_escapes(t: PodTemplate, cfg: WebhookConfig, lists: tuple[str, ..
                 if _cap_name(cap) in QUOTA_BREAKING_CAPS:
                     problems.append(f"{base}.capabilities.add[{j}] (container {name!r}): {str(cap)[:40]!r} lets a "
                                     "container bypass the in-container quota; remove it from capabilities.add")
+            for k, vm in enumerate(as_list(c.get("volumeMounts"))):
+                mount_path = as_dict(vm).get("mountPath")
+                if isinstance(mount_path, str) and shadows_managed_path(mount_path):
+                    problems.append(f"{t.field(f'spec.{list_name}[{i}].volumeMounts[{k}].mountPath')} (container "
+                                    f"{name!r}): {mount_path[:80]!r} would cover the quota file, ledger or "
+                                    "/etc/ld.so.preload that the HCS node agent mounts there; mount the volume "
+                                    "elsewhere")
             if sc.get("allowPrivilegeEscalation") is True:
                 problems.append(f"{base}.allowPrivilegeEscalation (container {name!r}): true lets setuid programs "
                                 "gain capabilities that bypass the in-container quota; set it to false or remove it")

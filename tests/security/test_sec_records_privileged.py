@@ -57,6 +57,17 @@ def _host_path(path: str) -> Callable[[dict[str, Any]], None]:
     return edit
 
 
+def _mount_at(path: str, container: int = 0) -> Callable[[dict[str, Any]], None]:
+    """A volumeMount that would cover one of the node agent's in-container mounts (a ConfigMap subPath
+    at /var/run/hcs/quota replaced the quota on the real cluster before admission denied it)."""
+    def edit(p: dict[str, Any]) -> None:
+        p["spec"]["volumes"] = [{"name": "fake", "configMap": {"name": "fake-quota"}}]
+        while len(p["spec"]["containers"]) <= container:
+            p["spec"]["containers"].append({"name": f"side{container}", "image": "busybox"})
+        p["spec"]["containers"][container]["volumeMounts"] = [{"name": "fake", "mountPath": path, "subPath": "q"}]
+    return edit
+
+
 ATTACKS = [
     ("CAP_SYS_ADMIN", _sc(capabilities={"add": ["CAP_SYS_ADMIN"]}),
      "spec.containers[0].securityContext.capabilities.add[0]", "remove it from capabilities.add"),
@@ -77,6 +88,14 @@ ATTACKS = [
     ("hostPath of the HCS run dir", _host_path("/run/hcs/quota"), "spec.volumes[0].hostPath.path", "/run/hcs"),
     ("allowPrivilegeEscalation", _sc(allowPrivilegeEscalation=True),
      "spec.containers[0].securityContext.allowPrivilegeEscalation", "set it to false"),
+    ("mount over the quota file", _mount_at("/var/run/hcs/quota"), "spec.containers[0].volumeMounts[0].mountPath",
+     "mount the volume elsewhere"),
+    ("mount over /etc/ld.so.preload", _mount_at("/etc/ld.so.preload"),
+     "spec.containers[0].volumeMounts[0].mountPath", "mount the volume elsewhere"),
+    ("mount over the ledger, unnormalised", _mount_at("//var/run/hcs/./shm/"),
+     "spec.containers[0].volumeMounts[0].mountPath", "mount the volume elsewhere"),
+    ("mount over the interceptor in a sidecar", _mount_at("/usr/local/hcs/lib", 1),
+     "spec.containers[1].volumeMounts[0].mountPath", "mount the volume elsewhere"),
 ]
 
 
@@ -136,3 +155,12 @@ def test_an_administrator_can_turn_denial_into_a_warning(certs: CertPaths) -> No
         _sc(privileged=True)(p)
         resp = c.admit("validate", review(p))
     assert resp["allowed"] is True and "denyPrivilegedWithQuota=false" in resp["warnings"][0]
+
+
+@pytest.mark.parametrize("path", ["/etc", "/var/run", "/data/hcs", "/var/run/hcsx"])
+def test_mounts_beside_or_above_the_agents_mounts_are_admitted(client: HttpsClient, path: str) -> None:
+    """An ancestor is mounted first (by path depth) and the agent's mounts land on top; siblings never
+    touch them: legitimate volumes stay allowed."""
+    p = pod("ok-mount", "4Gi")
+    _mount_at(path)(p)
+    assert client.admit("validate", review(p))["allowed"] is True
