@@ -345,7 +345,7 @@ def test_scheduler_profile_and_extender(rendered: Render) -> None:
     assert ext["nodeCacheCapable"] is True and ext["bindVerb"] and ext["filterVerb"] and ext["prioritizeVerb"]
     svc = one(docs, "Service", "hcs-allocator")
     port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "extender")
-    assert ext["urlPrefix"].startswith(f"http://hcs-allocator.{NAMESPACE}.svc.cluster.local:{port}/")
+    assert ext["urlPrefix"].startswith(f"http://hcs-allocator-leader.{NAMESPACE}.svc.cluster.local:{port}/")
     reference = REPO_ROOT / "hcs" / "allocator" / "scheduler-config.yaml"
     if reference.exists():  # the allocator's own KubeSchedulerConfiguration, apart from where the extender is
         ref = yaml.safe_load(reference.read_text())
@@ -360,7 +360,7 @@ def test_scheduler_profile_and_extender(rendered: Render) -> None:
     assert "--config=/etc/kube-scheduler/config.yaml" in ks["command"]
     node = component_configs(docs)["node"]["node"]
     grpc_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
-    assert node["allocatorAddress"] == f"hcs-allocator.{NAMESPACE}.svc.cluster.local:{grpc_port}"
+    assert node["allocatorAddress"] == f"hcs-allocator-leader.{NAMESPACE}.svc.cluster.local:{grpc_port}"
 
 
 def test_images_are_values(rendered: Render) -> None:
