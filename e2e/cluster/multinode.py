@@ -544,7 +544,8 @@ JUMPS = (("PREROUTING", "HCSMN-SERVICES"), ("OUTPUT", "HCSMN-SERVICES"), ("POSTR
 
 def netd_flush() -> None:
     for parent, chain in JUMPS:
-        while subprocess.run(["iptables", "-w", "-t", "nat", "-D", parent, "-j", chain], capture_output=True).returncode == 0:
+        while subprocess.run(["iptables", "-w", "-t", "nat", "-D", parent, "-j", chain],
+                             capture_output=True).returncode == 0:
             pass
     for chain in CHAINS:
         subprocess.run(["iptables", "-w", "-t", "nat", "-F", chain], capture_output=True)
