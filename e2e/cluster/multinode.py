@@ -359,8 +359,13 @@ def cmd_up(count: int) -> int:
         raise hc.ClusterError("the multi-node cluster needs root (kubelets, containerd, mount namespaces)")
     with hc.file_lock(hc.state_lock(cp), "multinode up/down"):
         hc.ensure_debian_packages()
-        if not Path("/usr/sbin/iptables").exists():
-            raise hc.ToolchainMissing("iptables is needed for Service routing: apt-get install iptables")
+        if not Path("/usr/sbin/iptables").exists():  # Service routing (netd)
+            log("installing Debian package iptables")
+            r = subprocess.run(["apt-get", "install", "-y", "-qq", "iptables"], capture_output=True, text=True,
+                               env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+            if r.returncode != 0:
+                raise hc.ToolchainMissing(f"iptables is needed for Service routing: apt-get install iptables "
+                                          f"failed: {r.stderr.strip()[-500:]}")
         hc.build(cp)
         cp.state.mkdir(parents=True, exist_ok=True)
         rec = cp.state / "cluster.json"

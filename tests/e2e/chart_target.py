@@ -235,6 +235,11 @@ def from_env(target: str) -> ChartTarget:
     from hcs.kube import KubeRest
 
     kubeconfig = os.environ.get("HCS_E2E_KUBECONFIG", "")
+    if not kubeconfig and target == "chart":  # the multi-node local cluster's (e2e/cluster/up --workers 3)
+        import multinode
+
+        mn = multinode.cp_layout().kubeconfig
+        kubeconfig = str(mn) if mn.exists() else ""
     if not kubeconfig:
         raise TargetError(f"HCS_E2E_TARGET={target} needs HCS_E2E_KUBECONFIG (run it through "
                           f"{'e2e/chart/run' if target == 'chart' else 'e2e/kind/run.sh'})")

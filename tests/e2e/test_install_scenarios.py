@@ -295,6 +295,19 @@ def test_helm_upgrade_rolls_without_failing_an_admission(hcs_e2e: Any) -> None:
     h.wait_ready()
 
 
+@pytest.mark.parametrize("bad", [["--set-string", "nodeAgent.reportInterval=fast"],
+                                 ["--set", "deviceClasses.vendors={nvidia,tpu}"],
+                                 ["--set", "webhook.replicas=two"]])
+def test_bad_values_fail_helm_install_with_a_schema_error(hcs_e2e: Any, bad: list[str]) -> None:
+    """A wrong type or an unknown vendor stops `helm install` itself (values.schema.json): nothing is created."""
+    h = hcs_e2e
+    r = h.helm("install", "hcs-bad", str(Path(__file__).resolve().parents[2] / "helm" / "hcs"), "-n",
+               "hcs-bad", "--create-namespace", *bad, check=False)
+    assert r.returncode != 0, r.stdout
+    assert "values don't meet the specifications of the schema" in r.stderr, r.stderr
+    assert h.helm("status", "hcs-bad", "-n", "hcs-bad", check=False).returncode != 0
+
+
 def test_zz_helm_uninstall_leaves_only_the_crds(hcs_e2e: Any) -> None:
     """Last: uninstalls the release. What stays is what the chart documents (helm/hcs/README.md,
     "Uninstall"): the ComputeNode CRD (crds.keep) with its ComputeNodes, and on each node the host
