@@ -65,7 +65,9 @@ WORKERS: tuple[tuple[str, str], ...] = (
 )
 #: host paths bind-mounted per node inside the node's mount namespace -> dir name under <node>/root
 NODE_MOUNTS = {"/var/lib/kubelet": "var-lib-kubelet", "/var/lib/hcs": "var-lib-hcs", "/run/hcs": "run-hcs",
-               "/etc/cdi": "etc-cdi", "/run/cdi": "run-cdi", "/usr/local": "usr-local", "/opt": "opt"}
+               "/etc/cdi": "etc-cdi", "/run/cdi": "run-cdi", "/usr/local": "usr-local", "/opt": "opt",
+               # every kubelet removes pod log dirs of pods it does not know: one log dir per node
+               "/var/log/pods": "var-log-pods", "/var/log/containers": "var-log-containers"}
 SIM_DIR = "/opt/hcs/sim"
 SIM_LIB_DIR = "/opt/hcs/driver/lib"
 
