@@ -225,7 +225,11 @@ class PluginCore:
     def _write_files(self, pod_uid: str, container: str, grants: Sequence[DeviceGrant]) -> None:
         """The container's quota file (what the interceptor enforces) and its pod's shm dir."""
         atomic_write(self.quota_file(pod_uid, container), quota_file_text([g.vram_bytes for g in grants]))
-        (Path(self.config.shmDir) / pod_uid).mkdir(parents=True, exist_ok=True)
+        shm = Path(self.config.shmDir) / pod_uid
+        shm.mkdir(parents=True, exist_ok=True)
+        # the interceptor's accounting dir: writable by whatever uid the pod's containers run as (like /tmp);
+        # a root-only dir refuses every allocation of a non-root container
+        os.chmod(shm, 0o1777)
 
     def _files_after_reply(self, rec: _Record) -> None:
         """Background: write a new allocation's files unless PreStartContainer (or a drop) came first."""
