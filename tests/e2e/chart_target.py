@@ -197,6 +197,25 @@ class ChartTarget:
                 return str(p["metadata"]["name"])
         return ""
 
+    def allocator_holds(self, node: str) -> list[str]:
+        """Pods of the session namespace the leading allocator reserves devices for on ``node`` (its gRPC
+        API through the chart's leader Service, as the node agents reach it)."""
+        import grpc
+
+        from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+        from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+
+        svc = self.rest.request("GET", f"/api/v1/namespaces/{self.release_namespace}/services/"
+                                       f"{self.release}-allocator-leader")
+        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
+        channel = grpc.insecure_channel(f"{svc['spec']['clusterIP']}:{port}")
+        try:
+            stub = pbg.AllocatorStub(channel)  # type: ignore[no-untyped-call]
+            resp = stub.GetNodeAssignments(pb.GetNodeAssignmentsRequest(node=node), timeout=10)
+        finally:
+            channel.close()
+        return sorted(a.pod.name for a in resp.assignments if a.pod.namespace == self.namespace)
+
     def assigned_pods(self) -> list[str]:
         """Pods of the session namespace that still hold devices: running/pending pods with an assignment."""
         data = self.rest.request("GET", f"/api/v1/namespaces/{self.namespace}/pods")
