@@ -310,7 +310,13 @@ def test_node_agent_mounts_follow_the_mode(rendered: Render, mode: str) -> None:
     assert (dp <= paths) == (mode != "dra")
     assert (dra <= paths) == (mode != "devicePlugin")
     mounts = {m["mountPath"] for c in ds["spec"]["template"]["spec"]["containers"] for m in c["volumeMounts"]}
-    assert paths <= mounts, "every host path is mounted at the same path (CDI specs name host paths)"
+    assert paths - {"/"} <= mounts, "every host path is mounted at the same path (CDI specs name host paths)"
+    # ... except the host's root, read-only at /host: where the agent checks which driver dirs exist
+    host_root = [m for c in ds["spec"]["template"]["spec"]["containers"] for m in c["volumeMounts"]
+                 if m["mountPath"] == "/host"]
+    assert host_root and all(m.get("readOnly") for m in host_root), host_root
+    pod_spec = ds["spec"]["template"]["spec"]
+    assert all({"name": "HCS_HOST_ROOT", "value": "/host"} in c["env"] for c in pod_spec["containers"])
     assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     names = [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]]
     assert names == (["node-agent"] if mode == "devicePlugin" else ["node-agent", "dra-plugin"])
