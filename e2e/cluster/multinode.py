@@ -260,7 +260,10 @@ def ensure_namespace(w: Worker, cp: hc.Layout) -> None:
         (w.root / "usr-local" / sub).mkdir(parents=True, exist_ok=True)
     w.nsfile.touch()
     sh("unshare", f"--mount={w.nsfile}", "--propagation", "slave", "true")
-    script = "set -e\n" + "".join(f"mount --bind {w.root / sub} {host} && mount --make-rshared {host}\n"
+    # "/" shared inside the namespace (a new peer group; the host's own "/" here is private, which nothing
+    # below may change): pods' HostToContainer mounts of host paths need a shared or slave source, as on a
+    # systemd host. Nothing propagates back to the host.
+    script = "set -e\nmount --make-rshared /\n" + "".join(f"mount --bind {w.root / sub} {host} && mount --make-rshared {host}\n"
                                   for host, sub in NODE_MOUNTS.items())
     sh(*w.nsenter(), "sh", "-c", script)
     log(f"{w.name}: mount namespace {w.nsfile} ({', '.join(NODE_MOUNTS)} per node)")
