@@ -423,8 +423,9 @@ def cmd_up(count: int) -> int:
         return 0
 
 
-def _archive_ref(path: str) -> str:
-    """The image name an OCI archive carries (io.containerd.image.name or org.opencontainers.image.ref.name)."""
+def _archive_ref(path: str) -> tuple[str, str]:
+    """(image name, manifest digest) of an OCI archive (io.containerd.image.name or
+    org.opencontainers.image.ref.name)."""
     import tarfile
 
     with tarfile.open(path) as tf:
@@ -436,7 +437,7 @@ def _archive_ref(path: str) -> str:
         ann = m.get("annotations") or {}
         ref = ann.get("io.containerd.image.name") or ann.get("org.opencontainers.image.ref.name") or ""
         if "/" in ref and ":" in ref:
-            return str(ref)
+            return str(ref), str(m.get("digest", ""))
     raise hc.ClusterError(f"{path}: index.json names no image (annotation org.opencontainers.image.ref.name)")
 
 
@@ -446,7 +447,8 @@ def load_images(archives: Sequence[str]) -> int:
     n = recorded_workers(cp)
     if not n:
         raise hc.ClusterError(f"no multi-node cluster in {cp.state}: run `e2e/cluster/up --workers 3` first")
-    refs = {a: _archive_ref(a) for a in archives}
+    found = {a: _archive_ref(a) for a in archives}
+    refs = {a: r for a, (r, _d) in found.items()}
     for w in workers(cp, n):
         for a, ref in refs.items():
             base = ref.rsplit(":", 1)[0]
@@ -454,10 +456,11 @@ def load_images(archives: Sequence[str]) -> int:
             if r.returncode != 0:
                 raise hc.ClusterError(f"ctr import {a} into {w.name} failed: {r.stderr.strip()}")
             hc.ctr(w.lay, "images", "label", ref, "io.cri-containerd.pinned=pinned", check=False)
-        have = set(hc.ctr(w.lay, "images", "ls", "-q").stdout.split())
-        missing = [r for r in refs.values() if r not in have]
-        if missing:
-            raise hc.ClusterError(f"{w.name}: {', '.join(missing)} not in containerd after import")
+        have = {f[0]: f[2] for f in (ln.split() for ln in hc.ctr(w.lay, "images", "ls").stdout.splitlines()[1:])
+                if len(f) >= 3}
+        wrong = [f"{r} ({have.get(r, 'missing')}, archive {d})" for r, d in found.values() if have.get(r) != d]
+        if wrong:
+            raise hc.ClusterError(f"{w.name}: after import, containerd's image is not the archive's: {', '.join(wrong)}")
         log(f"{w.name}: {', '.join(refs.values())} imported")
     return 0
 
