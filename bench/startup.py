@@ -17,16 +17,20 @@ Prints {"hcs_start_p50_s", "hcs_start_p99_s", "plain_start_p50_s", "plain_start_
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
-import subprocess
 import sys
-import time
-import uuid
-from pathlib import Path
-from typing import Any
+
+# bench/ is sys.path[0] when run as a script; bench/inspect.py would shadow the stdlib `inspect`.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "e2e" / "cluster"))
@@ -83,6 +87,7 @@ def main() -> int:
 
     created: dict[str, float] = {}
     running: dict[str, float] = {}
+    failed: dict[str, str] = {}  # pods the kubelet rejected (phase Failed): counted, never waited for
     path = f"/api/v1/namespaces/{h.namespace}/pods"
     try:
         for i in range(args.pods):
@@ -90,17 +95,17 @@ def main() -> int:
                 p = pod(kind, i)
                 h.rest.request("POST", path, body=p)
                 created[p["metadata"]["name"]] = time.monotonic()
-                _poll(h, path, run, running)
+                _poll(h, path, run, running, failed)
         deadline = time.monotonic() + args.timeout
-        while len(running) < len(created):
+        while len(running) + len(failed) < len(created):
             if time.monotonic() > deadline:
                 raise SystemExit(f"startup bench: {len(created) - len(running)} pods not Running after "
                                  f"{args.timeout:.0f} s")
-            _poll(h, path, run, running)
+            _poll(h, path, run, running, failed)
             time.sleep(0.2)
     finally:
         h.down()
-    lat = {k: [running[n] - created[n] for n in created if n.startswith(k + "-")] for k in ("hcs", "plain")}
+    lat = {k: [running[n] - created[n] for n in running if n.startswith(k + "-")] for k in ("hcs", "plain")}
     out = {
         "hcs_start_p50_s": round(statistics.median(lat["hcs"]), 3),
         "hcs_start_p99_s": round(pct(lat["hcs"], 99), 3),
@@ -110,17 +115,23 @@ def main() -> int:
         "install_to_ready_s": install_s,
         "nodes": len(h.nodes),
         "pods_each": args.pods,
+        "hcs_failed": sum(1 for n in failed if n.startswith("hcs-")),
+        "plain_failed": sum(1 for n in failed if n.startswith("plain-")),
+        "first_failure": next(iter(failed.values()), "")[:300],
     }
     print(json.dumps(out))
     return 0
 
 
-def _poll(h: Any, path: str, run: str, running: dict[str, float]) -> None:
+def _poll(h: Any, path: str, run: str, running: dict[str, float], failed: dict[str, str]) -> None:
     now = time.monotonic()
     for p in h.rest.request("GET", path, query={"labelSelector": f"bench={run}"}).get("items") or []:
         n = p["metadata"]["name"]
-        if n not in running and p["status"].get("phase") == "Running":
+        phase = p["status"].get("phase")
+        if n not in running and phase == "Running":
             running[n] = now
+        elif n not in failed and phase == "Failed":
+            failed[n] = str(p["status"].get("message") or p["status"].get("reason") or "Failed")
 
 
 if __name__ == "__main__":
