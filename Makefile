@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds
+.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds image e2e-chart
 
 dev: $(STAMP) c-build
 
@@ -33,6 +33,16 @@ lint: $(STAMP)
 
 e2e: dev
 	$(BIN)/pytest -q -m e2e
+
+# Container images built here without a Docker daemon (buildah + a Debian base made by mmdebstrap):
+# OCI archives under build/images/ (e2e/image/README.md).
+image:
+	e2e/image/build
+
+# The installed chart on the multi-node local cluster: images, `up --workers 3`, helm install, tests/e2e
+# with HCS_E2E_TARGET=chart, helm uninstall (e2e/chart/README.md). Not part of `make test`.
+e2e-chart: dev
+	e2e/chart/run
 
 # The chart ships byte-identical copies of hcs/node/crds (tests/helm checks they match).
 chart-crds:

@@ -1139,14 +1139,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("build", help="build (or reuse) the pinned binaries and images")
     up = sub.add_parser("up", help="start the cluster (idempotent)")
     up.add_argument("--no-node", action="store_true", help="control plane only (no kubelet/containerd)")
+    up.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="opt-in: a separate multi-node cluster (N kubelets on this host, see multinode.py)")
     down = sub.add_parser("down", help="stop everything that up started")
     down.add_argument("--purge", action="store_true", help="also delete the state dir and the kubelet dir")
+    down.add_argument("--multinode", action="store_true", help="the multi-node cluster (up --workers N)")
     st = sub.add_parser("status", help="exit 0 when the cluster is up")
     st.add_argument("-q", "--quiet", action="store_true")
+    st.add_argument("--multinode", action="store_true", help="the multi-node cluster (up --workers N)")
+    li = sub.add_parser("load-images", help="ctr import OCI archives into the multi-node cluster's nodes")
+    li.add_argument("--multinode", action="store_true", required=True)
+    li.add_argument("archives", nargs="+")
     env = sub.add_parser("env", help="print the layout (paths, ports, images)")
     env.add_argument("--json", action="store_true")
+    env.add_argument("--multinode", action="store_true", help="the multi-node cluster (up --workers N)")
     args = ap.parse_args(argv)
     try:
+        if getattr(args, "workers", 0) or getattr(args, "multinode", False):
+            import multinode  # opt-in mode; the default single-node paths below are unchanged
+            if args.cmd == "up":
+                return multinode.cmd_up(args.workers)
+            if args.cmd == "down":
+                return multinode.cmd_down(args.purge)
+            if args.cmd == "status":
+                return multinode.cmd_status()
+            if args.cmd == "load-images":
+                return multinode.load_images(args.archives)
+            if args.cmd == "env":
+                d = dict(multinode.cp_layout().as_dict(), apiserver_ip=multinode.HOST_IP,
+                         nodes=[w.name for w in multinode.workers(multinode.cp_layout(),
+                                                                  multinode.recorded_workers(multinode.cp_layout()) or 3)])
+                print(json.dumps(d, indent=1) if args.json else
+                      f"export KUBECONFIG={d['kubeconfig']}\nexport PATH={d['bin_dir']}:$PATH")
+                return 0
         lay = layout()
         if args.cmd == "build":
             info = build(lay)

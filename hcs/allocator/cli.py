@@ -8,6 +8,8 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +112,35 @@ def _api_client(kubeconfig: str | None) -> Any:
     except config.ConfigException as exc:
         raise ConfigError("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a pod") from exc
     return client.ApiClient()
+
+
+LEADER_LABEL = "hcs.io/allocator-leader"
+
+
+def _label_leader(rest: Any, is_leader: Callable[[], bool], period_s: float = 0.5) -> None:
+    """Keep this pod's ``hcs.io/allocator-leader`` label equal to its leadership, so the chart's leader
+    Service sends the kube-scheduler's extender calls and the node agents' gRPC to the active replica only
+    (every replica stays Ready: rollouts and ``helm --wait`` see a standby as healthy). Off the cluster
+    (no POD_NAME/POD_NAMESPACE in the environment) it does nothing."""
+    name, namespace = os.environ.get("POD_NAME", ""), os.environ.get("POD_NAMESPACE", "")
+    if not name or not namespace:
+        return
+    from hcs.kube import KubeError
+
+    labelled: bool | None = None
+    while True:
+        leader = is_leader()
+        if leader != labelled:
+            body = {"metadata": {"labels": {LEADER_LABEL: "true" if leader else None}}}
+            try:
+                rest.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body,
+                             content_type="application/merge-patch+json")
+                labelled = leader
+                log.info("pod %s/%s labelled %s=%s", namespace, name, LEADER_LABEL, leader)
+            except KubeError as exc:
+                log.warning("labelling pod %s/%s as %s: %s", namespace, name,
+                            "leader" if leader else "standby", exc)
+        time.sleep(period_s)
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -219,6 +250,8 @@ def run_allocator(args: argparse.Namespace) -> int:
     http_server = serve_http(Extender(state, sync, elector.is_leader), host, port, tls=extender_tls,
                              insecure_dev=insecure_dev)
     threading.Thread(target=elector.run, name="hcs-lease", daemon=True).start()
+    threading.Thread(target=_label_leader, args=(rest, elector.is_leader), name="hcs-leader-label",
+                     daemon=True).start()
     threading.Thread(target=sync.run, args=(cfg.sync_interval_s, elector.is_leader), name="hcs-sync",
                      daemon=True).start()
     log.info("allocator %s: gRPC %s (%s), extender %s://%s:%d", identity, cfg.grpc_address,

@@ -100,7 +100,18 @@ def run(args: argparse.Namespace) -> int:
                 install_crd(rest)
             except KubeError as exc:  # the API server may come later: keep serving the kubelet
                 log.warning("could not install the ComputeNode CRD (%s); continuing", exc)
-    inventory = discover()
+    try:
+        inventory = discover()
+    except ConfigError as exc:  # a broken node profile / driver setup: say so on the ComputeNode, then exit
+        log.error("cannot enumerate this node's devices: %s", exc)
+        if rest is not None:
+            from hcs.node.computenode import report_inventory_error
+
+            try:
+                report_inventory_error(rest, config.nodeName, str(exc))
+            except KubeError as kexc:
+                log.warning("could not report the error on ComputeNode %s: %s", config.nodeName, kexc)
+        raise
     islands = [IslandInfo(i.id, str(i.vendor), str(i.link_type), tuple(i.members), i.min_gbps)
                for i in inventory.islands]
     for lib in inventory.libraries:

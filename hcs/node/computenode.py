@@ -105,6 +105,29 @@ def build_status(devices: Sequence[Device], allocated: Mapping[str, tuple[int, i
     }
 
 
+def report_inventory_error(rest: KubeRest, node_name: str, message: str) -> None:
+    """The node's ComputeNode when its devices cannot be enumerated (a broken node profile, a vendor library
+    that fails): no devices, phase NotReady, condition Ready=False with reason InventoryFailed and the error,
+    so the node shows up with the cause instead of missing or keeping a stale Ready status."""
+    path = f"{BASE}/{node_name}"
+    spec = build_spec(node_name, [], [])
+    try:
+        rest.request("GET", path)
+    except KubeError as exc:
+        if exc.status != 404:
+            raise
+        rest.request("POST", BASE, body={"apiVersion": f"{GROUP}/{VERSION}", "kind": "ComputeNode",
+                                         "metadata": {"name": node_name,
+                                                      "labels": {"hetero.zrs.io/node": node_name}},
+                                         "spec": spec})
+    else:
+        rest.request("PATCH", path, body={"spec": spec}, content_type=MERGE_PATCH)
+    status = build_status([], {})
+    status["conditions"] = [{"type": "Ready", "status": "False", "reason": "InventoryFailed",
+                             "message": message[:1000], "lastTransitionTime": status["lastReportTime"]}]
+    rest.request("PATCH", f"{path}/status", body={"status": status}, content_type=MERGE_PATCH)
+
+
 def install_crd(rest: KubeRest) -> None:
     """Create or update the ComputeNode CRD (tests, `hcs node --install-crd`)."""
     body = yaml.safe_load(CRD_FILE.read_text())

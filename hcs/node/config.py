@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, fields
 from typing import Any
@@ -115,3 +116,12 @@ def _check(cfg: NodeConfig, source: str) -> None:
         raise bad("kubeletWatchInterval", f"must be 0.01..1 seconds, got {cfg.kubeletWatchInterval}")
     if len(cfg.plugin_socket) > 107:
         raise bad("devicePluginDir", f"+ socketName is {len(cfg.plugin_socket)} bytes; unix sockets allow 107")
+
+
+def host_path_exists(path: str) -> bool:
+    """Whether ``path`` exists on the node's host. In a container the host's root is mounted read-only at
+    ``$HCS_HOST_ROOT`` (the chart: /host), so vendor driver dirs and device nodes the agent has no mount of
+    are seen as the container runtime will see them; on the host itself (no variable) the path is checked
+    as is."""
+    root = os.environ.get("HCS_HOST_ROOT", "").rstrip("/")
+    return os.path.exists(root + path if root and path.startswith("/") else path)

@@ -36,7 +36,7 @@ from hcs.devices.model import Device, Health
 from hcs.fileio import atomic_write
 from hcs.node import cdi
 from hcs.node.assignments import Assignment, AssignmentSource, ContainerAssignment, DeviceGrant
-from hcs.node.config import NodeConfig
+from hcs.node.config import NodeConfig, host_path_exists
 from hcs.node.dra.injection import (
     CONTAINER_LEDGER_DIR,
     CONTAINER_QUOTA_FILE,
@@ -141,7 +141,7 @@ class PluginCore:
         self.source = source
         self.podres = podres
         self.metrics = metrics
-        self.exists = exists or (os.path.exists if config.deviceNodes == "existing" else (lambda _p: True))
+        self.exists = exists or (host_path_exists if config.deviceNodes == "existing" else (lambda _p: True))
         self.slots: tuple[Slot, ...] = build_slots(view.devices(), config.slotsPerDevice)
         self._slot_by_id = {s.id: s for s in self.slots}
         self.store = AllocationStore(Path(config.stateDir) / "allocations")

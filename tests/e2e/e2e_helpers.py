@@ -87,6 +87,8 @@ def diagnose(h: Any, pod_name: str) -> str:
                                f"involvedObject.name={pod_name}", "-o", "custom-columns=R:.reason,M:.message",
                                check=False).stdout
     tails = "\n".join(f"--- {n} ---\n{p.tail(15)}" for n, p in h.procs.items())
+    if hasattr(h, "logs"):  # chart/kind target: the installed components' pod logs
+        tails += "\n" + "\n".join(h.logs(c, tail=15) for c in ("allocator", "node-agent", "webhook"))
     try:
         status = json.dumps(get_pod(h, pod_name).get("status", {}))[:1500]
     except Exception as exc:  # noqa: BLE001 - diagnostics only

@@ -315,7 +315,13 @@ def test_node_agent_mounts_follow_the_mode(rendered: Render, mode: str) -> None:
     assert (dp <= paths) == (mode != "dra")
     assert (dra <= paths) == (mode != "devicePlugin")
     mounts = {m["mountPath"] for c in ds["spec"]["template"]["spec"]["containers"] for m in c["volumeMounts"]}
-    assert paths <= mounts, "every host path is mounted at the same path (CDI specs name host paths)"
+    assert paths - {"/"} <= mounts, "every host path is mounted at the same path (CDI specs name host paths)"
+    # ... except the host's root, read-only at /host: where the agent checks which driver dirs exist
+    host_root = [m for c in ds["spec"]["template"]["spec"]["containers"] for m in c["volumeMounts"]
+                 if m["mountPath"] == "/host"]
+    assert host_root and all(m.get("readOnly") for m in host_root), host_root
+    pod_spec = ds["spec"]["template"]["spec"]
+    assert all({"name": "HCS_HOST_ROOT", "value": "/host"} in c["env"] for c in pod_spec["containers"])
     assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
     names = [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]]
     assert names == (["node-agent"] if mode == "devicePlugin" else ["node-agent", "dra-plugin"])
@@ -350,7 +356,7 @@ def test_scheduler_profile_and_extender(rendered: Render) -> None:
     assert ext["nodeCacheCapable"] is True and ext["bindVerb"] and ext["filterVerb"] and ext["prioritizeVerb"]
     svc = one(docs, "Service", "hcs-allocator")
     port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "extender")
-    assert ext["urlPrefix"].startswith(f"https://hcs-allocator.{NAMESPACE}.svc.cluster.local:{port}/")
+    assert ext["urlPrefix"].startswith(f"https://hcs-allocator-leader.{NAMESPACE}.svc.cluster.local:{port}/")
     reference = REPO_ROOT / "hcs" / "allocator" / "scheduler-config.yaml"
     if reference.exists():  # the allocator's own KubeSchedulerConfiguration, apart from where the extender is
         ref = yaml.safe_load(reference.read_text())
@@ -365,7 +371,7 @@ def test_scheduler_profile_and_extender(rendered: Render) -> None:
     assert "--config=/etc/kube-scheduler/config.yaml" in ks["command"]
     node = component_configs(docs)["node"]["node"]
     grpc_port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
-    assert node["allocatorAddress"] == f"hcs-allocator.{NAMESPACE}.svc.cluster.local:{grpc_port}"
+    assert node["allocatorAddress"] == f"hcs-allocator-leader.{NAMESPACE}.svc.cluster.local:{grpc_port}"
 
 
 def test_images_are_values(rendered: Render) -> None:

@@ -23,6 +23,7 @@ from hcs.devices.model import Device
 from hcs.errors import QuantityError
 from hcs.fileio import atomic_write
 from hcs.kube import KubeError
+from hcs.node.config import host_path_exists
 from hcs.node.dra import cdi
 from hcs.node.dra import checkpoint as ckpt
 from hcs.node.dra import metadata as devmeta
@@ -102,7 +103,7 @@ class ClaimState:
         self.source = source
         self.cache = cache
         self.devices = devices
-        self.path_exists = path_exists or (lambda p: Path(p).exists())
+        self.path_exists = path_exists or host_path_exists
         self.on_prepared = on_prepared
         self.data_dir = cfg.data_dir
         self.cdi_dir = Path(cfg.cdi_dir)

@@ -100,8 +100,10 @@ the allocator's serving certificate (only ca.crt of its Secret is projected). Mo
 {{- end }}
 {{- end }}
 
+{{/* The allocator's leader Service: selects only the replica holding the Lease (the allocator labels its
+own pod hcs.io/allocator-leader=true), so the extender's and the node agents' calls never reach a standby. */}}
 {{- define "hcs.allocator.host" -}}
-{{- printf "%s.%s.svc.%s" (include "hcs.allocator.name" .) .Release.Namespace .Values.global.clusterDomain }}
+{{- printf "%s-leader.%s.svc.%s" (include "hcs.allocator.name" .) .Release.Namespace .Values.global.clusterDomain }}
 {{- end }}
 
 {{/* Whether the webhook certificate comes from cert-manager. */}}

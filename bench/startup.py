@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Pod start latency on the installed chart (issue 15): ``ai.compute`` pods vs plain pods, same run.
+
+    e2e/chart/run --install            # multi-node local cluster + images + chart (or any installed release)
+    .venv/bin/python bench/startup.py  # prints one JSON object
+
+1. ``install_to_ready_s``: ``helm uninstall`` (if installed) then ``helm install --wait`` with the same
+   values, until every node's agent has registered its device plugin (``ai.compute/slot`` allocatable) and
+   published its ComputeNode, and the allocator has a leader: what a user waits for before the first pod.
+2. ``N`` plain busybox pods and ``N`` busybox pods asking ``ai.compute/vram`` (the seed's shape, no
+   schedulerName: the webhook routes them to the hcs-scheduler), created alternately; create -> Running
+   (phase observed by polling the pod list every 0.2 s) for each.
+
+Prints {"hcs_start_p50_s", "hcs_start_p99_s", "plain_start_p50_s", "plain_start_p99_s", "ratio_p99",
+"install_to_ready_s", "nodes", ...}. ``--no-install`` skips step 1 (install_to_ready_s is null).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# bench/ is sys.path[0] when run as a script; bench/inspect.py would shadow the stdlib `inspect`.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "e2e" / "cluster"))
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    k = (len(s) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", "--pods", type=int, default=50, help="pods of each kind [50]")
+    ap.add_argument("--no-install", action="store_true", help="measure on the release as installed")
+    ap.add_argument("--values", default=str(REPO / "e2e" / "chart" / "values-local.yaml"))
+    ap.add_argument("--timeout", type=float, default=600)
+    args = ap.parse_args()
+
+    import hcs_cluster
+
+    env = json.loads(subprocess.run([sys.executable, str(REPO / "e2e" / "cluster" / "hcs_cluster.py"), "env",
+                                     "--multinode", "--json"], capture_output=True, text=True, check=True).stdout)
+    kubeconfig = os.environ.get("HCS_E2E_KUBECONFIG") or env["kubeconfig"]
+    os.environ["HCS_E2E_KUBECONFIG"] = kubeconfig
+    from chart_target import from_env
+
+    h = from_env("chart")
+    helm = [str(Path(hcs_cluster.layout().bin) / "helm"), f"--kubeconfig={kubeconfig}"]
+    install_s: float | None = None
+    if not args.no_install:
+        subprocess.run([*helm, "uninstall", h.release, "-n", h.release_namespace, "--wait", "--timeout", "3m"],
+                       capture_output=True, text=True)
+        t0 = time.monotonic()
+        subprocess.run([*helm, "install", h.release, str(REPO / "helm" / "hcs"), "-n", h.release_namespace,
+                        "--create-namespace", "-f", args.values, "--wait", "--timeout", "5m"], check=True,
+                       capture_output=True, text=True)
+        h.wait_ready(timeout=300)
+        install_s = round(time.monotonic() - t0, 2)
+    h.up()  # session namespace
+    busybox = h.cluster.busybox_image
+    run = uuid.uuid4().hex[:5]
+
+    def pod(kind: str, i: int) -> dict[str, Any]:
+        c: dict[str, Any] = {"name": "main", "image": busybox, "imagePullPolicy": "Never",
+                             "command": ["sh", "-c", "sleep 3600"]}
+        if kind == "hcs":
+            c["resources"] = {"requests": {"ai.compute/vram": "1Gi"}}
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{kind}-{run}-{i}", "labels": {"bench": run, "kind": kind}},
+                "spec": {"terminationGracePeriodSeconds": 0, "containers": [c]}}
+
+    created: dict[str, float] = {}
+    running: dict[str, float] = {}
+    failed: dict[str, str] = {}  # pods the kubelet rejected (phase Failed): counted, never waited for
+    path = f"/api/v1/namespaces/{h.namespace}/pods"
+    try:
+        for i in range(args.pods):
+            for kind in ("plain", "hcs") if i % 2 == 0 else ("hcs", "plain"):
+                p = pod(kind, i)
+                h.rest.request("POST", path, body=p)
+                created[p["metadata"]["name"]] = time.monotonic()
+                _poll(h, path, run, running, failed)
+        deadline = time.monotonic() + args.timeout
+        while len(running) + len(failed) < len(created):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"startup bench: {len(created) - len(running)} pods not Running after "
+                                 f"{args.timeout:.0f} s")
+            _poll(h, path, run, running, failed)
+            time.sleep(0.2)
+    finally:
+        h.down()
+    lat = {k: [running[n] - created[n] for n in running if n.startswith(k + "-")] for k in ("hcs", "plain")}
+    out = {
+        "hcs_start_p50_s": round(statistics.median(lat["hcs"]), 3),
+        "hcs_start_p99_s": round(pct(lat["hcs"], 99), 3),
+        "plain_start_p50_s": round(statistics.median(lat["plain"]), 3),
+        "plain_start_p99_s": round(pct(lat["plain"], 99), 3),
+        "ratio_p99": round(pct(lat["hcs"], 99) / pct(lat["plain"], 99), 3),
+        "install_to_ready_s": install_s,
+        "nodes": len(h.nodes),
+        "pods_each": args.pods,
+        "hcs_failed": sum(1 for n in failed if n.startswith("hcs-")),
+        "plain_failed": sum(1 for n in failed if n.startswith("plain-")),
+        "first_failure": next(iter(failed.values()), "")[:300],
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def _poll(h: Any, path: str, run: str, running: dict[str, float], failed: dict[str, str]) -> None:
+    now = time.monotonic()
+    for p in h.rest.request("GET", path, query={"labelSelector": f"bench={run}"}).get("items") or []:
+        n = p["metadata"]["name"]
+        phase = p["status"].get("phase")
+        if n not in running and phase == "Running":
+            running[n] = now
+        elif n not in failed and phase == "Failed":
+            failed[n] = str(p["status"].get("message") or p["status"].get("reason") or "Failed")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
