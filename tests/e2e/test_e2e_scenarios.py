@@ -216,7 +216,7 @@ def test_resourceclaim_pod_through_kubelet_prepare_and_cdi(hcs_e2e: Any) -> None
     _delete_claim(h, pod_name)
 
 
-@pytest.mark.local_only("faults three of the one node's four A100s; test_install_scenarios covers a broken node instead")
+@pytest.mark.local_only("faults three of the one node's four A100s; test_install_scenarios covers a broken node")
 def test_unhealthy_device_is_avoided_by_new_pods(hcs_e2e: Any) -> None:
     h = hcs_e2e
     bad = (0, 1, 2)

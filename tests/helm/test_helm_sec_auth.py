@@ -18,7 +18,7 @@ from helm_chart_fixtures import Render
 
 from hcs.allocator.auth import API_GROUP, VERBS
 
-HOST = f"hcs-allocator.{NAMESPACE}.svc.cluster.local"
+HOST = f"hcs-allocator-leader.{NAMESPACE}.svc.cluster.local"  # the leader Service: what callers dial
 
 
 def _pod(doc: dict[str, Any]) -> dict[str, Any]:
