@@ -198,22 +198,51 @@ class ChartTarget:
         return ""
 
     def allocator_holds(self, node: str) -> list[str]:
-        """Pods of the session namespace the leading allocator reserves devices for on ``node`` (its gRPC
-        API through the chart's leader Service, as the node agents reach it)."""
-        import grpc
+        """Pods of the session namespace the leading allocator reserves devices for on ``node``: its gRPC
+        API through the chart's leader Service, over TLS (the chart's CA), as an operator would call it —
+        a ServiceAccount bound to the chart's ``-allocator-api-admin`` ClusterRole, with a token for the
+        allocator's audience (an anonymous or plaintext call is refused: tests/security/test_sec_auth_*)."""
+        import base64
+        import tempfile
 
+        from hcs.allocator.auth import channel
         from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
         from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+        from hcs.kube import KubeError
 
-        svc = self.rest.request("GET", f"/api/v1/namespaces/{self.release_namespace}/services/"
-                                       f"{self.release}-allocator-leader")
+        ns, sa = self.release_namespace, "hcs-e2e-operator"
+        role = f"{self.release}-allocator-api-admin"
+        for path, body in (
+                (f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": sa}}),
+                ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                 {"metadata": {"name": f"{role}-e2e"},
+                  "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                  "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]})):
+            with contextlib.suppress(KubeError):  # already there (409) from an earlier call
+                self.rest.request("POST", path, body)
+        token = self.rest.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
+                                  {"spec": {"audiences": ["hcs-allocator"], "expirationSeconds": 600}})
+        secret = self.rest.request("GET", f"/api/v1/namespaces/{ns}/secrets/{self.release}-allocator-tls")
+        svc = self.rest.request("GET", f"/api/v1/namespaces/{ns}/services/{self.release}-allocator-leader")
         port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
-        channel = grpc.insecure_channel(f"{svc['spec']['clusterIP']}:{port}")
-        try:
-            stub = pbg.AllocatorStub(channel)  # type: ignore[no-untyped-call]
-            resp = stub.GetNodeAssignments(pb.GetNodeAssignmentsRequest(node=node), timeout=10)
-        finally:
-            channel.close()
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "token").write_text(token["status"]["token"])
+            (Path(tmp) / "ca.crt").write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+            ch = channel(f"{svc['spec']['clusterIP']}:{port}", token_file=f"{tmp}/token", ca_file=f"{tmp}/ca.crt",
+                         server_name=f"{self.release}-allocator-leader.{ns}.svc")
+            try:
+                stub = pbg.AllocatorStub(ch)  # type: ignore[no-untyped-call]
+                deadline = time.time() + 30
+                while True:  # the RBAC binding just made may take a moment to reach the authorizer's cache
+                    try:
+                        resp = stub.GetNodeAssignments(pb.GetNodeAssignmentsRequest(node=node), timeout=10)
+                        break
+                    except Exception:
+                        if time.time() > deadline:
+                            raise
+                        time.sleep(1)
+            finally:
+                ch.close()
         return sorted(a.pod.name for a in resp.assignments if a.pod.namespace == self.namespace)
 
     def assigned_pods(self) -> list[str]:
