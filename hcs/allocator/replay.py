@@ -150,7 +150,7 @@ def load_pods(path: str | Path) -> list[TracePod]:
         spec = (r.get("gpu_spec") or "").strip()
         allowed = frozenset(s.strip() for s in spec.split("|") if s.strip())
         pods.append(TracePod(r["name"], Request(_int(r, "cpu_milli", p, i), _int(r, "memory_mib", p, i),
-                                                k, milli), allowed))
+                                                k, milli, allowed), allowed))
     if not pods:
         raise ConfigError(f"{p}: no pods; the file needs at least one data row")
     return pods
@@ -187,8 +187,14 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
     mem_free = cluster.mem.copy()
     capacity = cluster.gpu_capacity
     rng = np.random.default_rng(seed + 7919)
-    ctx = PolicyContext(rng=rng, target=target, weights=weights or {})
     model_idx = {m: i for i, m in enumerate(cluster.models)}
+    # the node's model as an index into the target's model list (-1: a model no constraint names)
+    tmodel = _target_models(cluster, target)
+    model_free = np.zeros(len(target.models))
+    known = tmodel >= 0
+    np.add.at(model_free, tmodel[known], gpu_free.sum(axis=1)[known])
+    ctx = PolicyContext(rng=rng, target=target, weights=weights or {}, model_free=model_free)
+    deterministic = policy_name == "hcs"
     order = arrival_order(pods, capacity, seed, max(inflation, 1.3))
     arrived = allocated = placed = skipped = 0
     lat: list[float] = []
@@ -206,7 +212,7 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
         req = pod.request
         if arrived + req.gpu_demand > capacity and ratio_at_100 < 0:
             ratio_at_100 = 100.0 * allocated / capacity
-            frag_at_100 = _fragmentation_pct(target, gpu_free, cpu_free, capacity)
+            frag_at_100 = _fragmentation_pct(target, gpu_free, cpu_free, capacity, tmodel)
         if arrived + req.gpu_demand > inflation * capacity:
             break
         arrived += req.gpu_demand
@@ -223,9 +229,9 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
         choice = None
         if len(cand):
             view = NodeView(gpu_free[cand], present[cand], cpu_free[cand], mem_free[cand],
-                            cluster.cpu[cand], cluster.mem[cand],
+                            cluster.cpu[cand], cluster.mem[cand], model=tmodel[cand],
                             stats=(cnt_all[cand], usable_all[cand], pos_all[cand]))
-            choice = pick(policy(view, req, ctx), rng)
+            choice = pick(policy(view, req, ctx), rng, deterministic)
         lat.append((time.thread_time_ns() - c0) / 1e6)
         wall.append((time.perf_counter() - t0) * 1000.0)
         if choice is None:
@@ -239,6 +245,8 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
                 gpu_free[node, free_idx] = 0
             elif req.count == 1:
                 gpu_free[node, choice[1]] -= req.milli
+            if tmodel[node] >= 0:
+                model_free[tmodel[node]] -= req.gpu_demand
             c1, u1, p1 = _class_stats(target, gpu_free[node:node + 1])
             cnt_all[node], usable_all[node], pos_all[node] = c1[0], u1[0], p1[0]
             allocated += req.gpu_demand
@@ -248,18 +256,28 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
             next_mark += step
     if ratio_at_100 < 0:
         ratio_at_100 = 100.0 * allocated / capacity
-        frag_at_100 = _fragmentation_pct(target, gpu_free, cpu_free, capacity)
+        frag_at_100 = _fragmentation_pct(target, gpu_free, cpu_free, capacity, tmodel)
     return SeedResult(ratio_at_100, frag_at_100, placed, skipped, np.array(lat), tuple(curve), np.array(wall))
 
 
-def _fragmentation_pct(target: TargetWorkload, gpu_free: IntArray, cpu_free: IntArray, capacity: int) -> float:
+def _target_models(cluster: Cluster, target: TargetWorkload) -> IntArray:
+    idx = {m: i for i, m in enumerate(target.models)}
+    per_model = np.array([idx.get(m, -1) for m in cluster.models], dtype=np.int64)
+    return per_model[cluster.model]
+
+
+def _fragmentation_pct(target: TargetWorkload, gpu_free: IntArray, cpu_free: IntArray, capacity: int,
+                       model: IntArray | None = None) -> float:
     from hcs.allocator.policies import node_fragmentation
 
-    return float(100.0 * node_fragmentation(target, gpu_free, cpu_free).sum() / capacity)
+    return float(100.0 * node_fragmentation(target, gpu_free, cpu_free, model).sum() / capacity)
 
 
-def target_of(pods: Sequence[TracePod], demand_exponent: float = 0.0) -> TargetWorkload:
-    return TargetWorkload.from_requests([p.request for p in pods], demand_exponent)
+def target_of(pods: Sequence[TracePod], demand_exponent: float = 0.0,
+              models: Sequence[str] = ()) -> TargetWorkload:
+    """The trace's pod mix as target workload; with ``models`` (the cluster's) it knows which
+    classes may use which model (each pod's ``gpu_spec``)."""
+    return TargetWorkload.from_requests([p.request for p in pods], demand_exponent, models)
 
 
 def replay(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], seeds: Sequence[int], *,
@@ -268,7 +286,7 @@ def replay(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], see
     pods = load_pods(pods_csv)
     for name in policies:
         get_policy(name)  # validate names before the long run
-    target = target_of(pods)
+    target = target_of(pods, models=cluster.models)
     out = []
     for name in policies:
         results = tuple(simulate(cluster, pods, name, s, target, inflation=inflation, weights=weights)
