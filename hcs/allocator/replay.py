@@ -326,3 +326,31 @@ def plot(results: Sequence[PolicyResult], path: str | Path, title: str = "") -> 
     fig.tight_layout()
     fig.savefig(str(path))
     plt.close(fig)
+
+
+def derive_constrained(source: str | Path, dest: str | Path, fraction: float, seed: int) -> Path:
+    """Write a copy of ``source`` in which ``fraction`` of the GPU pods name the models they accept.
+
+    This is how the shipped ``gpuspec10``/``gpuspec20`` traces relate to each other (same pods and
+    resources; an independent uniform draw of the constrained GPU pods; their ``gpu_spec`` values
+    follow one distribution), so a ``gpuspec33`` like the FGD paper's is derived the same way: the
+    constrained pods are drawn uniformly without replacement (``seed``) and each gets a ``gpu_spec``
+    drawn from the specs that ``source`` already has.
+    """
+    src = Path(source)
+    rows = _rows(src, ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec"))
+    pool = [r["gpu_spec"] for r in rows if (r.get("gpu_spec") or "").strip()]
+    if not pool:
+        raise ConfigError(f"{src}: no pod names a gpu_spec; derive from a trace that has some")
+    rng = np.random.default_rng(seed)
+    gpu = [i for i, r in enumerate(rows) if _int(r, "num_gpu", src, i + 2) > 0]
+    chosen = set(int(i) for i in rng.choice(gpu, size=round(fraction * len(gpu)), replace=False))
+    out = Path(dest)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        for i, r in enumerate(rows):
+            writer.writerow({**r, "gpu_spec": pool[int(rng.integers(len(pool)))] if i in chosen else ""})
+    tmp.replace(out)
+    return out

@@ -84,3 +84,37 @@ def test_cli_rejects_unknown_policy(small: tuple[Path, Path], capsys: pytest.Cap
     rc = main(["replay", "--nodes", str(small[0]), "--pods", str(small[1]), "--policy", "magic", "--seeds", "1"])
     assert rc == 1
     assert "unknown policy 'magic'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def constrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Every 10th node (all models, 121 nodes) and 1,500 pods of the 20%-constrained trace."""
+    d = tmp_path_factory.mktemp("spec")
+    nodes = (TRACES / "openb_node_list_gpu_node.csv").read_text().splitlines()
+    pods = (TRACES / "openb_pod_list_gpuspec20.csv").read_text().splitlines()
+    (d / "n.csv").write_text("\n".join(nodes[:1] + nodes[1::10]) + "\n")
+    (d / "p.csv").write_text("\n".join(pods[:1] + pods[1:1501]) + "\n")
+    return d / "n.csv", d / "p.csv"
+
+
+def test_gpu_spec_is_honoured(tmp_path: Path) -> None:
+    nodes = tmp_path / "n.csv"
+    nodes.write_text("sn,cpu_milli,memory_mib,gpu,model\na,64000,262144,2,T4\nb,64000,262144,2,P100\n")
+    pods = tmp_path / "p.csv"
+    pods.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n"
+                    "t4,1000,1024,1,1000,T4\nv100,1000,1024,1,1000,V100M16|V100M32\n")
+    cluster = rp.load_nodes(nodes)
+    loaded = rp.load_pods(pods)
+    target = rp.target_of(loaded, models=cluster.models)
+    v100_only = [p for p in loaded if p.name == "v100"]
+    for policy in ("hcs", "fgd", "best-fit", "random"):
+        res = rp.simulate(cluster, loaded, policy, 0, target, inflation=1.3)
+        assert 0 < res.placed <= 2, policy  # T4 pods, on the T4 node's two GPUs only
+        none = rp.simulate(cluster, v100_only, policy, 0, target, inflation=1.3)
+        assert none.placed == 0 and none.allocation_ratio == 0.0, policy  # no V100 in this cluster
+
+
+def test_hcs_beats_fgd_and_random_with_constrained_pods(constrained: tuple[Path, Path]) -> None:
+    res = {r.name: np.mean([s.allocation_ratio for s in r.seeds])
+           for r in rp.replay(constrained[0], constrained[1], ["hcs", "fgd", "random"], [0, 1])}
+    assert res["hcs"] > res["fgd"] > res["random"], res
