@@ -20,6 +20,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from hcs.allocator import replay as rp  # noqa: E402
@@ -39,7 +40,7 @@ def _traces(src: Path, out_dir: Path, only: str) -> dict[str, tuple[Path, bool]]
     found = {p.name[len("openb_pod_list_"):-4]: (p, False) for p in sorted(src.glob("openb_pod_list_*.csv"))}
     for name, (base, fraction, seed) in DERIVED.items():
         if name not in found and base in found:
-            dest = out_dir / f"openb_pod_list_{name}_derived.csv"
+            dest = Path(tempfile.mkdtemp(prefix="hcs-replay-")) / f"openb_pod_list_{name}.csv"
             found[name] = (rp.derive_constrained(found[base][0], dest, fraction, seed), True)
     if only:
         missing = [t for t in only.split(",") if t not in found]

@@ -18,14 +18,17 @@ Gradient Descent, Weng et al., USENIX ATC '23) and ``hcs`` (the default; see :fu
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from hcs.errors import ConfigError
 
+T = TypeVar("T")
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -106,61 +109,74 @@ class TargetWorkload:
 
     @classmethod
     def from_requests(cls, requests: Sequence[Request], demand_exponent: float = 0.0,
-                      models: Sequence[str] = (), weights: Sequence[float] | None = None) -> TargetWorkload:
+                      models: Sequence[str] = (), weights: Sequence[float] | FloatArray | None = None
+                      ) -> TargetWorkload:
         """Popularity of each request; ``demand_exponent`` > 0 weights requests by device demand^a,
         ``weights`` (e.g. a recency decay) multiplies each request's popularity."""
         if not requests:
             raise ConfigError("target workload: no requests given; pass at least one pod")
-        raw = np.array([float(r.gpu_demand) ** demand_exponent if r.count else
-                        (1.0 if demand_exponent == 0 else 0.0) for r in requests])
+        count = np.fromiter((r.count for r in requests), dtype=np.int64, count=len(requests))
+        milli = np.fromiter((r.milli for r in requests), dtype=np.int64, count=len(requests))
+        cpu = np.fromiter((r.cpu for r in requests), dtype=np.int64, count=len(requests))
+        mem = np.fromiter((r.mem for r in requests), dtype=np.int64, count=len(requests))
+        has = count > 0
+        shape_milli = np.where(count > 1, WHOLE, milli)
+        demand = (count * shape_milli).astype(np.float64)
+        raw = np.where(has, demand ** demand_exponent, 1.0 if demand_exponent == 0 else 0.0)
         if weights is not None:
             raw = raw * np.asarray(weights, dtype=np.float64)
         norm = raw / raw.sum()
-        shapes = sorted({(WHOLE if r.count > 1 else r.milli, r.count) for r in requests if r.count > 0})
-        shapes = [(cnt, milli) for milli, cnt in shapes]  # sorted by milli (see _class_stats)
-        index = {s: i for i, s in enumerate(shapes)}
-        grid = np.array(sorted({r.cpu for r in requests}), dtype=np.int64)
-        mi = {m: i for i, m in enumerate(models)}
-        table = np.zeros((len(grid) + 1, len(shapes)), dtype=np.float64)
-        w_model = np.zeros((len(models) + 1, len(grid) + 1, len(shapes))) if models else None
-        set_index: dict[frozenset[int], int] = {}
-        set_demand: list[float] = []
-        demand_w = np.array([r.gpu_demand for r in requests], dtype=np.float64) * (
-            np.asarray(weights, dtype=np.float64) if weights is not None else 1.0)
-        for r, weight, dw in zip(requests, norm, demand_w, strict=True):
-            if r.count == 0:
-                continue
-            k = index[(r.count, WHOLE if r.count > 1 else r.milli)]
-            pos = int(np.searchsorted(grid, r.cpu, side="left")) + 1
-            table[pos, k] += weight
-            if w_model is None:
-                continue
-            if not r.models:
-                w_model[:, pos, k] += weight
-                continue
-            allowed = frozenset(mi[m] for m in r.models if m in mi)
-            for m in allowed:
-                w_model[m, pos, k] += weight
-            s = set_index.setdefault(allowed, len(set_index))
-            if s == len(set_demand):
-                set_demand.append(0.0)
-            set_demand[s] += float(dw)
-        table = np.cumsum(table, axis=0)
-        sets = share = None
-        if w_model is not None:
-            w_model = np.cumsum(w_model, axis=1)
-            sets = np.zeros((len(set_index), len(models)), dtype=bool)
-            for members, s in set_index.items():
-                sets[s, list(members)] = True
-            share = np.array(set_demand, dtype=np.float64) / max(float(demand_w.sum()), 1e-12)
+        # classes sorted by milli (see _class_stats), then count
+        keys, k = np.unique(np.stack([shape_milli[has], count[has]], axis=1), axis=0, return_inverse=True)
+        k = k.reshape(-1)
+        grid = np.unique(cpu)
+        pos = np.searchsorted(grid, cpu[has], side="left") + 1
+        n_k, n_v = len(keys), len(grid) + 1
+        cell = pos * n_k + k  # flat (V+1, K) index of each device request
+        w_dev = norm[has]
+        table = np.cumsum(np.bincount(cell, weights=w_dev, minlength=n_v * n_k).reshape(n_v, n_k), axis=0)
+        w_model: FloatArray | None = None
+        sets: npt.NDArray[np.bool_] | None = None
+        share: FloatArray | None = None
+        if models:
+            mi = {m: i for i, m in enumerate(models)}
+            n_m = len(models)
+            allowed = np.ones((len(cell), n_m + 1), dtype=bool)  # column n_m: models nobody names
+            set_of: dict[frozenset[str], int] = {}
+            set_rows: list[list[int]] = []
+            set_demand: list[float] = []
+            dw = demand[has] * (np.asarray(weights, dtype=np.float64)[has] if weights is not None else 1.0)
+            for j, r in enumerate(r for r in requests if r.count > 0):
+                if not r.models:
+                    continue
+                s = set_of.get(r.models)
+                if s is None:
+                    s = set_of[r.models] = len(set_rows)
+                    set_rows.append(sorted(mi[m] for m in r.models if m in mi))
+                    set_demand.append(0.0)
+                set_demand[s] += float(dw[j])
+                allowed[j] = False
+                allowed[j, set_rows[s]] = True
+            flat = np.arange(n_m + 1)[None, :] * (n_v * n_k) + cell[:, None]
+            w_flat = np.bincount(flat[allowed], weights=np.broadcast_to(w_dev[:, None], allowed.shape)[allowed],
+                                  minlength=(n_m + 1) * n_v * n_k).reshape(n_m + 1, n_v, n_k)
+            w_model = np.asarray(np.cumsum(w_flat, axis=1), dtype=np.float64)
+            # distinct sets over the cluster's models (two spellings of one set merge)
+            merged: dict[tuple[int, ...], float] = {}
+            for members, d in zip(set_rows, set_demand, strict=True):
+                merged[tuple(members)] = merged.get(tuple(members), 0.0) + d
+            sets = np.zeros((len(merged), n_m), dtype=bool)
+            for i, members_t in enumerate(merged):
+                sets[i, list(members_t)] = True
+            share = np.array(list(merged.values()), dtype=np.float64) / max(float(dw.sum()), 1e-12)
         return cls(
-            count=np.array([s[0] for s in shapes], dtype=np.int64),
-            milli=np.array([s[1] for s in shapes], dtype=np.int64),
+            count=np.asarray(keys[:, 1], dtype=np.int64),
+            milli=np.asarray(keys[:, 0], dtype=np.int64),
             cpu_grid=grid,
-            w_table=table,
+            w_table=np.asarray(table, dtype=np.float64),
             total=1.0,
-            cpu_per_milli=_ratio([r.cpu for r in requests if r.count], [r.gpu_demand for r in requests if r.count]),
-            mem_per_milli=_ratio([r.mem for r in requests if r.count], [r.gpu_demand for r in requests if r.count]),
+            cpu_per_milli=_ratio(cpu[has], demand[has]),
+            mem_per_milli=_ratio(mem[has], demand[has]),
             models=tuple(models),
             w_model=w_model,
             sets=sets,
@@ -174,6 +190,42 @@ class TargetWorkload:
         if model is None or self.w_model is None:
             return np.asarray(self.w_table[idx], dtype=np.float64)
         return np.asarray(self.w_model[model, idx], dtype=np.float64)
+
+
+#: the target workload (device shares of one device) until enough real requests have been seen
+DEFAULT_MIX = (250, 500, 500, 1000, 1000, 1000)
+
+
+class RecentMix(Generic[T]):
+    """The live target workload: the last ``history`` requests, the newest weighing 1 and each older
+    one ``decay`` times the next (half-life ~69 requests at 0.99), with their real CPU, memory,
+    device shape and model constraint. The live allocator and ``hcs replay --target recent`` share it.
+
+    Items are whatever the caller records (the live allocator: a pod's demand in bytes, converted
+    per device model when the target is built; the replay: :class:`Request` as is). Until
+    ``warmup`` items have been seen the target is :data:`DEFAULT_MIX`.
+    """
+
+    def __init__(self, history: int = 256, decay: float = 0.99, warmup: int = 16) -> None:
+        if not 0 < decay <= 1 or history < 1:
+            raise ConfigError(f"request mix: decay {decay} must be in (0, 1] and history {history} >= 1")
+        self._items: deque[T] = deque(maxlen=history)
+        self._decay = np.power(decay, np.arange(history - 1, -1, -1, dtype=np.float64))
+        self.warmup = warmup
+        self.generation = 0  # bumped by every add: targets built before are stale
+
+    def add(self, item: T) -> None:
+        self._items.append(item)
+        self.generation += 1
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def target(self, convert: Callable[[T], Request], models: Sequence[str] = ()) -> TargetWorkload:
+        if len(self._items) < self.warmup:
+            return TargetWorkload.from_requests([Request(0, 0, 1, m) for m in DEFAULT_MIX], models=models)
+        reqs = [convert(i) for i in self._items]
+        return TargetWorkload.from_requests(reqs, models=models, weights=self._decay[-len(reqs):])
 
 
 def model_prices(target: TargetWorkload, free_by_model: FloatArray, cap: float = 10.0) -> FloatArray:
@@ -198,9 +250,9 @@ def model_prices(target: TargetWorkload, free_by_model: FloatArray, cap: float =
     return out
 
 
-def _ratio(num: Sequence[int], den: Sequence[int]) -> float:
-    d = float(sum(den))
-    return float(sum(num)) / d if d > 0 else 0.0
+def _ratio(num: IntArray, den: FloatArray) -> float:
+    d = float(den.sum())
+    return float(num.sum()) / d if d > 0 else 0.0
 
 
 @dataclass(frozen=True, eq=False)
