@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +50,20 @@ class DeviceTable:
     keys: tuple[tuple[str, str], ...]  # distinct (vendor, model)
     cpu_total: npt.NDArray[np.int64]  # (N,)
     mem_total: npt.NDArray[np.int64]  # (N,)
+    models: tuple[str, ...] = ()  # distinct device models, sorted (the live target's model list)
+    row_mi: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (R,) into models
+    reference: Mapping[str, DeviceInfo] = field(default_factory=dict)  # model -> one device of it
+
+    def free_milli(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """``(R, W)`` free milli-devices (the binding fraction left), 0 where absent or unhealthy."""
+        ratio_t = np.where(self.tflops > 0, (self.tflops - ut) / np.maximum(self.tflops, 1), 1.0)
+        fm = np.floor(WHOLE * np.minimum((self.vram - uv) / self.vram, ratio_t) + 1e-9).astype(np.int64)
+        return np.where(self.present & self.healthy, np.maximum(fm, 0), 0)
+
+    def model_free(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """``(M,)`` free milli-devices per model over the whole cluster (the scarcity term's supply)."""
+        return np.bincount(self.row_mi, weights=self.free_milli(uv, ut).sum(axis=1),
+                           minlength=len(self.models)).astype(np.float64)
 
     def scatter(self, usage: Mapping[str, Usage]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """``(R, W)`` VRAM and milli-TFLOPS in use, from the usage map."""
@@ -89,13 +103,17 @@ class DeviceTable:
                 healthy[i, j] = d.healthy
                 penalty[i, j] = (100 - d.health_score) / 100.0
                 where[(nodes[ni].name, d.name)] = (i, j)
+        models = tuple(sorted({x[1] for x in rows}))
+        mi = {m: i for i, m in enumerate(models)}
         key_index: dict[tuple[str, str], int] = {}
         row_key = np.array([key_index.setdefault((x[2], x[1]), len(key_index)) for x in rows], dtype=np.int64)
         return cls(tuple(nodes), np.array([x[0] for x in rows], dtype=np.int64), tuple(x[1] for x in rows),
                    tuple(x[2] for x in rows), tuple(x[3] for x in rows), vram, tfl, present, healthy, penalty,
                    where, {n.name: i for i, n in enumerate(nodes)}, row_key, tuple(key_index),
                    np.array([n.cpu_milli for n in nodes], dtype=np.int64),
-                   np.array([n.memory_bytes for n in nodes], dtype=np.int64))
+                   np.array([n.memory_bytes for n in nodes], dtype=np.int64), models,
+                   np.array([mi[x[1]] for x in rows], dtype=np.int64),
+                   {m: next(x[3][0] for x in rows if x[1] == m) for m in models})
 
 
 def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
@@ -159,6 +177,7 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
     by_model: dict[str, list[int]] = defaultdict(list)
     for rr in np.flatnonzero(live):
         by_model[table.row_model[int(rr)]].append(int(rr))
+    model_free = table.model_free(uv, ut)
     need = f"container {main.name} needs {human_bytes(main.vram_bytes)} VRAM / {main.tflops_milli / 1000:g} TFLOPS"
     for model, rows_list in by_model.items():
         rows = np.array(rows_list, dtype=np.int64)
@@ -176,11 +195,14 @@ def fast_plan(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
             fm = np.where(exact, np.maximum(fm, milli), np.minimum(fm, milli - 1))  # the bytes decide
         fm = np.where(usable, fm, 0)
         ni_rows = row_node[rows]
+        target = target_for(model)
+        m_index = target.models.index(model) if model in target.models else -1
         view = NodeView(fm, usable, np.maximum(0, cpu_total[ni_rows] - cpu_used[ni_rows]),
                         np.maximum(0, mem_total[ni_rows] - mem_used[ni_rows]), cpu_total[ni_rows],
-                        mem_total[ni_rows], table.penalty[rows])
+                        mem_total[ni_rows], table.penalty[rows], np.full(len(rows), m_index, dtype=np.int64))
         req = Request(demand.cpu_milli, demand.memory_bytes, k, milli)
-        ctx = PolicyContext(rng, target_for(model), {"strand": 0.0} if not view.cpu_total.all() else {})
+        ctx = PolicyContext(rng, target, {"strand": 0.0} if not view.cpu_total.all() else {},
+                            model_free if target.models == table.models else None)
         scores = policy(view, req, ctx)
         finite = np.isfinite(scores)
         row_fits: npt.NDArray[np.bool_] = np.asarray(finite.any(axis=1))

@@ -152,8 +152,10 @@ class TargetWorkload:
                 s = set_of.get(r.models)
                 if s is None:
                     s = set_of[r.models] = len(set_rows)
-                    set_rows.append(sorted(mi[m] for m in r.models if m in mi))
+                    set_rows.append(sorted({mi[m] for m in r.models if m in mi}))
                     set_demand.append(0.0)
+                if len(set_rows[s]) == n_m:  # it may use every model here: unconstrained
+                    continue
                 set_demand[s] += float(dw[j])
                 allowed[j] = False
                 allowed[j, set_rows[s]] = True
@@ -164,7 +166,8 @@ class TargetWorkload:
             # distinct sets over the cluster's models (two spellings of one set merge)
             merged: dict[tuple[int, ...], float] = {}
             for members, d in zip(set_rows, set_demand, strict=True):
-                merged[tuple(members)] = merged.get(tuple(members), 0.0) + d
+                if len(members) < n_m:
+                    merged[tuple(members)] = merged.get(tuple(members), 0.0) + d
             sets = np.zeros((len(merged), n_m), dtype=bool)
             for i, members_t in enumerate(merged):
                 sets[i, list(members_t)] = True

@@ -29,6 +29,7 @@ from hcs.allocator.policies import (
     IntArray,
     NodeView,
     PolicyContext,
+    RecentMix,
     Request,
     TargetWorkload,
     get_policy,
@@ -177,9 +178,20 @@ def arrival_order(pods: Sequence[TracePod], capacity: int, seed: int, inflation:
 
 def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed: int,
              target: TargetWorkload, *, inflation: float = 1.0, curve_points: int = 60,
-             weights: dict[str, float] | None = None) -> SeedResult:
-    """Replay one seed with one policy; stops when arrived demand reaches ``inflation``×capacity."""
+             weights: dict[str, float] | None = None, mix: RecentMix[Request] | None = None,
+             decisions: list[tuple[int, str, tuple[int, ...]]] | None = None) -> SeedResult:
+    """Replay one seed with one policy; stops when arrived demand reaches ``inflation``×capacity.
+
+    ``mix``: measure against the live allocator's target instead of ``target`` — the decayed mix of
+    the requests placed so far (as :class:`hcs.allocator.state.AllocatorState` does), over the
+    cluster's models in name order. ``decisions`` receives ``(pod index, node, devices)`` per
+    arriving pod (node ``""`` when it fits nowhere).
+    """
     policy = get_policy(policy_name)
+    live_models = tuple(sorted(cluster.models))
+    if mix is not None:
+        target = mix.target(_as_is, live_models)
+    generation = mix.generation if mix is not None else 0
     n = len(cluster.names)
     present = np.arange(MAX_GPUS)[None, :] < cluster.gpus[:, None]
     gpu_free = np.where(present, WHOLE, 0).astype(np.int64)
@@ -218,6 +230,10 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
         arrived += req.gpu_demand
         t0 = time.perf_counter()
         c0 = time.thread_time_ns()
+        if mix is not None and mix.generation != generation:
+            target, generation = mix.target(_as_is, live_models), mix.generation
+            ctx = PolicyContext(rng=rng, target=target, weights=weights or {}, model_free=model_free)
+            cnt_all, usable_all, pos_all = _class_stats(target, gpu_free)
         ok = (cpu_free >= req.cpu) & (mem_free >= req.mem)
         if pod.models:
             allowed = [model_idx[m] for m in pod.models if m in model_idx]
@@ -236,15 +252,24 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
         wall.append((time.perf_counter() - t0) * 1000.0)
         if choice is None:
             skipped += 1
+            if decisions is not None:
+                decisions.append((i, "", ()))
         else:
             node = int(cand[choice[0]])
             cpu_free[node] -= req.cpu
             mem_free[node] -= req.mem
+            used: tuple[int, ...] = ()
             if req.whole:
                 free_idx = np.flatnonzero(gpu_free[node] >= WHOLE)[: req.count]
                 gpu_free[node, free_idx] = 0
+                used = tuple(int(x) for x in free_idx)
             elif req.count == 1:
                 gpu_free[node, choice[1]] -= req.milli
+                used = (int(choice[1]),)
+            if decisions is not None:
+                decisions.append((i, cluster.names[node], used))
+            if mix is not None and req.count:
+                mix.add(req)
             if tmodel[node] >= 0:
                 model_free[tmodel[node]] -= req.gpu_demand
             c1, u1, p1 = _class_stats(target, gpu_free[node:node + 1])
@@ -258,6 +283,10 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
         ratio_at_100 = 100.0 * allocated / capacity
         frag_at_100 = _fragmentation_pct(target, gpu_free, cpu_free, capacity, tmodel)
     return SeedResult(ratio_at_100, frag_at_100, placed, skipped, np.array(lat), tuple(curve), np.array(wall))
+
+
+def _as_is(r: Request) -> Request:
+    return r
 
 
 def _target_models(cluster: Cluster, target: TargetWorkload) -> IntArray:
@@ -281,7 +310,12 @@ def target_of(pods: Sequence[TracePod], demand_exponent: float = 0.0,
 
 
 def replay(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], seeds: Sequence[int], *,
-           inflation: float = 1.0, weights: dict[str, float] | None = None) -> list[PolicyResult]:
+           inflation: float = 1.0, weights: dict[str, float] | None = None,
+           target_mode: str = "trace") -> list[PolicyResult]:
+    """``target_mode``: ``trace`` (the paper's: the whole trace's pod mix) or ``recent`` (the live
+    allocator's decayed mix of the requests placed so far)."""
+    if target_mode not in ("trace", "recent"):
+        raise ConfigError(f"target {target_mode!r}: use 'trace' or 'recent'")
     cluster = load_nodes(nodes)
     pods = load_pods(pods_csv)
     for name in policies:
@@ -289,7 +323,8 @@ def replay(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], see
     target = target_of(pods, models=cluster.models)
     out = []
     for name in policies:
-        results = tuple(simulate(cluster, pods, name, s, target, inflation=inflation, weights=weights)
+        results = tuple(simulate(cluster, pods, name, s, target, inflation=inflation, weights=weights,
+                                 mix=RecentMix() if target_mode == "recent" else None)
                         for s in seeds)
         out.append(PolicyResult(name, results))
     return out

@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--output", choices=("json", "table"), default="table")
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="write a PNG of allocation ratio vs arrived demand (replays to 130%%)")
+    p.add_argument("--target", choices=("trace", "recent"), default="trace",
+                   help="target workload: the whole trace's pod mix (the FGD paper's protocol, default) or "
+                   "the live allocator's decayed mix of the requests placed so far")
     p.add_argument("--weight", action="append", default=[], metavar="K=V",
                    help="policy weight override, e.g. strand=2 (repeatable)")
     p.set_defaults(func=run)
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
     inflation = 1.3 if args.plot else 1.0
     results = rp.replay(args.nodes, args.pods, policies, list(range(args.seeds)), inflation=inflation,
-                        weights=_weights(args.weight))
+                        weights=_weights(args.weight), target_mode=args.target)
     if args.plot:
         rp.plot(results, args.plot, title=f"{args.pods} ({args.seeds} seeds)")
     summary = {r.name: r.summary() for r in results}

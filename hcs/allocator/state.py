@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 from hcs.allocator.fastpath import DeviceTable, fast_plan
 from hcs.allocator.inventory import NodeInventory
 from hcs.allocator.placement import (
+    Constraints,
     ContainerDemand,
     Grant,
     PodDemand,
@@ -30,15 +30,16 @@ from hcs.allocator.placement import (
     plan,
     share_milli,
 )
-from hcs.allocator.policies import Request, TargetWorkload
+from hcs.allocator.policies import RecentMix, Request, TargetWorkload
 from hcs.errors import HcsError
 
 log = logging.getLogger(__name__)
 
 PENDING = "pending"
 CONFIRMED = "confirmed"
-#: default request mix (device shares) until enough real requests have been seen
-DEFAULT_MIX = (250, 500, 500, 1000, 1000, 1000)
+#: one recorded request of the live mix: a container's demand, the pod's CPU and memory (on its first
+#: container), its vendor/model constraints
+MixItem = tuple[ContainerDemand, int, int, Constraints]
 
 
 class NoFit(HcsError):
@@ -69,15 +70,15 @@ class Reservation:
 
 
 class AllocatorState:
-    def __init__(self, seed: int = 0, history: int = 256) -> None:
+    def __init__(self, seed: int = 0, history: int = 256, decay: float = 0.99) -> None:
         self._lock = threading.RLock()
         self._nodes: dict[str, NodeInventory] = {}
         self._res: dict[str, Reservation] = {}
         self._usage: dict[str, dict[str, tuple[int, int]]] = {}
         self._cpu_mem: dict[str, tuple[int, int]] = {}
         self._rng = np.random.default_rng(seed)
-        self._recent: deque[ContainerDemand] = deque(maxlen=history)
-        self._targets: dict[str, TargetWorkload] = {}
+        self._mix: RecentMix[MixItem] = RecentMix(history, decay)
+        self._targets: dict[str, tuple[int, object, TargetWorkload]] = {}  # model -> (generation, table, target)
         self._table: DeviceTable | None = None
         self._used: tuple[Any, Any] | None = None  # (R, W) arrays in step with _usage while _table lives
         self.version = 0  # bumped by every change of inventory or usage
@@ -118,21 +119,33 @@ class AllocatorState:
 
     # ------------------------------------------------------------------ policy input
     def _target(self, model: str) -> TargetWorkload:
+        """The live target workload in ``model``'s units: the recent request mix (real CPU, memory,
+        device shape on this model, and which of the cluster's models each request may use)."""
+        table = self._device_table()
         cached = self._targets.get(model)
-        if cached is not None:
-            return cached
-        node = next((n for n in self._nodes.values() for d in n.devices if d.model == model), None)
-        dev = next(d for d in node.devices if d.model == model) if node else None
-        reqs: list[Request] = []
-        if dev is not None and len(self._recent) >= 16:
-            for c in self._recent:
-                k = device_count(c, dev)
-                reqs.append(Request(0, 0, k, share_milli(c, dev) if k == 1 else 1000))
-        if not reqs:
-            reqs = [Request(0, 0, 1, m) for m in DEFAULT_MIX]
-        target = TargetWorkload.from_requests(reqs)
-        self._targets[model] = target
+        if cached is not None and cached[0] == self._mix.generation and cached[1] is table:
+            return cached[2]
+        dev = table.reference.get(model)
+        everything = frozenset(table.models)
+
+        def convert(item: MixItem) -> Request:
+            c, cpu, mem, cons = item
+            allowed = frozenset(m for m, d in table.reference.items() if cons.allows(d))
+            if dev is None:
+                return Request(cpu, mem, 0, 0)
+            k = device_count(c, dev)
+            return Request(cpu, mem, k, share_milli(c, dev) if k == 1 else 1000,
+                           frozenset() if allowed == everything else allowed)
+
+        target = self._mix.target(convert, table.models)
+        self._targets[model] = (self._mix.generation, table, target)
         return target
+
+    def _device_table(self) -> DeviceTable:
+        if self._table is None or self._used is None:
+            self._table = DeviceTable.build(list(self._nodes.values()))
+            self._used = self._table.scatter(self._usage)
+        return self._table
 
     def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16) -> list[Verdict]:
         """Verdicts per node, best first; the best ``proposals`` fitting nodes carry a device plan."""
@@ -140,10 +153,8 @@ class AllocatorState:
             inv = [n for n in self._nodes.values() if not nodes or n.name in nodes]
             missing = [n for n in (nodes or []) if n not in self._nodes]
             if len(demand.containers) == 1:
-                if self._table is None or self._used is None:
-                    self._table = DeviceTable.build(list(self._nodes.values()))
-                    self._used = self._table.scatter(self._usage)
-                verdicts = fast_plan(demand, self._table, self._usage, self._cpu_mem, self._target, self._rng,
+                table = self._device_table()
+                verdicts = fast_plan(demand, table, self._usage, self._cpu_mem, self._target, self._rng,
                                      set(nodes) if nodes else None, proposals, self._used)
             else:
                 verdicts = plan(demand, inv, self._usage, self._cpu_mem, self._target, self._rng)
@@ -173,9 +184,9 @@ class AllocatorState:
             res = Reservation(demand.pod, best.plan.node, best.plan.containers, PENDING,
                               int(time.time() * 1000), demand.cpu_milli, demand.memory_bytes)
             self._apply(res)
-            self._recent.extend(demand.containers)
-            if len(self._recent) >= 16:
-                self._targets.clear()
+            for i, c in enumerate(demand.containers):
+                self._mix.add((c, demand.cpu_milli if i == 0 else 0, demand.memory_bytes if i == 0 else 0,
+                               demand.constraints))
             return res
 
     def _apply(self, res: Reservation, sign: int = 1) -> None:
