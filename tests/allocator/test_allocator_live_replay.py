@@ -55,8 +55,11 @@ def _pods_csv(path: Path) -> None:
     path.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n" + "".join(rows))
 
 
+Live = tuple[pbg.AllocatorStub, list[tuple[str, int, int, int, str]]]
+
+
 @pytest.fixture()
-def live(tmp_path: Path) -> Iterator[tuple[pbg.AllocatorStub, list[tuple[str, int, int, int, str]]]]:
+def live(tmp_path: Path) -> Iterator[Live]:
     nodes = _cluster_csv(tmp_path / "nodes.csv")
     state = AllocatorState()
     for name, cpu, mem, gpus, model in nodes:
@@ -73,8 +76,7 @@ def live(tmp_path: Path) -> Iterator[tuple[pbg.AllocatorStub, list[tuple[str, in
         server.stop(None)
 
 
-def test_live_allocator_makes_the_replays_decisions(live: tuple[pbg.AllocatorStub, list[tuple[str, int, int, int, str]]],
-                                                    tmp_path: Path) -> None:
+def test_live_allocator_makes_the_replays_decisions(live: Live, tmp_path: Path) -> None:
     stub, _ = live
     _pods_csv(tmp_path / "pods.csv")
     cluster = rp.load_nodes(tmp_path / "nodes.csv")

@@ -191,10 +191,14 @@ def test_model_prices_charge_the_sets_that_will_run_short() -> None:
                                        models=("A", "B"))
     prices = P.model_prices(t, np.array([1000.0, 3000.0]))
     assert list(prices) == [2.0, 0.0, 0.0]
-    # a set spanning every model costs every candidate the same (it never changes a decision)
+    # a constraint that admits every model of the cluster is no constraint: no price
     t2 = P.TargetWorkload.from_requests([P.Request(0, 0, 1, 1000, frozenset({"A", "B"}))], models=("A", "B"))
-    p2 = P.model_prices(t2, np.array([1000.0, 3000.0]))
-    assert p2[0] == p2[1] == 1.0
+    assert list(P.model_prices(t2, np.array([1000.0, 3000.0]))) == [0.0, 0.0, 0.0]
+    # a set over several models is priced on each of them
+    t3 = P.TargetWorkload.from_requests([P.Request(0, 0, 1, 1000, frozenset({"A", "B"})), P.Request(0, 0, 1, 1000)],
+                                        models=("A", "B", "C"))
+    p3 = P.model_prices(t3, np.array([1000.0, 1000.0, 2000.0]))
+    assert p3[0] == p3[1] == 1.0 and p3[2] == 0.0
 
 
 def test_hcs_keeps_a_scarce_model_for_the_pods_that_need_it_where_fgd_sees_a_tie() -> None:
