@@ -17,17 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from hcs.allocator.fastpath import DeviceTable, fast_plan
 from hcs.allocator.inventory import NodeInventory
 from hcs.allocator.placement import (
     Constraints,
     ContainerDemand,
+    DeviceTable,
     Grant,
     PodDemand,
     PodRef,
     Verdict,
     device_count,
-    plan,
+    plan_table,
     share_milli,
 )
 from hcs.allocator.policies import RecentMix, Request, TargetWorkload
@@ -150,14 +150,10 @@ class AllocatorState:
     def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16) -> list[Verdict]:
         """Verdicts per node, best first; the best ``proposals`` fitting nodes carry a device plan."""
         with self._lock:
-            inv = [n for n in self._nodes.values() if not nodes or n.name in nodes]
             missing = [n for n in (nodes or []) if n not in self._nodes]
-            if len(demand.containers) == 1:
-                table = self._device_table()
-                verdicts = fast_plan(demand, table, self._usage, self._cpu_mem, self._target, self._rng,
-                                     set(nodes) if nodes else None, proposals, self._used)
-            else:
-                verdicts = plan(demand, inv, self._usage, self._cpu_mem, self._target, self._rng)
+            table = self._device_table()
+            verdicts = plan_table(demand, table, self._usage, self._cpu_mem, self._target, self._rng,
+                                  set(nodes) if nodes else None, proposals, self._used)
         return verdicts + [Verdict(n, False, "no ComputeNode for this node (no HCS node agent reporting)")
                            for n in missing]
 
