@@ -369,6 +369,7 @@ class DeviceTable:
     models: tuple[str, ...] = ()  # distinct device models, sorted (the live target's model list)
     row_mi: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (R,) into models
     reference: Mapping[str, DeviceInfo] = field(default_factory=dict)  # model -> one device of it
+    name_rank: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,)
 
     def free_milli(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """``(R, W)`` free milli-devices (the binding fraction left), 0 where absent or unhealthy."""
@@ -429,7 +430,9 @@ class DeviceTable:
                    np.array([n.cpu_milli for n in nodes], dtype=np.int64),
                    np.array([n.memory_bytes for n in nodes], dtype=np.int64), models,
                    np.array([mi[x[1]] for x in rows], dtype=np.int64),
-                   {m: next(x[3][0] for x in rows if x[1] == m) for m in models})
+                   {m: next(x[3][0] for x in rows if x[1] == m) for m in models},
+                   np.argsort(np.argsort(np.array([n.name for n in nodes], dtype=object), kind="stable"),
+                              kind="stable").astype(np.int64))
 
 
 def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, Usage],
@@ -442,7 +445,8 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
 def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
                cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor, rng: np.random.Generator,
                only: set[str] | None = None, proposals: int = PROPOSALS,
-               used: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None) -> list[Verdict]:
+               used: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None,
+               best_only: bool = False) -> list[Verdict]:
     """Verdict for every node (``only``: those), best first; the best ``proposals`` fitting nodes carry
     the device plan to reserve.
 
@@ -450,7 +454,8 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
     the table at once; a multi-container pod additionally needs a greedy plan for all its containers
     on the node (nodes where that fails say why; nodes where container 0 fits no single model take the
     greedy plan and rank last). ``used``: the caller's ``(R, W)`` usage arrays kept in step with
-    ``usage`` (else scattered here).
+    ``usage`` (else scattered here). ``best_only``: only the fitting verdicts that carry a plan, no
+    reasons (what a reservation needs; empty when nothing fits).
     """
     main = demand.containers[0]
     cons = demand.constraints
@@ -488,7 +493,7 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
     cpu_ok = node_ok_cpu[row_node]
     mem_ok = node_ok_mem[row_node]
     live = scope & allowed & healthy_any & cpu_ok & mem_ok
-    for rr in np.flatnonzero(scope & ~live):
+    for rr in np.flatnonzero(scope & ~live) if not best_only else ():
         r = int(rr)
         ni = int(row_node[r])
         if not allowed[r]:
@@ -551,14 +556,14 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
             row_fits &= idle_cnt >= k
         cols = np.argmax(np.where(finite, scores, -np.inf), axis=1)
         row_best = scores[np.arange(len(rows)), cols]
-        for i in np.flatnonzero(~row_fits):
+        for i in np.flatnonzero(~row_fits) if not best_only else ():
             ni = int(ni_rows[i])
             if k > 1:
                 why[ni] = reason("idle", need, k=k, idle=int(idle_cnt[i]), island=cons.high_bandwidth)
             else:
                 why[ni] = reason("share", need, free=int(np.where(usable[i], fv[i], 0).max()),
                                  size=int(vt[i].max()))
-        if k > 1:
+        if k > 1 and cons.high_bandwidth:  # island-preferred always finds k idle devices when k are idle
             for i in np.flatnonzero(row_fits):
                 ni = int(ni_rows[i])
                 r = rows_list[i]
@@ -580,19 +585,27 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
         cr, cc, cw = np.concatenate(cand_row), np.concatenate(cand_col), np.concatenate(cand_waste)
         order = np.lexsort((-cs, cw))  # least waste first, then the policy's score
         _, first = np.unique(cn[order], return_index=True)
-        for j in order[first]:
-            best[int(cn[j])] = (float(cs[j]), int(cr[j]), int(cc[j]))
-            waste_of[int(cn[j])] = int(cw[j])
+        sel = order[first]
+        for ni, sc, r, c, w in zip(cn[sel].tolist(), cs[sel].tolist(), cr[sel].tolist(), cc[sel].tolist(),
+                                   cw[sel].tolist(), strict=True):
+            best[ni] = (sc, r, c)
+            waste_of[ni] = w
     for ni in multi_ok - best.keys():  # container 0 fits no single model, yet the greedy plan fits
         best[ni] = (GREEDY, -1, -1)
         waste_of[ni] = 2**62  # ranks after every single-model plan
         why.pop(ni, None)
-    ranked = sorted(best.items(), key=lambda kv: (waste_of[kv[0]], -kv[1][0], nodes[kv[0]].name))
+    ids = np.fromiter(best.keys(), dtype=np.int64, count=len(best))
+    scores_of = np.array([best[i][0] for i in ids.tolist()], dtype=np.float64)
+    wastes = np.array([waste_of[i] for i in ids.tolist()], dtype=np.int64)
+    # least waste, then the best score, then the node name
+    ranked = [(ni, best[ni]) for ni in ids[np.lexsort((table.name_rank[ids], -scores_of, wastes))].tolist()]
     finite_scores = [sc for _, (sc, _, _) in ranked if sc > GREEDY]
     lo, hi = (min(finite_scores), max(finite_scores)) if finite_scores else (0.0, 0.0)
     out: list[Verdict] = []
     failed: list[Verdict] = []
     for rank, (ni, (sc, r, col)) in enumerate(ranked):
+        if best_only and rank >= proposals:
+            break
         inv = nodes[ni]
         norm = 0.0 if sc <= GREEDY else (100.0 if hi == lo else 100.0 * (sc - lo) / (hi - lo))
         the_plan = None
@@ -607,6 +620,8 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
                 failed.append(Verdict(inv.name, False, reason("plan")))
                 continue
         out.append(Verdict(inv.name, True, "fits", round(norm, 3), the_plan))
+    if best_only:
+        return [v for v in out if v.plan is not None]
     for ni, n in enumerate(nodes):
         if in_scope[ni] and ni not in best:
             failed.append(Verdict(n.name, False, why.get(ni, reason("constraints" if n.devices else "no-devices"))))

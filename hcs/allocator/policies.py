@@ -115,10 +115,22 @@ class TargetWorkload:
         ``weights`` (e.g. a recency decay) multiplies each request's popularity."""
         if not requests:
             raise ConfigError("target workload: no requests given; pass at least one pod")
-        count = np.fromiter((r.count for r in requests), dtype=np.int64, count=len(requests))
-        milli = np.fromiter((r.milli for r in requests), dtype=np.int64, count=len(requests))
-        cpu = np.fromiter((r.cpu for r in requests), dtype=np.int64, count=len(requests))
-        mem = np.fromiter((r.mem for r in requests), dtype=np.int64, count=len(requests))
+        n = len(requests)
+        return cls.from_arrays(np.fromiter((r.count for r in requests), dtype=np.int64, count=n),
+                               np.fromiter((r.milli for r in requests), dtype=np.int64, count=n),
+                               np.fromiter((r.cpu for r in requests), dtype=np.int64, count=n),
+                               np.fromiter((r.mem for r in requests), dtype=np.int64, count=n),
+                               [r.models for r in requests], demand_exponent, models, weights)
+
+    @classmethod
+    def from_arrays(cls, count: IntArray, milli: IntArray, cpu: IntArray, mem: IntArray,
+                    allowed_models: Sequence[frozenset[str]], demand_exponent: float = 0.0,
+                    models: Sequence[str] = (), weights: Sequence[float] | FloatArray | None = None
+                    ) -> TargetWorkload:
+        """:meth:`from_requests` over request fields as arrays (``allowed_models``: each one's
+        :attr:`Request.models`)."""
+        if not len(count):
+            raise ConfigError("target workload: no requests given; pass at least one pod")
         has = count > 0
         shape_milli = np.where(count > 1, WHOLE, milli)
         demand = (count * shape_milli).astype(np.float64)
@@ -127,7 +139,8 @@ class TargetWorkload:
             raw = raw * np.asarray(weights, dtype=np.float64)
         norm = raw / raw.sum()
         # classes sorted by milli (see _class_stats), then count
-        keys, k = np.unique(np.stack([shape_milli[has], count[has]], axis=1), axis=0, return_inverse=True)
+        code, k = np.unique(shape_milli[has] * 4096 + np.minimum(count[has], 4095), return_inverse=True)
+        keys = np.stack([code // 4096, code % 4096], axis=1)
         k = k.reshape(-1)
         grid = np.unique(cpu)
         pos = np.searchsorted(grid, cpu[has], side="left") + 1
@@ -146,13 +159,13 @@ class TargetWorkload:
             set_rows: list[list[int]] = []
             set_demand: list[float] = []
             dw = demand[has] * (np.asarray(weights, dtype=np.float64)[has] if weights is not None else 1.0)
-            for j, r in enumerate(r for r in requests if r.count > 0):
-                if not r.models:
+            for j, ms in enumerate(ms for ms, c in zip(allowed_models, count, strict=True) if c > 0):
+                if not ms:
                     continue
-                s = set_of.get(r.models)
+                s = set_of.get(ms)
                 if s is None:
-                    s = set_of[r.models] = len(set_rows)
-                    set_rows.append(sorted({mi[m] for m in r.models if m in mi}))
+                    s = set_of[ms] = len(set_rows)
+                    set_rows.append(sorted({mi[m] for m in ms if m in mi}))
                     set_demand.append(0.0)
                 if len(set_rows[s]) == n_m:  # it may use every model here: unconstrained
                     continue
@@ -224,11 +237,21 @@ class RecentMix(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def target(self, convert: Callable[[T], Request], models: Sequence[str] = ()) -> TargetWorkload:
+    def entries(self) -> tuple[list[T], FloatArray] | None:
+        """The recorded items, oldest first, with their weights; None while warming up."""
         if len(self._items) < self.warmup:
-            return TargetWorkload.from_requests([Request(0, 0, 1, m) for m in DEFAULT_MIX], models=models)
-        reqs = [convert(i) for i in self._items]
-        return TargetWorkload.from_requests(reqs, models=models, weights=self._decay[-len(reqs):])
+            return None
+        return list(self._items), self._decay[-len(self._items):]
+
+    def target(self, convert: Callable[[T], Request], models: Sequence[str] = ()) -> TargetWorkload:
+        got = self.entries()
+        if got is None:
+            return default_target(models)
+        return TargetWorkload.from_requests([convert(i) for i in got[0]], models=models, weights=got[1])
+
+
+def default_target(models: Sequence[str] = ()) -> TargetWorkload:
+    return TargetWorkload.from_requests([Request(0, 0, 1, m) for m in DEFAULT_MIX], models=models)
 
 
 def model_prices(target: TargetWorkload, free_by_model: FloatArray, cap: float = 10.0) -> FloatArray:

@@ -26,11 +26,9 @@ from hcs.allocator.placement import (
     PodDemand,
     PodRef,
     Verdict,
-    device_count,
     plan_table,
-    share_milli,
 )
-from hcs.allocator.policies import RecentMix, Request, TargetWorkload
+from hcs.allocator.policies import FloatArray, IntArray, RecentMix, TargetWorkload, default_target
 from hcs.errors import HcsError
 
 log = logging.getLogger(__name__)
@@ -40,6 +38,8 @@ CONFIRMED = "confirmed"
 #: one recorded request of the live mix: a container's demand, the pod's CPU and memory (on its first
 #: container), its vendor/model constraints
 MixItem = tuple[ContainerDemand, int, int, Constraints]
+#: the mix as arrays: VRAM, milli-TFLOPS, CPU, memory, allowed models (empty: any), weights
+MixArrays = tuple[FloatArray, FloatArray, IntArray, IntArray, list[frozenset[str]], FloatArray]
 
 
 class NoFit(HcsError):
@@ -78,7 +78,9 @@ class AllocatorState:
         self._cpu_mem: dict[str, tuple[int, int]] = {}
         self._rng = np.random.default_rng(seed)
         self._mix: RecentMix[MixItem] = RecentMix(history, decay)
-        self._targets: dict[str, tuple[int, object, TargetWorkload]] = {}  # model -> (generation, table, target)
+        #: (device VRAM, milli-TFLOPS) -> (generation, table, target): the target in that device's units
+        self._targets: dict[tuple[int, int], tuple[int, object, TargetWorkload]] = {}
+        self._mix_cache: tuple[int, object, MixArrays | None] | None = None
         self._table: DeviceTable | None = None
         self._used: tuple[Any, Any] | None = None  # (R, W) arrays in step with _usage while _table lives
         self.version = 0  # bumped by every change of inventory or usage
@@ -122,24 +124,52 @@ class AllocatorState:
         """The live target workload in ``model``'s units: the recent request mix (real CPU, memory,
         device shape on this model, and which of the cluster's models each request may use)."""
         table = self._device_table()
-        cached = self._targets.get(model)
+        dev = table.reference.get(model)
+        key = (dev.vram_bytes, dev.tflops_milli) if dev is not None else (0, 0)  # models alike share one
+        cached = self._targets.get(key)
         if cached is not None and cached[0] == self._mix.generation and cached[1] is table:
             return cached[2]
-        dev = table.reference.get(model)
-        everything = frozenset(table.models)
-
-        def convert(item: MixItem) -> Request:
-            c, cpu, mem, cons = item
-            allowed = frozenset(m for m, d in table.reference.items() if cons.allows(d))
-            if dev is None:
-                return Request(cpu, mem, 0, 0)
-            k = device_count(c, dev)
-            return Request(cpu, mem, k, share_milli(c, dev) if k == 1 else 1000,
-                           frozenset() if allowed == everything else allowed)
-
-        target = self._mix.target(convert, table.models)
-        self._targets[model] = (self._mix.generation, table, target)
+        mix = self._mix_arrays(table)
+        if mix is None or dev is None or dev.vram_bytes <= 0:
+            target = default_target(table.models)
+        else:
+            vram, tfl, cpu, mem, allowed, weights = mix
+            # device_count / share_milli of every recorded container on this model, vectorised
+            fv = vram / dev.vram_bytes
+            ft = tfl / dev.tflops_milli if dev.tflops_milli else np.where(tfl > 0, np.inf, 0.0)
+            frac = np.minimum(np.maximum(fv, ft), 1e12)
+            k = np.where(frac <= 1.0, 1, np.ceil(frac - 1e-9)).astype(np.int64)
+            share = np.maximum(fv, tfl / dev.tflops_milli if dev.tflops_milli else 0.0)
+            milli = np.where(k == 1, np.maximum(1, np.ceil(1000 * share - 1e-9)), 1000).astype(np.int64)
+            target = TargetWorkload.from_arrays(k, milli, cpu, mem, allowed, models=table.models, weights=weights)
+        self._targets[key] = (self._mix.generation, table, target)
         return target
+
+    def _mix_arrays(self, table: DeviceTable) -> MixArrays | None:
+        """The recorded mix as arrays (VRAM, milli-TFLOPS, CPU, memory, allowed models, weights), once
+        per generation; None while warming up."""
+        if self._mix_cache is not None and self._mix_cache[0] == self._mix.generation and self._mix_cache[1] is table:
+            return self._mix_cache[2]
+        got = self._mix.entries()
+        out = None
+        if got is not None:
+            items, weights = got
+            everything = frozenset(table.models)
+            sets: dict[Constraints, frozenset[str]] = {}
+            allowed = []
+            for _, _, _, cons in items:
+                a = sets.get(cons)
+                if a is None:
+                    a = frozenset(m for m, d in table.reference.items() if cons.allows(d))
+                    a = sets[cons] = frozenset() if a == everything else a
+                allowed.append(a)
+            n = len(items)
+            out = (np.fromiter((c.vram_bytes for c, _, _, _ in items), dtype=np.float64, count=n),
+                   np.fromiter((c.tflops_milli for c, _, _, _ in items), dtype=np.float64, count=n),
+                   np.fromiter((i[1] for i in items), dtype=np.int64, count=n),
+                   np.fromiter((i[2] for i in items), dtype=np.int64, count=n), allowed, weights)
+        self._mix_cache = (self._mix.generation, table, out)
+        return out
 
     def _device_table(self) -> DeviceTable:
         if self._table is None or self._used is None:
@@ -147,13 +177,17 @@ class AllocatorState:
             self._used = self._table.scatter(self._usage)
         return self._table
 
-    def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16) -> list[Verdict]:
-        """Verdicts per node, best first; the best ``proposals`` fitting nodes carry a device plan."""
+    def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16,
+                best_only: bool = False) -> list[Verdict]:
+        """Verdicts per node, best first; the best ``proposals`` fitting nodes carry a device plan
+        (``best_only``: only those, no reasons — empty when nothing fits)."""
         with self._lock:
             missing = [n for n in (nodes or []) if n not in self._nodes]
             table = self._device_table()
             verdicts = plan_table(demand, table, self._usage, self._cpu_mem, self._target, self._rng,
-                                  set(nodes) if nodes else None, proposals, self._used)
+                                  set(nodes) if nodes else None, proposals, self._used, best_only)
+        if best_only:
+            return verdicts
         return verdicts + [Verdict(n, False, "no ComputeNode for this node (no HCS node agent reporting)")
                            for n in missing]
 
@@ -172,9 +206,10 @@ class AllocatorState:
             if node and node not in self._nodes:
                 raise NoFit(f"pod {demand.pod.ref}: node {node} has no ComputeNode (no HCS node agent reporting)",
                             [Verdict(node, False, "no ComputeNode")])
-            verdicts = self.explain(demand, [node] if node else None, proposals=1)
+            verdicts = self.explain(demand, [node] if node else None, proposals=1, best_only=True)
             best = next((v for v in verdicts if v.fits and v.plan is not None), None)
             if best is None or best.plan is None:
+                verdicts = self.explain(demand, [node] if node else None, proposals=1)  # with the reasons
                 reasons = "; ".join(f"{v.node}: {v.reason}" for v in verdicts[:5]) or "no nodes with HCS devices"
                 raise NoFit(f"pod {demand.pod.ref} fits no node ({reasons})", verdicts)
             res = Reservation(demand.pod, best.plan.node, best.plan.containers, PENDING,

@@ -238,6 +238,10 @@ def test_planner_on_live_state_agrees_with_a_fresh_table(shape: list[tuple[int, 
     fresh = plan(demand, nodes, usage, {}, s._target, np.random.default_rng(0))
     kept = s.explain(demand)
     assert [(v.node, v.fits, v.reason) for v in fresh] == [(v.node, v.fits, v.reason) for v in kept]
+    # a reservation's shortcut (no reasons, the best plan only) picks what the full answer ranks first
+    quick = s.explain(demand, proposals=1, best_only=True)
+    first = [v for v in plan(demand, nodes, usage, {}, s._target, np.random.default_rng(0))[:1] if v.plan]
+    assert [(v.node, v.plan) for v in quick] == [(v.node, v.plan) for v in first]
     for v in fresh:
         if v.plan is None:
             continue
