@@ -446,7 +446,7 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
                cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor, rng: np.random.Generator,
                only: set[str] | None = None, proposals: int = PROPOSALS,
                used: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None,
-               best_only: bool = False) -> list[Verdict]:
+               best_only: bool = False, policy_name: str | None = None) -> list[Verdict]:
     """Verdict for every node (``only``: those), best first; the best ``proposals`` fitting nodes carry
     the device plan to reserve.
 
@@ -455,7 +455,8 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
     on the node (nodes where that fails say why; nodes where container 0 fits no single model take the
     greedy plan and rank last). ``used``: the caller's ``(R, W)`` usage arrays kept in step with
     ``usage`` (else scattered here). ``best_only``: only the fitting verdicts that carry a plan, no
-    reasons (what a reservation needs; empty when nothing fits).
+    reasons (what a reservation needs; empty when nothing fits). ``policy_name`` overrides the pod's
+    (``hcs`` for binpack, ``spread``) — the fleet replay compares baselines with it.
     """
     main = demand.containers[0]
     cons = demand.constraints
@@ -481,7 +482,7 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
     why: dict[int, str] = {}  # node index -> why not
     best: dict[int, tuple[float, int, int]] = {}  # node index -> (score, row, col); row -1: greedy plan
     waste_of: dict[int, int] = {}  # node index -> VRAM granted beyond the request (whole devices)
-    policy = get_policy("hcs" if cons.policy == "binpack" else "spread")
+    policy = get_policy(policy_name or ("hcs" if cons.policy == "binpack" else "spread"))
     free_v = table.vram - uv
     free_t = table.tflops - ut
     row_node = table.row_node

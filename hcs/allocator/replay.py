@@ -24,6 +24,17 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from hcs.allocator.inventory import A100_FP16_TFLOPS, DeviceInfo, NodeInventory
+from hcs.allocator.placement import (
+    Constraints,
+    ContainerDemand,
+    DeviceTable,
+    PodDemand,
+    PodRef,
+    device_count,
+    plan_table,
+    share_milli,
+)
 from hcs.allocator.policies import (
     WHOLE,
     IntArray,
@@ -159,8 +170,12 @@ def load_pods(path: str | Path) -> list[TracePod]:
 
 def arrival_order(pods: Sequence[TracePod], capacity: int, seed: int, inflation: float = 1.3) -> list[int]:
     """Indices of the arriving pods: the trace plus resampled copies, shuffled, up to ``inflation``."""
+    return _arrivals(np.array([p.request.gpu_demand for p in pods], dtype=np.int64), capacity, seed, inflation)
+
+
+def _arrivals(demand: IntArray, capacity: int, seed: int, inflation: float) -> list[int]:
     rng = np.random.default_rng(seed)
-    demand = np.array([p.request.gpu_demand for p in pods], dtype=np.int64)
+    pods = demand
     target = inflation * capacity
     idx = list(range(len(pods)))
     total = int(demand.sum())
@@ -389,3 +404,197 @@ def derive_constrained(source: str | Path, dest: str | Path, fraction: float, se
             writer.writerow({**r, "gpu_spec": pool[int(rng.integers(len(pool)))] if i in chosen else ""})
     tmp.replace(out)
     return out
+
+
+# --------------------------------------------------------------------------- heterogeneous fleets
+
+FLEET_NODE_COLUMNS = ("sn", "cpu_milli", "memory_mib", "gpu", "model", "vendor", "vram_mib", "rate")
+FLEET_POD_COLUMNS = ("name", "cpu_milli", "memory_mib", "vram_mib", "tflops")
+MIB = 2**20
+NO_MODEL = frozenset({"\0none"})  # the allowed set of a pod no model of the fleet can serve
+
+
+def is_fleet(nodes: str | Path) -> bool:
+    """A node list with per-device VRAM and exchange rates (``vendor,vram_mib,rate`` columns)."""
+    try:
+        with Path(nodes).open(newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except OSError as exc:
+        raise ConfigError(f"{nodes}: cannot read ({exc.strerror}); pass an existing CSV file") from exc
+    return all(c in header for c in FLEET_NODE_COLUMNS)
+
+
+def load_fleet(path: str | Path) -> list[NodeInventory]:
+    """A mixed fleet: ``gpu`` devices of ``model`` (``vendor``) per node, ``vram_mib`` each, offering
+    ``rate`` × 312 A100-equivalent TFLOPS (``rate``: the model's exchange rate)."""
+    p = Path(path)
+    rows = _rows(p, FLEET_NODE_COLUMNS)
+    if not rows:
+        raise ConfigError(f"{p}: no nodes; the file needs at least one data row")
+    out = []
+    for i, r in enumerate(rows, start=2):
+        g = _int(r, "gpu", p, i)
+        if not 0 <= g <= MAX_GPUS:
+            raise ConfigError(f"{p}:{i}: gpu={g} is outside 0..{MAX_GPUS}")
+        try:
+            rate = float(r["rate"])
+        except ValueError:
+            raise ConfigError(f"{p}:{i}: column 'rate' must be a number, got {r['rate']!r}") from None
+        if rate <= 0 or _int(r, "vram_mib", p, i) <= 0:
+            raise ConfigError(f"{p}:{i}: vram_mib and rate must be > 0")
+        model, vendor = r["model"].strip(), r["vendor"].strip()
+        devs = tuple(DeviceInfo(f"{vendor}-{j}", vendor, model, f"{r['sn']}-{j}", j, _int(r, "vram_mib", p, i) * MIB,
+                                int(round(rate * A100_FP16_TFLOPS * 1000))) for j in range(g))
+        out.append(NodeInventory(r["sn"], devs, _int(r, "cpu_milli", p, i), _int(r, "memory_mib", p, i) * MIB))
+    return out
+
+
+def load_fleet_pods(path: str | Path) -> list[PodDemand]:
+    """Pods asking VRAM (MiB) and A100-equivalent TFLOPS in abstract units; ``gpu_spec`` lists models."""
+    p = Path(path)
+    rows = _rows(p, FLEET_POD_COLUMNS)
+    pods = []
+    for i, r in enumerate(rows, start=2):
+        try:
+            tflops = float(r["tflops"])
+        except ValueError:
+            raise ConfigError(f"{p}:{i}: column 'tflops' must be a number, got {r['tflops']!r}") from None
+        vram = _int(r, "vram_mib", p, i)
+        if vram <= 0 and tflops <= 0:
+            raise ConfigError(f"{p}:{i}: a fleet pod asks vram_mib or tflops (> 0)")
+        spec = frozenset(s.strip() for s in (r.get("gpu_spec") or "").split("|") if s.strip())
+        pods.append(PodDemand(PodRef(f"u{i}", "replay", r["name"]),
+                              (ContainerDemand("main", vram * MIB, int(round(tflops * 1000))),),
+                              Constraints(models_in=spec), _int(r, "cpu_milli", p, i),
+                              _int(r, "memory_mib", p, i) * MIB))
+    if not pods:
+        raise ConfigError(f"{p}: no pods; the file needs at least one data row")
+    return pods
+
+
+def fleet_targets(table: DeviceTable, pods: Sequence[PodDemand]) -> dict[str, TargetWorkload]:
+    """The whole trace's pod mix as target workload in each model's units, with model constraints."""
+    out: dict[str, TargetWorkload] = {}
+    for model, dev in table.reference.items():
+        allowed = [frozenset(m for m, d in table.reference.items() if p.constraints.allows(d)) for p in pods]
+        everything = frozenset(table.models)
+        reqs = []
+        for p, a in zip(pods, allowed, strict=True):
+            c = p.containers[0]
+            k = device_count(c, dev)
+            reqs.append(Request(p.cpu_milli, p.memory_bytes, k, share_milli(c, dev) if k == 1 else WHOLE,
+                                frozenset() if a == everything else a or NO_MODEL))
+        out[model] = TargetWorkload.from_requests(reqs, models=table.models)
+    return out
+
+
+def simulate_fleet(nodes: Sequence[NodeInventory], pods: Sequence[PodDemand], policy_name: str, seed: int, *,
+                   inflation: float = 1.0, targets: dict[str, TargetWorkload] | None = None,
+                   table: DeviceTable | None = None) -> SeedResult:
+    """One seed of a mixed-fleet replay through the allocator's own planner (:func:`plan_table`).
+
+    Capacity and demand are A100-equivalent TFLOPS: pods arrive (resampled, shuffled) until their
+    TFLOPS reach ``inflation`` × the fleet's; the allocation ratio is the TFLOPS granted (a share: what
+    the pod asked; whole devices: the devices) over the fleet's, read when arrivals reach 100%.
+    """
+    get_policy(policy_name)
+    table = table or DeviceTable.build(list(nodes))
+    targets = targets or fleet_targets(table, pods)
+    capacity = int(table.tflops[table.present].sum())
+    demand = np.array([p.containers[0].tflops_milli for p in pods], dtype=np.int64)
+    order = _arrivals(demand, capacity, seed, max(inflation, 1.3))
+    rng = np.random.default_rng(seed + 7919)
+    usage: dict[str, dict[str, tuple[int, int]]] = {}
+    cpu_mem: dict[str, tuple[int, int]] = {}
+    uv, ut = table.scatter(usage)
+    arrived = allocated = placed = skipped = 0
+    ratio_at_100 = -1.0
+    lat: list[float] = []
+    wall: list[float] = []
+    for i in order:
+        pod = pods[i]
+        d = int(demand[i])
+        if arrived + d > capacity and ratio_at_100 < 0:
+            ratio_at_100 = 100.0 * allocated / capacity
+        if arrived + d > inflation * capacity:
+            break
+        arrived += d
+        t0 = time.perf_counter()
+        c0 = time.thread_time_ns()
+        got = plan_table(pod, table, usage, cpu_mem, targets.__getitem__, rng, proposals=1, used=(uv, ut),
+                         best_only=True, policy_name=policy_name)
+        lat.append((time.thread_time_ns() - c0) / 1e6)
+        wall.append((time.perf_counter() - t0) * 1000.0)
+        if not got or got[0].plan is None:
+            skipped += 1
+            continue
+        plan = got[0].plan
+        nu = usage.setdefault(plan.node, {})
+        for _, grants in plan.containers:
+            for g in grants:
+                u = nu.get(g.device, (0, 0))
+                nu[g.device] = (u[0] + g.vram_bytes, u[1] + g.tflops_milli)
+                rc = table.where[(plan.node, g.device)]
+                uv[rc] += g.vram_bytes
+                ut[rc] += g.tflops_milli
+                allocated += g.tflops_milli
+        cm = cpu_mem.get(plan.node, (0, 0))
+        cpu_mem[plan.node] = (cm[0] + pod.cpu_milli, cm[1] + pod.memory_bytes)
+        placed += 1
+    if ratio_at_100 < 0:
+        ratio_at_100 = 100.0 * allocated / capacity
+    return SeedResult(ratio_at_100, 0.0, placed, skipped, np.array(lat), (), np.array(wall))
+
+
+def replay_fleet(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], seeds: Sequence[int], *,
+                 inflation: float = 1.0) -> list[PolicyResult]:
+    fleet = load_fleet(nodes)
+    pods = load_fleet_pods(pods_csv)
+    for name in policies:
+        get_policy(name)
+    table = DeviceTable.build(fleet)
+    targets = fleet_targets(table, pods)
+    return [PolicyResult(name, tuple(simulate_fleet(fleet, pods, name, s, inflation=inflation, targets=targets,
+                                                    table=table) for s in seeds)) for name in policies]
+
+
+#: openb model -> (vendor, catalog model, VRAM GiB, exchange rate) for the derived mixed fleet
+MIXED_FLEET = {"G2": ("nvidia", "a100-80g", 80, 1.0), "G3": ("ascend", "910b3", 64, 0.85),
+               "T4": ("nvidia", "t4", 16, 0.2083), "P100": ("hygon", "k100", 64, 0.6),
+               "V100M16": ("cambricon", "mlu370-x8", 48, 0.3077), "V100M32": ("nvidia", "v100", 32, 0.4006),
+               "A10": ("nvidia", "a10", 24, 0.4006)}
+def derive_mixed_fleet(nodes_csv: str | Path, pods_csv: str | Path, out_dir: str | Path, *,
+                       every: int = 4, pods: int = 2000) -> tuple[Path, Path]:
+    """The mixed-fleet scenario from openb: every ``every``-th openb node, its model mapped by
+    :data:`MIXED_FLEET` to a vendor/model with that model's VRAM and exchange rate; the first
+    ``pods`` pods of ``pods_csv``, a share ``m`` of one GPU asking ``m``/1000 of the fleet's *average*
+    device (mean VRAM, mean TFLOPS over its devices, so the trace's host CPU/memory per unit of device
+    demand stays as in openb), a ``k``-GPU pod ``k`` times it, ``gpu_spec`` mapped the same way."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    src_nodes = _rows(Path(nodes_csv), ("sn", "cpu_milli", "memory_mib", "gpu", "model"))
+    n_path, p_path = out / "mixed_fleet_nodes.csv", out / "mixed_fleet_pods.csv"
+    kept = src_nodes[::every]
+    devices = sum(int(r["gpu"]) for r in kept)
+    ref_mib = sum(int(r["gpu"]) * MIXED_FLEET[r["model"].strip()][2] * 1024 for r in kept) / devices
+    ref_tflops = sum(int(r["gpu"]) * MIXED_FLEET[r["model"].strip()][3] for r in kept) * A100_FP16_TFLOPS / devices
+    with n_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(FLEET_NODE_COLUMNS)
+        for r in kept:
+            vendor, model, gib, rate = MIXED_FLEET[r["model"].strip()]
+            w.writerow([r["sn"], r["cpu_milli"], r["memory_mib"], r["gpu"], model, vendor, gib * 1024, rate])
+    with p_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow((*FLEET_POD_COLUMNS, "gpu_spec"))
+        for tp in load_pods(pods_csv):
+            q = tp.request
+            if q.count == 0:
+                continue
+            share = q.milli / WHOLE if q.count == 1 else float(q.count)
+            spec = "|".join(sorted({MIXED_FLEET[m][1] for m in tp.models if m in MIXED_FLEET}))
+            w.writerow([tp.name, q.cpu, q.mem, round(share * ref_mib), round(share * ref_tflops, 3), spec])
+            pods -= 1
+            if pods == 0:
+                break
+    return n_path, p_path

@@ -22,9 +22,12 @@ def register(subparsers: Any) -> None:
         "per seed, resampled to 130%% of GPU capacity; reports the GPU allocation ratio when arrived "
         "demand reaches 100%% of capacity, fragmentation and decision latency.",
     )
-    p.add_argument("--nodes", required=True, help="node list CSV (sn,cpu_milli,memory_mib,gpu,model)")
+    p.add_argument("--nodes", required=True,
+                   help="node list CSV (sn,cpu_milli,memory_mib,gpu,model; a mixed fleet adds vendor,vram_mib,rate "
+                   "per device model)")
     p.add_argument("--pods", required=True,
-                   help="pod list CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec])")
+                   help="pod list CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec]; for a mixed fleet "
+                   "name,cpu_milli,memory_mib,vram_mib,tflops[,gpu_spec] in MiB and A100-equivalent TFLOPS)")
     p.add_argument("--policy", default="hcs",
                    help=f"comma-separated policy names: {', '.join(POLICIES)} (default hcs)")
     p.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..K-1 (default 10)")
@@ -59,8 +62,14 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
     inflation = 1.3 if args.plot else 1.0
-    results = rp.replay(args.nodes, args.pods, policies, list(range(args.seeds)), inflation=inflation,
-                        weights=_weights(args.weight), target_mode=args.target)
+    if rp.is_fleet(args.nodes):  # a mixed fleet: VRAM/TFLOPS pods through the allocator's planner
+        if args.plot or args.weight or args.target != "trace":
+            raise ConfigError("a mixed-fleet replay (node list with vendor,vram_mib,rate) takes no --plot, "
+                              "--weight or --target")
+        results = rp.replay_fleet(args.nodes, args.pods, policies, list(range(args.seeds)))
+    else:
+        results = rp.replay(args.nodes, args.pods, policies, list(range(args.seeds)), inflation=inflation,
+                            weights=_weights(args.weight), target_mode=args.target)
     if args.plot:
         rp.plot(results, args.plot, title=f"{args.pods} ({args.seeds} seeds)")
     summary = {r.name: r.summary() for r in results}

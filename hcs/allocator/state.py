@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,9 +45,16 @@ MixArrays = tuple[FloatArray, FloatArray, IntArray, IntArray, list[frozenset[str
 class NoFit(HcsError):
     """No node can take the request; ``verdicts`` say why, per node."""
 
-    def __init__(self, message: str, verdicts: Sequence[Verdict] = ()) -> None:
+    def __init__(self, message: str, verdicts: Sequence[Verdict] | Callable[[], Sequence[Verdict]] = ()) -> None:
         super().__init__(message)
-        self.verdicts = tuple(verdicts)
+        self._verdicts = verdicts
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        """Per node (computed on first use when the refusal was made without them)."""
+        if callable(self._verdicts):
+            self._verdicts = tuple(self._verdicts())
+        return tuple(self._verdicts)
 
 
 class Conflict(HcsError):
@@ -161,7 +168,7 @@ class AllocatorState:
                 a = sets.get(cons)
                 if a is None:
                     a = frozenset(m for m, d in table.reference.items() if cons.allows(d))
-                    a = sets[cons] = frozenset() if a == everything else a
+                    a = sets[cons] = frozenset() if a == everything else a or frozenset({"\0none"})
                 allowed.append(a)
             n = len(items)
             out = (np.fromiter((c.vram_bytes for c, _, _, _ in items), dtype=np.float64, count=n),
@@ -209,9 +216,12 @@ class AllocatorState:
             verdicts = self.explain(demand, [node] if node else None, proposals=1, best_only=True)
             best = next((v for v in verdicts if v.fits and v.plan is not None), None)
             if best is None or best.plan is None:
-                verdicts = self.explain(demand, [node] if node else None, proposals=1)  # with the reasons
-                reasons = "; ".join(f"{v.node}: {v.reason}" for v in verdicts[:5]) or "no nodes with HCS devices"
-                raise NoFit(f"pod {demand.pod.ref} fits no node ({reasons})", verdicts)
+                # the reasons for the message only (every node's verdict is computed if asked for)
+                head = self.explain(demand, [node] if node else sorted(self._nodes)[:5], proposals=1)
+                reasons = "; ".join(f"{v.node}: {v.reason}" for v in head[:5]) or "no nodes with HCS devices"
+                scope = [node] if node else None
+                raise NoFit(f"pod {demand.pod.ref} fits no node ({reasons})",
+                            lambda: self.explain(demand, scope, proposals=1))
             res = Reservation(demand.pod, best.plan.node, best.plan.containers, PENDING,
                               int(time.time() * 1000), demand.cpu_milli, demand.memory_bytes)
             self._apply(res)
