@@ -4,8 +4,9 @@ Prints one JSON object: per trace the ``hcs replay`` output plus the published F
 trace was used to tune ``hcs``'s weights (``role``: ``tuning`` / ``validation``) and whether ``hcs``
 beats the published figure and every baseline; writes one PNG per trace next to ``--out``. Traces the
 directory lacks but the FGD paper reports (``gpuspec33``) and ``gpuspec25`` are derived from
-``gpuspec20`` with :func:`hcs.allocator.replay.derive_constrained` (``derived: true``). Exits 1 when
-``hcs`` loses anywhere. Progress goes to stderr.
+``gpuspec20`` with :func:`hcs.allocator.replay.derive_constrained` (``derived: true``). ``mixed_fleet``
+is the heterogeneous scenario in ``bench/data/`` (:func:`hcs.allocator.replay.derive_mixed_fleet`),
+replayed through the allocator's planner. Exits 1 when ``hcs`` loses anywhere. Progress goes to stderr.
 
     .venv/bin/python bench/replay.py [--seeds 10] [--out bench/out] [--traces gpuspec10,...]
 """
@@ -34,10 +35,13 @@ PUBLISHED_FGD = {"default": 95.23, "gpushare40": 93.96, "gpushare80": 89.08, "mu
 TUNING = {"gpushare40", "multigpu50", "gpuspec10", "gpuspec20"}
 #: traces derived when the directory lacks them: name -> (source trace, constrained fraction, seed)
 DERIVED = {"gpuspec25": ("gpuspec20", 0.25, 25), "gpuspec33": ("gpuspec20", 0.33, 33)}
+FLEET = Path(__file__).resolve().parent / "data"
 
 
 def _traces(src: Path, out_dir: Path, only: str) -> dict[str, tuple[Path, bool]]:
     found = {p.name[len("openb_pod_list_"):-4]: (p, False) for p in sorted(src.glob("openb_pod_list_*.csv"))}
+    if (FLEET / "mixed_fleet_pods.csv").exists():
+        found["mixed_fleet"] = (FLEET / "mixed_fleet_pods.csv", True)
     for name, (base, fraction, seed) in DERIVED.items():
         if name not in found and base in found:
             dest = Path(tempfile.mkdtemp(prefix="hcs-replay-")) / f"openb_pod_list_{name}.csv"
@@ -65,10 +69,14 @@ def main() -> int:
     ok = True
     for trace, (pods, derived) in _traces(Path(args.dir), out_dir, args.traces).items():
         print(f"replay: {trace} ({len(policies)} policies x {args.seeds} seeds)", file=sys.stderr, flush=True)
-        results = rp.replay(Path(args.dir) / "openb_node_list_gpu_node.csv", pods, policies,
-                            list(range(args.seeds)), inflation=1.3)
-        png = out_dir / f"replay_{trace}.png"
-        rp.plot(results, png, title=f"openb {trace}, {args.seeds} seeds")
+        png: Path | None = None
+        if trace == "mixed_fleet":
+            results = rp.replay_fleet(FLEET / "mixed_fleet_nodes.csv", pods, policies, list(range(args.seeds)))
+        else:
+            results = rp.replay(Path(args.dir) / "openb_node_list_gpu_node.csv", pods, policies,
+                                list(range(args.seeds)), inflation=1.3)
+            png = out_dir / f"replay_{trace}.png"
+            rp.plot(results, png, title=f"openb {trace}, {args.seeds} seeds")
         summary = {r.name: r.summary() for r in results}
         means = {n: float(s["allocation_ratio_mean"]) for n, s in summary.items()}  # type: ignore[arg-type]
         hcs_mean = means.get("hcs", float("nan"))
@@ -77,7 +85,7 @@ def main() -> int:
         ok &= beats
         report[trace] = {"policies": summary, "published_fgd_mean": PUBLISHED_FGD.get(trace),
                          "role": "tuning" if trace in TUNING else "validation", "derived": derived,
-                         "hcs_beats_published_fgd_and_baselines": beats, "plot": str(png)}
+                         "hcs_beats_published_fgd_and_baselines": beats, "plot": str(png) if png else None}
         print(f"replay: {trace} hcs {hcs_mean:.2f} best other {best_other:.2f}", file=sys.stderr, flush=True)
     report["pass"] = ok
     print(json.dumps(report))
