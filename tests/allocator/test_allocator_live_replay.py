@@ -10,8 +10,12 @@ milli is exactly ``m`` MiB on every model.
 
 from __future__ import annotations
 
+import contextlib
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,6 +23,7 @@ import pytest
 
 from hcs.allocator import replay as rp
 from hcs.allocator.inventory import DeviceInfo, NodeInventory
+from hcs.allocator.placement import demand_from_pod
 from hcs.allocator.policies import RecentMix
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
@@ -41,10 +46,10 @@ def _cluster_csv(path: Path) -> list[tuple[str, int, int, int, str]]:
     return nodes
 
 
-def _pods_csv(path: Path) -> None:
+def _pods_csv(path: Path, n: int = 400) -> None:
     rng = np.random.default_rng(7)
     rows = []
-    for i in range(400):
+    for i in range(n):
         k = int(rng.choice([1, 1, 1, 1, 2, 4, 8]))
         milli = int(rng.choice([100, 250, 300, 500, 700, 1000])) if k == 1 else 1000
         spec = ""
@@ -106,3 +111,109 @@ def test_live_allocator_makes_the_replays_decisions(live: Live, tmp_path: Path) 
     assert placed > 60 and skipped > 10
     assert sum(1 for i, node, _ in decisions if node and pods[i].models) > 10
     assert sum(1 for i, node, _ in decisions if node and pods[i].request.count > 1) > 5
+
+
+@pytest.mark.cluster
+def test_against_the_api_server_the_extender_binds_what_the_replay_places(api_client: Any, tmp_path: Path) -> None:
+    """The same comparison through the real kube-apiserver: Nodes and ComputeNodes are API objects the
+    allocator syncs, every pod is a real Pod (requests, ``hcs.io/model`` annotation) that the extender
+    filters and binds — its ``hcs.io/assignment`` annotation, read back from the API server, must name
+    the replay's node and devices. The scheduler's choice is played by taking the node the extender
+    scores highest (it always gives the allocator's first choice the maximum)."""
+    from hcs.allocator.extender import Extender
+    from hcs.allocator.kube import CN_PATH, KubeSync
+    from hcs.allocator.placement import ANN_ASSIGNMENT
+    from hcs.allocator.service import reservation_from_annotation
+    from hcs.kube import KubeError, KubeRest
+    from hcs.node.computenode import install_crd
+
+    rest = KubeRest(api_client)
+    install_crd(rest)
+    tag = uuid.uuid4().hex[:5]
+    rng = np.random.default_rng(11)
+    nodes = []
+    for i in range(16):
+        gpus, cpu, mem = SHAPES[int(rng.integers(len(SHAPES)))]
+        nodes.append((f"hcs-lr-{tag}-{i:02d}", cpu, mem, gpus, MODELS[i % len(MODELS)]))
+    (tmp_path / "nodes.csv").write_text("sn,cpu_milli,memory_mib,gpu,model\n" + "".join(
+        f"{n},{c},{m},{g},{mo}\n" for n, c, m, g, mo in nodes))
+    _pods_csv(tmp_path / "pods.csv", 200)
+    cluster = rp.load_nodes(tmp_path / "nodes.csv")
+    pods = rp.load_pods(tmp_path / "pods.csv")
+    decisions: list[tuple[int, str, tuple[int, ...]]] = []
+    rp.simulate(cluster, pods, "hcs", 1, rp.target_of(pods), inflation=1.3, mix=RecentMix(), decisions=decisions)
+    created: list[str] = []
+    deadline = time.time() + 60
+    while True:  # the CRD is served once established
+        try:
+            rest.request("GET", CN_PATH)
+            break
+        except KubeError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        for name, cpu, mem, gpus, model in nodes:
+            alloc = {"cpu": f"{cpu}m", "memory": f"{mem}Mi", "pods": "500"}
+            rest.request("POST", "/api/v1/nodes", body={"apiVersion": "v1", "kind": "Node",
+                                                         "metadata": {"name": name},
+                                                         "status": {"capacity": alloc, "allocatable": alloc}})
+            devices = [{"name": f"nvidia-{j}", "vendor": "nvidia", "model": model, "uuid": f"GPU-{name}-{j}",
+                        "index": j, "vramBytes": 1000 * MIB,
+                        "compute": {"fp16Tflops": 312, "fp32Tflops": 19.5, "int8Tops": 624, "rate": 1.0},
+                        "topology": {"busId": f"0000:{j:02x}:00.0", "numaNode": 0, "island": ""},
+                        "healthScore": 100} for j in range(gpus)]
+            rest.request("POST", CN_PATH, body={"apiVersion": "hetero.zrs.io/v1alpha1", "kind": "ComputeNode",
+                                                "metadata": {"name": name},
+                                                "spec": {"nodeName": name, "vendor": "nvidia", "devices": devices}})
+        state = AllocatorState()
+        sync = KubeSync(rest, state)
+        sync.sync_inventory()
+        names = [n[0] for n in nodes]
+        for inv in state.nodes():  # other tests' nodes share this API server
+            if inv.name not in names:
+                state.remove_node(inv.name)
+        ext = Extender(state, sync)
+        placed = refused = 0
+        for n, (i, node, devs) in enumerate(decisions):
+            p = pods[i]
+            r = p.request
+            vram = f"{r.milli}Mi" if r.count == 1 else f"{r.count * 1000}Mi"
+            ann = {"hcs.io/model": ",".join(sorted(p.models))} if p.models else {}
+            pod = rest.request("POST", "/api/v1/namespaces/default/pods", body={
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"hcs-lr-{tag}-{n}", "namespace": "default", "annotations": ann},
+                "spec": {"schedulerName": "hcs-scheduler", "containers": [{
+                    "name": "main", "image": "busybox", "command": ["sleep", "3600"],
+                    "resources": {"requests": {"ai.compute/vram": vram, "cpu": f"{r.cpu}m",
+                                               "memory": f"{r.mem}Mi"},
+                                  "limits": {"ai.compute/vram": vram}}}]}})
+            created.append(pod["metadata"]["name"])
+            out = ext.filter({"Pod": pod, "NodeNames": names})
+            if not node:
+                assert out["NodeNames"] == [], (n, p, out["NodeNames"])
+                refused += 1
+                continue
+            scores = {s["Host"]: s["Score"] for s in ext.prioritize({"Pod": pod, "NodeNames": out["NodeNames"]})}
+            top = max(scores.values())
+            first = next(v.node for v in state.explain(demand_from_pod(pod), names, proposals=0) if v.fits)
+            assert scores[first] == top
+            result = ext.bind({"PodName": pod["metadata"]["name"], "PodNamespace": "default",
+                               "PodUID": pod["metadata"]["uid"], "Node": first})
+            assert result["Error"] == ""
+            live = sync.get_pod("default", pod["metadata"]["name"])
+            res = reservation_from_annotation(live["metadata"]["annotations"][ANN_ASSIGNMENT])
+            got = (res.node, tuple(sorted(g.index for g in res.grants())))
+            assert live["spec"]["nodeName"] == node and got == (node, devs), f"arrival {n} ({p}): {got}"
+            placed += 1
+        # past the live mix's warm-up (16), with constrained pods and refusals
+        assert placed > 30 and refused > 3, (placed, refused)
+        assert sum(1 for i, node, _ in decisions if node and pods[i].models) > 5
+    finally:
+        for name in created:
+            with contextlib.suppress(KubeError):
+                rest.request("DELETE", f"/api/v1/namespaces/default/pods/{name}", query={"gracePeriodSeconds": "0"})
+        for name, *_ in nodes:
+            for path in (f"{CN_PATH}/{name}", f"/api/v1/nodes/{name}"):
+                with contextlib.suppress(KubeError):
+                    rest.request("DELETE", path)
