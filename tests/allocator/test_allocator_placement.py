@@ -281,3 +281,20 @@ def test_across_models_the_least_wasteful_placement_wins() -> None:
     big = s.reserve(pod("big", (160 * GI, 0), cons=Constraints(high_bandwidth=True)))
     assert big.node == "a100" and [g.vram_bytes for g in big.grants()] == [80 * GI, 80 * GI]
     s.check_invariants()
+
+
+def test_live_target_carries_the_real_cpu_memory_and_model_mix() -> None:
+    """The live target workload is built from what was placed: CPU and memory per device share (the
+    stranding term's input; zero before this was fixed) and the model constraints (the scarcity term's)."""
+    s = state(node("a", [dev(i) for i in range(8)], cpu=64_000, mem=256 * GI),
+              node("t", [dev(i, "t4", vram=16 * GI, tflops=65_000) for i in range(8)], cpu=64_000, mem=256 * GI))
+    for i in range(20):
+        cons = Constraints(models_in=frozenset({"t4"})) if i % 4 == 0 else Constraints()
+        s.reserve(PodDemand(PodRef(f"p{i}", "d", f"p{i}"), (ContainerDemand("c", 4 * GI, 0),), cons, 2000, 8 * GI))
+    t = s._target("a100-80g")
+    assert t.cpu_per_milli > 0 and t.mem_per_milli > 0
+    assert t.models == ("a100-80g", "t4")
+    assert t.sets is not None and t.sets.tolist() == [[False, True]]  # the t4-only pods
+    assert t.set_share is not None and t.set_share[0] == pytest.approx(5 / 20, rel=0.2)  # decayed share
+    # on the T4 the same 4Gi request is a quarter of a device, on the A100 a twentieth
+    assert s._target("t4").milli.tolist() == [250] and t.milli.tolist() == [50]

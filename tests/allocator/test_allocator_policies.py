@@ -241,3 +241,16 @@ def test_model_aware_delta_matches_brute_force(gpu_free: list[list[int]], milli:
             after[g] -= milli
             expect = P.node_fragmentation(t, after[None, :], v.cpu_free[c:c + 1] - 1000, m[c:c + 1])[0] - before[c]
             assert delta[c, g] == pytest.approx(expect, abs=1e-6)
+
+
+def test_recent_mix_weighs_newer_requests_more_and_starts_from_the_default_mix() -> None:
+    mix: P.RecentMix[P.Request] = P.RecentMix(history=4, decay=0.5, warmup=2)
+    assert mix.target(lambda r: r).milli.tolist() == sorted(set(P.DEFAULT_MIX))  # warming up
+    for milli in (100, 200, 300, 400, 500):  # the oldest (100) falls out of the window of 4
+        mix.add(P.Request(1000, 0, 1, milli))
+    t = mix.target(lambda r: r)
+    assert t.milli.tolist() == [200, 300, 400, 500]
+    w = t.weights(np.array([1000]))[0]
+    assert w.tolist() == pytest.approx([1 / 15, 2 / 15, 4 / 15, 8 / 15])  # 0.125 : 0.25 : 0.5 : 1
+    with pytest.raises(ConfigError, match="decay"):
+        P.RecentMix(decay=0)
