@@ -581,25 +581,37 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
         cand_score.append(row_best[fit_idx])
         cand_row.append(rows[fit_idx])
         cand_col.append(cols[fit_idx])
+    ranked: list[tuple[int, tuple[float, int, int]]] = []
     if cand_node:
         cn, cs = np.concatenate(cand_node), np.concatenate(cand_score)
         cr, cc, cw = np.concatenate(cand_row), np.concatenate(cand_col), np.concatenate(cand_waste)
-        order = np.lexsort((-cs, cw))  # least waste first, then the policy's score
-        _, first = np.unique(cn[order], return_index=True)
-        sel = order[first]
-        for ni, sc, r, c, w in zip(cn[sel].tolist(), cs[sel].tolist(), cr[sel].tolist(), cc[sel].tolist(),
-                                   cw[sel].tolist(), strict=True):
-            best[ni] = (sc, r, c)
-            waste_of[ni] = w
-    for ni in multi_ok - best.keys():  # container 0 fits no single model, yet the greedy plan fits
-        best[ni] = (GREEDY, -1, -1)
-        waste_of[ni] = 2**62  # ranks after every single-model plan
-        why.pop(ni, None)
-    ids = np.fromiter(best.keys(), dtype=np.int64, count=len(best))
-    scores_of = np.array([best[i][0] for i in ids.tolist()], dtype=np.float64)
-    wastes = np.array([waste_of[i] for i in ids.tolist()], dtype=np.int64)
-    # least waste, then the best score, then the node name
-    ranked = [(ni, best[ni]) for ni in ids[np.lexsort((table.name_rank[ids], -scores_of, wastes))].tolist()]
+        if best_only and not multi_ok:  # a reservation: the first few nodes only, straight from the rows
+            seen: set[int] = set()
+            for j in np.lexsort((table.name_rank[cn], -cs, cw)).tolist():
+                ni = int(cn[j])
+                if ni not in seen:
+                    seen.add(ni)
+                    ranked.append((ni, (float(cs[j]), int(cr[j]), int(cc[j]))))
+                    if len(ranked) >= proposals:
+                        break
+        else:
+            order = np.lexsort((-cs, cw))  # least waste first, then the policy's score
+            _, first = np.unique(cn[order], return_index=True)
+            sel = order[first]
+            for ni, sc, r, c, w in zip(cn[sel].tolist(), cs[sel].tolist(), cr[sel].tolist(), cc[sel].tolist(),
+                                       cw[sel].tolist(), strict=True):
+                best[ni] = (sc, r, c)
+                waste_of[ni] = w
+    if not ranked:
+        for ni in multi_ok - best.keys():  # container 0 fits no single model, yet the greedy plan fits
+            best[ni] = (GREEDY, -1, -1)
+            waste_of[ni] = 2**62  # ranks after every single-model plan
+            why.pop(ni, None)
+        ids = np.fromiter(best.keys(), dtype=np.int64, count=len(best))
+        scores_of = np.array([best[i][0] for i in ids.tolist()], dtype=np.float64)
+        wastes = np.array([waste_of[i] for i in ids.tolist()], dtype=np.int64)
+        # least waste, then the best score, then the node name
+        ranked = [(ni, best[ni]) for ni in ids[np.lexsort((table.name_rank[ids], -scores_of, wastes))].tolist()]
     finite_scores = [sc for _, (sc, _, _) in ranked if sc > GREEDY]
     lo, hi = (min(finite_scores), max(finite_scores)) if finite_scores else (0.0, 0.0)
     out: list[Verdict] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -88,6 +89,9 @@ class AllocatorState:
         #: (device VRAM, milli-TFLOPS) -> (generation, table, target): the target in that device's units
         self._targets: dict[tuple[int, int], tuple[int, object, TargetWorkload]] = {}
         self._mix_cache: tuple[int, object, MixArrays | None] | None = None
+        #: the mix's items converted for the planner's table (aligned with the newest items)
+        self._rows: deque[tuple[int, int, int, int, frozenset[str]]] = deque(maxlen=history)
+        self._rows_of: tuple[object, int] = (None, 0)  # (table, mix generation converted up to)
         self._table: DeviceTable | None = None
         self._used: tuple[Any, Any] | None = None  # (R, W) arrays in step with _usage while _table lives
         self.version = 0  # bumped by every change of inventory or usage
@@ -161,20 +165,20 @@ class AllocatorState:
         out = None
         if got is not None:
             items, weights = got
+            if self._rows_of[0] is not table:  # allowed sets are over this inventory's models
+                self._rows_of = (table, self._mix.generation - len(items))
+                self._rows.clear()
+            new = min(len(items), self._mix.generation - self._rows_of[1])
             everything = frozenset(table.models)
-            sets: dict[Constraints, frozenset[str]] = {}
-            allowed = []
-            for _, _, _, cons in items:
-                a = sets.get(cons)
-                if a is None:
-                    a = frozenset(m for m, d in table.reference.items() if cons.allows(d))
-                    a = sets[cons] = frozenset() if a == everything else a or frozenset({"\0none"})
-                allowed.append(a)
-            n = len(items)
-            out = (np.fromiter((c.vram_bytes for c, _, _, _ in items), dtype=np.float64, count=n),
-                   np.fromiter((c.tflops_milli for c, _, _, _ in items), dtype=np.float64, count=n),
-                   np.fromiter((i[1] for i in items), dtype=np.int64, count=n),
-                   np.fromiter((i[2] for i in items), dtype=np.int64, count=n), allowed, weights)
+            for c, cpu, mem, cons in items[len(items) - new:]:  # each item converted once
+                a = frozenset(m for m, d in table.reference.items() if cons.allows(d))
+                a = frozenset() if a == everything else a or frozenset({"\0none"})
+                self._rows.append((c.vram_bytes, c.tflops_milli, cpu, mem, a))
+            self._rows_of = (table, self._mix.generation)
+            rows = list(self._rows)
+            cols = np.array([r[:4] for r in rows], dtype=np.float64).reshape(-1, 4)
+            out = (cols[:, 0], cols[:, 1], np.array([r[2] for r in rows], dtype=np.int64),
+                   np.array([r[3] for r in rows], dtype=np.int64), [r[4] for r in rows], weights)
         self._mix_cache = (self._mix.generation, table, out)
         return out
 
