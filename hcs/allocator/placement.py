@@ -520,12 +520,27 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
     cand_row: list[npt.NDArray[np.int64]] = []
     cand_col: list[npt.NDArray[np.int64]] = []
     cand_waste: list[npt.NDArray[np.int64]] = []
-    by_model: dict[str, list[int]] = defaultdict(list)
-    for rr in np.flatnonzero(live):
-        by_model[table.row_model[int(rr)]].append(int(rr))
+    # rows whose devices have one shape (VRAM, TFLOPS) share the request's shape and the target workload:
+    # one policy call for them all, each row keeping its own model (split by model when the target
+    # does not cover the table's models)
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for row in np.flatnonzero(live).tolist():
+        shape_of = table.devices[row][0]
+        by_shape[(shape_of.vram_bytes, shape_of.tflops_milli)].append(row)
+    groups: list[tuple[str, list[int], TargetWorkload]] = []
+    for rows_of_shape in by_shape.values():
+        first_model = table.row_model[rows_of_shape[0]]
+        target = target_for(first_model)
+        if target.models == table.models:
+            groups.append((first_model, rows_of_shape, target))
+            continue
+        split: dict[str, list[int]] = defaultdict(list)
+        for row in rows_of_shape:
+            split[table.row_model[row]].append(row)
+        groups.extend((m, rs, target_for(m)) for m, rs in split.items())
     model_free = table.model_free(uv, ut)
     need = _need(main)
-    for model, rows_list in by_model.items():
+    for model, rows_list, target in groups:
         rows = np.array(rows_list, dtype=np.int64)
         ref = table.devices[rows_list[0]][0]
         k = device_count(main, ref)
@@ -541,11 +556,14 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
             fm = np.where(exact, np.maximum(fm, milli), np.minimum(fm, milli - 1))  # the bytes decide
         fm = np.where(usable, fm, 0)
         ni_rows = row_node[rows]
-        target = target_for(model)
-        m_index = target.models.index(model) if model in target.models else -1
+        if target.models == table.models:
+            row_model = table.row_mi[rows]
+        else:
+            row_model = np.full(len(rows), target.models.index(model) if model in target.models else -1,
+                                dtype=np.int64)
         view = NodeView(fm, usable, np.maximum(0, cpu_total[ni_rows] - cpu_used[ni_rows]),
                         np.maximum(0, mem_total[ni_rows] - mem_used[ni_rows]), cpu_total[ni_rows],
-                        mem_total[ni_rows], table.penalty[rows], np.full(len(rows), m_index, dtype=np.int64))
+                        mem_total[ni_rows], table.penalty[rows], row_model)
         req = Request(demand.cpu_milli, demand.memory_bytes, k, milli)
         ctx = PolicyContext(rng, target, {"strand": 0.0} if not view.cpu_total.all() else {},
                             model_free if target.models == table.models else None)
