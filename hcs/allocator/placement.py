@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.policies import WHOLE, NodeView, PolicyContext, Request, TargetWorkload, get_policy
@@ -313,13 +314,44 @@ def _trial(demand: PodDemand, node: NodeInventory, devices: Sequence[DeviceInfo]
     return out, ""
 
 
-def _why_not(c: ContainerDemand, devices: Sequence[DeviceInfo], usage: Usage, high_bw: bool) -> str:
-    """Why container ``c`` fits none of ``devices`` (the node's eligible ones): see ``reasons``."""
+def reason(kind: str, *, cpu_free: int = 0) -> str:
+    """The short reasons a node cannot take a pod; what VRAM, TFLOPS, island size or the vendor/model
+    filter block is worded in ``reasons`` (through ``_why_not`` and ``_filtered``)."""
+    if kind == "no-devices":
+        return "node has no accelerator devices"
+    if kind == "unhealthy":
+        return "every matching device is unhealthy"
+    if kind == "cpu":
+        return f"insufficient CPU ({cpu_free}m free)"
+    if kind == "memory":
+        return "insufficient memory"
+    if kind == "plan":
+        return "no consistent device plan for every container"
+    raise ValueError(f"unknown reason kind {kind!r}")
+
+
+def _filtered(cons: Constraints, node: NodeInventory) -> str:
+    """Why ``node`` is out for a pod whose vendor/model filter excludes its devices (``reasons``)."""
+    from hcs.allocator.reasons import filter_shortfall
+
+    return filter_shortfall(cons.vendors_in, cons.vendors_out, cons.models_in, cons.models_out,
+                            ((d.vendor, d.model) for d in node.devices))
+
+
+def _row_devices(table: DeviceTable, r: int) -> list[DeviceInfo]:
+    """The usable (present, healthy) devices of table row ``r`` (one node and model)."""
+    return [d for d, p, h in zip(table.devices[r], table.present[r], table.healthy[r], strict=False) if p and h]
+
+
+def _why_not(c: ContainerDemand, devices: Sequence[DeviceInfo], usage: Usage, high_bw: bool,
+             named: bool = True) -> str:
+    """Why container ``c`` fits none of ``devices`` (the node's eligible ones): see ``reasons``.
+    ``named``: say which container (pods with several)."""
     from hcs.allocator.reasons import island_counts, share_shortfall, whole_shortfall
 
     ref = min(devices, key=lambda d: (device_count(c, d), -d.vram_bytes))
     k = device_count(c, ref)
-    prefix = f"container {c.name}: "
+    prefix = f"container {c.name}: " if named else ""
     if k > 1:
         same = [d for d in devices if d.model == ref.model]
         idle = sum(1 for d in same if _idle(usage.get(d.name, (0, 0))))
@@ -336,128 +368,320 @@ def _why_not(c: ContainerDemand, devices: Sequence[DeviceInfo], usage: Usage, hi
 PROPOSALS = 16  # fitting nodes that get a full device plan in a verdict (the best ones)
 
 
+@dataclass(frozen=True, eq=False)
+class DeviceTable:
+    nodes: tuple[NodeInventory, ...]
+    row_node: npt.NDArray[np.int64]  # (R,) index into nodes
+    row_model: tuple[str, ...]
+    row_vendor: tuple[str, ...]
+    devices: tuple[tuple[DeviceInfo, ...], ...]  # per row, by index
+    vram: npt.NDArray[np.int64]  # (R, W), 1 for padding (never divides by zero)
+    tflops: npt.NDArray[np.int64]  # (R, W)
+    present: npt.NDArray[np.bool_]
+    healthy: npt.NDArray[np.bool_]
+    penalty: npt.NDArray[np.float64]
+    where: Mapping[tuple[str, str], tuple[int, int]]  # (node, device name) -> (row, col)
+    node_index: Mapping[str, int]
+    row_key: npt.NDArray[np.int64]  # (R,) index into keys
+    keys: tuple[tuple[str, str], ...]  # distinct (vendor, model)
+    cpu_total: npt.NDArray[np.int64]  # (N,)
+    mem_total: npt.NDArray[np.int64]  # (N,)
+    models: tuple[str, ...] = ()  # distinct device models, sorted (the live target's model list)
+    row_mi: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (R,) into models
+    reference: Mapping[str, DeviceInfo] = field(default_factory=dict)  # model -> one device of it
+    name_rank: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,)
+
+    def free_milli(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """``(R, W)`` free milli-devices (the binding fraction left), 0 where absent or unhealthy."""
+        ratio_t = np.where(self.tflops > 0, (self.tflops - ut) / np.maximum(self.tflops, 1), 1.0)
+        fm = np.floor(WHOLE * np.minimum((self.vram - uv) / self.vram, ratio_t) + 1e-9).astype(np.int64)
+        return np.where(self.present & self.healthy, np.maximum(fm, 0), 0)
+
+    def model_free(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """``(M,)`` free milli-devices per model over the whole cluster (the scarcity term's supply)."""
+        return np.bincount(self.row_mi, weights=self.free_milli(uv, ut).sum(axis=1),
+                           minlength=len(self.models)).astype(np.float64)
+
+    def scatter(self, usage: Mapping[str, Usage]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """``(R, W)`` VRAM and milli-TFLOPS in use, from the usage map."""
+        uv = np.zeros(self.vram.shape, dtype=np.int64)
+        ut = np.zeros(self.vram.shape, dtype=np.int64)
+        for node, nu in usage.items():
+            for dev, (v, t) in nu.items():
+                rc = self.where.get((node, dev))
+                if rc is not None:
+                    uv[rc] += v
+                    ut[rc] += t
+        return uv, ut
+
+    @classmethod
+    def build(cls, nodes: Sequence[NodeInventory]) -> DeviceTable:
+        rows: list[tuple[int, str, str, tuple[DeviceInfo, ...]]] = []
+        for ni, node in enumerate(nodes):
+            groups: dict[str, list[DeviceInfo]] = defaultdict(list)
+            for d in node.devices:
+                groups[d.model].append(d)
+            for model, ds in sorted(groups.items()):
+                ds.sort(key=lambda d: d.index)
+                rows.append((ni, model, ds[0].vendor, tuple(ds)))
+        r = len(rows)
+        w = max((len(x[3]) for x in rows), default=1)
+        vram = np.ones((r, w), dtype=np.int64)
+        tfl = np.zeros((r, w), dtype=np.int64)
+        present = np.zeros((r, w), dtype=bool)
+        healthy = np.zeros((r, w), dtype=bool)
+        penalty = np.zeros((r, w))
+        where: dict[tuple[str, str], tuple[int, int]] = {}
+        for i, (ni, _, _, row_devs) in enumerate(rows):
+            for j, d in enumerate(row_devs):
+                vram[i, j] = max(1, d.vram_bytes)
+                tfl[i, j] = d.tflops_milli
+                present[i, j] = True
+                healthy[i, j] = d.healthy
+                penalty[i, j] = (100 - d.health_score) / 100.0
+                where[(nodes[ni].name, d.name)] = (i, j)
+        models = tuple(sorted({x[1] for x in rows}))
+        mi = {m: i for i, m in enumerate(models)}
+        key_index: dict[tuple[str, str], int] = {}
+        row_key = np.array([key_index.setdefault((x[2], x[1]), len(key_index)) for x in rows], dtype=np.int64)
+        return cls(tuple(nodes), np.array([x[0] for x in rows], dtype=np.int64), tuple(x[1] for x in rows),
+                   tuple(x[2] for x in rows), tuple(x[3] for x in rows), vram, tfl, present, healthy, penalty,
+                   where, {n.name: i for i, n in enumerate(nodes)}, row_key, tuple(key_index),
+                   np.array([n.cpu_milli for n in nodes], dtype=np.int64),
+                   np.array([n.memory_bytes for n in nodes], dtype=np.int64), models,
+                   np.array([mi[x[1]] for x in rows], dtype=np.int64),
+                   {m: next(x[3][0] for x in rows if x[1] == m) for m in models},
+                   np.argsort(np.argsort(np.array([n.name for n in nodes], dtype=object), kind="stable"),
+                              kind="stable").astype(np.int64))
+
+
 def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, Usage],
          cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor,
          rng: np.random.Generator) -> list[Verdict]:
-    """Verdict for every node, best first; the first fitting verdict carries the plan to reserve.
+    """:func:`plan_table` over a device table built from ``nodes`` (for callers without one)."""
+    return plan_table(demand, DeviceTable.build(nodes), usage, cpu_mem_used, target_for, rng)
 
-    Container 0 is scored by the vectorised policy over every (node, model) group; only the best
-    ``PROPOSALS`` fitting nodes get a full device plan (the others say ``fits`` with a score).
+
+def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
+               cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor, rng: np.random.Generator,
+               only: set[str] | None = None, proposals: int = PROPOSALS,
+               used: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None,
+               best_only: bool = False, policy_name: str | None = None) -> list[Verdict]:
+    """Verdict for every node (``only``: those), best first; the best ``proposals`` fitting nodes carry
+    the device plan to reserve.
+
+    The one planner. Container 0 is scored by the vectorised policy over every (node, model) row of
+    the table at once; a multi-container pod additionally needs a greedy plan for all its containers
+    on the node (nodes where that fails say why; nodes where container 0 fits no single model take the
+    greedy plan and rank last). ``used``: the caller's ``(R, W)`` usage arrays kept in step with
+    ``usage`` (else scattered here). ``best_only``: only the fitting verdicts that carry a plan, no
+    reasons (what a reservation needs; empty when nothing fits). ``policy_name`` overrides the pod's
+    (``hcs`` for binpack, ``spread``) — the fleet replay compares baselines with it.
     """
-    verdicts: list[Verdict] = []
-    groups: list[_Group] = []
-    eligible_of: dict[str, list[DeviceInfo]] = {}
-    cons = demand.constraints
-    multi = len(demand.containers) > 1
-    for node in nodes:
-        devs = [d for d in node.devices if cons.allows(d)]
-        if not devs:
-            from hcs.allocator.reasons import filter_shortfall
-
-            verdicts.append(Verdict(node.name, False, filter_shortfall(
-                cons.vendors_in, cons.vendors_out, cons.models_in, cons.models_out,
-                ((d.vendor, d.model) for d in node.devices))))
-            continue
-        healthy = [d for d in devs if d.healthy]
-        if not healthy:
-            verdicts.append(Verdict(node.name, False, "every matching device is unhealthy"))
-            continue
-        cpu_used, mem_used = cpu_mem_used.get(node.name, (0, 0))
-        if node.cpu_milli and cpu_used + demand.cpu_milli > node.cpu_milli:
-            verdicts.append(Verdict(node.name, False, f"insufficient CPU ({node.cpu_milli - cpu_used}m free)"))
-            continue
-        if node.memory_bytes and mem_used + demand.memory_bytes > node.memory_bytes:
-            verdicts.append(Verdict(node.name, False, "insufficient memory"))
-            continue
-        if multi:
-            _, why = _trial(demand, node, healthy, usage.get(node.name, {}))
-            if why:
-                verdicts.append(Verdict(node.name, False, why))
-                continue
-        eligible_of[node.name] = healthy
-        by_model: dict[str, list[DeviceInfo]] = defaultdict(list)
-        for d in healthy:
-            by_model[d.model].append(d)
-        for model, ds in by_model.items():
-            groups.append(_Group(node, model, sorted(ds, key=lambda d: d.index)))
     main = demand.containers[0]
-    policy = get_policy("hcs" if cons.policy == "binpack" else "spread")
-    # best (score, group, column) per node, and the VRAM it grants beyond the request
-    best_of: dict[str, tuple[float, _Group, int]] = {}
-    waste_of: dict[str, int] = {}
-    by_model_groups: dict[str, list[_Group]] = defaultdict(list)
-    for g in groups:
-        by_model_groups[g.model].append(g)
-    for model, gs in by_model_groups.items():
-        ref = gs[0].devices[0]
+    cons = demand.constraints
+    nodes = table.nodes
+    uv, ut = used if used is not None else table.scatter(usage)
+    n_nodes = len(nodes)
+    cpu_used = np.zeros(n_nodes, dtype=np.int64)
+    mem_used = np.zeros(n_nodes, dtype=np.int64)
+    for node, (c, m) in cpu_mem_used.items():
+        ni = table.node_index.get(node)
+        if ni is not None:
+            cpu_used[ni], mem_used[ni] = c, m
+    cpu_total = table.cpu_total
+    mem_total = table.mem_total
+    node_ok_cpu = (cpu_total == 0) | (cpu_total - cpu_used >= demand.cpu_milli)
+    node_ok_mem = (mem_total == 0) | (mem_total - mem_used >= demand.memory_bytes)
+    if only is None:
+        in_scope = np.ones(n_nodes, dtype=bool)
+    else:
+        in_scope = np.zeros(n_nodes, dtype=bool)
+        in_scope[[table.node_index[n] for n in only if n in table.node_index]] = True
+
+    why: dict[int, str] = {}  # node index -> why not
+    best: dict[int, tuple[float, int, int]] = {}  # node index -> (score, row, col); row -1: greedy plan
+    waste_of: dict[int, int] = {}  # node index -> VRAM granted beyond the request (whole devices)
+    policy = get_policy(policy_name or ("hcs" if cons.policy == "binpack" else "spread"))
+    free_v = table.vram - uv
+    free_t = table.tflops - ut
+    row_node = table.row_node
+    _, first_row = np.unique(table.row_key, return_index=True)  # one row per (vendor, model)
+    key_ok = np.array([cons.allows(table.devices[int(r)][0]) for r in first_row], dtype=bool)
+    allowed = key_ok[table.row_key] if len(table.row_key) else np.zeros(0, dtype=bool)
+    scope = in_scope[row_node]
+    healthy_any: npt.NDArray[np.bool_] = np.asarray(table.healthy.any(axis=1))
+    cpu_ok = node_ok_cpu[row_node]
+    mem_ok = node_ok_mem[row_node]
+    live = scope & allowed & healthy_any & cpu_ok & mem_ok
+    for rr in np.flatnonzero(scope & ~live) if not best_only else ():
+        r = int(rr)
+        ni = int(row_node[r])
+        if not allowed[r]:
+            why.setdefault(ni, _filtered(cons, nodes[ni]))
+        elif not healthy_any[r]:
+            why[ni] = reason("unhealthy")
+        elif not cpu_ok[r]:
+            why[ni] = reason("cpu", cpu_free=int(cpu_total[ni] - cpu_used[ni]))
+        else:
+            why[ni] = reason("memory")
+    multi_ok: set[int] = set()
+    if len(demand.containers) > 1:  # every container must fit the node (greedy trial)
+        for ni in sorted({int(row_node[r]) for r in np.flatnonzero(live)}):
+            eligible = _eligible(nodes[ni], cons)
+            _, trial_why = _trial(demand, nodes[ni], eligible, usage.get(nodes[ni].name, {}))
+            if trial_why:
+                why[ni] = trial_why
+                live &= row_node != ni
+            else:
+                multi_ok.add(ni)
+    cand_node: list[npt.NDArray[np.int64]] = []
+    cand_score: list[npt.NDArray[np.float64]] = []
+    cand_row: list[npt.NDArray[np.int64]] = []
+    cand_col: list[npt.NDArray[np.int64]] = []
+    cand_waste: list[npt.NDArray[np.int64]] = []
+    # rows whose devices have one shape (VRAM, TFLOPS) share the request's shape and the target workload:
+    # one policy call for them all, each row keeping its own model (split by model when the target
+    # does not cover the table's models)
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for row in np.flatnonzero(live).tolist():
+        shape_of = table.devices[row][0]
+        by_shape[(shape_of.vram_bytes, shape_of.tflops_milli)].append(row)
+    groups: list[tuple[str, list[int], TargetWorkload]] = []
+    for rows_of_shape in by_shape.values():
+        first_model = table.row_model[rows_of_shape[0]]
+        target = target_for(first_model)
+        if target.models == table.models:
+            groups.append((first_model, rows_of_shape, target))
+            continue
+        split: dict[str, list[int]] = defaultdict(list)
+        for row in rows_of_shape:
+            split[table.row_model[row]].append(row)
+        groups.extend((m, rs, target_for(m)) for m, rs in split.items())
+    model_free = table.model_free(uv, ut)
+    named = len(demand.containers) > 1  # reasons name the container only when there are several
+    for model, rows_list, target in groups:
+        rows = np.array(rows_list, dtype=np.int64)
+        ref = table.devices[rows_list[0]][0]
         k = device_count(main, ref)
         milli = share_milli(main, ref) if k == 1 else WHOLE
-        # Across models, whole devices granted beyond the request are waste (as in fastpath.fast_plan):
-        # a 17Gi job takes a slice of one 80Gi device rather than two whole 16Gi ones.
-        waste = max(0, k * ref.vram_bytes - main.vram_bytes) if k > 1 else 0
-        width = max(len(g.devices) for g in gs)
-        free = np.zeros((len(gs), width), dtype=np.int64)
-        present = np.zeros((len(gs), width), dtype=bool)
-        penalty = np.zeros((len(gs), width))
-        for i, g in enumerate(gs):
-            nu = usage.get(g.node.name, {})
-            for j, d in enumerate(g.devices):
-                used = nu.get(d.name, (0, 0))
-                fm = _free_milli(d, used)
-                if k == 1:  # the bytes decide, not the rounded shares
-                    fits = _fits_share(main, d, used)
-                    if fits and fm < milli:
-                        fm = milli
-                    elif not fits and fm >= milli:
-                        fm = milli - 1
-                free[i, j] = fm
-                present[i, j] = True
-                penalty[i, j] = (100 - d.health_score) / 100.0
-        cm = [cpu_mem_used.get(g.node.name, (0, 0)) for g in gs]
-        cpu_total = np.array([g.node.cpu_milli for g in gs], dtype=np.int64)
-        mem_total = np.array([g.node.memory_bytes for g in gs], dtype=np.int64)
-        view = NodeView(free, present, np.maximum(0, cpu_total - np.array([c[0] for c in cm])),
-                        np.maximum(0, mem_total - np.array([c[1] for c in cm])), cpu_total, mem_total, penalty)
-        req = Request(demand.cpu_milli, demand.memory_bytes, k, milli)
-        ctx = PolicyContext(rng, target_for(model), {"strand": 0.0} if not cpu_total.all() else {})
-        scores = policy(view, req, ctx)
-        rows_ok = np.isfinite(scores).any(axis=1)
-        for ii in np.flatnonzero(rows_ok):
-            i = int(ii)
-            g = gs[i]
-            col = int(np.argmax(scores[i]))
-            sc = float(scores[i, col])
-            if k > 1 and _pick_whole(g.devices, k, usage.get(g.node.name, {}), cons.high_bandwidth) is None:
-                continue
-            prev = best_of.get(g.node.name)
-            if prev is None or (waste, -sc) < (waste_of[g.node.name], -prev[0]):
-                best_of[g.node.name] = (sc, g, col)
-                waste_of[g.node.name] = waste
-    # nodes where container 0 fits nowhere (or only across models) get a reason or the greedy plan
-    for name, healthy in eligible_of.items():
-        if name in best_of:
-            continue
-        node = next(g.node for g in groups if g.node.name == name)
-        placed, why = _trial(demand, node, healthy, usage.get(name, {}))
-        if why:
-            verdicts.append(Verdict(name, False, why))
+        vt, tt = table.vram[rows], table.tflops[rows]
+        fv, ft = free_v[rows], free_t[rows]
+        ratio_t = np.where(tt > 0, ft / np.maximum(tt, 1), 1.0)
+        fm = np.floor(WHOLE * np.minimum(fv / vt, ratio_t) + 1e-9).astype(np.int64)
+        fm = np.maximum(fm, 0)
+        usable = table.present[rows] & table.healthy[rows]
+        if k == 1:
+            exact = (fv >= main.vram_bytes) & (ft >= main.tflops_milli)
+            fm = np.where(exact, np.maximum(fm, milli), np.minimum(fm, milli - 1))  # the bytes decide
+        fm = np.where(usable, fm, 0)
+        ni_rows = row_node[rows]
+        if target.models == table.models:
+            row_model = table.row_mi[rows]
         else:
-            best_of[name] = (-1e18, _Group(node, "", []), -1)
-            waste_of[name] = 2**62  # a greedy cross-model plan ranks after every single-model one
-    ranked = sorted(best_of.items(), key=lambda kv: (waste_of[kv[0]], -kv[1][0], kv[0]))
-    finite = [s for _, (s, _, _) in ranked if s > -1e17]
-    lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
-    fit_verdicts = []
-    for rank, (name, (sc, g, col)) in enumerate(ranked):
-        norm = 0.0 if sc <= -1e17 else (100.0 if hi == lo else 100.0 * (sc - lo) / (hi - lo))
+            row_model = np.full(len(rows), target.models.index(model) if model in target.models else -1,
+                                dtype=np.int64)
+        view = NodeView(fm, usable, np.maximum(0, cpu_total[ni_rows] - cpu_used[ni_rows]),
+                        np.maximum(0, mem_total[ni_rows] - mem_used[ni_rows]), cpu_total[ni_rows],
+                        mem_total[ni_rows], table.penalty[rows], row_model)
+        req = Request(demand.cpu_milli, demand.memory_bytes, k, milli)
+        ctx = PolicyContext(rng, target, {"strand": 0.0} if not view.cpu_total.all() else {},
+                            model_free if target.models == table.models else None)
+        scores = policy(view, req, ctx)
+        finite = np.isfinite(scores)
+        row_fits: npt.NDArray[np.bool_] = np.asarray(finite.any(axis=1))
+        idle_cnt = ((uv[rows] == 0) & (ut[rows] == 0) & usable).sum(axis=1)
+        if k > 1:
+            row_fits &= idle_cnt >= k
+        cols = np.argmax(np.where(finite, scores, -np.inf), axis=1)
+        row_best = scores[np.arange(len(rows)), cols]
+        for i in np.flatnonzero(~row_fits) if not best_only else ():
+            ni = int(ni_rows[i])
+            why[ni] = _why_not(main, _row_devices(table, rows_list[i]), usage.get(nodes[ni].name, {}),
+                               cons.high_bandwidth, named)
+        if k > 1 and cons.high_bandwidth:  # island-preferred always finds k idle devices when k are idle
+            for i in np.flatnonzero(row_fits):
+                ni = int(ni_rows[i])
+                r = rows_list[i]
+                devs = [d for d, h in zip(table.devices[r], table.healthy[r], strict=False) if h]
+                if _pick_whole(devs, k, usage.get(nodes[ni].name, {}), cons.high_bandwidth) is None:
+                    why[ni] = _why_not(main, devs, usage.get(nodes[ni].name, {}), True, named)
+                    row_fits[i] = False
+        fit_idx = np.flatnonzero(row_fits)
+        # Across models, whole devices granted beyond the request are waste: a 16Gi job takes a slice of
+        # one big device rather than two small ones, a 160Gi job 2x80Gi rather than 4x48Gi.
+        waste = max(0, k * ref.vram_bytes - main.vram_bytes) if k > 1 else 0
+        cand_waste.append(np.full(len(fit_idx), waste, dtype=np.int64))
+        cand_node.append(ni_rows[fit_idx])
+        cand_score.append(row_best[fit_idx])
+        cand_row.append(rows[fit_idx])
+        cand_col.append(cols[fit_idx])
+    ranked: list[tuple[int, tuple[float, int, int]]] = []
+    if cand_node:
+        cn, cs = np.concatenate(cand_node), np.concatenate(cand_score)
+        cr, cc, cw = np.concatenate(cand_row), np.concatenate(cand_col), np.concatenate(cand_waste)
+        if best_only and not multi_ok:  # a reservation: the first few nodes only, straight from the rows
+            seen: set[int] = set()
+            for j in np.lexsort((table.name_rank[cn], -cs, cw)).tolist():
+                ni = int(cn[j])
+                if ni not in seen:
+                    seen.add(ni)
+                    ranked.append((ni, (float(cs[j]), int(cr[j]), int(cc[j]))))
+                    if len(ranked) >= proposals:
+                        break
+        else:
+            order = np.lexsort((-cs, cw))  # least waste first, then the policy's score
+            _, first = np.unique(cn[order], return_index=True)
+            sel = order[first]
+            for ni, sc, r, c, w in zip(cn[sel].tolist(), cs[sel].tolist(), cr[sel].tolist(), cc[sel].tolist(),
+                                       cw[sel].tolist(), strict=True):
+                best[ni] = (sc, r, c)
+                waste_of[ni] = w
+    if not ranked:
+        for ni in multi_ok - best.keys():  # container 0 fits no single model, yet the greedy plan fits
+            best[ni] = (GREEDY, -1, -1)
+            waste_of[ni] = 2**62  # ranks after every single-model plan
+            why.pop(ni, None)
+        ids = np.fromiter(best.keys(), dtype=np.int64, count=len(best))
+        scores_of = np.array([best[i][0] for i in ids.tolist()], dtype=np.float64)
+        wastes = np.array([waste_of[i] for i in ids.tolist()], dtype=np.int64)
+        # least waste, then the best score, then the node name
+        ranked = [(ni, best[ni]) for ni in ids[np.lexsort((table.name_rank[ids], -scores_of, wastes))].tolist()]
+    finite_scores = [sc for _, (sc, _, _) in ranked if sc > GREEDY]
+    lo, hi = (min(finite_scores), max(finite_scores)) if finite_scores else (0.0, 0.0)
+    out: list[Verdict] = []
+    failed: list[Verdict] = []
+    for rank, (ni, (sc, r, col)) in enumerate(ranked):
+        if best_only and rank >= proposals:
+            break
+        inv = nodes[ni]
+        norm = 0.0 if sc <= GREEDY else (100.0 if hi == lo else 100.0 * (sc - lo) / (hi - lo))
         the_plan = None
-        if rank < PROPOSALS:
-            the_plan = _plan_on(demand, g, col, eligible_of[name], usage.get(name, {}), sc)
+        if rank < proposals:
+            if r < 0:
+                g, c0 = _Group(inv, "", []), -1
+            else:
+                healthy_devs = [d for d, h in zip(table.devices[r], table.healthy[r], strict=False) if h]
+                g, c0 = _Group(inv, table.row_model[r], healthy_devs), healthy_devs.index(table.devices[r][col])
+            the_plan = _plan_on(demand, g, c0, _eligible(inv, cons), usage.get(inv.name, {}), sc)
             if the_plan is None:
-                verdicts.append(Verdict(name, False, "no consistent device plan for every container"))
+                failed.append(Verdict(inv.name, False, reason("plan")))
                 continue
-        fit_verdicts.append(Verdict(name, True, "fits", round(norm, 3), the_plan))
-    return fit_verdicts + sorted(verdicts, key=lambda v: v.node)
+        out.append(Verdict(inv.name, True, "fits", round(norm, 3), the_plan))
+    if best_only:
+        return [v for v in out if v.plan is not None]
+    for ni, n in enumerate(nodes):
+        if in_scope[ni] and ni not in best:
+            fallback = _filtered(cons, n) if n.devices else reason("no-devices")
+            failed.append(Verdict(n.name, False, why.get(ni, fallback)))
+    return out + sorted(failed, key=lambda v: v.node)
+
+
+GREEDY = -1e18  # the score of a greedy cross-model plan (container 0 fits no single model)
+
+
+def _eligible(node: NodeInventory, cons: Constraints) -> list[DeviceInfo]:
+    return [d for d in node.devices if d.healthy and cons.allows(d)]
 
 
 def _plan_on(demand: PodDemand, g: _Group, col: int, eligible: Sequence[DeviceInfo], usage: Usage,

@@ -18,19 +18,23 @@ Gradient Descent, Weng et al., USENIX ATC '23) and ``hcs`` (the default; see :fu
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from hcs.errors import ConfigError
 
+T = TypeVar("T")
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 WHOLE = 1000  # milli-devices in one device
 NEG_INF = -np.inf
+SCARCE = 1.0  # weight of the hcs scarcity term (see score_hcs)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Request:
     mem: int
     count: int
     milli: int
+    models: frozenset[str] = frozenset()  # device models the request may use; empty = any
 
     @property
     def whole(self) -> bool:
@@ -62,6 +67,9 @@ class NodeView:
     cpu_total: IntArray  # (C,)
     mem_total: IntArray  # (C,)
     penalty: FloatArray | None = None  # (C, G) health penalty >= 0 (degraded devices), optional
+    #: (C,) each node's device model as an index into ``TargetWorkload.models`` (-1: a model no
+    #: constraint names); None: the model-blind measure (every class may use every node)
+    model: IntArray | None = None
     #: optional cache of ``_class_stats(target, gpu_free)`` for these rows (the replay keeps it
     #: incrementally; it must match ``gpu_free`` and the context's target)
     stats: tuple[IntArray, IntArray, IntArray] | None = None
@@ -78,6 +86,13 @@ class TargetWorkload:
     Classes are grouped by device shape ``(count, milli)``; within a class the CPU requests are
     kept as a cumulative popularity table so ``W[c](cpu_free)`` — the popularity of class-``c``
     requests whose CPU fits — is one ``searchsorted``.
+
+    With ``models`` (the cluster's device models) the table is kept per model too: ``w_model[m]``
+    counts only the requests whose model constraint admits model ``m`` (row -1: a model nobody
+    names, i.e. unconstrained requests only), so a device a class may not use is fragment for that
+    class (FGD's task classes with their model constraints). ``sets``/``set_share`` are the
+    distinct constraint sets over ``models`` and the share of device demand confined to each (the
+    input of :func:`model_prices`).
     """
 
     count: IntArray  # (K,) devices per request of class k
@@ -87,46 +102,183 @@ class TargetWorkload:
     total: float  # popularity of all classes incl. device-less requests (sums to 1)
     cpu_per_milli: float = 0.0  # mean CPU (milli-cores) the workload asks per device-milli
     mem_per_milli: float = 0.0  # mean memory per device-milli
+    models: tuple[str, ...] = ()
+    w_model: FloatArray | None = None  # (M+1, V+1, K)
+    sets: npt.NDArray[np.bool_] | None = None  # (S, M) membership of each constraint set
+    set_share: FloatArray | None = None  # (S,) share of all device demand confined to set s
 
     @classmethod
-    def from_requests(cls, requests: Sequence[Request], demand_exponent: float = 0.0) -> TargetWorkload:
-        """Popularity of each request; ``demand_exponent`` > 0 weights requests by device demand^a."""
+    def from_requests(cls, requests: Sequence[Request], demand_exponent: float = 0.0,
+                      models: Sequence[str] = (), weights: Sequence[float] | FloatArray | None = None
+                      ) -> TargetWorkload:
+        """Popularity of each request; ``demand_exponent`` > 0 weights requests by device demand^a,
+        ``weights`` (e.g. a recency decay) multiplies each request's popularity."""
         if not requests:
             raise ConfigError("target workload: no requests given; pass at least one pod")
-        raw = np.array([float(r.gpu_demand) ** demand_exponent if r.count else
-                        (1.0 if demand_exponent == 0 else 0.0) for r in requests])
+        n = len(requests)
+        return cls.from_arrays(np.fromiter((r.count for r in requests), dtype=np.int64, count=n),
+                               np.fromiter((r.milli for r in requests), dtype=np.int64, count=n),
+                               np.fromiter((r.cpu for r in requests), dtype=np.int64, count=n),
+                               np.fromiter((r.mem for r in requests), dtype=np.int64, count=n),
+                               [r.models for r in requests], demand_exponent, models, weights)
+
+    @classmethod
+    def from_arrays(cls, count: IntArray, milli: IntArray, cpu: IntArray, mem: IntArray,
+                    allowed_models: Sequence[frozenset[str]], demand_exponent: float = 0.0,
+                    models: Sequence[str] = (), weights: Sequence[float] | FloatArray | None = None
+                    ) -> TargetWorkload:
+        """:meth:`from_requests` over request fields as arrays (``allowed_models``: each one's
+        :attr:`Request.models`)."""
+        if not len(count):
+            raise ConfigError("target workload: no requests given; pass at least one pod")
+        has = count > 0
+        shape_milli = np.where(count > 1, WHOLE, milli)
+        demand = (count * shape_milli).astype(np.float64)
+        raw = np.where(has, demand ** demand_exponent, 1.0 if demand_exponent == 0 else 0.0)
+        if weights is not None:
+            raw = raw * np.asarray(weights, dtype=np.float64)
         norm = raw / raw.sum()
-        shapes = sorted({(WHOLE if r.count > 1 else r.milli, r.count) for r in requests if r.count > 0})
-        shapes = [(cnt, milli) for milli, cnt in shapes]  # sorted by milli (see _class_stats)
-        index = {s: i for i, s in enumerate(shapes)}
-        grid = np.array(sorted({r.cpu for r in requests}), dtype=np.int64)
-        table = np.zeros((len(grid) + 1, len(shapes)), dtype=np.float64)
-        for r, weight in zip(requests, norm, strict=True):
-            if r.count == 0:
-                continue
-            k = index[(r.count, WHOLE if r.count > 1 else r.milli)]
-            pos = int(np.searchsorted(grid, r.cpu, side="left")) + 1
-            table[pos, k] += weight
-        table = np.cumsum(table, axis=0)
+        # classes sorted by milli (see _class_stats), then count
+        code, k = np.unique(shape_milli[has] * 4096 + np.minimum(count[has], 4095), return_inverse=True)
+        keys = np.stack([code // 4096, code % 4096], axis=1)
+        k = k.reshape(-1)
+        grid = np.unique(cpu)
+        pos = np.searchsorted(grid, cpu[has], side="left") + 1
+        n_k, n_v = len(keys), len(grid) + 1
+        cell = pos * n_k + k  # flat (V+1, K) index of each device request
+        w_dev = norm[has]
+        table = np.cumsum(np.bincount(cell, weights=w_dev, minlength=n_v * n_k).reshape(n_v, n_k), axis=0)
+        w_model: FloatArray | None = None
+        sets: npt.NDArray[np.bool_] | None = None
+        share: FloatArray | None = None
+        if models:
+            mi = {m: i for i, m in enumerate(models)}
+            n_m = len(models)
+            allowed = np.ones((len(cell), n_m + 1), dtype=bool)  # column n_m: models nobody names
+            set_of: dict[frozenset[str], int] = {}
+            set_rows: list[list[int]] = []
+            set_demand: list[float] = []
+            dw = demand[has] * (np.asarray(weights, dtype=np.float64)[has] if weights is not None else 1.0)
+            for j, ms in enumerate(ms for ms, c in zip(allowed_models, count, strict=True) if c > 0):
+                if not ms:
+                    continue
+                s = set_of.get(ms)
+                if s is None:
+                    s = set_of[ms] = len(set_rows)
+                    set_rows.append(sorted({mi[m] for m in ms if m in mi}))
+                    set_demand.append(0.0)
+                if len(set_rows[s]) == n_m:  # it may use every model here: unconstrained
+                    continue
+                set_demand[s] += float(dw[j])
+                allowed[j] = False
+                allowed[j, set_rows[s]] = True
+            flat = np.arange(n_m + 1)[None, :] * (n_v * n_k) + cell[:, None]
+            w_flat = np.bincount(flat[allowed], weights=np.broadcast_to(w_dev[:, None], allowed.shape)[allowed],
+                                  minlength=(n_m + 1) * n_v * n_k).reshape(n_m + 1, n_v, n_k)
+            w_model = np.asarray(np.cumsum(w_flat, axis=1), dtype=np.float64)
+            # distinct sets over the cluster's models (two spellings of one set merge)
+            merged: dict[tuple[int, ...], float] = {}
+            for members, d in zip(set_rows, set_demand, strict=True):
+                if len(members) < n_m:
+                    merged[tuple(members)] = merged.get(tuple(members), 0.0) + d
+            sets = np.zeros((len(merged), n_m), dtype=bool)
+            for i, members_t in enumerate(merged):
+                sets[i, list(members_t)] = True
+            share = np.array(list(merged.values()), dtype=np.float64) / max(float(dw.sum()), 1e-12)
         return cls(
-            count=np.array([s[0] for s in shapes], dtype=np.int64),
-            milli=np.array([s[1] for s in shapes], dtype=np.int64),
+            count=np.asarray(keys[:, 1], dtype=np.int64),
+            milli=np.asarray(keys[:, 0], dtype=np.int64),
             cpu_grid=grid,
-            w_table=table,
+            w_table=np.asarray(table, dtype=np.float64),
             total=1.0,
-            cpu_per_milli=_ratio([r.cpu for r in requests if r.count], [r.gpu_demand for r in requests if r.count]),
-            mem_per_milli=_ratio([r.mem for r in requests if r.count], [r.gpu_demand for r in requests if r.count]),
+            cpu_per_milli=_ratio(cpu[has], demand[has]),
+            mem_per_milli=_ratio(mem[has], demand[has]),
+            models=tuple(models),
+            w_model=w_model,
+            sets=sets,
+            set_share=share,
         )
 
-    def weights(self, cpu_free: IntArray) -> FloatArray:
-        """``(S, K)`` popularity of each class whose CPU request fits in ``cpu_free``."""
+    def weights(self, cpu_free: IntArray, model: IntArray | None = None) -> FloatArray:
+        """``(S, K)`` popularity of each class whose CPU request fits in ``cpu_free`` (and, with
+        ``model``, whose model constraint admits the node's model)."""
         idx = np.searchsorted(self.cpu_grid, cpu_free, side="right")
-        return np.asarray(self.w_table[idx], dtype=np.float64)
+        if model is None or self.w_model is None:
+            return np.asarray(self.w_table[idx], dtype=np.float64)
+        return np.asarray(self.w_model[model, idx], dtype=np.float64)
 
 
-def _ratio(num: Sequence[int], den: Sequence[int]) -> float:
-    d = float(sum(den))
-    return float(sum(num)) / d if d > 0 else 0.0
+#: the target workload (device shares of one device) until enough real requests have been seen
+DEFAULT_MIX = (250, 500, 500, 1000, 1000, 1000)
+
+
+class RecentMix(Generic[T]):
+    """The live target workload: the last ``history`` requests, the newest weighing 1 and each older
+    one ``decay`` times the next (half-life ~69 requests at 0.99), with their real CPU, memory,
+    device shape and model constraint. The live allocator and ``hcs replay --target recent`` share it.
+
+    Items are whatever the caller records (the live allocator: a pod's demand in bytes, converted
+    per device model when the target is built; the replay: :class:`Request` as is). Until
+    ``warmup`` items have been seen the target is :data:`DEFAULT_MIX`.
+    """
+
+    def __init__(self, history: int = 256, decay: float = 0.99, warmup: int = 16) -> None:
+        if not 0 < decay <= 1 or history < 1:
+            raise ConfigError(f"request mix: decay {decay} must be in (0, 1] and history {history} >= 1")
+        self._items: deque[T] = deque(maxlen=history)
+        self._decay = np.power(decay, np.arange(history - 1, -1, -1, dtype=np.float64))
+        self.warmup = warmup
+        self.generation = 0  # bumped by every add: targets built before are stale
+
+    def add(self, item: T) -> None:
+        self._items.append(item)
+        self.generation += 1
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def entries(self) -> tuple[list[T], FloatArray] | None:
+        """The recorded items, oldest first, with their weights; None while warming up."""
+        if len(self._items) < self.warmup:
+            return None
+        return list(self._items), self._decay[-len(self._items):]
+
+    def target(self, convert: Callable[[T], Request], models: Sequence[str] = ()) -> TargetWorkload:
+        got = self.entries()
+        if got is None:
+            return default_target(models)
+        return TargetWorkload.from_requests([convert(i) for i in got[0]], models=models, weights=got[1])
+
+
+def default_target(models: Sequence[str] = ()) -> TargetWorkload:
+    return TargetWorkload.from_requests([Request(0, 0, 1, m) for m in DEFAULT_MIX], models=models)
+
+
+def model_prices(target: TargetWorkload, free_by_model: FloatArray, cap: float = 10.0) -> FloatArray:
+    """``(M+1,)`` scarcity price of one device-milli of each model (last entry: unnamed models, 0).
+
+    For every constraint set ``S`` of the target workload, the demand expected to be confined to
+    ``S`` is its share of all device demand times the cluster's free capacity (the cluster is
+    expected to fill); its *pressure* is that over the free capacity of ``S``'s models. A model's
+    price is the summed pressure of the sets it belongs to (capped): consuming it takes capacity
+    that confined requests may need. Sets containing every model a request may use add the same
+    amount to each of its candidates, so only the avoidable part changes a decision.
+    """
+    out = np.zeros(len(target.models) + 1)
+    if target.sets is None or target.set_share is None or not len(target.set_share):
+        return out
+    total = float(free_by_model.sum())
+    if total <= 0:
+        return out
+    free_s = target.sets.astype(np.float64) @ free_by_model  # (S,)
+    pressure = np.minimum(cap, target.set_share * total / np.maximum(free_s, 1.0))
+    out[:-1] = pressure @ target.sets.astype(np.float64)
+    return out
+
+
+def _ratio(num: IntArray, den: FloatArray) -> float:
+    d = float(den.sum())
+    return float(num.sum()) / d if d > 0 else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,6 +288,9 @@ class PolicyContext:
     rng: np.random.Generator
     target: TargetWorkload | None = None
     weights: Mapping[str, float] = field(default_factory=dict)
+    #: (M,) free device-milli per model of ``target.models`` over the whole cluster (for the
+    #: ``hcs`` scarcity term); the caller keeps it current
+    model_free: FloatArray | None = None
 
 
 Policy = Callable[[NodeView, Request, PolicyContext], FloatArray]
@@ -232,7 +387,8 @@ def _class_stats(target: TargetWorkload, gpu_free: IntArray) -> tuple[IntArray, 
     return cnt, usable.astype(np.int64), pos
 
 
-def node_fragmentation(target: TargetWorkload, gpu_free: IntArray, cpu_free: IntArray) -> FloatArray:
+def node_fragmentation(target: TargetWorkload, gpu_free: IntArray, cpu_free: IntArray,
+                       model: IntArray | None = None) -> FloatArray:
     """Expected fragmented device capacity (milli) of each node state, FGD's ``F_n(M)``.
 
     For a class ``c`` the node's free capacity is usable only when the class fits (CPU, count of
@@ -241,7 +397,7 @@ def node_fragmentation(target: TargetWorkload, gpu_free: IntArray, cpu_free: Int
     """
     cnt, usable, _ = _class_stats(target, gpu_free)
     total = gpu_free.sum(axis=1).astype(np.float64)
-    w = target.weights(cpu_free)
+    w = target.weights(cpu_free, model)
     return np.asarray(target.total * total - (w * (cnt >= target.count) * usable).sum(axis=1),
                       dtype=np.float64)
 
@@ -271,9 +427,9 @@ def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) ->
     f = view.gpu_free
     cnt, usable, pos = view.stats if view.stats is not None else _class_stats(target, f)
     total = f.sum(axis=1).astype(np.float64)
-    w_before = target.weights(view.cpu_free)
+    w_before = target.weights(view.cpu_free, view.model)
     before = target.total * total - (w_before * (cnt >= target.count) * usable).sum(axis=1)
-    w_after = target.weights(view.cpu_free - req.cpu)  # (C, K)
+    w_after = target.weights(view.cpu_free - req.cpu, view.model)  # (C, K)
     if req.count == 0 or req.whole:
         k = req.count
         cnt_a = cnt - k
@@ -349,6 +505,9 @@ def score_hcs(view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
     leftover = _node_leftover(view, req)
     cpu_left = (view.cpu_free - req.cpu) / np.maximum(view.cpu_total, 1)
     node = -w_pack * WHOLE * leftover - w_cpu * WHOLE * cpu_left
+    w_sc = float(ctx.weights.get("scarce", SCARCE))
+    if w_sc and view.model is not None and ctx.model_free is not None and req.count:
+        node = node - w_sc * req.gpu_demand * model_prices(ctx.target, ctx.model_free)[view.model]
     dev = -delta
     if not req.whole and req.count:
         w_bf = float(ctx.weights.get("bf", 1e-3))
@@ -388,12 +547,16 @@ def get_policy(name: str) -> Policy:
         ) from None
 
 
-def pick(scores: FloatArray, rng: np.random.Generator) -> tuple[int, int] | None:
-    """Index ``(c, g)`` of the best score, ties broken uniformly at random; None if all -inf."""
+def pick(scores: FloatArray, rng: np.random.Generator, deterministic: bool = False) -> tuple[int, int] | None:
+    """Index ``(c, g)`` of the best score, ties broken uniformly at random (``deterministic``: the
+    first best, as the live planner does); None if all -inf."""
     flat = scores.ravel()
     best = flat.max(initial=NEG_INF)
     if not np.isfinite(best):
         return None
+    if deterministic:
+        i = int(np.argmax(flat))
+        return i // scores.shape[1], i % scores.shape[1]
     ties = np.flatnonzero(flat >= best - 1e-9 * max(1.0, abs(best)))
     i = int(ties[rng.integers(len(ties))]) if len(ties) > 1 else int(ties[0])
     g = scores.shape[1]

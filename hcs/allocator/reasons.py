@@ -2,7 +2,7 @@
 
 Each function builds one reason for one node: free VRAM vs free TFLOPS on a shared device, whole
 devices vs the node's size or its largest interconnect island, idle devices, or the pod's
-vendor/model filter. The planners (``placement.py``, ``fastpath.py``) call them only for nodes that
+vendor/model filter. The planner (``placement.py``) calls them only for nodes that
 do not fit, so they are off the hot path of a fitting placement.
 """
 

@@ -26,15 +26,21 @@ def register(subparsers: Any) -> None:
         "per seed, resampled to 130% of GPU capacity when plotting; reports the GPU allocation ratio when arrived "
         "demand reaches 100% of capacity, fragmentation and decision latency.",
     )
-    p.add_argument("--nodes", required=True, help="node list CSV (sn,cpu_milli,memory_mib,gpu,model)")
+    p.add_argument("--nodes", required=True,
+                   help="node list CSV (sn,cpu_milli,memory_mib,gpu,model; a mixed fleet adds vendor,vram_mib,rate "
+                   "per device model)")
     p.add_argument("--pods", required=True,
-                   help="pod list CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec])")
+                   help="pod list CSV (name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec]; for a mixed fleet "
+                   "name,cpu_milli,memory_mib,vram_mib,tflops[,gpu_spec] in MiB and A100-equivalent TFLOPS)")
     p.add_argument("--policy", default="hcs",
                    help=f"comma-separated policy names: {', '.join(POLICIES)} (default hcs)")
     p.add_argument("--seeds", type=int, default=10, help="number of seeds, 0..K-1 (default 10)")
     p.add_argument("--output", choices=("json", "table"), default="table")
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="write a PNG of allocation ratio vs arrived demand (replays to 130%%)")
+    p.add_argument("--target", choices=("trace", "recent"), default="trace",
+                   help="target workload: the whole trace's pod mix (the FGD paper's protocol, default) or "
+                   "the live allocator's decayed mix of the requests placed so far")
     p.add_argument("--weight", action="append", default=[], metavar="K=V",
                    help="weight of policy hcs, e.g. strand=2 (repeatable); known: "
                    + ", ".join(f"{k} (default {v:g})" for k, v in HCS_WEIGHTS.items()))
@@ -75,11 +81,17 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_output_path(args.plot, "--plot")
     inflation = 1.3 if args.plot else 1.0
-    seeds = list(range(args.seeds))
-    with progress_bar(len(policies) * len(seeds), "replay",
-                      progress_enabled(args.output == "json")) as step:
-        results = rp.replay(args.nodes, args.pods, policies, seeds, inflation=inflation, weights=weights,
-                            on_seed=lambda policy, seed: step(f"{policy} seed {seed}"))
+    if rp.is_fleet(args.nodes):  # a mixed fleet: VRAM/TFLOPS pods through the allocator's planner
+        if args.plot or args.weight or args.target != "trace":
+            raise ConfigError("a mixed-fleet replay (node list with vendor,vram_mib,rate) takes no --plot, "
+                              "--weight or --target")
+        results = rp.replay_fleet(args.nodes, args.pods, policies, list(range(args.seeds)))
+    else:
+        seeds = list(range(args.seeds))
+        with progress_bar(len(policies) * len(seeds), "replay", progress_enabled(args.output == "json")) as step:
+            results = rp.replay(args.nodes, args.pods, policies, seeds, inflation=inflation,
+                                weights=_weights(args.weight), target_mode=args.target,
+                                on_seed=lambda policy, seed: step(f"{policy} seed {seed}"))
     if args.plot:
         rp.plot(results, args.plot, title=f"{args.pods} ({args.seeds} seeds)")
     summary = {r.name: r.summary() for r in results}

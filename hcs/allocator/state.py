@@ -18,35 +18,44 @@ from typing import Any
 
 import numpy as np
 
-from hcs.allocator.fastpath import DeviceTable, fast_plan
 from hcs.allocator.inventory import NodeInventory
 from hcs.allocator.placement import (
+    Constraints,
     ContainerDemand,
+    DeviceTable,
     Grant,
     PodDemand,
     PodRef,
     Verdict,
-    device_count,
-    plan,
-    share_milli,
+    plan_table,
 )
-from hcs.allocator.policies import Request, TargetWorkload
+from hcs.allocator.policies import FloatArray, IntArray, RecentMix, TargetWorkload, default_target
 from hcs.errors import HcsError
 
 log = logging.getLogger(__name__)
 
 PENDING = "pending"
 CONFIRMED = "confirmed"
-#: default request mix (device shares) until enough real requests have been seen
-DEFAULT_MIX = (250, 500, 500, 1000, 1000, 1000)
+#: one recorded request of the live mix: a container's demand, the pod's CPU and memory (on its first
+#: container), its vendor/model constraints
+MixItem = tuple[ContainerDemand, int, int, Constraints]
+#: the mix as arrays: VRAM, milli-TFLOPS, CPU, memory, allowed models (empty: any), weights
+MixArrays = tuple[FloatArray, FloatArray, IntArray, IntArray, list[frozenset[str]], FloatArray]
 
 
 class NoFit(HcsError):
     """No node can take the request; ``verdicts`` say why, per node."""
 
-    def __init__(self, message: str, verdicts: Sequence[Verdict] = ()) -> None:
+    def __init__(self, message: str, verdicts: Sequence[Verdict] | Callable[[], Sequence[Verdict]] = ()) -> None:
         super().__init__(message)
-        self.verdicts = tuple(verdicts)
+        self._verdicts = verdicts
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        """Per node (computed on first use when the refusal was made without them)."""
+        if callable(self._verdicts):
+            self._verdicts = tuple(self._verdicts())
+        return tuple(self._verdicts)
 
 
 class Conflict(HcsError):
@@ -83,15 +92,20 @@ def _age(r: Reservation) -> tuple[int, int, str]:
 
 
 class AllocatorState:
-    def __init__(self, seed: int = 0, history: int = 256) -> None:
+    def __init__(self, seed: int = 0, history: int = 256, decay: float = 0.99) -> None:
         self._lock = threading.RLock()
         self._nodes: dict[str, NodeInventory] = {}
         self._res: dict[str, Reservation] = {}
         self._usage: dict[str, dict[str, tuple[int, int]]] = {}
         self._cpu_mem: dict[str, tuple[int, int]] = {}
         self._rng = np.random.default_rng(seed)
-        self._recent: deque[ContainerDemand] = deque(maxlen=history)
-        self._targets: dict[str, TargetWorkload] = {}
+        self._mix: RecentMix[MixItem] = RecentMix(history, decay)
+        #: (device VRAM, milli-TFLOPS) -> (generation, table, target): the target in that device's units
+        self._targets: dict[tuple[int, int], tuple[int, object, TargetWorkload]] = {}
+        self._mix_cache: tuple[int, object, MixArrays | None] | None = None
+        #: the mix's items converted for the planner's table (aligned with the newest items)
+        self._rows: deque[tuple[int, int, int, int, frozenset[str]]] = deque(maxlen=history)
+        self._rows_of: tuple[object, int] = (None, 0)  # (table, mix generation converted up to)
         self._table: DeviceTable | None = None
         self._used: tuple[Any, Any] | None = None  # (R, W) arrays in step with _usage while _table lives
         self.version = 0  # bumped by every change of inventory or usage
@@ -132,35 +146,73 @@ class AllocatorState:
 
     # ------------------------------------------------------------------ policy input
     def _target(self, model: str) -> TargetWorkload:
-        cached = self._targets.get(model)
-        if cached is not None:
-            return cached
-        node = next((n for n in self._nodes.values() for d in n.devices if d.model == model), None)
-        dev = next(d for d in node.devices if d.model == model) if node else None
-        reqs: list[Request] = []
-        if dev is not None and len(self._recent) >= 16:
-            for c in self._recent:
-                k = device_count(c, dev)
-                reqs.append(Request(0, 0, k, share_milli(c, dev) if k == 1 else 1000))
-        if not reqs:
-            reqs = [Request(0, 0, 1, m) for m in DEFAULT_MIX]
-        target = TargetWorkload.from_requests(reqs)
-        self._targets[model] = target
+        """The live target workload in ``model``'s units: the recent request mix (real CPU, memory,
+        device shape on this model, and which of the cluster's models each request may use)."""
+        table = self._device_table()
+        dev = table.reference.get(model)
+        key = (dev.vram_bytes, dev.tflops_milli) if dev is not None else (0, 0)  # models alike share one
+        cached = self._targets.get(key)
+        if cached is not None and cached[0] == self._mix.generation and cached[1] is table:
+            return cached[2]
+        mix = self._mix_arrays(table)
+        if mix is None or dev is None or dev.vram_bytes <= 0:
+            target = default_target(table.models)
+        else:
+            vram, tfl, cpu, mem, allowed, weights = mix
+            # device_count / share_milli of every recorded container on this model, vectorised
+            fv = vram / dev.vram_bytes
+            ft = tfl / dev.tflops_milli if dev.tflops_milli else np.where(tfl > 0, np.inf, 0.0)
+            frac = np.minimum(np.maximum(fv, ft), 1e12)
+            k = np.where(frac <= 1.0, 1, np.ceil(frac - 1e-9)).astype(np.int64)
+            share = np.maximum(fv, tfl / dev.tflops_milli if dev.tflops_milli else 0.0)
+            milli = np.where(k == 1, np.maximum(1, np.ceil(1000 * share - 1e-9)), 1000).astype(np.int64)
+            target = TargetWorkload.from_arrays(k, milli, cpu, mem, allowed, models=table.models, weights=weights)
+        self._targets[key] = (self._mix.generation, table, target)
         return target
 
-    def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16) -> list[Verdict]:
-        """Verdicts per node, best first; the best ``proposals`` fitting nodes carry a device plan."""
+    def _mix_arrays(self, table: DeviceTable) -> MixArrays | None:
+        """The recorded mix as arrays (VRAM, milli-TFLOPS, CPU, memory, allowed models, weights), once
+        per generation; None while warming up."""
+        if self._mix_cache is not None and self._mix_cache[0] == self._mix.generation and self._mix_cache[1] is table:
+            return self._mix_cache[2]
+        got = self._mix.entries()
+        out = None
+        if got is not None:
+            items, weights = got
+            if self._rows_of[0] is not table:  # allowed sets are over this inventory's models
+                self._rows_of = (table, self._mix.generation - len(items))
+                self._rows.clear()
+            new = min(len(items), self._mix.generation - self._rows_of[1])
+            everything = frozenset(table.models)
+            for c, cpu, mem, cons in items[len(items) - new:]:  # each item converted once
+                a = frozenset(m for m, d in table.reference.items() if cons.allows(d))
+                a = frozenset() if a == everything else a or frozenset({"\0none"})
+                self._rows.append((c.vram_bytes, c.tflops_milli, cpu, mem, a))
+            self._rows_of = (table, self._mix.generation)
+            rows = list(self._rows)
+            cols = np.array([r[:4] for r in rows], dtype=np.float64).reshape(-1, 4)
+            out = (cols[:, 0], cols[:, 1], np.array([r[2] for r in rows], dtype=np.int64),
+                   np.array([r[3] for r in rows], dtype=np.int64), [r[4] for r in rows], weights)
+        self._mix_cache = (self._mix.generation, table, out)
+        return out
+
+    def _device_table(self) -> DeviceTable:
+        if self._table is None or self._used is None:
+            self._table = DeviceTable.build(list(self._nodes.values()))
+            self._used = self._table.scatter(self._usage)
+        return self._table
+
+    def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16,
+                best_only: bool = False) -> list[Verdict]:
+        """Verdicts per node, best first; the best ``proposals`` fitting nodes carry a device plan
+        (``best_only``: only those, no reasons — empty when nothing fits)."""
         with self._lock:
-            inv = [n for n in self._nodes.values() if not nodes or n.name in nodes]
             missing = [n for n in (nodes or []) if n not in self._nodes]
-            if len(demand.containers) == 1:
-                if self._table is None or self._used is None:
-                    self._table = DeviceTable.build(list(self._nodes.values()))
-                    self._used = self._table.scatter(self._usage)
-                verdicts = fast_plan(demand, self._table, self._usage, self._cpu_mem, self._target, self._rng,
-                                     set(nodes) if nodes else None, proposals, self._used)
-            else:
-                verdicts = plan(demand, inv, self._usage, self._cpu_mem, self._target, self._rng)
+            table = self._device_table()
+            verdicts = plan_table(demand, table, self._usage, self._cpu_mem, self._target, self._rng,
+                                  set(nodes) if nodes else None, proposals, self._used, best_only)
+        if best_only:
+            return verdicts
         return verdicts + [Verdict(n, False, "no ComputeNode for this node (no HCS node agent reporting)")
                            for n in missing]
 
@@ -179,17 +231,21 @@ class AllocatorState:
             if node and node not in self._nodes:
                 raise NoFit(f"pod {demand.pod.ref}: node {node} has no ComputeNode (no HCS node agent reporting)",
                             [Verdict(node, False, "no ComputeNode")])
-            verdicts = self.explain(demand, [node] if node else None, proposals=1)
+            verdicts = self.explain(demand, [node] if node else None, proposals=1, best_only=True)
             best = next((v for v in verdicts if v.fits and v.plan is not None), None)
             if best is None or best.plan is None:
-                reasons = "; ".join(f"{v.node}: {v.reason}" for v in verdicts[:5]) or "no nodes with HCS devices"
-                raise NoFit(f"pod {demand.pod.ref} fits no node ({reasons})", verdicts)
+                # the reasons for the message only (every node's verdict is computed if asked for)
+                head = self.explain(demand, [node] if node else sorted(self._nodes)[:5], proposals=1)
+                reasons = "; ".join(f"{v.node}: {v.reason}" for v in head[:5]) or "no nodes with HCS devices"
+                scope = [node] if node else None
+                raise NoFit(f"pod {demand.pod.ref} fits no node ({reasons})",
+                            lambda: self.explain(demand, scope, proposals=1))
             res = Reservation(demand.pod, best.plan.node, best.plan.containers, PENDING,
                               int(time.time() * 1000), demand.cpu_milli, demand.memory_bytes)
             self._apply(res)
-            self._recent.extend(demand.containers)
-            if len(self._recent) >= 16:
-                self._targets.clear()
+            for i, c in enumerate(demand.containers):
+                self._mix.add((c, demand.cpu_milli if i == 0 else 0, demand.memory_bytes if i == 0 else 0,
+                               demand.constraints))
             return res
 
     def _apply(self, res: Reservation, sign: int = 1) -> None:

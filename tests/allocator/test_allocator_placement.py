@@ -216,12 +216,14 @@ def test_never_overcommit_and_release_restores_exactly(seq: list[tuple[str, int,
 @given(st.lists(st.tuples(st.integers(1, 4), st.sampled_from(["a100-80g", "t4"]), st.integers(0, 100)),
                 min_size=1, max_size=5),
        st.lists(st.tuples(st.integers(1, 60), st.integers(0, 100)), max_size=8),
-       st.integers(1, 200), st.booleans())
-def test_fast_path_agrees_with_the_generic_planner(shape: list[tuple[int, str, int]],
-                                                   fill: list[tuple[int, int]], gib: int, hb: bool) -> None:
+       st.lists(st.integers(1, 200), min_size=1, max_size=3), st.booleans())
+def test_planner_on_live_state_agrees_with_a_fresh_table(shape: list[tuple[int, str, int]],
+                                                         fill: list[tuple[int, int]], gibs: list[int],
+                                                         hb: bool) -> None:
+    """The allocator keeps the planner's device table and usage arrays across reservations; a plan from
+    a table built afresh from the same inventory and usage is the same, single- or multi-container."""
     import numpy as np
 
-    from hcs.allocator.fastpath import DeviceTable, fast_plan
     from hcs.allocator.placement import plan
 
     nodes = [node(f"n{i}", [dev(j, model=m, vram=(80 if m == "a100-80g" else 16) * GI, health=h if j == 0 else 100,
@@ -231,15 +233,42 @@ def test_fast_path_agrees_with_the_generic_planner(shape: list[tuple[int, str, i
     for i, (g, t) in enumerate(fill):
         with contextlib.suppress(NoFit):
             s.reserve(pod(f"f{i}", (g * GI, t * 1000)))
-    demand = pod("x", (gib * GI, 0), cons=Constraints(high_bandwidth=hb))
+    demand = pod("x", *[(g * GI, 0) for g in gibs], cons=Constraints(high_bandwidth=hb))
     usage = {n.name: s.usage(n.name) for n in nodes}
-    generic = plan(demand, nodes, usage, {}, s._target, np.random.default_rng(0))
-    fast = fast_plan(demand, DeviceTable.build(nodes), usage, {}, s._target, np.random.default_rng(0))
-    assert {v.node for v in generic if v.fits} == {v.node for v in fast if v.fits}
-    if any(v.fits for v in generic):
-        assert generic[0].node == fast[0].node
-        assert generic[0].plan is not None and fast[0].plan is not None
-        assert generic[0].plan.containers == fast[0].plan.containers
+    fresh = plan(demand, nodes, usage, {}, s._target, np.random.default_rng(0))
+    kept = s.explain(demand)
+    assert [(v.node, v.fits, v.reason) for v in fresh] == [(v.node, v.fits, v.reason) for v in kept]
+    # a reservation's shortcut (no reasons, the best plan only) picks what the full answer ranks first
+    quick = s.explain(demand, proposals=1, best_only=True)
+    first = [v for v in plan(demand, nodes, usage, {}, s._target, np.random.default_rng(0))[:1] if v.plan]
+    assert [(v.node, v.plan) for v in quick] == [(v.node, v.plan) for v in first]
+    for v in fresh:
+        if v.plan is None:
+            continue
+        # a plan covers every container, on one node, within each device's free capacity
+        assert [c for c, _ in v.plan.containers] == [c.name for c in demand.containers]
+        inv = next(n for n in nodes if n.name == v.node)
+        taken: dict[str, int] = {}
+        for _, grants in v.plan.containers:
+            for g in grants:
+                taken[g.device] = taken.get(g.device, 0) + g.vram_bytes
+        for name, vram in taken.items():
+            d = inv.device(name)
+            assert d is not None and d.healthy
+            assert vram + usage[v.node].get(name, (0, 0))[0] <= d.vram_bytes
+
+
+def test_a_multi_container_pod_gets_one_plan_and_nodes_that_cannot_hold_every_container_say_which() -> None:
+    s = state(node("small", [dev(0)]), node("mixed", [dev(0), dev(1), dev(2, model="t4", vram=16 * GI,
+                                                                          tflops=65_000)]))
+    verdicts = s.explain(pod("p", (60 * GI, 0), (60 * GI, 0)))
+    assert [(v.node, v.fits) for v in verdicts] == [("mixed", True), ("small", False)]
+    assert verdicts[1].reason == ("container c1: not enough free VRAM: needs 60.0Gi VRAM on one device, the "
+                                  "most free is 20.0Gi of 80.0Gi")
+    assert verdicts[0].plan is not None and len({g.device for _, gs in verdicts[0].plan.containers for g in gs}) == 2
+    r = s.reserve(pod("p", (100 * GI, 0), (8 * GI, 0)))
+    assert r.node == "mixed" and [len(g) for _, g in r.containers] == [2, 1]
+    s.check_invariants()
 
 
 def test_across_models_the_least_wasteful_placement_wins() -> None:
@@ -252,3 +281,20 @@ def test_across_models_the_least_wasteful_placement_wins() -> None:
     big = s.reserve(pod("big", (160 * GI, 0), cons=Constraints(high_bandwidth=True)))
     assert big.node == "a100" and [g.vram_bytes for g in big.grants()] == [80 * GI, 80 * GI]
     s.check_invariants()
+
+
+def test_live_target_carries_the_real_cpu_memory_and_model_mix() -> None:
+    """The live target workload is built from what was placed: CPU and memory per device share (the
+    stranding term's input; zero before this was fixed) and the model constraints (the scarcity term's)."""
+    s = state(node("a", [dev(i) for i in range(8)], cpu=64_000, mem=256 * GI),
+              node("t", [dev(i, "t4", vram=16 * GI, tflops=65_000) for i in range(8)], cpu=64_000, mem=256 * GI))
+    for i in range(20):
+        cons = Constraints(models_in=frozenset({"t4"})) if i % 4 == 0 else Constraints()
+        s.reserve(PodDemand(PodRef(f"p{i}", "d", f"p{i}"), (ContainerDemand("c", 4 * GI, 0),), cons, 2000, 8 * GI))
+    t = s._target("a100-80g")
+    assert t.cpu_per_milli > 0 and t.mem_per_milli > 0
+    assert t.models == ("a100-80g", "t4")
+    assert t.sets is not None and t.sets.tolist() == [[False, True]]  # the t4-only pods
+    assert t.set_share is not None and t.set_share[0] == pytest.approx(5 / 20, rel=0.2)  # decayed share
+    # on the T4 the same 4Gi request is a quarter of a device, on the A100 a twentieth
+    assert s._target("t4").milli.tolist() == [250] and t.milli.tolist() == [50]

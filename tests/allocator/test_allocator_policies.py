@@ -152,3 +152,105 @@ def test_whole_device_delta_matches_brute_force(gpu_free: list[list[int]], k: in
         expect = P.node_fragmentation(TARGET, after[None, :], v.cpu_free[c:c + 1] - 1000)[0] - before[c]
         valid = delta[c][~np.isnan(delta[c])]
         assert len(valid) == len(idle) and np.all(valid == pytest.approx(expect, abs=1e-6))
+
+
+# --------------------------------------------------------------------------- model constraints
+
+
+def _mview(gpu_free: list[list[int]], model: list[int]) -> P.NodeView:
+    v = view(gpu_free)
+    return P.NodeView(v.gpu_free, v.gpu_present, v.cpu_free, v.mem_free, v.cpu_total, v.mem_total,
+                      model=np.array(model, dtype=np.int64))
+
+
+def test_a_device_a_class_may_not_use_is_fragment_for_that_class() -> None:
+    # half the workload may use only model A: on a B node its whole free capacity is fragment for it
+    t = P.TargetWorkload.from_requests([P.Request(0, 0, 1, 500, frozenset({"A"})), P.Request(0, 0, 1, 500)],
+                                       models=("A", "B"))
+    v = _mview([[1000], [1000]], [0, 1])
+    f = P.node_fragmentation(t, v.gpu_free, v.cpu_free, v.model)
+    assert list(f) == [0.0, 500.0]
+    # the model-blind measure (no model per node) sees both nodes alike
+    assert list(P.node_fragmentation(t, v.gpu_free, v.cpu_free)) == [0.0, 0.0]
+    # an unconstrained class on a model nobody names (index -1) is usable by the unconstrained half only
+    assert list(P.node_fragmentation(t, v.gpu_free[:1], v.cpu_free[:1], np.array([-1]))) == [500.0]
+
+
+def test_fgd_leaves_the_model_a_constrained_class_needs_to_it() -> None:
+    t = P.TargetWorkload.from_requests([P.Request(0, 0, 1, 1000, frozenset({"A"})), P.Request(0, 0, 1, 1000)],
+                                       models=("A", "B"))
+    v = _mview([[1000], [1000]], [0, 1])
+    c = P.PolicyContext(np.random.default_rng(0), t)
+    for _ in range(5):
+        assert best(P.score_fgd(v, P.Request(0, 0, 1, 1000), c))[0] == 1  # the pod that may go anywhere: B
+
+
+def test_model_prices_charge_the_sets_that_will_run_short() -> None:
+    # half of all demand may use only A; A has 1000 of 4000 free milli: pressure 0.5 * 4000 / 1000 = 2
+    t = P.TargetWorkload.from_requests([P.Request(0, 0, 1, 1000, frozenset({"A"})), P.Request(0, 0, 1, 1000)],
+                                       models=("A", "B"))
+    prices = P.model_prices(t, np.array([1000.0, 3000.0]))
+    assert list(prices) == [2.0, 0.0, 0.0]
+    # a constraint that admits every model of the cluster is no constraint: no price
+    t2 = P.TargetWorkload.from_requests([P.Request(0, 0, 1, 1000, frozenset({"A", "B"}))], models=("A", "B"))
+    assert list(P.model_prices(t2, np.array([1000.0, 3000.0]))) == [0.0, 0.0, 0.0]
+    # a set over several models is priced on each of them
+    t3 = P.TargetWorkload.from_requests([P.Request(0, 0, 1, 1000, frozenset({"A", "B"})), P.Request(0, 0, 1, 1000)],
+                                        models=("A", "B", "C"))
+    p3 = P.model_prices(t3, np.array([1000.0, 1000.0, 2000.0]))
+    assert p3[0] == p3[1] == 1.0 and p3[2] == 0.0
+
+
+def test_hcs_keeps_a_scarce_model_for_the_pods_that_need_it_where_fgd_sees_a_tie() -> None:
+    # one A node, four B nodes (one device each); as many A-only as B-only pods are expected, so FGD's
+    # measure is the same on A and B, but A's capacity is four times scarcer
+    reqs = [P.Request(0, 0, 1, 1000)] * 2 + [P.Request(0, 0, 1, 1000, frozenset({"A"})),
+                                            P.Request(0, 0, 1, 1000, frozenset({"B"}))]
+    t = P.TargetWorkload.from_requests(reqs, models=("A", "B"))
+    v = _mview([[1000]] * 5, [0, 1, 1, 1, 1])
+    req = P.Request(0, 0, 1, 1000)
+    d = P.fragmentation_delta(v, req, t)
+    assert np.allclose(d[:, 0], d[0, 0])  # FGD: a tie
+    c = P.PolicyContext(np.random.default_rng(0), t, {}, model_free=np.array([1000.0, 4000.0]))
+    assert best(P.score_hcs(v, req, c))[0] != 0
+    # without the scarcity term hcs would take A (first of the tie) — the term decides
+    c0 = P.PolicyContext(np.random.default_rng(0), t, {"scarce": 0.0}, model_free=np.array([1000.0, 4000.0]))
+    assert P.pick(P.score_hcs(v, req, c0), np.random.default_rng(0), deterministic=True) == (0, 0)
+    # a pod that may use only A still goes to A (its only candidates are A nodes)
+    only_a = _mview([[1000]], [0])
+    assert best(P.score_hcs(only_a, P.Request(0, 0, 1, 1000, frozenset({"A"})), c)) == (0, 0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(frees, st.integers(1, 1000), st.lists(st.integers(-1, 1), min_size=6, max_size=6))
+def test_model_aware_delta_matches_brute_force(gpu_free: list[list[int]], milli: int, models: list[int]) -> None:
+    reqs = [P.Request(2000, 0, 1, 500, frozenset({"A"})), P.Request(1000, 0, 1, 250, frozenset({"A", "B"})),
+            P.Request(4000, 0, 1, 1000), P.Request(0, 0, 2, 1000, frozenset({"B"})), P.Request(1000, 0, 0, 0)]
+    t = P.TargetWorkload.from_requests(reqs, models=("A", "B"))
+    v0 = view(gpu_free)
+    m = np.array(models[:len(gpu_free)], dtype=np.int64)
+    v = P.NodeView(v0.gpu_free, v0.gpu_present, v0.cpu_free, v0.mem_free, v0.cpu_total, v0.mem_total, model=m)
+    req = P.Request(1000, 0, 1, milli)
+    delta = P.fragmentation_delta(v, req, t)
+    before = P.node_fragmentation(t, v.gpu_free, v.cpu_free, m)
+    for c in range(len(gpu_free)):
+        for g in range(4):
+            if v.gpu_free[c, g] < milli:
+                continue
+            after = v.gpu_free[c].copy()
+            after[g] -= milli
+            expect = P.node_fragmentation(t, after[None, :], v.cpu_free[c:c + 1] - 1000, m[c:c + 1])[0] - before[c]
+            assert delta[c, g] == pytest.approx(expect, abs=1e-6)
+
+
+def test_recent_mix_weighs_newer_requests_more_and_starts_from_the_default_mix() -> None:
+    mix: P.RecentMix[P.Request] = P.RecentMix(history=4, decay=0.5, warmup=2)
+    assert mix.target(lambda r: r).milli.tolist() == sorted(set(P.DEFAULT_MIX))  # warming up
+    for milli in (100, 200, 300, 400, 500):  # the oldest (100) falls out of the window of 4
+        mix.add(P.Request(1000, 0, 1, milli))
+    t = mix.target(lambda r: r)
+    assert t.milli.tolist() == [200, 300, 400, 500]
+    w = t.weights(np.array([1000]))[0]
+    assert w.tolist() == pytest.approx([1 / 15, 2 / 15, 4 / 15, 8 / 15])  # 0.125 : 0.25 : 0.5 : 1
+    with pytest.raises(ConfigError, match="decay"):
+        P.RecentMix(decay=0)

@@ -1,6 +1,6 @@
-"""A pending pod's reason names what is actually short, for both planners (one container: the vectorised
-fast path; several: the greedy planner): VRAM vs TFLOPS on a shared device, node size vs island size vs
-busy devices for whole devices, and the vendor/model filter."""
+"""A pending pod's reason names what is actually short, from the one planner (one container or several):
+VRAM vs TFLOPS on a shared device, node size vs island size vs busy devices for whole devices, and the
+vendor/model filter."""
 
 from __future__ import annotations
 
