@@ -231,7 +231,7 @@ def test_allocator_and_agent_pod_patches_are_narrowed(kube_cluster: Any, rest: K
         try:
             _merge(allocator, ns, "plain", {"metadata": {"labels": {"owned": "yes"}}})
         except KubeError as exc:
-            return exc.status in (403, 422) and "may not change pod labels" in str(exc)
+            return exc.status in (403, 422) and "labels starting with hcs.io/" in str(exc)
         _merge(rest, ns, "plain", {"metadata": {"labels": {"owned": None}}})
         return False
 
@@ -241,8 +241,12 @@ def test_allocator_and_agent_pod_patches_are_narrowed(kube_cluster: Any, rest: K
     with pytest.raises(KubeError, match="retarget the images"):  # not gated: no image change
         _json_patch(allocator, ns, "plain", [{"op": "replace", "path": "/spec/containers/0/image",
                                               "value": "hcs.local/busybox:other"}])
-    # what it needs: the record annotations; retargeting a gated pod and removing the gate
+    # what it needs: the record annotations and hcs.io/* labels (its leader label, the hcs.io/allocator
+    # selector label); retargeting a gated pod and removing the gate
     _merge(allocator, ns, "plain", {"metadata": {"annotations": {"hcs.io/assignment": "{}"}}})
+    _merge(allocator, ns, "plain", {"metadata": {"labels": {"hcs.io/allocator-leader": "true"}}})
+    with pytest.raises(KubeError, match="labels starting with hcs.io/"):  # other labels stay untouchable
+        _merge(allocator, ns, "plain", {"metadata": {"labels": {"hcs.io/allocator-leader": None, "app": "x"}}})
     _json_patch(allocator, ns, "gated", [
         {"op": "replace", "path": "/spec/containers/0/image", "value": "hcs.local/busybox:ascend-example"},
         {"op": "remove", "path": "/spec/schedulingGates"}])
@@ -257,6 +261,8 @@ def test_allocator_and_agent_pod_patches_are_narrowed(kube_cluster: Any, rest: K
                          extra={"authentication.kubernetes.io/node-name": [node]})
     with pytest.raises(KubeError, match="annotations starting with hcs.io/assignment"):
         _merge(here, ns, "plain", {"metadata": {"annotations": {"hcs.io/vendor": "nvidia"}}})
+    with pytest.raises(KubeError, match="may not change pod labels"):  # node agents change no label at all
+        _merge(here, ns, "plain", {"metadata": {"labels": {"hcs.io/allocator-leader": "false"}}})
     _merge(here, ns, "plain", {"metadata": {"annotations": {"hcs.io/assignment": "{ }"}}})
 
 
