@@ -24,7 +24,7 @@ class AllocatorConfig:
     extender_address: str = "0.0.0.0:8888"
     namespace: str = "hcs-system"
     lease_name: str = "hcs-allocator"
-    lease_seconds: int = 15
+    lease_seconds: int = 10  # failover after a crash: at most this plus one standby poll (1 s)
     sync_interval_s: float = 2.0
     kubeconfig: str | None = None
 
@@ -109,6 +109,7 @@ def run_allocator(args: argparse.Namespace) -> int:
     from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, serve_http
     from hcs.allocator.inventory import ExchangeRates
     from hcs.allocator.kube import KubeSync, LeaderElector, Persister
+    from hcs.allocator.metrics import AllocatorMetrics
     from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
     from hcs.kube import KubeRest
@@ -124,31 +125,37 @@ def run_allocator(args: argparse.Namespace) -> int:
     rest = KubeRest(_api_client(cfg.kubeconfig))
     stop = StopSignals()
     state = AllocatorState()
-    sync = KubeSync(rest, state, rates)
+    metrics = AllocatorMetrics(state)
+    sync = KubeSync(rest, state, rates, metrics)
     identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
     elector = LeaderElector(rest, cfg.namespace, cfg.lease_name, identity, cfg.lease_seconds)
 
-    def elected() -> None:
-        try:
-            sync.sync_inventory()
-            problems = sync.resync()
-            log.info("state rebuilt from the API server: %d reservations, %d problems",
-                     len(state.reservations()), len(problems))
-        except HcsError as exc:
-            log.warning("resync after election failed: %s", exc)
-        except Exception:
-            log.exception("resync after election failed")
+    def serving() -> bool:
+        """Leader with every watch listed once: only then may it place pods (a standby's /readyz is 503)."""
+        return elector.is_leader() and sync.synced()
 
-    elector.on_elected = elected
-    service = AllocatorService(state, Persister(sync), sync.resolve, elector.is_leader)
+    def adopt() -> None:
+        try:
+            n = sync.adopt()
+            if n:
+                log.info("labelled %d pod(s) annotated or gated before hcs.io/allocator existed", n)
+            sync.reconcile()
+            log.info("leader: %d reservations from the watched pods", len(state.reservations()))
+        except HcsError as exc:
+            log.warning("adopting unlabelled pods after election failed: %s", exc)
+        except Exception:
+            log.exception("adopting unlabelled pods after election failed")
+
+    # the standby keeps its watches (a hot state): on election it is ready as soon as it holds the Lease
+    elector.on_elected = lambda: threading.Thread(target=adopt, name="hcs-adopt", daemon=True).start()
+    service = AllocatorService(state, Persister(sync), sync.resolve, serving)
     if cfg.grpc_address.startswith("unix://"):
         os.makedirs(os.path.dirname(cfg.grpc_address[len("unix://"):]) or ".", exist_ok=True)
     grpc_server = serve(service, cfg.grpc_address)
     host, port = _split_host_port(cfg.extender_address)
-    http_server = serve_http(Extender(state, sync, elector.is_leader), host, port)
+    http_server = serve_http(Extender(state, sync, serving, metrics), host, port)
+    threading.Thread(target=sync.run, args=(cfg.sync_interval_s, serving), name="hcs-sync", daemon=True).start()
     threading.Thread(target=elector.run, name="hcs-lease", daemon=True).start()
-    threading.Thread(target=sync.run, args=(cfg.sync_interval_s, elector.is_leader), name="hcs-sync",
-                     daemon=True).start()
     log.info("allocator %s: gRPC %s, extender http://%s:%d", identity, cfg.grpc_address, host, port)
     stop.wait(stop_timeout_s=20)
     log.info("shutting down")

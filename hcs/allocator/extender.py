@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hcs.allocator.kube import KubeSync
+from hcs.allocator.metrics import AllocatorMetrics
 from hcs.allocator.placement import RequestError, demand_from_pod
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
 from hcs.httpreply import send_once
@@ -53,10 +54,11 @@ class Extender:
     """The extender's logic, independent of HTTP (tests call it directly too)."""
 
     def __init__(self, state: AllocatorState, sync: KubeSync | None = None,
-                 is_leader: Callable[[], bool] | None = None) -> None:
+                 is_leader: Callable[[], bool] | None = None, metrics: AllocatorMetrics | None = None) -> None:
         self.state = state
         self.sync = sync
         self.is_leader = is_leader or (lambda: True)
+        self.metrics = metrics if metrics is not None else (sync.metrics if sync is not None else None)
         self._lock = threading.Lock()
         # pods seen by filter (bind then needs no GET) and filter scores (prioritize reuses them
         # while the state is unchanged); both bounded
@@ -101,6 +103,22 @@ class Extender:
         log.info("pod %s/%s is being rescheduled: dropping its unbound reservation",
                  meta.get("namespace"), meta.get("name"))
         self.state.release(uid)
+
+    def decide(self, verb: str, args: Mapping[str, Any]) -> Any:
+        """One extender verb, counted and timed in ``hcs_allocator_decisions_total`` / ``_decision_seconds``."""
+        fn = {"filter": self.filter, "prioritize": self.prioritize, "bind": self.bind}[verb]
+        if self.metrics is None:
+            return fn(args)
+        with self.metrics.decision(verb) as outcome:
+            out = fn(args)
+            err = str(out.get("Error") or "") if isinstance(out, dict) else ""
+            if "not the leader" in err:
+                outcome("not_leader")
+            elif err:
+                outcome("error")
+            elif verb == "filter" and isinstance(out, dict) and not out.get("NodeNames"):
+                outcome("nofit")
+            return out
 
     def filter(self, args: Mapping[str, Any]) -> dict[str, Any]:
         names = _node_names(args)
@@ -158,6 +176,13 @@ class Extender:
         return [{"Host": n, "Score": int(round(scores.get(n, 0.0) * MAX_EXTENDER_PRIORITY / 100))} for n in names]
 
     def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        uid = str(_get(args, "PodUID") or "")
+        if self.sync is None or not uid:
+            return self._bind(args)
+        with self.sync.binding(uid):  # the watch leaves this pod's reservation alone until the bind ends
+            return self._bind(args)
+
+    def _bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
         ns = str(_get(args, "PodNamespace") or "default")
         name = str(_get(args, "PodName") or "")
         uid = str(_get(args, "PodUID") or "")
@@ -235,8 +260,17 @@ def make_handler(ext: Extender) -> type[BaseHTTPRequestHandler]:
             send_once(self, code, json.dumps(body).encode())
 
         def do_GET(self) -> None:  # noqa: N802
-            if self.path.rstrip("/") in ("/healthz", "/readyz"):
+            path = self.path.split("?")[0].rstrip("/")
+            if path == "/healthz":
                 self._reply(200, {"ok": True, "leader": ext.is_leader()})
+            elif path == "/readyz":  # only the leader with a synced state serves: a standby is not ready
+                leader = ext.is_leader()
+                self._reply(200 if leader else 503, {"ok": leader, "leader": leader})
+            elif path == "/metrics" and ext.metrics is not None:
+                from hcs.allocator.metrics import CONTENT_TYPE_LATEST
+
+                ext.metrics.leader.set(1 if ext.is_leader() else 0)
+                send_once(self, 200, ext.metrics.exposition(), CONTENT_TYPE_LATEST)
             else:
                 self._reply(404, {"Error": f"unknown path {self.path}"})
 
@@ -251,12 +285,8 @@ def make_handler(ext: Extender) -> type[BaseHTTPRequestHandler]:
                 return
             verb = self.path.strip("/").split("/")[-1]
             try:
-                if verb == "filter":
-                    self._reply(200, ext.filter(args))
-                elif verb == "prioritize":
-                    self._reply(200, ext.prioritize(args))
-                elif verb == "bind":
-                    self._reply(200, ext.bind(args))
+                if verb in ("filter", "prioritize", "bind"):
+                    self._reply(200, ext.decide(verb, args))
                 else:
                     self._reply(404, {"Error": f"unknown extender verb {verb!r}; use filter, prioritize or bind"})
             except Exception as exc:  # never crash the server on one bad request

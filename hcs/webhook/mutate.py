@@ -198,6 +198,8 @@ def _patch_ops(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]
         if "metadata" not in old:
             ops.append({"op": "add", "path": "/metadata", "value": {}})
         ops.append({"op": "add", "path": "/metadata/annotations", "value": new_meta["annotations"]})
+    if old_meta.get("labels") != new_meta.get("labels"):  # after /metadata/annotations (it adds /metadata)
+        ops.append({"op": "add", "path": "/metadata/labels", "value": new_meta["labels"]})
     old_spec, new_spec = as_dict(old.get("spec")), as_dict(new.get("spec"))
     for key in ("schedulerName", "schedulingGates", "resourceClaims"):
         if old_spec.get(key) != new_spec.get(key):
@@ -298,6 +300,9 @@ def mutate_pod(
 
     warnings += _image_retarget(spec, annotations, image_map or {}, mode)
     meta["annotations"] = annotations
+    if any(as_dict(g).get("name") == VENDOR_IMAGE_GATE for g in as_list(spec.get("schedulingGates"))):
+        # the allocator watches only pods labelled hcs.io/allocator; it places gated pods and ungates them
+        meta["labels"] = {**as_dict(meta.get("labels")), "hcs.io/allocator": "gated"}
     old: dict[str, Any] = {"spec": template.spec}
     if isinstance(pod.get("metadata"), dict):
         old["metadata"] = template.metadata
