@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTENT_TYPE_LATEST", "AllocatorMetrics", "vram_summary"]
 
-BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def vram_summary(state: AllocatorState) -> dict[tuple[str, str], tuple[int, int]]:
