@@ -75,7 +75,7 @@ def test_metrics_endpoint_counts_decisions_by_verb_and_outcome() -> None:
                      'hcs_allocator_decisions_total{outcome="ok",verb="prioritize"} 1.0',
                      'hcs_allocator_decisions_total{outcome="error",verb="bind"} 1.0',
                      'hcs_allocator_decision_seconds_count{verb="filter"} 2.0',
-                     'hcs_allocator_vram_free_bytes{{model="a100-80g",vendor="nvidia"}} 1.7179869184e+11',
+                     'hcs_allocator_vram_free_bytes{model="a100-80g",vendor="nvidia"} 1.7179869184e+11',
                      'hcs_allocator_leader 1.0'):
             assert line in text, line
         assert 'hcs_allocator_reservations{state="pending"} 0.0' in text
