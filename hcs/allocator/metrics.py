@@ -7,7 +7,8 @@ so keeping them costs nothing between scrapes.
 - ``hcs_allocator_decisions_total{verb,outcome}``: filter / prioritize / bind (extender) and
   reserve / confirm / release / explain / capacity (gRPC); outcome ``ok``, ``nofit``, ``error``,
   ``not_leader``.
-- ``hcs_allocator_decision_seconds{verb}``: time to answer, histogram.
+- ``hcs_allocator_decision_seconds{verb}``: time to answer, histogram; ``hcs_allocator_decision_cpu_seconds``
+  the answering thread's CPU time (the same minus waiting for a core on a busy machine).
 - ``hcs_allocator_reservations{state}``: pending / confirmed reservations held.
 - ``hcs_allocator_vram_free_bytes{vendor,model}``: VRAM not reserved, healthy devices only.
 - ``hcs_allocator_vram_fragmented_bytes{vendor,model}``: the part of it on devices that are partly
@@ -91,6 +92,9 @@ class AllocatorMetrics:
                                  ["verb", "outcome"], registry=r)
         self.latency = Histogram("hcs_allocator_decision_seconds", "Time to answer a decision, by verb",
                                  ["verb"], buckets=BUCKETS, registry=r)
+        self.cpu = Histogram("hcs_allocator_decision_cpu_seconds",
+                             "CPU time of the answering thread per decision (excludes waiting for a core)",
+                             ["verb"], buckets=BUCKETS, registry=r)
         self.conflicts = Counter("hcs_allocator_conflicts", "Reservations the state could not hold", ["kind"],
                                  registry=r)
         self.leader = Gauge("hcs_allocator_leader", "1 when this replica holds the leader Lease", registry=r)
@@ -111,6 +115,7 @@ class AllocatorMetrics:
         counts as ``error``)."""
         result = ["ok"]
         start = time.perf_counter()
+        cpu0 = time.thread_time()
         try:
             yield lambda o: result.__setitem__(0, o)
         except BaseException:
@@ -119,6 +124,7 @@ class AllocatorMetrics:
         finally:
             took = time.perf_counter() - start
             self.latency.labels(verb).observe(took)
+            self.cpu.labels(verb).observe(time.thread_time() - cpu0)
             if self.samples is not None:
                 self.samples.setdefault(verb, []).append(took)
             self.decisions.labels(verb, result[0]).inc()

@@ -137,15 +137,16 @@ class AllocatorState:
     def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16) -> list[Verdict]:
         """Verdicts per node, best first; the best ``proposals`` fitting nodes carry a device plan."""
         with self._lock:
-            inv = [n for n in self._nodes.values() if not nodes or n.name in nodes]
+            wanted = set(nodes) if nodes else None  # a set: `in` on the scheduler's list was O(nodes²)
             missing = [n for n in (nodes or []) if n not in self._nodes]
             if len(demand.containers) == 1:
                 if self._table is None or self._used is None:
                     self._table = DeviceTable.build(list(self._nodes.values()))
                     self._used = self._table.scatter(self._usage)
                 verdicts = fast_plan(demand, self._table, self._usage, self._cpu_mem, self._target, self._rng,
-                                     set(nodes) if nodes else None, proposals, self._used)
+                                     wanted, proposals, self._used)
             else:
+                inv = [n for n in self._nodes.values() if wanted is None or n.name in wanted]
                 verdicts = plan(demand, inv, self._usage, self._cpu_mem, self._target, self._rng)
         return verdicts + [Verdict(n, False, "no ComputeNode for this node (no HCS node agent reporting)")
                            for n in missing]
