@@ -151,7 +151,7 @@ def run_allocator(args: argparse.Namespace) -> int:
     service = AllocatorService(state, Persister(sync), sync.resolve, serving)
     if cfg.grpc_address.startswith("unix://"):
         os.makedirs(os.path.dirname(cfg.grpc_address[len("unix://"):]) or ".", exist_ok=True)
-    grpc_server = serve(service, cfg.grpc_address)
+    grpc_server = serve(service, cfg.grpc_address, interceptors=(metrics.grpc_interceptor(),))
     host, port = _split_host_port(cfg.extender_address)
     http_server = serve_http(Extender(state, sync, serving, metrics), host, port)
     threading.Thread(target=sync.run, args=(cfg.sync_interval_s, serving), name="hcs-sync", daemon=True).start()

@@ -119,7 +119,8 @@ class AllocatorMetrics:
         try:
             yield lambda o: result.__setitem__(0, o)
         except BaseException:
-            result[0] = "error"
+            if result[0] == "ok":
+                result[0] = "error"
             raise
         finally:
             took = time.perf_counter() - start
@@ -128,6 +129,37 @@ class AllocatorMetrics:
             if self.samples is not None:
                 self.samples.setdefault(verb, []).append(took)
             self.decisions.labels(verb, result[0]).inc()
+
+    def grpc_interceptor(self) -> Any:
+        """A gRPC server interceptor counting and timing every unary method (verb = method name, lower case;
+        RESOURCE_EXHAUSTED → nofit, UNAVAILABLE → not_leader, other errors → error)."""
+        import grpc
+
+        metrics = self
+
+        class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+            def intercept_service(self, continuation: Any, details: Any) -> Any:
+                handler = continuation(details)
+                if handler is None or handler.unary_unary is None:
+                    return handler
+                verb = str(details.method).rsplit("/", 1)[-1].lower()
+                inner = handler.unary_unary
+
+                def wrapped(request: Any, context: Any) -> Any:
+                    with metrics.decision(verb) as outcome:
+                        try:
+                            return inner(request, context)
+                        except BaseException:
+                            code = context.code()
+                            outcome("nofit" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else
+                                    "not_leader" if code == grpc.StatusCode.UNAVAILABLE else "error")
+                            raise
+
+                return grpc.unary_unary_rpc_method_handler(
+                    wrapped, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+        return _Interceptor()
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -221,9 +221,9 @@ class AllocatorService(pbg.AllocatorServicer):
         return capacity_of(self.state.nodes())
 
 
-def serve(service: AllocatorService, address: str, workers: int = 8) -> grpc.Server:
+def serve(service: AllocatorService, address: str, workers: int = 8, interceptors: tuple[Any, ...] = ()) -> grpc.Server:
     """Start the gRPC server on ``address`` (``unix:///path`` or ``host:port``)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=interceptors)
     pbg.add_AllocatorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen on {address}")

@@ -105,3 +105,35 @@ def test_standby_is_not_ready_and_answers_the_scheduler_with_a_retriable_error()
         assert get(f"{url}/readyz")[0] == 200
     finally:
         server.shutdown()
+
+
+def test_grpc_decisions_are_counted_by_method_and_outcome(tmp_path: Any) -> None:
+    import grpc
+
+    from hcs.allocator.service import AllocatorService, serve
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+
+    state = state_with_two_nodes()
+    metrics = AllocatorMetrics(state)
+    address = f"unix://{tmp_path / 'a.sock'}"
+    server = serve(AllocatorService(state), address, interceptors=(metrics.grpc_interceptor(),))
+    try:
+        with grpc.insecure_channel(address) as ch:
+            stub = pbg.AllocatorStub(ch)
+            req = pb.PodRequest(pod=pb.PodRef(uid="u-9", namespace="default", name="p"),
+                                containers=[pb.ContainerRequest(container="c", vram_bytes=40 * GI)])
+            stub.Reserve(pb.ReserveRequest(request=req), timeout=10)
+            big = pb.PodRequest(pod=pb.PodRef(uid="u-10", namespace="default", name="q"),
+                                containers=[pb.ContainerRequest(container="c", vram_bytes=900 * GI)])
+            try:
+                stub.Reserve(pb.ReserveRequest(request=big), timeout=10)
+                raise AssertionError("900Gi fits nowhere")
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        text = metrics.exposition().decode()
+        assert 'hcs_allocator_decisions_total{outcome="ok",verb="reserve"} 1.0' in text
+        assert 'hcs_allocator_decisions_total{outcome="nofit",verb="reserve"} 1.0' in text
+        assert 'hcs_allocator_reservations{state="pending"} 1.0' in text
+    finally:
+        server.stop(0)
