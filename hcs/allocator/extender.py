@@ -20,7 +20,7 @@ from typing import Any
 
 from hcs.allocator.kube import KubeSync
 from hcs.allocator.metrics import AllocatorMetrics
-from hcs.allocator.placement import RequestError, demand_from_pod
+from hcs.allocator.placement import ANN_ASSIGNMENT, RequestError, demand_from_pod
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
 from hcs.httpreply import send_once
 from hcs.kube import KubeError
@@ -97,12 +97,41 @@ class Extender:
         uid = str(meta.get("uid", ""))
         if not uid or (pod.get("spec") or {}).get("nodeName") or self.state.reservation(uid) is None:
             return
-        bound = self._bound_node(str(meta.get("namespace", "")), str(meta.get("name", "")), uid)
-        if bound:
+        if self.sync is None:
+            self.state.release(uid)
             return
-        log.info("pod %s/%s is being rescheduled: dropping its unbound reservation",
-                 meta.get("namespace"), meta.get("name"))
+        with self.sync.binding(uid):
+            if self._unreserve_unbound(str(meta.get("namespace", "")), str(meta.get("name", "")), uid):
+                log.info("pod %s/%s is being rescheduled: dropped its unbound reservation",
+                         meta.get("namespace"), meta.get("name"))
+
+    def _unreserve_unbound(self, ns: str, name: str, uid: str) -> bool:
+        """Free an unbound pod's reservation: clear its assignment on the API server first, guarded by the
+        pod's resourceVersion (so a Binding still in flight for the annotated version, e.g. from a killed
+        allocator, fails), then release the devices. False (nothing changed) when the pod is bound or changed
+        meanwhile. Raises KubeError when the API server cannot be read."""
+        assert self.sync is not None
+        try:
+            live = self.sync.get_pod(ns, name)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            self.state.release(uid)  # the pod is gone
+            return True
+        meta = live.get("metadata") or {}
+        if meta.get("uid") == uid:
+            if (live.get("spec") or {}).get("nodeName"):
+                return False
+            if ANN_ASSIGNMENT in (meta.get("annotations") or {}):
+                try:
+                    self.sync.annotate(None, ns, name, resource_version=str(meta.get("resourceVersion") or ""))
+                except KubeError as exc:
+                    if exc.status == 409:
+                        return False  # changed since we read it (maybe bound): decide again next time
+                    if exc.status != 404:
+                        raise
         self.state.release(uid)
+        return True
 
     def decide(self, verb: str, args: Mapping[str, Any]) -> Any:
         """One extender verb, counted and timed in ``hcs_allocator_decisions_total`` / ``_decision_seconds``."""
@@ -206,28 +235,29 @@ class Extender:
         except RequestError as exc:
             return {"Error": str(exc)}
         res = None
+        version = ""
         if demand is not None:
             held = self.state.reservation(uid)
             if held is not None and held.node != node:
                 try:
-                    bound = self._bound_node(ns, name, uid)
+                    if not self._unreserve_unbound(ns, name, uid):
+                        return {"Error": f"pod {ns}/{name} is already bound to {self._bound_node(ns, name, uid)}"
+                                         " (or changed meanwhile; retry)"}
                 except KubeError as exc:
                     return {"Error": f"pod {ns}/{name}: {exc}"}
-                if bound:
-                    return {"Error": f"pod {ns}/{name} is already bound to {bound}"}
-                self.state.release(uid)
             try:
                 res = self.state.reserve(demand, node)
             except (NoFit, Conflict) as exc:
                 self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
                 return {"Error": str(exc)}
             try:
-                self.sync.annotate(res, ns, name)  # source of truth first
+                version = self.sync.annotate(res, ns, name)  # source of truth first
             except KubeError as exc:
                 self.state.release(uid)
                 return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
         try:
-            self.sync.bind(ns, name, uid, node)
+            # only onto the annotated version: a Binding cannot land on a pod whose assignment changed since
+            self.sync.bind(ns, name, uid, node, resource_version=version if res is not None else "")
         except KubeError as exc:
             try:
                 bound = self._bound_node(ns, name, uid)

@@ -677,16 +677,26 @@ class KubeSync:
         pod = self.find_pod(uid, namespace, name)
         return demand_from_pod(pod) if pod else None
 
-    def annotate(self, r: Reservation | None, namespace: str, name: str) -> None:
-        """Write (or with ``None`` clear) the assignment annotation and the label the pod watch selects on."""
-        body = {"metadata": {"annotations": {ANN_ASSIGNMENT: annotation_json(r) if r else None},
-                             "labels": {LABEL: "assigned" if r else None}}}
-        pod = self.rest.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body,
+    def annotate(self, r: Reservation | None, namespace: str, name: str, resource_version: str = "") -> str:
+        """Write (or with ``None`` clear) the assignment annotation and the label the pod watch selects on;
+        with ``resource_version`` only if the pod is still at that version (else KubeError 409). Returns
+        the pod's new resourceVersion."""
+        meta: dict[str, Any] = {"annotations": {ANN_ASSIGNMENT: annotation_json(r) if r else None},
+                                "labels": {LABEL: "assigned" if r else None}}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        pod = self.rest.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", body={"metadata": meta},
                                 content_type=MERGE)
         self._wrote(pod)
+        return str((pod.get("metadata") or {}).get("resourceVersion") or "")
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": namespace, "uid": uid},
+    def bind(self, namespace: str, name: str, uid: str, node: str, resource_version: str = "") -> None:
+        """Create the Binding; with ``resource_version`` the API server binds only that version of the pod
+        (a precondition, as for ``uid``): a Binding sent for an assignment that was since cleared fails."""
+        meta = {"name": name, "namespace": namespace, "uid": uid}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": meta,
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         self.rest.request("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body=body)
 

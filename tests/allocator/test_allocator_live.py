@@ -217,3 +217,40 @@ def test_standby_takes_over_after_the_leader_is_killed(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_bind_cut_short_leaves_no_stale_grant_and_its_late_binding_fails(
+        rest: KubeRest, fake_node: str, pods: list[str]) -> None:
+    """An allocator killed between writing the assignment and the Binding: the restarted one restores the
+    pending reservation; when the scheduler retries the pod, the assignment is cleared on the API server
+    *before* the devices are freed, and the dead allocator's Binding, if it still arrives, fails (it was for
+    the annotated version of the pod)."""
+    state, sync = started(rest)
+    pod = make_pod(rest, pods, "70Gi")
+    uid, name = pod["metadata"]["uid"], pod["metadata"]["name"]
+    try:
+        wait_for(lambda: any(n.name == fake_node for n in state.nodes()), timeout=30, what="ComputeNode watched")
+        demand = demand_from_pod(pod)
+        assert demand is not None
+        with sync.binding(uid):
+            version = sync.annotate(state.reserve(demand, fake_node), "default", name)
+    finally:
+        sync.stop()  # "killed": the Binding was never sent
+    state2, sync2 = started(rest)
+    try:
+        wait_for(lambda: state2.reservation(uid) is not None, timeout=30, what="the pending reservation restored")
+        ext2 = Extender(state2, sync2)
+        ext2.filter({"Pod": pod, "NodeNames": [fake_node]})  # the scheduler retries the pod
+        live = rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")
+        assert ANN_ASSIGNMENT not in (live["metadata"].get("annotations") or {}), "stale grant left on the pod"
+        assert state2.reservation(uid) is None
+        with pytest.raises(KubeError) as late:  # the dead allocator's Binding arrives late
+            sync.bind("default", name, uid, fake_node, resource_version=version)
+        assert late.value.status == 409
+        assert not rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")["spec"].get("nodeName")
+        bind(ext2, pod, fake_node)  # and the retry binds it with a fresh grant
+        assert ANN_ASSIGNMENT in rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")["metadata"][
+            "annotations"]
+        state2.check_invariants()
+    finally:
+        sync2.stop()
