@@ -21,6 +21,7 @@ from typing import Any
 from hcs.allocator.kube import KubeSync
 from hcs.allocator.metrics import AllocatorMetrics
 from hcs.allocator.placement import ANN_ASSIGNMENT, RequestError, demand_from_pod
+from hcs.allocator.service import reservation_from_annotation
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
 from hcs.httpreply import send_once
 from hcs.kube import KubeError
@@ -133,6 +134,32 @@ class Extender:
         self.state.release(uid)
         return True
 
+    def _bind_version(self, ns: str, name: str, uid: str, node: str, version: str, granted: bool) -> None:
+        """The Binding, only onto the annotated version of the pod. Something else may update the pod in
+        between (kube-scheduler writes its status): then, if the pod is still unbound and still carries
+        our grant for this node, bind that newer version (at most 3 tries)."""
+        assert self.sync is not None
+        for attempt in range(3):
+            try:
+                self.sync.bind(ns, name, uid, node, resource_version=version)
+                return
+            except KubeError as exc:
+                if exc.status != 409 or not granted or attempt == 2:
+                    raise
+                live = self.sync.get_pod(ns, name)
+                meta = live.get("metadata") or {}
+                text = (meta.get("annotations") or {}).get(ANN_ASSIGNMENT, "")
+                try:
+                    ours = reservation_from_annotation(text) if text else None
+                except ValueError:
+                    ours = None
+                if (live.get("spec") or {}).get("nodeName") or meta.get("uid") != uid or ours is None \
+                        or ours.node != node or ours.pod.uid != uid:
+                    raise
+                if self.metrics is not None:
+                    self.metrics.conflicts.labels("bind_retry").inc()
+                version = str(meta.get("resourceVersion") or "")
+
     def decide(self, verb: str, args: Mapping[str, Any]) -> Any:
         """One extender verb, counted and timed in ``hcs_allocator_decisions_total`` / ``_decision_seconds``."""
         fn = {"filter": self.filter, "prioritize": self.prioritize, "bind": self.bind}[verb]
@@ -198,7 +225,9 @@ class Extender:
             return [{"Host": n, "Score": 0} for n in names]
         with self._lock:
             cached = self._scores.get(demand.pod.uid)
-        if cached is not None and cached[0] == self.state.version and set(names) <= set(cached[1]):
+        # The filter's scores, even if a bind of another pod changed the state since (the scheduler binds
+        # asynchronously, so it nearly always has): scores only rank nodes, bind re-checks the fit.
+        if cached is not None and set(names) <= set(cached[1]):
             scores = cached[2]
         else:
             scores = {v.node: v.score for v in self.state.explain(demand, names, proposals=0) if v.fits}
@@ -256,8 +285,7 @@ class Extender:
                 self.state.release(uid)
                 return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
         try:
-            # only onto the annotated version: a Binding cannot land on a pod whose assignment changed since
-            self.sync.bind(ns, name, uid, node, resource_version=version if res is not None else "")
+            self._bind_version(ns, name, uid, node, version if res is not None else "", res is not None)
         except KubeError as exc:
             try:
                 bound = self._bound_node(ns, name, uid)
@@ -266,11 +294,12 @@ class Extender:
             if bound == node:  # an earlier attempt (timed out on the scheduler's side) did bind it
                 return {"Error": ""}
             if res is not None:
-                self.state.release(uid)
-                try:
+                try:  # the API server first: clear the grant, then free the devices
                     self.sync.annotate(None, ns, name)
+                    self.state.release(uid)
                 except KubeError:
-                    log.warning("pod %s/%s: stale assignment annotation left; resync drops it", ns, name)
+                    log.warning("pod %s/%s: assignment not cleared; the reservation stays until the pod is "
+                                "rescheduled or gone", ns, name)
             return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
         log.info("bound %s/%s to %s%s", ns, name, node, "" if res is None else
                  f" with {sum(1 for _ in res.grants())} device grant(s)")
