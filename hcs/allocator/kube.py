@@ -86,6 +86,13 @@ def trim_node(node: dict[str, Any]) -> dict[str, Any]:
             "status": {"allocatable": ((node.get("status") or {}).get("allocatable")) or {}}}
 
 
+def _same_grant(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same assignment annotation and phase (what decides a reservation, besides the node bound to)."""
+    return bool(((a.get("metadata") or {}).get("annotations") or {}).get(ANN_ASSIGNMENT)
+                == ((b.get("metadata") or {}).get("annotations") or {}).get(ANN_ASSIGNMENT)
+                and (a.get("status") or {}).get("phase") == (b.get("status") or {}).get("phase"))
+
+
 class _Expired(Exception):
     """The watch's resourceVersion is too old (410 Gone): relist."""
 
@@ -491,6 +498,11 @@ class KubeSync:
                 if rv_int(obj) < wrote[0]:
                     return  # older than our own last write to this pod
                 del self._written[uid]
+            if old is not None and new is not None and _same_grant(old, new):
+                have = self.state.reservation(uid)
+                bound = (new.get("spec") or {}).get("nodeName")
+                if have is not None and (not bound or bound == have.node):
+                    return  # e.g. the Binding landed: nothing to parse again
             self._apply_pod(new if etype != "DELETED" else None, uid, problems)
         for p in problems:
             log.warning("%s", p)
