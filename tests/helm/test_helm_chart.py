@@ -462,7 +462,7 @@ def test_service_monitors_and_dashboard(rendered: Render) -> None:
     assert not find(rendered(), "ServiceMonitor")
     docs = rendered(serviceMonitor__enabled=True, grafanaDashboard__enabled=True)
     monitors = find(docs, "ServiceMonitor")
-    assert {m["metadata"]["name"] for m in monitors} == {"hcs-node-agent", "hcs-webhook"}
+    assert {m["metadata"]["name"] for m in monitors} == {"hcs-node-agent", "hcs-webhook", "hcs-allocator"}
     services = find(docs, "Service")
     for sm in monitors:
         sel = sm["spec"]["selector"]["matchLabels"]
