@@ -378,6 +378,7 @@ def main() -> int:
     ap.add_argument("--kcm-qps", type=int, default=2000)
     ap.add_argument("--kcm-burst", type=int, default=4000)
     ap.add_argument("--keep", action="store_true", help="leave the objects (and a private control plane) in place")
+    ap.add_argument("--reuse", action="store_true", help="reuse a running private control plane (default: a fresh one)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -385,7 +386,7 @@ def main() -> int:
         ap.error(f"--pods {args.pods}: at most {args.nodes * args.devices * 5} fit on {args.nodes} nodes")
     cp: Any
     if args.control_plane == "private":
-        cp = private_control_plane(args.kcm_qps, args.kcm_burst)
+        cp = private_control_plane(args.kcm_qps, args.kcm_burst, fresh=not args.reuse)
         kcm = {"kcm_qps": args.kcm_qps, "kcm_burst": args.kcm_burst}
     else:
         cp = ensure_cluster()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,14 @@ class ControlPlane:
                            env=self.env, stdout=sys.stderr, stderr=sys.stderr, check=False)
 
 
-def private_control_plane(qps: int, burst: int) -> ControlPlane:
+def private_control_plane(qps: int, burst: int, fresh: bool = False) -> ControlPlane:
+    """Start (or reuse) the private control plane; ``fresh``: stop it and delete its state first (an empty
+    etcd starts in seconds, deleting a previous run's 10,000 pods through the API takes many minutes)."""
     env = dict(os.environ, **PRIVATE_ENV, HCS_CLUSTER_KCM_API_QPS=str(qps), HCS_CLUSTER_KCM_API_BURST=str(burst))
     script = str(REPO / "e2e" / "cluster" / "hcs_cluster.py")
+    if fresh:
+        subprocess.run([sys.executable, script, "down"], env=env, stdout=sys.stderr, stderr=sys.stderr, check=False)
+        shutil.rmtree(PRIVATE_ENV["HCS_CLUSTER_DIR"], ignore_errors=True)
     subprocess.run([sys.executable, script, "up", "--no-node"], env=env, stdout=sys.stderr, stderr=sys.stderr,
                    check=True, timeout=900)
     info = json.loads(subprocess.run([sys.executable, script, "env", "--json"], env=env, capture_output=True,
