@@ -39,7 +39,7 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
-    private = private_control_plane(2000, 4000) if args.control_plane == "private" else None
+    private = private_control_plane(2000, 4000, fresh=True) if args.control_plane == "private" else None
     kubeconfig = Path(private.kubeconfig if private is not None else ensure_cluster().kubeconfig)
     from kubernetes import config
 
