@@ -96,8 +96,16 @@ class Extender:
         unless the API server shows the pod bound (then the scheduler's copy is the stale one)."""
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid", ""))
-        if not uid or (pod.get("spec") or {}).get("nodeName") or self.state.reservation(uid) is None:
+        if not uid or (pod.get("spec") or {}).get("nodeName"):
             return
+        if self.state.reservation(uid) is None:
+            # no reservation, but maybe a grant on the API server the state could not take back (a conflict
+            # on restore): clear it too, or it stays counted against devices others now hold
+            watched = self.sync.pods.get(str(meta.get("namespace", "")), str(meta.get("name", ""))) \
+                if self.sync is not None else None
+            if not any(ANN_ASSIGNMENT in ((p.get("metadata") or {}).get("annotations") or {})
+                       for p in (pod, watched) if p is not None):
+                return
         if self.sync is None:
             self.state.release(uid)
             return
@@ -282,7 +290,13 @@ class Extender:
             try:
                 version = self.sync.annotate(res, ns, name)  # source of truth first
             except KubeError as exc:
-                self.state.release(uid)
+                # the write may have landed with its reply lost: clear it before freeing the devices
+                try:
+                    self.sync.annotate(None, ns, name)
+                    self.state.release(uid)
+                except KubeError:
+                    log.warning("pod %s/%s: assignment may be recorded and could not be cleared; the "
+                                "reservation stays until the pod is rescheduled or gone", ns, name)
                 return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
         try:
             self._bind_version(ns, name, uid, node, version if res is not None else "", res is not None)
