@@ -308,9 +308,11 @@ class Extender:
             if bound == node:  # an earlier attempt (timed out on the scheduler's side) did bind it
                 return {"Error": ""}
             if res is not None:
-                try:  # the API server first: clear the grant, then free the devices
-                    self.sync.annotate(None, ns, name)
-                    self.state.release(uid)
+                # The Binding may still land (its reply was lost): clear the grant only on the unbound version
+                # of the pod (that makes a late Binding fail), then free the devices; bound meanwhile: done.
+                try:
+                    if not self._unreserve_unbound(ns, name, uid) and self._bound_node(ns, name, uid) == node:
+                        return {"Error": ""}
                 except KubeError:
                     log.warning("pod %s/%s: assignment not cleared; the reservation stays until the pod is "
                                 "rescheduled or gone", ns, name)
