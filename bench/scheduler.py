@@ -1,20 +1,39 @@
 """Scale benchmark through the real kube-scheduler: HCS extender path vs kube-scheduler's own DRA.
 
-On the local cluster (e2e/cluster): registers ``--nodes`` Node objects (no kubelet; pods tolerate the
-node-lifecycle taints) with 8 simulated 80Gi devices each, as ComputeNodes (HCS path) and as DRA
-ResourceSlices with consumable ``memory`` capacity (DRA path). Then, once per path:
+By default on its own control plane (etcd + kube-apiserver + kube-controller-manager from
+e2e/cluster, no node, separate ports and state dir), so nothing else loads it and its
+kube-controller-manager runs with ``--kube-api-qps/--kube-api-burst`` (``--kcm-qps``, ``--kcm-burst``)
+high enough not to be the DRA path's bottleneck; ``--control-plane shared`` uses the shared local
+cluster instead (its kube-controller-manager keeps the default 20 QPS: the JSON says so).
+
+Registers ``--nodes`` plain Node objects (no kubelet; pods tolerate the node-lifecycle taints) with
+``--devices`` simulated 80Gi devices each, as ComputeNodes (HCS path) and as DRA ResourceSlices with
+consumable ``memory`` capacity (DRA path). Then, once per path:
 
 - hcs: ``--pods`` pods asking ``ai.compute/vram: 16Gi`` for a kube-scheduler running the
   ``hcs-scheduler`` profile (hcs/allocator/scheduler-config.yaml) whose extender is the HCS
-  allocator, run in this process (filter / prioritize / bind + assignment annotation);
+  allocator **daemon** (``hcs allocator``, a separate process with its live list+watch sync, Lease
+  and metrics), so its RSS and decision latency are its own;
 - dra: ``--pods`` pods with a ResourceClaimTemplate asking ``capacity.requests.memory: 16Gi`` from
-  a DeviceClass of those slices, for a second kube-scheduler (same binary, same client QPS) with
-  a plain profile: its DRA plugin allocates, the resourceclaim controller creates the claims.
+  a DeviceClass of those slices, for a second kube-scheduler (same binary, same client QPS/burst
+  1000/2000) with a plain profile: its DRA plugin allocates, the resourceclaim controller creates
+  the claims.
 
-Pods are created first; the clock starts when that path's scheduler starts and stops when every
-pod is bound. Prints one JSON object: ``hcs_pods_per_s``, ``dra_pods_per_s``, ``ratio`` (hcs/dra).
+Pods are created first; the clock starts when that path's scheduler starts and stops when every pod
+is bound (a watch records when each pod is bound). Prints one JSON object:
 
-    .venv/bin/python bench/scheduler.py [--nodes 500] [--pods 5000] [--timeout 900]
+- ``hcs_pods_per_s``, ``dra_pods_per_s``, ``ratio`` (hcs/dra);
+- ``hcs_bind_p99_s``, ``dra_bind_p99_s``: p99 over pods of the time from the scheduler's start to the
+  pod being bound (every pod is pending at the start, so this is the tail of the run, not a
+  per-pod latency under light load);
+- ``decision_p99_ms``: the allocator's p99 time to answer filter and prioritize (its
+  ``hcs_allocator_decision_seconds`` histogram, interpolated within a bucket), ``bind_p99_ms`` the same
+  for bind (which includes its two API writes); ``decision_cpu_p99_ms`` the same in CPU time of the
+  answering thread (``hcs_allocator_decision_cpu_seconds``: without the waits for a core on a busy machine);
+- ``allocator_rss_mib``: the allocator daemon's peak RSS (VmHWM);
+- ``kcm_qps`` / ``kcm_burst``: kube-controller-manager's client limits; ``scheduler_qps``.
+
+    .venv/bin/python bench/scheduler.py [--nodes 500] [--pods 5000] [--devices 8] [--timeout 900]
 """
 
 from __future__ import annotations
@@ -31,18 +50,19 @@ import socket  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import urllib.request  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
 
-from hcs.allocator.extender import Extender, serve_http  # noqa: E402
-from hcs.allocator.kube import CN_PATH, KubeSync  # noqa: E402
-from hcs.allocator.state import AllocatorState  # noqa: E402
+from hcs.allocator.kube import CN_PATH  # noqa: E402
 from hcs.kube import KubeError, KubeRest  # noqa: E402
 from hcs.node.computenode import install_crd  # noqa: E402
+from hcs.testing import overcommit  # noqa: E402
 from hcs.testing.cluster import ensure_cluster  # noqa: E402
+from hcs.testing.private_cp import ControlPlane, private_control_plane  # noqa: E402
 
 NS = "hcs-bench"
 LABEL = "hcs.io/bench"
@@ -83,7 +103,7 @@ def ignore_missing(fn: Any, *a: Any, **kw: Any) -> None:
             raise
 
 
-def setup(rest: KubeRest, nodes: int, workers: int) -> list[str]:
+def setup(rest: KubeRest, nodes: int, workers: int, per_node: int = 8) -> list[str]:
     install_crd(rest)
     names = [f"hcs-bench-{i:04d}" for i in range(nodes)]
     deadline = time.time() + 600
@@ -128,7 +148,7 @@ def setup(rest: KubeRest, nodes: int, workers: int) -> list[str]:
                     "index": i, "vramBytes": 80 * GI,
                     "compute": {"fp16Tflops": 312, "fp32Tflops": 19.5, "int8Tops": 624, "rate": 1.0},
                     "topology": {"busId": f"0000:{16 + i:02x}:00.0", "numaNode": i // 4, "island": f"nvl-{i // 4}"},
-                    "healthScore": 100} for i in range(8)]
+                    "healthScore": 100} for i in range(per_node)]
         ignore_missing(rest.request, "POST", CN_PATH, body={
             "apiVersion": "hetero.zrs.io/v1alpha1", "kind": "ComputeNode", "metadata": {"name": name,
                                                                                       "labels": {LABEL: "1"}},
@@ -141,7 +161,7 @@ def setup(rest: KubeRest, nodes: int, workers: int) -> list[str]:
                      "devices": [{"name": f"gpu-{i}", "attributes": {"model": {"string": "a100-80g"}},
                                   "capacity": {"memory": {"value": "80Gi", "requestPolicy": {
                                       "default": "80Gi", "validRange": {"min": "1Gi", "step": "1Gi"}}}},
-                                  "allowMultipleAllocations": True} for i in range(8)]}})
+                                  "allowMultipleAllocations": True} for i in range(per_node)]}})
 
     with ThreadPoolExecutor(workers) as ex:
         list(ex.map(one, names))
@@ -223,74 +243,210 @@ def run_scheduler(cluster: Any, tmp: Path, name: str, profile: dict[str, Any], e
                             stdout=logf, stderr=subprocess.STDOUT)
 
 
+REPO = Path(__file__).resolve().parents[1]
+class BindWatch:
+    """Records when each pod of one run is first seen bound (a list+watch on the bench namespace)."""
+
+    def __init__(self, rest: KubeRest, kind: str) -> None:
+        from hcs.allocator.kube import Informer
+
+        self.bound: dict[str, float] = {}
+        self.t0 = time.monotonic()
+
+        def trim(pod: dict[str, Any]) -> dict[str, Any]:
+            return {"metadata": {"name": pod["metadata"]["name"]},
+                    "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName") or ""}}
+
+        def seen(etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+            if new is not None and new["spec"]["nodeName"]:
+                self.bound.setdefault(new["metadata"]["name"], time.monotonic())
+
+        self.inf = Informer(rest, f"/api/v1/namespaces/{NS}/pods", f"bench-{kind}",
+                            query={"labelSelector": f"run={kind}"}, trim=trim, on_change=seen, watch_timeout_s=300)
+
+    def start(self) -> None:
+        self.inf.start()
+        self.inf.wait_synced(120)
+
+    def stop(self) -> None:
+        self.inf.stop()
+
+
+def p99(values: list[float]) -> float:
+    if not values:
+        return 0.0
+    v = sorted(values)
+    return v[max(0, -(-len(v) * 99 // 100) - 1)]
+
+
 def measure(rest: KubeRest, kind: str, n: int, start_scheduler: Any, timeout: float) -> dict[str, Any]:
+    watch = BindWatch(rest, kind)
+    watch.start()
+    already = len(watch.bound)
     t0 = time.monotonic()
     proc = start_scheduler()
-    left = n
     try:
-        while time.monotonic() - t0 < timeout:
-            left = unbound(rest, kind)
-            if left == 0:
-                break
-            time.sleep(0.25)
+        while time.monotonic() - t0 < timeout and len(watch.bound) < n:
+            time.sleep(0.1)
     finally:
-        elapsed = time.monotonic() - t0
         proc.terminate()
         proc.wait(timeout=30)
-    if left:
-        left = unbound(rest, kind, exact=True)
-    return {"bound": n - left, "seconds": round(elapsed, 2), "pods_per_s": round((n - left) / elapsed, 2)}
+        watch.stop()
+    times = [t - t0 for t in watch.bound.values() if t >= t0]
+    left = unbound(rest, kind, exact=True)
+    elapsed = max(times) if times and left == 0 else time.monotonic() - t0
+    out = {"bound": n - left, "seconds": round(elapsed, 2), "pods_per_s": round((n - left) / elapsed, 2),
+           "bind_p99_s": round(p99(times), 2)}
+    if already:
+        out["bound_before_start"] = already
+    return out
+
+
+def start_allocator(cp: Any, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``hcs allocator`` as its own process: live watches, Lease, metrics; returns (process, URL)."""
+    port = free_port()
+    cfg = tmp / "allocator.yaml"
+    cfg.write_text(f"allocator:\n  namespace: default\n  leaseName: hcs-bench-{os.getpid()}\n"
+                   "  leaseSeconds: 10\n  syncIntervalSeconds: 2\n")
+    logf = (tmp / "allocator.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "hcs.cli", "--log-level=warning", "allocator",
+                             "--config", str(cfg), "--kubeconfig", str(cp.kubeconfig),
+                             "--grpc-address", f"unix://{tmp / 'alloc.sock'}",
+                             "--extender-address", f"127.0.0.1:{port}",
+                             # the bench's kube-scheduler calls a plain-HTTP extender (caller authentication
+                             # costs are measured by bench/allocator_auth.py; attacks in tests/security)
+                             "--insecure-dev"],
+                            stdout=logf, stderr=subprocess.STDOUT, cwd=str(REPO))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"allocator exited ({proc.returncode}); see {tmp / 'allocator.log'}:\n"
+                               + (tmp / "allocator.log").read_text()[-2000:])
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
+                if resp.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("allocator not ready (leader with its watches listed) within 600 s")
+
+
+def histogram_quantile(text: str, name: str, verbs: set[str], q: float) -> float | None:
+    """Prometheus-style quantile from ``name``'s buckets (summed over ``verbs``), linear within a bucket."""
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "_bucket{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        verb = labels.split('verb="', 1)[1].split('"', 1)[0] if 'verb="' in labels else ""
+        if verb not in verbs:
+            continue
+        le = labels.split('le="', 1)[1].split('"', 1)[0]
+        bound = float("inf") if le == "+Inf" else float(le)
+        buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    if not buckets or buckets.get(float("inf"), 0.0) == 0:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[float("inf")]
+    rank = q * total
+    prev_b, prev_c = 0.0, 0.0
+    for b in bounds:
+        c = buckets[b]
+        if c >= rank:
+            if b == float("inf"):
+                return prev_b
+            return prev_b + (b - prev_b) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 1.0)
+        prev_b, prev_c = b, c
+    return prev_b
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=500)
     ap.add_argument("--pods", type=int, default=5000)
+    ap.add_argument("--devices", type=int, default=8, help="simulated 80Gi devices per node")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--workers", type=int, default=16)
-    ap.add_argument("--keep", action="store_true", help="leave the objects in place")
+    ap.add_argument("--control-plane", choices=("private", "shared"), default="private")
+    ap.add_argument("--kcm-qps", type=int, default=2000)
+    ap.add_argument("--kcm-burst", type=int, default=4000)
+    ap.add_argument("--keep", action="store_true", help="leave the objects (and a private control plane) in place")
+    ap.add_argument("--reuse", action="store_true", help="reuse a running private control plane (default: a fresh one)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
-    cluster = ensure_cluster()
+    if args.pods > args.nodes * args.devices * 5:  # 16Gi of 80Gi: five pods per device
+        ap.error(f"--pods {args.pods}: at most {args.nodes * args.devices * 5} fit on {args.nodes} nodes")
+    cp: Any
+    if args.control_plane == "private":
+        cp = private_control_plane(args.kcm_qps, args.kcm_burst, fresh=not args.reuse)
+        kcm = {"kcm_qps": args.kcm_qps, "kcm_burst": args.kcm_burst}
+    else:
+        cp = ensure_cluster()
+        kcm = {"kcm_qps": 20, "kcm_burst": 30}  # the shared cluster's kube-controller-manager: defaults
     from kubernetes import config
 
-    rest = Retrying(config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    rest = Retrying(config.new_client_from_config(config_file=str(cp.kubeconfig)))
     teardown(rest)
-    result: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods}
+    result: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods, "devices_per_node": args.devices,
+                              "control_plane": args.control_plane, **kcm, "scheduler_qps": 1000}
+    alloc: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         try:
             t = time.monotonic()
-            setup(rest, args.nodes, args.workers)
+            setup(rest, args.nodes, args.workers, args.devices)
             result["setup_s"] = round(time.monotonic() - t, 1)
-            # HCS path: allocator (extender) in this process
-            state = AllocatorState()
-            sync = KubeSync(rest, state)
-            sync.sync_inventory()
-            server = serve_http(Extender(state, sync), "127.0.0.1", 0, insecure_dev=True)
-            url = f"http://127.0.0.1:{server.server_address[1]}"
-            ext_cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "hcs" / "allocator" /
-                                      "scheduler-config.yaml").read_text())["extenders"][0]
+            # HCS path: the allocator daemon (live list+watch sync) as the extender
+            alloc, url = start_allocator(cp, tmp)
+            ext_cfg = yaml.safe_load((REPO / "hcs" / "allocator" / "scheduler-config.yaml").read_text())[
+                "extenders"][0]
             ext_cfg["urlPrefix"] = url
             ext_cfg["enableHTTPS"] = False  # the in-process extender runs with insecure_dev (no client certs)
             ext_cfg.pop("tlsConfig", None)
             make_pods(rest, args.pods, "hcs", HCS_PROFILE, args.workers)
             result["hcs"] = measure(rest, "hcs", args.pods, lambda: run_scheduler(
-                cluster, tmp, "hcs", {"schedulerName": HCS_PROFILE}, [ext_cfg]), args.timeout)
-            state.check_invariants()  # never over-committed
-            result["hcs"]["reservations"] = len(state.reservations())
-            server.shutdown()
+                cp, tmp, "hcs", {"schedulerName": HCS_PROFILE}, [ext_cfg]), args.timeout)
+            with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
+                metrics = resp.read().decode()
+            dec = histogram_quantile(metrics, "hcs_allocator_decision_seconds", {"filter", "prioritize"}, 0.99)
+            bnd = histogram_quantile(metrics, "hcs_allocator_decision_seconds", {"bind"}, 0.99)
+            result["decision_p99_ms"] = round(dec * 1000, 2) if dec is not None else None
+            cpu = histogram_quantile(metrics, "hcs_allocator_decision_cpu_seconds", {"filter", "prioritize"}, 0.99)
+            result["decision_cpu_p99_ms"] = round(cpu * 1000, 2) if cpu is not None else None
+            result["bind_p99_ms"] = round(bnd * 1000, 2) if bnd is not None else None
+            result["allocator_rss_mib"] = rss_mib(alloc.pid)
+            rep = overcommit.check(rest, NS)
+            result["hcs"].update(granted=rep.granted_pods, overcommitted_devices=len(rep.overcommitted),
+                                 bound_without_grant=len(rep.bound_without_grant))
+            alloc.terminate()
+            alloc.wait(timeout=30)
+            alloc = None
             # DRA path: kube-scheduler's own allocation from ResourceSlices
             make_pods(rest, args.pods, "dra", "bench-dra", args.workers)
             result["dra"] = measure(rest, "dra", args.pods, lambda: run_scheduler(
-                cluster, tmp, "dra", {"schedulerName": "bench-dra"}, []), args.timeout)
+                cp, tmp, "dra", {"schedulerName": "bench-dra"}, []), args.timeout)
         finally:
+            if alloc is not None:
+                alloc.kill()
             if not args.keep:
                 teardown(rest)
+                if isinstance(cp, ControlPlane):
+                    cp.down()
     hcs_r = result["hcs"]["pods_per_s"]
     dra_r = result["dra"]["pods_per_s"]
-    result.update(hcs_pods_per_s=hcs_r, dra_pods_per_s=dra_r, ratio=round(hcs_r / dra_r, 3) if dra_r else None)
+    result.update(hcs_pods_per_s=hcs_r, dra_pods_per_s=dra_r, ratio=round(hcs_r / dra_r, 3) if dra_r else None,
+                  hcs_bind_p99_s=result["hcs"]["bind_p99_s"], dra_bind_p99_s=result["dra"]["bind_p99_s"])
     print(json.dumps(result))
     return 0
 

@@ -47,9 +47,6 @@ MIN_KEY_BYTES = 32
 #: Not registered anywhere by default; the node agent's registry (and tests) register it.
 REJECTED = Counter("hcs_assignment_records_rejected", "hcs.io/assignment records ignored, by reason.",
                    ("component", "reason"), registry=None)
-CONFLICTS = Counter("hcs_assignment_conflicts", "Restored reservations that overlapped an earlier pod's and "
-                    "were not adopted.", ("node",), registry=None)
-
 
 class RecordError(ValueError):
     """A record that must not be trusted; ``reason`` is the metric label (short, fixed set)."""

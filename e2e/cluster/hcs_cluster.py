@@ -641,6 +641,20 @@ class Component:
     health: str  # URL, "unix:<path>", or "" (alive is enough)
 
 
+def kcm_client_flags() -> tuple[str, ...]:
+    """Opt-in: HCS_CLUSTER_KCM_API_QPS / HCS_CLUSTER_KCM_API_BURST raise kube-controller-manager's client
+    limits (default 20 / 30), e.g. for bench/scheduler.py's own control plane. Unset: flags unchanged, so a
+    running cluster is not restarted."""
+    out = []
+    for env, flag in (("HCS_CLUSTER_KCM_API_QPS", "--kube-api-qps"), ("HCS_CLUSTER_KCM_API_BURST", "--kube-api-burst")):
+        raw = os.environ.get(env, "")
+        if raw:
+            if not raw.isdigit() or int(raw) < 1:
+                raise ClusterError(f"environment variable {env}={raw!r}: expected a positive integer")
+            out.append(f"{flag}={int(raw)}")
+    return tuple(out)
+
+
 def components(lay: Layout) -> list[Component]:
     b, p, pki, cfg = lay.bin, lay.ports, lay.pki, lay.config
     etcd_url = f"http://127.0.0.1:{p.etcd_client}"
@@ -682,7 +696,7 @@ def components(lay: Layout) -> list[Component]:
             f"--root-ca-file={pki / 'ca.crt'}", f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}", "--service-cluster-ip-range=10.96.0.0/16",
             f"--feature-gates={gates_flag()}", f"--cert-dir={pki / 'kcm-generated'}", "--profiling=false",
-            "--v=1"),
+            "--v=1", *kcm_client_flags()),
             p.controller_manager, f"https://127.0.0.1:{p.controller_manager}/healthz"),
         Component("kube-scheduler", (
             str(b / "kube-scheduler"), f"--config={cfg / 'kube-scheduler.yaml'}",

@@ -26,7 +26,7 @@ class AllocatorConfig:
     extender_address: str = "0.0.0.0:8888"
     namespace: str = "hcs-system"
     lease_name: str = "hcs-allocator"
-    lease_seconds: int = 15
+    lease_seconds: int = 10  # failover after a crash: at most this plus one standby poll (1 s)
     sync_interval_s: float = 2.0
     kubeconfig: str | None = None
     # Caller authentication of the gRPC API (hcs/allocator/auth.py); off only with --insecure-dev.
@@ -196,6 +196,7 @@ def run_allocator(args: argparse.Namespace) -> int:
     from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, extender_tls_from_config, serve_http
     from hcs.allocator.inventory import ExchangeRates
     from hcs.allocator.kube import KubeSync, LeaderElector, Persister
+    from hcs.allocator.metrics import AllocatorMetrics
     from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
     from hcs.kube import KubeRest
@@ -223,36 +224,42 @@ def run_allocator(args: argparse.Namespace) -> int:
     rest = KubeRest(_api_client(cfg.kubeconfig))
     stop = StopSignals()
     state = AllocatorState()
-    sync = KubeSync(rest, state, rates)
+    metrics = AllocatorMetrics(state)
+    sync = KubeSync(rest, state, rates, metrics)
     identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
     elector = LeaderElector(rest, cfg.namespace, cfg.lease_name, identity, cfg.lease_seconds)
 
-    def elected() -> None:
-        try:
-            sync.sync_inventory()
-            problems = sync.resync()
-            log.info("state rebuilt from the API server: %d reservations, %d problems",
-                     len(state.reservations()), len(problems))
-        except HcsError as exc:
-            log.warning("resync after election failed: %s", exc)
-        except Exception:
-            log.exception("resync after election failed")
+    def serving() -> bool:
+        """Leader with every watch listed once: only then may it place pods (a standby's /readyz is 503)."""
+        return elector.is_leader() and sync.synced()
 
-    elector.on_elected = elected
+    def adopt() -> None:
+        try:
+            n = sync.adopt()
+            if n:
+                log.info("labelled %d pod(s) annotated or gated before hcs.io/allocator existed", n)
+            sync.reconcile()
+            log.info("leader: %d reservations from the watched pods", len(state.reservations()))
+        except HcsError as exc:
+            log.warning("adopting unlabelled pods after election failed: %s", exc)
+        except Exception:
+            log.exception("adopting unlabelled pods after election failed")
+
+    # the standby keeps its watches (a hot state): on election it is ready as soon as it holds the Lease
+    elector.on_elected = lambda: threading.Thread(target=adopt, name="hcs-adopt", daemon=True).start()
     auth = None if args.insecure_dev else KubeAuthorizer(
         rest, audience=cfg.auth_audience, node_agent_users=cfg.node_agent_users, ttl_s=cfg.auth_cache_ttl_s,
         cache_size=cfg.auth_cache_size)
-    service = AllocatorService(state, Persister(sync), sync.resolve, elector.is_leader, auth=auth)
+    service = AllocatorService(state, Persister(sync), sync.resolve, serving, auth=auth)
     if cfg.grpc_address.startswith("unix://"):
         os.makedirs(os.path.dirname(cfg.grpc_address[len("unix://"):]) or ".", exist_ok=True)
-    grpc_server = serve(service, cfg.grpc_address, credentials=credentials)
+    grpc_server = serve(service, cfg.grpc_address, credentials=credentials, interceptors=(metrics.grpc_interceptor(),))
     host, port = _split_host_port(cfg.extender_address)
-    http_server = serve_http(Extender(state, sync, elector.is_leader), host, port, tls=extender_tls,
+    http_server = serve_http(Extender(state, sync, serving, metrics), host, port, tls=extender_tls,
                              insecure_dev=insecure_dev)
+    threading.Thread(target=sync.run, args=(cfg.sync_interval_s, serving), name="hcs-sync", daemon=True).start()
     threading.Thread(target=elector.run, name="hcs-lease", daemon=True).start()
     threading.Thread(target=_label_leader, args=(rest, elector.is_leader), name="hcs-leader-label",
-                     daemon=True).start()
-    threading.Thread(target=sync.run, args=(cfg.sync_interval_s, elector.is_leader), name="hcs-sync",
                      daemon=True).start()
     log.info("allocator %s: gRPC %s (%s), extender %s://%s:%d", identity, cfg.grpc_address,
              "INSECURE, no caller authentication" if auth is None else

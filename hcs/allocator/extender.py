@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from hcs.allocator.kube import KubeSync
+from hcs.allocator.metrics import AllocatorMetrics
 from hcs.allocator.placement import ANN_ASSIGNMENT, RequestError, demand_from_pod
+from hcs.allocator.service import reservation_from_annotation
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
 from hcs.errors import ConfigError
 from hcs.httpserve import CertStore, HttpService, Limits, Reply, Request
@@ -63,10 +65,11 @@ class Extender:
     """The extender's logic, independent of HTTP (tests call it directly too)."""
 
     def __init__(self, state: AllocatorState, sync: KubeSync | None = None,
-                 is_leader: Callable[[], bool] | None = None) -> None:
+                 is_leader: Callable[[], bool] | None = None, metrics: AllocatorMetrics | None = None) -> None:
         self.state = state
         self.sync = sync
         self.is_leader = is_leader or (lambda: True)
+        self.metrics = metrics if metrics is not None else (sync.metrics if sync is not None else None)
         self._lock = threading.Lock()
         # pods seen by filter (bind then needs no GET) and filter scores (prioritize reuses them
         # while the state is unchanged); both bounded
@@ -103,14 +106,93 @@ class Extender:
         unless the API server shows the pod bound (then the scheduler's copy is the stale one)."""
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid", ""))
-        if not uid or (pod.get("spec") or {}).get("nodeName") or self.state.reservation(uid) is None:
+        if not uid or (pod.get("spec") or {}).get("nodeName"):
             return
-        bound = self._bound_node(str(meta.get("namespace", "")), str(meta.get("name", "")), uid)
-        if bound:
+        if self.state.reservation(uid) is None:
+            # no reservation, but maybe a grant on the API server the state could not take back (a conflict
+            # on restore): clear it too, or it stays counted against devices others now hold
+            watched = self.sync.pods.get(str(meta.get("namespace", "")), str(meta.get("name", ""))) \
+                if self.sync is not None else None
+            if not any(ANN_ASSIGNMENT in ((p.get("metadata") or {}).get("annotations") or {})
+                       for p in (pod, watched) if p is not None):
+                return
+        if self.sync is None:
+            self.state.release(uid)
             return
-        log.info("pod %s/%s is being rescheduled: dropping its unbound reservation",
-                 meta.get("namespace"), meta.get("name"))
+        with self.sync.binding(uid):
+            if self._unreserve_unbound(str(meta.get("namespace", "")), str(meta.get("name", "")), uid):
+                log.info("pod %s/%s is being rescheduled: dropped its unbound reservation",
+                         meta.get("namespace"), meta.get("name"))
+
+    def _unreserve_unbound(self, ns: str, name: str, uid: str) -> bool:
+        """Free an unbound pod's reservation: clear its assignment on the API server first, guarded by the
+        pod's resourceVersion (so a Binding still in flight for the annotated version, e.g. from a killed
+        allocator, fails), then release the devices. False (nothing changed) when the pod is bound or changed
+        meanwhile. Raises KubeError when the API server cannot be read."""
+        assert self.sync is not None
+        try:
+            live = self.sync.get_pod(ns, name)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            self.state.release(uid)  # the pod is gone
+            return True
+        meta = live.get("metadata") or {}
+        if meta.get("uid") == uid:
+            if (live.get("spec") or {}).get("nodeName"):
+                return False
+            if ANN_ASSIGNMENT in (meta.get("annotations") or {}):
+                try:
+                    self.sync.annotate(None, ns, name, resource_version=str(meta.get("resourceVersion") or ""))
+                except KubeError as exc:
+                    if exc.status == 409:
+                        return False  # changed since we read it (maybe bound): decide again next time
+                    if exc.status != 404:
+                        raise
         self.state.release(uid)
+        return True
+
+    def _bind_version(self, ns: str, name: str, uid: str, node: str, version: str, granted: bool) -> None:
+        """The Binding, only onto the annotated version of the pod. Something else may update the pod in
+        between (kube-scheduler writes its status): then, if the pod is still unbound and still carries
+        our grant for this node, bind that newer version (at most 3 tries)."""
+        assert self.sync is not None
+        for attempt in range(3):
+            try:
+                self.sync.bind(ns, name, uid, node, resource_version=version)
+                return
+            except KubeError as exc:
+                if exc.status != 409 or not granted or attempt == 2:
+                    raise
+                live = self.sync.get_pod(ns, name)
+                meta = live.get("metadata") or {}
+                text = (meta.get("annotations") or {}).get(ANN_ASSIGNMENT, "")
+                try:
+                    ours = reservation_from_annotation(text) if text else None
+                except ValueError:
+                    ours = None
+                if (live.get("spec") or {}).get("nodeName") or meta.get("uid") != uid or ours is None \
+                        or ours.node != node or ours.pod.uid != uid:
+                    raise
+                if self.metrics is not None:
+                    self.metrics.conflicts.labels("bind_retry").inc()
+                version = str(meta.get("resourceVersion") or "")
+
+    def decide(self, verb: str, args: Mapping[str, Any]) -> Any:
+        """One extender verb, counted and timed in ``hcs_allocator_decisions_total`` / ``_decision_seconds``."""
+        fn = {"filter": self.filter, "prioritize": self.prioritize, "bind": self.bind}[verb]
+        if self.metrics is None:
+            return fn(args)
+        with self.metrics.decision(verb) as outcome:
+            out = fn(args)
+            err = str(out.get("Error") or "") if isinstance(out, dict) else ""
+            if "not the leader" in err:
+                outcome("not_leader")
+            elif err:
+                outcome("error")
+            elif verb == "filter" and isinstance(out, dict) and not out.get("NodeNames"):
+                outcome("nofit")
+            return out
 
     def filter(self, args: Mapping[str, Any]) -> dict[str, Any]:
         names = _node_names(args)
@@ -161,13 +243,22 @@ class Extender:
             return [{"Host": n, "Score": 0} for n in names]
         with self._lock:
             cached = self._scores.get(demand.pod.uid)
-        if cached is not None and cached[0] == self.state.version and set(names) <= set(cached[1]):
+        # The filter's scores, even if a bind of another pod changed the state since (the scheduler binds
+        # asynchronously, so it nearly always has): scores only rank nodes, bind re-checks the fit.
+        if cached is not None and set(names) <= set(cached[1]):
             scores = cached[2]
         else:
             scores = {v.node: v.score for v in self.state.explain(demand, names, proposals=0) if v.fits}
         return [{"Host": n, "Score": int(round(scores.get(n, 0.0) * MAX_EXTENDER_PRIORITY / 100))} for n in names]
 
     def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        uid = str(_get(args, "PodUID") or "")
+        if self.sync is None or not uid:
+            return self._bind(args)
+        with self.sync.binding(uid):  # the watch leaves this pod's reservation alone until the bind ends
+            return self._bind(args)
+
+    def _bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
         ns = str(_get(args, "PodNamespace") or "default")
         name = str(_get(args, "PodName") or "")
         uid = str(_get(args, "PodUID") or "")
@@ -195,28 +286,34 @@ class Extender:
             return {"Error": f"pod {ns}/{name} asks for no ai.compute resources and holds no HCS assignment; the "
                              "HCS extender binds only pods it places (use the default scheduler for others)"}
         res = None
+        version = ""
         if demand is not None:
             held = self.state.reservation(uid)
             if held is not None and held.node != node:
                 try:
-                    bound = self._bound_node(ns, name, uid)
+                    if not self._unreserve_unbound(ns, name, uid):
+                        return {"Error": f"pod {ns}/{name} is already bound to {self._bound_node(ns, name, uid)}"
+                                         " (or changed meanwhile; retry)"}
                 except KubeError as exc:
                     return {"Error": f"pod {ns}/{name}: {exc}"}
-                if bound:
-                    return {"Error": f"pod {ns}/{name} is already bound to {bound}"}
-                self.state.release(uid)
             try:
                 res = self.state.reserve(demand, node)
             except (NoFit, Conflict) as exc:
                 self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
                 return {"Error": str(exc)}
             try:
-                self.sync.annotate(res, ns, name)  # source of truth first
+                version = self.sync.annotate(res, ns, name)  # source of truth first
             except KubeError as exc:
-                self.state.release(uid)
+                # the write may have landed with its reply lost: clear it before freeing the devices
+                try:
+                    self.sync.annotate(None, ns, name)
+                    self.state.release(uid)
+                except KubeError:
+                    log.warning("pod %s/%s: assignment may be recorded and could not be cleared; the "
+                                "reservation stays until the pod is rescheduled or gone", ns, name)
                 return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
         try:
-            self.sync.bind(ns, name, uid, node)
+            self._bind_version(ns, name, uid, node, version if res is not None else "", res is not None)
         except KubeError as exc:
             try:
                 bound = self._bound_node(ns, name, uid)
@@ -225,11 +322,14 @@ class Extender:
             if bound == node:  # an earlier attempt (timed out on the scheduler's side) did bind it
                 return {"Error": ""}
             if res is not None:
-                self.state.release(uid)
+                # The Binding may still land (its reply was lost): clear the grant only on the unbound version
+                # of the pod (that makes a late Binding fail), then free the devices; bound meanwhile: done.
                 try:
-                    self.sync.annotate(None, ns, name)
+                    if not self._unreserve_unbound(ns, name, uid) and self._bound_node(ns, name, uid) == node:
+                        return {"Error": ""}
                 except KubeError:
-                    log.warning("pod %s/%s: stale assignment annotation left; resync drops it", ns, name)
+                    log.warning("pod %s/%s: assignment not cleared; the reservation stays until the pod is "
+                                "rescheduled or gone", ns, name)
             return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
         log.info("bound %s/%s to %s%s", ns, name, node, "" if res is None else
                  f" with {sum(1 for _ in res.grants())} device grant(s)")
@@ -379,8 +479,17 @@ class ExtenderServer:
     def _handle(self, req: Request) -> Reply:
         ext = self.ext
         if req.method != "POST":
-            if req.path.rstrip("/") in ("/healthz", "/readyz"):
+            path = req.path.split("?")[0].rstrip("/")
+            if path == "/healthz":
                 return _json(200, {"ok": True, "leader": ext.is_leader()})
+            if path == "/readyz":  # only the leader with a synced state serves: a standby is not ready
+                leader = ext.is_leader()
+                return _json(200 if leader else 503, {"ok": leader, "leader": leader})
+            if path == "/metrics" and ext.metrics is not None:
+                from hcs.allocator.metrics import CONTENT_TYPE_LATEST
+
+                ext.metrics.leader.set(1 if ext.is_leader() else 0)
+                return Reply(200, ext.metrics.exposition(), CONTENT_TYPE_LATEST)
             return _json(404, {"Error": f"unknown path {req.path}"})
         denied = self._authorize(req)
         if denied is not None:
@@ -397,11 +506,7 @@ class ExtenderServer:
         except (ValueError, UnicodeDecodeError) as exc:
             return _json(400, {"Error": f"bad request body: {str(exc)[:200]}"})
         try:
-            if verb == "filter":
-                return _json(200, ext.filter(args))
-            if verb == "prioritize":
-                return _json(200, ext.prioritize(args))
-            return _json(200, ext.bind(args))
+            return _json(200, ext.decide(verb, args))  # counted and timed in the allocator's metrics
         except (RecursionError, AttributeError, TypeError, ValueError) as exc:
             # malformed ExtenderArgs (wrong shapes): the caller's error, not the allocator's
             log.info("extender %s: malformed arguments: %s", verb, exc)

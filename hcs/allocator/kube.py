@@ -1,42 +1,324 @@
-"""The allocator's edge to the API server: inventory sync, assignment annotations, binding, Lease.
+"""The allocator's edge to the API server: live state by list+watch, assignment annotations, binding, Lease.
 
-The API server is the source of truth. A binding writes ``hcs.io/assignment`` on the pod *before*
-the Binding is created; :meth:`KubeSync.resync` rebuilds every reservation from those annotations,
-so a restarted (or newly elected) allocator holds exactly the state the cluster shows, and drops
-reservations whose pod is gone or finished.
+The API server is the source of truth. A binding writes ``hcs.io/assignment`` (and the label
+``hcs.io/allocator=assigned``) on the pod *before* the Binding is created. :class:`KubeSync` keeps
+:class:`AllocatorState` in step with three watches (list once, then watch from the list's
+resourceVersion with bookmarks; relist on 410 Gone or a broken stream):
+
+- Nodes and ComputeNodes → the inventory;
+- pods labelled ``hcs.io/allocator`` (assigned by the allocator, or gated by the webhook for image
+  retargeting) → reservations: an annotated, unfinished pod holds its assignment; a deleted or
+  finished pod, or one whose annotation is gone, releases it.
+
+A bind in flight (between ``reserve`` and the watch seeing the annotation it wrote) is never
+touched by what the watch delivers or by reconciliation: events for that pod are held back until
+the bind ends, and events older than the allocator's own last write to the pod are ignored. A
+reservation is released by reconciliation only when the watch has caught up with that write and
+the pod is not there. A restarted (or newly elected) allocator therefore holds exactly the state
+the cluster shows. resourceVersions are compared as integers (etcd revisions), as every API server
+backed by etcd serves them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from hcs.allocator.inventory import ExchangeRates, InventoryError, parse_computenode, with_node
+from hcs.allocator.metrics import AllocatorMetrics
 from hcs.allocator.placement import ANN_ASSIGNMENT, PodDemand, RequestError, demand_from_pod
 from hcs.allocator.service import annotation_json, reservation_from_annotation
 from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation, RestoreConflict
 from hcs.kube import KubeError, KubeRest
-from hcs.records import CONFLICTS, SIGNATURE_ANNOTATION, PodIdentity, RecordError, RecordKey
+from hcs.records import SIGNATURE_ANNOTATION, PodIdentity, RecordError, RecordKey
 
 log = logging.getLogger(__name__)
 
 CN_PATH = "/apis/hetero.zrs.io/v1alpha1/computenodes"
 MERGE = "application/merge-patch+json"
+#: on every pod the allocator assigned (``assigned``) or the webhook gated for retargeting (``gated``);
+#: the pod watch selects on it, so the allocator never lists or watches other pods
+LABEL = "hcs.io/allocator"
+#: a reservation with no write of ours on record and younger than this is left alone by reconciliation
+#: (the gRPC Reserve path records its annotation right after reserving)
+GRACE_S = 30.0
 
 
 def _now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def rv_int(obj: Any) -> int:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _key(obj: Any) -> tuple[str, str]:
+    meta = (obj or {}).get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """What reservations and retargeting read of a pod (drops managedFields, volumes, status details)."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",
+                                          "labels", "annotations", "deletionTimestamp") if k in meta},
+        "spec": {"nodeName": spec.get("nodeName") or "", "schedulingGates": spec.get("schedulingGates") or [],
+                 "containers": [{"name": c.get("name", ""), "resources": c.get("resources") or {}}
+                                for c in spec.get("containers") or []]},
+        "status": {"phase": (pod.get("status") or {}).get("phase", "")},
+    }
+
+
+def trim_node(node: dict[str, Any]) -> dict[str, Any]:
+    meta = node.get("metadata") or {}
+    return {"metadata": {"name": meta.get("name", ""), "resourceVersion": meta.get("resourceVersion", "")},
+            "status": {"allocatable": ((node.get("status") or {}).get("allocatable")) or {}}}
+
+
+def _same_grant(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same assignment annotation and phase (what decides a reservation, besides the node bound to)."""
+    return bool(((a.get("metadata") or {}).get("annotations") or {}).get(ANN_ASSIGNMENT)
+                == ((b.get("metadata") or {}).get("annotations") or {}).get(ANN_ASSIGNMENT)
+                and (a.get("status") or {}).get("phase") == (b.get("status") or {}).get("phase"))
+
+
+class _Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): relist."""
+
+
+Change = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
+
+
+class Informer:
+    """List+watch of one resource: a local copy keyed by (namespace, name), kept by one thread.
+
+    ``on_change(type, old, new)`` runs in that thread for every change: ``ADDED`` / ``MODIFIED`` /
+    ``DELETED`` from the watch, and after a relist ``SYNC`` (listed) or ``DELETED`` (gone meanwhile).
+    ``on_synced()`` runs after each relist. Never raises from its thread.
+    """
+
+    def __init__(self, rest: KubeRest, path: str, resource: str, *, query: dict[str, str] | None = None,
+                 trim: Callable[[dict[str, Any]], dict[str, Any]] | None = None, on_change: Change | None = None,
+                 on_synced: Callable[[], object] | None = None, metrics: AllocatorMetrics | None = None,
+                 watch_timeout_s: float = 60.0, page_size: int = 500, max_backoff_s: float = 5.0) -> None:
+        self.rest = rest
+        self.path = path
+        self.resource = resource
+        self.query = dict(query or {})
+        self.trim = trim or (lambda o: o)
+        self.on_change = on_change
+        self.on_synced = on_synced
+        self.metrics = metrics
+        self.watch_timeout_s = watch_timeout_s
+        self.page_size = page_size
+        self.max_backoff_s = max_backoff_s
+        self._lock = threading.Lock()
+        self.items: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rv = 0
+        self._synced = threading.Event()
+        self.ever_synced = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._resp: Any = None
+        self._resume_rv: int | None = None
+        self._reconnect_requested = False
+        self.relists = 0
+        self.events = 0
+        self.disconnects = 0
+        self.expired = 0
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout_s: float) -> bool:
+        return self._synced.wait(timeout_s)
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.items.get((namespace, name))
+
+    def values(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.items.values())
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name=f"hcs-watch-{self.resource}", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._close_stream()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self._synced.clear()
+
+    def reconnect(self, resource_version: int | None = None) -> None:
+        """Drop the watch stream; resume from ``resource_version`` (default: the last seen). A too old
+        one makes the server answer 410 Gone, and the informer relists. For tests and operators."""
+        with self._lock:
+            self._resume_rv = resource_version
+            self._reconnect_requested = True
+        self._close_stream()
+
+    def _close_stream(self) -> None:
+        resp = self._resp
+        if resp is not None:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+
+    def _keep_resp(self, resp: Any) -> None:
+        with self._lock:
+            self._resp = resp
+            pending = self._reconnect_requested
+        if pending:
+            self._close_stream()
+
+    def _notify(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(etype, old, new)
+        except Exception:  # one bad object never stops the watch
+            log.exception("%s watch: handling %s %s failed", self.resource, etype, _key(new or old))
+
+    def _run(self) -> None:
+        backoff = 0.2
+        need_list = True
+        while not self._stop.is_set():
+            try:
+                if need_list:
+                    self.relist()
+                    need_list = False
+                self._watch()
+                backoff = 0.2
+            except _Expired as exc:
+                self._synced.clear()
+                self.expired += 1
+                need_list = True
+                log.info("%s watch: %s; relisting", self.resource, exc)
+            except Exception as exc:  # noqa: BLE001 - API down, TLS, bad JSON: relist once back
+                if self._stop.is_set():
+                    break
+                self.disconnects += 1
+                log.warning("%s watch broken (%s); relisting in %.1fs", self.resource, exc, backoff)
+                self._synced.clear()
+                need_list = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+            finally:
+                self._resp = None
+        self._synced.clear()
+
+    def relist(self) -> None:
+        """Read every object (paged), replace the copy, report the differences; the list's
+        resourceVersion starts the next watch. Raises KubeError."""
+        fresh: dict[tuple[str, str], dict[str, Any]] = {}
+        query = {**self.query, "limit": str(self.page_size)}
+        while True:
+            page = self.rest.request("GET", self.path, query=query)
+            for obj in page.get("items") or []:
+                if isinstance(obj, dict):
+                    fresh[_key(obj)] = self.trim(obj)
+            meta = page.get("metadata") or {}
+            token = meta.get("continue")
+            if not token:
+                break
+            query = {**self.query, "limit": str(self.page_size), "continue": token}
+        with self._lock:
+            old, self.items = self.items, fresh
+            self.rv = int(meta.get("resourceVersion") or 0)
+        self.relists += 1
+        if self.metrics is not None:
+            self.metrics.relists.labels(self.resource).inc()
+        for k, obj in fresh.items():
+            self._notify("SYNC", old.get(k), obj)
+        for k, obj in old.items():
+            if k not in fresh:
+                self._notify("DELETED", obj, None)
+        self._synced.set()
+        self.ever_synced.set()
+        if self.on_synced is not None:
+            try:
+                self.on_synced()
+            except Exception:
+                log.exception("%s: reconciliation after relist failed", self.resource)
+
+    def _watch(self) -> None:
+        with self._lock:
+            rv, self._resume_rv = (self._resume_rv if self._resume_rv is not None else self.rv), None
+            self._reconnect_requested = False
+        query = {**self.query, "resourceVersion": str(rv), "allowWatchBookmarks": "true"}
+        try:
+            for event in self.rest.watch(self.path, query=query, timeout_s=self.watch_timeout_s,
+                                         on_open=self._keep_resp):
+                if self._stop.is_set():
+                    return
+                self._apply(event)
+        except _Expired:
+            raise
+        except KubeError as exc:
+            if exc.status == 410:
+                raise _Expired(str(exc)) from exc
+            if not self._reconnect_requested:
+                raise
+        except Exception:
+            if not self._reconnect_requested:
+                raise
+        if self._reconnect_requested:
+            self.disconnects += 1
+
+    def _apply(self, event: Any) -> None:
+        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+            return
+        etype, obj = str(event.get("type")), event["object"]
+        if etype == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise _Expired(str(obj.get("message") or "resourceVersion expired"))
+            raise KubeError(int(code) if isinstance(code, int) else 0, f"watch error: {obj.get('message')}")
+        rv = rv_int(obj)
+        if etype == "BOOKMARK":
+            self.rv = max(self.rv, rv)
+            return
+        key = _key(obj)
+        self.events += 1
+        if self.metrics is not None:
+            self.metrics.watch_events.labels(self.resource).inc()
+        with self._lock:
+            old = self.items.get(key)
+            new = None
+            if etype in ("ADDED", "MODIFIED"):
+                new = self.items[key] = self.trim(obj)
+            elif etype == "DELETED":
+                self.items.pop(key, None)
+        if etype == "DELETED":
+            self._notify("DELETED", self.trim(obj), None)  # the event's copy: its resourceVersion is the deletion's
+        elif new is not None:
+            self._notify(etype, old, new)
+        if rv:
+            self.rv = max(self.rv, rv)
+
+
 class KubeSync:
-    """Keeps :class:`AllocatorState` in step with ComputeNodes, Nodes and annotated pods."""
+    """Keeps :class:`AllocatorState` in step with Nodes, ComputeNodes and the pods the allocator assigned."""
 
     def __init__(self, rest: KubeRest, state: AllocatorState, rates: ExchangeRates | None = None,
+                 metrics: AllocatorMetrics | None = None, *, watch_timeout_s: float = 60.0,
                  records: RecordKey | None = None) -> None:
         self.rest = rest
         self.state = state
@@ -44,95 +326,313 @@ class KubeSync:
         self.records = records if records is not None else RecordKey.from_env()
         self._conflicts_reported: set[str] = set()
         self.rates = rates or ExchangeRates.from_config(None)
+        self.metrics = metrics or AllocatorMetrics()
         self._stop = threading.Event()
+        self._lock = threading.RLock()
         self.problems: list[str] = []
+        self._inflight: dict[str, int] = {}  # pod uid -> binds in flight
+        self._written: dict[str, tuple[int, float]] = {}  # pod uid -> (resourceVersion of our write, when)
+        self._held_back: set[str] = set()  # uids whose events arrived while their bind was in flight
+        self._cn_of_node: dict[str, tuple[str, str]] = {}  # node name -> ComputeNode key
+        kw: dict[str, Any] = {"metrics": self.metrics, "watch_timeout_s": watch_timeout_s}
+        self.nodes = Informer(rest, "/api/v1/nodes", "nodes", trim=trim_node, on_change=self._node_event, **kw)
+        self.computenodes = Informer(rest, CN_PATH, "computenodes", on_change=self._cn_event, **kw)
+        self.pods = Informer(rest, "/api/v1/pods", "pods", query={"labelSelector": LABEL}, trim=trim_pod,
+                             on_change=self._pod_event, on_synced=self.reconcile, **kw)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        for inf in (self.computenodes, self.nodes, self.pods):
+            inf.start()
+
+    def synced(self) -> bool:
+        """Every watch has listed once (the state is complete enough to place pods)."""
+        return all(i.ever_synced.is_set() for i in (self.computenodes, self.nodes, self.pods))
+
+    def wait_synced(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        for inf in (self.computenodes, self.nodes, self.pods):
+            if not inf.ever_synced.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
 
     # ---------------------------------------------------------------- inventory
-    def sync_inventory(self) -> None:
-        cns = self.rest.request("GET", CN_PATH).get("items") or []
-        nodes = {n["metadata"]["name"]: n for n in self.rest.request("GET", "/api/v1/nodes").get("items") or []}
-        seen = set()
-        for obj in cns:
+    def _refresh_node(self, node: str) -> None:
+        key = self._cn_of_node.get(node)
+        cn = self.computenodes.items.get(key) if key else None
+        if cn is None:
+            if any(n.name == node for n in self.state.nodes()):
+                log.info("ComputeNode for %s is gone: no new placements there", node)
+            self.state.remove_node(node)
+            return
+        try:
+            inv = parse_computenode(cn, self.rates)
+        except InventoryError as exc:
+            log.warning("%s; node skipped until fixed", exc)
+            self.state.remove_node(node)
+            return
+        n = self.nodes.items.get(("", inv.name))
+        if n is not None:
             try:
-                inv = parse_computenode(obj, self.rates)
+                inv = with_node(inv, n)
             except InventoryError as exc:
-                log.warning("%s; node skipped until fixed", exc)
-                continue
-            if inv.name in nodes:
-                try:
-                    inv = with_node(inv, nodes[inv.name])
-                except InventoryError as exc:
-                    log.warning("%s", exc)
-            seen.add(inv.name)
-            self.state.set_node(inv)
-        for inv in self.state.nodes():
-            if inv.name not in seen:
-                log.info("ComputeNode %s is gone: no new placements there", inv.name)
-                self.state.remove_node(inv.name)
+                log.warning("%s", exc)
+        self.state.set_node(inv)
+
+    def _cn_event(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if etype == "SYNC" and old is not None and new is not None and rv_int(old) == rv_int(new):
+            return
+        names = set()
+        with self._lock:
+            for obj, gone in ((old, True), (new, False)):
+                node = str(((obj or {}).get("spec") or {}).get("nodeName") or "")
+                if not node:
+                    continue
+                names.add(node)
+                if gone and self._cn_of_node.get(node) == _key(obj):
+                    del self._cn_of_node[node]
+            if new is not None:
+                node = str((new.get("spec") or {}).get("nodeName") or "")
+                if node:
+                    self._cn_of_node[node] = _key(new)
+            for node in names:
+                self._refresh_node(node)
+
+    def _node_event(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        name = _key(new or old)[1]
+        if name not in self._cn_of_node:
+            return
+        if old is not None and new is not None and old["status"] == new["status"]:
+            return
+        with self._lock:
+            self._refresh_node(name)
+
+    def sync_inventory(self) -> None:
+        """One LIST of ComputeNodes and Nodes (the watches do this themselves once started)."""
+        self.computenodes.relist()
+        self.nodes.relist()
 
     # ---------------------------------------------------------------- reservations
-    def resync(self) -> list[str]:
-        """Rebuild reservations from pod annotations; release those whose pod is gone. Returns problems."""
-        pods = self.rest.request("GET", "/api/v1/pods").get("items") or []
-        live: dict[str, Reservation] = {}
-        problems = []
-        for pod in pods:
-            meta = pod.get("metadata") or {}
-            text = (meta.get("annotations") or {}).get(ANN_ASSIGNMENT)
-            if not text:
-                continue
-            phase = (pod.get("status") or {}).get("phase")
-            if phase in ("Succeeded", "Failed"):
-                continue
-            where = f"pod {meta.get('namespace')}/{meta.get('name')}"
-            try:  # only records this allocator (or a node agent) signed, bound to this very pod
-                self.records.check(text, (meta.get("annotations") or {}).get(SIGNATURE_ANNOTATION),
-                                   PodIdentity.of(pod), component="allocator")
-                res = reservation_from_annotation(text, where)
-            except RecordError as exc:
-                problems.append(f"{where}: {ANN_ASSIGNMENT} ignored: {exc}")
-                continue
-            except ValueError as exc:
-                problems.append(str(exc))
-                continue
-            bound = (pod.get("spec") or {}).get("nodeName")
-            if bound and bound != res.node:
-                problems.append(f"{where}: bound to {bound} but annotated for {res.node}; annotation ignored")
-                continue
-            try:
-                demand = demand_from_pod(pod)
-            except RequestError:
-                demand = None
-            if demand is not None:
-                from dataclasses import replace
+    @contextlib.contextmanager
+    def binding(self, uid: str) -> Iterator[None]:
+        """Mark a bind in flight: nothing the watch delivers about this pod touches its reservation until
+        the bind ends; then the held-back events are applied."""
+        with self._lock:
+            self._inflight[uid] = self._inflight.get(uid, 0) + 1
+            self.metrics.inflight.set(sum(self._inflight.values()))
+        try:
+            yield
+        finally:
+            with self._lock:
+                n = self._inflight.pop(uid, 1) - 1
+                if n > 0:
+                    self._inflight[uid] = n
+                self.metrics.inflight.set(sum(self._inflight.values()))
+                if n <= 0 and uid in self._held_back:
+                    self._held_back.discard(uid)
+                    self._settle(uid)
 
-                # the pod's own creation time decides who came first in a conflict (not the record's)
-                res = replace(res, cpu_milli=demand.cpu_milli, memory_bytes=demand.memory_bytes,
-                              pod=replace(res.pod, created_ms=demand.pod.created_ms or res.pod.created_ms))
-            live[res.pod.uid] = res
-        for r in self.state.reservations():
-            if r.pod.uid not in live:
-                log.info("pod %s (%s) no longer holds devices on %s: released", r.pod.ref, r.pod.uid, r.node)
-                self.state.release(r.pod.uid)
-        problems += self.state.restore(live.values(), on_conflict=self._report_conflict)
-        for p in problems:
-            log.warning("%s", p)
-        self.problems = problems
-        return problems
+    def _wrote(self, pod: dict[str, Any]) -> None:
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        if uid:
+            with self._lock:
+                self._written[uid] = (rv_int(pod), time.monotonic())
+
+    def _reservation_of(self, pod: dict[str, Any], problems: list[str]) -> Reservation | None:
+        meta = pod.get("metadata") or {}
+        text = (meta.get("annotations") or {}).get(ANN_ASSIGNMENT)
+        if not text or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return None
+        where = f"pod {meta.get('namespace')}/{meta.get('name')}"
+        try:  # only records this allocator (or a node agent) signed, bound to this very pod (uid, name, node)
+            self.records.check(text, (meta.get("annotations") or {}).get(SIGNATURE_ANNOTATION),
+                               PodIdentity.of(pod), component="allocator")
+            res = reservation_from_annotation(text, where)
+        except RecordError as exc:
+            problems.append(f"{where}: {ANN_ASSIGNMENT} ignored: {exc}")
+            return None
+        except ValueError as exc:
+            problems.append(str(exc))
+            return None
+        bound = (pod.get("spec") or {}).get("nodeName")
+        if bound and bound != res.node:
+            problems.append(f"{where}: bound to {bound} but annotated for {res.node}; annotation ignored")
+            return None
+        try:
+            demand = demand_from_pod(pod)
+        except RequestError:
+            demand = None
+        if demand is not None:
+            # the pod's own creation time decides who came first in a conflict (not the record's)
+            res = replace(res, cpu_milli=demand.cpu_milli, memory_bytes=demand.memory_bytes,
+                          pod=replace(res.pod, created_ms=demand.pod.created_ms or res.pod.created_ms))
+        return res
+
+    def _apply_pod(self, pod: dict[str, Any] | None, uid: str, problems: list[str]) -> None:
+        """Make the state hold what the (watched) pod says; ``None``: the pod is gone."""
+        want = self._reservation_of(pod, problems) if pod is not None else None
+        have = self.state.reservation(uid)
+        if want is None:
+            if have is not None:
+                log.info("pod %s (%s) no longer holds devices on %s: released", have.pod.ref, uid, have.node)
+                self.state.release(uid)
+            return
+        if have is not None:
+            if have.node == want.node and have.containers == want.containers:
+                return
+            self.state.release(uid)
+        problems += self.state.restore([want], on_conflict=self._report_conflict)
 
     def _report_conflict(self, c: RestoreConflict) -> None:
-        """A restored reservation lost to an earlier pod's: an Event on the pod and the conflicts metric."""
+        """A restored reservation lost to an earlier pod's (restore never over-commits): an Event on the
+        losing pod naming the winner, and ``hcs_allocator_conflicts_total{kind="restore"}``; once per pod."""
         if c.loser.pod.uid in self._conflicts_reported:
-            return  # reported once per pod, not on every resync
+            return
         if len(self._conflicts_reported) > 10000:
             self._conflicts_reported.clear()
         self._conflicts_reported.add(c.loser.pod.uid)
-        CONFLICTS.labels(c.loser.node).inc()
+        self.metrics.conflicts.labels("restore").inc()
         held = ", ".join(w.pod.ref for w in c.winners) or "earlier pods"
         self.event(c.loser.pod.namespace, c.loser.pod.name, c.loser.pod.uid, "HcsAssignmentConflict",
                    f"the devices recorded for this pod on {c.loser.node} are held by the earlier {held} "
                    f"({c.reason}); this pod's reservation was not restored. Delete and recreate the pod to "
                    "be placed again")
+
+    def _pod_event(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        obj = new or old or {}
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
+        if not uid:
+            return
+        if etype == "SYNC" and old is not None and new is not None and rv_int(old) == rv_int(new) \
+                and self.state.reservation(uid) is not None:
+            return
+        problems: list[str] = []
+        with self._lock:
+            if uid in self._inflight:
+                self._held_back.add(uid)
+                return
+            wrote = self._written.get(uid)
+            if wrote is not None:
+                if rv_int(obj) < wrote[0]:
+                    return  # older than our own last write to this pod
+                del self._written[uid]
+            if old is not None and new is not None and _same_grant(old, new):
+                have = self.state.reservation(uid)
+                bound = (new.get("spec") or {}).get("nodeName")
+                if have is not None and (not bound or bound == have.node):
+                    return  # e.g. the Binding landed: nothing to parse again
+            self._apply_pod(new if etype != "DELETED" else None, uid, problems)
+        for p in problems:
+            log.warning("%s", p)
+
+    def _settle(self, uid: str) -> None:
+        """After a bind: apply what the watch has of the pod, if it has caught up with our write."""
+        problems: list[str] = []
+        res = self.state.reservation(uid)
+        pod = self._cached_pod(uid, res)
+        wrote = self._written.get(uid)
+        if pod is not None and (wrote is None or rv_int(pod) >= wrote[0]):
+            self._written.pop(uid, None)
+            self._apply_pod(pod, uid, problems)
+        elif pod is None and wrote is not None and self.pods.synced and self.pods.rv >= wrote[0]:
+            self._written.pop(uid, None)  # the watch is past our write and the pod is not there: gone
+            self._apply_pod(None, uid, problems)
+        for p in problems:
+            log.warning("%s", p)
+
+    def _cached_pod(self, uid: str, res: Reservation | None) -> dict[str, Any] | None:
+        if res is not None:
+            pod = self.pods.items.get((res.pod.namespace, res.pod.name))
+            if pod is not None and (pod.get("metadata") or {}).get("uid") == uid:
+                return pod
+            return None
+        return next((p for p in self.pods.values() if (p.get("metadata") or {}).get("uid") == uid), None)
+
+    def reconcile(self) -> list[str]:
+        """Compare the reservations with the watched pods, bind-in-flight excluded: release those whose
+        pod the watch does not have once it has caught up with our last write. Returns problems."""
+        problems: list[str] = []
+        if not self.pods.synced:
+            return problems
+        now_ms = time.time() * 1000
+        with self._lock:
+            for r in self.state.reservations():
+                uid = r.pod.uid
+                if uid in self._inflight:
+                    continue
+                pod = self.pods.items.get((r.pod.namespace, r.pod.name))
+                if pod is not None and (pod.get("metadata") or {}).get("uid") == uid:
+                    continue
+                wrote = self._written.get(uid)
+                if wrote is not None:
+                    if self.pods.rv < wrote[0] and time.monotonic() - wrote[1] < 10 * GRACE_S:
+                        continue  # the watch has not delivered our write yet
+                elif now_ms - r.reserved_at_ms < GRACE_S * 1000:
+                    continue  # reserved just now (its write is on the way)
+                self._written.pop(uid, None)
+                self._apply_pod(None, uid, problems)
+            for uid in [u for u in self._held_back if u not in self._inflight]:
+                self._held_back.discard(uid)
+                self._settle(uid)
+        for p in problems:
+            log.warning("%s", p)
+        return problems
+
+    def resync(self) -> list[str]:
+        """One LIST of the allocator's pods, applied to the state, then :meth:`reconcile` (the pod watch
+        does this itself once started). Returns problems."""
+        self.problems = []
+        orig = self.pods.on_change
+
+        def collect(etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+            obj = new or old or {}
+            uid = str((obj.get("metadata") or {}).get("uid") or "")
+            if not uid:
+                return
+            with self._lock:
+                if uid in self._inflight:
+                    return
+                self._apply_pod(new if etype != "DELETED" else None, uid, self.problems)
+
+        self.pods.on_change, self.pods.on_synced = collect, None
+        try:
+            self.pods.relist()
+        finally:
+            self.pods.on_change, self.pods.on_synced = orig, self.reconcile
+        self.problems += self.reconcile()
+        for p in self.problems:
+            log.warning("%s", p)
+        return self.problems
+
+    def adopt(self) -> int:
+        """Label pods annotated (or gated) before the label existed, so the pod watch sees them. One paged
+        LIST of all pods; run once per election. Returns the number labelled."""
+        from hcs.webhook.config import VENDOR_IMAGE_GATE
+
+        query = {"limit": "500"}
+        done = 0
+        while True:
+            page = self.rest.request("GET", "/api/v1/pods", query=query)
+            for pod in page.get("items") or []:
+                meta = pod.get("metadata") or {}
+                if LABEL in (meta.get("labels") or {}):
+                    continue
+                value = "assigned" if ANN_ASSIGNMENT in (meta.get("annotations") or {}) else (
+                    "gated" if any(g.get("name") == VENDOR_IMAGE_GATE
+                                   for g in (pod.get("spec") or {}).get("schedulingGates") or []) else "")
+                if not value:
+                    continue
+                try:
+                    self.rest.request("PATCH", f"/api/v1/namespaces/{meta.get('namespace')}/pods/{meta.get('name')}",
+                                      body={"metadata": {"labels": {LABEL: value}}}, content_type=MERGE)
+                    done += 1
+                except KubeError as exc:
+                    log.warning("pod %s/%s: cannot label it %s=%s: %s", meta.get("namespace"), meta.get("name"),
+                                LABEL, value, exc)
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return done
+            query = {"limit": "500", "continue": token}
 
     # ---------------------------------------------------------------- image retargeting
     def release_vendor_gates(self) -> int:
@@ -143,12 +643,10 @@ class KubeSync:
         from hcs.webhook.config import VENDOR_IMAGE_GATE
         from hcs.webhook.retarget import RetargetError, retarget_pod
 
-        pods = self.rest.request("GET", "/api/v1/pods",
-                                 query={"fieldSelector": "spec.nodeName=,status.phase=Pending"}).get("items") or []
         released = 0
-        for pod in pods:
+        for pod in self.pods.values():  # the webhook labels the pods it gates (hcs.io/allocator=gated)
             gates = (pod.get("spec") or {}).get("schedulingGates") or []
-            if not any(g.get("name") == VENDOR_IMAGE_GATE for g in gates):
+            if (pod.get("spec") or {}).get("nodeName") or not any(g.get("name") == VENDOR_IMAGE_GATE for g in gates):
                 continue
             meta = pod["metadata"]
             ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
@@ -156,21 +654,34 @@ class KubeSync:
                 demand = demand_from_pod(pod)
                 if demand is None:
                     continue
-                res = self.state.reservation(uid) or self.state.reserve(demand)
-            except (RequestError, NoFit, Conflict) as exc:
+            except RequestError as exc:
                 self.event(ns, name, uid, "HcsNoFit", f"waiting for a vendor: {exc}")
                 continue
+            if not self._place_gated(pod, demand, VENDOR_IMAGE_GATE, retarget_pod, RetargetError):
+                continue
+            released += 1
+        return released
+
+    def _place_gated(self, pod: dict[str, Any], demand: PodDemand, gate: str, retarget_pod: Any,
+                     retarget_error: type[Exception]) -> bool:
+        meta = pod["metadata"]
+        ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
+        with self.binding(uid):
+            try:
+                res = self.state.reservation(uid) or self.state.reserve(demand)
+            except (NoFit, Conflict) as exc:
+                self.event(ns, name, uid, "HcsNoFit", f"waiting for a vendor: {exc}")
+                return False
             vendor = next((g.vendor for g in res.grants()), "")
             try:
                 self.annotate(res, ns, name)
                 retarget_pod(self.rest.api_client, ns, name, vendor)
-            except (KubeError, RetargetError) as exc:
+            except (KubeError, retarget_error) as exc:
                 log.warning("pod %s/%s: retargeting to %s failed (%s); retrying", ns, name, vendor, exc)
-                continue
-            released += 1
-            self.event(ns, name, uid, "HcsRetargeted", f"placed on {res.node} ({vendor}); images set for {vendor}",
-                       kind="Normal")
-        return released
+                return False
+        self.event(ns, name, uid, "HcsRetargeted", f"placed on {res.node} ({vendor}); images set for {vendor}",
+                   kind="Normal")
+        return True
 
     # ---------------------------------------------------------------- pods
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
@@ -181,6 +692,9 @@ class KubeSync:
             if name:
                 pod = self.get_pod(namespace or "default", name)
                 return pod if not uid or pod["metadata"]["uid"] == uid else None
+            cached = self._cached_pod(uid, None)
+            if cached is not None:
+                return self.get_pod(cached["metadata"]["namespace"], cached["metadata"]["name"])
             for pod in self.rest.request("GET", "/api/v1/pods").get("items") or []:
                 if pod["metadata"].get("uid") == uid:
                     return dict(pod)
@@ -193,13 +707,26 @@ class KubeSync:
         pod = self.find_pod(uid, namespace, name)
         return demand_from_pod(pod) if pod else None
 
-    def annotate(self, r: Reservation | None, namespace: str, name: str) -> None:
-        """Write (or with ``None`` remove) the pod's signed assignment record."""
-        body = {"metadata": {"annotations": self.records.annotations(annotation_json(r) if r else None)}}
-        self.rest.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body, content_type=MERGE)
+    def annotate(self, r: Reservation | None, namespace: str, name: str, resource_version: str = "") -> str:
+        """Write (or with ``None`` clear) the assignment annotation and the label the pod watch selects on;
+        with ``resource_version`` only if the pod is still at that version (else KubeError 409). Returns
+        the pod's new resourceVersion."""
+        meta: dict[str, Any] = {"annotations": self.records.annotations(annotation_json(r) if r else None),
+                                "labels": {LABEL: "assigned" if r else None}}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        pod = self.rest.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", body={"metadata": meta},
+                                content_type=MERGE)
+        self._wrote(pod)
+        return str((pod.get("metadata") or {}).get("resourceVersion") or "")
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": namespace, "uid": uid},
+    def bind(self, namespace: str, name: str, uid: str, node: str, resource_version: str = "") -> None:
+        """Create the Binding; with ``resource_version`` the API server binds only that version of the pod
+        (a precondition, as for ``uid``): a Binding sent for an assignment that was since cleared fails."""
+        meta = {"name": name, "namespace": namespace, "uid": uid}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": meta,
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         self.rest.request("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body=body)
 
@@ -218,23 +745,25 @@ class KubeSync:
 
     # ---------------------------------------------------------------- loop
     def run(self, interval_s: float, is_leader: Callable[[], bool]) -> None:
-        was_leader = False
+        """Start the watches; while leader, reconcile (local, no API call) and place gated pods."""
+        self.start()
         while not self._stop.is_set():
+            leader = is_leader()
+            self.metrics.leader.set(1 if leader else 0)
             try:
-                self.sync_inventory()
-                leader = is_leader()
-                if leader:
-                    self.resync()
+                if leader and self.synced():
+                    self.reconcile()
                     self.release_vendor_gates()
-                was_leader = leader
             except KubeError as exc:
-                log.warning("API server sync failed (%s); retrying in %.0fs", exc, interval_s)
+                log.warning("API server call failed (%s); retrying in %.0fs", exc, interval_s)
             except Exception:
                 log.exception("sync failed; retrying")
-            self._stop.wait(interval_s if was_leader else min(interval_s, 1.0))
+            self._stop.wait(interval_s)
 
     def stop(self) -> None:
         self._stop.set()
+        for inf in (self.pods, self.nodes, self.computenodes):
+            inf.stop()
 
 
 class Persister:
@@ -244,17 +773,20 @@ class Persister:
         self.sync = sync
 
     def reserved(self, r: Reservation) -> None:
-        self.sync.annotate(r, r.pod.namespace, r.pod.name)
+        with self.sync.binding(r.pod.uid):
+            self.sync.annotate(r, r.pod.namespace, r.pod.name)
 
     def confirmed(self, r: Reservation) -> None:
-        self.sync.annotate(r, r.pod.namespace, r.pod.name)
+        with self.sync.binding(r.pod.uid):
+            self.sync.annotate(r, r.pod.namespace, r.pod.name)
 
     def released(self, r: Reservation) -> None:
-        try:
-            self.sync.annotate(None, r.pod.namespace, r.pod.name)
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
+        with self.sync.binding(r.pod.uid):
+            try:
+                self.sync.annotate(None, r.pod.namespace, r.pod.name)
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
 
 
 class LeaderElector:
@@ -333,9 +865,11 @@ class LeaderElector:
         return ok
 
     def run(self) -> None:
+        """The leader renews every ``duration/3``; a standby polls every second, so it takes over within
+        one second of the Lease expiring (or at once when the leader released it on shutdown)."""
         while not self._stop.is_set():
             self.step()
-            self._stop.wait(self.duration_s / 3)
+            self._stop.wait(self.duration_s / 3 if self.is_leader() else min(1.0, self.duration_s / 3))
 
     def release(self) -> None:
         self._stop.set()

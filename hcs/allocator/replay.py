@@ -121,9 +121,6 @@ def _rows(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     except (UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{path}: not a text CSV file ({exc}); pass an openb CSV "
                           "(see the README's 'Traces' section)") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"{path}: not a text CSV file ({exc}); pass an openb CSV "
-                          "(see the README's 'Traces' section)") from exc
 
 
 def _int(row: dict[str, str], col: str, path: Path, line: int) -> int:

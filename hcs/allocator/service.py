@@ -259,13 +259,13 @@ class AllocatorService(pbg.AllocatorServicer):
 
 
 def serve(service: AllocatorService, address: str, workers: int = 8,
-          credentials: grpc.ServerCredentials | None = None) -> grpc.Server:
+          credentials: grpc.ServerCredentials | None = None, interceptors: tuple[Any, ...] = ()) -> grpc.Server:
     """Start the gRPC server on ``address`` (``unix:///path`` or ``host:port``).
 
     ``credentials`` (see :func:`hcs.allocator.auth.server_credentials`): TLS or local; None serves plaintext,
-    which only ``--insecure-dev`` and in-process tests use.
+    which only ``--insecure-dev`` and in-process tests use. ``interceptors``: e.g. the decision metrics.
     """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=interceptors)
     pbg.add_AllocatorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     port = (server.add_secure_port(address, credentials) if credentials is not None
             else server.add_insecure_port(address))

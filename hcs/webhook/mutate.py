@@ -307,6 +307,9 @@ def mutate_pod(
 
     warnings += _image_retarget(spec, annotations, image_map or {}, mode)
     meta["annotations"] = annotations
+    if any(as_dict(g).get("name") == VENDOR_IMAGE_GATE for g in as_list(spec.get("schedulingGates"))):
+        # the allocator watches only pods labelled hcs.io/allocator; it places gated pods and ungates them
+        meta["labels"] = {**as_dict(meta.get("labels")), "hcs.io/allocator": "gated"}
     old: dict[str, Any] = {"spec": template.spec}
     if isinstance(pod.get("metadata"), dict):
         old["metadata"] = template.metadata

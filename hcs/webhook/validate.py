@@ -340,13 +340,16 @@ def _either(names: Iterable[str]) -> str:
 def check_island(
     amounts: list[Amounts], capacity: IslandCapacity | None, cfg: WebhookConfig, t: PodTemplate
 ) -> Verdict:
-    """Each container's VRAM must fit the largest interconnect island it may run on.
+    """With ``hcs.io/topology-preference: high-bandwidth``, each container's VRAM must fit the largest
+    interconnect island it may run on (without it the allocator spreads devices across islands).
 
     With ``hcs.io/vendor`` (and a source that knows vendors) that is the largest island among the
     allowed vendors; a configured ``largestIsland`` knows no vendors, so it is the one number.
     """
     wanted = [a for a in amounts if a.vram_bytes is not None]
-    if not wanted:
+    if not wanted or t.annotations.get(ANN_TOPOLOGY, "").strip().lower() != HIGH_BANDWIDTH:
+        # Only high-bandwidth keeps a container's devices in one island; otherwise the allocator (and the
+        # DRA claim) spreads them across a node's islands, so the island size is no limit to check.
         return Verdict()
     if capacity is None:
         return Verdict(warnings=("accelerator inventory not configured: VRAM was not checked against the "

@@ -207,13 +207,14 @@ def test_gated_pod_is_placed_retargeted_and_kept_on_its_node(rest: KubeRest, fak
     images = {"main": {"nvidia": "repo/torch:cuda", "ascend": "repo/torch:npu"}}
     pod = rest.request("POST", "/api/v1/namespaces/default/pods", body={
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default",
+        "metadata": {"name": name, "namespace": "default", "labels": {"hcs.io/allocator": "gated"},  # as the webhook
                      "annotations": {"hcs.io/vendor-images": json.dumps(images)}},
         "spec": {"schedulerName": "hcs-scheduler", "schedulingGates": [{"name": "hcs.io/vendor-image"}],
                  "containers": [{"name": "main", "image": "repo/torch:cuda-generic", "command": ["sleep", "1"],
                                  "resources": {"requests": {"ai.compute/vram": "40Gi"},
                                                "limits": {"ai.compute/vram": "40Gi"}}}]}})
     try:
+        sync.pods.relist()  # the pod watch (selector hcs.io/allocator) sees the gated pod
         assert sync.release_vendor_gates() >= 1
         live = rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")
         assert live["spec"]["containers"][0]["image"] == "repo/torch:cuda"
@@ -224,6 +225,7 @@ def test_gated_pod_is_placed_retargeted_and_kept_on_its_node(rest: KubeRest, fak
         ext = Extender(state, sync)
         verdict = ext.filter({"Pod": live, "NodeNames": [held.node, "some-other-node"]})
         assert verdict["NodeNames"] == [held.node]
+        sync.pods.relist()
         assert sync.release_vendor_gates() == 0  # nothing gated any more
     finally:
         with contextlib.suppress(KubeError):

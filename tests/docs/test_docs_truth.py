@@ -20,12 +20,13 @@ SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
 
 
 def code_metrics() -> dict[str, set[str]]:
-    """Every metric the code registers (node agent, webhook) -> its label names."""
+    """Every metric the code registers (node agent, webhook, allocator) -> its label names."""
+    from hcs.allocator.metrics import AllocatorMetrics
     from hcs.node.metrics import NodeMetrics
     from hcs.webhook.server import Metrics
 
     out: dict[str, set[str]] = {}
-    for registry in (NodeMetrics().registry, Metrics().registry):
+    for registry in (NodeMetrics().registry, Metrics().registry, AllocatorMetrics().registry):
         for collector in list(registry._collector_to_names):  # the collectors themselves carry label names
             labels = set(getattr(collector, "_labelnames", ()))
             for name in registry._collector_to_names[collector]:

@@ -128,7 +128,7 @@ def test_values_keep_the_seed_defaults() -> None:
     assert v["nodeAgent"]["logLevel"] == "info"
     assert v["nodeAgent"]["reportInterval"] == 30
     assert v["scheduler"]["enabled"] is True
-    assert v["scheduler"]["replicas"] == 1
+    assert v["scheduler"]["replicas"] == 2  # issue 18: a leader and a hot standby
     assert v["scheduler"]["leaderElection"]["enabled"] is True
     assert v["webhook"]["enabled"] is True
     assert v["webhook"]["replicas"] == 2
@@ -146,7 +146,7 @@ def test_default_render_follows_the_seed_defaults(rendered: Render) -> None:
     assert "--log-level=info" in container(agent, "node-agent")["args"]
     assert configs["node"]["node"]["reportInterval"] == 30
     alloc = one(docs, "Deployment", "hcs-allocator")
-    assert alloc["spec"]["replicas"] == 1
+    assert alloc["spec"]["replicas"] == 2
     assert configs["allocator"]["allocator"]["leaseName"] == "hcs-allocator"
     assert configs["kube-scheduler"]["leaderElection"]["leaderElect"] is True
     assert one(docs, "Deployment", "hcs-webhook")["spec"]["replicas"] == 2
@@ -476,7 +476,7 @@ def test_service_monitors_and_dashboard(rendered: Render) -> None:
     assert not find(rendered(), "ServiceMonitor")
     docs = rendered(serviceMonitor__enabled=True, grafanaDashboard__enabled=True)
     monitors = find(docs, "ServiceMonitor")
-    assert {m["metadata"]["name"] for m in monitors} == {"hcs-node-agent", "hcs-webhook"}
+    assert {m["metadata"]["name"] for m in monitors} == {"hcs-node-agent", "hcs-webhook", "hcs-allocator"}
     services = find(docs, "Service")
     for sm in monitors:
         sel = sm["spec"]["selector"]["matchLabels"]

@@ -11,7 +11,7 @@ from concurrent import futures
 
 import grpc
 import pytest
-from webhook_helpers import ComputeNodeApi, ServerFactory, accel, computenode, pod, review
+from webhook_helpers import ComputeNodeApi, ServerFactory, accel, computenode, hb_pod, review
 
 from hcs.allocator.inventory import DeviceInfo, NodeInventory, parse_computenode
 from hcs.allocator.service import AllocatorService
@@ -91,7 +91,7 @@ def validate(serve: ServerFactory, cfg: WebhookConfig, capacity: IslandCapacity 
              vendor: str | None = None) -> dict[str, object]:
     _, client = serve(cfg=cfg, capacity=capacity)
     annotations = {"hcs.io/vendor": vendor} if vendor is not None else None
-    return client.admit("validate", review(pod({"ai.compute/vram": vram}, annotations=annotations, name="p")))
+    return client.admit("validate", review(hb_pod({"ai.compute/vram": vram}, annotations=annotations, name="p")))
 
 
 def largest_bytes(cap: IslandCapacity) -> int | None:
@@ -111,9 +111,9 @@ def test_too_large_request_is_denied_with_the_largest_island(serve: ServerFactor
     assert isinstance(capacity, CachedCapacity)
     assert "no island-capacity call" not in caplog.text
     _, client = serve(cfg=cfg, capacity=capacity)
-    ok = client.admit("validate", review(pod({"ai.compute/vram": "320Gi"}, name="fits")))
+    ok = client.admit("validate", review(hb_pod({"ai.compute/vram": "320Gi"}, name="fits")))
     assert ok["allowed"] is True and not ok.get("warnings")
-    denied = client.admit("validate", review(pod({"ai.compute/vram": "321Gi"}, name="big")))
+    denied = client.admit("validate", review(hb_pod({"ai.compute/vram": "321Gi"}, name="big")))
     assert denied["allowed"] is False
     text = message(denied)
     # the unhealthy fifth device does not count: 320Gi, not 400Gi

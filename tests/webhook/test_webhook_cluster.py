@@ -117,6 +117,9 @@ def webhook(api_client: Any, wh_certs: CertPaths, namespaces: dict[str, str]) ->
     server.stop()
 
 
+HIGH_BANDWIDTH = {"hcs.io/topology-preference": "high-bandwidth"}  # the island check applies to these only
+
+
 def _pod(name: str, requests: dict[str, str], *, annotations: dict[str, str] | None = None,
          image: str = IMAGE) -> dict[str, Any]:
     return {
@@ -161,7 +164,8 @@ def test_invalid_pods_and_workloads_are_denied(api_client: Any, webhook: Webhook
                                                namespaces: dict[str, str]) -> None:
     core, _, apps = _apis(api_client)
     ns = namespaces["dp"]
-    msg = _denied(api_client, ns, lambda: core.create_namespaced_pod(ns, _pod("too-big", {"ai.compute/vram": "200Gi"})))
+    msg = _denied(api_client, ns, lambda: core.create_namespaced_pod(ns, _pod("too-big", {"ai.compute/vram": "200Gi"},
+                                                                   annotations=HIGH_BANDWIDTH)))
     assert "larger than the largest interconnect island in the cluster (80Gi)" in msg
     assert "spec.containers[0] (container 'main')" in msg
     template = _pod("x", {"ai.compute/vram": "8Gi"}, annotations={"hcs.io/vendor": "amd"})

@@ -140,6 +140,7 @@ def test_image_map_gates_the_pod_and_allocator_retargets() -> None:
     obj = pod({"ai.compute/vram": "16Gi"}, image="pytorch/pytorch:2.4-cuda")
     out, _ = mutate(obj, images=IMAGES)
     assert out["spec"]["schedulingGates"] == [{"name": "hcs.io/vendor-image"}]
+    assert out["metadata"]["labels"]["hcs.io/allocator"] == "gated"  # the allocator's pod watch selects on it
     assert out["spec"]["containers"][0]["image"] == "pytorch/pytorch:2.4-cuda"
     recorded = json.loads(out["metadata"]["annotations"]["hcs.io/vendor-images"])
     assert recorded == {"main": IMAGES["pytorch/pytorch:2.4-cuda"]}

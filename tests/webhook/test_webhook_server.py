@@ -10,7 +10,7 @@ import ssl
 import time
 from pathlib import Path
 
-from webhook_helpers import Client, ServerFactory, pod, review
+from webhook_helpers import Client, ServerFactory, hb_pod, pod, review
 
 from hcs.webhook.capacity import StaticCapacity
 from hcs.webhook.certs import CertPaths, generate_certs
@@ -21,13 +21,13 @@ GI = 2**30
 
 def test_mutate_and_validate_round_trip(serve: ServerFactory) -> None:
     _, client = serve(capacity=StaticCapacity(80 * GI))
-    out, resp = client.mutated(pod({"ai.compute/vram": "16Gi"}))
+    out, resp = client.mutated(hb_pod({"ai.compute/vram": "16Gi"}))
     assert resp["allowed"] is True and resp["patchType"] == "JSONPatch"
     assert out["spec"]["schedulerName"] == "hcs-scheduler"
     assert out["spec"]["containers"][0]["resources"]["limits"]["ai.compute/slot"] == "1"
     ok = client.admit("validate", review(out))
     assert ok["allowed"] is True
-    denied = client.admit("validate", review(pod({"ai.compute/vram": "96Gi"}, name="big")))
+    denied = client.admit("validate", review(hb_pod({"ai.compute/vram": "96Gi"}, name="big")))
     assert denied["allowed"] is False and denied["status"]["code"] == 403
     assert denied["status"]["message"].startswith("Pod default/big: spec.containers[0]")
     assert "largest interconnect island in the cluster (80Gi)" in denied["status"]["message"]
@@ -45,9 +45,9 @@ def test_non_accelerator_and_unknown_kinds_pass_untouched(serve: ServerFactory) 
 
 def test_pod_updates_are_not_revalidated(serve: ServerFactory) -> None:
     _, client = serve(capacity=StaticCapacity(8 * GI))
-    resp = client.admit("validate", review(pod({"ai.compute/vram": "16Gi"}), operation="UPDATE"))
+    resp = client.admit("validate", review(hb_pod({"ai.compute/vram": "16Gi"}), operation="UPDATE"))
     assert resp["allowed"] is True
-    dep = {"spec": {"template": pod({"ai.compute/vram": "16Gi"})}}
+    dep = {"spec": {"template": hb_pod({"ai.compute/vram": "16Gi"})}}
     assert client.admit("validate", review(dep, kind="Deployment", operation="UPDATE"))["allowed"] is False
 
 
@@ -189,7 +189,7 @@ def test_expired_certificate_is_reported_not_fatal(serve: ServerFactory, certs: 
 
 def test_mutate_denies_invalid_pods_before_translating(serve: ServerFactory) -> None:
     _, client = serve(WebhookConfig(mode=Mode.DRA), capacity=StaticCapacity(80 * GI))
-    resp = client.admit("mutate", review(pod({"ai.compute/vram": "96Gi"}, name="big")))
+    resp = client.admit("mutate", review(hb_pod({"ai.compute/vram": "96Gi"}, name="big")))
     assert resp["allowed"] is False and "largest interconnect island" in resp["status"]["message"]
     assert "patch" not in resp
 
@@ -206,13 +206,13 @@ def test_dra_mode_without_api_access_says_so(serve: ServerFactory) -> None:
 def test_workload_templates_get_limits_equal_to_requests(serve: ServerFactory) -> None:
     _, client = serve(capacity=StaticCapacity(80 * GI))
     dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-           "spec": {"template": pod({"ai.compute/vram": "8192Mi", "cpu": "1"})}}
+           "spec": {"template": hb_pod({"ai.compute/vram": "8192Mi", "cpu": "1"})}}
     out, resp = client.mutated(dep, kind="Deployment")
     res = out["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res == {"requests": {"ai.compute/vram": "8Gi", "cpu": "1"}, "limits": {"ai.compute/vram": "8Gi"}}
     assert "schedulerName" not in out["spec"]["template"]["spec"]  # pods get it when they are created
     again, resp = client.mutated(out, kind="Deployment")
     assert "patch" not in resp and again == out
-    cron = {"spec": {"jobTemplate": {"spec": {"template": pod({"ai.compute/vram": "1Ti"})}}}}
+    cron = {"spec": {"jobTemplate": {"spec": {"template": hb_pod({"ai.compute/vram": "1Ti"})}}}}
     resp = client.admit("mutate", review(cron, kind="CronJob"))
     assert resp["allowed"] is False and "spec.containers[0]" in resp["status"]["message"]

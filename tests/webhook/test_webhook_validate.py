@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from webhook_helpers import pod
+from webhook_helpers import hb_pod, pod
 
 from hcs.errors import ConfigError
 from hcs.webhook.capacity import CapacityUnavailable, ClusterIslands, Island, StaticCapacity
@@ -95,23 +95,23 @@ def test_limit_only_counts_as_request() -> None:
 
 
 def test_larger_than_largest_island_is_denied() -> None:
-    v = verdict(pod({"ai.compute/vram": "700Gi"}), capacity=StaticCapacity(640 * GI))
+    v = verdict(hb_pod({"ai.compute/vram": "700Gi"}), capacity=StaticCapacity(640 * GI))
     assert not v.allowed
     assert "larger than the largest interconnect island in the cluster (640Gi)" in v.denials[0]
-    assert verdict(pod({"ai.compute/vram": "640Gi"}), capacity=StaticCapacity(640 * GI)).allowed
+    assert verdict(hb_pod({"ai.compute/vram": "640Gi"}), capacity=StaticCapacity(640 * GI)).allowed
 
 
 def test_denial_names_the_island_and_node() -> None:
-    v = verdict(pod({"ai.compute/vram": "321Gi"}), capacity=MIXED)
+    v = verdict(hb_pod({"ai.compute/vram": "321Gi"}), capacity=MIXED)
     assert v.denials == ("spec.containers[0] (container 'main'): ai.compute/vram 321Gi is larger than the largest "
                          "interconnect island in the cluster (320Gi: island nvl-a on node big, 4 devices); no node "
                          "can ever run it. Ask for less VRAM per container or split the work across pods",)
-    assert verdict(pod({"ai.compute/vram": "320Gi"}), capacity=MIXED).allowed
+    assert verdict(hb_pod({"ai.compute/vram": "320Gi"}), capacity=MIXED).allowed
 
 
 def test_vendor_pin_is_checked_against_that_vendors_islands() -> None:
     ann = {"hcs.io/vendor": "ascend"}
-    v = verdict(pod({"ai.compute/vram": "200Gi"}, annotations=ann), capacity=MIXED)
+    v = verdict(hb_pod({"ai.compute/vram": "200Gi"}, annotations=ann), capacity=MIXED)
     assert not v.allowed
     assert v.denials[0] == (
         "spec.containers[0] (container 'main'): ai.compute/vram 200Gi is larger than the largest ascend "
@@ -119,29 +119,30 @@ def test_vendor_pin_is_checked_against_that_vendors_islands() -> None:
         "it with metadata.annotations[hcs.io/vendor]='ascend'. Ask for less VRAM per container, split the work "
         "across pods, or allow nvidia in metadata.annotations[hcs.io/vendor]: its largest island holds 320Gi "
         "(island nvl-a on node big, 4 devices)")
-    assert verdict(pod({"ai.compute/vram": "128Gi"}, annotations=ann), capacity=MIXED).allowed
+    assert verdict(hb_pod({"ai.compute/vram": "128Gi"}, annotations=ann), capacity=MIXED).allowed
     # too big for every vendor: no point suggesting another one
-    v = verdict(pod({"ai.compute/vram": "400Gi"}, annotations=ann), capacity=MIXED)
+    v = verdict(hb_pod({"ai.compute/vram": "400Gi"}, annotations=ann), capacity=MIXED)
     assert "largest ascend interconnect island" in v.denials[0] and "allow nvidia" not in v.denials[0]
     assert v.denials[0].endswith("Ask for less VRAM per container or split the work across pods")
 
 
 def test_vendor_exclusion_is_checked_against_the_others() -> None:
-    v = verdict(pod({"ai.compute/vram": "200Gi"}, annotations={"hcs.io/vendor": "!nvidia"}), capacity=MIXED)
+    v = verdict(hb_pod({"ai.compute/vram": "200Gi"}, annotations={"hcs.io/vendor": "!nvidia"}), capacity=MIXED)
     assert not v.allowed
     assert "larger than the largest ascend, hygon or cambricon interconnect island in the cluster (128Gi: " \
            "island hccs-0 on node npu, 2 devices)" in v.denials[0]
     assert "allow nvidia" in v.denials[0]
     # excluding a vendor that is not the largest one changes nothing
-    assert verdict(pod({"ai.compute/vram": "300Gi"}, annotations={"hcs.io/vendor": "!ascend"}), capacity=MIXED).allowed
+    assert verdict(hb_pod({"ai.compute/vram": "300Gi"}, annotations={"hcs.io/vendor": "!ascend"}),
+                   capacity=MIXED).allowed
     # naming every vendor is no restriction
-    v = verdict(pod({"ai.compute/vram": "321Gi"}, annotations={"hcs.io/vendor": "nvidia,ascend,hygon,cambricon"}),
+    v = verdict(hb_pod({"ai.compute/vram": "321Gi"}, annotations={"hcs.io/vendor": "nvidia,ascend,hygon,cambricon"}),
                 capacity=MIXED)
     assert "the largest interconnect island in the cluster (320Gi" in v.denials[0]
 
 
 def test_vendor_pin_without_a_healthy_device_is_admitted_with_a_warning() -> None:
-    v = verdict(pod({"ai.compute/vram": "16Gi"}, annotations={"hcs.io/vendor": "hygon,cambricon"}), capacity=MIXED)
+    v = verdict(hb_pod({"ai.compute/vram": "16Gi"}, annotations={"hcs.io/vendor": "hygon,cambricon"}), capacity=MIXED)
     assert v.allowed
     assert v.warnings == ("metadata.annotations[hcs.io/vendor]: no healthy hygon or cambricon accelerator is "
                           "registered in the cluster yet: VRAM was not checked; the pod stays Pending until one is",)
@@ -149,29 +150,29 @@ def test_vendor_pin_without_a_healthy_device_is_admitted_with_a_warning() -> Non
 
 def test_a_configured_size_ignores_the_vendor_pin() -> None:
     ann = {"hcs.io/vendor": "ascend"}
-    assert verdict(pod({"ai.compute/vram": "640Gi"}, annotations=ann), capacity=StaticCapacity(640 * GI)).allowed
-    v = verdict(pod({"ai.compute/vram": "641Gi"}, annotations=ann), capacity=StaticCapacity(640 * GI))
+    assert verdict(hb_pod({"ai.compute/vram": "640Gi"}, annotations=ann), capacity=StaticCapacity(640 * GI)).allowed
+    v = verdict(hb_pod({"ai.compute/vram": "641Gi"}, annotations=ann), capacity=StaticCapacity(640 * GI))
     assert "larger than the largest interconnect island in the cluster (640Gi); no node can ever run it. " \
            "Ask for less VRAM" in v.denials[0]
 
 
 def test_allocator_down_fails_open_with_warning_by_default() -> None:
-    v = verdict(pod({"ai.compute/vram": "16Gi"}), capacity=Down())
+    v = verdict(hb_pod({"ai.compute/vram": "16Gi"}), capacity=Down())
     assert v.allowed
     assert any("allocator unreachable" in w for w in v.warnings)
 
 
 def test_allocator_down_fails_closed_when_configured() -> None:
     cfg = WebhookConfig(allocator_failure=FailurePolicy.CLOSED)
-    v = verdict(pod({"ai.compute/vram": "16Gi"}), cfg=cfg, capacity=Down())
+    v = verdict(hb_pod({"ai.compute/vram": "16Gi"}), cfg=cfg, capacity=Down())
     assert not v.allowed
     assert "retry when the HCS allocator is reachable" in v.denials[0]
 
 
 def test_no_inventory_configured_warns() -> None:
-    v = verdict(pod({"ai.compute/vram": "16Gi"}), capacity=None)
+    v = verdict(hb_pod({"ai.compute/vram": "16Gi"}), capacity=None)
     assert v.allowed and v.warnings
-    v = verdict(pod({"ai.compute/vram": "16Gi"}), capacity=StaticCapacity(None))
+    v = verdict(hb_pod({"ai.compute/vram": "16Gi"}), capacity=StaticCapacity(None))
     assert v.allowed and "no accelerators are registered" in v.warnings[0]
 
 

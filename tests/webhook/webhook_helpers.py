@@ -80,6 +80,13 @@ def pod(requests: dict[str, Any] | None = None, limits: dict[str, Any] | None = 
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [container]}}
 
 
+def hb_pod(requests: dict[str, Any] | None = None, limits: dict[str, Any] | None = None, *,
+           annotations: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
+    """A pod asking for one interconnect island (``high-bandwidth``): the only kind the island check applies to."""
+    return pod(requests, limits, annotations={"hcs.io/topology-preference": "high-bandwidth", **(annotations or {})},
+               **kw)
+
+
 class Client:
     """HTTPS client with one keep-alive connection, trusting the test CA."""
 
