@@ -59,7 +59,7 @@ def test_free_and_fragmented_vram_follow_reservations() -> None:
 def test_metrics_endpoint_counts_decisions_by_verb_and_outcome() -> None:
     state = state_with_two_nodes()
     metrics = AllocatorMetrics(state)
-    server = serve_http(Extender(state, None, lambda: True, metrics), "127.0.0.1", 0)
+    server = serve_http(Extender(state, None, lambda: True, metrics), "127.0.0.1", 0, insecure_dev=True)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         assert post(f"{url}/filter", {"Pod": pod("40Gi"), "NodeNames": ["big", "t4"]})["NodeNames"] == ["big"]
@@ -87,7 +87,8 @@ def test_standby_is_not_ready_and_answers_the_scheduler_with_a_retriable_error()
     state = state_with_two_nodes()
     leader = [False]
     metrics = AllocatorMetrics(state)
-    server = serve_http(Extender(state, None, lambda: leader[0], metrics), "127.0.0.1", 0)
+    server = serve_http(Extender(state, None, lambda: leader[0], metrics), "127.0.0.1", 0,
+                        insecure_dev=True)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         code, body = get(f"{url}/readyz")

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", ROOT / "README_CN.md", *sorted((ROOT / "docs").glob("*.md")),
         ROOT / "helm" / "hcs" / "README.md", ROOT / "examples" / "README.md"]
 #: ``hcs_*`` words in the docs that are not metrics (a C header, a bench JSON key, a module).
-NOT_METRICS = {"hcs_vendor_abi", "hcs_interceptor", "hcs_cluster", "hcs_pods_per_s"}
+NOT_METRICS = {"hcs_vendor_abi", "hcs_interceptor", "hcs_cluster", "hcs_pods_per_s", "hcs_bind_p99_s"}
 SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
 
 
@@ -26,11 +26,15 @@ def code_metrics() -> dict[str, set[str]]:
     from hcs.webhook.server import Metrics
 
     out: dict[str, set[str]] = {}
-    for registry in (NodeMetrics().registry, Metrics().registry, AllocatorMetrics().registry):
+    from hcs.allocator.state import AllocatorState
+
+    for registry in (NodeMetrics().registry, Metrics().registry, AllocatorMetrics(AllocatorState()).registry):
         for collector in list(registry._collector_to_names):  # the collectors themselves carry label names
             labels = set(getattr(collector, "_labelnames", ()))
             for name in registry._collector_to_names[collector]:
                 out[name] = labels
+        for family in registry.collect():  # scrape-time collectors (the allocator's state gauges)
+            out.setdefault(family.name, set(getattr(family, "_labelnames", ())))
     return out
 
 
