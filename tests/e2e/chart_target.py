@@ -219,7 +219,7 @@ class ChartTarget:
                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
                   "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]})):
             with contextlib.suppress(KubeError):  # already there (409) from an earlier call
-                self.rest.request("POST", path, body)
+                self.rest.request("POST", path, body=body)
         token = self.rest.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
                                   {"spec": {"audiences": ["hcs-allocator"], "expirationSeconds": 600}})
         secret = self.rest.request("GET", f"/api/v1/namespaces/{ns}/secrets/{self.release}-allocator-tls")
