@@ -55,6 +55,18 @@ class Output:
         return json.loads(ann) if ann else {}
 
 
+def wait_for(pred: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll ``pred`` until it returns something truthy (returned), failing with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
 def name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:5]}"
 

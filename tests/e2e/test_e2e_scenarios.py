@@ -29,6 +29,7 @@ from e2e_helpers import (
     visible_var,
     wait_phase,
 )
+from e2e_helpers import wait_for as _wait
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -239,16 +240,6 @@ def test_unhealthy_device_is_avoided_by_new_pods(hcs_e2e: Any) -> None:
         h.set_faults([])
     _wait(lambda: reported(set()), 60, "ComputeNode to report every device healthy again")
 
-
-def _wait(pred: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def _checkpoint_claims(h: Any) -> set[str]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from e2e_helpers import GiB, accel_pod, create, delete_pod, get_pod, name, run_to_completion, wait_phase
+from e2e_helpers import wait_for as _wait
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chart_only]
 
@@ -24,16 +25,6 @@ SEED = {"requests": {"ai.compute/vram": "16Gi", "ai.compute/tflops-fp16": "100"}
 SLEEP = "echo started; sleep 3600"
 COMPUTENODES = "/apis/hetero.zrs.io/v1alpha1/computenodes"
 
-
-def _wait(pred: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _assignment(h: Any, pod_name: str, timeout: float = 30) -> dict[str, Any]:
