@@ -213,7 +213,7 @@ class ChartTarget:
             with contextlib.suppress(KubeError):  # already there (409) from an earlier call
                 self.rest.request("POST", path, body=body)
         token = self.rest.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
-                                  {"spec": {"audiences": ["hcs-allocator"], "expirationSeconds": 600}})
+                                  body={"spec": {"audiences": ["hcs-allocator"], "expirationSeconds": 600}})
         secret = self.rest.request("GET", f"/api/v1/namespaces/{ns}/secrets/{self.release}-allocator-tls")
         svc = self.rest.request("GET", f"/api/v1/namespaces/{ns}/services/{self.release}-allocator-leader")
         port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
