@@ -12,6 +12,7 @@ CRDs are not installed there) are left out of the dry run; their shape is checke
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -104,6 +105,17 @@ def test_rendered_scheduler_config_runs_the_real_kube_scheduler(kube_cluster: Cl
               and d["metadata"]["labels"].get("hcs.io/component-config") == "kube-scheduler")
     config = yaml.safe_load(cm["data"]["config.yaml"])
     config["clientConnection"] = {"kubeconfig": str(kube_cluster.kubeconfig)}
+    # the extender's client pair (mTLS, issue 16) as the pod mounts it, from the chart-generated Secret
+    secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-extender-tls"))
+    client_dir = tmp_path / "extender-client"
+    client_dir.mkdir()
+    for item in ("ca.crt", "client.crt", "client.key"):
+        (client_dir / item).write_bytes(base64.b64decode(secret["data"][item]))
+    for ext in config.get("extenders") or []:
+        tls = ext.get("tlsConfig") or {}
+        for key in ("certFile", "keyFile", "caFile"):
+            if key in tls:
+                tls[key] = str(client_dir / Path(tls[key]).name)
     (tmp_path / "scheduler.yaml").write_text(yaml.safe_dump(config))
     deploy = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-allocator"))
     flags = [a for a in container(deploy, "kube-scheduler")["command"][1:] if not a.startswith(("--config=",
@@ -132,7 +144,7 @@ def test_rendered_scheduler_config_runs_the_real_kube_scheduler(kube_cluster: Cl
                                                     "limits": {"ai.compute/vram": "1Gi"}}}]},
         }
         _kubectl(kube_cluster, "apply", "-f", "-", stdin=json.dumps(pod))
-        service_host = f"hcs-allocator.{test_namespace}.svc"
+        service_host = f"hcs-allocator-leader.{test_namespace}.svc"  # the extender URL names the leader Service
 
         def extender_event() -> str:
             assert proc.poll() is None, "kube-scheduler exited:\n" + (tmp_path / "kube-scheduler.log").read_text()
@@ -277,3 +289,7 @@ def test_node_agent_can_write_only_its_own_nodes_objects(kube_cluster: Cluster, 
                  check=False)
         _kubectl(kube_cluster, "delete", "--ignore-not-found", "--wait=false", "-f", "-",
                  stdin=yaml.safe_dump_all(wanted), check=False)
+        # the claims made "allocated" above hold real devices of the local node's pool (nvidia-0): left behind,
+        # they starve later DRA tests on this long-lived cluster (an island of 4 could no longer be found)
+        _kubectl(kube_cluster, "-n", test_namespace, "delete", "resourceclaims", "--all", "--ignore-not-found",
+                 "--wait=false", check=False)

@@ -183,8 +183,15 @@ def _config(w: World, **allocator: Any) -> Path:
     # syncIntervalSeconds: the first sync at election reads the test's ComputeNodes; later ones are not needed, and
     # KubeSync.resync drops a reservation made between its pod LIST and its release loop (a race outside this
     # test's subject, reported in issue 16's notes), which would make the victim vanish mid-test.
+    # the extender's own caller check (client certificates, tests/security/test_sec_input_*) is always on
+    # without --insecure-dev: give it a serving pair and a client CA so the daemon starts
+    ext = w.tmp / "extender-tls"
+    if not (ext / "extender.crt").exists():
+        generate_certs(ext, ("127.0.0.1", "localhost"), name="extender")
+    extender = {"tls": {"certFile": str(ext / "extender.crt"), "keyFile": str(ext / "extender.key"),
+                        "clientCAFile": str(ext / "ca.crt"), "allowedSubjects": ["hcs-scheduler"]}}
     cfg = {"allocator": {"namespace": w.sys_ns, "leaseName": f"hcs-allocator-{w.suffix}", "leaseSeconds": 15,
-                         "syncIntervalSeconds": 300, **allocator}}
+                         "syncIntervalSeconds": 300, "extender": extender, **allocator}}
     path = w.tmp / f"allocator-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -319,6 +319,10 @@ def test_forged_record_is_ignored_by_agent_and_allocator(rest: KubeRest, spaces:
     _patch(rest, ns, "nouid", {"hcs.io/assignment": no_uid, "hcs.io/assignment-signature": key.sign(no_uid)})
     _patch(rest, ns, "copycat", {"hcs.io/assignment": held["hcs.io/assignment"],
                                  "hcs.io/assignment-signature": held["hcs.io/assignment-signature"]})
+    for forger in ("attacker", "nouid", "copycat"):  # and the label the allocator's pod watch selects on
+        rest.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{forger}",
+                     body={"metadata": {"labels": {"hcs.io/allocator": "assigned"}}},
+                     content_type="application/merge-patch+json")
 
     before = {r: _rejected(r, "node-agent") for r in ("signature", "uid")}
     lister = KubePodLister(rest, node, key)
