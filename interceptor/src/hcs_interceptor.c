@@ -247,21 +247,27 @@ static inline void *real_fn(int id) {
 
 /* ------------------------------------------------------------------ initialisation */
 
+/* One read of a small text file the agent wrote (fd from open/openat; closed here): its bytes,
+ * NUL-terminated in buf, and their count; <= 0 when it could not be opened or read, or is empty. */
+static ssize_t read_small_file(int fd, char *buf, size_t size) {
+    if (fd < 0)
+        return -1;
+    ssize_t n;
+    do {
+        n = read(fd, buf, size - 1);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n > 0)
+        buf[n] = '\0';
+    return n;
+}
+
 /* True when /etc/ld.so.preload names this library: the node agent mounted it (read-only) into a
  * managed container. Its absence is no proof of anything (development shells have none). */
 static bool preload_file_names_us(void) {
-    int fd = open(HCS_LD_SO_PRELOAD, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
     char buf[4096];
-    ssize_t n;
-    do {
-        n = read(fd, buf, sizeof buf - 1);
-    } while (n < 0 && errno == EINTR);
-    close(fd);
-    if (n <= 0)
+    if (read_small_file(open(HCS_LD_SO_PRELOAD, O_RDONLY | O_CLOEXEC), buf, sizeof buf) <= 0)
         return false;
-    buf[n] = '\0';
     return strstr(buf, HCS_LIB_NAME) != NULL;
 }
 
@@ -328,18 +334,10 @@ static void load_device_list(int dfd) {
     memset(g.dev_known, 0, sizeof g.dev_known);
     for (int i = 0; i < HCS_MAX_DEVICES; i++)
         atomic_store(&g.cuda_canon[i], CANON_UNSET);
-    int fd = openat(dfd, "devices", O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return;
     char buf[4096];
-    ssize_t n;
-    do {
-        n = read(fd, buf, sizeof buf - 1);
-    } while (n < 0 && errno == EINTR);
-    close(fd);
+    ssize_t n = read_small_file(openat(dfd, "devices", O_RDONLY | O_CLOEXEC | O_NOFOLLOW), buf, sizeof buf);
     if (n <= 0)
         return;
-    buf[n] = '\0';
     for (char *save = NULL, *line = strtok_r(buf, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
         char *end;
         long idx = strtol(line, &end, 10);
