@@ -202,7 +202,8 @@ static int check_keys(ctx_t *c, const sj_value *obj, const char *where, const ch
 static const char *const device_keys[] = {"vendor", "model", "uuid", "pci_bus_id", "memory_mib",
                                           "numa_node", "memory_used_mib", "minor", "serial",
                                           "temperature_c", "utilization_pct", "health", "links", NULL};
-static const char *const link_keys[] = {"peer", "type", "gbps", NULL};
+static const char *const link_keys[] = {"peer", "switch", "type", "gbps", "version", NULL};
+static const char *const switch_keys[] = {"pci_bus_id", NULL};
 
 static int parse_device(ctx_t *c, sim_profile_t *p, const sj_value *dv, int i) {
     char where[48];
@@ -286,15 +287,29 @@ static int parse_links(ctx_t *c, sim_profile_t *p, const sj_value *dv, int i) {
             return fail(c, "%s: expected an object, got %s", where, sj_type_name(lv->type));
         if (check_keys(c, lv, where, link_keys) != 0)
             return -1;
-        long long peer = 0;
-        if (get_int(c, lv, where, "peer", 1, -1000000, 1000000, &peer) != 0)
+        long long peer = -1, sw = -1, version = 0;
+        if (get_int(c, lv, where, "switch", 0, 0, SIM_MAX_SWITCHES - 1, &sw) != 0 ||
+            get_int(c, lv, where, "version", 0, 1, 5, &version) != 0)
             return -1;
-        int n = p->vendor_count[d->vendor];
-        if (peer < 0 || peer >= n)
-            return fail(c, "%s.peer: %lld names no %s device (peers are %s-local indexes 0..%d)", where, peer,
-                        sim_vendor_name(d->vendor), sim_vendor_name(d->vendor), n - 1);
-        if (peer == d->index)
-            return fail(c, "%s.peer: %lld is the device itself", where, peer);
+        if (sw >= 0) {
+            if (sj_get(lv, "peer") != NULL)
+                return fail(c, "%s: set either peer (a direct link) or switch (a link to an NVSwitch), not both",
+                            where);
+            if (d->vendor != SIM_VENDOR_NVIDIA)
+                return fail(c, "%s.switch: only NVIDIA devices link to NVSwitches", where);
+            if (sw >= p->nswitches)
+                return fail(c, "%s.switch: %lld names no entry of nvswitches (the profile lists %d)", where, sw,
+                            p->nswitches);
+        } else {
+            if (get_int(c, lv, where, "peer", 1, -1000000, 1000000, &peer) != 0)
+                return -1;
+            int n = p->vendor_count[d->vendor];
+            if (peer < 0 || peer >= n)
+                return fail(c, "%s.peer: %lld names no %s device (peers are %s-local indexes 0..%d)", where, peer,
+                            sim_vendor_name(d->vendor), sim_vendor_name(d->vendor), n - 1);
+            if (peer == d->index)
+                return fail(c, "%s.peer: %lld is the device itself", where, peer);
+        }
         char type[32];
         if (get_string(c, lv, where, "type", 1, type, sizeof type) != 0)
             return -1;
@@ -312,11 +327,46 @@ static int parse_links(ctx_t *c, sim_profile_t *p, const sj_value *dv, int i) {
             return fail(c, "%s.gbps: expected a number, got %s", where, sj_type_name(g->type));
         if (!(g->number > 0) || g->number > 1e6)
             return fail(c, "%s.gbps: %g must be > 0 (GB/s)", where, g->number);
+        if (sw >= 0 && t != (int)SIM_LINK_NVLINK)
+            return fail(c, "%s.type: a link to an NVSwitch is an nvlink", where);
         d->links[k].peer = (int)peer;
+        d->links[k].sw = (int)sw;
+        d->links[k].version = (int)version;
         d->links[k].type = (sim_link_type_t)t;
         d->links[k].gbps = g->number;
     }
     d->nlinks = (int)links->count;
+    return 0;
+}
+
+/* Top-level "nvswitches": the NVSwitch chips of an HGX baseboard (each only a PCI address here). */
+static int parse_switches(ctx_t *c, sim_profile_t *p, const sj_value *root) {
+    const sj_value *sws = sj_get(root, "nvswitches");
+    if (sws == NULL)
+        return 0;
+    if (sws->type != SJ_ARRAY)
+        return fail(c, "nvswitches: expected an array, got %s", sj_type_name(sws->type));
+    if (sws->count > SIM_MAX_SWITCHES)
+        return fail(c, "nvswitches: %zu switches, at most %d are supported", sws->count, SIM_MAX_SWITCHES);
+    for (size_t k = 0; k < sws->count; k++) {
+        char where[48], bus[64];
+        snprintf(where, sizeof where, "nvswitches[%zu]", k);
+        const sj_value *v = &sws->items[k];
+        if (v->type != SJ_OBJECT)
+            return fail(c, "%s: expected an object, got %s", where, sj_type_name(v->type));
+        if (check_keys(c, v, where, switch_keys) != 0 ||
+            get_string(c, v, where, "pci_bus_id", 1, bus, sizeof bus) != 0)
+            return -1;
+        sim_switch_t *w = &p->switches[k];
+        if (sim_parse_pci_bus_id(bus, &w->pci_domain, &w->pci_bus, &w->pci_device, &w->pci_function) != 0)
+            return fail(c, "%s.pci_bus_id: \"%s\" is not a PCI address", where, bus);
+        snprintf(w->pci_bus_id, sizeof w->pci_bus_id, "%04x:%02x:%02x.%x", w->pci_domain, w->pci_bus,
+                 w->pci_device, w->pci_function);
+        for (int i = 0; i < p->ndevices; i++)
+            if (strcmp(p->devices[i].pci_bus_id, w->pci_bus_id) == 0)
+                return fail(c, "%s.pci_bus_id: %s is also devices[%d]", where, w->pci_bus_id, i);
+    }
+    p->nswitches = (int)sws->count;
     return 0;
 }
 
@@ -351,6 +401,8 @@ static int validate_profile(ctx_t *c, sim_profile_t *p, const sj_value *root) {
                 return fail(c, "devices[%d].minor: duplicate of devices[%d] (%d)", i, j, d->minor);
         }
     }
+    if (parse_switches(c, p, root) != 0)
+        return -1;
     for (int i = 0; i < p->ndevices; i++)
         if (parse_links(c, p, &devs->items[i], i) != 0)
             return -1;

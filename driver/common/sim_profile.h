@@ -38,6 +38,7 @@ extern "C" {
 
 #define SIM_MAX_DEVICES 64  /* devices per profile (all vendors together) */
 #define SIM_MAX_LINKS 36    /* links per device (= NVML_NVLINK_MAX_LINKS) */
+#define SIM_MAX_SWITCHES 16 /* NVSwitch chips per profile (HGX A100: 6, HGX H100/H200: 4) */
 #define SIM_STR 96          /* capacity of model / uuid / serial strings, incl. NUL */
 
 /* Environment variables. */
@@ -69,10 +70,18 @@ typedef enum {
 } sim_link_type_t;
 
 typedef struct {
-    int peer;             /* vendor-local index of the peer device (same vendor) */
+    int peer;             /* vendor-local index of the peer device (same vendor); -1 for a switch link */
+    int sw;               /* index into the profile's nvswitches for a link to an NVSwitch; -1 otherwise */
+    int version;          /* NVLink generation as written ("version"); 0 = derive it from gbps */
     sim_link_type_t type;
     double gbps;          /* GB/s, as written in the profile */
 } sim_link_t;
+
+/* An NVSwitch chip on the baseboard: NVML reports it as the remote end of a GPU's NVLinks. */
+typedef struct {
+    char pci_bus_id[32]; /* normalised "dddd:bb:dd.f" */
+    unsigned int pci_domain, pci_bus, pci_device, pci_function;
+} sim_switch_t;
 
 typedef struct {
     sim_vendor_t vendor;
@@ -105,6 +114,8 @@ typedef struct {
     sim_device_t devices[SIM_MAX_DEVICES];          /* file order */
     int vendor_count[SIM_VENDOR_COUNT];
     int vendor_index[SIM_VENDOR_COUNT][SIM_MAX_DEVICES]; /* [vendor][vendor-local index] -> file index */
+    int nswitches;
+    sim_switch_t switches[SIM_MAX_SWITCHES];        /* top-level "nvswitches", file order */
     struct sim_fault_state *faults;                 /* owned by sim_faults.c; never NULL after load */
 } sim_profile_t;
 

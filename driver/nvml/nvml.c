@@ -41,6 +41,8 @@ enum {
 };
 
 #define NVML_NVLINK_MAX_LINKS 36
+#define NVML_NVLINK_DEVICE_TYPE_GPU 0x00
+#define NVML_NVLINK_DEVICE_TYPE_SWITCH 0x02
 #define NVML_EVENT_SINGLE_BIT_ECC 0x1ULL
 #define NVML_EVENT_DOUBLE_BIT_ECC 0x2ULL
 #define NVML_EVENT_XID 0x8ULL
@@ -185,6 +187,19 @@ static void fill_pci(const sim_device_t *d, nvmlPciInfo_t *pci) {
     pci->device = d->pci_device;
     pci->pciDeviceId = (m->device_id << 16) | 0x10DEu;
     pci->pciSubSystemId = m->subsys;
+}
+
+/* NVSwitch PCI identity (vendor 10DE, device 22A3 = the third-generation NVSwitch of HGX H100). */
+static void fill_switch_pci(const sim_switch_t *w, nvmlPciInfo_t *pci) {
+    memset(pci, 0, sizeof *pci);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04X:%02X:%02X.%X", w->pci_domain, w->pci_bus,
+             w->pci_device, w->pci_function);
+    snprintf(pci->busId, sizeof pci->busId, "%08X:%02X:%02X.%X", w->pci_domain, w->pci_bus, w->pci_device,
+             w->pci_function);
+    pci->domain = w->pci_domain;
+    pci->bus = w->pci_bus;
+    pci->device = w->pci_device;
+    pci->pciDeviceId = (0x22A3u << 16) | 0x10DEu;
 }
 
 /* ---- init / system ------------------------------------------------------------------------------ */
@@ -583,8 +598,8 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t dev, unsigned int 
         return r;
     if (isActive == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
-    /* A link to a lost peer is down. */
-    *isActive = sim_device_health(p, SIM_VENDOR_NVIDIA, l->peer) == SIM_HEALTH_LOST ? 0 : 1;
+    /* A link to a lost peer is down; a link to an NVSwitch stays up. */
+    *isActive = l->peer >= 0 && sim_device_health(p, SIM_VENDOR_NVIDIA, l->peer) == SIM_HEALTH_LOST ? 0 : 1;
     return NVML_SUCCESS;
 }
 
@@ -598,7 +613,24 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t dev, un
         return r;
     if (pci == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
-    fill_pci(sim_vendor_device(p, SIM_VENDOR_NVIDIA, l->peer), pci);
+    if (l->sw >= 0)
+        fill_switch_pci(&p->switches[l->sw], pci);
+    else
+        fill_pci(sim_vendor_device(p, SIM_VENDOR_NVIDIA, l->peer), pci);
+    return NVML_SUCCESS;
+}
+
+/* What is at the far end of a link: a GPU, or (on HGX boards) an NVSwitch. */
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetNvLinkRemoteDeviceType(nvmlDevice_t dev, unsigned int link, int *type) {
+    const sim_profile_t *p;
+    const sim_device_t *d;
+    const sim_link_t *l;
+    nvmlReturn_t r = nvlink(dev, link, &p, &d, &l);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (type == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *type = l->sw >= 0 ? NVML_NVLINK_DEVICE_TYPE_SWITCH : NVML_NVLINK_DEVICE_TYPE_GPU;
     return NVML_SUCCESS;
 }
 
@@ -616,7 +648,10 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetNvLinkVersion(nvmlDevice_t dev, unsigned in
         return r;
     if (version == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
-    *version = l->gbps >= 900 ? 4u : l->gbps >= 600 ? 3u : l->gbps >= 300 ? 2u : 1u;
+    if (l->version > 0)
+        *version = (unsigned int)l->version;
+    else
+        *version = l->gbps >= 900 ? 4u : l->gbps >= 600 ? 3u : l->gbps >= 300 ? 2u : 1u;
     return NVML_SUCCESS;
 }
 

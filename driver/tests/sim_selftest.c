@@ -107,6 +107,7 @@ static void check_nvml(void *lib, const sim_profile_t *ref) {
     FN(lib, int, nvmlDeviceGetNumaNodeId, (void *, unsigned int *));
     FN(lib, int, nvmlDeviceGetNvLinkState, (void *, unsigned int, int *));
     FN(lib, int, nvmlDeviceGetNvLinkRemotePciInfo_v2, (void *, unsigned int, nvmlPciInfo_t *));
+    FN(lib, int, nvmlDeviceGetNvLinkRemoteDeviceType, (void *, unsigned int, int *));
     FN(lib, int, nvmlDeviceGetHandleByUUID, (const char *, void **));
     FN(lib, int, nvmlDeviceGetHandleByPciBusId_v2, (const char *, void **));
     FN(lib, int, nvmlDeviceGetTopologyCommonAncestor, (void *, void *, int *));
@@ -132,9 +133,14 @@ static void check_nvml(void *lib, const sim_profile_t *ref) {
         for (int k = 0; k < d->nlinks; k++) {
             int active = -1;
             CHECK(nvmlDeviceGetNvLinkState(h, (unsigned int)k, &active) == 0 && active == 1, "link %d", k);
-            CHECK(nvmlDeviceGetNvLinkRemotePciInfo_v2(h, (unsigned int)k, &pci) == 0 &&
-                      pci.bus == sim_vendor_device(ref, SIM_VENDOR_NVIDIA, d->links[k].peer)->pci_bus,
+            unsigned int want_bus = d->links[k].sw >= 0 ? ref->switches[d->links[k].sw].pci_bus
+                                                        : sim_vendor_device(ref, SIM_VENDOR_NVIDIA, d->links[k].peer)->pci_bus;
+            CHECK(nvmlDeviceGetNvLinkRemotePciInfo_v2(h, (unsigned int)k, &pci) == 0 && pci.bus == want_bus,
                   "remote pci %d", k);
+            int remote_type = -1;
+            CHECK(nvmlDeviceGetNvLinkRemoteDeviceType(h, (unsigned int)k, &remote_type) == 0 &&
+                      remote_type == (d->links[k].sw >= 0 ? 2 : 0),
+                  "remote type %d", k);
         }
         int active;
         CHECK(nvmlDeviceGetNvLinkState(h, (unsigned int)d->nlinks, &active) == 3, "link past the end");

@@ -28,6 +28,7 @@ from hcs.allocator.placement import PodDemand
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
+from hcs.devices.simhost import write_simulated_sysfs
 from hcs.errors import HcsError
 from hcs.testing.kubelet_sim import KubeletSim
 
@@ -74,6 +75,7 @@ def _free_port() -> int:
 
 def _sim_env(profile: Path, faults: Path) -> dict[str, str]:
     env = dict(os.environ, HCS_SIM_PROFILE=str(profile), HCS_SIM_FAULTS=str(faults))
+    env.setdefault("HCS_HOST_SYSFS", str(write_simulated_sysfs(profile, faults.parent / "sysfs")))
     env.pop("HCS_DRIVER_PATH", None)
     return env
 

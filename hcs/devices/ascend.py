@@ -10,6 +10,7 @@ from typing import Any
 from hcs.devices.backend import CRITICAL, WARNING, Backend, Finding, VendorError, score, temperature_finding
 from hcs.devices.ctypes_util import bind, bus_id, checker, cstr
 from hcs.devices.model import Device, Health, Link, LinkType, Vendor
+from hcs.devices.simhost import host_sysfs
 
 DCMI_TOPO_HCCS = 3
 DCMI_DIE_NDIE = 0
@@ -63,6 +64,14 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "dcmi_get_device_temperature": (c_int, [c_int, c_int, POINTER(c_int)]),
     "dcmi_get_device_utilization_rate": (c_int, [c_int, c_int, c_int, POINTER(c_uint)]),
 }
+
+
+def numa_of_pci(bus: str) -> int:
+    """The kernel's NUMA node for a PCI device (what NVML reports for a GPU); -1 if unknown."""
+    try:
+        return max(-1, int((host_sysfs() / "bus/pci/devices" / bus / "numa_node").read_text().strip()))
+    except (OSError, ValueError):
+        return -1
 
 
 def numa_of_cpus(cpulist: str, sysfs: Path = Path("/sys/devices/system/node")) -> int:
@@ -138,9 +147,10 @@ class AscendBackend(Backend):
                                                                                              byref(phy)))
         cpus = ctypes.create_string_buffer(256)
         length = c_int(256)
-        numa = -1
-        if f["dcmi_get_affinity_cpu_info_by_device_id"](card, dev, cpus, byref(length)) == 0:
-            numa = numa_of_cpus(cpus.value.decode(errors="replace"))
+        bus = bus_id(pcie.domain, pcie.bdf_busid, pcie.bdf_deviceid, pcie.bdf_funcid)
+        numa = numa_of_pci(bus)
+        if numa < 0 and f["dcmi_get_affinity_cpu_info_by_device_id"](card, dev, cpus, byref(length)) == 0:
+            numa = numa_of_cpus(cpus.value.decode(errors="replace"), host_sysfs() / "devices/system/node")
         name = cstr(chip.chip_name)
         total = int(hbm.memory_size) << 20
         spec = self.catalog.lookup(Vendor.ASCEND, name, total)
@@ -155,7 +165,7 @@ class AscendBackend(Backend):
         return Device(
             vendor=Vendor.ASCEND, model=spec.id if spec else f"unknown:{name}", name=name,
             uuid="-".join(f"{w:08X}" for w in die.soc_die), index=i,
-            pci_bus_id=bus_id(pcie.domain, pcie.bdf_busid, pcie.bdf_deviceid, pcie.bdf_funcid), numa_node=numa,
+            pci_bus_id=bus, numa_node=numa,
             vram_total_bytes=total, vram_used_bytes=int(hbm.memory_usage) << 20, compute=self.catalog.compute(spec),
             device_nodes=(f"/dev/davinci{phy.value}", "/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"),
             links=tuple(Link(LinkType.HCCS, j, pair) for j in links), health=self.health(i),

@@ -15,6 +15,7 @@ from hcs.config import load_config, section
 from hcs.devices.catalog import default_catalog
 from hcs.devices.inventory import Inventory, discover
 from hcs.devices.model import HEALTHY_THRESHOLD, Device
+from hcs.devices.simhost import simulated_sysfs
 from hcs.errors import ConfigError
 from hcs.quantity import human_bytes
 
@@ -72,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
         print(list_profiles())
         return 0
     if args.profile:
-        os.environ["HCS_SIM_PROFILE"] = str(resolve_profile(args.profile))
+        profile = resolve_profile(args.profile)
+        os.environ["HCS_SIM_PROFILE"] = str(profile)
+        os.environ.setdefault("HCS_HOST_SYSFS", str(simulated_sysfs(profile)))
     config = load_config(args.config)
     catalog = default_catalog().with_rates(section(config, "exchangeRates"))
     inventory = discover(catalog)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import pynvml
@@ -64,16 +65,12 @@ class NvidiaBackend(Backend):
                          "total": 0, "used": 0, "numa": -1, "minor": i, "temp": None, "util": None, "remote": []}
             bus_to_index[entry["bus"]] = i
             raw.append(entry)
+        peers = nvlink_peers([e["remote"] for e in raw], [e["bus"] for e in raw])
         out = []
         for i, e in enumerate(raw):
             spec = self.catalog.lookup(Vendor.NVIDIA, e["name"], e["total"])
             compute = self.catalog.compute(spec)
-            per_peer: dict[int, int] = {}
-            for bus in e["remote"]:
-                if bus in bus_to_index and bus_to_index[bus] != i:
-                    per_peer[bus_to_index[bus]] = per_peer.get(bus_to_index[bus], 0) + 1
-            pair = spec.pair_gbps if spec else 0.0
-            links = tuple(Link(LinkType.NVLINK, peer, pair * n) for peer, n in sorted(per_peer.items()))
+            links = tuple(Link(LinkType.NVLINK, peer, gbps) for peer, gbps in sorted(peers[i].items()))
             health = self.health(i) if "lost" not in e else Health(0, (f"NVML query failed: {e['lost']}",))
             out.append(Device(
                 vendor=Vendor.NVIDIA, model=spec.id if spec else f"unknown:{e['name']}", name=e["name"],
@@ -84,15 +81,18 @@ class NvidiaBackend(Backend):
             ))
         return out
 
-    def _nvlink_remotes(self, h: Any) -> list[str]:
+    def _nvlink_remotes(self, h: Any) -> list[RemoteLink]:
         remotes = []
         for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
             try:
                 if pynvml.nvmlDeviceGetNvLinkState(h, link) != pynvml.NVML_FEATURE_ENABLED:
                     continue
-                remotes.append(normalize_bus_id(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId))
+                bus = normalize_bus_id(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId)
             except pynvml.NVMLError:
                 break  # no more links (INVALID_ARGUMENT / NOT_SUPPORTED)
+            kind = _optional(pynvml.nvmlDeviceGetNvLinkRemoteDeviceType, h, pynvml.NVML_NVLINK_DEVICE_TYPE_GPU, link)
+            version = _optional(pynvml.nvmlDeviceGetNvLinkVersion, h, 3, link)
+            remotes.append(RemoteLink(bus, kind == pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH, LINK_GBPS.get(version, 50.0)))
         return remotes
 
     def health(self, index: int) -> Health:
@@ -158,6 +158,59 @@ class NvidiaBackend(Backend):
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
+
+
+#: Bandwidth of one NVLink (GB/s, both directions) by generation: V100 6 x 50 = 300, A100 12 x 50 = 600,
+#: H100/H200 18 x 50 = 900, B200 18 x 100 = 1800 (NVIDIA's NVLink generations table).
+LINK_GBPS = {1: 40.0, 2: 50.0, 3: 50.0, 4: 50.0, 5: 100.0}
+
+
+@dataclass(frozen=True)
+class RemoteLink:
+    """One active NVLink as NVML reports it: the PCI address at the far end, and whether that is a switch."""
+
+    bus: str
+    to_switch: bool
+    gbps: float
+
+
+def nvlink_peers(remotes: list[list[RemoteLink]], buses: list[str]) -> list[dict[int, float]]:
+    """GB/s between every pair of GPUs, from each GPU's NVLinks.
+
+    A direct link (bridge or mesh) adds its bandwidth to that pair. Links to NVSwitches join every GPU that
+    reaches a switch of the same baseboard fabric: on HGX A100/H100/H200 each GPU spreads its links over
+    all the switches, so any two GPUs talk at the smaller of their two switch bandwidths.
+    """
+    index = {bus: i for i, bus in enumerate(buses) if bus}
+    out: list[dict[int, float]] = [{} for _ in remotes]
+    switch_gbps = [sum(r.gbps for r in links if r.to_switch) for links in remotes]
+    for i, links in enumerate(remotes):
+        for r in links:
+            j = index.get(r.bus)
+            if not r.to_switch and j is not None and j != i:
+                out[i][j] = out[i].get(j, 0.0) + r.gbps
+    fabric = _switch_fabrics(remotes)
+    for i in range(len(remotes)):
+        for j in range(len(remotes)):
+            if i != j and fabric[i] is not None and fabric[i] == fabric[j]:
+                out[i][j] = out[i].get(j, 0.0) + min(switch_gbps[i], switch_gbps[j])
+    return out
+
+
+def _switch_fabrics(remotes: list[list[RemoteLink]]) -> list[str | None]:
+    """Which switch fabric each GPU is on (switches reached from one GPU are one fabric), None for none."""
+    parent: dict[str, str] = {}
+
+    def root(bus: str) -> str:
+        while parent.setdefault(bus, bus) != bus:
+            bus = parent[bus]
+        return bus
+
+    for links in remotes:
+        switches = sorted({r.bus for r in links if r.to_switch})
+        for other in switches[1:]:
+            parent[root(other)] = root(switches[0])
+    return [next((root(r.bus) for r in links if r.to_switch), None) for links in remotes]
 
 
 def ctypes_address(handle: Any) -> int:

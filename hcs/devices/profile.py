@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,29 +94,61 @@ def validate_profile(data: Any, *, source: str = "profile", catalog: Catalog | N
                 raise fail(f"{where}.{key}", f"duplicate of devices[{seen[value]}]")
             seen[value] = i
         per_vendor[vendor] = per_vendor.get(vendor, 0) + 1
+    switches = len(data["nvswitches"]) if isinstance(data.get("nvswitches"), list) else 0
     index_in_vendor: dict[str, int] = {}
     for i, dev in enumerate(devices):
         own = index_in_vendor.get(dev["vendor"], 0)
         index_in_vendor[dev["vendor"]] = own + 1
         for j, link in enumerate(dev.get("links", [])):
-            where = f"devices[{i}].links[{j}]"
-            if not isinstance(link, dict):
-                raise fail(where, "must be an object with peer, type and gbps")
-            for name in link:
-                if name not in ("peer", "type", "gbps"):
-                    raise fail(f"{where}.{name}", "unknown field (check the spelling; see driver/README.md)")
-            peer: Any = link.get("peer")
-            kind: Any = link.get("type")
-            gbps: Any = link.get("gbps")
-            if not _is(peer, int) or not 0 <= peer < per_vendor[dev["vendor"]]:
-                raise fail(f"{where}.peer", f"{peer!r} names no {dev['vendor']} device on this node "
-                           f"(valid: 0..{per_vendor[dev['vendor']] - 1})")
-            if peer == own:
-                raise fail(f"{where}.peer", "a device cannot link to itself")
-            if kind not in {t.value for t in LinkType}:
-                raise fail(f"{where}.type", f"{kind!r} is not one of {', '.join(t.value for t in LinkType)}")
-            if not _is(gbps, float) or gbps <= 0:
-                raise fail(f"{where}.gbps", f"must be a positive number, got {gbps!r}")
+            _check_link(link, f"devices[{i}].links[{j}]", dev, own, per_vendor[dev["vendor"]], switches, fail)
+    _check_switches(data, devices, fail)
+
+
+def _check_switches(data: dict[str, Any], devices: list[Any], fail: Callable[[str, str], ConfigError]) -> None:
+    switches: Any = data.get("nvswitches", [])
+    if not isinstance(switches, list):
+        raise fail("nvswitches", "must be a list of {pci_bus_id} objects")
+    device_buses = {str(d["pci_bus_id"]).lower() for d in devices}
+    for k, sw in enumerate(switches):
+        if not isinstance(sw, dict) or set(sw) != {"pci_bus_id"} or not isinstance(sw["pci_bus_id"], str) \
+                or not PCI_BUS_ID.match(sw["pci_bus_id"]):
+            raise fail(f"nvswitches[{k}]", "must be {\"pci_bus_id\": \"domain:bus:device.function\"}")
+        if sw["pci_bus_id"].lower() in device_buses:
+            raise fail(f"nvswitches[{k}].pci_bus_id", "is also a device's address")
+
+
+def _check_link(link: Any, where: str, dev: dict[str, Any], own: int, vendor_devices: int, switches: int,
+                fail: Callable[[str, str], ConfigError]) -> None:
+    """One entry of a device's ``links``: a direct link to a peer, or (NVIDIA) a link to an NVSwitch."""
+    if not isinstance(link, dict):
+        raise fail(where, "must be an object with peer (or switch), type and gbps")
+    for name in link:
+        if name not in ("peer", "switch", "type", "gbps", "version"):
+            raise fail(f"{where}.{name}", "unknown field (check the spelling; see driver/README.md)")
+    kind: Any = link.get("type")
+    gbps: Any = link.get("gbps")
+    version: Any = link.get("version", 1)
+    if "switch" in link:
+        sw: Any = link["switch"]
+        if "peer" in link:
+            raise fail(where, "set either peer (a direct link) or switch (a link to an NVSwitch), not both")
+        if dev["vendor"] != Vendor.NVIDIA.value or kind != LinkType.NVLINK.value:
+            raise fail(f"{where}.switch", "only NVIDIA devices link to NVSwitches, over nvlink")
+        if not _is(sw, int) or not 0 <= sw < switches:
+            raise fail(f"{where}.switch", f"{sw!r} names no entry of nvswitches (the profile lists {switches})")
+    else:
+        peer: Any = link.get("peer")
+        if not _is(peer, int) or not 0 <= peer < vendor_devices:
+            raise fail(f"{where}.peer", f"{peer!r} names no {dev['vendor']} device on this node "
+                       f"(valid: 0..{vendor_devices - 1})")
+        if peer == own:
+            raise fail(f"{where}.peer", "a device cannot link to itself")
+    if kind not in {t.value for t in LinkType}:
+        raise fail(f"{where}.type", f"{kind!r} is not one of {', '.join(t.value for t in LinkType)}")
+    if not _is(gbps, float) or gbps <= 0:
+        raise fail(f"{where}.gbps", f"must be a positive number, got {gbps!r}")
+    if not _is(version, int) or not 1 <= version <= 5:
+        raise fail(f"{where}.version", f"must be an NVLink generation 1..5, got {version!r}")
 
 
 def _is(value: Any, typ: type) -> bool:

@@ -55,6 +55,14 @@ SHIPPED = [
     "hygon-k100ai-xgmi-8",
     "mlu370-x8-mlulink-8",
     "mixed-a100-910b",
+    "hgx-a100-nvswitch-8",
+    "hgx-h100-nvswitch-8",
+    "hgx-h200-nvswitch-8",
+    "h100-nvl-bridge-4",
+    "a100-pcie-bridge-4",
+    "atlas800-910a-8",
+    "atlas800t-a2-910b-8",
+    "mlu370-x8-bridge-2x4",
 ]
 
 

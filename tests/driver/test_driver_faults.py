@@ -69,11 +69,25 @@ import pynvml as n
 n.nvmlInit()
 h0 = n.nvmlDeviceGetHandleByIndex(0)
 fault("nvidia 3 health lost\n")
-print(json.dumps({"states": [n.nvmlDeviceGetNvLinkState(h0, k) for k in range(7)]}))
+print(json.dumps({"states": [n.nvmlDeviceGetNvLinkState(h0, k) for k in range(12)]}))
 """
-    out = child(code, "a100-80g-nvlink-8", tmp_path)
-    # Device 0 links to peers 1..7 in order; link 2 goes to device 3.
-    assert out["states"] == [1, 1, 0, 1, 1, 1, 1]
+    out = child(code, "a100-40g-nvlink-2x4", tmp_path)
+    # Device 0's 12 NVLinks go 4 each to devices 1, 2 and 3 (an HGX A100 4-GPU mesh); links 8-11 reach device 3.
+    assert out["states"] == [1] * 8 + [0] * 4
+
+
+def test_nvml_links_to_nvswitches_stay_up_when_a_gpu_is_lost(tmp_path: Path) -> None:
+    code = r"""
+lib("nvidia")
+import pynvml as n
+n.nvmlInit()
+h0 = n.nvmlDeviceGetHandleByIndex(0)
+fault("nvidia 3 health lost\n")
+print(json.dumps({"states": [n.nvmlDeviceGetNvLinkState(h0, k) for k in range(12)],
+                  "types": [n.nvmlDeviceGetNvLinkRemoteDeviceType(h0, k) for k in range(12)]}))
+"""
+    out = child(code, "hgx-a100-nvswitch-8", tmp_path)
+    assert out["states"] == [1] * 12 and out["types"] == [2] * 12  # NVML_NVLINK_DEVICE_TYPE_SWITCH
 
 
 def test_xid_event_is_delivered_within_the_timeout(tmp_path: Path) -> None:

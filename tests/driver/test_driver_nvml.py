@@ -110,8 +110,12 @@ def test_nvlinks_are_the_profile_links(inventory: tuple[dict[str, Any], dict[str
         assert len(got["links"]) == len(d.get("links", []))
         for link, spec in zip(got["links"], d.get("links", []), strict=True):
             assert link["state"] == 1
-            assert link["remote"].split(":")[1] == bus_of[spec["peer"]]
-            assert link["version"] == {600: 3, 900: 4}[spec["gbps"]]
+            if "switch" in spec:  # HGX boards: the far end of every NVLink is an NVSwitch
+                switch_bus = profile["nvswitches"][spec["switch"]]["pci_bus_id"].split(":")[1].upper()
+                assert link["remote"].split(":")[1] == switch_bus
+            else:
+                assert link["remote"].split(":")[1] == bus_of[spec["peer"]]
+            assert link["version"] == spec.get("version") or {600: 3, 900: 4}[spec["gbps"]]
 
 
 def test_topology_levels_follow_numa(inventory: tuple[dict[str, Any], dict[str, Any]]) -> None:
