@@ -6,6 +6,7 @@
 # exists), and runs e2e/gpu/run_checks.py under a 4 GiB quota: allocation past it fails, memory
 # queries (driver, runtime, torch.cuda.mem_get_info) report it, a second process shares it, and the
 # overhead of alloc/free loops and a small training step is measured against native.
+# Also compares the NVLink islands hcs inspect reads with nvidia-smi topo -m (topology_check.py).
 # Results: one JSON object in $OUT/gpu-check.json (or ./gpu-check.json). Runs in well under 5 min.
 # Exit 0 when every functional check passed.
 set -u

@@ -150,6 +150,9 @@ def main() -> int:
     else:
         result["torch"] = "skipped: " + (probe.stderr.strip().splitlines() or ["torch without CUDA"])[-1]
 
+    if not out_of_time():  # islands read through NVML vs nvidia-smi's NVLink matrix (NVSwitch boards too)
+        result["topology"] = run_json([sys.executable, str(REPO / "e2e" / "gpu" / "topology_check.py")], False)
+
     checks = [v.get("pass") for v in result.values() if isinstance(v, dict) and "pass" in v]
     result["all_functional_checks_pass"] = bool(checks) and all(checks)
     result["elapsed_s"] = round(time.monotonic() - START, 1)
