@@ -25,8 +25,12 @@ def host_sysfs() -> Path:
 
 def write_simulated_sysfs(profile: Path, root: Path) -> Path:
     """Write the NUMA layout and PCI ``numa_node`` files of ``profile``'s devices under ``root``."""
-    data = json.loads(profile.read_text())
+    try:
+        data = json.loads(profile.read_text())
+    except (OSError, ValueError):
+        return root  # the profile's own validation reports what is wrong with it
     devices = data.get("devices", []) if isinstance(data, dict) else []
+    devices = [d for d in devices if isinstance(d, dict)] if isinstance(devices, list) else []
     nodes: set[int] = set()
     for dev in devices:
         bus, numa = str(dev.get("pci_bus_id", "")).lower(), dev.get("numa_node", -1)
