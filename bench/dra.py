@@ -36,12 +36,12 @@ sys.path.insert(0, str(REPO))
 
 from hcs.devices.model import Compute, Device, Vendor  # noqa: E402
 from hcs.kube import KubeRest  # noqa: E402
+from hcs.kubeletsim.dra import DraKubeletSim, wipe_node_slices  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.kubelet_sim import DraKubeletSim, wipe_node_slices  # noqa: E402
 from hcs.node.dra.plugin import DraPlugin  # noqa: E402
 from hcs.node.dra.slice_controller import SliceController  # noqa: E402
 from hcs.node.dra.slices import build_slices  # noqa: E402
-from hcs.node.dra.testkit import (  # noqa: E402
+from hcs.testing.kube_objects import (  # noqa: E402
     create_allocated_claim,
     delete_namespace,
     delete_node,

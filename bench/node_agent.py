@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp  # noqa: E402
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al  # noqa: E402
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc  # noqa: E402
-from hcs.testing.kubelet_sim import KubeletSim, SimPod  # noqa: E402
+from hcs.kubeletsim.deviceplugin import KubeletSim, SimPod  # noqa: E402
 
 RESOURCE = "ai.compute/slot"
 PROFILE = REPO / "driver" / "profiles" / "a100-80g-nvlink-8.json"

@@ -29,7 +29,7 @@ from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
 from hcs.errors import HcsError
-from hcs.testing.kubelet_sim import KubeletSim
+from hcs.kubeletsim.deviceplugin import KubeletSim
 
 log = logging.getLogger(__name__)
 

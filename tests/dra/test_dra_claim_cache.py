@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dra_helpers import MemoryClaims, claim_object, count_claim_reads, make_devices  # noqa: E402
 
 from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
+from hcs.kubeletsim.dra import DraKubeletSim  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
 from hcs.node.dra.claims import ClaimCache, _Expired, ours, trim  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.kubelet_sim import DraKubeletSim  # noqa: E402
 from hcs.node.dra.plugin import ApiClaimSource, DraPlugin  # noqa: E402
 from hcs.node.dra.slices import published_devices  # noqa: E402
 from hcs.node.dra.state import ClaimRef, ClaimState  # noqa: E402
-from hcs.node.dra.testkit import (  # noqa: E402
+from hcs.testing.kube_objects import (  # noqa: E402
     create_allocated_claim,
     delete_namespace,
     ensure_namespace,

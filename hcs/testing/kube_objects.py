@@ -1,4 +1,4 @@
-"""Helpers shared by the DRA tests and bench/dra.py that talk to a real API server.
+"""Objects on a real API server for the DRA tests and bench/dra.py (what a kubelet-less test node needs).
 
 - ``ensure_fake_node``: a Node object without a kubelet (the way kwok does it), Ready, with
   allocatable cpu/memory/pods, so the real kube-scheduler can place pods on it and allocate our
@@ -87,24 +87,6 @@ def create_allocated_claim(
     })
     claim["status"] = {"allocation": {"devices": {"results": list(results)}}}
     return rest.request("PUT", f"{RESOURCE_API}/namespaces/{namespace}/resourceclaims/{name}/status", body=claim)
-
-
-def pod_with_claim(name: str, node: str, *, template: str = "", claim: str = "",
-                   image: str = "hcs.local/busybox:1.35") -> dict[str, Any]:
-    """A pod that references one claim (by template or by name), pinned by label to ``node``."""
-    source = {"resourceClaimTemplateName": template} if template else {"resourceClaimName": claim}
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "tolerations": [{"operator": "Exists"}],
-            "resourceClaims": [{"name": "acc", **source}],
-            "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never",
-                            "command": ["sleep", "3600"], "resources": {"claims": [{"name": "acc"}]}}],
-            "terminationGracePeriodSeconds": 0,
-        },
-    }
 
 
 def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> Any:
