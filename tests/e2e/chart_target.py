@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2e_helpers import wait_for  # tests/e2e is on sys.path (conftest, bench/startup.py)
+from e2e_helpers import wait_for  # tests/e2e is on sys.path (conftest; bench/startup.py loads it by path)
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "e2e" / "cluster"))
