@@ -34,12 +34,13 @@ from typing import Any
 
 import grpc
 
-from hcs.allocator.auth import KubeAuthorizer, channel, server_credentials
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
+from hcs.allocator.auth import KubeAuthorizer, server_credentials
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
+from hcs.allocator_client import channel
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 from hcs.kube import KubeError, KubeRest
 from hcs.testing.cluster import cluster_layout, is_up
 from hcs.webhook.certs import generate_certs

@@ -24,12 +24,12 @@ import grpc
 import numpy as np
 
 from hcs.allocator import replay as rp
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.placement import PodDemand
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState, Reservation
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 MIB = 2**20

@@ -194,11 +194,11 @@ def register(subparsers: Any) -> None:
 def run_allocator(args: argparse.Namespace) -> int:
     from hcs.allocator.auth import KubeAuthorizer, server_credentials
     from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, extender_tls_from_config, serve_http
-    from hcs.allocator.inventory import ExchangeRates
     from hcs.allocator.kube import KubeSync, LeaderElector, Persister
     from hcs.allocator.metrics import AllocatorMetrics
     from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
+    from hcs.cluster_inventory import ExchangeRates
     from hcs.kube import KubeRest
 
     if args.print_scheduler_config:
@@ -285,7 +285,7 @@ def run_explain(args: argparse.Namespace) -> int:
     ns, _, name = args.pod.rpartition("/")
     ns = ns or args.namespace
     if args.allocator:
-        from hcs.allocator.auth import channel as allocator_channel
+        from hcs.allocator_client import channel as allocator_channel
 
         channel = allocator_channel(args.allocator, token_file=args.token_file or "", ca_file=args.ca_file or "")
         try:

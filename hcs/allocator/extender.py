@@ -35,7 +35,7 @@ from hcs.allocator.state import AllocatorState, Conflict, NoFit
 from hcs.errors import ConfigError
 from hcs.httpserve import CertStore, HttpService, Limits, Reply, Request
 from hcs.kube import KubeError
-from hcs.webhook.retarget import ANN_RETARGETED  # set once the allocator chose the pod's vendor
+from hcs.retarget import ANN_RETARGETED  # set once the allocator chose the pod's vendor
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from hcs.allocator.inventory import A100_FP16_TFLOPS, DeviceInfo, NodeInventory
 from hcs.allocator.placement import (
     Constraints,
     ContainerDemand,
@@ -46,6 +45,7 @@ from hcs.allocator.policies import (
     get_policy,
     pick,
 )
+from hcs.cluster_inventory import A100_FP16_TFLOPS, DeviceInfo, NodeInventory
 from hcs.errors import ConfigError
 
 MAX_GPUS = 8

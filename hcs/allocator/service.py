@@ -15,7 +15,6 @@ import grpc
 from google.protobuf import json_format
 
 from hcs.allocator.auth import AllowAll, CallAuthorizer, Caller, Denied
-from hcs.allocator.inventory import capacity_of
 from hcs.allocator.placement import (
     Constraints,
     ContainerDemand,
@@ -29,6 +28,7 @@ from hcs.allocator.placement import (
 from hcs.allocator.state import CONFIRMED, PENDING, AllocatorState, Conflict, NoFit, Reservation
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import capacity_of
 
 log = logging.getLogger(__name__)
 

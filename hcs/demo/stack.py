@@ -23,11 +23,11 @@ from typing import Any
 
 import grpc
 
-from hcs.allocator.inventory import parse_computenode
 from hcs.allocator.placement import PodDemand
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
+from hcs.cluster_inventory import parse_computenode
 from hcs.errors import HcsError
 from hcs.kubeletsim.deviceplugin import KubeletSim
 

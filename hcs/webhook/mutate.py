@@ -13,7 +13,7 @@ a ``matchAttribute`` island constraint for ``hcs.io/topology-preference: high-ba
 Image retargeting: a container whose image is in the image map gets its per-vendor images recorded
 in ``hcs.io/vendor-images``; with exactly one vendor allowed by ``hcs.io/vendor`` the image is set
 right away, otherwise (device-plugin mode) the pod gets the ``hcs.io/vendor-image`` scheduling gate
-and the allocator calls :func:`hcs.webhook.retarget.retarget_patch` once it has chosen the vendor.
+and the allocator calls :func:`hcs.retarget.retarget_patch` once it has chosen the vendor.
 
 All mutations are idempotent: running them on their own output changes nothing.
 """
@@ -28,23 +28,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from hcs.devices.model import Vendor
+from hcs.podspec import CONTAINER_LISTS, RESOURCE_DOMAIN, PodTemplate, as_dict, as_list, split_selector
 from hcs.quantity import format_bytes
+from hcs.retarget import ANN_IMAGE_MAP, VENDOR_IMAGE_GATE
 from hcs.webhook.config import (
-    ANN_IMAGE_MAP,
     ANN_MODEL,
     ANN_ORIGINAL,
     ANN_TOPOLOGY,
     ANN_VENDOR,
     HIGH_BANDWIDTH,
-    RESOURCE_DOMAIN,
     TFLOPS,
-    VENDOR_IMAGE_GATE,
     VRAM,
     DraSettings,
     Mode,
     WebhookConfig,
 )
-from hcs.webhook.podspec import CONTAINER_LISTS, PodTemplate, as_dict, as_list, split_selector
 from hcs.webhook.validate import Amounts
 
 #: image → vendor → image
@@ -234,7 +232,7 @@ def _image_retarget(
     annotations[ANN_IMAGE_MAP] = json.dumps(per_container, sort_keys=True, separators=(",", ":"))
     vendor = single_vendor(annotations)
     if vendor is not None:
-        from hcs.webhook.retarget import apply_images
+        from hcs.retarget import apply_images
 
         apply_images(spec, per_container, vendor)
         return []

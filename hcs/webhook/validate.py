@@ -19,6 +19,7 @@ from functools import cache
 from hcs.devices.model import Vendor
 from hcs.errors import QuantityError
 from hcs.node.dra.injection import shadows_managed_path
+from hcs.podspec import ContainerRef, PodTemplate, as_dict, as_list, containers, split_selector
 from hcs.quantity import format_bytes, parse_quantity
 from hcs.webhook.capacity import CapacityUnavailable, IslandCapacity
 from hcs.webhook.config import (
@@ -33,7 +34,6 @@ from hcs.webhook.config import (
     FailurePolicy,
     WebhookConfig,
 )
-from hcs.webhook.podspec import ContainerRef, PodTemplate, as_dict, as_list, containers, split_selector
 
 TOPOLOGY_VALUES = (HIGH_BANDWIDTH, "none")
 POLICY_VALUES = ("binpack", "spread")

@@ -197,7 +197,7 @@ class ChartTarget:
         import base64
         import tempfile
 
-        from hcs.allocator.auth import channel
+        from hcs.allocator_client import channel
         from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
         from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
         from hcs.kube import KubeError

@@ -24,14 +24,14 @@ from hcs.allocator.auth import (
     TTLCache,
     _token_expiry,
     bearer_token,
-    channel,
     server_credentials,
 )
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
+from hcs.allocator_client import channel
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 from hcs.errors import ConfigError
 from hcs.webhook.certs import generate_certs
 

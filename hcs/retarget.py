@@ -17,11 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from hcs.errors import HcsError
-from hcs.webhook.config import ANN_IMAGE_MAP, VENDOR_IMAGE_GATE
-from hcs.webhook.podspec import CONTAINER_LISTS, as_dict, as_list
+from hcs.podspec import CONTAINER_LISTS, as_dict, as_list
 
 log = logging.getLogger(__name__)
 
+#: per-container vendor images, written by the webhook (container → vendor → image)
+ANN_IMAGE_MAP = "hcs.io/vendor-images"
+#: the scheduling gate that holds a pod until the allocator chose its vendor
+VENDOR_IMAGE_GATE = "hcs.io/vendor-image"
 ANN_RETARGETED = "hcs.io/retargeted-vendor"
 
 
