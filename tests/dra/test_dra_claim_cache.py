@@ -21,10 +21,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from dra_helpers import MemoryClaims, claim_object, count_claim_reads, make_devices  # noqa: E402
 
-from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
+from hcs.kube import RESOURCE_API, KubeError, KubeRest, WatchExpired  # noqa: E402
 from hcs.kubeletsim.dra import DraKubeletSim  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
-from hcs.node.dra.claims import ClaimCache, _Expired, ours, trim  # noqa: E402
+from hcs.node.dra.claims import ClaimCache, ours, trim  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
 from hcs.node.dra.plugin import ApiClaimSource, DraPlugin  # noqa: E402
 from hcs.node.dra.slices import published_devices  # noqa: E402
@@ -78,7 +78,7 @@ def test_events_update_the_cache_and_lookup_needs_sync_and_uid() -> None:
     assert cache.resource_version == "99"
     for junk in (None, "x", {"type": "ADDED"}, {"type": "ADDED", "object": "x"}, {"type": "ADDED", "object": {}}):
         cache._apply(junk)  # never raises on bad input
-    with pytest.raises(_Expired):
+    with pytest.raises(WatchExpired):
         cache._apply({"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}})
     with pytest.raises(KubeError):
         cache._apply({"type": "ERROR", "object": {"kind": "Status", "code": 500, "message": "boom"}})
