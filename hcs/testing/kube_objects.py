@@ -20,21 +20,30 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def ensure_namespace(rest: KubeRest, name: str) -> None:
+def _create(rest: KubeRest, path: str, body: dict[str, Any]) -> None:
+    """POST, taking "already exists" (409) as done."""
     try:
-        rest.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": name}})
+        rest.request("POST", path, body=body)
     except KubeError as exc:
         if exc.status != 409:
             raise
 
 
-def delete_namespace(rest: KubeRest, name: str) -> None:
+def _delete(rest: KubeRest, path: str) -> None:
+    """DELETE, taking "not found" (404) as done."""
     try:
-        rest.request("DELETE", f"/api/v1/namespaces/{name}")
+        rest.request("DELETE", path)
     except KubeError as exc:
         if exc.status != 404:
             raise
+
+
+def ensure_namespace(rest: KubeRest, name: str) -> None:
+    _create(rest, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+def delete_namespace(rest: KubeRest, name: str) -> None:
+    _delete(rest, f"/api/v1/namespaces/{name}")
 
 
 def ensure_fake_node(rest: KubeRest, name: str) -> dict[str, Any]:
@@ -44,11 +53,7 @@ def ensure_fake_node(rest: KubeRest, name: str) -> dict[str, Any]:
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "hcs.io/fake-node": "true"}},
         "spec": {},
     }
-    try:
-        rest.request("POST", "/api/v1/nodes", body=body)
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
+    _create(rest, "/api/v1/nodes", body)
     status = {
         "status": {
             "capacity": {"cpu": "64", "memory": "512Gi", "pods": "250"},
@@ -62,11 +67,7 @@ def ensure_fake_node(rest: KubeRest, name: str) -> dict[str, Any]:
 
 
 def delete_node(rest: KubeRest, name: str) -> None:
-    try:
-        rest.request("DELETE", f"/api/v1/nodes/{name}")
-    except KubeError as exc:
-        if exc.status != 404:
-            raise
+    _delete(rest, f"/api/v1/nodes/{name}")
 
 
 def create_allocated_claim(
