@@ -171,12 +171,12 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     api = rest = None
     if not args.no_cluster:
-        from hcs.testing.cluster import _cluster_from_layout, cluster_layout, is_up
+        from hcs.testing.cluster import cluster_from_layout, cluster_layout, is_up
 
         if is_up():
             from kubernetes import config
 
-            kc = _cluster_from_layout(cluster_layout()).kubeconfig
+            kc = cluster_from_layout(cluster_layout()).kubeconfig
             api = config.new_client_from_config(config_file=str(kc))
             rest = KubeRest(api)
     result: dict[str, Any] = {"apiserver": rest is not None}

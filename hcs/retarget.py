@@ -90,6 +90,7 @@ def retarget_patch(pod: Mapping[str, Any], vendor: str) -> list[dict[str, Any]]:
 
 def retarget_pod(api_client: Any, namespace: str, name: str, vendor: str, *, attempts: int = 5) -> bool:
     """Patch pod ``namespace/name`` for ``vendor`` (retries on concurrent updates). True if patched."""
+    # lazy: the kubernetes client is heavy; the webhook imports this module but never retargets
     from kubernetes.client.exceptions import ApiException
 
     client: Any = importlib.import_module("kubernetes.client")

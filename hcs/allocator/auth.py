@@ -153,7 +153,7 @@ class TTLCache(Generic[K, V]):
         return len(self._data)
 
 
-def _token_expiry(token: str) -> float | None:
+def token_expiry(token: str) -> float | None:
     """The JWT's ``exp`` (unix seconds), read without verifying (only to bound the cache lifetime)."""
     parts = token.split(".")
     if len(parts) != 3 or len(parts[1]) > 8192:
@@ -230,7 +230,7 @@ class KubeAuthorizer:
         caller = Caller(str(user.get("username") or ""), str(user.get("uid") or ""),
                         tuple(str(g) for g in user.get("groups") or ()), extra)
         ttl = self.ttl_s
-        exp = _token_expiry(token)
+        exp = token_expiry(token)
         if exp is not None:
             ttl = min(ttl, exp - self._wall())
         return caller, ttl

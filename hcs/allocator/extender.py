@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hcs.allocator.kube import KubeSync
-from hcs.allocator.metrics import AllocatorMetrics
+from hcs.allocator.metrics import CONTENT_TYPE_LATEST, AllocatorMetrics
 from hcs.allocator.placement import ANN_ASSIGNMENT, RequestError, demand_from_pod
 from hcs.allocator.service import reservation_from_annotation
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
@@ -486,8 +486,6 @@ class ExtenderServer:
                 leader = ext.is_leader()
                 return _json(200 if leader else 503, {"ok": leader, "leader": leader})
             if path == "/metrics" and ext.metrics is not None:
-                from hcs.allocator.metrics import CONTENT_TYPE_LATEST
-
                 ext.metrics.leader.set(1 if ext.is_leader() else 0)
                 return Reply(200, ext.metrics.exposition(), CONTENT_TYPE_LATEST)
             return _json(404, {"Error": f"unknown path {req.path}"})

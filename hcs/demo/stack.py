@@ -30,6 +30,7 @@ from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
 from hcs.cluster_inventory import parse_computenode
 from hcs.errors import HcsError
 from hcs.kubeletsim.deviceplugin import KubeletSim
+from hcs.webhook.certs import generate_certs
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,6 @@ class DemoStack:
         return self
 
     def _start_webhook(self) -> None:
-        from hcs.webhook.certs import generate_certs
-
         wdir = self.workdir / "webhook"
         certs = generate_certs(wdir)
         self.webhook_ca = str(certs.ca)

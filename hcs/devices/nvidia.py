@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from typing import Any
 
@@ -161,8 +162,6 @@ class NvidiaBackend(Backend):
 
 
 def ctypes_address(handle: Any) -> int:
-    import ctypes
-
     return ctypes.cast(handle, ctypes.c_void_p).value or 0
 
 

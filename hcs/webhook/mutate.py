@@ -27,10 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hcs.devices.catalog import default_catalog
 from hcs.devices.model import Vendor
 from hcs.podspec import CONTAINER_LISTS, RESOURCE_DOMAIN, PodTemplate, as_dict, as_list, split_selector
 from hcs.quantity import format_bytes
-from hcs.retarget import ANN_IMAGE_MAP, VENDOR_IMAGE_GATE
+from hcs.retarget import ANN_IMAGE_MAP, VENDOR_IMAGE_GATE, apply_images
 from hcs.webhook.config import (
     ANN_MODEL,
     ANN_ORIGINAL,
@@ -98,12 +99,7 @@ def _cel_attr(attribute: str, default_domain: str) -> str:
 
 def model_ids(names: tuple[str, ...]) -> list[str]:
     """Expand exchange-rate keys (``a100``) to catalog model ids (``a100-40g``, ``a100-80g``)."""
-    try:
-        from hcs.devices.catalog import default_catalog
-
-        models = default_catalog().models
-    except ImportError:
-        return sorted(set(names))
+    models = default_catalog().models
     out: set[str] = set()
     for n in names:
         matched = {m.id for m in models if m.id.lower() == n or m.rate_key.lower() == n}
@@ -232,8 +228,6 @@ def _image_retarget(
     annotations[ANN_IMAGE_MAP] = json.dumps(per_container, sort_keys=True, separators=(",", ":"))
     vendor = single_vendor(annotations)
     if vendor is not None:
-        from hcs.retarget import apply_images
-
         apply_images(spec, per_container, vendor)
         return []
     if mode is Mode.DRA:
