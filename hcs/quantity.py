@@ -59,6 +59,8 @@ def _bounded(amount: Fraction, field: str, value: object) -> Fraction:
     return amount
 
 
+# Complexity 17: one branch per form of the Kubernetes quantity grammar (number, decimal exponent,
+# binary or decimal suffix), each with its own bound check; together they read as the grammar.
 def parse_quantity(value: str | int | float, *, field: str = "quantity") -> Fraction:
     """Parse a Kubernetes quantity into an exact Fraction of base units (bounded work for any input)."""
     if isinstance(value, bool):

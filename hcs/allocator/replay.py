@@ -196,6 +196,9 @@ def _arrivals(demand: IntArray, capacity: int, seed: int, inflation: float) -> l
     return [int(i) for i in order[:cut]]
 
 
+# Complexity 18, kept in one piece on purpose: the replay's inner loop over every arriving pod keeps the
+# cluster as local numpy arrays updated in place (free VRAM, CPU, memory, class statistics); split
+# into functions, each pod would pass a dozen arrays around (bench/replay.py times this loop).
 def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed: int,
              target: TargetWorkload, *, inflation: float = 1.0, curve_points: int = 60,
              weights: dict[str, float] | None = None, mix: RecentMix[Request] | None = None,
