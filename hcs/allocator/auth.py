@@ -198,6 +198,17 @@ class KubeAuthorizer:
         self._access: TTLCache[tuple[Any, ...], str] = TTLCache(cache_size, clock)  # "" allowed, else why not
         self.reviews = 0  # API calls made (TokenReview + SubjectAccessReview), for tests and the bench
 
+    def _review(self, api_version: str, kind: str, plural: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
+        """POST one review object; its ``status``. An API server that does not answer: UNAVAILABLE."""
+        body = {"apiVersion": api_version, "kind": kind, "spec": spec}
+        try:
+            self.reviews += 1
+            out = self.rest.request("POST", f"/apis/{api_version}/{plural}", body=body)
+        except KubeError as exc:
+            raise Denied(grpc.StatusCode.UNAVAILABLE, f"cannot {what} now ({exc}); retry") from exc
+        status: dict[str, Any] = out.get("status") or {}
+        return status
+
     # ----------------------------------------------------------------- authentication
 
     def authenticate(self, token: str) -> Caller:
@@ -211,14 +222,8 @@ class KubeAuthorizer:
         return hit
 
     def _review_token(self, token: str) -> tuple[Caller | str, float]:
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                "spec": {"token": token, "audiences": [self.audience]}}
-        try:
-            self.reviews += 1
-            out = self.rest.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=body)
-        except KubeError as exc:
-            raise Denied(grpc.StatusCode.UNAVAILABLE, f"cannot verify the caller's token now ({exc}); retry") from exc
-        status = out.get("status") or {}
+        status = self._review("authentication.k8s.io/v1", "TokenReview", "tokenreviews",
+                              {"token": token, "audiences": [self.audience]}, "verify the caller's token")
         if not status.get("authenticated"):
             why = str(status.get("error") or "token not valid")[:200]
             return (f"token refused by the API server for audience {self.audience!r}: {why}", self.denied_ttl_s)
@@ -274,13 +279,8 @@ class KubeAuthorizer:
             spec["uid"] = caller.uid
         if caller.extra:
             spec["extra"] = {k: list(v) for k, v in caller.extra}
-        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
-        try:
-            self.reviews += 1
-            out = self.rest.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=body)
-        except KubeError as exc:
-            raise Denied(grpc.StatusCode.UNAVAILABLE, f"cannot authorise the call now ({exc}); retry") from exc
-        status = out.get("status") or {}
+        status = self._review("authorization.k8s.io/v1", "SubjectAccessReview", "subjectaccessreviews", spec,
+                              "authorise the call")
         if status.get("allowed") and not status.get("denied"):
             self._access.put(key, "", self.ttl_s)
             return ""

@@ -239,6 +239,16 @@ def _image_retarget(
     return []
 
 
+def _normalised(a: Amounts) -> dict[str, str]:
+    """A container's ``ai.compute`` amounts as the webhook writes them back (VRAM in binary units)."""
+    values: dict[str, str] = {}
+    if a.vram_bytes is not None:
+        values[VRAM] = format_bytes(a.vram_bytes)
+    if a.tflops is not None:
+        values[TFLOPS] = str(a.tflops)
+    return values
+
+
 def mutate_pod(
     pod: dict[str, Any],
     template: PodTemplate,
@@ -264,12 +274,7 @@ def mutate_pod(
         if spec.get("schedulerName") in (None, "", DEFAULT_SCHEDULER):
             spec["schedulerName"] = cfg.scheduler_name
         for a in amounts:
-            values: dict[str, str] = {}
-            if a.vram_bytes is not None:
-                values[VRAM] = format_bytes(a.vram_bytes)
-            if a.tflops is not None:
-                values[TFLOPS] = str(a.tflops)
-            values[cfg.slot_resource] = "1"
+            values = {**_normalised(a), cfg.slot_resource: "1"}
             res = _container_resources(spec, a)
             for section in ("requests", "limits"):
                 res[section] = {**as_dict(res.get(section)), **values}
@@ -318,11 +323,7 @@ def normalise_template(template: PodTemplate, amounts: list[Amounts]) -> Mutatio
     prefix = "/" + template.path.replace(".", "/")
     ops: list[dict[str, Any]] = []
     for a in amounts:
-        values: dict[str, str] = {}
-        if a.vram_bytes is not None:
-            values[VRAM] = format_bytes(a.vram_bytes)
-        if a.tflops is not None:
-            values[TFLOPS] = str(a.tflops)
+        values = _normalised(a)
         res = _copy(as_dict(a.container.body.get("resources")))
         for section in ("requests", "limits"):
             res[section] = {**as_dict(res.get(section)), **values}
