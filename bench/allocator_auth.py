@@ -19,34 +19,31 @@ plus the first (uncached) authenticated call and the API calls made while timing
 
 from __future__ import annotations
 
-import os
+import argparse
+import contextlib
+import json
+import socket
+import statistics
 import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import grpc
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import grpc  # noqa: E402
-
-from hcs.allocator.auth import KubeAuthorizer, channel, server_credentials  # noqa: E402
-from hcs.allocator.inventory import DeviceInfo, NodeInventory  # noqa: E402
-from hcs.allocator.service import AllocatorService, serve  # noqa: E402
-from hcs.allocator.state import AllocatorState  # noqa: E402
-from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb  # noqa: E402
-from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg  # noqa: E402
-from hcs.kube import KubeError, KubeRest  # noqa: E402
-from hcs.testing.cluster import cluster_layout, is_up  # noqa: E402
-from hcs.webhook.certs import generate_certs  # noqa: E402
+from hcs.allocator.auth import KubeAuthorizer, server_credentials
+from hcs.allocator.service import AllocatorService, serve
+from hcs.allocator.state import AllocatorState
+from hcs.allocator_client import channel
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
+from hcs.kube import KubeError, KubeRest
+from hcs.testing.cluster import cluster_layout, is_up
+from hcs.webhook.certs import generate_certs
 
 GI = 2**30
 AUDIENCE = "hcs-allocator"

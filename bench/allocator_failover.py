@@ -8,21 +8,17 @@ Against the shared local cluster; prints one JSON object.
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import signal
 import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from hcs.testing.allocator_procs import Daemon  # noqa: E402
-from hcs.testing.cluster import ensure_cluster  # noqa: E402
+from hcs.testing.allocator_procs import Daemon
+from hcs.testing.cluster import ensure_cluster
 
 
 def main() -> int:

@@ -9,23 +9,19 @@ with ``--control-plane shared``. Prints one JSON object.
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import logging
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from hcs.kube import KubeRest  # noqa: E402
-from hcs.node.computenode import install_crd  # noqa: E402
-from hcs.testing import allocator_stress  # noqa: E402
-from hcs.testing.cluster import ensure_cluster  # noqa: E402
-from hcs.testing.private_cp import private_control_plane  # noqa: E402
+from hcs.kube import KubeRest
+from hcs.node.computenode import install_crd
+from hcs.testing import allocator_stress
+from hcs.testing.cluster import ensure_cluster
+from hcs.testing.private_cp import private_control_plane
 
 
 def main() -> int:

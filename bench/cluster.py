@@ -77,7 +77,6 @@ def main() -> int:
     t = time.monotonic()
     script("up")
     result["warm_start_s"] = round(time.monotonic() - t, 1)
-    sys.path.insert(0, str(SCRIPTS.parents[1]))
     from hcs.testing.cluster import busybox_pod, ensure_cluster
 
     cluster = ensure_cluster()

@@ -16,32 +16,25 @@ cluster, ``prepare_local_*`` also reports the plugin's own cost with claims read
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import statistics
 import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# bench/inspect.py would shadow the stdlib module of that name: drop this script's dir from the path
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from hcs.devices.model import Compute, Device, Vendor  # noqa: E402
-from hcs.kube import KubeRest  # noqa: E402
-from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.kubelet_sim import DraKubeletSim, wipe_node_slices  # noqa: E402
-from hcs.node.dra.plugin import DraPlugin  # noqa: E402
-from hcs.node.dra.slice_controller import SliceController  # noqa: E402
-from hcs.node.dra.slices import build_slices  # noqa: E402
-from hcs.node.dra.testkit import (  # noqa: E402
+from hcs.devices.model import Compute, Device, Vendor
+from hcs.kube import KubeRest
+from hcs.kubeletsim.dra import DraKubeletSim, wipe_node_slices
+from hcs.node.dra.config import DraConfig
+from hcs.node.dra.plugin import DraPlugin
+from hcs.node.dra.slice_controller import SliceController
+from hcs.node.dra.slices import build_slices
+from hcs.testing.kube_objects import (
     create_allocated_claim,
     delete_namespace,
     delete_node,
@@ -49,6 +42,8 @@ from hcs.node.dra.testkit import (  # noqa: E402
     ensure_namespace,
     wait_for,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 NODE = "hcs-dra-bench-node"
 NS = f"hcs-dra-bench-{int(time.time())}"
@@ -176,12 +171,12 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     api = rest = None
     if not args.no_cluster:
-        from hcs.testing.cluster import _cluster_from_layout, cluster_layout, is_up
+        from hcs.testing.cluster import cluster_from_layout, cluster_layout, is_up
 
         if is_up():
             from kubernetes import config
 
-            kc = _cluster_from_layout(cluster_layout()).kubeconfig
+            kc = cluster_from_layout(cluster_layout()).kubeconfig
             api = config.new_client_from_config(config_file=str(kc))
             rest = KubeRest(api)
     result: dict[str, Any] = {"apiserver": rest is not None}

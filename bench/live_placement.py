@@ -13,28 +13,23 @@ wall clock per Reserve, including waits for a CPU on a shared machine), placed/r
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-# bench/ holds scripts named like stdlib modules (inspect.py): keep this script's folder off the path
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import grpc
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-
-from hcs.allocator import replay as rp  # noqa: E402
-from hcs.allocator.inventory import DeviceInfo, NodeInventory  # noqa: E402
-from hcs.allocator.placement import PodDemand  # noqa: E402
-from hcs.allocator.service import AllocatorService, serve  # noqa: E402
-from hcs.allocator.state import AllocatorState, Reservation  # noqa: E402
-from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb  # noqa: E402
-from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg  # noqa: E402
+from hcs.allocator import replay as rp
+from hcs.allocator.placement import PodDemand
+from hcs.allocator.service import AllocatorService, serve
+from hcs.allocator.state import AllocatorState, Reservation
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 MIB = 2**20

@@ -13,14 +13,7 @@ say how busy the machine was: on a small VM the tail moves with them (stop the l
 ``e2e/cluster/down``, before measuring).
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# bench/ is sys.path[0] when run as a script; bench/inspect.py would shadow the stdlib `inspect`.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import json
@@ -29,21 +22,22 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
+from hcs.kubeletsim.deviceplugin import KubeletSim, SimPod
 
-from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp  # noqa: E402
-from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al  # noqa: E402
-from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc  # noqa: E402
-from hcs.testing.kubelet_sim import KubeletSim, SimPod  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RESOURCE = "ai.compute/slot"
 PROFILE = REPO / "driver" / "profiles" / "a100-80g-nvlink-8.json"

@@ -13,19 +13,14 @@ replayed through the allocator's planner. Exits 1 when ``hcs`` loses anywhere. P
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
 import sys
+import tempfile
+from pathlib import Path
 
-# bench/ holds scripts named like stdlib modules (inspect.py): keep this script's folder off the path
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from hcs.allocator import replay as rp  # noqa: E402
-from hcs.allocator.policies import POLICIES  # noqa: E402
+from hcs.allocator import replay as rp
+from hcs.allocator.policies import POLICIES
 
 TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 #: the FGD paper's FGD means (openb, 100% arrived)

@@ -38,31 +38,28 @@ is bound (a watch records when each pod is bound). Prints one JSON object:
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+import yaml
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import yaml  # noqa: E402
-
-from hcs.allocator.kube import CN_PATH  # noqa: E402
-from hcs.kube import KubeError, KubeRest  # noqa: E402
-from hcs.node.computenode import install_crd  # noqa: E402
-from hcs.testing import overcommit  # noqa: E402
-from hcs.testing.cluster import ensure_cluster  # noqa: E402
-from hcs.testing.private_cp import ControlPlane, private_control_plane  # noqa: E402
+from hcs.allocator.kube import CN_PATH
+from hcs.kube import KubeError, KubeRest
+from hcs.node.computenode import install_crd
+from hcs.testing import overcommit
+from hcs.testing.cluster import ensure_cluster
+from hcs.testing.private_cp import ControlPlane, private_control_plane
 
 NS = "hcs-bench"
 LABEL = "hcs.io/bench"

@@ -17,24 +17,34 @@ Prints {"hcs_start_p50_s", "hcs_start_p99_s", "plain_start_p50_s", "plain_start_
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import os
+import statistics
+import subprocess
 import sys
-
-# bench/ is sys.path[0] when run as a script; bench/inspect.py would shadow the stdlib `inspect`.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import time
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "e2e" / "cluster"))
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+
+def harness(name: str, folder: Path) -> ModuleType:
+    """Load one of the e2e harness scripts (e2e/cluster, tests/e2e: scripts, not a package) by its path.
+
+    Loaded under its own name, so the harness modules find each other (``import hcs_cluster``)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -52,15 +62,14 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     args = ap.parse_args()
 
-    import hcs_cluster
-
+    hcs_cluster = harness("hcs_cluster", REPO / "e2e" / "cluster")
+    harness("multinode", REPO / "e2e" / "cluster")
+    harness("e2e_helpers", REPO / "tests" / "e2e")
     env = json.loads(subprocess.run([sys.executable, str(REPO / "e2e" / "cluster" / "hcs_cluster.py"), "env",
                                      "--multinode", "--json"], capture_output=True, text=True, check=True).stdout)
     kubeconfig = os.environ.get("HCS_E2E_KUBECONFIG") or env["kubeconfig"]
     os.environ["HCS_E2E_KUBECONFIG"] = kubeconfig
-    from chart_target import from_env
-
-    h = from_env("chart")
+    h = harness("chart_target", REPO / "tests" / "e2e").from_env("chart")
     helm = [str(Path(hcs_cluster.layout().bin) / "helm"), f"--kubeconfig={kubeconfig}"]
     install_s: float | None = None
     if not args.no_install:

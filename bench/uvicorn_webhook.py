@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """The HCS webhook's admission logic behind uvicorn (h11), for the server comparison in
 docs/architecture.md ("HTTP serving"); not used by HCS itself. Needs ``pip install uvicorn``.
 
@@ -6,12 +5,6 @@ docs/architecture.md ("HTTP serving"); not used by HCS itself. Needs ``pip insta
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio

@@ -1,4 +1,3 @@
-# ruff: noqa: E402  (the script directory leaves sys.path before the imports)
 """Admission latency of ``hcs webhook`` at a fixed request rate; prints one JSON object.
 
 Starts ``hcs webhook`` as its own process (HTTPS on loopback, self-signed ECDSA certificate,
@@ -25,12 +24,6 @@ handshake bytes; each gets one more byte every 2 s and is reopened as soon as th
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/ holds scripts named like stdlib modules (inspect.py): never import from the script directory
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import http.client
 import json
@@ -39,16 +32,17 @@ import queue
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hcs.webhook.certs import generate_certs
 
-from hcs.webhook.certs import generate_certs  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

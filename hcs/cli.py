@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_completion(parser: argparse.ArgumentParser) -> None:
     try:
+        # optional: shell completion when shtab is installed
         import shtab
     except ImportError:  # pragma: no cover - installed by `make dev`
         return

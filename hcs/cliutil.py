@@ -39,6 +39,7 @@ def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callab
     if not enabled or total <= 0:
         yield lambda _label: None
         return
+    # lazy: rich only when a bar is shown (a terminal)
     from rich.console import Console
     from rich.progress import (
         BarColumn,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -216,12 +217,8 @@ class CertStore:
 
 def _malloc_trim() -> None:
     gc.collect()  # closed connections sit in reference cycles (asyncio TLS protocol <-> transport) until then
-    try:
-        import ctypes
-
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 class _ConnState:

@@ -59,6 +59,9 @@ def _bounded(amount: Fraction, field: str, value: object) -> Fraction:
     return amount
 
 
+# Complexity 17: one branch per input form (JSON integer, float, string; then the string's exponent or
+# suffix), each with its own bound check, plus the hints for a string that is no quantity; read in one
+# piece, the bounds that keep the work small for any input are easy to check.
 def parse_quantity(value: str | int | float, *, field: str = "quantity") -> Fraction:
     """Parse a Kubernetes quantity into an exact Fraction of base units (bounded work for any input)."""
     if isinstance(value, bool):

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf import json_format
 from prometheus_client import Counter
 
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,6 @@ def canonical(msg: Any) -> bytes:
 
 def parse_record(text: str) -> Any:
     """The annotation text → ``hcs.allocator.v1.Assignment``; RecordError when it is not one."""
-    from google.protobuf import json_format
-
-    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
-
     if len(text) > 256 * 1024:
         raise RecordError("malformed", f"{ASSIGNMENT_ANNOTATION}: {len(text)} characters, more than any record")
     try:

@@ -25,7 +25,6 @@ listeners use gRPC local credentials (the socket's file mode guards it; tokens a
 from __future__ import annotations
 
 import base64
-import collections
 import hashlib
 import json
 import logging
@@ -154,7 +153,7 @@ class TTLCache(Generic[K, V]):
         return len(self._data)
 
 
-def _token_expiry(token: str) -> float | None:
+def token_expiry(token: str) -> float | None:
     """The JWT's ``exp`` (unix seconds), read without verifying (only to bound the cache lifetime)."""
     parts = token.split(".")
     if len(parts) != 3 or len(parts[1]) > 8192:
@@ -199,6 +198,17 @@ class KubeAuthorizer:
         self._access: TTLCache[tuple[Any, ...], str] = TTLCache(cache_size, clock)  # "" allowed, else why not
         self.reviews = 0  # API calls made (TokenReview + SubjectAccessReview), for tests and the bench
 
+    def _review(self, api_version: str, kind: str, plural: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
+        """POST one review object; its ``status``. An API server that does not answer: UNAVAILABLE."""
+        body = {"apiVersion": api_version, "kind": kind, "spec": spec}
+        try:
+            self.reviews += 1
+            out = self.rest.request("POST", f"/apis/{api_version}/{plural}", body=body)
+        except KubeError as exc:
+            raise Denied(grpc.StatusCode.UNAVAILABLE, f"cannot {what} now ({exc}); retry") from exc
+        status: dict[str, Any] = out.get("status") or {}
+        return status
+
     # ----------------------------------------------------------------- authentication
 
     def authenticate(self, token: str) -> Caller:
@@ -212,14 +222,8 @@ class KubeAuthorizer:
         return hit
 
     def _review_token(self, token: str) -> tuple[Caller | str, float]:
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                "spec": {"token": token, "audiences": [self.audience]}}
-        try:
-            self.reviews += 1
-            out = self.rest.request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=body)
-        except KubeError as exc:
-            raise Denied(grpc.StatusCode.UNAVAILABLE, f"cannot verify the caller's token now ({exc}); retry") from exc
-        status = out.get("status") or {}
+        status = self._review("authentication.k8s.io/v1", "TokenReview", "tokenreviews",
+                              {"token": token, "audiences": [self.audience]}, "verify the caller's token")
         if not status.get("authenticated"):
             why = str(status.get("error") or "token not valid")[:200]
             return (f"token refused by the API server for audience {self.audience!r}: {why}", self.denied_ttl_s)
@@ -231,7 +235,7 @@ class KubeAuthorizer:
         caller = Caller(str(user.get("username") or ""), str(user.get("uid") or ""),
                         tuple(str(g) for g in user.get("groups") or ()), extra)
         ttl = self.ttl_s
-        exp = _token_expiry(token)
+        exp = token_expiry(token)
         if exp is not None:
             ttl = min(ttl, exp - self._wall())
         return caller, ttl
@@ -275,13 +279,8 @@ class KubeAuthorizer:
             spec["uid"] = caller.uid
         if caller.extra:
             spec["extra"] = {k: list(v) for k, v in caller.extra}
-        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
-        try:
-            self.reviews += 1
-            out = self.rest.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=body)
-        except KubeError as exc:
-            raise Denied(grpc.StatusCode.UNAVAILABLE, f"cannot authorise the call now ({exc}); retry") from exc
-        status = out.get("status") or {}
+        status = self._review("authorization.k8s.io/v1", "SubjectAccessReview", "subjectaccessreviews", spec,
+                              "authorise the call")
         if status.get("allowed") and not status.get("denied"):
             self._access.put(key, "", self.ttl_s)
             return ""
@@ -337,102 +336,3 @@ def server_credentials(address: str, cert_file: str, key_file: str) -> grpc.Serv
             raise ConfigError(f"allocator TLS file {f} does not exist; check allocator.tls in the config")
     reloader = _CertReloader(cert_file, key_file)
     return grpc.dynamic_ssl_server_credentials(reloader.config(), reloader, require_client_authentication=False)
-
-
-# --------------------------------------------------------------------------- client side
-
-
-class TokenFile:
-    """The bearer token in a projected token file.
-
-    The kubelet rotates the file (atomic symlink swap) well before the token expires; the file is
-    re-read when its mtime changes and at least every ``reread_s`` seconds.
-    """
-
-    def __init__(self, path: str, reread_s: float = 60.0) -> None:
-        self.path = path
-        self.reread_s = reread_s
-        self._lock = threading.Lock()
-        self._token = ""
-        self._stamp: tuple[float, float] = (-1.0, 0.0)  # (mtime, read at)
-
-    def token(self) -> str:
-        now = time.monotonic()
-        try:
-            mtime = os.stat(self.path).st_mtime
-        except OSError as exc:
-            if self._token:
-                return self._token
-            raise ConfigError(f"allocator token file {self.path}: {exc.strerror}; mount a projected "
-                              "serviceAccountToken volume there (audience hcs-allocator)") from exc
-        with self._lock:
-            if mtime != self._stamp[0] or now - self._stamp[1] > self.reread_s or not self._token:
-                try:
-                    text = Path(self.path).read_text().strip()
-                except OSError as exc:
-                    if self._token:
-                        return self._token
-                    raise ConfigError(f"allocator token file {self.path}: {exc.strerror}") from exc
-                if not text:
-                    raise ConfigError(f"allocator token file {self.path} is empty")
-                self._token, self._stamp = text, (mtime, now)
-            return self._token
-
-
-_Details = collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
-                                                "compression"))
-
-
-class _CallDetails(_Details, grpc.ClientCallDetails):  # type: ignore[misc]
-    pass
-
-
-class _BearerToken(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Adds ``authorization: Bearer`` to each call, inline in the caller's thread (a call-credentials
-    plugin runs on a separate thread and cost ~0.4 ms per call; bench/allocator_auth.py). Only ever
-    installed on a TLS or local (unix socket) channel."""
-
-    def __init__(self, tokens: TokenFile) -> None:
-        self.tokens = tokens
-        self._last_error = ""
-
-    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        metadata = list(details.metadata or ())
-        try:
-            metadata.append(("authorization", f"Bearer {self.tokens.token()}"))
-        except ConfigError as exc:  # sent without: the allocator answers UNAUTHENTICATED, the caller copes
-            if str(exc) != self._last_error:
-                self._last_error = str(exc)
-                log.error("%s", exc)
-        return continuation(_CallDetails(details.method, details.timeout, metadata, details.credentials,
-                                         details.wait_for_ready, details.compression), request)
-
-
-def channel(address: str, *, token_file: str = "", ca_file: str = "", server_name: str = "",
-            options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
-    """A channel to the allocator.
-
-    Without ``token_file`` and ``ca_file``: plaintext and anonymous (for an ``--insecure-dev``
-    allocator). With a token over TCP, ``ca_file`` is required (the token is never sent in clear);
-    ``unix:`` addresses use local credentials. ``server_name`` overrides the name checked against the
-    certificate (default: the host of ``address``).
-    """
-    opts = list(options)
-    if not token_file and not ca_file:
-        return grpc.insecure_channel(address, options=opts)
-    if address.startswith("unix:"):
-        base = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
-    else:
-        if not ca_file:
-            raise ConfigError(f"allocator {address}: a token file is set but no CA file; the token would travel "
-                              "in clear. Set the allocator CA file (the chart mounts ca.crt from the allocator's "
-                              "TLS Secret)")
-        try:
-            root = Path(ca_file).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"allocator CA file {ca_file}: {exc.strerror}") from exc
-        base = grpc.ssl_channel_credentials(root_certificates=root)
-        if server_name:
-            opts.append(("grpc.ssl_target_name_override", server_name))
-    ch = grpc.secure_channel(address, base, options=opts)
-    return grpc.intercept_channel(ch, _BearerToken(TokenFile(token_file))) if token_file else ch

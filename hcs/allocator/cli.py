@@ -15,6 +15,7 @@ from typing import Any
 
 from hcs.config import env_override, load_config, section
 from hcs.errors import ConfigError, HcsError
+from hcs.kube import KubeError, KubeRest
 from hcs.signals import StopSignals
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[A
 
 
 def _api_client(kubeconfig: str | None) -> Any:
+    # lazy: the kubernetes client takes ~0.5 s to import; only commands that talk to the API server need it
     from kubernetes import client, config
 
     if kubeconfig or os.environ.get("KUBECONFIG"):
@@ -125,8 +127,6 @@ def _label_leader(rest: Any, is_leader: Callable[[], bool], period_s: float = 0.
     name, namespace = os.environ.get("POD_NAME", ""), os.environ.get("POD_NAMESPACE", "")
     if not name or not namespace:
         return
-    from hcs.kube import KubeError
-
     labelled: bool | None = None
     while True:
         leader = is_leader()
@@ -167,6 +167,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--print-scheduler-config", action="store_true",
                    help="print the KubeSchedulerConfiguration for the hcs-scheduler profile and exit")
     p.add_argument("--extender-url", default=None, help="with --print-scheduler-config: the extender URL")
+    # lazy: `hcs <command> --help` and the other commands start without loading this stack
     from hcs.allocator.extender import add_extender_args
 
     add_extender_args(p)
@@ -192,14 +193,14 @@ def register(subparsers: Any) -> None:
 
 
 def run_allocator(args: argparse.Namespace) -> int:
+    # lazy: `hcs <command> --help` and the other commands start without loading this stack
     from hcs.allocator.auth import KubeAuthorizer, server_credentials
     from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, extender_tls_from_config, serve_http
-    from hcs.allocator.inventory import ExchangeRates
     from hcs.allocator.kube import KubeSync, LeaderElector, Persister
     from hcs.allocator.metrics import AllocatorMetrics
     from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
-    from hcs.kube import KubeRest
+    from hcs.cluster_inventory import ExchangeRates
 
     if args.print_scheduler_config:
         text = SCHEDULER_CONFIG.read_text()
@@ -276,6 +277,7 @@ def run_allocator(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    # lazy: `hcs <command> --help` and the other commands start without loading this stack
     import grpc
 
     from hcs.allocator.service import verdict_to_proto
@@ -285,7 +287,8 @@ def run_explain(args: argparse.Namespace) -> int:
     ns, _, name = args.pod.rpartition("/")
     ns = ns or args.namespace
     if args.allocator:
-        from hcs.allocator.auth import channel as allocator_channel
+        # lazy: only with --allocator
+        from hcs.allocator_client import channel as allocator_channel
 
         channel = allocator_channel(args.allocator, token_file=args.token_file or "", ca_file=args.ca_file or "")
         try:
@@ -297,10 +300,10 @@ def run_explain(args: argparse.Namespace) -> int:
             channel.close()
         verdicts, summary = list(resp.verdicts), resp.summary
     else:
+        # lazy: only without --allocator
         from hcs.allocator.kube import KubeSync
         from hcs.allocator.placement import demand_from_pod
         from hcs.allocator.state import AllocatorState
-        from hcs.kube import KubeError, KubeRest
 
         state = AllocatorState()
         sync = KubeSync(KubeRest(_api_client(args.kubeconfig)), state)
@@ -324,6 +327,7 @@ def run_explain(args: argparse.Namespace) -> int:
         if held is not None:
             summary += f"; pod holds devices on {held.node} ({held.state})"
     if args.output == "json":
+        # lazy: only for -o json
         from google.protobuf import json_format
 
         print(json.dumps({"summary": summary, "verdicts": [json_format.MessageToDict(v) for v in verdicts]}))

@@ -31,13 +31,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from hcs.allocator.inventory import ExchangeRates, InventoryError, parse_computenode, with_node
 from hcs.allocator.metrics import AllocatorMetrics
 from hcs.allocator.placement import ANN_ASSIGNMENT, PodDemand, RequestError, demand_from_pod
 from hcs.allocator.service import annotation_json, reservation_from_annotation
 from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation, RestoreConflict
-from hcs.kube import KubeError, KubeRest
+from hcs.cluster_inventory import ExchangeRates, InventoryError, parse_computenode, with_node
+from hcs.kube import Informer, KubeError, KubeRest, object_key, rv_int
 from hcs.records import SIGNATURE_ANNOTATION, PodIdentity, RecordError, RecordKey
+from hcs.retarget import VENDOR_IMAGE_GATE, RetargetError, retarget_pod
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,6 @@ GRACE_S = 30.0
 
 def _now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def rv_int(obj: Any) -> int:
-    try:
-        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _key(obj: Any) -> tuple[str, str]:
-    meta = (obj or {}).get("metadata") or {}
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
 def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
@@ -92,226 +81,6 @@ def _same_grant(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(((a.get("metadata") or {}).get("annotations") or {}).get(ANN_ASSIGNMENT)
                 == ((b.get("metadata") or {}).get("annotations") or {}).get(ANN_ASSIGNMENT)
                 and (a.get("status") or {}).get("phase") == (b.get("status") or {}).get("phase"))
-
-
-class _Expired(Exception):
-    """The watch's resourceVersion is too old (410 Gone): relist."""
-
-
-Change = Callable[[str, "dict[str, Any] | None", "dict[str, Any] | None"], None]
-
-
-class Informer:
-    """List+watch of one resource: a local copy keyed by (namespace, name), kept by one thread.
-
-    ``on_change(type, old, new)`` runs in that thread for every change: ``ADDED`` / ``MODIFIED`` /
-    ``DELETED`` from the watch, and after a relist ``SYNC`` (listed) or ``DELETED`` (gone meanwhile).
-    ``on_synced()`` runs after each relist. Never raises from its thread.
-    """
-
-    def __init__(self, rest: KubeRest, path: str, resource: str, *, query: dict[str, str] | None = None,
-                 trim: Callable[[dict[str, Any]], dict[str, Any]] | None = None, on_change: Change | None = None,
-                 on_synced: Callable[[], object] | None = None, metrics: AllocatorMetrics | None = None,
-                 watch_timeout_s: float = 60.0, page_size: int = 500, max_backoff_s: float = 5.0) -> None:
-        self.rest = rest
-        self.path = path
-        self.resource = resource
-        self.query = dict(query or {})
-        self.trim = trim or (lambda o: o)
-        self.on_change = on_change
-        self.on_synced = on_synced
-        self.metrics = metrics
-        self.watch_timeout_s = watch_timeout_s
-        self.page_size = page_size
-        self.max_backoff_s = max_backoff_s
-        self._lock = threading.Lock()
-        self.items: dict[tuple[str, str], dict[str, Any]] = {}
-        self.rv = 0
-        self._synced = threading.Event()
-        self.ever_synced = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._resp: Any = None
-        self._resume_rv: int | None = None
-        self._reconnect_requested = False
-        self.relists = 0
-        self.events = 0
-        self.disconnects = 0
-        self.expired = 0
-
-    @property
-    def synced(self) -> bool:
-        return self._synced.is_set()
-
-    def wait_synced(self, timeout_s: float) -> bool:
-        return self._synced.wait(timeout_s)
-
-    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.items.get((namespace, name))
-
-    def values(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.items.values())
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name=f"hcs-watch-{self.resource}", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._close_stream()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-        self._synced.clear()
-
-    def reconnect(self, resource_version: int | None = None) -> None:
-        """Drop the watch stream; resume from ``resource_version`` (default: the last seen). A too old
-        one makes the server answer 410 Gone, and the informer relists. For tests and operators."""
-        with self._lock:
-            self._resume_rv = resource_version
-            self._reconnect_requested = True
-        self._close_stream()
-
-    def _close_stream(self) -> None:
-        resp = self._resp
-        if resp is not None:
-            with contextlib.suppress(Exception):
-                resp.shutdown()
-
-    def _keep_resp(self, resp: Any) -> None:
-        with self._lock:
-            self._resp = resp
-            pending = self._reconnect_requested
-        if pending:
-            self._close_stream()
-
-    def _notify(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        if self.on_change is None:
-            return
-        try:
-            self.on_change(etype, old, new)
-        except Exception:  # one bad object never stops the watch
-            log.exception("%s watch: handling %s %s failed", self.resource, etype, _key(new or old))
-
-    def _run(self) -> None:
-        backoff = 0.2
-        need_list = True
-        while not self._stop.is_set():
-            try:
-                if need_list:
-                    self.relist()
-                    need_list = False
-                self._watch()
-                backoff = 0.2
-            except _Expired as exc:
-                self._synced.clear()
-                self.expired += 1
-                need_list = True
-                log.info("%s watch: %s; relisting", self.resource, exc)
-            except Exception as exc:  # noqa: BLE001 - API down, TLS, bad JSON: relist once back
-                if self._stop.is_set():
-                    break
-                self.disconnects += 1
-                log.warning("%s watch broken (%s); relisting in %.1fs", self.resource, exc, backoff)
-                self._synced.clear()
-                need_list = True
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
-            finally:
-                self._resp = None
-        self._synced.clear()
-
-    def relist(self) -> None:
-        """Read every object (paged), replace the copy, report the differences; the list's
-        resourceVersion starts the next watch. Raises KubeError."""
-        fresh: dict[tuple[str, str], dict[str, Any]] = {}
-        query = {**self.query, "limit": str(self.page_size)}
-        while True:
-            page = self.rest.request("GET", self.path, query=query)
-            for obj in page.get("items") or []:
-                if isinstance(obj, dict):
-                    fresh[_key(obj)] = self.trim(obj)
-            meta = page.get("metadata") or {}
-            token = meta.get("continue")
-            if not token:
-                break
-            query = {**self.query, "limit": str(self.page_size), "continue": token}
-        with self._lock:
-            old, self.items = self.items, fresh
-            self.rv = int(meta.get("resourceVersion") or 0)
-        self.relists += 1
-        if self.metrics is not None:
-            self.metrics.relists.labels(self.resource).inc()
-        for k, obj in fresh.items():
-            self._notify("SYNC", old.get(k), obj)
-        for k, obj in old.items():
-            if k not in fresh:
-                self._notify("DELETED", obj, None)
-        self._synced.set()
-        self.ever_synced.set()
-        if self.on_synced is not None:
-            try:
-                self.on_synced()
-            except Exception:
-                log.exception("%s: reconciliation after relist failed", self.resource)
-
-    def _watch(self) -> None:
-        with self._lock:
-            rv, self._resume_rv = (self._resume_rv if self._resume_rv is not None else self.rv), None
-            self._reconnect_requested = False
-        query = {**self.query, "resourceVersion": str(rv), "allowWatchBookmarks": "true"}
-        try:
-            for event in self.rest.watch(self.path, query=query, timeout_s=self.watch_timeout_s,
-                                         on_open=self._keep_resp):
-                if self._stop.is_set():
-                    return
-                self._apply(event)
-        except _Expired:
-            raise
-        except KubeError as exc:
-            if exc.status == 410:
-                raise _Expired(str(exc)) from exc
-            if not self._reconnect_requested:
-                raise
-        except Exception:
-            if not self._reconnect_requested:
-                raise
-        if self._reconnect_requested:
-            self.disconnects += 1
-
-    def _apply(self, event: Any) -> None:
-        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
-            return
-        etype, obj = str(event.get("type")), event["object"]
-        if etype == "ERROR":
-            code = obj.get("code")
-            if code == 410:
-                raise _Expired(str(obj.get("message") or "resourceVersion expired"))
-            raise KubeError(int(code) if isinstance(code, int) else 0, f"watch error: {obj.get('message')}")
-        rv = rv_int(obj)
-        if etype == "BOOKMARK":
-            self.rv = max(self.rv, rv)
-            return
-        key = _key(obj)
-        self.events += 1
-        if self.metrics is not None:
-            self.metrics.watch_events.labels(self.resource).inc()
-        with self._lock:
-            old = self.items.get(key)
-            new = None
-            if etype in ("ADDED", "MODIFIED"):
-                new = self.items[key] = self.trim(obj)
-            elif etype == "DELETED":
-                self.items.pop(key, None)
-        if etype == "DELETED":
-            self._notify("DELETED", self.trim(obj), None)  # the event's copy: its resourceVersion is the deletion's
-        elif new is not None:
-            self._notify(etype, old, new)
-        if rv:
-            self.rv = max(self.rv, rv)
 
 
 class KubeSync:
@@ -389,17 +158,17 @@ class KubeSync:
                 if not node:
                     continue
                 names.add(node)
-                if gone and self._cn_of_node.get(node) == _key(obj):
+                if gone and self._cn_of_node.get(node) == object_key(obj):
                     del self._cn_of_node[node]
             if new is not None:
                 node = str((new.get("spec") or {}).get("nodeName") or "")
                 if node:
-                    self._cn_of_node[node] = _key(new)
+                    self._cn_of_node[node] = object_key(new)
             for node in names:
                 self._refresh_node(node)
 
     def _node_event(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        name = _key(new or old)[1]
+        name = object_key(new or old)[1]
         if name not in self._cn_of_node:
             return
         if old is not None and new is not None and old["status"] == new["status"]:
@@ -607,8 +376,6 @@ class KubeSync:
     def adopt(self) -> int:
         """Label pods annotated (or gated) before the label existed, so the pod watch sees them. One paged
         LIST of all pods; run once per election. Returns the number labelled."""
-        from hcs.webhook.config import VENDOR_IMAGE_GATE
-
         query = {"limit": "500"}
         done = 0
         while True:
@@ -640,9 +407,6 @@ class KubeSync:
         the vendor), record the assignment, then patch the vendor's images and remove the gate, so the
         scheduler can bind the pod — the extender's filter keeps it on the reserved node. Returns the
         number of pods released."""
-        from hcs.webhook.config import VENDOR_IMAGE_GATE
-        from hcs.webhook.retarget import RetargetError, retarget_pod
-
         released = 0
         for pod in self.pods.values():  # the webhook labels the pods it gates (hcs.io/allocator=gated)
             gates = (pod.get("spec") or {}).get("schedulingGates") or []

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -133,8 +134,6 @@ class AllocatorMetrics:
     def grpc_interceptor(self) -> Any:
         """A gRPC server interceptor counting and timing every unary method (verb = method name, lower case;
         RESOURCE_EXHAUSTED → nofit, UNAVAILABLE → not_leader, other errors → error)."""
-        import grpc
-
         metrics = self
 
         class _Interceptor(grpc.ServerInterceptor):  # type: ignore[misc]

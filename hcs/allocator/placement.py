@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.policies import WHOLE, NodeView, PolicyContext, Request, TargetWorkload, get_policy
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 from hcs.devices.catalog import default_catalog
 from hcs.devices.model import Vendor
 from hcs.errors import HcsError

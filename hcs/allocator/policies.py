@@ -70,7 +70,7 @@ class NodeView:
     #: (C,) each node's device model as an index into ``TargetWorkload.models`` (-1: a model no
     #: constraint names); None: the model-blind measure (every class may use every node)
     model: IntArray | None = None
-    #: optional cache of ``_class_stats(target, gpu_free)`` for these rows (the replay keeps it
+    #: optional cache of ``class_stats(target, gpu_free)`` for these rows (the replay keeps it
     #: incrementally; it must match ``gpu_free`` and the context's target)
     stats: tuple[IntArray, IntArray, IntArray] | None = None
 
@@ -138,7 +138,7 @@ class TargetWorkload:
         if weights is not None:
             raw = raw * np.asarray(weights, dtype=np.float64)
         norm = raw / raw.sum()
-        # classes sorted by milli (see _class_stats), then count
+        # classes sorted by milli (see class_stats), then count
         code, k = np.unique(shape_milli[has] * 4096 + np.minimum(count[has], 4095), return_inverse=True)
         keys = np.stack([code // 4096, code % 4096], axis=1)
         k = k.reshape(-1)
@@ -369,7 +369,7 @@ def score_dot_product(view: NodeView, req: Request, ctx: PolicyContext) -> Float
 # --------------------------------------------------------------------------- fragmentation
 
 
-def _class_stats(target: TargetWorkload, gpu_free: IntArray) -> tuple[IntArray, IntArray, IntArray]:
+def class_stats(target: TargetWorkload, gpu_free: IntArray) -> tuple[IntArray, IntArray, IntArray]:
     """Per node and class: devices with ``free >= milli`` (count) and their summed free capacity.
 
     Classes are sorted by ``milli``, so device ``g`` serves exactly the classes ``k < pos[g]`` with
@@ -395,7 +395,7 @@ def node_fragmentation(target: TargetWorkload, gpu_free: IntArray, cpu_free: Int
     devices with ``free >= milli``); then the usable part is the sum over those devices, the rest
     is fragment: ``F = P*T - sum_c W_c(cpu) * fits_c * usable_c``.
     """
-    cnt, usable, _ = _class_stats(target, gpu_free)
+    cnt, usable, _ = class_stats(target, gpu_free)
     total = gpu_free.sum(axis=1).astype(np.float64)
     w = target.weights(cpu_free, model)
     return np.asarray(target.total * total - (w * (cnt >= target.count) * usable).sum(axis=1),
@@ -425,7 +425,7 @@ def fragmentation_delta(view: NodeView, req: Request, target: TargetWorkload) ->
     Entries for devices that cannot take the request are ``nan``.
     """
     f = view.gpu_free
-    cnt, usable, pos = view.stats if view.stats is not None else _class_stats(target, f)
+    cnt, usable, pos = view.stats if view.stats is not None else class_stats(target, f)
     total = f.sum(axis=1).astype(np.float64)
     w_before = target.weights(view.cpu_free, view.model)
     before = target.total * total - (w_before * (cnt >= target.count) * usable).sum(axis=1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from hcs.allocator.inventory import DeviceInfo
+from hcs.cluster_inventory import DeviceInfo
 from hcs.quantity import human_bytes
 
 ANN_VENDOR = "hcs.io/vendor"

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from hcs.allocator.inventory import A100_FP16_TFLOPS, DeviceInfo, NodeInventory
 from hcs.allocator.placement import (
     Constraints,
     ContainerDemand,
@@ -43,9 +42,12 @@ from hcs.allocator.policies import (
     RecentMix,
     Request,
     TargetWorkload,
+    class_stats,
     get_policy,
+    node_fragmentation,
     pick,
 )
+from hcs.cluster_inventory import A100_FP16_TFLOPS, DeviceInfo, NodeInventory
 from hcs.errors import ConfigError
 
 MAX_GPUS = 8
@@ -194,6 +196,9 @@ def _arrivals(demand: IntArray, capacity: int, seed: int, inflation: float) -> l
     return [int(i) for i in order[:cut]]
 
 
+# Complexity 18, kept in one piece on purpose: the replay's inner loop over every arriving pod keeps the
+# cluster as local numpy arrays updated in place (free VRAM, CPU, memory, class statistics); split
+# into functions, each pod would pass a dozen arrays around (bench/replay.py times this loop).
 def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed: int,
              target: TargetWorkload, *, inflation: float = 1.0, curve_points: int = 60,
              weights: dict[str, float] | None = None, mix: RecentMix[Request] | None = None,
@@ -234,9 +239,7 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
     next_mark = step
     ratio_at_100 = frag_at_100 = -1.0
     all_nodes = np.arange(n)
-    from hcs.allocator.policies import _class_stats
-
-    cnt_all, usable_all, pos_all = _class_stats(target, gpu_free)  # kept in step, node by node
+    cnt_all, usable_all, pos_all = class_stats(target, gpu_free)  # kept in step, node by node
     for i in order:
         pod = pods[i]
         req = pod.request
@@ -251,7 +254,7 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
         if mix is not None and mix.generation != generation:
             target, generation = mix.target(_as_is, live_models), mix.generation
             ctx = PolicyContext(rng=rng, target=target, weights=weights or {}, model_free=model_free)
-            cnt_all, usable_all, pos_all = _class_stats(target, gpu_free)
+            cnt_all, usable_all, pos_all = class_stats(target, gpu_free)
         ok = (cpu_free >= req.cpu) & (mem_free >= req.mem)
         if pod.models:
             allowed = [model_idx[m] for m in pod.models if m in model_idx]
@@ -290,7 +293,7 @@ def simulate(cluster: Cluster, pods: Sequence[TracePod], policy_name: str, seed:
                 mix.add(req)
             if tmodel[node] >= 0:
                 model_free[tmodel[node]] -= req.gpu_demand
-            c1, u1, p1 = _class_stats(target, gpu_free[node:node + 1])
+            c1, u1, p1 = class_stats(target, gpu_free[node:node + 1])
             cnt_all[node], usable_all[node], pos_all[node] = c1[0], u1[0], p1[0]
             allocated += req.gpu_demand
             placed += 1
@@ -315,8 +318,6 @@ def _target_models(cluster: Cluster, target: TargetWorkload) -> IntArray:
 
 def _fragmentation_pct(target: TargetWorkload, gpu_free: IntArray, cpu_free: IntArray, capacity: int,
                        model: IntArray | None = None) -> float:
-    from hcs.allocator.policies import node_fragmentation
-
     return float(100.0 * node_fragmentation(target, gpu_free, cpu_free, model).sum() / capacity)
 
 
@@ -353,6 +354,7 @@ def replay(nodes: str | Path, pods_csv: str | Path, policies: Sequence[str], see
 
 def plot(results: Sequence[PolicyResult], path: str | Path, title: str = "") -> None:
     """Allocation ratio against arrived demand, mean over seeds, one line per policy (PNG)."""
+    # lazy: matplotlib takes ~0.5 s to import; only plots need it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,8 +15,10 @@ import grpc
 from google.protobuf import json_format
 
 from hcs.allocator.auth import AllowAll, CallAuthorizer, Caller, Denied
-from hcs.allocator.inventory import capacity_of
-from hcs.allocator.placement import (
+from hcs.allocator.placement import (  # bounds (issue 16)
+    MAX_HOST_AMOUNT,
+    MAX_TFLOPS_MILLI,
+    MAX_VRAM_BYTES,
     Constraints,
     ContainerDemand,
     Grant,
@@ -29,6 +31,7 @@ from hcs.allocator.placement import (
 from hcs.allocator.state import CONFIRMED, PENDING, AllocatorState, Conflict, NoFit, Reservation
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import capacity_of
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,6 @@ MAX_DEVICE_COUNT = 64
 
 
 def demand_from_proto(req: pb.PodRequest) -> PodDemand:
-    from hcs.allocator.placement import MAX_HOST_AMOUNT, MAX_TFLOPS_MILLI, MAX_VRAM_BYTES  # bounds (issue 16)
-
     cons = req.constraints
     ann = {"hcs.io/topology-preference": cons.topology_preference,
            "hcs.io/vendor": ",".join(cons.vendors), "hcs.io/model": ",".join(cons.models),

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from hcs.allocator.inventory import NodeInventory
 from hcs.allocator.placement import (
     Constraints,
     ContainerDemand,
@@ -30,6 +29,7 @@ from hcs.allocator.placement import (
     plan_table,
 )
 from hcs.allocator.policies import FloatArray, IntArray, RecentMix, TargetWorkload, default_target
+from hcs.cluster_inventory import NodeInventory
 from hcs.errors import HcsError
 
 log = logging.getLogger(__name__)

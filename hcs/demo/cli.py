@@ -122,6 +122,7 @@ def _keep_help(stack: Any, pending: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: `hcs <command> --help` and the other commands start without loading this stack
     from hcs.demo.run import device_usage, quota_check, run_workloads
     from hcs.demo.stack import DemoStack
     from hcs.signals import StopSignals

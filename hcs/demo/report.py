@@ -119,6 +119,7 @@ def summary_table(s: dict[str, Any]) -> str:
 
 #: pod colours: qualitative palettes without their greys, so no pod looks like free space.
 def _pod_colours() -> list[Any]:
+    # lazy: matplotlib takes ~0.5 s to import; only plots need it
     import matplotlib
 
     colours: list[Any] = []
@@ -134,6 +135,7 @@ def _pod_colours() -> list[Any]:
 def plot_occupancy(devices: list[DeviceUse], path: str) -> None:
     """Stacked bars of VRAM per device, one colour per pod (named in the legend and, when the slice is
     tall enough, on the bar), free VRAM white with hatching; devices grouped by node."""
+    # lazy: matplotlib takes ~0.5 s to import; only plots need it
     import matplotlib
 
     matplotlib.use("Agg")

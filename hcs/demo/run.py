@@ -22,7 +22,7 @@ from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.demo.report import DeviceUse, PodResult
 from hcs.demo.stack import RESOURCE, ROOT, DemoStack
 from hcs.demo.workloads import DemoPod
-from hcs.testing.kubelet_sim import AdmissionError, SimPod
+from hcs.kubeletsim.deviceplugin import AdmissionError, SimPod
 
 NAMESPACE = "demo"
 

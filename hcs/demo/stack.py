@@ -23,14 +23,15 @@ from typing import Any
 
 import grpc
 
-from hcs.allocator.inventory import parse_computenode
 from hcs.allocator.placement import PodDemand
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
+from hcs.cluster_inventory import parse_computenode
 from hcs.devices.simhost import write_simulated_sysfs
 from hcs.errors import HcsError
-from hcs.testing.kubelet_sim import KubeletSim
+from hcs.kubeletsim.deviceplugin import KubeletSim
+from hcs.webhook.certs import generate_certs
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,6 @@ class DemoStack:
         return self
 
     def _start_webhook(self) -> None:
-        from hcs.webhook.certs import generate_certs
-
         wdir = self.workdir / "webhook"
         certs = generate_certs(wdir)
         self.webhook_ca = str(certs.ca)

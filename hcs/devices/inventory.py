@@ -12,7 +12,7 @@ from typing import Any
 
 from hcs.devices.backend import Backend, VendorError
 from hcs.devices.catalog import Catalog, default_catalog
-from hcs.devices.libraries import LibraryNotFound, MissingSymbol, load_library
+from hcs.devices.libraries import VENDOR_LIBRARIES, LibraryNotFound, MissingSymbol, load_library
 from hcs.devices.model import Device, LibraryStatus, Vendor
 from hcs.devices.profile import load_profile
 from hcs.devices.topology import Island, bandwidth_matrix, find_islands
@@ -137,6 +137,4 @@ def discover(catalog: Catalog | None = None, vendors: tuple[Vendor, ...] = tuple
 
 
 def _soname(vendor: Vendor) -> str:
-    from hcs.devices.libraries import VENDOR_LIBRARIES
-
     return VENDOR_LIBRARIES[vendor][0]

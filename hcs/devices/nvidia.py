@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -214,8 +215,6 @@ def _switch_fabrics(remotes: list[list[RemoteLink]]) -> list[str | None]:
 
 
 def ctypes_address(handle: Any) -> int:
-    import ctypes
-
     return ctypes.cast(handle, ctypes.c_void_p).value or 0
 
 

@@ -23,13 +23,21 @@ from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from hcs.devices.model import Device, Health
 from hcs.kube import KubeRest
-from hcs.node.assignments import Assignment, AssignmentSource, LocalAssignmentSource, PodLister, StaticPodLister
+from hcs.node.assignments import (
+    Assignment,
+    AssignmentSource,
+    ContainerAssignment,
+    LocalAssignmentSource,
+    PodLister,
+    StaticPodLister,
+)
 from hcs.node.computenode import ComputeNodeReporter, IslandInfo
 from hcs.node.config import NodeConfig
 from hcs.node.deviceplugin import DevicePluginServicer, DeviceView, PluginCore
 from hcs.node.dra.plugin import DraPlugin
 from hcs.node.metrics import NodeMetrics
 from hcs.node.podresources import PodResourcesClient
+from hcs.node.sources import AllocatorAssignmentSource, KubePodLister
 from hcs.node.state import Allocation
 
 log = logging.getLogger(__name__)
@@ -84,8 +92,6 @@ class NodeAgent:
         self.kube = kube
         if source is None:
             if config.assignmentSource == "allocator":
-                from hcs.node.sources import AllocatorAssignmentSource
-
                 source = AllocatorAssignmentSource(config.allocatorAddress, config.nodeName,
                                                    token_file=config.allocatorTokenFile,
                                                    ca_file=config.allocatorCAFile)
@@ -93,8 +99,6 @@ class NodeAgent:
                 persist = None
                 if pod_lister is None:
                     if kube is not None:
-                        from hcs.node.sources import KubePodLister
-
                         lister = KubePodLister(kube, config.nodeName)
                         pod_lister, persist = lister, lister.annotate
                     else:
@@ -299,8 +303,6 @@ class NodeAgent:
 
 
 def _as_assignments(allocations: Sequence[Allocation]) -> list[Assignment]:
-    from hcs.node.assignments import ContainerAssignment
-
     by_uid: dict[str, Assignment] = {}
     for a in allocations:
         prev = by_uid.get(a.pod.uid)

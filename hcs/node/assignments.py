@@ -11,8 +11,12 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol
 
+from google.protobuf import json_format
+
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.devices.model import Device, Vendor
 from hcs.quantity import parse_bytes
 from hcs.records import ASSIGNMENT_ANNOTATION as ASSIGNMENT_ANNOTATION
@@ -155,8 +159,6 @@ def _created_ms(value: Any) -> int:
         return 0
     if hasattr(value, "timestamp"):
         return int(value.timestamp() * 1000)
-    from datetime import datetime
-
     try:
         return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
@@ -298,10 +300,6 @@ class LocalAssignmentSource:
 
 def dumps(a: Assignment, node: str = "") -> str:
     """Proto3 JSON of ``hcs.allocator.v1.Assignment`` (what the allocator writes on the pod)."""
-    from google.protobuf import json_format
-
-    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
-
     msg = al.Assignment(
         pod=al.PodRef(uid=a.pod.uid, namespace=a.pod.namespace, name=a.pod.name,
                       creation_time_unix_ms=a.pod.created_ms),
@@ -319,10 +317,6 @@ def assignment_from_annotation(text: str) -> Assignment:
     """The ``hcs.io/assignment`` annotation: proto3 JSON of ``hcs.allocator.v1.Assignment`` (camelCase or
     snake_case field names). Raises ValueError saying what is wrong. (Parsing only: trust comes from
     :meth:`hcs.records.RecordKey.check`.)"""
-    from google.protobuf import json_format
-
-    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
-
     msg = al.Assignment()
     try:
         json_format.Parse(text, msg, ignore_unknown_fields=True)
@@ -332,8 +326,6 @@ def assignment_from_annotation(text: str) -> Assignment:
 
 
 def _from_message(msg: Any) -> Assignment:
-    from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
-
     try:
         containers = tuple(
             ContainerAssignment(c.container, tuple(

@@ -12,6 +12,7 @@ from typing import Any
 
 from hcs.config import load_config, section
 from hcs.errors import ConfigError
+from hcs.kube import KubeError, KubeRest
 from hcs.signals import StopSignals
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: `hcs <command> --help` and the other commands start without loading this stack
     from hcs.devices.health import HealthMonitor
     from hcs.devices.inventory import discover
-    from hcs.kube import KubeError
     from hcs.node.affinity import pin_process
     from hcs.node.agent import NodeAgent
-    from hcs.node.computenode import IslandInfo, install_crd
+    from hcs.node.computenode import IslandInfo, install_crd, report_inventory_error
     from hcs.node.config import node_config
 
     raw = load_config(args.config)
@@ -105,8 +106,6 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # a broken node profile / driver setup: say so on the ComputeNode, then exit
         log.error("cannot enumerate this node's devices: %s", exc)
         if rest is not None:
-            from hcs.node.computenode import report_inventory_error
-
             try:
                 report_inventory_error(rest, config.nodeName, str(exc))
             except KubeError as kexc:
@@ -141,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _dra_plugin(dra_section: Any, config: Any, devices: Any, rest: Any, source: str) -> Any:
     """The DRA kubelet plugin for this node, started by the agent beside its device plugin."""
+    # lazy: only nodes that run the DRA driver load it
     from hcs.node.dra.config import DraConfig
     from hcs.node.dra.plugin import DraPlugin
 
@@ -156,9 +156,9 @@ def _dra_plugin(dra_section: Any, config: Any, devices: Any, rest: Any, source: 
 
 
 def _kube(kubeconfig: str) -> Any:
+    # lazy: the kubernetes client takes ~0.5 s to import; not needed with --no-api-server
     from kubernetes import client, config
 
-    from hcs.kube import KubeRest
 
     try:
         if kubeconfig:

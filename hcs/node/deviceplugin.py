@@ -20,11 +20,12 @@ import contextlib
 import heapq
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -95,8 +96,6 @@ class DeviceView:
             return self._devices.get(key)
 
     def set_health(self, key: str, health: Health) -> bool:
-        from dataclasses import replace
-
         with self._cond:
             d = self._devices.get(key)
             if d is None or d.health == health:
@@ -719,8 +718,6 @@ def _annotations(a: Assignment, c: ContainerAssignment) -> dict[str, str]:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 

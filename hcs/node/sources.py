@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from hcs.allocator.auth import channel as allocator_channel
+from hcs.allocator_client import channel as allocator_channel
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as al_grpc
 from hcs.devices.model import Vendor

@@ -18,7 +18,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
+
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
+from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,11 +190,6 @@ class Daemon:
 
     def assignments(self, nodes: list[str]) -> dict[str, tuple[str, tuple[tuple[str, str, int], ...]]]:
         """uid → (node, ((container, device uuid, vram bytes), ...)) from the daemon's own state (gRPC)."""
-        import grpc
-
-        from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
-        from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
-
         out: dict[str, tuple[str, tuple[tuple[str, str, int], ...]]] = {}
         with grpc.insecure_channel(f"unix://{self.sock}") as ch:
             stub = pbg.AllocatorStub(ch)  # type: ignore[no-untyped-call]

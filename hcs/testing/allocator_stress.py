@@ -75,6 +75,8 @@ def api_assignments(rest: KubeRest, ns: str) -> dict[str, tuple[str, tuple[tuple
     return out
 
 
+# Complexity 30: a test scenario told as one story (start daemons, race binds against kills and
+# watch cuts, then check); its branches are the scenario's steps, not logic shared with anything.
 def run(rest: KubeRest, kubeconfig: Path, tmp: Path, *, binds: int = 60, kills: int = 3, cuts: int = 3,
         nodes: int = 4, devices: int = 4, threads: int = 4, seed: int = 0) -> dict[str, Any]:
     rnd = random.Random(seed)

@@ -85,7 +85,7 @@ def is_up() -> bool:
                           timeout=60).returncode == 0
 
 
-def _cluster_from_layout(data: dict[str, Any]) -> Cluster:
+def cluster_from_layout(data: dict[str, Any]) -> Cluster:
     return Cluster(
         dir=Path(data["dir"]), kubeconfig=Path(data["kubeconfig"]), bin_dir=Path(data["bin_dir"]),
         node_name=str(data["node_name"]), kubelet_dir=Path(data["kubelet_dir"]),
@@ -119,7 +119,7 @@ def ensure_cluster(*, no_node: bool = False, timeout: float = 5400) -> Cluster:
         if rc != 0:
             raise ClusterUnavailable("e2e/cluster/up failed:\n" + "\n".join(tail),
                                      missing_prerequisite=rc == EXIT_MISSING_PREREQUISITE)
-    return _cluster_from_layout(cluster_layout())
+    return cluster_from_layout(cluster_layout())
 
 
 def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.5,

@@ -10,7 +10,7 @@ where the island is). Implementations:
 * :class:`FallbackCapacity` tries one source, then another (allocator, then ComputeNodes).
 * :class:`ComputeNodeCapacity` reads ComputeNode objects (``hetero.zrs.io/v1alpha1``) from the API
   server and runs them through the allocator's own parser and island arithmetic
-  (:func:`~hcs.allocator.inventory.parse_computenode`, :func:`~hcs.allocator.inventory.capacity_of`),
+  (:func:`~hcs.cluster_inventory.parse_computenode`, :func:`~hcs.cluster_inventory.capacity_of`),
   so both sources give the same answer in the same shape. An object the parser rejects is skipped
   (logged once while it stays broken): one bad object never blocks admission.
 * :class:`StaticCapacity` is a fixed size (tests, air-gapped set-ups: ``largestIsland`` in config); it
@@ -35,10 +35,10 @@ from typing import Any, Protocol
 
 import grpc
 
-from hcs.allocator.auth import channel as allocator_channel
-from hcs.allocator.inventory import ExchangeRates, InventoryError, NodeInventory, capacity_of, parse_computenode
+from hcs.allocator_client import channel as allocator_channel
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import ExchangeRates, InventoryError, NodeInventory, capacity_of, parse_computenode
 from hcs.quantity import format_bytes
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from hcs.kube import RESOURCE_API, KubeError, KubeRest
+from hcs.kube import RESOURCE_API, Informer, KubeError, KubeRest
 from hcs.webhook.config import WebhookConfig
 from hcs.webhook.mutate import CLAIM_TEMPLATES, claim_template
 
@@ -79,15 +79,15 @@ class ClaimTemplateController:
     def __init__(self, cfg: WebhookConfig, api_client: Any, *, watch_timeout_s: float = 60.0) -> None:
         self.cfg = cfg
         self.rest = KubeRest(api_client)
-        self.watch_timeout_s = watch_timeout_s
         self._created: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._resp: Any = None
         self.created = 0
         self.rejected = 0
         self.synced = threading.Event()  # set after the first full list
+        self.pods = Informer(self.rest, "/api/v1/pods", "pods", query={"labelSelector": CLAIM_TEMPLATES},
+                             trim=_trim_pod, on_change=self._changed, on_synced=self.synced.set,
+                             watch_timeout_s=watch_timeout_s, max_backoff_s=30.0, thread_name="hcs-claim-templates",
+                             broken_hint=" (in DRA mode the webhook needs get/list/watch on pods)")
 
     # ------------------------------------------------------------------ one pod
     def reconcile(self, pod: Mapping[str, Any]) -> list[str]:
@@ -128,67 +128,24 @@ class ClaimTemplateController:
         return done
 
     # ------------------------------------------------------------------ loop
-    def _list(self) -> str:
-        data = self.rest.request("GET", "/api/v1/pods", query={"labelSelector": CLAIM_TEMPLATES})
-        for pod in data.get("items") or []:
-            self.reconcile(pod)
-        self.synced.set()
-        return str((data.get("metadata") or {}).get("resourceVersion") or "")
-
-    def _keep(self, resp: Any) -> None:
-        self._resp = resp
-
-    def run(self) -> None:
-        rv = ""
-        backoff = 1.0
-        while not self._stop.is_set():
-            try:
-                if not rv:
-                    rv = self._list()
-                for event in self.rest.watch("/api/v1/pods", query={"labelSelector": CLAIM_TEMPLATES,
-                                                                    "resourceVersion": rv,
-                                                                    "allowWatchBookmarks": "true"},
-                                             timeout_s=self.watch_timeout_s, on_open=self._keep):
-                    if self._stop.is_set():
-                        return
-                    obj = event.get("object") or {}
-                    kind = event.get("type")
-                    if kind == "ERROR":  # 410 Gone: list again
-                        rv = ""
-                        break
-                    rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-                    if kind in ("ADDED", "MODIFIED"):
-                        self.reconcile(obj)
-                backoff = 1.0
-            except KubeError as exc:
-                if self._stop.is_set():
-                    return
-                rv = ""
-                wait = 30.0 if exc.status in (401, 403) else backoff
-                log.warning("claim templates: watching pods failed (%s); retrying in %.0fs%s", exc, wait,
-                            " (the webhook needs get/list/watch on pods in DRA mode)" if exc.status == 403 else "")
-                self._stop.wait(wait)
-                backoff = min(backoff * 2, 30.0)
-            except Exception:  # a broken stream: list again
-                if self._stop.is_set():
-                    return
-                log.exception("claim templates: watch failed; listing again")
-                rv = ""
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+    def _changed(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is not None and etype in ("ADDED", "MODIFIED", "SYNC"):  # SYNC: listed (at start, after a relist)
+            self.reconcile(new)
 
     def start(self) -> ClaimTemplateController:
-        self._thread = threading.Thread(target=self.run, name="hcs-claim-templates", daemon=True)
-        self._thread.start()
+        self.pods.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        resp = self._resp
-        if resp is not None:
-            try:
-                resp.shutdown()
-            except Exception:  # already closed
-                log.debug("closing the pod watch", exc_info=True)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.pods.stop()
+
+
+def _trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """What :meth:`ClaimTemplateController.reconcile` reads of a pod."""
+    meta = pod.get("metadata") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "resourceVersion", "annotations", "deletionTimestamp")
+                     if k in meta},
+        "spec": {"resourceClaims": (pod.get("spec") or {}).get("resourceClaims") or []},
+        "status": {"phase": (pod.get("status") or {}).get("phase", "")},
+    }

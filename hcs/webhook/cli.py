@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
                                                 "kube": api_client is not None}))
     claims = None
     if api_client is not None:  # DRA mode's ResourceClaimTemplates, from admitted pods (not from /mutate)
+        # lazy: only in DRA mode with an API server
         from hcs.webhook.claims import ClaimTemplateController
 
         claims = ClaimTemplateController(cfg, api_client).start()

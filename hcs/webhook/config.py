@@ -12,9 +12,9 @@ from enum import StrEnum
 from typing import Any
 
 from hcs.errors import ConfigError, QuantityError
+from hcs.podspec import RESOURCE_DOMAIN
 from hcs.quantity import parse_bytes
 
-RESOURCE_DOMAIN = "ai.compute"
 VRAM = "ai.compute/vram"
 TFLOPS = "ai.compute/tflops-fp16"
 DEFAULT_SLOT = "ai.compute/slot"
@@ -26,8 +26,6 @@ ANN_MODEL = "hcs.io/model"
 ANN_POLICY = "hcs.io/scheduling-policy"
 ANN_MODE = "hcs.io/mode"
 ANN_ORIGINAL = "hcs.io/original-request"
-ANN_IMAGE_MAP = "hcs.io/vendor-images"
-VENDOR_IMAGE_GATE = "hcs.io/vendor-image"
 HIGH_BANDWIDTH = "high-bandwidth"
 
 

@@ -13,7 +13,7 @@ a ``matchAttribute`` island constraint for ``hcs.io/topology-preference: high-ba
 Image retargeting: a container whose image is in the image map gets its per-vendor images recorded
 in ``hcs.io/vendor-images``; with exactly one vendor allowed by ``hcs.io/vendor`` the image is set
 right away, otherwise (device-plugin mode) the pod gets the ``hcs.io/vendor-image`` scheduling gate
-and the allocator calls :func:`hcs.webhook.retarget.retarget_patch` once it has chosen the vendor.
+and the allocator calls :func:`hcs.retarget.retarget_patch` once it has chosen the vendor.
 
 All mutations are idempotent: running them on their own output changes nothing.
 """
@@ -27,24 +27,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hcs.devices.catalog import default_catalog
 from hcs.devices.model import Vendor
+from hcs.podspec import CONTAINER_LISTS, RESOURCE_DOMAIN, PodTemplate, as_dict, as_list, split_selector
 from hcs.quantity import format_bytes
+from hcs.retarget import ANN_IMAGE_MAP, VENDOR_IMAGE_GATE, apply_images
 from hcs.webhook.config import (
-    ANN_IMAGE_MAP,
     ANN_MODEL,
     ANN_ORIGINAL,
     ANN_TOPOLOGY,
     ANN_VENDOR,
     HIGH_BANDWIDTH,
-    RESOURCE_DOMAIN,
     TFLOPS,
-    VENDOR_IMAGE_GATE,
     VRAM,
     DraSettings,
     Mode,
     WebhookConfig,
 )
-from hcs.webhook.podspec import CONTAINER_LISTS, PodTemplate, as_dict, as_list, split_selector
 from hcs.webhook.validate import Amounts
 
 #: image → vendor → image
@@ -100,12 +99,7 @@ def _cel_attr(attribute: str, default_domain: str) -> str:
 
 def model_ids(names: tuple[str, ...]) -> list[str]:
     """Expand exchange-rate keys (``a100``) to catalog model ids (``a100-40g``, ``a100-80g``)."""
-    try:
-        from hcs.devices.catalog import default_catalog
-
-        models = default_catalog().models
-    except ImportError:
-        return sorted(set(names))
+    models = default_catalog().models
     out: set[str] = set()
     for n in names:
         matched = {m.id for m in models if m.id.lower() == n or m.rate_key.lower() == n}
@@ -234,8 +228,6 @@ def _image_retarget(
     annotations[ANN_IMAGE_MAP] = json.dumps(per_container, sort_keys=True, separators=(",", ":"))
     vendor = single_vendor(annotations)
     if vendor is not None:
-        from hcs.webhook.retarget import apply_images
-
         apply_images(spec, per_container, vendor)
         return []
     if mode is Mode.DRA:
@@ -245,6 +237,16 @@ def _image_retarget(
     if not any(as_dict(g).get("name") == VENDOR_IMAGE_GATE for g in gates):
         spec["schedulingGates"] = [*gates, {"name": VENDOR_IMAGE_GATE}]
     return []
+
+
+def _normalised(a: Amounts) -> dict[str, str]:
+    """A container's ``ai.compute`` amounts as the webhook writes them back (VRAM in binary units)."""
+    values: dict[str, str] = {}
+    if a.vram_bytes is not None:
+        values[VRAM] = format_bytes(a.vram_bytes)
+    if a.tflops is not None:
+        values[TFLOPS] = str(a.tflops)
+    return values
 
 
 def mutate_pod(
@@ -272,12 +274,7 @@ def mutate_pod(
         if spec.get("schedulerName") in (None, "", DEFAULT_SCHEDULER):
             spec["schedulerName"] = cfg.scheduler_name
         for a in amounts:
-            values: dict[str, str] = {}
-            if a.vram_bytes is not None:
-                values[VRAM] = format_bytes(a.vram_bytes)
-            if a.tflops is not None:
-                values[TFLOPS] = str(a.tflops)
-            values[cfg.slot_resource] = "1"
+            values = {**_normalised(a), cfg.slot_resource: "1"}
             res = _container_resources(spec, a)
             for section in ("requests", "limits"):
                 res[section] = {**as_dict(res.get(section)), **values}
@@ -326,11 +323,7 @@ def normalise_template(template: PodTemplate, amounts: list[Amounts]) -> Mutatio
     prefix = "/" + template.path.replace(".", "/")
     ops: list[dict[str, Any]] = []
     for a in amounts:
-        values: dict[str, str] = {}
-        if a.vram_bytes is not None:
-            values[VRAM] = format_bytes(a.vram_bytes)
-        if a.tflops is not None:
-            values[TFLOPS] = str(a.tflops)
+        values = _normalised(a)
         res = _copy(as_dict(a.container.body.get("resources")))
         for section in ("requests", "limits"):
             res[section] = {**as_dict(res.get(section)), **values}

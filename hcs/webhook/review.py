@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from hcs.podspec import TEMPLATE_PATHS, as_dict, depth_exceeds, pod_template
 from hcs.webhook.capacity import IslandCapacity
 from hcs.webhook.config import WebhookConfig
 from hcs.webhook.kube import ClusterView
 from hcs.webhook.mutate import mutate_pod, normalise_template
-from hcs.webhook.podspec import TEMPLATE_PATHS, as_dict, depth_exceeds, pod_template
 from hcs.webhook.validate import (
     Verdict,
     check_quota_escapes,

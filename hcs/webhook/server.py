@@ -22,8 +22,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from hcs import httpserve
 from hcs.httpserve import HttpService, Limits, Reply, Request, cert_not_after
+from hcs.podspec import TEMPLATE_PATHS
 from hcs.webhook.capacity import StaticCapacity
-from hcs.webhook.podspec import TEMPLATE_PATHS
 from hcs.webhook.review import Admission
 
 log = logging.getLogger(__name__)

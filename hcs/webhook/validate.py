@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
 
+from hcs.devices.catalog import default_catalog
 from hcs.devices.model import Vendor
 from hcs.errors import QuantityError
 from hcs.node.dra.injection import shadows_managed_path
+from hcs.podspec import ContainerRef, PodTemplate, as_dict, as_list, containers, split_selector
 from hcs.quantity import format_bytes, parse_quantity
 from hcs.webhook.capacity import CapacityUnavailable, IslandCapacity
 from hcs.webhook.config import (
@@ -33,7 +35,6 @@ from hcs.webhook.config import (
     FailurePolicy,
     WebhookConfig,
 )
-from hcs.webhook.podspec import ContainerRef, PodTemplate, as_dict, as_list, containers, split_selector
 
 TOPOLOGY_VALUES = (HIGH_BANDWIDTH, "none")
 POLICY_VALUES = ("binpack", "spread")
@@ -65,10 +66,6 @@ class Amounts:
 @cache
 def catalog_models() -> frozenset[str]:
     """Model ids and exchange-rate keys from the device catalog (lower case)."""
-    try:
-        from hcs.devices.catalog import default_catalog
-    except ImportError:  # catalog not built: model names cannot be checked
-        return frozenset()
     cat = default_catalog()
     return frozenset({m.id.lower() for m in cat.models} | {m.rate_key.lower() for m in cat.models})
 

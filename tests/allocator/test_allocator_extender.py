@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from hcs.allocator.extender import SCHEDULER_CONFIG, Extender, serve_http
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.state import AllocatorState
 from hcs.cli import main
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 
 GI = 2**30
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.service import (
     AllocatorService,
     annotation_json,
@@ -19,6 +18,7 @@ from hcs.allocator.service import (
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 
 GI = 2**30
 

@@ -13,15 +13,15 @@ from typing import Any
 import grpc
 import pytest
 
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.placement import demand_from_pod
 from hcs.allocator.service import AllocatorService, demand_to_proto, serve
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
+from hcs.podspec import pod_template
 from hcs.webhook.capacity import AllocatorCapacity
 from hcs.webhook.config import WebhookConfig
-from hcs.webhook.podspec import pod_template
 from hcs.webhook.validate import validate_template
 
 GI = 2**30

@@ -8,9 +8,9 @@ import urllib.request
 from typing import Any
 
 from hcs.allocator.extender import Extender, serve_http
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.metrics import AllocatorMetrics, vram_summary
 from hcs.allocator.placement import ContainerDemand, PodDemand, PodRef
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 
 GI = 2**30
 

@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 
 from hcs.allocator import replay as rp
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.placement import demand_from_pod
 from hcs.allocator.policies import RecentMix
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 
 MIB = 2**20
 MODELS = ("a100-80g", "t4", "v100")

@@ -9,14 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hcs.allocator.inventory import (
-    DeviceInfo,
-    ExchangeRates,
-    InventoryError,
-    NodeInventory,
-    parse_computenode,
-    with_node,
-)
 from hcs.allocator.placement import (
     Constraints,
     ContainerDemand,
@@ -26,6 +18,14 @@ from hcs.allocator.placement import (
     demand_from_pod,
 )
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
+from hcs.cluster_inventory import (
+    DeviceInfo,
+    ExchangeRates,
+    InventoryError,
+    NodeInventory,
+    parse_computenode,
+    with_node,
+)
 
 GI = 2**30
 A100 = 312_000

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.placement import Constraints, ContainerDemand, PodDemand, PodRef
 from hcs.allocator.state import AllocatorState
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 
 GI = 2**30
 

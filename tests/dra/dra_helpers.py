@@ -3,10 +3,16 @@ plugin environment (real sockets, the DRA-kubelet simulator, claims from memory)
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid as uuidlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from hcs.api.gen.drahealth.v1alpha1 import api_pb2 as hv1alpha1
 from hcs.devices.model import Compute, Device, Vendor
 
 GiB = 1 << 30
@@ -94,8 +100,8 @@ class PluginEnv:
     node = "node-a"
 
     def __init__(self, tmp: Path, **config: Any) -> None:
+        from hcs.kubeletsim.dra import DraKubeletSim
         from hcs.node.dra.config import DraConfig
-        from hcs.node.dra.kubelet_sim import DraKubeletSim
 
         self.tmp = tmp
         (tmp / "lib").mkdir()
@@ -138,3 +144,52 @@ class PluginEnv:
     def cdi_files(self) -> list[Path]:
         d = self.tmp / "cdi"
         return sorted(d.glob("*.json")) if d.exists() else []
+
+
+def pod_with_claim(name: str, node: str, *, template: str = "", claim: str = "",
+                   image: str = "hcs.local/busybox:1.35") -> dict[str, Any]:
+    """A pod that references one claim (by template or by name), pinned by label to ``node``."""
+    source = {"resourceClaimTemplateName": template} if template else {"resourceClaimName": claim}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "tolerations": [{"operator": "Exists"}],
+            "resourceClaims": [{"name": "acc", **source}],
+            "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never",
+                            "command": ["sleep", "3600"], "resources": {"claims": [{"name": "acc"}]}}],
+            "terminationGracePeriodSeconds": 0,
+        },
+    }
+
+
+class HealthCollector:
+    """Consumes a health stream in a thread; ``latest`` holds the last full list."""
+
+    def __init__(self, stream: Iterator[hv1alpha1.NodeWatchResourcesResponse]) -> None:
+        self.latest: dict[str, int] = {}
+        self.messages = 0
+        self._cond = threading.Condition()
+        self._t = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._t.start()
+
+    def _run(self, stream: Iterator[hv1alpha1.NodeWatchResourcesResponse]) -> None:
+        try:
+            for msg in stream:
+                with self._cond:
+                    self.latest = {d.device.device_name: d.health for d in msg.devices}
+                    self.messages += 1
+                    self._cond.notify_all()
+        except grpc.RpcError:
+            pass
+
+    def wait_for(self, device: str, health: int, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self.latest.get(device) != health:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True

@@ -21,15 +21,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from dra_helpers import MemoryClaims, claim_object, count_claim_reads, make_devices  # noqa: E402
 
-from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
+from hcs.kube import RESOURCE_API, KubeError, KubeRest, WatchExpired  # noqa: E402
+from hcs.kubeletsim.dra import DraKubeletSim  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
-from hcs.node.dra.claims import ClaimCache, _Expired, ours, trim  # noqa: E402
+from hcs.node.dra.claims import ClaimCache, ours, trim  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.kubelet_sim import DraKubeletSim  # noqa: E402
 from hcs.node.dra.plugin import ApiClaimSource, DraPlugin  # noqa: E402
 from hcs.node.dra.slices import published_devices  # noqa: E402
 from hcs.node.dra.state import ClaimRef, ClaimState  # noqa: E402
-from hcs.node.dra.testkit import (  # noqa: E402
+from hcs.testing.kube_objects import (  # noqa: E402
     create_allocated_claim,
     delete_namespace,
     ensure_namespace,
@@ -78,7 +78,7 @@ def test_events_update_the_cache_and_lookup_needs_sync_and_uid() -> None:
     assert cache.resource_version == "99"
     for junk in (None, "x", {"type": "ADDED"}, {"type": "ADDED", "object": "x"}, {"type": "ADDED", "object": {}}):
         cache._apply(junk)  # never raises on bad input
-    with pytest.raises(_Expired):
+    with pytest.raises(WatchExpired):
         cache._apply({"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}})
     with pytest.raises(KubeError):
         cache._apply({"type": "ERROR", "object": {"kind": "Status", "code": 500, "message": "boom"}})
@@ -331,7 +331,7 @@ def _api_reads(plugin: DraPlugin) -> list[str]:
 
 
 def _cached(cache: ClaimCache, name: str, uid: str) -> bool:
-    return wait_for(lambda: cache.synced and cache._claims.get((NS, name), {}).get("metadata", {}).get("uid") == uid,
+    return wait_for(lambda: cache.synced and (cache.get(NS, name) or {}).get("metadata", {}).get("uid") == uid,
                     15, interval_s=0.01) is not None
 
 
@@ -347,9 +347,9 @@ def test_cache_sees_allocated_claims_of_this_node_only(rest, dra):
     assert got["status"]["allocation"]["devices"]["results"][0]["device"] == "nvidia-1"
     assert "managedFields" not in got["metadata"]
     for c in (other, foreign):
-        assert (NS, c["metadata"]["name"]) not in cache._claims
+        assert (NS, c["metadata"]["name"]) not in cache.items
     rest.request("DELETE", f"{RESOURCE_API}/namespaces/{NS}/resourceclaims/mine")
-    assert wait_for(lambda: (NS, "mine") not in cache._claims, 15, interval_s=0.01), "delete not seen"
+    assert wait_for(lambda: (NS, "mine") not in cache.items, 15, interval_s=0.01), "delete not seen"
 
 
 @pytest.mark.cluster
@@ -455,7 +455,7 @@ def test_unreachable_api_server_keeps_content_but_stops_serving_it(rest, api_cli
         assert _cached(cache, "outage", uid)
         proxy.close()  # the API server is gone as far as the cache can tell
         assert wait_for(lambda: not cache.synced, 15, interval_s=0.02), "the broken watch was not noticed"
-        assert (NS, "outage") in cache._claims and cache.lookup(NS, "outage", uid) is None
+        assert (NS, "outage") in cache.items and cache.lookup(NS, "outage", uid) is None
         # prepare still works through the direct GET (the plugin's own source)
         (tmp_path / "lib").mkdir()
         cfg = DraConfig(node_name=NODE, plugin_dir=str(tmp_path / "p"), cdi_dir=str(tmp_path / "cdi"),

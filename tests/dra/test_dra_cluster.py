@@ -21,21 +21,20 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dra_helpers import GiB, make_device, new_uid  # noqa: E402
+from dra_helpers import GiB, make_device, new_uid, pod_with_claim  # noqa: E402
 
 from hcs.devices.model import Health, Vendor  # noqa: E402
 from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
+from hcs.kubeletsim.dra import DraKubeletSim, wipe_node_slices  # noqa: E402
 from hcs.node.dra import cdi  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.kubelet_sim import DraKubeletSim, wipe_node_slices  # noqa: E402
 from hcs.node.dra.plugin import DraPlugin  # noqa: E402
-from hcs.node.dra.testkit import (  # noqa: E402
+from hcs.testing.kube_objects import (  # noqa: E402
     create_allocated_claim,
     delete_namespace,
     delete_node,
     ensure_fake_node,
     ensure_namespace,
-    pod_with_claim,
     wait_for,
 )
 

@@ -17,16 +17,24 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dra_helpers import GiB, PluginEnv, claim_object, count_claim_reads, make_device, new_uid  # noqa: E402
+from dra_helpers import (  # noqa: E402
+    GiB,
+    HealthCollector,
+    PluginEnv,
+    claim_object,
+    count_claim_reads,
+    make_device,
+    new_uid,
+)
 
 from hcs.api.gen.drahealth.v1alpha1 import api_pb2 as hpb  # noqa: E402
 from hcs.devices.model import Health  # noqa: E402
+from hcs.kubeletsim.dra import DraKubeletSim  # noqa: E402
 from hcs.node.dra import cdi  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.kubelet_sim import DraKubeletSim, HealthCollector  # noqa: E402
 from hcs.node.dra.plugin import SUPPORTED_VERSIONS, DraPlugin  # noqa: E402
-from hcs.node.dra.testkit import wait_for  # noqa: E402
+from hcs.testing.kube_objects import wait_for  # noqa: E402
 
 NODE = "node-a"
 DRIVER = "ai.compute"

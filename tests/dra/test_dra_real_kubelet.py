@@ -23,8 +23,8 @@ from hcs.devices.model import Vendor  # noqa: E402
 from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
 from hcs.node.dra.plugin import DraPlugin  # noqa: E402
-from hcs.node.dra.testkit import delete_namespace, ensure_namespace, wait_for  # noqa: E402
 from hcs.testing.cluster import busybox_pod  # noqa: E402
+from hcs.testing.kube_objects import delete_namespace, ensure_namespace, wait_for  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -22,11 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dra_helpers import MemoryClaims, claim_object, make_devices, new_uid  # noqa: E402
 
 from hcs.errors import ConfigError  # noqa: E402
+from hcs.kubeletsim.dra import DraKubeletSim  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
 from hcs.node.dra.config import MAX_SOCKET_PATH, DraConfig  # noqa: E402
-from hcs.node.dra.kubelet_sim import DraKubeletSim  # noqa: E402
 from hcs.node.dra.plugin import DraPlugin  # noqa: E402
-from hcs.node.dra.testkit import wait_for  # noqa: E402
+from hcs.testing.kube_objects import wait_for  # noqa: E402
 
 NODE = "node-a"
 DRIVER = "ai.compute"
@@ -352,8 +352,8 @@ def test_real_kubelet_uses_the_new_pod_and_the_container_reads_its_metadata(kube
 
     from hcs.devices.model import Vendor
     from hcs.kube import RESOURCE_API, KubeError, KubeRest
-    from hcs.node.dra.testkit import delete_namespace, ensure_namespace
     from hcs.testing.cluster import busybox_pod
+    from hcs.testing.kube_objects import delete_namespace, ensure_namespace
 
     if _os.geteuid() != 0:
         pytest.skip("the real kubelet's directories need root")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2e_helpers import wait_for  # tests/e2e is on sys.path (conftest, bench/startup.py)
+from e2e_helpers import wait_for  # tests/e2e is on sys.path (conftest; bench/startup.py loads it by path)
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "e2e" / "cluster"))
@@ -197,7 +197,7 @@ class ChartTarget:
         import base64
         import tempfile
 
-        from hcs.allocator.auth import channel
+        from hcs.allocator_client import channel
         from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
         from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
         from hcs.kube import KubeError

@@ -47,9 +47,10 @@ def test_allocator_serves_tls_with_a_certificate_for_its_service(rendered: Rende
     allocator under its Service name (what node agents and the webhook dial), with a token."""
     import grpc
 
-    from hcs.allocator.auth import Caller, channel, server_credentials
+    from hcs.allocator.auth import Caller, server_credentials
     from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
+    from hcs.allocator_client import channel
     from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
     from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from hcs.devices.model import Compute, Device, Vendor
+from hcs.kubeletsim.deviceplugin import KubeletSim
 from hcs.node.assignments import PodDemand, PodRef, StaticPodLister
 from hcs.node.config import NodeConfig, node_config
-from hcs.testing.kubelet_sim import KubeletSim
 
 GiB = 1024**3
 RESOURCE = "ai.compute/slot"

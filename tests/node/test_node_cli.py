@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hcs.testing.kubelet_sim import KubeletSim
+from hcs.kubeletsim.deviceplugin import KubeletSim
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "driver" / "profiles" / "a100-80g-nvlink-8.json"

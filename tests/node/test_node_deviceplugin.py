@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from node_helpers import RESOURCE, GiB, demand, device, node_env  # noqa: E402
 
 from hcs.devices.model import Health, Vendor  # noqa: E402
+from hcs.kubeletsim.deviceplugin import AdmissionError, SimPod  # noqa: E402
 from hcs.node.agent import NodeAgent  # noqa: E402
-from hcs.testing.kubelet_sim import AdmissionError, SimPod  # noqa: E402
 
 
 def _sim_pod(d, containers=("main",)):  # type: ignore[no-untyped-def]

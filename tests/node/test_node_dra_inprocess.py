@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from hcs.kube import KubeRest
-from hcs.node.dra.kubelet_sim import DraKubeletSim
-from hcs.testing.kubelet_sim import KubeletSim
+from hcs.kubeletsim.deviceplugin import KubeletSim
+from hcs.kubeletsim.dra import DraKubeletSim
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = "agent-inproc.ai.compute"  # own driver name: the shared cluster may run other `ai.compute` plugins

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from node_helpers import RESOURCE, GiB, demand, device, node_env  # noqa: E402
 
 from hcs.devices.model import Vendor  # noqa: E402
+from hcs.kubeletsim.deviceplugin import SimPod  # noqa: E402
 from hcs.node.agent import NodeAgent  # noqa: E402
-from hcs.testing.kubelet_sim import SimPod  # noqa: E402
 
 
 def _sim_pod(d):  # type: ignore[no-untyped-def]

@@ -11,8 +11,8 @@ import sys
 import threading
 
 from hcs.allocator.extender import Extender, ExtenderTLS, serve_http
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.state import AllocatorState
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 
 GI = 2**30
 

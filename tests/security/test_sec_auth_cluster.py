@@ -31,8 +31,9 @@ import grpc
 import pytest
 import yaml
 
-from hcs.allocator.auth import KubeAuthorizer, channel
+from hcs.allocator.auth import KubeAuthorizer
 from hcs.allocator.kube import CN_PATH
+from hcs.allocator_client import channel
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
 from hcs.kube import KubeError, KubeRest

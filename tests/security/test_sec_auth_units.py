@@ -22,16 +22,16 @@ from hcs.allocator.auth import (
     Caller,
     Denied,
     TTLCache,
-    _token_expiry,
     bearer_token,
-    channel,
     server_credentials,
+    token_expiry,
 )
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
+from hcs.allocator_client import channel
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 from hcs.errors import ConfigError
 from hcs.webhook.certs import generate_certs
 
@@ -198,9 +198,9 @@ def test_token_expiry_is_read_from_the_jwt() -> None:
     import json
 
     payload = base64.urlsafe_b64encode(json.dumps({"exp": 1234}).encode()).rstrip(b"=").decode()
-    assert _token_expiry(f"h.{payload}.s") == 1234.0
-    assert _token_expiry("not-a-jwt") is None
-    assert _token_expiry("a.!!!.c") is None
+    assert token_expiry(f"h.{payload}.s") == 1234.0
+    assert token_expiry("not-a-jwt") is None
+    assert token_expiry("a.!!!.c") is None
 
 
 def test_every_rpc_has_an_authorisation_rule() -> None:

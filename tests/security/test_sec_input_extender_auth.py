@@ -23,11 +23,11 @@ import pytest
 from sec_input_helpers import REPO, extender_filter_args, extender_process
 
 from hcs.allocator.extender import Extender, ExtenderTLS, serve_http
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.service import AllocatorService, serve
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 from hcs.errors import ConfigError
 
 GI = 2**30

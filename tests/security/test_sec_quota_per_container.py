@@ -23,9 +23,9 @@ from sec_quota_container import MIB, Bind, Container, base_env, build, library, 
 
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp  # noqa: E402
 from hcs.devices.model import Vendor  # noqa: E402
+from hcs.kubeletsim.deviceplugin import SimPod  # noqa: E402
 from hcs.node.agent import NodeAgent  # noqa: E402
 from hcs.node.assignments import PodDemand, PodRef  # noqa: E402
-from hcs.testing.kubelet_sim import SimPod  # noqa: E402
 
 pytestmark = pytest.mark.skipif(bool(prerequisites()), reason=prerequisites() or "ok")
 

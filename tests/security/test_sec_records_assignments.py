@@ -40,10 +40,10 @@ from sec_records_helpers import (
     webhook,
 )
 
-from hcs.allocator.inventory import DeviceInfo, NodeInventory
 from hcs.allocator.placement import Grant, PodRef
 from hcs.allocator.service import annotation_json
 from hcs.allocator.state import AllocatorState, Reservation, RestoreConflict
+from hcs.cluster_inventory import DeviceInfo, NodeInventory
 from hcs.devices.model import Compute, Device, Vendor
 from hcs.kube import KubeError, KubeRest
 from hcs.node.assignments import Assignment, ContainerAssignment, DeviceGrant, LocalAssignmentSource, dumps

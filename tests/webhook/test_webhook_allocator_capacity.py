@@ -13,10 +13,10 @@ import grpc
 import pytest
 from webhook_helpers import ComputeNodeApi, ServerFactory, accel, computenode, hb_pod, review
 
-from hcs.allocator.inventory import DeviceInfo, NodeInventory, parse_computenode
 from hcs.allocator.service import AllocatorService
 from hcs.allocator.state import AllocatorState
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
+from hcs.cluster_inventory import DeviceInfo, NodeInventory, parse_computenode
 from hcs.webhook.capacity import (
     AllocatorCapacity,
     CachedCapacity,

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from hcs.allocator.inventory import capacity_of
+from hcs.cluster_inventory import capacity_of
+from hcs.retarget import retarget_pod
 from hcs.webhook.capacity import CachedCapacity, ComputeNodeCapacity, StaticCapacity, inventory_of, islands_of
 from hcs.webhook.certs import CertPaths, generate_certs
 from hcs.webhook.claims import ClaimTemplateController
 from hcs.webhook.config import WebhookConfig
 from hcs.webhook.kube import ClusterView
 from hcs.webhook.manifests import webhook_configurations
-from hcs.webhook.retarget import retarget_pod
 from hcs.webhook.review import Admission
 from hcs.webhook.server import WebhookServer
 
@@ -286,7 +286,7 @@ def test_stale_retarget_patch_is_refused_and_retried(api_client: Any, webhook: W
                                                      namespaces: dict[str, str]) -> None:
     from kubernetes.client.exceptions import ApiException
 
-    from hcs.webhook.retarget import retarget_patch
+    from hcs.retarget import retarget_patch
 
     core, _, _ = _apis(api_client)
     ns = namespaces["dp"]

@@ -7,10 +7,10 @@ from typing import Any
 
 from webhook_helpers import apply_patch, pod
 
+from hcs.podspec import pod_template
+from hcs.retarget import retarget_patch
 from hcs.webhook.config import DraSettings, Mode, WebhookConfig
 from hcs.webhook.mutate import Mutation, claim_template_spec, mutate_pod
-from hcs.webhook.podspec import pod_template
-from hcs.webhook.retarget import retarget_patch
 from hcs.webhook.validate import validate_template
 
 GI = 2**30

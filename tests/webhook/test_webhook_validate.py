@@ -8,9 +8,9 @@ import pytest
 from webhook_helpers import hb_pod, pod
 
 from hcs.errors import ConfigError
+from hcs.podspec import depth_exceeds, pod_template, split_selector
 from hcs.webhook.capacity import CapacityUnavailable, ClusterIslands, Island, StaticCapacity
 from hcs.webhook.config import FailurePolicy, Mode, WebhookConfig, webhook_config
-from hcs.webhook.podspec import depth_exceeds, pod_template, split_selector
 from hcs.webhook.validate import validate_template
 
 GI = 2**30

@@ -63,6 +63,7 @@ def make_config(args: argparse.Namespace) -> DraConfig:
 
 
 def kube_client(kubeconfig: str | None) -> Any:
+    # lazy: the kubernetes client takes ~0.5 s to import; --help and bad arguments answer without it
     from kubernetes import config as kconfig
 
     k: Any = kconfig
@@ -82,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HcsError as exc:
         print(f"hcs dra: error: {exc}", file=sys.stderr)
         return 2
+    # lazy: --help and bad arguments answer without loading the vendor libraries
     from hcs.devices.inventory import discover
 
     inventory = discover()

@@ -144,103 +144,123 @@ class DraConfig:
         ``podUID`` defaults to env ``POD_UID`` (``environ``, default os.environ), so every runner
         (``hcs node``, ``python -m hcs.node.dra``) picks up the downward-API value the same way.
         """
-        known = {
-            "driverName", "pluginsRegistry", "pluginDir", "cdiDir", "mode", "memoryMin", "memoryStep",
-            "partitionSizes", "interceptorHostDir", "deviceIsolation", "publishSlices", "publishClaimStatus",
-            "resyncSeconds", "healthTimeoutSeconds", "claimCache", "rollingUpdate", "podUID", "deviceMetadata",
-        }
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - _FIELDS)
         if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
         if not node_name:
             raise ConfigError(f"{source}: the node name is empty; pass --node-name or set NODE_NAME")
-
-        def s(key: str, default: str) -> str:
-            v = data.get(key, default)
-            if not isinstance(v, str):
-                raise ConfigError(f"{source}.{key}: expected a string, got {type(v).__name__}")
-            return v
-
-        def b(key: str, default: bool) -> bool:
-            v = data.get(key, default)
-            if not isinstance(v, bool):
-                raise ConfigError(f"{source}.{key}: expected true or false, got {v!r}")
-            return v
-
-        def q(key: str, default: int) -> int:
-            v = data.get(key, default)
-            try:
-                n = parse_bytes(v, field=f"{source}.{key}")
-            except QuantityError as exc:
-                raise ConfigError(str(exc)) from exc
-            if n <= 0:
-                raise ConfigError(f"{source}.{key}: must be > 0, got {v!r}")
-            return n
-
-        def num(key: str, default: float) -> float:
-            v = data.get(key, default)
-            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-                raise ConfigError(f"{source}.{key}: expected a positive number, got {v!r}")
-            return float(v)
-
-        driver = s("driverName", DEFAULT_DRIVER)
-        if len(driver) > 63 or not _DNS_SUBDOMAIN.match(driver):
-            raise ConfigError(
-                f"{source}.driverName: {driver!r} is not a DNS subdomain of at most 63 characters "
-                "(lowercase letters, digits, '-' and '.'), e.g. ai.compute"
-            )
-        mode = s("mode", "consumable")
+        f = _Fields(data, source)
+        driver = _driver_name(f.text("driverName", DEFAULT_DRIVER), source)
+        mode = f.text("mode", "consumable")
         if mode not in MODES:
             raise ConfigError(f"{source}.mode: {mode!r} is not one of {', '.join(MODES)}")
-        raw_parts = data.get("partitionSizes", [format_bytes(10 << 30)])
-        if not isinstance(raw_parts, list) or not raw_parts:
-            raise ConfigError(f"{source}.partitionSizes: expected a non-empty list such as [10Gi, 20Gi]")
-        parts: list[int] = []
-        for i, p in enumerate(raw_parts):
-            try:
-                n = parse_bytes(p, field=f"{source}.partitionSizes[{i}]")
-            except QuantityError as exc:
-                raise ConfigError(str(exc)) from exc
-            if n <= 0:
-                raise ConfigError(f"{source}.partitionSizes[{i}]: must be > 0, got {p!r}")
-            parts.append(n)
-        step = q("memoryStep", 1 << 30)
-        mn = q("memoryMin", 1 << 30)
-        rolling = b("rollingUpdate", False)
+        parts = _partition_sizes(data.get("partitionSizes", [format_bytes(10 << 30)]), source)
+        step = f.size("memoryStep", 1 << 30)
+        mn = f.size("memoryMin", 1 << 30)
+        rolling = f.flag("rollingUpdate", False)
         env = os.environ if environ is None else environ
-        pod_uid = s("podUID", env.get("POD_UID", "")).strip()
-        if rolling and not pod_uid:
-            raise ConfigError(
-                f"{source}.rollingUpdate: true needs this pod's UID: set env POD_UID from the downward API "
-                "(env: [{name: POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}]) or podUID; "
-                "or set rollingUpdate: false"
-            )
-        if rolling and not _POD_UID.match(pod_uid):
-            raise ConfigError(f"{source}.podUID: {pod_uid!r} is not a pod UID (letters, digits, '-', '_', '.'); "
-                              "take it from the downward API (metadata.uid)")
+        pod_uid = _pod_uid(f.text("podUID", env.get("POD_UID", "")).strip(), rolling, source)
         cfg = cls(
             node_name=node_name,
             driver_name=driver,
-            plugins_registry=s("pluginsRegistry", cls.plugins_registry),
-            plugin_dir=s("pluginDir", ""),
-            cdi_dir=s("cdiDir", cls.cdi_dir),
+            plugins_registry=f.text("pluginsRegistry", cls.plugins_registry),
+            plugin_dir=f.text("pluginDir", ""),
+            cdi_dir=f.text("cdiDir", cls.cdi_dir),
             mode=mode,
             memory_min_bytes=mn,
             memory_step_bytes=step,
-            partition_bytes=tuple(sorted(set(parts))),
-            interceptor_host_dir=s("interceptorHostDir", cls.interceptor_host_dir),
-            device_isolation=b("deviceIsolation", True),
-            publish_slices=b("publishSlices", True),
-            publish_claim_status=b("publishClaimStatus", True),
-            claim_cache=b("claimCache", True),
-            resync_s=num("resyncSeconds", 30.0),
-            health_timeout_s=int(num("healthTimeoutSeconds", 30)),
+            partition_bytes=parts,
+            interceptor_host_dir=f.text("interceptorHostDir", cls.interceptor_host_dir),
+            device_isolation=f.flag("deviceIsolation", True),
+            publish_slices=f.flag("publishSlices", True),
+            publish_claim_status=f.flag("publishClaimStatus", True),
+            claim_cache=f.flag("claimCache", True),
+            resync_s=f.positive("resyncSeconds", 30.0),
+            health_timeout_s=int(f.positive("healthTimeoutSeconds", 30)),
             rolling_update=rolling,
             pod_uid=pod_uid,
-            device_metadata=b("deviceMetadata", False),
+            device_metadata=f.flag("deviceMetadata", False),
         )
         try:  # with rolling updates both socket paths must fit AF_UNIX (the hashed fallbacks usually do)
             _ = (cfg.dra_socket, cfg.registration_socket)
         except ConfigError as exc:
             raise ConfigError(f"{source}.{exc}") from exc
         return cfg
+
+
+#: the keys of the ``node.dra`` section
+_FIELDS = frozenset({
+    "driverName", "pluginsRegistry", "pluginDir", "cdiDir", "mode", "memoryMin", "memoryStep",
+    "partitionSizes", "interceptorHostDir", "deviceIsolation", "publishSlices", "publishClaimStatus",
+    "resyncSeconds", "healthTimeoutSeconds", "claimCache", "rollingUpdate", "podUID", "deviceMetadata",
+})
+
+
+class _Fields:
+    """Typed reads of one config mapping; every error names ``source.key``."""
+
+    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+        self.data = data
+        self.source = source
+
+    def text(self, key: str, default: str) -> str:
+        v = self.data.get(key, default)
+        if not isinstance(v, str):
+            raise ConfigError(f"{self.source}.{key}: expected a string, got {type(v).__name__}")
+        return v
+
+    def flag(self, key: str, default: bool) -> bool:
+        v = self.data.get(key, default)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.source}.{key}: expected true or false, got {v!r}")
+        return v
+
+    def size(self, key: str, default: int) -> int:
+        """A positive byte quantity (``1Gi``, ``512Mi``, a number)."""
+        return _positive_bytes(self.data.get(key, default), f"{self.source}.{key}")
+
+    def positive(self, key: str, default: float) -> float:
+        v = self.data.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            raise ConfigError(f"{self.source}.{key}: expected a positive number, got {v!r}")
+        return float(v)
+
+
+def _positive_bytes(value: Any, where: str) -> int:
+    try:
+        n = parse_bytes(value, field=where)
+    except QuantityError as exc:
+        raise ConfigError(str(exc)) from exc
+    if n <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value!r}")
+    return n
+
+
+def _driver_name(driver: str, source: str) -> str:
+    if len(driver) > 63 or not _DNS_SUBDOMAIN.match(driver):
+        raise ConfigError(
+            f"{source}.driverName: {driver!r} is not a DNS subdomain of at most 63 characters "
+            "(lowercase letters, digits, '-' and '.'), e.g. ai.compute"
+        )
+    return driver
+
+
+def _partition_sizes(raw: Any, source: str) -> tuple[int, ...]:
+    """``partitionSizes``: a non-empty list of positive byte quantities, sorted, without repeats."""
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{source}.partitionSizes: expected a non-empty list such as [10Gi, 20Gi]")
+    return tuple(sorted({_positive_bytes(p, f"{source}.partitionSizes[{i}]") for i, p in enumerate(raw)}))
+
+
+def _pod_uid(pod_uid: str, rolling: bool, source: str) -> str:
+    """Rolling updates name their sockets after this pod's UID: it must be there and look like one."""
+    if rolling and not pod_uid:
+        raise ConfigError(
+            f"{source}.rollingUpdate: true needs this pod's UID: set env POD_UID from the downward API "
+            "(env: [{name: POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}]) or podUID; "
+            "or set rollingUpdate: false"
+        )
+    if rolling and not _POD_UID.match(pod_uid):
+        raise ConfigError(f"{source}.podUID: {pod_uid!r} is not a pod UID (letters, digits, '-', '_', '.'); "
+                          "take it from the downward API (metadata.uid)")
+    return pod_uid

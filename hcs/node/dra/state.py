@@ -232,9 +232,25 @@ class ClaimState:
                 todo.setdefault(ref.uid, ref)
         if not todo:
             return out
-        fetched, cached = self._fetch(list(todo.values()))
+        plans = self._plans(list(todo.values()), out)
+        if not plans:
+            return out
+        # Write the files, then record completion durably. No intent record first: a crash in between
+        # leaves only files at paths derived from the UID in our own dirs, which recover() sweeps
+        # (an entry-less CDI spec or claim dir is a leak), and the kubelet retries the prepare.
+        done = self._write_files(plans, out)
+        if not done or not self._record(done, out):
+            return out
+        if self.on_prepared is not None:
+            for obj, plan in done:
+                self.on_prepared(obj, plan.devices)
+        return out
+
+    def _plans(self, refs: Sequence[ClaimRef], out: dict[str, Outcome]) -> list[tuple[ClaimRef, dict[str, Any], _Plan]]:
+        """Read and check each claim; a claim that fails gets its error in ``out``."""
+        fetched, cached = self._fetch(refs)
         plans: list[tuple[ClaimRef, dict[str, Any], _Plan]] = []
-        for ref in todo.values():
+        for ref in refs:
             obj = fetched[ref.uid]
             try:
                 if isinstance(obj, str):
@@ -253,11 +269,12 @@ class ClaimState:
             except PrepareError as exc:
                 log.warning("prepare %s: %s", ref, exc)
                 out[ref.uid] = Outcome(error=str(exc))
-        if not plans:
-            return out
-        # Write the files, then record completion durably. No intent record first: a crash in between
-        # leaves only files at paths derived from the UID in our own dirs, which recover() sweeps
-        # (an entry-less CDI spec or claim dir is a leak), and the kubelet retries the prepare.
+        return plans
+
+    def _write_files(self, plans: Sequence[tuple[ClaimRef, dict[str, Any], _Plan]],
+                     out: dict[str, Outcome]) -> list[tuple[dict[str, Any], _Plan]]:
+        """Write each plan's files (CDI spec, quota files); a claim whose files fail gets its error in
+        ``out`` and its files removed. Returns the claims written, now in ``self.claims`` as completed."""
         done: list[tuple[dict[str, Any], _Plan]] = []
 
         def write(plan: _Plan) -> Exception | None:
@@ -278,8 +295,10 @@ class ClaimState:
                 log.error("prepare %s: writing files failed: %s", ref, err)
                 self._remove_files(plan.entry(ckpt.STARTED))
                 out[ref.uid] = Outcome(error=f"claim {ref}: writing the CDI spec or quota file failed: {err}")
-        if not done:
-            return out
+        return done
+
+    def _record(self, done: Sequence[tuple[dict[str, Any], _Plan]], out: dict[str, Outcome]) -> bool:
+        """Save the checkpoint; when that fails, undo ``done`` (entries, files) and say so in ``out``."""
         try:
             self._save()
         except OSError as exc:  # not recorded durably: do not report these claims as prepared
@@ -288,11 +307,8 @@ class ClaimState:
                 self.claims.pop(plan.ref.uid, None)
                 self._remove_files(plan.entry(ckpt.COMPLETED))
                 out[plan.ref.uid] = Outcome(error=f"claim {plan.ref}: writing the checkpoint failed: {exc}")
-            return out
-        if self.on_prepared is not None:
-            for obj, plan in done:
-                self.on_prepared(obj, plan.devices)
-        return out
+            return False
+        return True
 
     @staticmethod
     def _missing(ref: ClaimRef) -> str:
@@ -346,6 +362,39 @@ class ClaimState:
         return out, cached
 
     def _plan(self, ref: ClaimRef, obj: dict[str, Any]) -> _Plan:
+        by_request = self._allocated_devices(ref, obj)
+        claim_dir = self.claims_dir / ref.uid
+        cdi_devices: list[cdi.CdiDevice] = []
+        files: dict[Path, str] = {}
+        metadata: dict[Path, str] = {}
+        dirs: list[tuple[Path, tuple[str, ...]]] = []
+        prepared: list[PreparedDevice] = []
+        for req, items in by_request.items():
+            devs, quotas = self._quotas(ref, items)
+            cdi_name = f"{ref.uid}-{req}"
+            quota_host = claim_dir / f"quota-{req}"
+            shm_host = claim_dir / f"shm-{req}"
+            edits, ours = self._request_edits(ref, obj, req, items, devs, quotas, quota_host, shm_host, metadata)
+            cdi_devices.append(cdi.CdiDevice(cdi_name, self._existing_only(edits, ours)))
+            files[quota_host] = quota_file_text(quotas)
+            dirs.append((shm_host, tuple(d.uuid for d in devs)))
+            qualified = cdi.qualified_name(self.cfg.cdi_kind, cdi_name)
+            for i, (r, pub) in enumerate(items):
+                prepared.append(PreparedDevice(
+                    request_names=(req,),
+                    pool_name=str(r["pool"]),
+                    device_name=pub.name,
+                    cdi_device_ids=(qualified,) if i == 0 else (),
+                    share_id=str(r.get("shareID") or ""),
+                ))
+        spec_path = self.cdi_dir / cdi.spec_file_name(self.cfg.cdi_vendor, "device", ref.uid)
+        return _Plan(ref, claim_dir, spec_path, cdi_devices, files, dirs, tuple(prepared), self.cfg.cdi_kind,
+                     metadata)
+
+    def _allocated_devices(self, ref: ClaimRef,
+                           obj: dict[str, Any]) -> dict[str, list[tuple[dict[str, Any], PublishedDevice]]]:
+        """The claim's allocation results of our driver, with the published device of each, by (base)
+        request; PrepareError when the claim is not the one asked for or names no device of this node."""
         meta = obj.get("metadata") or {}
         if meta.get("uid") != ref.uid:
             raise PrepareError(
@@ -375,65 +424,56 @@ class ClaimState:
                     f"node {self.cfg.node_name} (known: {', '.join(sorted(published)) or 'none'})"
                 )
             by_request.setdefault(_base_request(str(r.get("request", ""))), []).append((r, pub))
-        claim_dir = self.claims_dir / ref.uid
-        cdi_devices: list[cdi.CdiDevice] = []
-        files: dict[Path, str] = {}
-        metadata: dict[Path, str] = {}
-        dirs: list[tuple[Path, tuple[str, ...]]] = []
-        prepared: list[PreparedDevice] = []
-        for req, items in by_request.items():
-            devs: list[Device] = []
-            quotas: list[int] = []
-            for r, pub in items:
-                consumed = (r.get("consumedCapacity") or {}).get(CAPACITY_MEMORY)
-                try:
-                    quota = parse_bytes(consumed, field="consumedCapacity.memory") if consumed else pub.memory_bytes
-                except QuantityError as exc:
-                    raise PrepareError(f"ResourceClaim {ref}: {exc}") from exc
-                devs.append(pub.device)
-                quotas.append(min(quota, pub.device.vram_total_bytes))
-            cdi_name = f"{ref.uid}-{req}"
-            quota_host = claim_dir / f"quota-{req}"
-            shm_host = claim_dir / f"shm-{req}"
-            qf = QuotaFiles(
-                quota_host_path=str(quota_host),
-                quota_container_path=f"{CONTAINER_STATE_DIR}/quota",
-                shm_host_dir=str(shm_host),
-                shm_container_dir=f"{CONTAINER_STATE_DIR}/shm",
-            )
+        return by_request
+
+    @staticmethod
+    def _quotas(ref: ClaimRef,
+                items: Sequence[tuple[dict[str, Any], PublishedDevice]]) -> tuple[list[Device], list[int]]:
+        """The devices of one request and the VRAM quota of each (its consumed capacity, else the
+        published share), never above the device's VRAM."""
+        devs: list[Device] = []
+        quotas: list[int] = []
+        for r, pub in items:
+            consumed = (r.get("consumedCapacity") or {}).get(CAPACITY_MEMORY)
             try:
-                edits = container_edits(
-                    devs, quotas, qf, self.options,
-                    extra_env={"HCS_CLAIM": f"{ref.namespace}/{ref.name}",
-                               "HCS_DEVICES": ",".join(d.key for d in devs)},
-                )
-            except ValueError as exc:
-                raise PrepareError(f"ResourceClaim {ref} request {req!r}: {exc}") from exc
-            ours = {str(quota_host), str(shm_host)}
-            if self.cfg.device_metadata:
-                meta_host = claim_dir / devmeta.host_file_name(req)
-                metadata[meta_host] = self._metadata(ref, obj, req, items)
-                edits = replace(edits, mounts=(*edits.mounts, Mount(
-                    str(meta_host),
-                    devmeta.container_path(self.cfg.driver_name, ref.name, devmeta.pod_claim_name(obj), req),
-                    read_only=True,
-                )))
-                ours.add(str(meta_host))
-            cdi_devices.append(cdi.CdiDevice(cdi_name, self._existing_only(edits, ours)))
-            files[quota_host] = quota_file_text(quotas)
-            dirs.append((shm_host, tuple(d.uuid for d in devs)))
-            qualified = cdi.qualified_name(self.cfg.cdi_kind, cdi_name)
-            for i, (r, pub) in enumerate(items):
-                prepared.append(PreparedDevice(
-                    request_names=(req,),
-                    pool_name=str(r["pool"]),
-                    device_name=pub.name,
-                    cdi_device_ids=(qualified,) if i == 0 else (),
-                    share_id=str(r.get("shareID") or ""),
-                ))
-        spec_path = self.cdi_dir / cdi.spec_file_name(self.cfg.cdi_vendor, "device", ref.uid)
-        return _Plan(ref, claim_dir, spec_path, cdi_devices, files, dirs, tuple(prepared), self.cfg.cdi_kind,
-                     metadata)
+                quota = parse_bytes(consumed, field="consumedCapacity.memory") if consumed else pub.memory_bytes
+            except QuantityError as exc:
+                raise PrepareError(f"ResourceClaim {ref}: {exc}") from exc
+            devs.append(pub.device)
+            quotas.append(min(quota, pub.device.vram_total_bytes))
+        return devs, quotas
+
+    def _request_edits(self, ref: ClaimRef, obj: dict[str, Any], req: str,
+                       items: Sequence[tuple[dict[str, Any], PublishedDevice]], devs: list[Device], quotas: list[int],
+                       quota_host: Path, shm_host: Path,
+                       metadata: dict[Path, str]) -> tuple[ContainerEdits, set[str]]:
+        """One request's container edits (vendor injection, quota and shm mounts, and with device metadata
+        its file, added to ``metadata``), and the host paths among them that this plugin writes."""
+        qf = QuotaFiles(
+            quota_host_path=str(quota_host),
+            quota_container_path=f"{CONTAINER_STATE_DIR}/quota",
+            shm_host_dir=str(shm_host),
+            shm_container_dir=f"{CONTAINER_STATE_DIR}/shm",
+        )
+        try:
+            edits = container_edits(
+                devs, quotas, qf, self.options,
+                extra_env={"HCS_CLAIM": f"{ref.namespace}/{ref.name}",
+                           "HCS_DEVICES": ",".join(d.key for d in devs)},
+            )
+        except ValueError as exc:
+            raise PrepareError(f"ResourceClaim {ref} request {req!r}: {exc}") from exc
+        ours = {str(quota_host), str(shm_host)}
+        if self.cfg.device_metadata:
+            meta_host = quota_host.parent / devmeta.host_file_name(req)
+            metadata[meta_host] = self._metadata(ref, obj, req, items)
+            edits = replace(edits, mounts=(*edits.mounts, Mount(
+                str(meta_host),
+                devmeta.container_path(self.cfg.driver_name, ref.name, devmeta.pod_claim_name(obj), req),
+                read_only=True,
+            )))
+            ours.add(str(meta_host))
+        return edits, ours
 
     def _metadata(self, ref: ClaimRef, obj: dict[str, Any], req: str,
                   items: Sequence[tuple[dict[str, Any], PublishedDevice]]) -> str:

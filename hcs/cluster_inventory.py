@@ -1,5 +1,5 @@
-"""Cluster inventory as the allocator sees it: ComputeNode objects (hetero.zrs.io/v1alpha1, written by
-each node agent) plus the Node's allocatable CPU and memory. All parsing of those objects lives here,
+"""Cluster inventory as the allocator and the webhook see it: ComputeNode objects (hetero.zrs.io/v1alpha1,
+written by each node agent) plus the Node's allocatable CPU and memory. All parsing of those objects lives here,
 and so does :func:`capacity_of` (the largest interconnect islands), which the allocator's ``GetCapacity``
 and the admission webhook's ComputeNode fallback both use, so the two always agree.
 

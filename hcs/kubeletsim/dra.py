@@ -9,13 +9,12 @@
 - prepares/unprepares claims in one batch per driver, checks every claim UID got an entry;
 - opens the ``v1alpha1.DRAResourceHealth/NodeWatchResources`` stream;
 - optionally wipes the node's ResourceSlices like a starting kubelet does.
-Used by tests and bench/dra.py; the real kubelet is exercised in the e2e suite.
+Used by tests and bench/dra.py (:mod:`hcs.kubeletsim`); the real kubelet is exercised in the e2e suite.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -192,34 +191,3 @@ def wipe_node_slices(rest: Any, node_name: str, driver: str | None = None) -> in
     for s in items:
         rest.request("DELETE", f"/apis/resource.k8s.io/v1/resourceslices/{s['metadata']['name']}")
     return len(items)
-
-
-class HealthCollector:
-    """Consumes a health stream in a thread; ``latest`` holds the last full list."""
-
-    def __init__(self, stream: Iterator[hv1alpha1.NodeWatchResourcesResponse]) -> None:
-        self.latest: dict[str, int] = {}
-        self.messages = 0
-        self._cond = threading.Condition()
-        self._t = threading.Thread(target=self._run, args=(stream,), daemon=True)
-        self._t.start()
-
-    def _run(self, stream: Iterator[hv1alpha1.NodeWatchResourcesResponse]) -> None:
-        try:
-            for msg in stream:
-                with self._cond:
-                    self.latest = {d.device.device_name: d.health for d in msg.devices}
-                    self.messages += 1
-                    self._cond.notify_all()
-        except grpc.RpcError:
-            pass
-
-    def wait_for(self, device: str, health: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self.latest.get(device) != health:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True

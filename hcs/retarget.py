@@ -17,11 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from hcs.errors import HcsError
-from hcs.webhook.config import ANN_IMAGE_MAP, VENDOR_IMAGE_GATE
-from hcs.webhook.podspec import CONTAINER_LISTS, as_dict, as_list
+from hcs.podspec import CONTAINER_LISTS, as_dict, as_list
 
 log = logging.getLogger(__name__)
 
+#: per-container vendor images, written by the webhook (container → vendor → image)
+ANN_IMAGE_MAP = "hcs.io/vendor-images"
+#: the scheduling gate that holds a pod until the allocator chose its vendor
+VENDOR_IMAGE_GATE = "hcs.io/vendor-image"
 ANN_RETARGETED = "hcs.io/retargeted-vendor"
 
 
@@ -87,6 +90,7 @@ def retarget_patch(pod: Mapping[str, Any], vendor: str) -> list[dict[str, Any]]:
 
 def retarget_pod(api_client: Any, namespace: str, name: str, vendor: str, *, attempts: int = 5) -> bool:
     """Patch pod ``namespace/name`` for ``vendor`` (retries on concurrent updates). True if patched."""
+    # lazy: the kubernetes client is heavy; the webhook imports this module but never retargets
     from kubernetes.client.exceptions import ApiException
 
     client: Any = importlib.import_module("kubernetes.client")

@@ -10,7 +10,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hcs.webhook.config import RESOURCE_DOMAIN
+#: the extended resources HCS serves are named ``ai.compute/<name>``
+RESOURCE_DOMAIN = "ai.compute"
 
 #: kind → path (list of keys) from the object to its pod template (``metadata`` + ``spec``).
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {

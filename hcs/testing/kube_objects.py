@@ -1,4 +1,4 @@
-"""Helpers shared by the DRA tests and bench/dra.py that talk to a real API server.
+"""Objects on a real API server for the DRA tests and bench/dra.py (what a kubelet-less test node needs).
 
 - ``ensure_fake_node``: a Node object without a kubelet (the way kwok does it), Ready, with
   allocatable cpu/memory/pods, so the real kube-scheduler can place pods on it and allocate our
@@ -20,21 +20,30 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def ensure_namespace(rest: KubeRest, name: str) -> None:
+def _create(rest: KubeRest, path: str, body: dict[str, Any]) -> None:
+    """POST, taking "already exists" (409) as done."""
     try:
-        rest.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
-                                                         "metadata": {"name": name}})
+        rest.request("POST", path, body=body)
     except KubeError as exc:
         if exc.status != 409:
             raise
 
 
-def delete_namespace(rest: KubeRest, name: str) -> None:
+def _delete(rest: KubeRest, path: str) -> None:
+    """DELETE, taking "not found" (404) as done."""
     try:
-        rest.request("DELETE", f"/api/v1/namespaces/{name}")
+        rest.request("DELETE", path)
     except KubeError as exc:
         if exc.status != 404:
             raise
+
+
+def ensure_namespace(rest: KubeRest, name: str) -> None:
+    _create(rest, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+def delete_namespace(rest: KubeRest, name: str) -> None:
+    _delete(rest, f"/api/v1/namespaces/{name}")
 
 
 def ensure_fake_node(rest: KubeRest, name: str) -> dict[str, Any]:
@@ -44,11 +53,7 @@ def ensure_fake_node(rest: KubeRest, name: str) -> dict[str, Any]:
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "hcs.io/fake-node": "true"}},
         "spec": {},
     }
-    try:
-        rest.request("POST", "/api/v1/nodes", body=body)
-    except KubeError as exc:
-        if exc.status != 409:
-            raise
+    _create(rest, "/api/v1/nodes", body)
     status = {
         "status": {
             "capacity": {"cpu": "64", "memory": "512Gi", "pods": "250"},
@@ -62,11 +67,7 @@ def ensure_fake_node(rest: KubeRest, name: str) -> dict[str, Any]:
 
 
 def delete_node(rest: KubeRest, name: str) -> None:
-    try:
-        rest.request("DELETE", f"/api/v1/nodes/{name}")
-    except KubeError as exc:
-        if exc.status != 404:
-            raise
+    _delete(rest, f"/api/v1/nodes/{name}")
 
 
 def create_allocated_claim(
@@ -87,24 +88,6 @@ def create_allocated_claim(
     })
     claim["status"] = {"allocation": {"devices": {"results": list(results)}}}
     return rest.request("PUT", f"{RESOURCE_API}/namespaces/{namespace}/resourceclaims/{name}/status", body=claim)
-
-
-def pod_with_claim(name: str, node: str, *, template: str = "", claim: str = "",
-                   image: str = "hcs.local/busybox:1.35") -> dict[str, Any]:
-    """A pod that references one claim (by template or by name), pinned by label to ``node``."""
-    source = {"resourceClaimTemplateName": template} if template else {"resourceClaimName": claim}
-    return {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": node},
-            "tolerations": [{"operator": "Exists"}],
-            "resourceClaims": [{"name": "acc", **source}],
-            "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never",
-                            "command": ["sleep", "3600"], "resources": {"claims": [{"name": "acc"}]}}],
-            "terminationGracePeriodSeconds": 0,
-        },
-    }
 
 
 def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> Any:
