@@ -21,7 +21,7 @@ from dra_helpers import GiB, PluginEnv, claim_object, count_claim_reads, make_de
 
 from hcs.api.gen.drahealth.v1alpha1 import api_pb2 as hpb  # noqa: E402
 from hcs.devices.model import Health  # noqa: E402
-from hcs.node.dra import cdi  # noqa: E402
+from hcs.node import cdi  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
 from hcs.node.dra.kubelet_sim import DraKubeletSim, HealthCollector  # noqa: E402

@@ -34,7 +34,7 @@ from sec_quota_container import (  # noqa: E402
 )
 
 from hcs.devices.model import Vendor  # noqa: E402
-from hcs.node.dra.injection import (  # noqa: E402
+from hcs.devices.injection import (  # noqa: E402
     CONTAINER_LEDGER_DIR,
     CONTAINER_QUOTA_FILE,
     LEDGER_FILE,

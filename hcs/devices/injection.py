@@ -23,13 +23,21 @@ creates empty and nobody ever writes: the container cannot zero, replace or forg
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import platform
+import posixpath
+import re
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hcs.devices.model import Device, Vendor
 from hcs.fileio import atomic_write
+
+log = logging.getLogger(__name__)
 
 #: Where the interceptor library and the quota file appear inside the container. The quota file and
 #: ledger paths are compiled into the interceptor (interceptor/src/hcs_interceptor.c): keep in step.
@@ -54,10 +62,6 @@ def shadows_managed_path(mount_path: str) -> bool:
     """True when a pod volumeMount at ``mount_path`` would cover one of the agent's mounts."""
     p = "/" + "/".join(x for x in mount_path.split("/") if x not in ("", "."))
     return any(p == q or p.startswith(q + "/") for q in PROTECTED_CONTAINER_PATHS)
-
-ASCEND_DRIVER_ROOT = "/usr/local/Ascend/driver"
-HYGON_HAL_DIR = "/opt/hyhal"
-
 
 @dataclass(frozen=True)
 class DeviceNode:
@@ -105,6 +109,11 @@ class InjectionOptions:
     #: Host file (written by the agent, ``preload_file_text()``) mounted read-only at
     #: /etc/ld.so.preload whenever the interceptor is; "" = LD_PRELOAD only.
     preload_host_path: str = ""
+    #: user-space driver libraries per vendor (``discover_driver_libraries``), bind-mounted read-only
+    driver_libraries: Mapping[Vendor, tuple[Mount, ...]] = field(default_factory=dict)
+    #: simulated drivers only: host file of the node profile, mounted read-only at CONTAINER_SIM_PROFILE
+    #: with HCS_SIM_PROFILE pointing at it, so the simulated libraries work without pod env
+    sim_profile_host_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,135 @@ class QuotaFiles:
     quota_container_path: str
     shm_host_dir: str = ""
     shm_container_dir: str = ""
+
+
+#: Where a simulated node's profile appears in its containers (``InjectionOptions.sim_profile_host_path``).
+CONTAINER_SIM_PROFILE = "/etc/hcs/sim-profile.json"
+
+
+@dataclass(frozen=True)
+class VendorRuntime:
+    """What a container needs to use one vendor's devices without the vendor's container runtime.
+
+    Each vendor's home module (``hcs/devices/<vendor>.py``) defines one as ``RUNTIME``; a new vendor
+    is a new module. Paths are the vendor's documented install locations; those missing on a node are
+    left out by the caller (a CDI spec naming a missing host path fails the container).
+    """
+
+    #: ``(env var, what it lists)``: ``uuid`` the devices' UUIDs, ``host`` host indices, ``container``
+    #: in-container ordinals (host indices without device isolation, see the module doc)
+    visible_devices: tuple[tuple[str, str], ...]
+    #: fixed env, e.g. CUDA_DEVICE_ORDER
+    env: tuple[tuple[str, str], ...] = ()
+    #: device nodes every container of the vendor needs besides its devices' own
+    control_nodes: tuple[str, ...] = ()
+    #: host files or directories (tools, driver trees) mounted read-only at the same path
+    mounts: tuple[str, ...] = ()
+    #: directories put first in LD_LIBRARY_PATH (before those of the discovered libraries)
+    library_path: tuple[str, ...] = ()
+    #: user-space driver libraries by soname, found in the host's linker cache or ``library_dirs``
+    libraries: tuple[str, ...] = ()
+    #: the vendor's install directories, searched when the linker cache does not know a soname
+    library_dirs: tuple[str, ...] = ()
+
+
+def vendor_runtime(vendor: Vendor) -> VendorRuntime:
+    """The vendor's ``RUNTIME``, from its home module ``hcs.devices.<vendor>``."""
+    runtime = importlib.import_module(f"hcs.devices.{vendor.value}").RUNTIME
+    assert isinstance(runtime, VendorRuntime)
+    return runtime
+
+
+#: ``ldconfig -p`` ABI tag of this machine's native libraries (32-bit and foreign entries are skipped)
+_ABI_TAGS = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s390x": "64bit"}
+_LDCACHE_LINE = re.compile(r"^\s*(\S+)\s+\(([^)]*)\)\s+=>\s+(/\S+)\s*$")
+
+
+def parse_ldcache(text: str, machine: str = "") -> dict[str, list[str]]:
+    """``ldconfig -p`` output as soname -> paths, native ABI only, in cache order (the loader's)."""
+    tag = _ABI_TAGS.get(machine or platform.machine(), "")
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        m = _LDCACHE_LINE.match(line)
+        if m is None:
+            continue
+        soname, flags, path = m.groups()
+        if tag and tag not in (f.strip() for f in flags.split(",")):
+            continue
+        out.setdefault(soname, []).append(path)
+    return out
+
+
+def read_ldcache(root: str = "/") -> dict[str, list[str]]:
+    """The linker cache of the host whose file system is at ``root`` (the agent's DaemonSet mounts
+    it at e.g. /host). Empty, with a warning, when ``ldconfig`` cannot read it."""
+    cache = posixpath.join(root, "etc/ld.so.cache")
+    ldconfig = next((p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.path.exists(p)), "ldconfig")
+    try:
+        res = subprocess.run([ldconfig, "-p", "-C", cache], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("cannot read the linker cache %s: %s; driver libraries only from the vendors' dirs", cache, exc)
+        return {}
+    if res.returncode != 0:
+        log.warning("ldconfig -p -C %s failed: %s", cache, res.stderr.strip()[:200])
+        return {}
+    return parse_ldcache(res.stdout)
+
+
+def discover_libraries(vendor: Vendor, ldcache: Mapping[str, Sequence[str]], root: str = "/") -> tuple[Mount, ...]:
+    """The vendor's user-space driver libraries present on the host, as read-only mounts.
+
+    Each soname is looked up as ``nvidia-ctk cdi generate`` does: the linker cache first, then the
+    vendor's install dirs. The mount's container path is the soname path (so ``dlopen("libcuda.so.1")``
+    finds it through LD_LIBRARY_PATH); its host path is the file the soname link resolves to (a bind
+    mount of a symlink would follow it anyway, this makes the spec say what is mounted).
+    """
+    rt = vendor_runtime(vendor)
+    found: list[Mount] = []
+    for soname in rt.libraries:
+        candidates = [*ldcache.get(soname, ()), *(posixpath.join(d, soname) for d in rt.library_dirs)]
+        for path in candidates:
+            real = _resolve_in_root(root, path)
+            if real is not None:
+                found.append(Mount(real, path, read_only=True))
+                break
+    return tuple(found)
+
+
+def _resolve_in_root(root: str, path: str) -> str | None:
+    """``path`` (a host path) resolved through symlinks inside ``root``; None unless a regular file."""
+    root = os.path.abspath(root)
+    host = os.path.join(root, path.lstrip("/"))
+    try:
+        real = os.path.realpath(host)
+        if not os.path.isfile(real):
+            return None
+    except OSError:
+        return None
+    if root == "/":
+        return real
+    if not real.startswith(root + "/"):
+        return None  # an absolute symlink on the host resolved against our own root: cannot tell
+    return "/" + real[len(root):].lstrip("/")
+
+
+def discover_driver_libraries(vendors: Iterable[Vendor], root: str = "/") -> dict[Vendor, tuple[Mount, ...]]:
+    """``discover_libraries`` for each vendor, reading the host's linker cache once."""
+    wanted = list(dict.fromkeys(vendors))
+    if not wanted:
+        return {}
+    cache = read_ldcache(root)
+    out = {v: discover_libraries(v, cache, root) for v in wanted}
+    for v, mounts in out.items():
+        if mounts:
+            log.info("%s driver libraries on this host: %s", v.value, ", ".join(m.container_path for m in mounts))
+    return out
+
+
+def host_root() -> str:
+    """Where the host's file system is seen from here: ``$HCS_HOST_ROOT`` in the agent's container
+    (the chart mounts the host's / at /host), else /."""
+    return os.environ.get("HCS_HOST_ROOT", "").rstrip("/") or "/"
 
 
 def quota_file_text(quotas: Sequence[int]) -> str:
@@ -189,41 +327,30 @@ def _nodes(paths: Sequence[str]) -> tuple[DeviceNode, ...]:
     return tuple(seen.values())
 
 
-def _vendor_edits(vendor: Vendor, devices: Sequence[Device], isolation: bool) -> ContainerEdits:
+def _under(path: str, dirs: Sequence[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def _vendor_edits(vendor: Vendor, devices: Sequence[Device], options: InjectionOptions) -> ContainerEdits:
+    rt = vendor_runtime(vendor)
     own = [n for d in devices for n in d.device_nodes]
-    host_ids = ",".join(str(d.index) for d in devices)
-    sel = _selection(devices, isolation)
-    if vendor is Vendor.NVIDIA:
-        uuids = ",".join(d.uuid for d in devices)
-        return ContainerEdits(
-            env=(("NVIDIA_VISIBLE_DEVICES", uuids), ("CUDA_VISIBLE_DEVICES", uuids)),
-            device_nodes=_nodes([*own, "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]),
-        )
-    if vendor is Vendor.ASCEND:
-        return ContainerEdits(
-            env=(
-                ("ASCEND_VISIBLE_DEVICES", host_ids),  # physical ids, for the Ascend docker runtime
-                ("ASCEND_RT_VISIBLE_DEVICES", sel),
-                ("LD_LIBRARY_PATH", f"{ASCEND_DRIVER_ROOT}/lib64:{ASCEND_DRIVER_ROOT}/lib64/driver"),
-            ),
-            device_nodes=_nodes([*own, "/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]),
-            mounts=(
-                Mount(ASCEND_DRIVER_ROOT, ASCEND_DRIVER_ROOT),
-                Mount("/usr/local/dcmi", "/usr/local/dcmi"),
-                Mount("/usr/local/bin/npu-smi", "/usr/local/bin/npu-smi"),
-            ),
-        )
-    if vendor is Vendor.HYGON:
-        return ContainerEdits(
-            env=(("HIP_VISIBLE_DEVICES", sel),),
-            device_nodes=_nodes(["/dev/kfd", "/dev/mkfd", *own]),
-            mounts=(Mount(HYGON_HAL_DIR, HYGON_HAL_DIR),),
-        )
-    # Cambricon
+    lists = {
+        "uuid": ",".join(d.uuid for d in devices),
+        "host": ",".join(str(d.index) for d in devices),
+        "container": _selection(devices, options.device_isolation),
+    }
+    env = [(name, lists[what]) for name, what in rt.visible_devices]
+    env += list(rt.env)
+    # driver libraries found on the host (discover_libraries), each at its soname path; one inside a
+    # directory the vendor mounts whole is already there
+    libs = tuple(m for m in options.driver_libraries.get(vendor, ()) if not _under(m.container_path, rt.mounts))
+    search = [*rt.library_path, *(posixpath.dirname(m.container_path) for m in libs)]
+    if search:
+        env.append(("LD_LIBRARY_PATH", ":".join(dict.fromkeys(search))))
     return ContainerEdits(
-        env=(("MLU_VISIBLE_DEVICES", sel),),
-        device_nodes=_nodes([*own, "/dev/cambricon_ctl"]),
-        mounts=(Mount("/usr/bin/cnmon", "/usr/bin/cnmon"),),
+        env=tuple(env),
+        device_nodes=_nodes([*own, *rt.control_nodes]),
+        mounts=(*(Mount(p, p) for p in rt.mounts), *libs),
     )
 
 
@@ -247,7 +374,7 @@ def container_edits(
         raise ValueError(f"devices {names} mix vendors; one container request takes one vendor's devices")
     if len(quotas) != len(devices):
         raise ValueError(f"{len(quotas)} quotas for {len(devices)} devices")
-    base = _vendor_edits(devices[0].vendor, devices, options.device_isolation)
+    base = _vendor_edits(devices[0].vendor, devices, options)
     env = list(base.env)
     mounts = list(base.mounts)
     if files is not None:
@@ -262,6 +389,9 @@ def container_edits(
             mounts.append(Mount(options.interceptor_host_dir, CONTAINER_INTERCEPTOR_DIR, read_only=True))
             if options.preload_host_path:
                 mounts.append(Mount(options.preload_host_path, CONTAINER_LD_SO_PRELOAD, read_only=True))
+    if options.sim_profile_host_path:
+        env.append(("HCS_SIM_PROFILE", CONTAINER_SIM_PROFILE))
+        mounts.append(Mount(options.sim_profile_host_path, CONTAINER_SIM_PROFILE, read_only=True))
     for k, v in (extra_env or {}).items():
         env.append((k, v))
     return ContainerEdits(env=tuple(env), device_nodes=base.device_nodes, mounts=tuple(mounts))
