@@ -220,20 +220,35 @@ def discover_libraries(vendor: Vendor, ldcache: Mapping[str, Sequence[str]], roo
 
 
 def _resolve_in_root(root: str, path: str) -> str | None:
-    """``path`` (a host path) resolved through symlinks inside ``root``; None unless a regular file."""
+    """``path`` resolved through symlinks as the host sees it (absolute link targets stay inside
+    ``root``), as a host path; None unless it ends at a regular file."""
     root = os.path.abspath(root)
-    host = os.path.join(root, path.lstrip("/"))
-    try:
-        real = os.path.realpath(host)
-        if not os.path.isfile(real):
+    todo = [c for c in path.split("/") if c]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, part)
+        try:
+            target = os.readlink(here)
+        except OSError:  # not a link (or missing: caught below)
+            done.append(part)
+            continue
+        hops += 1
+        if hops > 40:  # ELOOP
             return None
-    except OSError:
+        if target.startswith("/"):
+            done = []
+        todo = [c for c in target.split("/") if c] + todo
+    if not os.path.isfile(os.path.join(root, *done)):
         return None
-    if root == "/":
-        return real
-    if not real.startswith(root + "/"):
-        return None  # an absolute symlink on the host resolved against our own root: cannot tell
-    return "/" + real[len(root):].lstrip("/")
+    return "/" + "/".join(done)
 
 
 def discover_driver_libraries(vendors: Iterable[Vendor], root: str = "/") -> dict[Vendor, tuple[Mount, ...]]:
