@@ -32,11 +32,6 @@ import grpc
 
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from hcs.devices.model import Device, Health
-from hcs.fileio import atomic_write
-from hcs.node import cdi
-from hcs.node.assignments import Assignment, AssignmentSource, ContainerAssignment, DeviceGrant
-from hcs.node.config import NodeConfig, host_path_exists
 from hcs.devices.injection import (
     CONTAINER_LEDGER_DIR,
     CONTAINER_QUOTA_FILE,
@@ -51,6 +46,11 @@ from hcs.devices.injection import (
     host_root,
     quota_file_text,
 )
+from hcs.devices.model import Device, Health
+from hcs.fileio import atomic_write
+from hcs.node import cdi
+from hcs.node.assignments import Assignment, AssignmentSource, ContainerAssignment, DeviceGrant
+from hcs.node.config import NodeConfig, host_path_exists
 from hcs.node.metrics import NodeMetrics
 from hcs.node.podresources import Holder, PodResourcesClient, PodResourcesError
 from hcs.node.slots import Slot, build_slots

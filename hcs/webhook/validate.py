@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
 
+from hcs.devices.injection import shadows_managed_path
 from hcs.devices.model import Vendor
 from hcs.errors import QuantityError
-from hcs.devices.injection import shadows_managed_path
 from hcs.quantity import format_bytes, parse_quantity
 from hcs.webhook.capacity import CapacityUnavailable, IslandCapacity
 from hcs.webhook.config import (

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from node_helpers import GiB, demand, device  # noqa: E402
 
+from hcs.devices.injection import ContainerEdits, DeviceNode, Mount  # noqa: E402
 from hcs.devices.model import Health, Vendor  # noqa: E402
 from hcs.errors import ConfigError  # noqa: E402
 from hcs.node import cdi  # noqa: E402
@@ -25,7 +26,6 @@ from hcs.node.assignments import (  # noqa: E402
 )
 from hcs.node.computenode import build_spec, build_status  # noqa: E402
 from hcs.node.config import node_config  # noqa: E402
-from hcs.devices.injection import ContainerEdits, DeviceNode, Mount  # noqa: E402
 from hcs.node.slots import build_slots  # noqa: E402
 from hcs.node.state import Allocation, AllocationStore  # noqa: E402
 

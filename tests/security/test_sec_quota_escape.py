@@ -33,7 +33,6 @@ from sec_quota_container import (  # noqa: E402
     prerequisites,
 )
 
-from hcs.devices.model import Vendor  # noqa: E402
 from hcs.devices.injection import (  # noqa: E402
     CONTAINER_LEDGER_DIR,
     CONTAINER_QUOTA_FILE,
@@ -46,6 +45,7 @@ from hcs.devices.injection import (  # noqa: E402
     quota_file_text,
     shadows_managed_path,
 )
+from hcs.devices.model import Vendor  # noqa: E402
 
 Q = 64 * MIB  # the container's quota (the numbers)
 T_CUDA = str(BUILD / "tests" / "t_cuda")

@@ -19,16 +19,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from hcs.devices.model import Device, Vendor
-from hcs.errors import QuantityError
-from hcs.fileio import atomic_write
-from hcs.kube import KubeError
-from hcs.node.config import host_path_exists
-from hcs.node import cdi
-from hcs.node.dra import checkpoint as ckpt
-from hcs.node.dra import metadata as devmeta
-from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
-from hcs.node.dra.config import DraConfig
 from hcs.devices.injection import (
     CONTAINER_LD_SO_PRELOAD,
     CONTAINER_STATE_DIR,
@@ -43,6 +33,16 @@ from hcs.devices.injection import (
     host_root,
     quota_file_text,
 )
+from hcs.devices.model import Device, Vendor
+from hcs.errors import QuantityError
+from hcs.fileio import atomic_write
+from hcs.kube import KubeError
+from hcs.node import cdi
+from hcs.node.config import host_path_exists
+from hcs.node.dra import checkpoint as ckpt
+from hcs.node.dra import metadata as devmeta
+from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
+from hcs.node.dra.config import DraConfig
 from hcs.node.dra.slices import CAPACITY_MEMORY, PublishedDevice, published_attributes
 from hcs.quantity import parse_bytes
 
