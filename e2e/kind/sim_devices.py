@@ -50,7 +50,8 @@ DRIVER_DIRS: dict[str, dict[str, tuple[str, ...]]] = {
 
 #: vendor tools the injection mounts (stubs that say they are simulated)
 TOOLS: dict[str, tuple[str, ...]] = {
-    "ascend": ("/usr/local/bin/npu-smi",), "cambricon": ("/usr/bin/cnmon",), "nvidia": (), "hygon": (),
+    "ascend": ("/usr/local/bin/npu-smi",), "cambricon": ("/usr/bin/cnmon",), "nvidia": ("/usr/bin/nvidia-smi",),
+    "hygon": (),
 }
 
 
