@@ -59,7 +59,7 @@ from hcs.node.state import Allocation, AllocationStore
 log = logging.getLogger(__name__)
 
 #: Where the per-container quota file and the container's VRAM ledger dir appear in the container
-#: (fixed paths the interceptor trusts; see hcs/node/dra/injection.py).
+#: (fixed paths the interceptor trusts; see hcs/devices/injection.py).
 CONTAINER_SHM_DIR = CONTAINER_LEDGER_DIR
 #: Host side of the container's /etc/ld.so.preload, in quotaDir (no name clash with <uid>_<c>.quota).
 PRELOAD_FILE = "ld.so.preload"

@@ -217,3 +217,61 @@ def _gone(rest: KubeRest, ns: str) -> bool:
     except KubeError as exc:
         return exc.status == 404
     return False
+
+
+def test_device_plugin_pod_loads_the_vendor_library_from_the_host(kube_cluster: Any, api_client: Any,
+                                                                  host_setup: Any) -> None:
+    """The same discovery on the device-plugin path: the agent's Allocate answers the library mounts and
+    LD_LIBRARY_PATH, the real kubelet hands them to containerd. The pod asks only for HCS resources."""
+    import shutil
+    import tempfile
+    import uuid
+
+    from hcs.node.agent import NodeAgent
+    from hcs.node.config import node_config
+
+    profile, devices, probe = host_setup
+    rest = KubeRest(api_client)
+    resource = "cdi-test.hcs.io/slot"
+    root = Path(tempfile.mkdtemp(prefix="hcsc", dir="/tmp"))
+    cfg = node_config({
+        "nodeName": kube_cluster.node_name,
+        "devicePluginDir": str(Path(kube_cluster.kubelet_dir) / "device-plugins"),
+        "podResourcesSocket": str(Path(kube_cluster.kubelet_dir) / "pod-resources" / "kubelet.sock"),
+        "resourceName": resource, "socketName": f"hcs-cdilib-{uuid.uuid4().hex[:6]}.sock",
+        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
+        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 2, "metricsPort": 0,
+        "reportInterval": 3600, "deviceIsolation": False, "simProfile": str(profile),
+    })
+    gpu = [d for d in devices if d.vendor is Vendor.NVIDIA]
+    agent = NodeAgent(cfg, gpu, kube=rest).start()
+    node, ns, name = kube_cluster.node_name, "default", f"hcs-cdilib-{uuid.uuid4().hex[:6]}"
+    try:
+        assert [m.container_path for m in agent.core.driver_libraries[Vendor.NVIDIA]] in (
+            [EXPECTED_LIB["nvidia"]], [EXPECTED_LIB["nvidia"].removeprefix("/usr")])
+        _wait(lambda: rest.request("GET", f"/api/v1/nodes/{node}")["status"].get("allocatable", {}).get(resource)
+              == "2", 60)
+        pod = probe_pod(name, "nvidia", probe, kube_cluster.busybox_image, node)
+        del pod["spec"]["resourceClaims"]
+        limits = {"ai.compute/vram": "1Gi", resource: "1"}
+        pod["spec"]["nodeName"] = node
+        pod["spec"]["containers"][0]["resources"] = {"requests": limits, "limits": limits}
+        rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
+
+        def finished() -> Any:
+            p = rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+            return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
+
+        p = _wait(finished, 120)
+        assert p, rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{name}")["status"]
+        log = rest._send("GET", f"/api/v1/namespaces/{ns}/pods/{name}/log").read().decode()
+        assert p["status"]["phase"] == "Succeeded", log
+        values = dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
+        assert values["LIB"].endswith("/x86_64-linux-gnu/libcuda.so.1"), log
+        assert values["COUNT"] == "0:1" and values["INIT"] == "0", log
+        assert values["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID", log
+    finally:
+        with contextlib.suppress(KubeError):
+            rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}", query={"gracePeriodSeconds": "0"})
+        agent.stop()
+        shutil.rmtree(root, ignore_errors=True)
