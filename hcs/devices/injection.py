@@ -1,8 +1,18 @@
 """Vendor runtime injection: which env, device nodes and mounts a container needs for its devices.
 
-One table for both request paths (device plugin ``Allocate`` and DRA CDI specs). It is a pure
-function of the devices, their in-container order and the per-device VRAM quota; the callers do
-the I/O (writing the quota file, checking host paths exist, building CDI or gRPC messages).
+One module for both request paths (device plugin ``Allocate`` and DRA CDI specs, both written by
+hcs/node/cdi.py). ``container_edits`` is a pure function of the devices, their in-container order,
+the per-device VRAM quota and the node's ``InjectionOptions``; the callers do the I/O (writing the
+quota file, checking host paths exist, building CDI or gRPC messages). What each vendor needs lives in
+its own module as ``RUNTIME`` (``VendorRuntime``: env, control nodes, mounts, driver libraries).
+
+Without a vendor container runtime. ``discover_driver_libraries`` (run once when the agent starts)
+finds each vendor's user-space driver libraries on the host as ``nvidia-ctk cdi generate`` does: by
+soname in the host's linker cache, else in the vendor's install dirs. They are bind-mounted read-only
+at their soname paths, and their directories go into ``LD_LIBRARY_PATH`` rather than an ldconfig
+createContainer hook: the device-plugin path cannot carry OCI hooks, a hook is one more host binary
+the runtime runs for every container, and it writes the container's rootfs (read-only rootfs, images
+without ldconfig). The price is that an image's own ``LD_LIBRARY_PATH`` is replaced.
 
 Visible-device numbering. ``*_VISIBLE_DEVICES`` selects devices *inside* the container. With real
 hardware the container only gets its own device nodes, so the vendor runtime renumbers the
@@ -62,6 +72,7 @@ def shadows_managed_path(mount_path: str) -> bool:
     """True when a pod volumeMount at ``mount_path`` would cover one of the agent's mounts."""
     p = "/" + "/".join(x for x in mount_path.split("/") if x not in ("", "."))
     return any(p == q or p.startswith(q + "/") for q in PROTECTED_CONTAINER_PATHS)
+
 
 @dataclass(frozen=True)
 class DeviceNode:
