@@ -8,7 +8,7 @@ The script (run as root inside the node container, which has no Python) creates:
     the vendor's control nodes, as character devices 1:3 (the null device: harmless to open, allowed by
     the device cgroup) -- the simulated libraries never open them, the container runtime only needs them
     to exist to pass them through;
-  * the driver directories the vendor injection mounts into containers (hcs/node/dra/injection.py:
+  * the driver directories the vendor injection mounts into containers (hcs/devices/injection.py:
     /usr/local/Ascend/driver, /usr/local/dcmi, /usr/local/bin/npu-smi, /opt/hyhal, /usr/bin/cnmon),
     holding copies of the simulated libraries from SIM_LIB_DIR (copies, not links: they are
     bind-mounted into containers that do not have SIM_LIB_DIR);
@@ -28,7 +28,7 @@ from pathlib import Path
 
 VENDORS = ("nvidia", "ascend", "hygon", "cambricon")
 
-#: control nodes every device of the vendor needs (hcs/node/dra/injection.py)
+#: control nodes every device of the vendor needs (hcs/devices/injection.py)
 CONTROL_NODES: dict[str, tuple[str, ...]] = {
     "nvidia": ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"),
     "ascend": ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"),
@@ -50,7 +50,8 @@ DRIVER_DIRS: dict[str, dict[str, tuple[str, ...]]] = {
 
 #: vendor tools the injection mounts (stubs that say they are simulated)
 TOOLS: dict[str, tuple[str, ...]] = {
-    "ascend": ("/usr/local/bin/npu-smi",), "cambricon": ("/usr/bin/cnmon",), "nvidia": (), "hygon": (),
+    "ascend": ("/usr/local/bin/npu-smi",), "cambricon": ("/usr/bin/cnmon",), "nvidia": ("/usr/bin/nvidia-smi",),
+    "hygon": (),
 }
 
 

@@ -9,8 +9,25 @@ from typing import Any
 
 from hcs.devices.backend import CRITICAL, WARNING, Backend, Finding, VendorError, score, temperature_finding
 from hcs.devices.ctypes_util import bind, bus_id, checker, cstr
+from hcs.devices.injection import VendorRuntime
 from hcs.devices.model import Device, Health, Link, LinkType, Vendor
 from hcs.devices.simhost import host_sysfs
+
+ASCEND_DRIVER_ROOT = "/usr/local/Ascend/driver"
+
+#: Injection without the Ascend docker runtime: the davinci nodes, the driver tree (libascend_hal,
+#: libdcmi, ...) and npu-smi mounted whole as Ascend's runtime does, plus libraries found elsewhere.
+RUNTIME = VendorRuntime(
+    visible_devices=(("ASCEND_VISIBLE_DEVICES", "host"),  # physical ids, for the Ascend docker runtime
+                     ("ASCEND_RT_VISIBLE_DEVICES", "container")),
+    control_nodes=("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"),
+    mounts=(ASCEND_DRIVER_ROOT, "/usr/local/dcmi", "/usr/local/bin/npu-smi"),
+    library_path=(f"{ASCEND_DRIVER_ROOT}/lib64", f"{ASCEND_DRIVER_ROOT}/lib64/driver"),
+    libraries=("libascend_hal.so", "libdcmi.so", "libascendcl.so", "libc_sec.so", "libmmpa.so",
+               "libdrvdsmi_host.so"),
+    library_dirs=(f"{ASCEND_DRIVER_ROOT}/lib64", f"{ASCEND_DRIVER_ROOT}/lib64/driver",
+                  f"{ASCEND_DRIVER_ROOT}/lib64/common", "/usr/local/dcmi"),
+)
 
 DCMI_TOPO_HCCS = 3
 DCMI_DIE_NDIE = 0

@@ -8,7 +8,18 @@ from typing import Any
 
 from hcs.devices.backend import CRITICAL, Backend, Finding, VendorError, score, temperature_finding
 from hcs.devices.ctypes_util import bind, bus_id, checker, cstr
+from hcs.devices.injection import VendorRuntime
 from hcs.devices.model import Device, Health, Link, LinkType, Vendor
+
+#: Injection without Cambricon's container toolkit: the MLU nodes and cambricon_ctl, cnmon, and the
+#: Neuware driver libraries (CNRT, CNDrv, CNDev) found on the host.
+RUNTIME = VendorRuntime(
+    visible_devices=(("MLU_VISIBLE_DEVICES", "container"),),
+    control_nodes=("/dev/cambricon_ctl",),
+    mounts=("/usr/bin/cnmon",),
+    libraries=("libcnrt.so", "libcndrv.so", "libcndev.so", "libcnpapi.so"),
+    library_dirs=("/usr/local/neuware/lib64", "/usr/local/neuware/lib"),
+)
 
 CNDEV_VERSION_6 = 6
 CNDEV_DEVICE_GOOD = 1

@@ -8,7 +8,21 @@ from typing import Any
 
 from hcs.devices.backend import CRITICAL, NOTICE, Backend, Finding, VendorError, score, temperature_finding
 from hcs.devices.ctypes_util import bind, bus_id, checker, cstr
+from hcs.devices.injection import VendorRuntime
 from hcs.devices.model import Device, Health, Link, LinkType, Vendor
+
+HYGON_HAL_DIR = "/opt/hyhal"
+
+#: Injection without a vendor runtime: /dev/kfd (and Hygon's /dev/mkfd), each DCU's /dev/dri nodes, the
+#: HAL tree mounted whole, and the HIP / ROCm-SMI / HSA libraries of DTK or ROCm found on the host.
+RUNTIME = VendorRuntime(
+    visible_devices=(("HIP_VISIBLE_DEVICES", "container"),),
+    control_nodes=("/dev/kfd", "/dev/mkfd"),
+    mounts=(HYGON_HAL_DIR,),
+    libraries=("libamdhip64.so", "librocm_smi64.so", "libhsa-runtime64.so.1", "libhsakmt.so.1"),
+    library_dirs=(f"{HYGON_HAL_DIR}/lib", "/opt/dtk/lib", "/opt/dtk/hip/lib", "/opt/rocm/lib",
+                  "/opt/rocm/rocm_smi/lib"),
+)
 
 RSMI_STATUS_SUCCESS = 0
 RSMI_MEM_TYPE_VRAM = 0

@@ -10,7 +10,24 @@ from typing import Any
 import pynvml
 
 from hcs.devices.backend import CRITICAL, NOTICE, Backend, Finding, VendorError, score, temperature_finding
+from hcs.devices.injection import VendorRuntime
 from hcs.devices.model import Compute, Device, Health, Link, LinkType, Vendor
+
+#: Injection without the NVIDIA container runtime (plain containerd + CDI): the device nodes, the
+#: user-space driver libraries (the compute subset ``nvidia-ctk cdi generate`` mounts), nvidia-smi.
+#: CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA number the GPUs as NVML and the allocator do (by bus id)
+#: instead of fastest-first.
+RUNTIME = VendorRuntime(
+    visible_devices=(("NVIDIA_VISIBLE_DEVICES", "uuid"), ("CUDA_VISIBLE_DEVICES", "uuid")),
+    env=(("CUDA_DEVICE_ORDER", "PCI_BUS_ID"),),
+    control_nodes=("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"),
+    mounts=("/usr/bin/nvidia-smi",),
+    libraries=("libcuda.so.1", "libcudadebugger.so.1", "libnvidia-ml.so.1", "libnvidia-ptxjitcompiler.so.1",
+               "libnvidia-nvvm.so.4", "libnvidia-gpucomp.so", "libnvidia-opencl.so.1", "libnvidia-cfg.so.1",
+               "libnvidia-allocator.so.1"),
+    library_dirs=("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib/aarch64-linux-gnu",
+                  "/usr/local/nvidia/lib64"),
+)
 
 #: Xids that are application errors, not device faults (NVIDIA k8s-device-plugin's list).
 APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})

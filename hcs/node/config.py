@@ -33,6 +33,8 @@ class NodeConfig:
     cdiKind: str = "ai.compute/slot"
     deviceNodes: str = "existing"  # existing: pass host nodes that exist; all: pass every listed node
     deviceIsolation: bool = True  # False for the simulated drivers (they see every device; host indices)
+    driverLibraries: bool = True  # mount the vendors' driver libraries found on the host (no vendor runtime)
+    simProfile: str = ""  # simulated drivers: host path of the node profile, handed to containers
     reportInterval: float = 30.0
     metricsAddress: str = "0.0.0.0"
     metricsPort: int = 9464  # 0 disables /metrics

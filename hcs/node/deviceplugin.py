@@ -33,12 +33,7 @@ import grpc
 
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from hcs.devices.model import Device, Health
-from hcs.fileio import atomic_write
-from hcs.node import cdi
-from hcs.node.assignments import Assignment, AssignmentSource, ContainerAssignment, DeviceGrant
-from hcs.node.config import NodeConfig, host_path_exists
-from hcs.node.dra.injection import (
+from hcs.devices.injection import (
     CONTAINER_LEDGER_DIR,
     CONTAINER_QUOTA_FILE,
     LEDGER_FILE,
@@ -47,9 +42,16 @@ from hcs.node.dra.injection import (
     QuotaFiles,
     container_edits,
     create_ledger,
+    discover_driver_libraries,
     ensure_preload_file,
+    host_root,
     quota_file_text,
 )
+from hcs.devices.model import Device, Health
+from hcs.fileio import atomic_write
+from hcs.node import cdi
+from hcs.node.assignments import Assignment, AssignmentSource, ContainerAssignment, DeviceGrant
+from hcs.node.config import NodeConfig, host_path_exists
 from hcs.node.metrics import NodeMetrics
 from hcs.node.podresources import Holder, PodResourcesClient, PodResourcesError
 from hcs.node.slots import Slot, build_slots
@@ -58,7 +60,7 @@ from hcs.node.state import Allocation, AllocationStore
 log = logging.getLogger(__name__)
 
 #: Where the per-container quota file and the container's VRAM ledger dir appear in the container
-#: (fixed paths the interceptor trusts; see hcs/node/dra/injection.py).
+#: (fixed paths the interceptor trusts; see hcs/devices/injection.py).
 CONTAINER_SHM_DIR = CONTAINER_LEDGER_DIR
 #: Host side of the container's /etc/ld.so.preload, in quotaDir (no name clash with <uid>_<c>.quota).
 PRELOAD_FILE = "ld.so.preload"
@@ -142,6 +144,9 @@ class PluginCore:
         self.metrics = metrics
         self.exists = exists or (host_path_exists if config.deviceNodes == "existing" else (lambda _p: True))
         self.slots: tuple[Slot, ...] = build_slots(view.devices(), config.slotsPerDevice)
+        #: the vendors' user-space driver libraries on this host, found once (injection.discover_libraries)
+        self.driver_libraries = discover_driver_libraries(
+            {d.vendor for d in view.devices()}, host_root()) if config.driverLibraries else {}
         self._slot_by_id = {s.id: s for s in self.slots}
         self.store = AllocationStore(Path(config.stateDir) / "allocations")
         self._lock = threading.RLock()
@@ -472,7 +477,8 @@ class PluginCore:
         files = QuotaFiles(str(quota_file), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR)
         preload = str(self.preload_file())
         options = InjectionOptions(interceptor_host_dir=interceptor, device_isolation=self.config.deviceIsolation,
-                                   preload_host_path=preload)
+                                   preload_host_path=preload, driver_libraries=self.driver_libraries,
+                                   sim_profile_host_path=self.config.simProfile)
         edits = container_edits(devices, [g.vram_bytes for g in c.devices], files, options)
         own = {str(quota_file), str(shm_dir), preload}
         # Optional host paths (control nodes, driver dirs) that are absent would fail container creation.
@@ -532,7 +538,7 @@ class PluginCore:
             a, c = match[0]
             edits, _ = self._edits(a, c)
             slot = sorted(ids)[0]
-            cdi.write_spec(Path(self.config.cdiDir), self.config.cdiKind, slot, edits, {})
+            cdi.write_slot_spec(Path(self.config.cdiDir), self.config.cdiKind, slot, edits, {})
             self._record(Allocation(a.pod, c.container, ids, c.devices))
         self._tell_source(self.source.confirm, a.pod.uid)
         log.info("PreStartContainer %s -> %s container %s (CDI %s)", list(ids), a.pod.ref, c.container,
@@ -649,8 +655,8 @@ class PluginCore:
                     # Allocate may have answered with the CDI name and died before PreStartContainer.
                     try:
                         edits, _ = self._edits(a, c)
-                        cdi.write_spec(Path(self.config.cdiDir), self.config.cdiKind, sorted(h.device_ids)[0],
-                                       edits, {})
+                        cdi.write_slot_spec(Path(self.config.cdiDir), self.config.cdiKind, sorted(h.device_ids)[0],
+                                           edits, {})
                     except PluginError as exc:
                         log.error("recovery: %s", exc)
                 log.info("recovery: rebuilt allocation of %s/%s from the kubelet and the assignment source",

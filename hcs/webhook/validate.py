@@ -17,9 +17,9 @@ from fractions import Fraction
 from functools import cache
 
 from hcs.devices.catalog import default_catalog
+from hcs.devices.injection import shadows_managed_path
 from hcs.devices.model import Vendor
 from hcs.errors import QuantityError
-from hcs.node.dra.injection import shadows_managed_path
 from hcs.podspec import ContainerRef, PodTemplate, as_dict, as_list, containers, split_selector
 from hcs.quantity import format_bytes, parse_quantity
 from hcs.webhook.capacity import CapacityUnavailable, IslandCapacity

@@ -156,7 +156,7 @@ HCS_HIDDEN __attribute__((used)) _Atomic(dlsym_fn) hcs_real_dlsym_ptr;
 typedef void *(*dlmopen_fn)(Lmid_t, const char *, int);
 HCS_HIDDEN __attribute__((used)) dlmopen_fn hcs_real_dlmopen_ptr;
 
-/* Fixed in-container paths of a managed container (hcs/node/dra/injection.py mounts them). */
+/* Fixed in-container paths of a managed container (hcs/devices/injection.py mounts them). */
 #define HCS_FIXED_QUOTA_FILE "/var/run/hcs/quota"
 #define HCS_FIXED_LEDGER_DIR "/var/run/hcs/shm"
 #define HCS_LD_SO_PRELOAD "/etc/ld.so.preload"

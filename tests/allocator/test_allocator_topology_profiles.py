@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hcs.allocator.inventory import NodeInventory, parse_computenode
 from hcs.allocator.placement import Constraints, ContainerDemand, PodDemand, PodRef
 from hcs.allocator.state import AllocatorState, NoFit
+from hcs.cluster_inventory import NodeInventory, parse_computenode
 
 PROFILES = Path(__file__).resolve().parents[2] / "driver" / "profiles"
 

@@ -26,7 +26,7 @@ from dra_helpers import GiB, make_device, new_uid, pod_with_claim  # noqa: E402
 from hcs.devices.model import Health, Vendor  # noqa: E402
 from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
 from hcs.kubeletsim.dra import DraKubeletSim, wipe_node_slices  # noqa: E402
-from hcs.node.dra import cdi  # noqa: E402
+from hcs.node import cdi  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
 from hcs.node.dra.plugin import DraPlugin  # noqa: E402
 from hcs.testing.kube_objects import (  # noqa: E402

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dra_helpers import PluginEnv, claim_object  # noqa: E402
 
 from hcs.errors import ConfigError  # noqa: E402
-from hcs.node.dra import cdi  # noqa: E402
+from hcs.node import cdi  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
 from hcs.node.dra.claims import trim  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402

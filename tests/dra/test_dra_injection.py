@@ -10,9 +10,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from dra_helpers import GiB, make_device  # noqa: E402
 
+from hcs.devices.injection import InjectionOptions, QuotaFiles, container_edits, quota_file_text  # noqa: E402
 from hcs.devices.model import Vendor  # noqa: E402
-from hcs.node.dra import cdi  # noqa: E402
-from hcs.node.dra.injection import InjectionOptions, QuotaFiles, container_edits, quota_file_text  # noqa: E402
+from hcs.node import cdi  # noqa: E402
 
 QF = QuotaFiles("/h/quota", "/var/run/hcs/quota", "/h/shm", "/var/run/hcs/shm")
 

@@ -30,7 +30,7 @@ from dra_helpers import (  # noqa: E402
 from hcs.api.gen.drahealth.v1alpha1 import api_pb2 as hpb  # noqa: E402
 from hcs.devices.model import Health  # noqa: E402
 from hcs.kubeletsim.dra import DraKubeletSim  # noqa: E402
-from hcs.node.dra import cdi  # noqa: E402
+from hcs.node import cdi  # noqa: E402
 from hcs.node.dra import checkpoint as ckpt  # noqa: E402
 from hcs.node.dra.config import DraConfig  # noqa: E402
 from hcs.node.dra.plugin import SUPPORTED_VERSIONS, DraPlugin  # noqa: E402

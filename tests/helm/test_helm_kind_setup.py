@@ -55,8 +55,8 @@ def test_run_script_is_valid_bash() -> None:
 
 @pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
 def test_sim_devices_cover_backend_device_nodes_and_injection(profile: Path) -> None:
+    from hcs.devices.injection import InjectionOptions, container_edits
     from hcs.devices.model import Compute, Device, Vendor
-    from hcs.node.dra.injection import InjectionOptions, container_edits
 
     devices = _inspect(profile)
     nodes, dirs, tools = sim_devices.plan(sim_devices.load_profile(profile))

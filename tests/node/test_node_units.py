@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from node_helpers import GiB, demand, device  # noqa: E402
 
+from hcs.devices.injection import ContainerEdits, DeviceNode, Mount  # noqa: E402
 from hcs.devices.model import Health, Vendor  # noqa: E402
 from hcs.errors import ConfigError  # noqa: E402
 from hcs.node import cdi  # noqa: E402
@@ -25,7 +26,6 @@ from hcs.node.assignments import (  # noqa: E402
 )
 from hcs.node.computenode import build_spec, build_status  # noqa: E402
 from hcs.node.config import node_config  # noqa: E402
-from hcs.node.dra.injection import ContainerEdits, DeviceNode, Mount  # noqa: E402
 from hcs.node.slots import build_slots  # noqa: E402
 from hcs.node.state import Allocation, AllocationStore  # noqa: E402
 
@@ -131,14 +131,14 @@ def test_slots_are_small_and_stable() -> None:
 def test_cdi_spec_shape(tmp_path: Path) -> None:
     edits = ContainerEdits(env=(("A", "1"),), device_nodes=(DeviceNode("/dev/nvidia0"),),
                            mounts=(Mount("/h/q", "/var/run/hcs/quota"), Mount("/h/s", "/s", read_only=False)))
-    path = cdi.write_spec(tmp_path, "ai.compute/slot", "s007", edits, {})
+    path = cdi.write_slot_spec(tmp_path, "ai.compute/slot", "s007", edits, {})
     spec = json.loads(path.read_text())
     assert path.name == "ai.compute-slot-s007.json"
-    assert spec["cdiVersion"] == "0.5.0" and spec["kind"] == "ai.compute/slot"
+    # one spec builder for both paths (issue 24): the minimum version; hostPath only when it differs
+    assert spec["cdiVersion"] == "0.4.0" and spec["kind"] == "ai.compute/slot"
     dev = spec["devices"][0]
     assert dev["name"] == "s007" and dev["containerEdits"]["env"] == ["A=1"]
-    assert dev["containerEdits"]["deviceNodes"] == [{"path": "/dev/nvidia0", "hostPath": "/dev/nvidia0",
-                                                     "permissions": "rw"}]
+    assert dev["containerEdits"]["deviceNodes"] == [{"path": "/dev/nvidia0", "permissions": "rw"}]
     assert dev["containerEdits"]["mounts"][0]["options"][0] == "ro"
     assert dev["containerEdits"]["mounts"][1]["options"][0] == "rw"
     assert cdi.spec_for("ai.compute/slot", "s1", edits, {"k": "v"})["cdiVersion"] == "0.6.0"

@@ -1,7 +1,7 @@
 """Issue 16, attack 5: a quota that an unprivileged container cannot leave.
 
 Each test builds a container the way the node agent asks the runtime to (the mounts and env of
-hcs/node/dra/injection.py's ``container_edits``, host files written by the agent's own helpers),
+hcs/devices/injection.py's ``container_edits``, host files written by the agent's own helpers),
 runs the attack as a real process inside it against the real interceptor and the simulated CUDA
 driver, and asserts that the attack fails at the exact quota boundary while legitimate use works.
 See sec_quota_container.py for how the container is emulated (mount namespace, no CAP_SYS_ADMIN).
@@ -33,8 +33,7 @@ from sec_quota_container import (  # noqa: E402
     prerequisites,
 )
 
-from hcs.devices.model import Vendor  # noqa: E402
-from hcs.node.dra.injection import (  # noqa: E402
+from hcs.devices.injection import (  # noqa: E402
     CONTAINER_LEDGER_DIR,
     CONTAINER_QUOTA_FILE,
     LEDGER_FILE,
@@ -46,6 +45,7 @@ from hcs.node.dra.injection import (  # noqa: E402
     quota_file_text,
     shadows_managed_path,
 )
+from hcs.devices.model import Vendor  # noqa: E402
 
 Q = 64 * MIB  # the container's quota (the issue's numbers)
 T_CUDA = str(BUILD / "tests" / "t_cuda")

@@ -68,6 +68,11 @@ class DraConfig:
     interceptor_host_dir: str = "/usr/local/hcs/lib"
     #: False for the simulated drivers (host indices in *_VISIBLE_DEVICES), see injection.py
     device_isolation: bool = True
+    #: bind-mount the vendors' user-space driver libraries found on the host (no vendor container
+    #: runtime needed); off when the vendor's runtime injects them
+    driver_libraries: bool = True
+    #: simulated drivers only: host path of the node profile, handed to containers (HCS_SIM_PROFILE)
+    sim_profile: str = ""
     #: publish ResourceSlices (off when another component publishes them)
     publish_slices: bool = True
     #: record prepared devices in the claim's status.devices (DRAResourceClaimDeviceStatus)
@@ -180,6 +185,8 @@ class DraConfig:
             rolling_update=rolling,
             pod_uid=pod_uid,
             device_metadata=f.flag("deviceMetadata", False),
+            driver_libraries=f.flag("driverLibraries", True),
+            sim_profile=f.text("simProfile", ""),
         )
         try:  # with rolling updates both socket paths must fit AF_UNIX (the hashed fallbacks usually do)
             _ = (cfg.dra_socket, cfg.registration_socket)
@@ -193,6 +200,7 @@ _FIELDS = frozenset({
     "driverName", "pluginsRegistry", "pluginDir", "cdiDir", "mode", "memoryMin", "memoryStep",
     "partitionSizes", "interceptorHostDir", "deviceIsolation", "publishSlices", "publishClaimStatus",
     "resyncSeconds", "healthTimeoutSeconds", "claimCache", "rollingUpdate", "podUID", "deviceMetadata",
+    "driverLibraries", "simProfile",
 })
 
 

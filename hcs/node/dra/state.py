@@ -19,17 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from hcs.devices.model import Device
-from hcs.errors import QuantityError
-from hcs.fileio import atomic_write
-from hcs.kube import KubeError
-from hcs.node.config import host_path_exists
-from hcs.node.dra import cdi
-from hcs.node.dra import checkpoint as ckpt
-from hcs.node.dra import metadata as devmeta
-from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
-from hcs.node.dra.config import DraConfig
-from hcs.node.dra.injection import (
+from hcs.devices.injection import (
     CONTAINER_LD_SO_PRELOAD,
     CONTAINER_STATE_DIR,
     ContainerEdits,
@@ -38,9 +28,21 @@ from hcs.node.dra.injection import (
     QuotaFiles,
     container_edits,
     create_ledger,
+    discover_driver_libraries,
     ensure_preload_file,
+    host_root,
     quota_file_text,
 )
+from hcs.devices.model import Device, Vendor
+from hcs.errors import QuantityError
+from hcs.fileio import atomic_write
+from hcs.kube import KubeError
+from hcs.node import cdi
+from hcs.node.config import host_path_exists
+from hcs.node.dra import checkpoint as ckpt
+from hcs.node.dra import metadata as devmeta
+from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
+from hcs.node.dra.config import DraConfig
 from hcs.node.dra.slices import CAPACITY_MEMORY, PublishedDevice, published_attributes
 from hcs.quantity import parse_bytes
 
@@ -123,6 +125,8 @@ class ClaimState:
         self.options = InjectionOptions(
             interceptor_host_dir=cfg.interceptor_host_dir, device_isolation=cfg.device_isolation,
             preload_host_path=str(self.preload_path) if cfg.interceptor_host_dir else "",
+            driver_libraries=discover_driver_libraries(tuple(Vendor), host_root()) if cfg.driver_libraries else {},
+            sim_profile_host_path=cfg.sim_profile,
         )
 
     def close(self) -> None:
