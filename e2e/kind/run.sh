@@ -7,11 +7,14 @@
 #
 # Environment (defaults in brackets):
 #   HCS_KIND_CLUSTER    cluster name [hcs]
-#   HCS_KIND_NODE_IMAGE kind node image [kindest/node:v1.36.1]; Kubernetes >= 1.34
-#   HCS_KIND_IMAGE      HCS image to build and load [hcs.local/hcs:dev]
+#   HCS_KIND_NODE_IMAGE kind node image [hcs.local/kind-node:<local cluster's version>, built here by
+#                       e2e/kind/build-node-image]; any kindest/node >= v1.34 also works where it can be pulled
+#   HCS_KIND_IMAGE      HCS image to load [hcs.local/hcs:dev]
+#   HCS_KIND_IMAGE_FROM buildah: the OCI archives of `make image` (build/images/, built when missing) [buildah]
+#                       docker: `docker build` the Dockerfile (needs the python base image pullable)
 #   HCS_KIND_MODE       chart mode: devicePlugin | dra | both [both]
 #   HCS_KIND_PROFILES   simulated node profiles (driver/profiles/<name>.json), one per worker in order
-#                       [a100-80g-nvlink-8 ascend-910b-hccs-8]
+#                       [a100-80g-nvlink-8 ascend-910b-hccs-8 mixed-a100-910b]
 #   HCS_KIND_REBUILD    1: rebuild the image even if it exists [1]
 #   HCS_KIND_HELM_ARGS  extra arguments for helm upgrade --install
 #   PYTEST              pytest to run the suite with [.venv/bin/pytest, else pytest]
@@ -20,10 +23,17 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$REPO/e2e/kind"
 CLUSTER="${HCS_KIND_CLUSTER:-hcs}"
-NODE_IMAGE="${HCS_KIND_NODE_IMAGE:-kindest/node:v1.36.1}"
 IMAGE="${HCS_KIND_IMAGE:-hcs.local/hcs:dev}"
+IMAGE_FROM="${HCS_KIND_IMAGE_FROM:-buildah}"
 MODE="${HCS_KIND_MODE:-both}"
-PROFILES="${HCS_KIND_PROFILES:-a100-80g-nvlink-8 ascend-910b-hccs-8}"
+PROFILES="${HCS_KIND_PROFILES:-a100-80g-nvlink-8 ascend-910b-hccs-8 mixed-a100-910b}"
+CACHE="${HCS_KIND_CACHE:-$HOME/.cache/hcs/kind}"
+# tools built here: kind (e2e/kind/build-node-image), kubectl + helm (the local cluster's build)
+cluster_env="$(python3 "$REPO/e2e/cluster/hcs_cluster.py" env --json 2>/dev/null || echo '{}')"
+cfield() { python3 -c "import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2], ''))" "$cluster_env" "$1"; }
+K8S_LOCAL="$(cfield k8s_version)"
+export PATH="$CACHE/bin:$PATH${cluster_env:+:$(cfield bin_dir)}"
+NODE_IMAGE="${HCS_KIND_NODE_IMAGE:-hcs.local/kind-node:${K8S_LOCAL:-v1.37.2}}"
 REBUILD="${HCS_KIND_REBUILD:-1}"
 NAMESPACE=hcs-system
 SIM_DIR=/opt/hcs/sim
@@ -48,12 +58,22 @@ case "${1:-}" in
   *) die "unknown argument '$1'; use --no-test or --down" ;;
 esac
 
-need docker "install Docker (or Podman with KIND_EXPERIMENTAL_PROVIDER=podman)"
-need kind "install kind >= 0.27: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
-need kubectl "install kubectl: https://kubernetes.io/docs/tasks/tools/"
-need helm "install helm 3: https://helm.sh/docs/intro/install/"
 need python3 "install Python 3"
-docker info >/dev/null 2>&1 || die "the Docker daemon is not reachable (docker info failed); start it or fix permissions"
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    log "no Docker daemon answers: starting Debian's docker.io (e2e/kind/docker-up)"
+    "$HERE/docker-up"
+  else
+    die "the Docker daemon is not reachable (docker info failed); start it (as root: e2e/kind/docker-up)"
+  fi
+fi
+case "$NODE_IMAGE" in
+  hcs.local/kind-node:*) docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 || HCS_KIND_NODE_IMAGE="$NODE_IMAGE" "$HERE/build-node-image" ;;
+esac
+need kind "run e2e/kind/build-node-image (go install sigs.k8s.io/kind), or install kind >= 0.27"
+need kubectl "run e2e/cluster/build, or install kubectl"
+need helm "run e2e/cluster/build, or install helm 3"
+mkdir -p /lib/modules 2>/dev/null || true  # kind bind-mounts it read-only into every node
 case "$MODE" in devicePlugin|dra|both) ;; *) die "HCS_KIND_MODE=$MODE; use devicePlugin, dra or both" ;; esac
 for p in $PROFILES; do
   [ -f "$REPO/driver/profiles/$p.json" ] || die "HCS_KIND_PROFILES: no driver/profiles/$p.json (have: $(cd "$REPO/driver/profiles" && ls *.json | sed 's/\.json//' | tr '\n' ' '))"
@@ -64,29 +84,63 @@ if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   log "cluster $CLUSTER exists; reusing it (delete with: $0 --down)"
 else
   log "creating kind cluster $CLUSTER ($NODE_IMAGE)"
-  kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config "$HERE/kind-config.yaml" --wait 180s
+  kind create cluster --name "$CLUSTER" --image "$NODE_IMAGE" --config "$HERE/kind-config.yaml" --retain
 fi
 mkdir -p "$(dirname "$KUBECONFIG_FILE")"
 kind get kubeconfig --name "$CLUSTER" > "$KUBECONFIG_FILE"
 export KUBECONFIG="$KUBECONFIG_FILE"
+# ---- 1b. pod network: kind's default CNI (kindnetd) is off (its image is not built here); every node
+# gets a ptp + host-local config for its podCIDR and a route to every other node's podCIDR
+mapfile -t all_nodes < <(kind get nodes --name "$CLUSTER" | sort)
+for n in "${all_nodes[@]}"; do
+  for _ in $(seq 1 60); do
+    cidr="$(kubectl get node "$n" -o jsonpath='{.spec.podCIDR}' 2>/dev/null || true)"
+    [ -n "$cidr" ] && break; sleep 2
+  done
+  [ -n "$cidr" ] || die "node $n has no podCIDR (kube-controller-manager --allocate-node-cidrs)"
+  printf '{"cniVersion":"1.0.0","name":"hcs-kind","plugins":[{"type":"ptp","ipMasq":true,"mtu":1500,"ipam":{"type":"host-local","dataDir":"/run/cni-ipam-state","routes":[{"dst":"0.0.0.0/0"}],"ranges":[[{"subnet":"%s"}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}\n' "$cidr" \
+    | docker exec -i "$n" sh -c 'mkdir -p /etc/cni/net.d && cat > /etc/cni/net.d/10-hcs-kind.conflist'
+  for m in "${all_nodes[@]}"; do
+    [ "$m" = "$n" ] && continue
+    mcidr="$(kubectl get node "$m" -o jsonpath='{.spec.podCIDR}')"
+    mip="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$m")"
+    [ -n "$mcidr" ] && docker exec "$n" ip route replace "$mcidr" via "$mip"
+  done
+done
+kubectl wait --for=condition=Ready node --all --timeout=180s
+
 server_version="$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
 k8s_version="${server_version%%+*}"   # v1.36.1
 log "Kubernetes $k8s_version"
 
-# ---- 2. image
-if [ "$REBUILD" = 1 ] || ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
-  log "building $IMAGE"
-  docker build -t "$IMAGE" "$REPO"
+# ---- 2. images
+busybox="$(cfield bin_dir)/images/busybox.oci.tar"
+if [ "$IMAGE_FROM" = docker ]; then
+  if [ "$REBUILD" = 1 ] || ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    log "building $IMAGE (docker build)"
+    docker build -t "$IMAGE" "$REPO"
+  fi
+  log "loading $IMAGE into the nodes"
+  kind load docker-image "$IMAGE" --name "$CLUSTER"
+else
+  archives=("$REPO/build/images/hcs.oci.tar" "$REPO/build/images/kube-scheduler.oci.tar")
+  if [ "$REBUILD" = 1 ] || [ ! -f "${archives[0]}" ] || [ ! -f "${archives[1]}" ]; then
+    log "building the images (e2e/image/build: buildah, no Docker daemon needed)"
+    HCS_IMAGE="$IMAGE" "$REPO/e2e/image/build"
+  fi
+  [ -f "$busybox" ] && archives+=("$busybox")  # the e2e scenarios' workload image
+  for a in "${archives[@]}"; do
+    log "loading ${a#$REPO/} into the nodes"
+    kind load image-archive "$a" --name "$CLUSTER"
+  done
 fi
-log "loading $IMAGE into the nodes"
-kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 # ---- 3. simulated devices on the workers
 workdir="$(mktemp -d)"
 trap 'rm -rf "$workdir"' EXIT
-cid="$(docker create "$IMAGE")"
-docker cp "$cid:$LIB_DIR" "$workdir/lib" >/dev/null
-docker rm "$cid" >/dev/null
+# the simulated vendor libraries, built on this host (the same sources the image builds them from)
+make -s -C "$REPO/driver" >/dev/null
+cp -a "$REPO/driver/build/lib" "$workdir/lib"
 mapfile -t workers < <(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
 read -r -a profiles <<< "$PROFILES"
 [ "${#workers[@]}" -ge "${#profiles[@]}" ] || die "${#profiles[@]} profiles for ${#workers[@]} workers; add workers in kind-config.yaml or shorten HCS_KIND_PROFILES"
@@ -111,6 +165,8 @@ helm upgrade --install hcs "$REPO/helm/hcs" --namespace "$NAMESPACE" --create-na
   --set nodeAgent.simulated.enabled=true --set nodeAgent.simulated.hostDir="$SIM_DIR" \
   --set-string nodeAgent.nodeSelector.hcs\\.io/accelerator=true \
   --set scheduler.kubeScheduler.image.tag="$k8s_version" \
+  $( [ "$IMAGE_FROM" = buildah ] && echo --set scheduler.kubeScheduler.image.repository=hcs.local/kube-scheduler \
+       --set scheduler.kubeScheduler.image.pullPolicy=IfNotPresent --set scheduler.replicas=2 --set webhook.replicas=2 ) \
   --wait --timeout 10m ${HCS_KIND_HELM_ARGS:-}
 
 log "waiting for a ComputeNode per simulated node"

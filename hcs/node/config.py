@@ -49,6 +49,10 @@ class NodeConfig:
     kubeletWatchInterval: float = 0.15
     devicePlugin: bool = True  # False: DRA only (no slot resource, no kubelet device-plugin socket)
     cpuAffinity: str = ""  # "" | "auto" | cpuset list: pin the agent's threads (hcs/node/affinity.py)
+    # Allocate with no assignment for the offered slots waits up to this long for it (re-asking the
+    # source and reading the node's pods' signed records from the API server) before failing the pod:
+    # the kubelet can admit a pod before the allocator replica the agent talks to has its reservation.
+    allocateWaitSeconds: float = 5.0
 
     @property
     def kubelet_socket(self) -> str:
@@ -116,6 +120,8 @@ def _check(cfg: NodeConfig, source: str) -> None:
         raise bad("healthPollInterval", f"must be 0.01..5 seconds, got {cfg.healthPollInterval}")
     if not 0.01 <= cfg.kubeletWatchInterval <= 1:
         raise bad("kubeletWatchInterval", f"must be 0.01..1 seconds, got {cfg.kubeletWatchInterval}")
+    if not 0 <= cfg.allocateWaitSeconds <= 60:
+        raise bad("allocateWaitSeconds", f"must be 0..60 seconds, got {cfg.allocateWaitSeconds}")
     if len(cfg.plugin_socket) > 107:
         raise bad("devicePluginDir", f"+ socketName is {len(cfg.plugin_socket)} bytes; unix sockets allow 107")
 

@@ -159,6 +159,11 @@ class PluginCore:
         self._deferred: set[str] = set()
         self._deferred_since: dict[str, float] = {}
         self._prefetch: tuple[float, Sequence[Assignment]] | None = None
+        #: Second place to find an assignment when the source has none for an Allocate: the records on
+        #: this node's pods in the API server (set by the agent in allocator mode; see _await_candidates).
+        self.record_lookup: Callable[[], Sequence[Assignment]] | None = None
+        #: Allocate calls waiting for their assignment (slot IDs), for tests and debugging.
+        self.awaiting: set[tuple[str, ...]] = set()
         #: Dropped allocations whose files sweep_files has not removed yet.
         self._unswept: list[Allocation] = []
         #: Set when recovery saw slots held by containers it could not account for.
@@ -392,12 +397,18 @@ class PluginCore:
             cands = self._candidates(prefetched) if prefetched is not None else []
             if not cands:
                 cands = self._candidates()
+        if not cands:
+            # Not known yet: wait for it (bounded) without holding the lock (reconcile, file writes and
+            # the ComputeNode report take it; the kubelet admits one pod at a time per node).
+            cands = self._await_candidates(ids)
+        with self._lock:
             if not cands:
                 self.metrics.allocate_total.labels("error").inc()
                 raise PluginError(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"no pending HCS assignment on node {self.config.nodeName!r} for slots {list(ids)}: "
-                                  "the pod was not placed by hcs-scheduler, or the assignment source "
-                                  f"({self.config.assignmentSource}) is unreachable; check `hcs alloc explain`")
+                                  f"no pending HCS assignment on node {self.config.nodeName!r} for slots {list(ids)} "
+                                  f"after waiting {self.config.allocateWaitSeconds:g} s: the pod was not placed by "
+                                  f"hcs-scheduler, or the assignment source ({self.config.assignmentSource}) is "
+                                  "unreachable; check `hcs alloc explain`")
             pods = {a.pod.uid for a, _ in cands}
             if len(pods) == 1:
                 a, c = cands[0]
@@ -418,6 +429,45 @@ class PluginCore:
                         "(enable CDI for an exact match)", list(ids), len(pods), a.pod.ref)
             self.metrics.allocate_total.labels("fallback").inc()
             return self._exact(ids, a, c)
+
+    def _await_candidates(self, ids: tuple[str, ...]) -> list[tuple[Assignment, ContainerAssignment]]:
+        """Allocate came before the assignment was visible to the source (e.g. a standby allocator
+        whose watch has not delivered the bind yet). The allocator records the assignment on the pod
+        (signed) before it binds the pod, so the kubelet never sees a pod whose record is not on the
+        API server: read the node's pods' records there (``record_lookup``; only records that pass
+        :meth:`hcs.records.RecordKey.check` — allocator-signed, bound to the pod and this node — count),
+        and ask the source again, until ``allocateWaitSeconds`` have passed."""
+        deadline = time.monotonic() + self.config.allocateWaitSeconds
+        delay = 0.05
+        with self._lock:
+            self.awaiting.add(ids)
+        try:
+            while True:
+                if self.record_lookup is not None:
+                    try:
+                        recorded = self.record_lookup()
+                    except Exception as exc:  # the API server may be down too: keep asking the source
+                        log.warning("Allocate %s: reading the pods' assignment records failed: %s", list(ids), exc)
+                        recorded = []
+                    cands = self._candidates(recorded) if recorded else []
+                    if cands:
+                        log.info("Allocate %s: assignment of %s read from its pod's signed record (the "
+                                 "assignment source did not have it yet)", list(ids),
+                                 ", ".join(sorted({a.pod.ref for a, _ in cands})))
+                        return cands
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopped.is_set():
+                    return []
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 0.25)
+                cands = self._candidates()
+                if cands:
+                    log.info("Allocate %s: the assignment source answered after %.2f s", list(ids),
+                             self.config.allocateWaitSeconds - (deadline - time.monotonic()))
+                    return cands
+        finally:
+            with self._lock:
+                self.awaiting.discard(ids)
 
     def _candidates(self, assignments: Sequence[Assignment] | None = None
                     ) -> list[tuple[Assignment, ContainerAssignment]]:

@@ -116,6 +116,12 @@ class KubePodLister:
                 out.append(d)
         return out
 
+    def recorded(self) -> Sequence[Assignment]:
+        """The assignments recorded on this node's pods that pass the record checks (signed with the
+        record key, bound to the pod's uid/namespace/name and this node): the allocator writes the
+        record before it binds the pod, so a pod the kubelet admits always has its record here."""
+        return [d.assigned for d in self() if d.assigned is not None]
+
     def annotate(self, a: Assignment) -> None:
         """Write the (local policy's) assignment onto the pod, signed, as the allocator does."""
         text = dumps(a, node=self.node)

@@ -176,6 +176,13 @@ class ChartTarget:
         return result
 
     def set_faults(self, lines: Sequence[str], node: str | None = None) -> None:
+        if self.target == "kind":  # a kind node is a container: write the file inside it
+            sim = os.environ.get("HCS_E2E_SIM_DIR", "/opt/hcs/sim")
+            subprocess.run(["docker", "exec", "-i", node or self.node, "sh", "-c",
+                            f"cat > {sim}/profile.json.faults.tmp && mv {sim}/profile.json.faults.tmp "
+                            f"{sim}/profile.json.faults"], input="".join(f"{line}\n" for line in lines),
+                           text=True, check=True, timeout=60)
+            return
         path = self.faults_file(node or self.node)
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(f"{line}\n" for line in lines))

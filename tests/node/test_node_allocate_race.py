@@ -1,0 +1,214 @@
+"""The kubelet's Allocate before the node agent's assignment source knows the pod (issue 15's burst race).
+
+In the chart the node agent asks the allocator (``GetNodeAssignments``); the allocator records the
+signed assignment on the pod, then binds it. Under a burst the kubelet admitted pods — and called
+``Allocate`` — before the allocator replica the agent talked to had that reservation, and the pod
+failed with ``UnexpectedAdmissionError``. Here the real kubelet of the local cluster admits the pods
+and a real allocator gRPC server with an empty state (a standby whose watch has not delivered the
+bind) is the agent's source, so every Allocate comes before the source has the assignment:
+
+- the record is on the pod (the allocator's order: annotate, then bind): Allocate reads it;
+- nothing is anywhere when Allocate comes; the record is written while Allocate waits: it succeeds;
+- a record signed with another key (a tenant's forgery) is never used: the pod fails at the bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from node_helpers import GiB, device  # noqa: E402
+
+from hcs.devices.model import Vendor  # noqa: E402
+from hcs.kube import KubeError, KubeRest  # noqa: E402
+from hcs.node.assignments import Assignment, ContainerAssignment, DeviceGrant, PodRef, dumps  # noqa: E402
+from hcs.records import KEY_ENV, RecordKey  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+
+RESOURCE = "test.hcs.io/race-slot"
+NS = "default"
+
+
+def _wait(pred: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def rest(api_client: Any) -> KubeRest:
+    return KubeRest(api_client)
+
+
+@pytest.fixture
+def record_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RecordKey:
+    """The chart's record key (the allocator and the agents hold it): the agent reads $HCS_RECORD_KEY_FILE."""
+    path = tmp_path / "record-key"
+    path.write_bytes(os.urandom(48).hex().encode())
+    monkeypatch.setenv(KEY_ENV, str(path))
+    return RecordKey.load(path)
+
+
+@pytest.fixture
+def agent_on_real_kubelet(rest: KubeRest, kube_cluster: Any, record_key: RecordKey) -> Iterator[Any]:
+    """A node agent registered with the real kubelet whose assignment source is a real allocator gRPC
+    server that holds no reservation (a standby: GetNodeAssignments answers, with nothing in it)."""
+    from hcs.allocator.service import AllocatorService, serve
+    from hcs.allocator.state import AllocatorState
+    from hcs.node.agent import NodeAgent
+    from hcs.node.config import node_config
+    from hcs.node.sources import AllocatorAssignmentSource
+
+    root = Path(tempfile.mkdtemp(prefix="hcsr", dir="/tmp"))
+    standby = serve(AllocatorService(AllocatorState(), is_leader=lambda: False), f"unix://{root}/alloc.sock")
+    source = AllocatorAssignmentSource(f"unix://{root}/alloc.sock", kube_cluster.node_name)
+    cfg = node_config({
+        "nodeName": kube_cluster.node_name,
+        "devicePluginDir": str(Path(kube_cluster.kubelet_dir) / "device-plugins"),
+        "podResourcesSocket": str(Path(kube_cluster.kubelet_dir) / "pod-resources" / "kubelet.sock"),
+        "resourceName": RESOURCE, "socketName": f"hcs-race-{uuid.uuid4().hex[:6]}.sock",
+        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
+        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 2, "metricsPort": 0,
+        "reportInterval": 3600, "assignmentSource": "allocator", "allocateWaitSeconds": 8,
+    })
+    devices = [device(Vendor.NVIDIA, 0, 80), device(Vendor.NVIDIA, 1, 40)]
+    agent = NodeAgent(cfg, devices, kube=rest, source=source).start()
+    assert agent.core.record_lookup is not None
+
+    def capacity() -> bool:
+        n = rest.request("GET", f"/api/v1/nodes/{kube_cluster.node_name}")
+        return n["status"].get("allocatable", {}).get(RESOURCE) == "4"
+
+    try:
+        _wait(capacity, 60, f"{RESOURCE} allocatable on {kube_cluster.node_name}")
+        yield agent
+    finally:
+        agent.stop()
+        source.close()
+        standby.stop(None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _create_unbound(rest: KubeRest, kube_cluster: Any, name: str) -> dict[str, Any]:
+    """A pod no scheduler picks up (its schedulerName is nobody's): we bind it, as the allocator does."""
+    limits = {"ai.compute/vram": "8Gi", RESOURCE: "1"}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+           "spec": {"schedulerName": "hcs-test-nobody", "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "main", "image": kube_cluster.busybox_image, "imagePullPolicy": "Never",
+                                    "command": ["sh", "-c", "env | sort"],
+                                    "resources": {"requests": limits, "limits": limits}}]}}
+    out: dict[str, Any] = rest.request("POST", f"/api/v1/namespaces/{NS}/pods", body=pod)
+    return out
+
+
+def _record(pod: dict[str, Any], node: str, index: int, key: RecordKey) -> dict[str, str | None]:
+    """The allocator's signed record for ``pod``: 8 GiB on nvidia-<index> of ``node``."""
+    m = pod["metadata"]
+    a = Assignment(PodRef(m["uid"], m["namespace"], m["name"]),
+                   (ContainerAssignment("main", (DeviceGrant(Vendor.NVIDIA, index, f"NVIDIA-UUID-{index:04d}",
+                                                             8 * GiB),)),))
+    return key.annotations(dumps(a, node=node))
+
+
+def _annotate(rest: KubeRest, name: str, annotations: dict[str, str | None]) -> None:
+    rest.request("PATCH", f"/api/v1/namespaces/{NS}/pods/{name}", body={"metadata": {"annotations": annotations}},
+                 content_type="application/merge-patch+json")
+
+
+def _bind(rest: KubeRest, name: str, node: str) -> None:
+    rest.request("POST", f"/api/v1/namespaces/{NS}/pods/{name}/binding",
+                 body={"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+                       "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
+
+
+def _finished(rest: KubeRest, name: str, timeout_s: float = 120) -> dict[str, Any]:
+    def done() -> Any:
+        p = rest.request("GET", f"/api/v1/namespaces/{NS}/pods/{name}")
+        return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    out: dict[str, Any] = _wait(done, timeout_s, f"pod {name} to finish")
+    return out
+
+
+@contextlib.contextmanager
+def _pod(rest: KubeRest, kube_cluster: Any, prefix: str) -> Iterator[dict[str, Any]]:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    pod = _create_unbound(rest, kube_cluster, name)
+    try:
+        yield pod
+    finally:
+        with contextlib.suppress(KubeError):
+            rest.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}", query={"gracePeriodSeconds": "0"})
+
+
+def test_allocate_before_the_allocator_has_it_uses_the_pods_signed_record(
+        rest: KubeRest, kube_cluster: Any, record_key: RecordKey, agent_on_real_kubelet: Any) -> None:
+    agent = agent_on_real_kubelet
+    node = kube_cluster.node_name
+    with _pod(rest, kube_cluster, "hcs-race-rec") as pod:
+        name = pod["metadata"]["name"]
+        # the allocator's order: the record first (nvidia-0, where best fit would pick the 40 GiB nvidia-1),
+        # then the Binding; the standby allocator the agent asks never hears of it
+        _annotate(rest, name, _record(pod, node, 0, record_key))
+        _bind(rest, name, node)
+        p = _finished(rest, name)
+        assert p["status"]["phase"] == "Succeeded", p["status"]
+        logs = kube_cluster.kubectl("logs", "-n", NS, name).stdout
+        assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0000" in logs
+        assert [(a.pod.name, [g.key for g in a.devices]) for a in agent.core.allocations()] == [(name, ["nvidia-0"])]
+
+
+def test_allocate_waits_for_an_assignment_written_after_it_arrived(
+        rest: KubeRest, kube_cluster: Any, record_key: RecordKey, agent_on_real_kubelet: Any) -> None:
+    agent = agent_on_real_kubelet
+    node = kube_cluster.node_name
+    with _pod(rest, kube_cluster, "hcs-race-late") as pod:
+        name = pod["metadata"]["name"]
+        _bind(rest, name, node)  # bound with no record anywhere: the kubelet admits it and calls Allocate
+        _wait(lambda: agent.core.awaiting, 60, "the kubelet's Allocate to wait for the assignment")
+        p = rest.request("GET", f"/api/v1/namespaces/{NS}/pods/{name}")
+        assert p["status"].get("phase") in (None, "Pending"), p["status"]  # not failed: still admitting
+        _annotate(rest, name, _record(pod, node, 1, record_key))
+        p = _finished(rest, name)
+        assert p["status"]["phase"] == "Succeeded", p["status"]
+        logs = kube_cluster.kubectl("logs", "-n", NS, name).stdout
+        assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in logs
+        assert not agent.core.awaiting
+
+
+def test_allocate_never_uses_a_forged_record(
+        rest: KubeRest, kube_cluster: Any, record_key: RecordKey, agent_on_real_kubelet: Any) -> None:
+    """A tenant who writes a record signed with a key of its own gets no devices: the pod fails once the
+    wait is over (UnexpectedAdmissionError), and the agent holds nothing for it."""
+    agent = agent_on_real_kubelet
+    node = kube_cluster.node_name
+    forger = RecordKey(os.urandom(48))
+    with _pod(rest, kube_cluster, "hcs-race-forged") as pod:
+        name = pod["metadata"]["name"]
+        _annotate(rest, name, _record(pod, node, 0, forger))
+        _bind(rest, name, node)
+        t0 = time.monotonic()
+        p = _finished(rest, name)
+        assert p["status"]["phase"] == "Failed", p["status"]
+        assert p["status"].get("reason") == "UnexpectedAdmissionError", p["status"]
+        assert "no pending HCS assignment" in p["status"].get("message", ""), p["status"]
+        assert time.monotonic() - t0 >= agent.config.allocateWaitSeconds - 1  # it did wait for a genuine one
+        assert agent.core.allocations() == []
