@@ -13,6 +13,8 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
+#include <stdbool.h>
+
 #include "hcs_vendor_abi.h"
 #include "region.h"
 #include "t_common.h"
@@ -40,8 +42,12 @@ static void *worker(void *p) {
     for (int i = 0; i < a->iters; i++) {
         int slot = (int)(rnd(&a->seed) % 4);
         if (held[slot] != 0) {
-            CUresult rc = (rnd(&a->seed) & 1) ? cuMemFree_v2(held[slot]) : cuMemFreeAsync(held[slot], NULL);
+            bool async = (rnd(&a->seed) & 1) != 0;
+            CUresult rc = async ? cuMemFreeAsync(held[slot], NULL) : cuMemFree_v2(held[slot]);
             if (rc != CUDA_SUCCESS)
+                a->other++;
+            /* stream-ordered frees complete (and pools give memory back) at synchronisation */
+            if (async && (rnd(&a->seed) & 3) == 0 && cuStreamSynchronize(NULL) != CUDA_SUCCESS)
                 a->other++;
             held[slot] = 0;
         } else {
