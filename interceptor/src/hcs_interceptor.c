@@ -52,7 +52,7 @@
 
 /* ------------------------------------------------------------------ hooked symbols */
 
-enum hcs_lib { LIB_CUDA, LIB_NVML, LIB_ACL, LIB_HIP, LIB_CNRT, LIB_COUNT };
+enum hcs_lib { LIB_CUDA, LIB_NVML, LIB_ACL, LIB_HIP, LIB_CNRT, LIB_DCMI, LIB_RSMI, LIB_CNDEV, LIB_COUNT };
 
 static const char *const lib_names[LIB_COUNT][3] = {
     [LIB_CUDA] = {"libcuda.so.1", "libcuda.so", NULL},
@@ -60,6 +60,9 @@ static const char *const lib_names[LIB_COUNT][3] = {
     [LIB_ACL] = {"libascendcl.so", NULL, NULL},
     [LIB_HIP] = {"libamdhip64.so", "libamdhip64.so.6", "libamdhip64.so.5"},
     [LIB_CNRT] = {"libcnrt.so", NULL, NULL},
+    [LIB_DCMI] = {"libdcmi.so", NULL, NULL},
+    [LIB_RSMI] = {"librocm_smi64.so", "librocm_smi64.so.2", "librocm_smi64.so.1"},
+    [LIB_CNDEV] = {"libcndev.so", NULL, NULL},
 };
 
 /* X(name, lib, hooked): hooked=1 for functions this library exports and replaces, 0 for real
@@ -937,11 +940,11 @@ HCS_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemo
     uint64_t f = memory->free, t = memory->total;
     nvml_view(device, &f, &t);
     if (t != memory->total) {
-        uint64_t reserved = memory->reserved < t - f ? memory->reserved : t - f;
+        /* inside the quota nothing is the system's: used is what the container uses (nvidia-smi) */
         memory->total = t;
         memory->free = f;
-        memory->reserved = reserved;
-        memory->used = t - f - reserved;
+        memory->reserved = 0;
+        memory->used = t - f;
     }
     return rc;
 }
@@ -1270,7 +1273,8 @@ HCS_HIDDEN HCS_NO_SANITIZE __attribute__((used)) int hcs_dlsym_lookup(void *hand
     if (name == NULL)
         return 0;
     if (!has_prefix(name, "cu") && !has_prefix(name, "nvml") && !has_prefix(name, "aclrt") &&
-        !has_prefix(name, "hip") && !has_prefix(name, "cnrt"))
+        !has_prefix(name, "hip") && !has_prefix(name, "cnrt") && !has_prefix(name, "dcmi") &&
+        !has_prefix(name, "rsmi") && !has_prefix(name, "cndev"))
         return 0;
     int id = -1;
     for (int i = 0; i < SYM_COUNT; i++) {

@@ -905,3 +905,100 @@ static void extra_atfork_child(void) {
 __attribute__((constructor)) static void hooks_extra_ctor(void) {
     pthread_atfork(NULL, NULL, extra_atfork_child);
 }
+
+/* ------------------------------------------------------------------ management libraries' memory queries
+ *
+ * Like NVML's: inside a container with a quota, DCMI (npu-smi), ROCm SMI (rocm-smi / hy-smi) and
+ * CNDev (cnmon) report total = min(quota, card) and used = the container's usage from the ledger,
+ * so the tools agree with the quota. Devices are the runtime's ordinals (DCMI's logic id). */
+
+/* the quota-limited view of device dev: false when not limited (the library's numbers stand) */
+static bool smi_view(int dev, uint64_t card_total, uint64_t *total, uint64_t *used) {
+    struct hcs_state *s = state();
+    if (!s->enforcing || dev < 0 || dev >= HCS_MAX_DEVICES)
+        return false;
+    uint64_t limit = limit_of(s, dev);
+    if (limit == HCS_UNLIMITED)
+        return false;
+    bool ok;
+    uint64_t u = hcs_region_used(&s->region, dev, &ok);
+    *total = card_total < limit ? card_total : limit;
+    *used = u < *total ? u : *total;
+    return true;
+}
+
+static int dcmi_dev(int card_id, int device_id) {
+    __typeof__(&dcmi_get_device_logic_id) f = REAL(dcmi_get_device_logic_id);
+    int logic = -1;
+    if (f == NULL || f(&logic, card_id, device_id) != 0)
+        return -1;
+    return logic;
+}
+
+HCS_EXPORT int dcmi_get_device_memory_info_v3(int card_id, int device_id, struct dcmi_get_memory_info_stru *mem) {
+    __typeof__(&dcmi_get_device_memory_info_v3) real = REAL(dcmi_get_device_memory_info_v3);
+    if (real == NULL)
+        return -8005; /* DCMI inner error */
+    int rc = real(card_id, device_id, mem);
+    uint64_t total, used;
+    if (rc == 0 && mem != NULL && smi_view(dcmi_dev(card_id, device_id), mem->memory_size << 20, &total, &used)) {
+        mem->memory_size = total >> 20;
+        mem->memory_available = (total - used) >> 20;
+        mem->utiliza = total ? (unsigned int)(used * 100 / total) : 0;
+    }
+    return rc;
+}
+
+HCS_EXPORT int dcmi_get_device_hbm_info(int card_id, int device_id, struct dcmi_hbm_info *hbm) {
+    __typeof__(&dcmi_get_device_hbm_info) real = REAL(dcmi_get_device_hbm_info);
+    if (real == NULL)
+        return -8005;
+    int rc = real(card_id, device_id, hbm);
+    uint64_t total, used;
+    if (rc == 0 && hbm != NULL && smi_view(dcmi_dev(card_id, device_id), hbm->memory_size << 20, &total, &used)) {
+        hbm->memory_size = total >> 20;
+        hbm->memory_usage = used >> 20;
+    }
+    return rc;
+}
+
+HCS_EXPORT rsmi_status_t rsmi_dev_memory_total_get(uint32_t dv_ind, int mem_type, uint64_t *total_out) {
+    __typeof__(&rsmi_dev_memory_total_get) real = REAL(rsmi_dev_memory_total_get);
+    if (real == NULL)
+        return 8; /* RSMI_STATUS_INIT_ERROR */
+    rsmi_status_t rc = real(dv_ind, mem_type, total_out);
+    uint64_t total, used;
+    if (rc == 0 && total_out != NULL && mem_type == RSMI_MEM_TYPE_VRAM && dv_ind < HCS_MAX_DEVICES &&
+        smi_view((int)dv_ind, *total_out, &total, &used))
+        *total_out = total;
+    return rc;
+}
+
+HCS_EXPORT rsmi_status_t rsmi_dev_memory_usage_get(uint32_t dv_ind, int mem_type, uint64_t *used_out) {
+    __typeof__(&rsmi_dev_memory_usage_get) real = REAL(rsmi_dev_memory_usage_get);
+    __typeof__(&rsmi_dev_memory_total_get) tot = REAL(rsmi_dev_memory_total_get);
+    if (real == NULL)
+        return 8;
+    rsmi_status_t rc = real(dv_ind, mem_type, used_out);
+    uint64_t card = 0, total, used;
+    if (rc == 0 && used_out != NULL && mem_type == RSMI_MEM_TYPE_VRAM && dv_ind < HCS_MAX_DEVICES && tot != NULL &&
+        tot(dv_ind, mem_type, &card) == 0 && smi_view((int)dv_ind, card, &total, &used))
+        *used_out = used;
+    return rc;
+}
+
+HCS_EXPORT cndevRet_t cndevGetMemoryUsageV2(cndevMemoryInfoV2_t *mem, cndevDevice_t device) {
+    __typeof__(&cndevGetMemoryUsageV2) real = REAL(cndevGetMemoryUsageV2);
+    if (real == NULL)
+        return 1; /* CNDEV_ERROR_NO_DRIVER */
+    cndevRet_t rc = real(mem, device);
+    uint64_t total, used;
+    if (rc == 0 && mem != NULL && mem->physicalMemoryTotal > 0 &&
+        smi_view(device, (uint64_t)mem->physicalMemoryTotal << 20, &total, &used)) {
+        mem->physicalMemoryTotal = (int64_t)(total >> 20);
+        mem->physicalMemoryUsed = (int64_t)(used >> 20);
+        mem->virtualMemoryTotal = mem->physicalMemoryTotal;
+        mem->virtualMemoryUsed = mem->physicalMemoryUsed;
+    }
+    return rc;
+}

@@ -9,11 +9,13 @@
  *   t_alloc <api> returns       API-specific: what gives memory back and what does not
  * Quota of device 0: HCS_TEST_QUOTA. Prints "ok <api> <mode>" or FAIL lines (exit 1).
  */
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <unistd.h>
 
 #include "hcs_vendor_abi.h"
+#include "hooks_extra.h"
 #include "t_common.h"
 
 #define GRANULE ((uint64_t)2 << 20)
@@ -527,6 +529,114 @@ static void returns_v1(uint64_t q) {
     CHECK_U64(info_free("cuda"), q);
 }
 
+/* ---- the management libraries (nvidia-smi, npu-smi, rocm-smi, cnmon) report the quota and the
+ * container's own usage; the simulated libraries are dlopen'ed from HCS_TEST_DRIVER_LIB */
+
+static void *smi_lib(const char *name) {
+    const char *dir = getenv("HCS_TEST_DRIVER_LIB");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir ? dir : ".", name);
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL)
+        fprintf(stderr, "FAIL: dlopen %s: %s\n", path, dlerror());
+    return h;
+}
+
+#define SYM(lib, type, name) __typeof__(type) name##_ = (__typeof__(type))dlsym(lib, #name)
+
+static void smi(const struct api *a, uint64_t q) {
+    void *h = NULL;
+    const uint64_t chunk = 4 * GRANULE; /* 8 MiB: whole MiB for the MB-unit libraries */
+    CHECK_EQ(a->alloc(chunk, &h), 0);
+    if (strcmp(a->vendor, "cuda") == 0) {
+        void *l = smi_lib("libnvidia-ml.so.1");
+        if (l == NULL) {
+            t_failures++;
+            return;
+        }
+        SYM(l, nvmlReturn_t(*)(void), nvmlInit_v2);
+        SYM(l, nvmlReturn_t(*)(unsigned int, nvmlDevice_t *), nvmlDeviceGetHandleByIndex_v2);
+        SYM(l, nvmlReturn_t(*)(nvmlDevice_t, nvmlMemory_t *), nvmlDeviceGetMemoryInfo);
+        SYM(l, nvmlReturn_t(*)(nvmlDevice_t, nvmlMemory_v2_t *), nvmlDeviceGetMemoryInfo_v2);
+        nvmlDevice_t d;
+        CHECK(nvmlInit_v2_ && nvmlDeviceGetHandleByIndex_v2_ && nvmlDeviceGetMemoryInfo_ && nvmlDeviceGetMemoryInfo_v2_);
+        if (nvmlInit_v2_ == NULL || nvmlDeviceGetHandleByIndex_v2_ == NULL || nvmlDeviceGetMemoryInfo_ == NULL ||
+            nvmlDeviceGetMemoryInfo_v2_ == NULL)
+            return;
+        CHECK_EQ(nvmlInit_v2_(), NVML_SUCCESS);
+        CHECK_EQ(nvmlDeviceGetHandleByIndex_v2_(0, &d), NVML_SUCCESS);
+        nvmlMemory_t m1;
+        CHECK_EQ(nvmlDeviceGetMemoryInfo_(d, &m1), NVML_SUCCESS);
+        CHECK_U64(m1.total, q);
+        CHECK_U64(m1.used, chunk);
+        CHECK_U64(m1.free, q - chunk);
+        nvmlMemory_v2_t m2;
+        memset(&m2, 0, sizeof m2);
+        m2.version = 0x02000028u; /* nvmlMemory_v2 */
+        CHECK_EQ(nvmlDeviceGetMemoryInfo_v2_(d, &m2), NVML_SUCCESS);
+        CHECK_U64(m2.total, q);
+        CHECK_U64(m2.used, chunk);
+        CHECK_U64(m2.reserved, 0);
+        CHECK_U64(m2.free, q - chunk);
+    } else if (strcmp(a->vendor, "acl") == 0) {
+        void *l = smi_lib("libdcmi.so");
+        if (l == NULL) {
+            t_failures++;
+            return;
+        }
+        SYM(l, int (*)(void), dcmi_init);
+        SYM(l, int (*)(int, int, struct dcmi_get_memory_info_stru *), dcmi_get_device_memory_info_v3);
+        SYM(l, int (*)(int, int, struct dcmi_hbm_info *), dcmi_get_device_hbm_info);
+        CHECK(dcmi_init_ && dcmi_get_device_memory_info_v3_ && dcmi_get_device_hbm_info_);
+        if (dcmi_init_ == NULL || dcmi_get_device_memory_info_v3_ == NULL || dcmi_get_device_hbm_info_ == NULL)
+            return;
+        CHECK_EQ(dcmi_init_(), 0);
+        struct dcmi_get_memory_info_stru m;
+        CHECK_EQ(dcmi_get_device_memory_info_v3_(0, 0, &m), 0);
+        CHECK_U64(m.memory_size, q >> 20);
+        CHECK_U64(m.memory_available, (q - chunk) >> 20);
+        struct dcmi_hbm_info hb;
+        CHECK_EQ(dcmi_get_device_hbm_info_(0, 0, &hb), 0);
+        CHECK_U64(hb.memory_size, q >> 20);
+        CHECK_U64(hb.memory_usage, chunk >> 20);
+    } else if (strcmp(a->vendor, "hip") == 0) {
+        void *l = smi_lib("librocm_smi64.so");
+        if (l == NULL) {
+            t_failures++;
+            return;
+        }
+        SYM(l, rsmi_status_t(*)(uint64_t), rsmi_init);
+        SYM(l, rsmi_status_t(*)(uint32_t, int, uint64_t *), rsmi_dev_memory_total_get);
+        SYM(l, rsmi_status_t(*)(uint32_t, int, uint64_t *), rsmi_dev_memory_usage_get);
+        CHECK(rsmi_init_ && rsmi_dev_memory_total_get_ && rsmi_dev_memory_usage_get_);
+        if (rsmi_init_ == NULL || rsmi_dev_memory_total_get_ == NULL || rsmi_dev_memory_usage_get_ == NULL)
+            return;
+        CHECK_EQ(rsmi_init_(0), 0);
+        uint64_t t = 0, u = 0;
+        CHECK_EQ(rsmi_dev_memory_total_get_(0, RSMI_MEM_TYPE_VRAM, &t), 0);
+        CHECK_EQ(rsmi_dev_memory_usage_get_(0, RSMI_MEM_TYPE_VRAM, &u), 0);
+        CHECK_U64(t, q);
+        CHECK_U64(u, chunk);
+    } else {
+        void *l = smi_lib("libcndev.so");
+        if (l == NULL) {
+            t_failures++;
+            return;
+        }
+        SYM(l, cndevRet_t(*)(int32_t), cndevInit);
+        SYM(l, cndevRet_t(*)(cndevMemoryInfoV2_t *, cndevDevice_t), cndevGetMemoryUsageV2);
+        CHECK(cndevInit_ && cndevGetMemoryUsageV2_);
+        if (cndevInit_ == NULL || cndevGetMemoryUsageV2_ == NULL)
+            return;
+        CHECK_EQ(cndevInit_(0), 0);
+        cndevMemoryInfoV2_t m;
+        CHECK_EQ(cndevGetMemoryUsageV2_(&m, 0), 0);
+        CHECK_U64(m.physicalMemoryTotal, q >> 20);
+        CHECK_U64(m.physicalMemoryUsed, chunk >> 20);
+    }
+    CHECK_EQ(a->free_(h), 0);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: t_alloc <api> <edge|hold|returns> [bytes]\n");
@@ -546,6 +656,8 @@ int main(int argc, char **argv) {
         hold(a, strtoull(argv[3], NULL, 10));
     if (strcmp(mode, "edge") == 0 && argc > 3) {
         edge(a, strtoull(argv[3], NULL, 10));
+    } else if (strcmp(mode, "smi") == 0) {
+        smi(a, env_u64("HCS_TEST_QUOTA"));
     } else if (strcmp(mode, "returns") == 0) {
         uint64_t q = env_u64("HCS_TEST_QUOTA");
         if (strcmp(a->name, "cuMemCreate") == 0)

@@ -122,3 +122,12 @@ def test_acl_align32_charged_the_rounded_size(h: Harness) -> None:
 
 def test_v1_cumemalloc_through_cugetprocaddress_for_old_versions(h: Harness) -> None:
     ok(h.run("t_alloc", "cuMemAlloc_v1", "returns", **quota_env(16 * MIB)), "cuMemAlloc_v1 returns")
+
+
+@pytest.mark.parametrize("api", ["cuMemAllocManaged", "aclrtMallocCached", "hipMallocManaged", "cnrtMallocConstant"],
+                         ids=["nvml", "dcmi", "rocm-smi", "cndev"])
+def test_management_library_reports_quota_and_own_usage(h: Harness, api: str) -> None:
+    """nvidia-smi / npu-smi / rocm-smi / cnmon inside the container agree with the quota: NVML
+    (v1, v2 with nothing 'reserved'), DCMI memory_info_v3 + hbm_info, rsmi VRAM total/usage and
+    cndevGetMemoryUsageV2 report total = quota and used = the container's own usage."""
+    ok(h.run("t_alloc", api, "smi", **quota_env(64 * MIB)), f"{api} smi")
