@@ -300,7 +300,7 @@ int sim_vmm_map(void *va, size_t size, size_t offset, void *handle) {
     pthread_mutex_lock(&vmm_mu);
     int rc = SIM_MEM_BADVAL;
     if (!valid_handle(h) || size == 0 || offset > h->size || size > h->size - offset ||
-        size % SIM_VMM_GRANULE != 0 || offset % SIM_VMM_GRANULE != 0)
+        size % SIM_VMM_GRANULE != 0 || offset % SIM_VMM_GRANULE != 0 || (uintptr_t)p % SIM_VMM_GRANULE != 0)
         goto out;
     int inside = 0;
     for (size_t i = 0; i < res_n && !inside; i++)

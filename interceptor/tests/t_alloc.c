@@ -637,6 +637,97 @@ static void smi(const struct api *a, uint64_t q) {
     CHECK_EQ(a->free_(h), 0);
 }
 
+/* ---- the simulated runtimes' own semantics (run without the interceptor: the card's numbers) */
+
+static void sim_cuda(void) {
+    uint64_t base = info_free("cuda");
+    const uint64_t m8 = 4 * GRANULE;
+    CUmemAllocationProp prop = dev_prop();
+    CUmemGenericAllocationHandle hd;
+    CUdeviceptr va, p;
+    CHECK_EQ(cuMemCreate(&hd, GRANULE - 1, &prop, 0), CUDA_ERROR_INVALID_VALUE); /* granularity */
+    CHECK_EQ(cuMemAddressReserve(&va, 2 * m8, 0, 0, 0), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base); /* address space costs nothing */
+    CHECK_EQ(cuMemCreate(&hd, m8, &prop, 0), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base - m8);
+    CHECK_EQ(cuMemMap(va + 1, m8, 0, hd, 0), CUDA_ERROR_INVALID_VALUE);   /* off the granule */
+    CHECK_EQ(cuMemMap(va, m8 + GRANULE, 0, hd, 0), CUDA_ERROR_INVALID_VALUE); /* beyond the handle */
+    CHECK_EQ(cuMemMap(va, m8, 0, hd, 0), CUDA_SUCCESS);
+    CHECK_EQ(cuMemMap(va, m8, 0, hd, 0), CUDA_ERROR_INVALID_VALUE); /* overlaps */
+    CHECK_EQ(cuMemRelease(hd), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base - m8); /* mapped: not freed yet */
+    CHECK_EQ(cuMemAddressFree(va, 2 * m8), CUDA_ERROR_INVALID_VALUE); /* still mapped */
+    CHECK_EQ(cuMemUnmap(va, GRANULE), CUDA_ERROR_INVALID_VALUE);      /* part of a mapping */
+    CHECK_EQ(cuMemUnmap(va, m8), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base);
+    CHECK_EQ(cuMemAddressFree(va, 2 * m8), CUDA_SUCCESS);
+    /* pools: cached memory stays on the card until synchronisation / trim */
+    CUmemoryPool keep = make_pool(UINT64_MAX);
+    CHECK_EQ(cuMemAllocFromPoolAsync(&p, m8, keep, NULL), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFreeAsync(p, NULL), CUDA_SUCCESS);
+    CHECK_EQ(cuStreamSynchronize(NULL), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base - m8);
+    cuuint64_t v = 0;
+    CHECK_EQ(cuMemPoolGetAttribute(keep, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &v), CUDA_SUCCESS);
+    CHECK_U64(v, m8);
+    CHECK_EQ(cuMemPoolGetAttribute(keep, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &v), CUDA_SUCCESS);
+    CHECK_U64(v, 0);
+    CHECK_EQ(cuMemPoolTrimTo(keep, 0), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base);
+    CHECK_EQ(cuMemPoolDestroy(keep), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAllocAsync(&p, m8, NULL), CUDA_SUCCESS); /* default pool, threshold 0 */
+    CHECK_EQ(cuMemFreeAsync(p, NULL), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base - m8); /* the free is pending until the stream gets there */
+    CHECK_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base);
+    CUmemoryPool def;
+    CHECK_EQ(cuDeviceGetDefaultMemPool(&def, 0), CUDA_SUCCESS);
+    CHECK_EQ(cuMemPoolDestroy(def), CUDA_ERROR_INVALID_VALUE); /* the default pool cannot be destroyed */
+    /* arrays: rows padded to 512 bytes */
+    CUDA_ARRAY_DESCRIPTOR d = {.Width = 100, .Height = 10, .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1};
+    CUarray arr;
+    CHECK_EQ(cuArrayCreate_v2(&arr, &d), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base - 5120);
+    CHECK_EQ(cuArrayDestroy(arr), CUDA_SUCCESS);
+    d.NumChannels = 3;
+    CHECK_EQ(cuArrayCreate_v2(&arr, &d), CUDA_ERROR_INVALID_VALUE);
+    void *mm = NULL;
+    CHECK_EQ(cu_mipmap_alloc(3072, &mm), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base - 3072);
+    CHECK_EQ(cu_mipmap_free(mm), CUDA_SUCCESS);
+    /* v1: a 32-bit pointer */
+    CUdeviceptr_v1 p1 = 0;
+    CHECK_EQ(cuMemAlloc(&p1, 4096), CUDA_SUCCESS);
+    CHECK(p1 != 0);
+    CHECK_U64(info_free("cuda"), base - 4096);
+    CHECK_EQ(cuMemFree(p1), CUDA_SUCCESS);
+    CHECK_U64(info_free("cuda"), base);
+}
+
+static void sim_vendors(void) {
+    uint64_t base = info_free("hip");
+    void *p = NULL;
+    CHECK_EQ(hipExtMallocWithFlags(&p, 16, hipMallocSignalMemory), hipErrorInvalidValue); /* 8 bytes only */
+    CHECK_EQ(hipExtMallocWithFlags(&p, 4096, 77), hipErrorInvalidValue);
+    void *h = NULL;
+    CHECK_EQ(hip_vmm_alloc(2 * GRANULE, &h), hipSuccess);
+    CHECK_U64(info_free("hip"), base - 2 * GRANULE);
+    CHECK_EQ(hip_vmm_free(h), hipSuccess);
+    CHECK_U64(info_free("hip"), base);
+    base = info_free("acl");
+    CHECK_EQ(aclrtMallocAlign32(&p, 33, 0), ACL_SUCCESS);
+    CHECK_U64(info_free("acl"), base - 64);
+    CHECK_EQ(aclrtFree(p), ACL_SUCCESS);
+    CHECK_EQ(acl_vmm_alloc(GRANULE, &h), ACL_SUCCESS);
+    CHECK_U64(info_free("acl"), base - GRANULE);
+    CHECK_EQ(acl_vmm_free(h), ACL_SUCCESS);
+    CHECK_U64(info_free("acl"), base);
+    base = info_free("cnrt");
+    CHECK_EQ(cnrtHostMalloc(&p, 4096), cnrtSuccess); /* host memory: the card is untouched */
+    CHECK_U64(info_free("cnrt"), base);
+    CHECK_EQ(cnrtFreeHost(p), cnrtSuccess);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: t_alloc <api> <edge|hold|returns> [bytes]\n");
@@ -656,6 +747,12 @@ int main(int argc, char **argv) {
         hold(a, strtoull(argv[3], NULL, 10));
     if (strcmp(mode, "edge") == 0 && argc > 3) {
         edge(a, strtoull(argv[3], NULL, 10));
+    } else if (strcmp(mode, "sim") == 0) {
+        setup("hip");
+        setup("acl");
+        setup("cnrt");
+        sim_cuda();
+        sim_vendors();
     } else if (strcmp(mode, "smi") == 0) {
         smi(a, env_u64("HCS_TEST_QUOTA"));
     } else if (strcmp(mode, "returns") == 0) {

@@ -131,3 +131,11 @@ def test_management_library_reports_quota_and_own_usage(h: Harness, api: str) ->
     (v1, v2 with nothing 'reserved'), DCMI memory_info_v3 + hbm_info, rsmi VRAM total/usage and
     cndevGetMemoryUsageV2 report total = quota and used = the container's own usage."""
     ok(h.run("t_alloc", api, "smi", **quota_env(64 * MIB)), f"{api} smi")
+
+
+def test_simulated_runtimes_follow_the_vendor_semantics(h: Harness) -> None:
+    """Without the interceptor (the card's own numbers): VMM granularity, mapping rules, memory freed
+    only when released and unmapped; pools keep cached memory until synchronisation or trim, async
+    frees pending until synchronisation, the default pool cannot be destroyed; arrays' 512-byte rows;
+    v1 32-bit pointers; HIP/ACL VMM; aclrtMallocAlign32 rounding; cnrtHostMalloc is host memory."""
+    ok(h.run("t_alloc", "cuMemCreate", "sim", preload=False), "cuMemCreate sim")
