@@ -144,7 +144,8 @@ EXPORT hipError_t hipMemRelease(hipMemGenericAllocationHandle_t handle) {
     return vmm_rc(sim_vmm_release(handle));
 }
 
-EXPORT hipError_t hipMemAddressReserve(void **ptr, size_t size, size_t alignment, void *addr, unsigned long long flags) {
+EXPORT hipError_t hipMemAddressReserve(void **ptr, size_t size, size_t alignment, void *addr,
+                                      unsigned long long flags) {
     (void)addr;
     if (ptr == NULL || flags != 0)
         return hipErrorInvalidValue;

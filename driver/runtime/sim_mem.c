@@ -304,7 +304,8 @@ int sim_vmm_map(void *va, size_t size, size_t offset, void *handle) {
         goto out;
     int inside = 0;
     for (size_t i = 0; i < res_n && !inside; i++)
-        inside = p >= res_tab[i].base && size <= res_tab[i].size && p - res_tab[i].base <= (ptrdiff_t)(res_tab[i].size - size);
+        inside = p >= res_tab[i].base && size <= res_tab[i].size &&
+                 p - res_tab[i].base <= (ptrdiff_t)(res_tab[i].size - size);
     if (!inside)
         goto out;
     for (size_t j = 0; j < map_n; j++)

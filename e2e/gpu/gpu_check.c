@@ -38,7 +38,8 @@ static CUresult (*p_cuMemGetInfo)(size_t *, size_t *);
 static CUresult (*p_cuGetProcAddress)(const char *, void **, int, cuuint64_t);
 static CUresult (*p_cuMemGetAllocationGranularity)(size_t *, const CUmemAllocationProp *,
                                                     CUmemAllocationGranularity_flags);
-static CUresult (*p_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+static CUresult (*p_cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *,
+                                  unsigned long long);
 static CUresult (*p_cuMemRelease)(CUmemGenericAllocationHandle);
 static CUresult (*p_cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
 static CUresult (*p_cuMemAddressFree)(CUdeviceptr, size_t);

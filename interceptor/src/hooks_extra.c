@@ -75,6 +75,21 @@ static void vmm_ref(struct hcs_state *s, enum vmm_vendor v, uint64_t handle, int
     pthread_mutex_unlock(&vmm_mu);
 }
 
+/* A release or unmap runs the driver's call under vmm_mu: the driver may hand the same handle value
+ * to another thread's create the moment it is freed, and that create's bookkeeping must come after
+ * this one's (vmm_created takes vmm_mu too). ok(rc) says whether the call succeeded. */
+#define VMM_LOCKED_CALL(s, call, ok_expr, after)                                                         \
+    do {                                                                                                 \
+        bool locked_ = !in_hook && (s)->enforcing;                                                       \
+        if (locked_)                                                                                     \
+            pthread_mutex_lock(&vmm_mu);                                                                 \
+        rc = (call);                                                                                     \
+        if (locked_ && (ok_expr))                                                                        \
+            after;                                                                                       \
+        if (locked_)                                                                                     \
+            pthread_mutex_unlock(&vmm_mu);                                                               \
+    } while (0)
+
 static void vmm_mapped(struct hcs_state *s, enum vmm_vendor v, uint64_t va, uint64_t size, uint64_t handle) {
     if (!s->enforcing)
         return;
@@ -91,10 +106,7 @@ static void vmm_mapped(struct hcs_state *s, enum vmm_vendor v, uint64_t va, uint
 
 /* after a successful unmap of [va, va + size) (size 0: the one mapping at va): drop the mapping
  * references of every mapping that started in the range */
-static void vmm_unmapped(struct hcs_state *s, enum vmm_vendor v, uint64_t va, uint64_t size) {
-    if (!s->enforcing)
-        return;
-    pthread_mutex_lock(&vmm_mu);
+static void vmm_unmapped_locked(struct hcs_state *s, enum vmm_vendor v, uint64_t va, uint64_t size) {
     uint64_t cur = va;
     for (int first = 1; first || cur < va + size; first = 0) {
         uint64_t msize, handle;
@@ -107,7 +119,6 @@ static void vmm_unmapped(struct hcs_state *s, enum vmm_vendor v, uint64_t va, ui
             break;
         cur += msize;
     }
-    pthread_mutex_unlock(&vmm_mu);
 }
 
 /* admission for a physical allocation of size bytes on dev; returns 0 to go on, or the vendor OOM */
@@ -158,9 +169,9 @@ HCS_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t siz
 
 HCS_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
     CU_REAL_OR_FAIL(cuMemRelease);
-    CUresult rc = real(handle);
-    if (rc == CUDA_SUCCESS && !in_hook)
-        vmm_ref(state(), VMM_CUDA, (uint64_t)handle, -1);
+    struct hcs_state *s = state();
+    CUresult rc;
+    VMM_LOCKED_CALL(s, real(handle), rc == CUDA_SUCCESS, vmm_ref_locked(s, VMM_CUDA, (uint64_t)handle, -1));
     return rc;
 }
 
@@ -175,9 +186,9 @@ HCS_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemG
 
 HCS_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
     CU_REAL_OR_FAIL(cuMemUnmap);
-    CUresult rc = real(ptr, size);
-    if (rc == CUDA_SUCCESS && !in_hook)
-        vmm_unmapped(state(), VMM_CUDA, (uint64_t)ptr, size);
+    struct hcs_state *s = state();
+    CUresult rc;
+    VMM_LOCKED_CALL(s, real(ptr, size), rc == CUDA_SUCCESS, vmm_unmapped_locked(s, VMM_CUDA, (uint64_t)ptr, size));
     return rc;
 }
 
@@ -216,9 +227,9 @@ HCS_EXPORT hipError_t hipMemRelease(hipMemGenericAllocationHandle_t handle) {
     __typeof__(&hipMemRelease) real = REAL(hipMemRelease);
     if (real == NULL)
         return hipErrorNotInitialized;
-    hipError_t rc = real(handle);
-    if (rc == hipSuccess && !in_hook)
-        vmm_ref(state(), VMM_HIP, (uint64_t)(uintptr_t)handle, -1);
+    struct hcs_state *s = state();
+    hipError_t rc;
+    VMM_LOCKED_CALL(s, real(handle), rc == hipSuccess, vmm_ref_locked(s, VMM_HIP, (uint64_t)(uintptr_t)handle, -1));
     return rc;
 }
 
@@ -237,9 +248,10 @@ HCS_EXPORT hipError_t hipMemUnmap(void *ptr, size_t size) {
     __typeof__(&hipMemUnmap) real = REAL(hipMemUnmap);
     if (real == NULL)
         return hipErrorNotInitialized;
-    hipError_t rc = real(ptr, size);
-    if (rc == hipSuccess && !in_hook)
-        vmm_unmapped(state(), VMM_HIP, (uint64_t)(uintptr_t)ptr, size);
+    struct hcs_state *s = state();
+    hipError_t rc;
+    VMM_LOCKED_CALL(s, real(ptr, size), rc == hipSuccess,
+                    vmm_unmapped_locked(s, VMM_HIP, (uint64_t)(uintptr_t)ptr, size));
     return rc;
 }
 
@@ -271,9 +283,9 @@ HCS_EXPORT aclError aclrtFreePhysical(aclrtDrvMemHandle handle) {
     __typeof__(&aclrtFreePhysical) real = REAL(aclrtFreePhysical);
     if (real == NULL)
         return ACL_ERROR_UNINITIALIZE;
-    aclError rc = real(handle);
-    if (rc == ACL_SUCCESS && !in_hook)
-        vmm_ref(state(), VMM_ACL, (uint64_t)(uintptr_t)handle, -1);
+    struct hcs_state *s = state();
+    aclError rc;
+    VMM_LOCKED_CALL(s, real(handle), rc == ACL_SUCCESS, vmm_ref_locked(s, VMM_ACL, (uint64_t)(uintptr_t)handle, -1));
     return rc;
 }
 
@@ -291,9 +303,10 @@ HCS_EXPORT aclError aclrtUnmapMem(void *virPtr) {
     __typeof__(&aclrtUnmapMem) real = REAL(aclrtUnmapMem);
     if (real == NULL)
         return ACL_ERROR_UNINITIALIZE;
-    aclError rc = real(virPtr);
-    if (rc == ACL_SUCCESS && !in_hook)
-        vmm_unmapped(state(), VMM_ACL, (uint64_t)(uintptr_t)virPtr, 0);
+    struct hcs_state *s = state();
+    aclError rc;
+    VMM_LOCKED_CALL(s, real(virPtr), rc == ACL_SUCCESS,
+                    vmm_unmapped_locked(s, VMM_ACL, (uint64_t)(uintptr_t)virPtr, 0));
     return rc;
 }
 

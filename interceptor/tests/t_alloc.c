@@ -559,7 +559,8 @@ static void smi(const struct api *a, uint64_t q) {
         SYM(l, nvmlReturn_t(*)(nvmlDevice_t, nvmlMemory_t *), nvmlDeviceGetMemoryInfo);
         SYM(l, nvmlReturn_t(*)(nvmlDevice_t, nvmlMemory_v2_t *), nvmlDeviceGetMemoryInfo_v2);
         nvmlDevice_t d;
-        CHECK(nvmlInit_v2_ && nvmlDeviceGetHandleByIndex_v2_ && nvmlDeviceGetMemoryInfo_ && nvmlDeviceGetMemoryInfo_v2_);
+        CHECK(nvmlInit_v2_ && nvmlDeviceGetHandleByIndex_v2_ && nvmlDeviceGetMemoryInfo_ &&
+              nvmlDeviceGetMemoryInfo_v2_);
         if (nvmlInit_v2_ == NULL || nvmlDeviceGetHandleByIndex_v2_ == NULL || nvmlDeviceGetMemoryInfo_ == NULL ||
             nvmlDeviceGetMemoryInfo_v2_ == NULL)
             return;
