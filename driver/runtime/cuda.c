@@ -668,6 +668,52 @@ EXPORT CUresult cuStreamDestroy_v2(CUstream hStream) {
     return CUDA_SUCCESS;
 }
 
+/* events: recorded on a stream; synchronising one completes the work before it (here: every
+ * pending stream-ordered free), and pools give memory back, as at stream synchronisation */
+#define EVENT_MAGIC 0x45564e54u
+struct CUevent_st {
+    unsigned magic;
+    int recorded;
+};
+
+EXPORT CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
+    NEED_INIT();
+    if (phEvent == NULL || (Flags & ~0xfu) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUevent e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    e->magic = EVENT_MAGIC;
+    *phEvent = e;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
+    NEED_INIT();
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC || (hStream != NULL && hStream->magic != STREAM_MAGIC))
+        return CUDA_ERROR_INVALID_VALUE;
+    hEvent->recorded = 1;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventSynchronize(CUevent hEvent) {
+    NEED_INIT();
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (hEvent->recorded)
+        pools_sync();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventDestroy_v2(CUevent hEvent) {
+    NEED_INIT();
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    hEvent->magic = 0;
+    free(hEvent);
+    return CUDA_SUCCESS;
+}
+
 EXPORT CUresult cuStreamSynchronize(CUstream hStream) {
     NEED_INIT();
     if (hStream != NULL && hStream->magic != STREAM_MAGIC)
@@ -1101,6 +1147,10 @@ static const struct proc procs[] = {
     {"cuStreamCreate", 2000, 0, (void *)cuStreamCreate},
     {"cuStreamDestroy", 4000, 0, (void *)cuStreamDestroy_v2},
     {"cuStreamSynchronize", 2000, 0, (void *)cuStreamSynchronize},
+    {"cuEventCreate", 2000, 0, (void *)cuEventCreate},
+    {"cuEventRecord", 2000, 0, (void *)cuEventRecord},
+    {"cuEventSynchronize", 2000, 0, (void *)cuEventSynchronize},
+    {"cuEventDestroy", 4000, 0, (void *)cuEventDestroy_v2},
     {"cuMemPoolCreate", 11020, 0, (void *)cuMemPoolCreate},
     {"cuMemPoolDestroy", 11020, 0, (void *)cuMemPoolDestroy},
     {"cuMemPoolTrimTo", 11020, 0, (void *)cuMemPoolTrimTo},

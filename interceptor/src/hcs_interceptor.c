@@ -634,6 +634,8 @@ HOT int cuda_device(void) {
     return cuda_canon(d);
 }
 
+static bool pools_gave_back(struct hcs_state *s); /* hooks_extra.c */
+
 typedef CUresult (*cu_alloc_call)(const void *args, CUdeviceptr *dptr);
 
 HOT CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr *dptr,
@@ -643,6 +645,8 @@ HOT CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr
     if (dev < 0)
         return call(args, dptr); /* no context: the driver reports the error */
     enum admit_result a = admit(s, dev, size, api);
+    if (a == ADMIT_DENY && pools_gave_back(s)) /* a pool released memory at a sync we did not see */
+        a = admit(s, dev, size, api);
     if (a == ADMIT_DENY)
         return CUDA_ERROR_OUT_OF_MEMORY;
     in_hook++;

@@ -131,6 +131,8 @@ static int vmm_admit(struct hcs_state *s, int dev, uint64_t size, int oom, const
     if (dev == DEV_FOREIGN)
         return oom;
     *a = admit(s, dev, size, api);
+    if (*a == ADMIT_DENY && pools_gave_back(s))
+        *a = admit(s, dev, size, api);
     return *a == ADMIT_DENY ? oom : 0;
 }
 
@@ -396,6 +398,24 @@ static void pools_settle_all_synced(struct hcs_state *s, bool synced) {
 
 static void pools_settle_all(struct hcs_state *s) {
     pools_settle_all_synced(s, false);
+}
+
+/* For a refused allocation: did a pool give memory back since we last looked (the driver releases
+ * at event synchronisation too, which is not hooked)? Then the caller asks once more. */
+static bool pools_gave_back(struct hcs_state *s) {
+    if (atomic_load_explicit(&pools_live, memory_order_relaxed) == 0 || !s->enforcing || in_hook)
+        return false;
+    uint64_t before = 0, after = 0;
+    pthread_mutex_lock(&pool_mu);
+    for (int i = 0; i < MAX_POOLS; i++)
+        before += pools[i].charged;
+    for (int i = 0; i < MAX_POOLS; i++)
+        if (pools[i].pool != NULL)
+            pool_settle_locked(s, &pools[i], false);
+    for (int i = 0; i < MAX_POOLS; i++)
+        after += pools[i].charged;
+    pthread_mutex_unlock(&pool_mu);
+    return after < before;
 }
 
 static void pool_ptr_freed(struct hcs_state *s, CUdeviceptr p, bool sync) {
@@ -710,6 +730,8 @@ static CUresult array_create(uint64_t est, enum hcs_kind kind, array_call call, 
     if (est == UINT64_MAX)
         return CUDA_ERROR_OUT_OF_MEMORY;
     enum admit_result a = admit(s, dev, est, api);
+    if (a == ADMIT_DENY && pools_gave_back(s))
+        a = admit(s, dev, est, api);
     if (a == ADMIT_DENY)
         return CUDA_ERROR_OUT_OF_MEMORY;
     in_hook++;

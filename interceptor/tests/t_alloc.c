@@ -443,6 +443,17 @@ static void returns_pool(uint64_t q) {
     CHECK_EQ(cuMemAlloc_v2(&p2, 1), CUDA_ERROR_OUT_OF_MEMORY);
     CHECK_EQ(cuCtxSynchronize(), CUDA_SUCCESS); /* threshold 0: all of it goes back */
     CHECK_U64(info_free("cuda"), q);
+    /* the pool releases at an event synchronisation, which is not hooked: a refused allocation
+     * re-reads the pools and is granted */
+    CUevent ev;
+    CHECK_EQ(cuEventCreate(&ev, 0), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAllocFromPoolAsync(&p, q, other, s), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFreeAsync(p, s), CUDA_SUCCESS);
+    CHECK_EQ(cuEventRecord(ev, s), CUDA_SUCCESS);
+    CHECK_EQ(cuEventSynchronize(ev), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAlloc_v2(&p2, q), CUDA_SUCCESS);
+    CHECK_EQ(cuMemFree_v2(p2), CUDA_SUCCESS);
+    CHECK_EQ(cuEventDestroy_v2(ev), CUDA_SUCCESS);
     /* cuMemFree of a pool block returns it at once */
     CHECK_EQ(cuMemAllocFromPoolAsync(&p, q, other, s), CUDA_SUCCESS);
     CHECK_EQ(cuMemFree_v2(p), CUDA_SUCCESS);
