@@ -112,3 +112,64 @@ EXPORT aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free_bytes, size_t *t
         return ACL_ERROR_RT_CONTEXT_NULL;
     return map_rc(sim_mem_info(SIM_VENDOR_ASCEND, cur_dev, free_bytes, total_bytes));
 }
+
+/* aclrtMallocAlign32: the size is rounded up to a multiple of 32 bytes (no extra 32 bytes) */
+EXPORT aclError aclrtMallocAlign32(void **devPtr, size_t size, aclrtMemMallocPolicy policy) {
+    (void)policy;
+    if (size == 0 || size > SIZE_MAX - 31)
+        return ACL_ERROR_INVALID_PARAM;
+    return alloc(devPtr, (size + 31) & ~(size_t)31);
+}
+
+/* ---- virtual memory (granularity 2 MiB; semantics in sim_mem.h) */
+
+static aclError vmm_rc(int rc) {
+    return rc == SIM_MEM_BADVAL ? ACL_ERROR_INVALID_PARAM : map_rc(rc);
+}
+
+EXPORT aclError aclrtMemGetAllocationGranularity(aclrtPhysicalMemProp *prop, int option, size_t *granularity) {
+    if (prop == NULL || granularity == NULL ||
+        (option != ACL_RT_MEM_ALLOC_GRANULARITY_MINIMUM && option != ACL_RT_MEM_ALLOC_GRANULARITY_RECOMMENDED))
+        return ACL_ERROR_INVALID_PARAM;
+    *granularity = SIM_VMM_GRANULE;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtReserveMemAddress(void **virPtr, size_t size, size_t alignment, void *expectPtr, uint64_t flags) {
+    if (virPtr == NULL || alignment != 0 || expectPtr != NULL || size == 0)
+        return ACL_ERROR_INVALID_PARAM; /* expectPtr: an experimental feature, not simulated */
+    (void)flags;
+    return vmm_rc(sim_vmm_reserve(size, 0, virPtr));
+}
+
+EXPORT aclError aclrtReleaseMemAddress(void *virPtr) {
+    return vmm_rc(sim_vmm_free_va(virPtr, 0));
+}
+
+EXPORT aclError aclrtMallocPhysical(aclrtDrvMemHandle *handle, size_t size, const aclrtPhysicalMemProp *prop,
+                                    uint64_t flags) {
+    if (handle == NULL || prop == NULL || flags != 0 || prop->allocationType != ACL_MEM_ALLOCATION_TYPE_PINNED)
+        return ACL_ERROR_INVALID_PARAM;
+    if (!atomic_load(&initialized))
+        return ACL_ERROR_UNINITIALIZE;
+    int counted = prop->location.type == ACL_MEM_LOCATION_TYPE_DEVICE;
+    if (!counted && prop->location.type != ACL_MEM_LOCATION_TYPE_HOST)
+        return ACL_ERROR_INVALID_PARAM;
+    if (counted && (int)prop->location.id >= sim_mem_count(SIM_VENDOR_ASCEND))
+        return ACL_ERROR_RT_DEVICE_ID_INVALID;
+    return vmm_rc(sim_vmm_create(SIM_VENDOR_ASCEND, counted ? (int)prop->location.id : 0, size, counted, handle));
+}
+
+EXPORT aclError aclrtFreePhysical(aclrtDrvMemHandle handle) {
+    return vmm_rc(sim_vmm_release(handle));
+}
+
+EXPORT aclError aclrtMapMem(void *virPtr, size_t size, size_t offset, aclrtDrvMemHandle handle, uint64_t flags) {
+    if (offset != 0 || flags != 0)
+        return ACL_ERROR_INVALID_PARAM;
+    return vmm_rc(sim_vmm_map(virPtr, size, offset, handle));
+}
+
+EXPORT aclError aclrtUnmapMem(void *virPtr) {
+    return vmm_rc(sim_vmm_unmap(virPtr, 0));
+}

@@ -50,10 +50,14 @@ EXPORT cnrtRet_t cnrtGetDevice(int *device) {
     return cnrtSuccess;
 }
 
-EXPORT cnrtRet_t cnrtMalloc(void **pPtr, size_t bytes) {
+static cnrtRet_t dev_alloc(void **pPtr, size_t bytes) {
     if (pPtr == NULL || bytes == 0)
         return cnrtErrorArgsInvalid;
     return map_rc(sim_mem_alloc(SIM_VENDOR_CAMBRICON, cur_dev, bytes, 1, pPtr));
+}
+
+EXPORT cnrtRet_t cnrtMalloc(void **pPtr, size_t bytes) {
+    return dev_alloc(pPtr, bytes);
 }
 
 EXPORT cnrtRet_t cnrtFree(void *ptr) {
@@ -66,4 +70,22 @@ EXPORT cnrtRet_t cnrtMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
     if (free_bytes == NULL || total_bytes == NULL)
         return cnrtErrorArgsInvalid;
     return map_rc(sim_mem_info(SIM_VENDOR_CAMBRICON, cur_dev, free_bytes, total_bytes));
+}
+
+/* device constant memory: charged to the card like cnrtMalloc, freed with cnrtFree */
+EXPORT cnrtRet_t cnrtMallocConstant(void **pPtr, size_t bytes) {
+    return dev_alloc(pPtr, bytes); /* not through the exported cnrtMalloc: its own entry point */
+}
+
+/* pinned host memory: not device memory */
+EXPORT cnrtRet_t cnrtHostMalloc(void **pPtr, size_t bytes) {
+    if (pPtr == NULL || bytes == 0)
+        return cnrtErrorArgsInvalid;
+    return map_rc(sim_mem_alloc(SIM_VENDOR_CAMBRICON, 0, bytes, 0, pPtr));
+}
+
+EXPORT cnrtRet_t cnrtFreeHost(void *ptr) {
+    if (ptr == NULL)
+        return cnrtErrorArgsInvalid;
+    return map_rc(sim_mem_free(ptr));
 }

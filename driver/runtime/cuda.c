@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "hcs_vendor_abi.h"
 #include "sim_mem.h"
@@ -267,9 +268,14 @@ EXPORT CUresult cuCtxGetDevice(CUdevice *dev) {
     return CUDA_SUCCESS;
 }
 
+static void pools_sync(void);
+
 EXPORT CUresult cuCtxSynchronize(void) {
     int d;
-    return current_dev(&d);
+    CUresult rc = current_dev(&d);
+    if (rc == CUDA_SUCCESS)
+        pools_sync(); /* pending stream-ordered frees complete */
+    return rc;
 }
 
 EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
@@ -312,28 +318,408 @@ EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned i
     return alloc_dev(dptr, bytesize);
 }
 
-EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+/* ---- stream-ordered memory pools (cuMemAllocAsync & co.)
+ *
+ * A pool holds memory from the device (reserved) and hands it out (used). cuMemFreeAsync returns a
+ * block to the pool when the stream gets there, which the simulation models as "at the next
+ * synchronisation" (cuStreamSynchronize, cuCtxSynchronize): until then the bytes are pending and
+ * still count as used. At synchronisation a pool keeps at most max(used, release threshold) bytes
+ * and gives the rest back to the device; cuMemPoolTrimTo gives back unused bytes down to its
+ * argument. A pool grows by exactly the shortfall of an allocation (real pools grow in chunks of
+ * at least the VMM granularity; the interceptor settles from CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+ * so both are counted the same way). Each device has a default pool (release threshold 0), which is
+ * the current pool until cuDeviceSetMemPool. A destroyed pool with outstanding allocations lives on
+ * until they are freed and synchronised, as the real driver documents. */
+
+#define POOL_MAGIC 0x504f4f4cu
+#define STREAM_MAGIC 0x5354524du
+
+struct CUmemPoolHandle_st {
+    unsigned magic;
+    int ordinal;
+    uint64_t reserved, used, pending, threshold, reserved_high, used_high, outstanding;
+    int destroyed;
+    int is_default;
+    struct CUmemPoolHandle_st *next;
+};
+
+struct CUstream_st {
+    unsigned magic;
+};
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct CUmemPoolHandle_st *pool_list;
+static struct CUmemPoolHandle_st *default_pool[SIM_MAX_DEVICES];
+static struct CUmemPoolHandle_st *current_pool[SIM_MAX_DEVICES];
+
+static struct CUmemPoolHandle_st *pool_new_locked(int ordinal) {
+    struct CUmemPoolHandle_st *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->magic = POOL_MAGIC;
+    p->ordinal = ordinal;
+    p->next = pool_list;
+    pool_list = p;
+    return p;
+}
+
+static struct CUmemPoolHandle_st *default_pool_locked(int ordinal) {
+    if (ordinal < 0 || ordinal >= SIM_MAX_DEVICES)
+        return NULL;
+    if (default_pool[ordinal] == NULL) {
+        default_pool[ordinal] = pool_new_locked(ordinal);
+        if (default_pool[ordinal] != NULL)
+            default_pool[ordinal]->is_default = 1;
+    }
+    if (current_pool[ordinal] == NULL)
+        current_pool[ordinal] = default_pool[ordinal];
+    return current_pool[ordinal];
+}
+
+static int pool_valid(const struct CUmemPoolHandle_st *p) {
+    return p != NULL && p->magic == POOL_MAGIC && !p->destroyed;
+}
+
+static void pool_unlink_free_locked(struct CUmemPoolHandle_st *p) {
+    for (struct CUmemPoolHandle_st **pp = &pool_list; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    p->magic = 0;
+    free(p);
+}
+
+/* give back what the pool holds beyond max(in use, keep) */
+static void pool_release_locked(struct CUmemPoolHandle_st *p, uint64_t keep) {
+    uint64_t busy = p->used + p->pending;
+    uint64_t target = busy > keep ? busy : keep;
+    if (p->reserved > target) {
+        sim_mem_uncharge(SIM_VENDOR_NVIDIA, phys(p->ordinal), p->reserved - target);
+        p->reserved = target;
+    }
+}
+
+static void pool_after_sync_locked(struct CUmemPoolHandle_st *p) {
+    if (p->destroyed) {
+        if (p->outstanding == 0 && p->pending == 0) {
+            sim_mem_uncharge(SIM_VENDOR_NVIDIA, phys(p->ordinal), p->reserved);
+            pool_unlink_free_locked(p);
+        }
+        return;
+    }
+    if (p->reserved > p->threshold)
+        pool_release_locked(p, p->threshold);
+}
+
+static void pools_sync(void) {
+    pthread_mutex_lock(&pool_mu);
+    for (struct CUmemPoolHandle_st *p = pool_list, *n; p != NULL; p = n) {
+        n = p->next;
+        p->pending = 0;
+        pool_after_sync_locked(p);
+    }
+    pthread_mutex_unlock(&pool_mu);
+}
+
+static CUresult pool_alloc(struct CUmemPoolHandle_st *p, CUdeviceptr *dptr, size_t size) {
+    if (dptr == NULL || size == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&pool_mu);
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    if (!pool_valid(p))
+        goto out;
+    uint64_t avail = p->reserved - p->used - p->pending;
+    uint64_t grow = size > avail ? size - avail : 0;
+    if (grow > 0) {
+        rc = map_rc(sim_mem_charge(SIM_VENDOR_NVIDIA, phys(p->ordinal), grow));
+        if (rc != CUDA_SUCCESS)
+            goto out;
+    }
+    void *m = NULL;
+    rc = map_rc(sim_mem_alloc_owned(SIM_VENDOR_NVIDIA, phys(p->ordinal), size, 0, p, &m));
+    if (rc != CUDA_SUCCESS) {
+        if (grow > 0)
+            sim_mem_uncharge(SIM_VENDOR_NVIDIA, phys(p->ordinal), grow);
+        goto out;
+    }
+    p->reserved += grow;
+    p->used += size;
+    p->outstanding++;
+    if (p->reserved > p->reserved_high)
+        p->reserved_high = p->reserved;
+    if (p->used + p->pending > p->used_high)
+        p->used_high = p->used + p->pending;
+    *dptr = (CUdeviceptr)(uintptr_t)m;
+out:
+    pthread_mutex_unlock(&pool_mu);
+    return rc;
+}
+
+/* a block of pool p: async = pending until the next synchronisation; sync = returned now */
+static CUresult pool_free(struct CUmemPoolHandle_st *p, void *m, int async) {
+    pthread_mutex_lock(&pool_mu);
+    size_t size = sim_mem_size(m);
+    (void)sim_mem_free(m);
+    p->used -= size;
+    p->outstanding--;
+    if (async) {
+        p->pending += size;
+    } else {
+        pool_after_sync_locked(p);
+    }
+    pthread_mutex_unlock(&pool_mu);
+    return CUDA_SUCCESS;
+}
+
+static CUresult current_pool_of(int ordinal, struct CUmemPoolHandle_st **out) {
+    pthread_mutex_lock(&pool_mu);
+    *out = default_pool_locked(ordinal);
+    pthread_mutex_unlock(&pool_mu);
+    return *out != NULL ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+static CUresult alloc_async(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
     (void)hStream;
-    return alloc_dev(dptr, bytesize);
+    int dev;
+    CUresult rc = current_dev(&dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    struct CUmemPoolHandle_st *p;
+    rc = current_pool_of(dev, &p);
+    return rc != CUDA_SUCCESS ? rc : pool_alloc(p, dptr, bytesize);
+}
+
+EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
+    return alloc_async(dptr, bytesize, hStream);
 }
 
 EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
-    (void)hStream;
-    return alloc_dev(dptr, bytesize);
+    return alloc_async(dptr, bytesize, hStream);
 }
 
 EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                         CUstream hStream) {
-    (void)pool;
     (void)hStream;
-    return alloc_dev(dptr, bytesize);
+    NEED_INIT();
+    return pool_alloc(pool, dptr, bytesize);
 }
 
 EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                              CUstream hStream) {
-    (void)pool;
-    (void)hStream;
-    return alloc_dev(dptr, bytesize);
+    return cuMemAllocFromPoolAsync(dptr, bytesize, pool, hStream);
+}
+
+EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props) {
+    NEED_INIT();
+    if (pool == NULL || props == NULL || props->allocType != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        props->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (props->location.id < 0 || props->location.id >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&pool_mu);
+    struct CUmemPoolHandle_st *p = pool_new_locked(props->location.id);
+    pthread_mutex_unlock(&pool_mu);
+    if (p == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    *pool = p;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool) {
+    NEED_INIT();
+    pthread_mutex_lock(&pool_mu);
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    if (pool_valid(pool) && !pool->is_default) {
+        pool->destroyed = 1;
+        if (current_pool[pool->ordinal] == pool)
+            current_pool[pool->ordinal] = default_pool[pool->ordinal];
+        pool_after_sync_locked(pool); /* freed now when nothing is outstanding */
+        rc = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&pool_mu);
+    return rc;
+}
+
+EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep) {
+    NEED_INIT();
+    pthread_mutex_lock(&pool_mu);
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    if (pool_valid(pool)) {
+        pool_release_locked(pool, minBytesToKeep);
+        rc = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&pool_mu);
+    return rc;
+}
+
+EXPORT CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value) {
+    NEED_INIT();
+    if (value == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&pool_mu);
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    if (pool_valid(pool)) {
+        rc = CUDA_SUCCESS;
+        switch (attr) {
+        case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+        case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+        case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES: break;
+        case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: pool->threshold = *(const cuuint64_t *)value; break;
+        case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH: /* only resetting to 0 is allowed */
+            if (*(const cuuint64_t *)value != 0)
+                rc = CUDA_ERROR_INVALID_VALUE;
+            else
+                pool->reserved_high = pool->reserved;
+            break;
+        case CU_MEMPOOL_ATTR_USED_MEM_HIGH:
+            if (*(const cuuint64_t *)value != 0)
+                rc = CUDA_ERROR_INVALID_VALUE;
+            else
+                pool->used_high = pool->used + pool->pending;
+            break;
+        default: rc = CUDA_ERROR_INVALID_VALUE;
+        }
+    }
+    pthread_mutex_unlock(&pool_mu);
+    return rc;
+}
+
+EXPORT CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value) {
+    NEED_INIT();
+    if (value == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&pool_mu);
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    if (pool_valid(pool)) {
+        rc = CUDA_SUCCESS;
+        cuuint64_t *v = value;
+        switch (attr) {
+        case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+        case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+        case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES: *(int *)value = 1; break;
+        case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: *v = pool->threshold; break;
+        case CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: *v = pool->reserved; break;
+        case CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH: *v = pool->reserved_high; break;
+        case CU_MEMPOOL_ATTR_USED_MEM_CURRENT: *v = pool->used + pool->pending; break;
+        case CU_MEMPOOL_ATTR_USED_MEM_HIGH: *v = pool->used_high; break;
+        default: rc = CUDA_ERROR_INVALID_VALUE;
+        }
+    }
+    pthread_mutex_unlock(&pool_mu);
+    return rc;
+}
+
+EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev) {
+    NEED_INIT();
+    if (pool_out == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (dev < 0 || dev >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&pool_mu);
+    (void)default_pool_locked(dev);
+    *pool_out = default_pool[dev];
+    pthread_mutex_unlock(&pool_mu);
+    return *pool_out != NULL ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+EXPORT CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
+    NEED_INIT();
+    if (pool == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (dev < 0 || dev >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    return current_pool_of(dev, pool);
+}
+
+EXPORT CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
+    NEED_INIT();
+    if (dev < 0 || dev >= ndev())
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&pool_mu);
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    if (pool_valid(pool) && pool->ordinal == dev) {
+        (void)default_pool_locked(dev);
+        current_pool[dev] = pool;
+        rc = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&pool_mu);
+    return rc;
+}
+
+EXPORT CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags) {
+    NEED_INIT();
+    if (phStream == NULL || (Flags & ~(unsigned)CU_STREAM_NON_BLOCKING) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUstream s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    s->magic = STREAM_MAGIC;
+    *phStream = s;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamDestroy_v2(CUstream hStream) {
+    NEED_INIT();
+    if (hStream == NULL || hStream->magic != STREAM_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    hStream->magic = 0;
+    free(hStream);
+    return CUDA_SUCCESS;
+}
+
+/* events: recorded on a stream; synchronising one completes the work before it (here: every
+ * pending stream-ordered free), and pools give memory back, as at stream synchronisation */
+#define EVENT_MAGIC 0x45564e54u
+struct CUevent_st {
+    unsigned magic;
+    int recorded;
+};
+
+EXPORT CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
+    NEED_INIT();
+    if (phEvent == NULL || (Flags & ~0xfu) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUevent e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    e->magic = EVENT_MAGIC;
+    *phEvent = e;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
+    NEED_INIT();
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC || (hStream != NULL && hStream->magic != STREAM_MAGIC))
+        return CUDA_ERROR_INVALID_VALUE;
+    hEvent->recorded = 1;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventSynchronize(CUevent hEvent) {
+    NEED_INIT();
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (hEvent->recorded)
+        pools_sync();
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventDestroy_v2(CUevent hEvent) {
+    NEED_INIT();
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    hEvent->magic = 0;
+    free(hEvent);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamSynchronize(CUstream hStream) {
+    NEED_INIT();
+    if (hStream != NULL && hStream->magic != STREAM_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    pools_sync();
+    return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height,
@@ -350,25 +736,110 @@ EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t Wid
     return rc;
 }
 
-static CUresult free_dev(CUdeviceptr dptr) {
+
+static CUresult free_dev(CUdeviceptr dptr, int async) {
     NEED_INIT();
     if (dptr == 0)
         return CUDA_SUCCESS;
-    return map_rc(sim_mem_free((void *)(uintptr_t)dptr));
+    void *m = (void *)(uintptr_t)dptr;
+    struct CUmemPoolHandle_st *owner = sim_mem_owner(m);
+    if (owner != NULL)
+        return pool_free(owner, m, async);
+    return map_rc(sim_mem_free(m));
 }
 
 EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
-    return free_dev(dptr);
+    return free_dev(dptr, 0);
 }
 
 EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
     (void)hStream;
-    return free_dev(dptr);
+    return free_dev(dptr, 1);
 }
 
 EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
     (void)hStream;
-    return free_dev(dptr);
+    return free_dev(dptr, 1);
+}
+
+/* ---- v1 (32-bit) allocation entry points: the pointer must fit 32 bits */
+
+#define V1_MAX 4096
+static pthread_mutex_t v1_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    CUdeviceptr_v1 ptr;
+    unsigned int size;
+    int dev;
+} v1_tab[V1_MAX];
+
+EXPORT CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize) {
+    int dev;
+    CUresult rc = current_dev(&dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (dptr == NULL || bytesize == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+#ifdef MAP_32BIT
+    rc = map_rc(sim_mem_charge(SIM_VENDOR_NVIDIA, phys(dev), bytesize));
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    void *m = mmap(NULL, bytesize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_32BIT,
+                   -1, 0);
+    pthread_mutex_lock(&v1_mu);
+    int slot = -1;
+    for (int i = 0; i < V1_MAX && slot < 0; i++)
+        if (v1_tab[i].ptr == 0)
+            slot = i;
+    if (m == MAP_FAILED || (uintptr_t)m > UINT32_MAX || slot < 0) {
+        pthread_mutex_unlock(&v1_mu);
+        if (m != MAP_FAILED)
+            munmap(m, bytesize);
+        sim_mem_uncharge(SIM_VENDOR_NVIDIA, phys(dev), bytesize);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    v1_tab[slot].ptr = (CUdeviceptr_v1)(uintptr_t)m;
+    v1_tab[slot].size = bytesize;
+    v1_tab[slot].dev = phys(dev);
+    pthread_mutex_unlock(&v1_mu);
+    *dptr = (CUdeviceptr_v1)(uintptr_t)m;
+    return CUDA_SUCCESS;
+#else
+    return CUDA_ERROR_OUT_OF_MEMORY; /* no 32-bit mappings on this architecture */
+#endif
+}
+
+EXPORT CUresult cuMemFree(CUdeviceptr_v1 dptr) {
+    NEED_INIT();
+    if (dptr == 0)
+        return CUDA_SUCCESS;
+    pthread_mutex_lock(&v1_mu);
+    for (int i = 0; i < V1_MAX; i++) {
+        if (v1_tab[i].ptr != dptr)
+            continue;
+        munmap((void *)(uintptr_t)dptr, v1_tab[i].size);
+        sim_mem_uncharge(SIM_VENDOR_NVIDIA, v1_tab[i].dev, v1_tab[i].size);
+        v1_tab[i].ptr = 0;
+        pthread_mutex_unlock(&v1_mu);
+        return CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&v1_mu);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ---- virtual memory management: granularity 2 MiB; see sim_mem.h for the semantics */
+
+static CUresult vmm_rc(int rc) {
+    return rc == SIM_MEM_BADVAL ? CUDA_ERROR_INVALID_VALUE : map_rc(rc);
+}
+
+EXPORT CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop,
+                                              CUmemAllocationGranularity_flags option) {
+    NEED_INIT();
+    if (granularity == NULL || prop == NULL ||
+        (option != CU_MEM_ALLOC_GRANULARITY_MINIMUM && option != CU_MEM_ALLOC_GRANULARITY_RECOMMENDED))
+        return CUDA_ERROR_INVALID_VALUE;
+    *granularity = SIM_VMM_GRANULE;
+    return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop,
@@ -393,30 +864,206 @@ EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, c
     default:
         return CUDA_ERROR_INVALID_VALUE;
     }
-    struct vmm_handle *h = malloc(sizeof *h);
-    if (h == NULL)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult rc = map_rc(sim_mem_alloc(SIM_VENDOR_NVIDIA, counted ? phys(dev) : 0, size, counted, &h->mem));
-    if (rc != CUDA_SUCCESS) {
-        free(h);
-        return rc;
-    }
-    h->magic = HANDLE_MAGIC;
-    *handle = (CUmemGenericAllocationHandle)(uintptr_t)h;
-    return CUDA_SUCCESS;
+    void *h = NULL;
+    CUresult rc = vmm_rc(sim_vmm_create(SIM_VENDOR_NVIDIA, counted ? phys(dev) : 0, size, counted, &h));
+    if (rc == CUDA_SUCCESS)
+        *handle = (CUmemGenericAllocationHandle)(uintptr_t)h;
+    return rc;
 }
 
 EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
     NEED_INIT();
-    struct vmm_handle *h = (struct vmm_handle *)(uintptr_t)handle;
-    if (h == NULL || h->magic != HANDLE_MAGIC)
+    return vmm_rc(sim_vmm_release((void *)(uintptr_t)handle));
+}
+
+EXPORT CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
+                                    unsigned long long flags) {
+    (void)addr; /* a hint only */
+    NEED_INIT();
+    if (ptr == NULL || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    void *va = NULL;
+    CUresult rc = vmm_rc(sim_vmm_reserve(size, alignment, &va));
+    if (rc == CUDA_SUCCESS)
+        *ptr = (CUdeviceptr)(uintptr_t)va;
+    return rc;
+}
+
+EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+    NEED_INIT();
+    return vmm_rc(sim_vmm_free_va((void *)(uintptr_t)ptr, size == 0 ? 1 : size));
+}
+
+EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                         unsigned long long flags) {
+    NEED_INIT();
+    if (flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    return vmm_rc(sim_vmm_map((void *)(uintptr_t)ptr, size, offset, (void *)(uintptr_t)handle));
+}
+
+EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+    NEED_INIT();
+    if (size == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    return vmm_rc(sim_vmm_unmap((void *)(uintptr_t)ptr, size));
+}
+
+EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count) {
+    NEED_INIT();
+    if (desc == NULL || count == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < count; i++)
+        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[i].location.id < 0 ||
+            desc[i].location.id >= ndev())
+            return CUDA_ERROR_INVALID_DEVICE;
+    return vmm_rc(sim_vmm_check_mapped((void *)(uintptr_t)ptr, size));
+}
+
+EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr) {
+    NEED_INIT();
+    void *h = NULL;
+    if (handle == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = vmm_rc(sim_vmm_retain(addr, &h));
+    if (rc == CUDA_SUCCESS)
+        *handle = (CUmemGenericAllocationHandle)(uintptr_t)h;
+    return rc;
+}
+
+/* ---- CUDA arrays: rows padded to 512 bytes (texture layout); arrays made with
+ * CUDA_ARRAY3D_DEFERRED_MAPPING hold no memory until bound (not simulated: refused). */
+
+#define ARRAY_MAGIC 0x41525259u
+#define CUDA_ARRAY3D_DEFERRED_MAPPING 0x80
+
+struct CUarray_st {
+    unsigned magic;
+    void *mem;
+};
+
+struct CUmipmappedArray_st {
+    unsigned magic;
+    void *mem;
+};
+
+static size_t format_bytes(CUarray_format f) {
+    switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8:
+    case CU_AD_FORMAT_SIGNED_INT8: return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16:
+    case CU_AD_FORMAT_SIGNED_INT16:
+    case CU_AD_FORMAT_HALF: return 2;
+    case CU_AD_FORMAT_UNSIGNED_INT32:
+    case CU_AD_FORMAT_SIGNED_INT32:
+    case CU_AD_FORMAT_FLOAT: return 4;
+    default: return 0;
+    }
+}
+
+/* bytes of one level: rows of width*texel padded to 512 bytes; 0 = invalid; SIZE_MAX = overflow */
+static size_t level_bytes(size_t w, size_t h, size_t d, CUarray_format f, unsigned ch) {
+    size_t t = format_bytes(f);
+    if (t == 0 || w == 0 || (ch != 1 && ch != 2 && ch != 4))
+        return 0;
+    if (w > (SIZE_MAX - 511) / (t * ch))
+        return SIZE_MAX;
+    size_t row = (w * t * ch + 511) & ~(size_t)511;
+    size_t rows = h ? h : 1, depth = d ? d : 1;
+    if (rows > SIZE_MAX / row || depth > SIZE_MAX / (row * rows))
+        return SIZE_MAX;
+    return row * rows * depth;
+}
+
+static CUresult array_alloc(size_t bytes, void **mem) {
+    int dev;
+    CUresult rc = current_dev(&dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (bytes == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (bytes == SIZE_MAX)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    return map_rc(sim_mem_alloc(SIM_VENDOR_NVIDIA, phys(dev), bytes, 1, mem));
+}
+
+static CUresult array_new(CUarray *out, size_t bytes) {
+    if (out == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUarray_st *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = array_alloc(bytes, &a->mem);
+    if (rc != CUDA_SUCCESS) {
+        free(a);
+        return rc;
+    }
+    a->magic = ARRAY_MAGIC;
+    *out = a;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *d) {
+    NEED_INIT();
+    if (d == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    return array_new(pHandle, level_bytes(d->Width, d->Height, 0, d->Format, d->NumChannels));
+}
+
+EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d) {
+    NEED_INIT();
+    if (d == NULL || (d->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING))
+        return CUDA_ERROR_INVALID_VALUE;
+    return array_new(pHandle, level_bytes(d->Width, d->Height, d->Depth, d->Format, d->NumChannels));
+}
+
+EXPORT CUresult cuArrayDestroy(CUarray hArray) {
+    NEED_INIT();
+    if (hArray == NULL || hArray->magic != ARRAY_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    hArray->magic = 0;
+    (void)sim_mem_free(hArray->mem);
+    free(hArray);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d,
+                                       unsigned int numMipmapLevels) {
+    NEED_INIT();
+    if (pHandle == NULL || d == NULL || numMipmapLevels == 0 || numMipmapLevels > 32 ||
+        (d->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING))
+        return CUDA_ERROR_INVALID_VALUE;
+    size_t total = 0;
+    for (unsigned l = 0; l < numMipmapLevels; l++) {
+        size_t w = d->Width >> l, h = d->Height >> l, z = d->Depth >> l;
+        size_t b = level_bytes(w ? w : 1, d->Height ? (h ? h : 1) : 0, d->Depth ? (z ? z : 1) : 0, d->Format,
+                               d->NumChannels);
+        if (b == 0)
+            return CUDA_ERROR_INVALID_VALUE;
+        total = (b == SIZE_MAX || total > SIZE_MAX - b - 1) ? SIZE_MAX : total + b;
+    }
+    struct CUmipmappedArray_st *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult rc = array_alloc(total, &a->mem);
+    if (rc != CUDA_SUCCESS) {
+        free(a);
+        return rc;
+    }
+    a->magic = ARRAY_MAGIC;
+    *pHandle = a;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h) {
+    NEED_INIT();
+    if (h == NULL || h->magic != ARRAY_MAGIC)
         return CUDA_ERROR_INVALID_VALUE;
     h->magic = 0;
     (void)sim_mem_free(h->mem);
     free(h);
     return CUDA_SUCCESS;
 }
-
 EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
     int dev;
     CUresult rc = current_dev(&dev);
@@ -477,6 +1124,7 @@ static const struct proc procs[] = {
     {"cuDevicePrimaryCtxRetain", 7000, 0, (void *)cuDevicePrimaryCtxRetain},
     {"cuDevicePrimaryCtxRelease", 11000, 0, (void *)cuDevicePrimaryCtxRelease_v2},
     {"cuMemAlloc", 3020, 0, (void *)cuMemAlloc_v2},
+    {"cuMemAlloc", 2000, 0, (void *)cuMemAlloc},
     {"cuMemAllocPitch", 3020, 0, (void *)cuMemAllocPitch_v2},
     {"cuMemAllocManaged", 6000, 0, (void *)cuMemAllocManaged},
     {"cuMemAllocAsync", 11020, 1, (void *)cuMemAllocAsync_ptsz},
@@ -484,10 +1132,38 @@ static const struct proc procs[] = {
     {"cuMemAllocFromPoolAsync", 11020, 1, (void *)cuMemAllocFromPoolAsync_ptsz},
     {"cuMemAllocFromPoolAsync", 11020, 0, (void *)cuMemAllocFromPoolAsync},
     {"cuMemFree", 3020, 0, (void *)cuMemFree_v2},
+    {"cuMemFree", 2000, 0, (void *)cuMemFree},
     {"cuMemFreeAsync", 11020, 1, (void *)cuMemFreeAsync_ptsz},
     {"cuMemFreeAsync", 11020, 0, (void *)cuMemFreeAsync},
     {"cuMemCreate", 10020, 0, (void *)cuMemCreate},
     {"cuMemRelease", 10020, 0, (void *)cuMemRelease},
+    {"cuMemGetAllocationGranularity", 10020, 0, (void *)cuMemGetAllocationGranularity},
+    {"cuMemAddressReserve", 10020, 0, (void *)cuMemAddressReserve},
+    {"cuMemAddressFree", 10020, 0, (void *)cuMemAddressFree},
+    {"cuMemMap", 10020, 0, (void *)cuMemMap},
+    {"cuMemUnmap", 10020, 0, (void *)cuMemUnmap},
+    {"cuMemSetAccess", 10020, 0, (void *)cuMemSetAccess},
+    {"cuMemRetainAllocationHandle", 11000, 0, (void *)cuMemRetainAllocationHandle},
+    {"cuStreamCreate", 2000, 0, (void *)cuStreamCreate},
+    {"cuStreamDestroy", 4000, 0, (void *)cuStreamDestroy_v2},
+    {"cuStreamSynchronize", 2000, 0, (void *)cuStreamSynchronize},
+    {"cuEventCreate", 2000, 0, (void *)cuEventCreate},
+    {"cuEventRecord", 2000, 0, (void *)cuEventRecord},
+    {"cuEventSynchronize", 2000, 0, (void *)cuEventSynchronize},
+    {"cuEventDestroy", 4000, 0, (void *)cuEventDestroy_v2},
+    {"cuMemPoolCreate", 11020, 0, (void *)cuMemPoolCreate},
+    {"cuMemPoolDestroy", 11020, 0, (void *)cuMemPoolDestroy},
+    {"cuMemPoolTrimTo", 11020, 0, (void *)cuMemPoolTrimTo},
+    {"cuMemPoolSetAttribute", 11020, 0, (void *)cuMemPoolSetAttribute},
+    {"cuMemPoolGetAttribute", 11020, 0, (void *)cuMemPoolGetAttribute},
+    {"cuDeviceGetDefaultMemPool", 11020, 0, (void *)cuDeviceGetDefaultMemPool},
+    {"cuDeviceGetMemPool", 11020, 0, (void *)cuDeviceGetMemPool},
+    {"cuDeviceSetMemPool", 11020, 0, (void *)cuDeviceSetMemPool},
+    {"cuArrayCreate", 3020, 0, (void *)cuArrayCreate_v2},
+    {"cuArray3DCreate", 3020, 0, (void *)cuArray3DCreate_v2},
+    {"cuArrayDestroy", 2000, 0, (void *)cuArrayDestroy},
+    {"cuMipmappedArrayCreate", 5000, 0, (void *)cuMipmappedArrayCreate},
+    {"cuMipmappedArrayDestroy", 5000, 0, (void *)cuMipmappedArrayDestroy},
     {"cuMemGetInfo", 3020, 0, (void *)cuMemGetInfo_v2},
     {"cuGetErrorName", 6000, 0, (void *)cuGetErrorName},
     {"cuGetErrorString", 6000, 0, (void *)cuGetErrorString},
@@ -498,9 +1174,9 @@ static const struct proc procs[] = {
 /* HCS_SIM_CUDA_INTERNAL_ENTRY_POINTS=1: hand out internal (non-exported) functions instead of the
  * exported symbols, as a real driver may; interposers must then match by name. */
 static CUresult internal_alloc(CUdeviceptr *d, size_t n) { return alloc_dev(d, n); }
-static CUresult internal_free(CUdeviceptr d) { return free_dev(d); }
-static CUresult internal_alloc_async(CUdeviceptr *d, size_t n, CUstream s) { (void)s; return alloc_dev(d, n); }
-static CUresult internal_free_async(CUdeviceptr d, CUstream s) { (void)s; return free_dev(d); }
+static CUresult internal_free(CUdeviceptr d) { return free_dev(d, 0); }
+static CUresult internal_alloc_async(CUdeviceptr *d, size_t n, CUstream s) { return alloc_async(d, n, s); }
+static CUresult internal_free_async(CUdeviceptr d, CUstream s) { (void)s; return free_dev(d, 1); }
 static CUresult internal_getproc_v2(const char *symbol, void **pfn, int v, cuuint64_t f,
                                     CUdriverProcAddressQueryResult *st) {
     return cuGetProcAddress_v2(symbol, pfn, v, f, st);

@@ -100,3 +100,77 @@ EXPORT hipError_t hipMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
         return hipErrorInvalidValue;
     return map_rc(sim_mem_info(SIM_VENDOR_HYGON, cur_dev, free_bytes, total_bytes));
 }
+
+/* hipExtMallocWithFlags: device memory with a coherence flag (fine-grained, uncached, signal) */
+EXPORT hipError_t hipExtMallocWithFlags(void **ptr, size_t sizeBytes, unsigned int flags) {
+    if (flags != hipDeviceMallocDefault && flags != hipDeviceMallocFinegrained && flags != hipMallocSignalMemory &&
+        flags != hipDeviceMallocUncached)
+        return hipErrorInvalidValue;
+    if (flags == hipMallocSignalMemory && sizeBytes != 8)
+        return hipErrorInvalidValue; /* signal memory is one 8-byte word */
+    return alloc(ptr, sizeBytes);
+}
+
+/* ---- virtual memory management (granularity 2 MiB; semantics in sim_mem.h) */
+
+static hipError_t vmm_rc(int rc) {
+    return rc == SIM_MEM_BADVAL ? hipErrorInvalidValue : map_rc(rc);
+}
+
+EXPORT hipError_t hipMemGetAllocationGranularity(size_t *granularity, const hipMemAllocationProp *prop, int option) {
+    if (granularity == NULL || prop == NULL ||
+        (option != hipMemAllocationGranularityMinimum && option != hipMemAllocationGranularityRecommended))
+        return hipErrorInvalidValue;
+    *granularity = SIM_VMM_GRANULE;
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipMemCreate(hipMemGenericAllocationHandle_t *handle, size_t size, const hipMemAllocationProp *prop,
+                               unsigned long long flags) {
+    if (handle == NULL || prop == NULL || flags != 0 || prop->type != hipMemAllocationTypePinned ||
+        prop->location.type != hipMemLocationTypeDevice)
+        return hipErrorInvalidValue;
+    int n = sim_mem_count(SIM_VENDOR_HYGON);
+    if (prop->location.id < 0 || prop->location.id >= n)
+        return hipErrorInvalidDevice;
+    void *h = NULL;
+    hipError_t rc = vmm_rc(sim_vmm_create(SIM_VENDOR_HYGON, prop->location.id, size, 1, &h));
+    if (rc == hipSuccess)
+        *handle = (hipMemGenericAllocationHandle_t)h;
+    return rc;
+}
+
+EXPORT hipError_t hipMemRelease(hipMemGenericAllocationHandle_t handle) {
+    return vmm_rc(sim_vmm_release(handle));
+}
+
+EXPORT hipError_t hipMemAddressReserve(void **ptr, size_t size, size_t alignment, void *addr,
+                                      unsigned long long flags) {
+    (void)addr;
+    if (ptr == NULL || flags != 0)
+        return hipErrorInvalidValue;
+    return vmm_rc(sim_vmm_reserve(size, alignment, ptr));
+}
+
+EXPORT hipError_t hipMemAddressFree(void *devPtr, size_t size) {
+    return vmm_rc(sim_vmm_free_va(devPtr, size == 0 ? 1 : size));
+}
+
+EXPORT hipError_t hipMemMap(void *ptr, size_t size, size_t offset, hipMemGenericAllocationHandle_t handle,
+                            unsigned long long flags) {
+    if (flags != 0)
+        return hipErrorInvalidValue;
+    return vmm_rc(sim_vmm_map(ptr, size, offset, handle));
+}
+
+EXPORT hipError_t hipMemUnmap(void *ptr, size_t size) {
+    if (size == 0)
+        return hipErrorInvalidValue;
+    return vmm_rc(sim_vmm_unmap(ptr, size));
+}
+
+EXPORT hipError_t hipMemSetAccess(void *ptr, size_t size, const hipMemAccessDesc *desc, size_t count) {
+    if (desc == NULL || count == 0)
+        return hipErrorInvalidValue;
+    return vmm_rc(sim_vmm_check_mapped(ptr, size));
+}

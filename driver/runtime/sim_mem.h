@@ -18,7 +18,7 @@
 #include "sim_profile.h"
 
 enum sim_mem_rc { SIM_MEM_OK = 0, SIM_MEM_OOM = 1, SIM_MEM_BADDEV = 2, SIM_MEM_NOPROFILE = 3,
-                  SIM_MEM_BADPTR = 4, SIM_MEM_HOSTOOM = 5 };
+                  SIM_MEM_BADPTR = 4, SIM_MEM_HOSTOOM = 5, SIM_MEM_BADVAL = 6 };
 
 /* Load the profile (once per process, then cached). Returns SIM_MEM_OK or SIM_MEM_NOPROFILE (message already on stderr). */
 int sim_mem_profile(const sim_profile_t **p);
@@ -32,5 +32,33 @@ int sim_mem_free(void *ptr);
 size_t sim_mem_size(const void *ptr);
 /* free/total as the vendor reports them for the device. */
 int sim_mem_info(sim_vendor_t vendor, int dev, size_t *free_b, size_t *total_b);
+
+/* Charge / give back device capacity without a host block (pools, VMM physical handles). */
+int sim_mem_charge(sim_vendor_t vendor, int dev, uint64_t size);
+void sim_mem_uncharge(sim_vendor_t vendor, int dev, uint64_t size);
+/* Like sim_mem_alloc, recording an owner (e.g. the pool) that sim_mem_owner returns. */
+int sim_mem_alloc_owned(sim_vendor_t vendor, int dev, size_t size, int counted, void *owner, void **out);
+void *sim_mem_owner(const void *ptr);
+
+/*
+ * Virtual memory management shared by the CUDA (cuMemCreate/cuMemMap...), HIP (hipMemCreate...) and
+ * ACL (aclrtMallocPhysical/aclrtMapMem...) simulations, with the vendors' semantics:
+ *  - physical allocations are handles; sizes must be multiples of SIM_VMM_GRANULE (what
+ *    cuMemGetAllocationGranularity & co. report); device-located ones are charged to the card;
+ *  - address reservations are address space only (PROT_NONE, charged nothing);
+ *  - a handle's memory is freed when it has been released AND every mapping of it is unmapped
+ *    (cuMemRelease on a mapped handle only drops the handle's reference).
+ */
+#define SIM_VMM_GRANULE ((size_t)2 << 20)
+int sim_vmm_create(sim_vendor_t vendor, int dev, size_t size, int counted, void **handle);
+int sim_vmm_release(void *handle);
+int sim_vmm_reserve(size_t size, size_t alignment, void **va);
+int sim_vmm_free_va(void *va, size_t size);
+int sim_vmm_map(void *va, size_t size, size_t offset, void *handle);
+/* size == 0: the one mapping that starts at va (ACL's aclrtUnmapMem) */
+int sim_vmm_unmap(void *va, size_t size);
+int sim_vmm_check_mapped(const void *va, size_t size);
+/* the handle mapped at va, with a new reference (cuMemRetainAllocationHandle) */
+int sim_vmm_retain(const void *va, void **handle);
 
 #endif

@@ -6,13 +6,20 @@ memory queries report the quota (through dlsym and through cuGetProcAddress); a 
 the quota and gets a killed holder's share back; the CUDA runtime (if nvcc built rt_check) and
 PyTorch (if importable with CUDA) see the same; overhead of alloc/free loops and of a small training
 step, intercepted vs native. Writes one JSON object to the path given as argv[1] and stdout.
-Every step has its own timeout and the whole run stops starting new steps after 170 s.
+Issue 22: the VMM (cuMemCreate/cuMemMap, released while mapped) and stream-ordered pool (a pool
+caching freed memory stays charged; trim gives it back) driver-API checks, PyTorch held to the
+quota with expandable_segments (VMM) and with the cudaMallocAsync backend (pools), a CUDA graph
+captured and replayed under the quota, and nvidia-smi inside reporting the quota and the
+container's usage.
+Every step has its own timeout and the whole run stops starting new steps after 420 s (check.sh
+gives it 480 s; the builds before take at most ~70 s: well within 10 minutes on one GPU).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +30,7 @@ from typing import Any
 GIB = 1 << 30
 MIB = 1 << 20
 QUOTA = 4 * GIB
-BUDGET_S = 170.0
+BUDGET_S = 420.0
 START = time.monotonic()
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,9 +41,10 @@ RT_CHECK = WORK / "rt_check"
 TORCH_CHECK = REPO / "e2e" / "gpu" / "torch_check.py"
 
 
-def env(intercepted: bool) -> dict[str, str]:
-    drop = {"HCS_VRAM_QUOTA", "HCS_QUOTA_FILE", "HCS_SHM_DIR", "LD_PRELOAD"}
+def env(intercepted: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
+    drop = {"HCS_VRAM_QUOTA", "HCS_QUOTA_FILE", "HCS_SHM_DIR", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF"}
     e = {k: v for k, v in os.environ.items() if k not in drop}
+    e.update(extra or {})
     if intercepted:
         shm = WORK / "shm"
         shm.mkdir(exist_ok=True)
@@ -48,9 +56,11 @@ def out_of_time() -> bool:
     return time.monotonic() - START > BUDGET_S
 
 
-def run_json(cmd: list[str], intercepted: bool, timeout: float = 90) -> dict[str, Any]:
+def run_json(cmd: list[str], intercepted: bool, timeout: float = 90,
+             extra: dict[str, str] | None = None) -> dict[str, Any]:
     try:
-        p = subprocess.run(cmd, env=env(intercepted), capture_output=True, text=True, timeout=timeout, check=False)
+        p = subprocess.run(cmd, env=env(intercepted, extra), capture_output=True, text=True, timeout=timeout,
+                           check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout}s: {' '.join(cmd)}"}
     for line in reversed(p.stdout.splitlines()):
@@ -116,6 +126,36 @@ def overhead(native_cmd: list[str], key: str, rounds: int = 3) -> dict[str, Any]
             "pass_lt_1pct": pct < 1.0, "rounds": len(nat)}
 
 
+def nvidia_smi_inside(hold: int) -> dict[str, Any]:
+    """A process of the container holds `hold` bytes; nvidia-smi run inside (preloaded) must report
+    the quota as the total and the container's usage as used (MiB, as nvidia-smi prints)."""
+    res: dict[str, Any] = {}
+    holder = subprocess.Popen([str(GPU_CHECK), "hold", str(hold)], env=env(True), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        res["holder"] = holder.stdout.readline().strip()
+        smi = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=memory.total,memory.used,memory.free",
+                              "--format=csv,noheader,nounits"], env=env(True), capture_output=True, text=True,
+                             timeout=60, check=False)
+        res["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()[-300:]
+        total, used, free = (int(x.strip()) for x in smi.stdout.strip().splitlines()[0].split(","))
+        res.update(total_mib=total, used_mib=used, free_mib=free)
+        res["pass"] = total == QUOTA // MIB and abs(used - hold // MIB) <= 1 and abs(free - (QUOTA - hold) // MIB) <= 1
+    except Exception as exc:  # noqa: BLE001 - a failed step is reported, never fatal
+        res["error"] = repr(exc)
+        res["pass"] = False
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()
+        try:
+            holder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+    return res
+
+
 def main() -> int:
     out_path = Path(sys.argv[1])
     result: dict[str, Any] = {"quota_bytes": QUOTA}
@@ -131,6 +171,12 @@ def main() -> int:
     result["driver_api_limits_cugetprocaddress"] = run_json([*gc, "getproc", str(QUOTA)], True)
     result["driver_api_two_processes"] = share(gc, 3 * GIB, GIB + 1, GIB, "rc", 0)
     result["driver_api_alloc_free_1MiB"] = overhead([*gc, "loop", "20000", str(MIB)], "ns_per_pair")
+    result["driver_api_vmm"] = run_json([*gc, "vmm", str(QUOTA)], True)
+    result["driver_api_stream_ordered_pools"] = run_json([*gc, "pool", str(QUOTA)], True)
+    if shutil.which("nvidia-smi") is not None and not out_of_time():
+        result["nvidia_smi_inside"] = nvidia_smi_inside(GIB)
+    else:
+        result["nvidia_smi_inside_skipped"] = "no nvidia-smi on this machine"
 
     if RT_CHECK.exists() and not out_of_time():
         result["cudart_limits"] = run_json([str(RT_CHECK), "limits", str(QUOTA)], True)
@@ -145,6 +191,16 @@ def main() -> int:
         result["torch_mem_get_info_and_oom"] = run_json([*py, "info", str(QUOTA)], True, timeout=120)
         if not out_of_time():
             result["torch_two_processes"] = share(py, 3 * GIB, GIB + 512 * MIB, 512 * MIB, "ok", True)
+        if not out_of_time():
+            result["torch_expandable_segments"] = run_json(
+                [*py, "fill", str(QUOTA)], True, timeout=120,
+                extra={"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})
+        if not out_of_time():
+            result["torch_cuda_malloc_async"] = run_json(
+                [*py, "fill", str(QUOTA)], True, timeout=120,
+                extra={"PYTORCH_CUDA_ALLOC_CONF": "backend:cudaMallocAsync"})
+        if not out_of_time():
+            result["torch_cuda_graph"] = run_json([*py, "graph", str(QUOTA)], True, timeout=120)
         if not out_of_time():
             result["torch_train_step"] = overhead([*py, "train", "300"], "ms_per_step", rounds=2)
     else:

@@ -39,6 +39,7 @@
 #endif
 
 #include "hcs_vendor_abi.h"
+#include "hooks_extra.h"
 #include "ptrmap.h"
 #include "quota.h"
 #include "region.h"
@@ -51,7 +52,7 @@
 
 /* ------------------------------------------------------------------ hooked symbols */
 
-enum hcs_lib { LIB_CUDA, LIB_NVML, LIB_ACL, LIB_HIP, LIB_CNRT, LIB_COUNT };
+enum hcs_lib { LIB_CUDA, LIB_NVML, LIB_ACL, LIB_HIP, LIB_CNRT, LIB_DCMI, LIB_RSMI, LIB_CNDEV, LIB_COUNT };
 
 static const char *const lib_names[LIB_COUNT][3] = {
     [LIB_CUDA] = {"libcuda.so.1", "libcuda.so", NULL},
@@ -59,6 +60,9 @@ static const char *const lib_names[LIB_COUNT][3] = {
     [LIB_ACL] = {"libascendcl.so", NULL, NULL},
     [LIB_HIP] = {"libamdhip64.so", "libamdhip64.so.6", "libamdhip64.so.5"},
     [LIB_CNRT] = {"libcnrt.so", NULL, NULL},
+    [LIB_DCMI] = {"libdcmi.so", NULL, NULL},
+    [LIB_RSMI] = {"librocm_smi64.so", "librocm_smi64.so.2", "librocm_smi64.so.1"},
+    [LIB_CNDEV] = {"libcndev.so", NULL, NULL},
 };
 
 /* X(name, lib, hooked): hooked=1 for functions this library exports and replaces, 0 for real
@@ -102,7 +106,8 @@ static const char *const lib_names[LIB_COUNT][3] = {
     X(cnrtMalloc, LIB_CNRT, 1)                                                                           \
     X(cnrtFree, LIB_CNRT, 1)                                                                             \
     X(cnrtMemGetInfo, LIB_CNRT, 1)                                                                       \
-    X(cnrtGetDevice, LIB_CNRT, 0)
+    X(cnrtGetDevice, LIB_CNRT, 0)                                                                        \
+    HCS_SYMBOLS_EXTRA(X)
 
 enum hcs_sym_id {
 #define X(name, lib, hooked) SYM_##name,
@@ -629,6 +634,8 @@ HOT int cuda_device(void) {
     return cuda_canon(d);
 }
 
+static bool pools_gave_back(struct hcs_state *s); /* hooks_extra.c */
+
 typedef CUresult (*cu_alloc_call)(const void *args, CUdeviceptr *dptr);
 
 HOT CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr *dptr,
@@ -638,6 +645,8 @@ HOT CUresult cuda_alloc(struct hcs_state *s, int dev, uint64_t size, CUdeviceptr
     if (dev < 0)
         return call(args, dptr); /* no context: the driver reports the error */
     enum admit_result a = admit(s, dev, size, api);
+    if (a == ADMIT_DENY && pools_gave_back(s)) /* a pool released memory at a sync we did not see */
+        a = admit(s, dev, size, api);
     if (a == ADMIT_DENY)
         return CUDA_ERROR_OUT_OF_MEMORY;
     in_hook++;
@@ -668,15 +677,6 @@ static CUresult call_alloc_managed(const void *p, CUdeviceptr *d) {
     const struct cu_alloc_args *a = p;
     return ((__typeof__(&cuMemAllocManaged))a->fn)(d, a->size, a->flags);
 }
-static CUresult call_alloc_async(const void *p, CUdeviceptr *d) {
-    const struct cu_alloc_args *a = p;
-    return ((__typeof__(&cuMemAllocAsync))a->fn)(d, a->size, a->stream);
-}
-static CUresult call_alloc_pool(const void *p, CUdeviceptr *d) {
-    const struct cu_alloc_args *a = p;
-    return ((__typeof__(&cuMemAllocFromPoolAsync))a->fn)(d, a->size, a->pool, a->stream);
-}
-
 #define CU_REAL_OR_FAIL(name)                                                                            \
     __typeof__(&name) real = REAL(name);                                                                 \
     if (UNLIKELY(real == NULL))                                                                          \
@@ -700,44 +700,8 @@ HCS_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsign
     return cuda_alloc(s, cuda_device(), bytesize, dptr, call_alloc_managed, &a, "cuMemAllocManaged");
 }
 
-static CUresult alloc_async_common(void *real, CUdeviceptr *dptr, size_t bytesize, CUstream stream) {
-    struct hcs_state *s = state();
-    if (in_hook || (!s->enforcing && !s->fail_closed))
-        return ((__typeof__(&cuMemAllocAsync))real)(dptr, bytesize, stream);
-    struct cu_alloc_args a = {.fn = real, .size = bytesize, .stream = stream};
-    return cuda_alloc(s, cuda_device(), bytesize, dptr, call_alloc_async, &a, "cuMemAllocAsync");
-}
-
-HCS_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
-    CU_REAL_OR_FAIL(cuMemAllocAsync);
-    return alloc_async_common((void *)real, dptr, bytesize, hStream);
-}
-
-HCS_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
-    CU_REAL_OR_FAIL(cuMemAllocAsync_ptsz);
-    return alloc_async_common((void *)real, dptr, bytesize, hStream);
-}
-
-static CUresult alloc_pool_common(void *real, CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
-                                  CUstream stream) {
-    struct hcs_state *s = state();
-    if (in_hook || (!s->enforcing && !s->fail_closed))
-        return ((__typeof__(&cuMemAllocFromPoolAsync))real)(dptr, bytesize, pool, stream);
-    struct cu_alloc_args a = {.fn = real, .size = bytesize, .stream = stream, .pool = pool};
-    return cuda_alloc(s, cuda_device(), bytesize, dptr, call_alloc_pool, &a, "cuMemAllocFromPoolAsync");
-}
-
-HCS_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
-                                            CUstream hStream) {
-    CU_REAL_OR_FAIL(cuMemAllocFromPoolAsync);
-    return alloc_pool_common((void *)real, dptr, bytesize, pool, hStream);
-}
-
-HCS_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
-                                                 CUstream hStream) {
-    CU_REAL_OR_FAIL(cuMemAllocFromPoolAsync_ptsz);
-    return alloc_pool_common((void *)real, dptr, bytesize, pool, hStream);
-}
+/* cuMemAllocAsync(_ptsz) and cuMemAllocFromPoolAsync(_ptsz): hooks_extra.c (pools are charged what
+ * they hold from the device) */
 
 HCS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height,
                                        unsigned int ElementSizeBytes) {
@@ -782,6 +746,10 @@ HCS_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t
     return rc;
 }
 
+static void pool_ptr_freed(struct hcs_state *s, CUdeviceptr p, bool sync);
+static void pools_settle_all(struct hcs_state *s);
+static void *hook_for_name_extra(const char *symbol, int version, cuuint64_t flags);
+
 HOT CUresult free_common(void *real, CUdeviceptr dptr, bool async, CUstream stream) {
     struct hcs_state *s = state();
     uint64_t size = 0;
@@ -790,6 +758,8 @@ HOT CUresult free_common(void *real, CUdeviceptr dptr, bool async, CUstream stre
     CUresult rc = async ? ((__typeof__(&cuMemFreeAsync))real)(dptr, stream)
                         : ((__typeof__(&cuMemFree_v2))real)(dptr);
     untrack_done(s, known, rc == CUDA_SUCCESS, (uint64_t)dptr, HCS_KIND_CUDA_PTR, size, dev);
+    if (!known && rc == CUDA_SUCCESS)
+        pool_ptr_freed(s, dptr, !async); /* a block of a stream-ordered pool (hooks_extra.c) */
     return rc;
 }
 
@@ -808,48 +778,13 @@ HCS_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
     return free_common((void *)real, dptr, true, hStream);
 }
 
-HCS_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
-                                const CUmemAllocationProp *prop, unsigned long long flags) {
-    CU_REAL_OR_FAIL(cuMemCreate);
-    struct hcs_state *s = state();
-    /* Only device-located physical memory counts: host / host-NUMA locations are host RAM (and
-     * their location.id is not a device ordinal). */
-    if (in_hook || (!s->enforcing && !s->fail_closed) || prop == NULL ||
-        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
-        return real(handle, size, prop, flags);
-    int dev = cuda_canon(prop->location.id);
-    if (dev == DEV_FOREIGN)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    enum admit_result a = admit(s, dev, size, "cuMemCreate");
-    if (a == ADMIT_DENY)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    in_hook++;
-    CUresult rc = real(handle, size, prop, flags);
-    in_hook--;
-    if (a == ADMIT_OK) {
-        if (rc == CUDA_SUCCESS)
-            track(s, (uint64_t)*handle, HCS_KIND_CUDA_HANDLE, size, dev);
-        else
-            unreserve(s, dev, size);
-    }
-    return rc;
-}
-
-HCS_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
-    CU_REAL_OR_FAIL(cuMemRelease);
-    struct hcs_state *s = state();
-    uint64_t size = 0;
-    uint32_t dev = 0;
-    bool known = !in_hook && take(s, (uint64_t)handle, HCS_KIND_CUDA_HANDLE, &size, &dev);
-    CUresult rc = real(handle);
-    untrack_done(s, known, rc == CUDA_SUCCESS, (uint64_t)handle, HCS_KIND_CUDA_HANDLE, size, dev);
-    return rc;
-}
+/* cuMemCreate / cuMemRelease / cuMemMap / cuMemUnmap: hooks_extra.c */
 
 HCS_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
     CU_REAL_OR_FAIL(cuMemGetInfo_v2);
     CUresult rc = real(free_bytes, total_bytes);
     struct hcs_state *s = state();
+    pools_settle_all(s);
     if (rc != CUDA_SUCCESS || free_bytes == NULL || total_bytes == NULL || !s->enforcing)
         return rc;
     uint64_t f = *free_bytes, t = *total_bytes;
@@ -928,7 +863,7 @@ static void *hook_for_name(const char *symbol, int version, cuuint64_t flags) {
             id = proc_names[i].ptsz_id;
         return real_fn(id) != NULL ? syms[id].hook : NULL; /* our hook needs the exported real one */
     }
-    return NULL;
+    return hook_for_name_extra(symbol, version, flags);
 }
 
 static void *hook_for(void *p, const char *symbol, int version, cuuint64_t flags) {
@@ -1009,11 +944,11 @@ HCS_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemo
     uint64_t f = memory->free, t = memory->total;
     nvml_view(device, &f, &t);
     if (t != memory->total) {
-        uint64_t reserved = memory->reserved < t - f ? memory->reserved : t - f;
+        /* inside the quota nothing is the system's: used is what the container uses (nvidia-smi) */
         memory->total = t;
         memory->free = f;
-        memory->reserved = reserved;
-        memory->used = t - f - reserved;
+        memory->reserved = 0;
+        memory->used = t - f;
     }
     return rc;
 }
@@ -1342,7 +1277,8 @@ HCS_HIDDEN HCS_NO_SANITIZE __attribute__((used)) int hcs_dlsym_lookup(void *hand
     if (name == NULL)
         return 0;
     if (!has_prefix(name, "cu") && !has_prefix(name, "nvml") && !has_prefix(name, "aclrt") &&
-        !has_prefix(name, "hip") && !has_prefix(name, "cnrt"))
+        !has_prefix(name, "hip") && !has_prefix(name, "cnrt") && !has_prefix(name, "dcmi") &&
+        !has_prefix(name, "rsmi") && !has_prefix(name, "cndev"))
         return 0;
     int id = -1;
     for (int i = 0; i < SYM_COUNT; i++) {
@@ -1506,3 +1442,7 @@ HCS_EXPORT void *dlmopen(Lmid_t lmid, const char *file, int flags) {
     return hcs_real_dlmopen_ptr(lmid, file, flags);
 }
 #endif
+
+/* ------------------------------------------------------------------ issue 22: the other allocation APIs */
+
+#include "hooks_extra.c"

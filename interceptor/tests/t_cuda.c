@@ -51,10 +51,13 @@ static void case_boundary(uint64_t q) {
     CHECK_EQ(cuMemFree_v2(b), CUDA_SUCCESS);
     CHECK_EQ(cuMemAllocAsync(&b, 4096, NULL), CUDA_SUCCESS);
     CHECK_EQ(cuMemFreeAsync(b, NULL), CUDA_SUCCESS);
-    CHECK_EQ(cuMemAllocFromPoolAsync_ptsz(&b, 4096, NULL, NULL), CUDA_SUCCESS);
+    CHECK_EQ(cuStreamSynchronize(NULL), CUDA_SUCCESS); /* the pool gives its memory back */
+    CUmemoryPool pool;
+    CHECK_EQ(cuDeviceGetDefaultMemPool(&pool, 0), CUDA_SUCCESS);
+    CHECK_EQ(cuMemAllocFromPoolAsync_ptsz(&b, 4096, pool, NULL), CUDA_SUCCESS);
     CHECK_EQ(cuMemFreeAsync_ptsz(b, NULL), CUDA_SUCCESS);
-    CHECK_EQ(cuMemCreate(&h, 4096, &prop, 0), CUDA_SUCCESS);
-    CHECK_EQ(cuMemRelease(h), CUDA_SUCCESS);
+    CHECK_EQ(cuStreamSynchronize(NULL), CUDA_SUCCESS);
+    /* cuMemCreate at the byte boundary (2 MiB granularity): t_alloc vmm */
     CHECK_EQ(cuMemFree_v2(a), CUDA_SUCCESS);
     CHECK_EQ(cuMemAlloc_v2(&a, q), CUDA_SUCCESS);
     CHECK_EQ(cuMemFree_v2(a), CUDA_SUCCESS);
@@ -69,6 +72,7 @@ static void case_free_returns(uint64_t q) {
         CHECK_EQ(cuMemFree_v2(p), CUDA_SUCCESS);
         CHECK_EQ(cuMemAllocAsync(&p, q, NULL), CUDA_SUCCESS);
         CHECK_EQ(cuMemFreeAsync(p, NULL), CUDA_SUCCESS);
+        CHECK_EQ(cuStreamSynchronize(NULL), CUDA_SUCCESS); /* completes the free; the pool gives it back */
         CUmemAllocationProp prop;
         memset(&prop, 0, sizeof prop);
         prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -136,6 +140,7 @@ static void case_getproc(uint64_t q) {
             CHECK_EQ(((async_fn)aa)(&p, q + 1, NULL), CUDA_ERROR_OUT_OF_MEMORY);
             CHECK_EQ(((async_fn)aa)(&p, q, NULL), CUDA_SUCCESS);
             CHECK_EQ(((CUresult(*)(CUdeviceptr, CUstream))fa)(p, NULL), CUDA_SUCCESS);
+            CHECK_EQ(cuStreamSynchronize(NULL), CUDA_SUCCESS); /* the pool gives the block back */
         }
     }
 

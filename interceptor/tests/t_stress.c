@@ -13,6 +13,9 @@
 #include <stdatomic.h>
 #include <unistd.h>
 
+#include <stdbool.h>
+#include <string.h>
+
 #include "hcs_vendor_abi.h"
 #include "region.h"
 #include "t_common.h"
@@ -37,17 +40,52 @@ static void *worker(void *p) {
         return NULL;
     }
     CUdeviceptr held[4] = {0};
+    int kind[4] = {0};     /* 0 cuMemAlloc_v2, 1 cuMemAllocAsync (pool), 2 VMM mapping */
+    uint64_t vsize[4] = {0};
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    const uint64_t gran = (uint64_t)2 << 20;
     for (int i = 0; i < a->iters; i++) {
         int slot = (int)(rnd(&a->seed) % 4);
         if (held[slot] != 0) {
-            CUresult rc = (rnd(&a->seed) & 1) ? cuMemFree_v2(held[slot]) : cuMemFreeAsync(held[slot], NULL);
+            CUresult rc;
+            bool async = false;
+            if (kind[slot] == 2) { /* the handle was released at map time: unmapping frees it */
+                rc = cuMemUnmap(held[slot], vsize[slot]);
+                if (rc == CUDA_SUCCESS)
+                    rc = cuMemAddressFree(held[slot], vsize[slot]);
+            } else {
+                async = (rnd(&a->seed) & 1) != 0;
+                rc = async ? cuMemFreeAsync(held[slot], NULL) : cuMemFree_v2(held[slot]);
+            }
             if (rc != CUDA_SUCCESS)
+                a->other++;
+            /* stream-ordered frees complete (and pools give memory back) at synchronisation */
+            if (async && (rnd(&a->seed) & 3) == 0 && cuStreamSynchronize(NULL) != CUDA_SUCCESS)
                 a->other++;
             held[slot] = 0;
         } else {
             uint64_t size = 1 + rnd(&a->seed) % a->max_bytes;
-            CUresult rc = (rnd(&a->seed) & 1) ? cuMemAlloc_v2(&held[slot], size)
-                                             : cuMemAllocAsync(&held[slot], size, NULL);
+            int k = (int)(rnd(&a->seed) % 3);
+            CUresult rc;
+            if (k == 2) { /* VMM the way vLLM does it: create, map, release the handle at once */
+                uint64_t vs = (size + gran - 1) / gran * gran;
+                CUmemGenericAllocationHandle h;
+                rc = cuMemCreate(&h, vs, &prop, 0);
+                if (rc == CUDA_SUCCESS) {
+                    CUdeviceptr va = 0;
+                    if (cuMemAddressReserve(&va, vs, 0, 0, 0) != CUDA_SUCCESS ||
+                        cuMemMap(va, vs, 0, h, 0) != CUDA_SUCCESS || cuMemRelease(h) != CUDA_SUCCESS)
+                        a->other++;
+                    held[slot] = va;
+                    vsize[slot] = vs;
+                }
+            } else {
+                rc = k == 0 ? cuMemAlloc_v2(&held[slot], size) : cuMemAllocAsync(&held[slot], size, NULL);
+            }
+            kind[slot] = k;
             if (rc == CUDA_SUCCESS)
                 a->ok++;
             else if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
@@ -61,9 +99,15 @@ static void *worker(void *p) {
         if ((i & 63) == 0)
             sched_yield();
     }
-    for (int s = 0; s < 4; s++)
-        if (held[s] != 0 && cuMemFree_v2(held[s]) != CUDA_SUCCESS)
+    for (int s = 0; s < 4; s++) {
+        if (held[s] == 0)
+            continue;
+        CUresult rc = kind[s] == 2 ? cuMemUnmap(held[s], vsize[s]) : cuMemFree_v2(held[s]);
+        if (rc == CUDA_SUCCESS && kind[s] == 2)
+            rc = cuMemAddressFree(held[s], vsize[s]);
+        if (rc != CUDA_SUCCESS)
             a->other++;
+    }
     return NULL;
 }
 

@@ -30,3 +30,8 @@ def test_gpu_check_script_runs_end_to_end_on_the_simulated_driver(tmp_path: Path
     assert result["driver_api_two_processes"]["pass"] is True
     assert result["driver_api_limits_dlsym"]["total_reported"] == 4 << 30
     assert "overhead_pct" in result["driver_api_alloc_free_1MiB"]
+    # issue 22: VMM released while mapped stays charged; a pool caching freed memory stays charged
+    assert result["driver_api_vmm"]["pass"] is True, result["driver_api_vmm"]
+    assert result["driver_api_vmm"]["free_released_but_mapped"] == 0
+    assert result["driver_api_stream_ordered_pools"]["pass"] is True, result["driver_api_stream_ordered_pools"]
+    assert result["driver_api_stream_ordered_pools"]["other_pool_512MiB"] == 2

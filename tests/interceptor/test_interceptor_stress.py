@@ -1,6 +1,8 @@
 """Shared accounting under contention: 4 processes x 8 threads allocate and free at random against
-one container quota while an independent observer process (not preloaded) samples the shared region
-under the ledger lock (the kernel's lock table). The quota must never be exceeded and nothing may be left behind."""
+one container quota (cuMemAlloc_v2, stream-ordered cuMemAllocAsync with occasional synchronisation, and
+VMM handles released while mapped, then unmapped) while an independent observer process (not
+preloaded) samples the shared region under the ledger lock (the kernel's lock table). The quota must
+never be exceeded and nothing may be left behind."""
 
 from __future__ import annotations
 
