@@ -123,6 +123,31 @@ def _link(link: Path, target: Path) -> None:
     tmp.replace(link)
 
 
+WORKLOAD_IMAGE = "hcs.local/vram-counter:1"
+
+
+def ensure_workload_image(ws: Sequence[mn.Worker]) -> None:
+    """hcs.local/vram-counter:1: the static e2e/checkpoint/vram_counter.c, imported on every node."""
+    src = HERE / "vram_counter.c"
+    out_dir = cache() / "images"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    binary = out_dir / "vram_counter"
+    if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
+        r = subprocess.run(["gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary) + ".tmp",
+                            str(src)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise hc.ClusterError(f"gcc -static {src} failed (needs gcc and libc6-dev): {r.stderr.strip()[-800:]}")
+        os.replace(str(binary) + ".tmp", binary)
+    archive = out_dir / "vram-counter.oci.tar"
+    hc._oci_archive(archive, WORKLOAD_IMAGE, {"vram_counter": binary.read_bytes()}, {}, ["tmp"],
+                    {"Cmd": ["/vram_counter", "64"], "Env": ["PATH=/"]})
+    for w in ws:
+        r = hc.ctr(w.lay, "images", "import", "--snapshotter", "overlayfs", str(archive), check=False)
+        if r.returncode != 0:
+            raise hc.ClusterError(f"{w.name}: importing {archive} failed: {r.stderr.strip()}")
+        hc.ctr(w.lay, "images", "label", WORKLOAD_IMAGE, "io.cri-containerd.pinned=pinned", check=False)
+
+
 # ---------------------------------------------------------------- configs and components
 def render_node(w: mn.Worker, cp: hc.Layout) -> dict[Path, str]:
     files = mn.render_node(w, cp)
@@ -207,6 +232,7 @@ def cmd_up() -> int:
             hc.wait_healthy(w.lay, nc["containerd"], 30)
             hc.import_images(w.lay)
             started[w.name] = time.time() - 1 if mn._ensure(w.lay, nc["kubelet"], mn._digest(files)) else None
+        ensure_workload_image(ws)
         for name in ("kube-controller-manager", "kube-scheduler"):
             hc.wait_healthy(cp, comps[name], 60)
         deadline = time.monotonic() + 150
@@ -292,7 +318,7 @@ def env_info() -> dict[str, object]:
             "nodes": {w.name: {"kubelet": f"https://{mn.HOST_IP}:{w.lay.ports.kubelet}",
                                "containerd_socket": str(w.lay.containerd_sock), "nsenter": w.nsenter(),
                                "profile": w.profile, "state": str(w.lay.state)} for w in workers(cp)},
-            "pki": str(cp.pki), "busybox_image": hc.BUSYBOX_IMAGE}
+            "pki": str(cp.pki), "busybox_image": hc.BUSYBOX_IMAGE, "workload_image": WORKLOAD_IMAGE}
 
 
 def main(argv: Sequence[str]) -> int:
