@@ -22,7 +22,7 @@ Everything else is e2e/cluster's machinery (multinode.py's per-node mount namesp
 bridges): control plane on 8443 / etcd 8379,8380 / 8257 / 8259, nodes ``hcsck-a`` and ``hcsck-b`` (kubelets
 10451/10452, healthz 10461/10462, node IP 10.98.255.1, bridges hcsmn11/hcsmn12 with 10.89.11-12.0/24,
 cgroup roots /hcsmn-hcsck-*), state in ``~/.cache/hcs/checkpoint/cluster`` (``HCS_CKPT_DIR``). Each node
-is simulated as an 8-GPU A100 box (driver/profiles), like multinode's nvidia worker.
+is a simulated 8-GPU box (driver/profiles: hcsck-a A100 80GB, hcsck-b H100), so device UUIDs differ.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import hcs_cluster as hc  # noqa: E402
 import multinode as mn  # noqa: E402
 
 CONTAINERD_VERSION = "v2.3.7"
-NODES: tuple[tuple[str, str], ...] = (("hcsck-a", "a100-80g-nvlink-8"), ("hcsck-b", "a100-80g-nvlink-8"))
+NODES: tuple[tuple[str, str], ...] = (("hcsck-a", "a100-80g-nvlink-8"), ("hcsck-b", "h100-nvlink-8"))
 FIRST_INDEX = 11  # bridges hcsmn11.., subnets 10.89.11.0/24..: clear of multinode's 1-4
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -36,14 +37,14 @@ def _cluster_description(path: str | None) -> dict[str, Any]:
 
 def build(args: argparse.Namespace) -> Any:
     from kubernetes import config as kconfig
-    from kubernetes.client import ApiClient
+    from kubernetes.client import ApiClient  # noqa: F401  (the type of the client below)
 
     from hcs.checkpoint.migrate import Cluster, Migrator, Store
     from hcs.kube import KubeRest
 
     desc = _cluster_description(args.cluster_json)
     kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG") or desc.get("kubeconfig")
-    api = ApiClient(configuration=kconfig.new_client_from_config(config_file=kubeconfig).configuration)
+    api: ApiClient = kconfig.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     cluster = Cluster.from_description(KubeRest(api, timeout_s=30), desc)
     store = Store(Path(args.store or os.environ.get("HCS_CHECKPOINT_STORE")
                        or Path.home() / ".cache" / "hcs" / "checkpoint" / "store"))
@@ -84,10 +85,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from hcs.checkpoint.controller import Controller
 
     ctl = Controller(build(args), period_s=args.period, namespace=args.namespace)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         ctl.run()
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

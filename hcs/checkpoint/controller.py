@@ -139,9 +139,11 @@ class Controller:
                     self._move(ns, name, trigger)
                 elif (uid, trigger) not in self.warned:
                     self.warned.add((uid, trigger))
+                    what = ("not opted in (hcs.io/checkpoint: never)" if mode == "never"
+                            else "hcs.io/checkpoint: manual, run `hcs migrate` to move it")
                     self.m.event(pod, "NotCheckpointed" if mode == "never" else "CheckpointManual",
-                                 f"{trigger}: {'not opted in (hcs.io/checkpoint: never)' if mode == 'never' else 'hcs.io/checkpoint: manual, run hcs migrate'}"
-                                 "; the workload restarts from scratch if the device fails", warning=True)
+                                 f"{trigger}: {what}; the workload restarts from scratch if the device fails",
+                                 warning=True)
                 continue
             if mode == "auto":
                 self._periodic(pod)
@@ -190,7 +192,8 @@ class Controller:
             self.kube.request("PATCH", f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}",
                               content_type="application/merge-patch+json",
                               body={"metadata": {"annotations": {ANN_LAST_CHECKPOINT: json.dumps(
-                                  {"archive": res.archive.name, "at": time.time(), "seconds": round(res.seconds, 3)})}}})
+                                  {"archive": res.archive.name, "at": time.time(),
+                                   "seconds": round(res.seconds, 3)})}}})
         except (CheckpointError, KubeError) as e:
             self.errors.append(f"{md['namespace']}/{md['name']}: periodic checkpoint: {e}")
             self.last_checkpoint[uid] = time.monotonic()
