@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hcs.checkpoint import image
+from hcs.checkpoint import capability, image
 from hcs.errors import HcsError
 from hcs.kube import KubeError, KubeRest
 
@@ -70,6 +70,15 @@ class NodeAccess:
     containerd_socket: Path
     ctr: Path
     profile: Path | None = None  # simulated node profile (driver/profiles/*.json): the device UUIDs
+    simulated: bool = True  # simulated runtimes (device memory = host memory); real nodes: False
+
+    def vendor_of(self, uuid: str) -> str:
+        if self.profile is None:
+            return ""
+        for d in json.loads(self.profile.read_text()).get("devices", []):
+            if d.get("uuid") == uuid:
+                return str(d.get("vendor", ""))
+        return ""
 
     def devices(self) -> list[str]:
         if self.profile is None:
@@ -418,6 +427,14 @@ class Migrator:
             raise CheckpointError(f"pod {ns}/{name} is owned by "
                                   f"{pod['metadata']['ownerReferences'][0].get('kind')}: its controller would start "
                                   "a fresh copy beside the restored one; checkpoint migration handles bare pods")
+        src = pod["spec"].get("nodeName") or ""
+        src_access = self.c.nodes.get(src)
+        if src_access is not None:
+            dev = (pod["metadata"].get("annotations") or {}).get(ANN_DEVICE, "")
+            support = capability.device_support(src_access.vendor_of(dev), simulated=src_access.simulated)
+            if not support.ok:
+                self.event(pod, "CheckpointUnsupported", f"{reason}: {support.reason}", warning=True)
+                raise CheckpointError(f"{ns}/{name}: {support.reason}")
         node, device = self.pick_target(pod, to_node)
         cs = (pod.get("status", {}).get("containerStatuses") or [{}])[0]
         running = pod.get("status", {}).get("phase") == "Running" and bool(cs.get("state", {}).get("running"))

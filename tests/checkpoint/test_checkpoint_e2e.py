@@ -89,8 +89,7 @@ def test_migrate_to_named_node_and_back(clean: Any) -> None:
     m = clean
     create_pod(m, counter_pod("ck-back", "hcsck-a", DEV0))
     r1 = m.migrate("default", "ck-back", to_node="hcsck-b")
-    last1 = wait_for(lambda: (read_steps(m, r1.new_pod) or [(0,)])[-1][0] > 0 and read_steps(m, r1.new_pod)[-1][0],
-                     60, "restored counter")
+    last1 = wait_for(lambda: max([s[0] for s in read_steps(m, r1.new_pod)], default=0), 60, "restored counter")
     r2 = m.migrate("default", r1.new_pod, to_node="hcsck-a")
     assert (r1.node, r2.node, r2.new_pod) == ("hcsck-b", "hcsck-a", "ck-back-m2")
     assert_continued(m, r2.new_pod, last1, last1 + int(r2.pause_s * 10) + 40, r2.device, hops=2)
@@ -120,7 +119,7 @@ def test_failing_device_verdict_moves_auto_pod_and_warns_never_pod(clean: Any) -
                          180, "the controller to move ck-fail")
         assert moved[0]["spec"].get("nodeName", "hcsck-b") != "hcsck-a" or \
             moved[0]["metadata"]["annotations"]["hcs.io/device"] != DEV0
-        res = ctl.moves[-1]
+        res = wait_for(lambda: ctl.moves, 60, "the controller's record of the move")[-1]
         assert "failing" in res["trigger"]
         assert_continued(m, "ck-fail-m1", before, before + int(res["pause_s"] * 10) + 30, res["device"])
         # the pod on the healthy device, not opted in, stays and gets nothing but its own verdict-free life
@@ -160,11 +159,11 @@ def test_kubectl_drain_moves_auto_pod_before_eviction(clean: Any, ckpt_env: dict
         wait_for(lambda: m.c.kube.request("GET", "/apis/policy/v1/namespaces/default/poddisruptionbudgets")
                  .get("items"), 30, "the drain guard PDB")
         before = read_steps(m, "ck-drain")[-1][0]
-        out = kubectl(ckpt_env, "drain", "hcsck-a", "--ignore-daemonsets", "--timeout=240s", timeout=300)
+        out = kubectl(ckpt_env, "drain", "hcsck-a", "--ignore-daemonsets", "--force", "--timeout=240s", timeout=300)
         assert "drained" in out
         pods = pods_named(m, "ck-drain")
         assert [(p["metadata"]["name"], p["spec"].get("nodeName")) for p in pods] == [("ck-drain-m1", "hcsck-b")]
-        res = ctl.moves[-1]
+        res = wait_for(lambda: ctl.moves, 60, "the controller's record of the move")[-1]
         assert "cordoned" in res["trigger"]
         assert_continued(m, "ck-drain-m1", before, before + int(res["pause_s"] * 10) + 40, res["device"])
     finally:
@@ -195,7 +194,7 @@ def test_periodic_checkpoint_bounds_lost_work_on_sudden_loss(clean: Any, ckpt_en
         inject_verdict(m.c.kube, "hcsck-a", DEV0, "failed")
         wait_for(lambda: [p for p in pods_named(m, "ck-per") if p["metadata"]["name"] == "ck-per-m1"], 180,
                  "restore from the periodic checkpoint")
-        res = ctl.moves[-1]
+        res = wait_for(lambda: ctl.moves, 60, "the controller's record of the move")[-1]
         assert res["from_periodic"] is True
         resumed = wait_for(lambda: [s for s in read_steps(m, "ck-per-m1") if s[3] == res["device"]], 60,
                            "the restored counter")
