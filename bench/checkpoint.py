@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# bench/ holds inspect.py, which would shadow the standard library's (dataclasses needs it): drop bench/
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
 from hcs.checkpoint.migrate import Cluster, Migrator, Store  # noqa: E402
@@ -158,8 +160,8 @@ def main() -> int:
         restore.append(res.restore_s)
         archive.append(res.archive_bytes / 2**20)
         log(f"move {i + 1}: {current} -> {res.new_pod} on {res.node}: checkpoint {res.checkpoint_s:.2f} s, restore "
-            f"{res.restore_s:.2f} s, pause {pause[-1] if pause else float('nan'):.2f} s, archive "
-            f"{archive[-1]:.0f} MiB")
+            f"{res.restore_s:.2f} s (import {res.import_s:.2f} s), pause "
+            f"{pause[-1] if pause else float('nan'):.2f} s, archive {archive[-1]:.0f} MiB")
         current, other = res.new_pod, ("hcsck-a" if res.node == "hcsck-b" else "hcsck-b")
     for name in pods(m):
         m.delete_pod("default", name)

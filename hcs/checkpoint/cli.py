@@ -98,6 +98,19 @@ def cmd_verdict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_defrag(args: argparse.Namespace) -> int:
+    from hcs.checkpoint import defrag
+
+    m = build(args)
+    moves = defrag.plan(defrag.read_state(m), max_moves=args.max_moves)
+    if args.apply:
+        out = defrag.apply(m, moves)
+        print(json.dumps({"applied": out}, indent=1))
+        return 0 if all("skipped" not in o for o in out) else 1
+    print(json.dumps({"dry_run": [mv.as_dict() for mv in moves]}, indent=1))
+    return 0
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "migrate", help="checkpoint a pod and restore it on another device/node (CRIU)",
@@ -109,6 +122,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("-n", "--namespace", default="default")
     _common(p)
     p.set_defaults(func=cmd_migrate)
+
+    d = subparsers.add_parser(
+        "defrag", help="move checkpointable pods so whole devices come free (dry run or apply)",
+        description="Plan moves of opted-in pods (hcs.io/checkpoint auto|manual) that lower the allocator's "
+        "fragmentation measure (FGD, whole-device requests of 1/2/4/8), greedily; --apply performs them one "
+        "at a time with hcs migrate, re-checking each target's free device first (never over-committing).")
+    mode = d.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--dry-run", action="store_true", help="print the planned moves")
+    mode.add_argument("--apply", action="store_true", help="perform them, one at a time")
+    d.add_argument("--max-moves", type=int, default=8)
+    _common(d)
+    d.set_defaults(func=cmd_defrag)
 
     c = subparsers.add_parser("checkpoint", help="checkpoint controller and device-verdict injection",
                               description="Periodic checkpoints and automatic moves of hcs.io/checkpoint: auto "

@@ -21,6 +21,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from hcs.errors import HcsError
 
@@ -90,9 +91,13 @@ def _add_dir(out: tarfile.TarFile, name: str) -> None:
     out.addfile(ti)
 
 
-def write_image(archive: Path, out_path: Path, ref: str, *, info: ArchiveInfo | None = None) -> ArchiveInfo:
-    """Write an OCI image-layout tar at ``out_path`` holding the checkpoint image ``ref`` (atomic)."""
-    info = info or inspect_archive(archive)
+def stream_image(archive: Path, out: IO[bytes], ref: str, info: ArchiveInfo) -> None:
+    """Write the image-layout tar of ``archive`` to a stream (``ctr images import -`` reads it from a pipe):
+    no image file on disk, one copy of the archive less than :func:`write_image`."""
+    _write_layout(archive, out, ref, info)
+
+
+def _write_layout(archive: Path, out_f: IO[bytes], ref: str, info: ArchiveInfo) -> None:
     cfg = json.dumps({
         "architecture": "amd64", "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": [info.digest]},
@@ -114,24 +119,31 @@ def write_image(archive: Path, out_path: Path, ref: str, *, info: ArchiveInfo | 
                                        "size": len(manifest), "platform": {"architecture": "amd64", "os": "linux"},
                                        "annotations": {"io.containerd.image.name": ref,
                                                        "org.opencontainers.image.ref.name": ref}}]}).encode()
+    with tarfile.open(fileobj=out_f, mode="w|", format=tarfile.PAX_FORMAT) as out:
+        _add_dir(out, "blobs")
+        _add_dir(out, "blobs/sha256")
+        ti = tarfile.TarInfo("blobs/sha256/" + info.digest.split(":", 1)[1])
+        ti.size, ti.mode, ti.mtime = info.size, 0o644, 0
+        with archive.open("rb") as f:
+            out.addfile(ti, f)
+        _add_bytes(out, "blobs/sha256/" + cfg_digest.split(":", 1)[1], cfg)
+        _add_bytes(out, "blobs/sha256/" + man_digest.split(":", 1)[1], manifest)
+        _add_bytes(out, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _add_bytes(out, "index.json", index)
+    if archive.stat().st_size != info.size:
+        raise CheckpointImageError(f"{archive} changed while the image was written")
+
+
+def write_image(archive: Path, out_path: Path, ref: str, *, info: ArchiveInfo | None = None) -> ArchiveInfo:
+    """Write an OCI image-layout tar at ``out_path`` holding the checkpoint image ``ref`` (atomic)."""
+    info = info or inspect_archive(archive)
     tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     try:
-        with tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as out:
-            _add_dir(out, "blobs")
-            _add_dir(out, "blobs/sha256")
-            ti = tarfile.TarInfo("blobs/sha256/" + info.digest.split(":", 1)[1])
-            ti.size, ti.mode, ti.mtime = info.size, 0o644, 0
-            with archive.open("rb") as f:
-                out.addfile(ti, f)
-            _add_bytes(out, "blobs/sha256/" + cfg_digest.split(":", 1)[1], cfg)
-            _add_bytes(out, "blobs/sha256/" + man_digest.split(":", 1)[1], manifest)
-            _add_bytes(out, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-            _add_bytes(out, "index.json", index)
+        with tmp.open("wb") as f:
+            _write_layout(archive, f, ref, info)
         os.replace(tmp, out_path)
     except OSError as e:
         raise CheckpointImageError(f"writing checkpoint image {out_path}: {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
-    if archive.stat().st_size != info.size:
-        raise CheckpointImageError(f"{archive} changed while the image was written")
     return info

@@ -173,6 +173,7 @@ class MigrationResult:
     pause_s: float  # old pod frozen by the checkpoint -> new pod Running
     archive_bytes: int
     from_periodic: bool  # restored from an earlier periodic checkpoint (the old pod was gone)
+    import_s: float = 0.0  # part of restore_s: image streamed into the target node's containerd
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -204,6 +205,7 @@ class Migrator:
         self.store = store
         self.checkpoint_timeout_s = checkpoint_timeout_s
         self.restore_timeout_s = restore_timeout_s
+        self.last_import_s = 0.0  # of the last restore: checkpoint image streamed into the target's containerd
 
     # ------------------------------------------------------------ API helpers
     def pod(self, ns: str, name: str) -> dict[str, Any]:
@@ -333,18 +335,26 @@ class Migrator:
 
     # ------------------------------------------------------------ restore
     def import_image(self, node: str, archive: Path, ref: str) -> None:
+        """Stream the checkpoint image into the node's containerd (``ctr images import -``)."""
         access = self.c.nodes[node]
-        oci = archive.with_name(archive.name.replace(".ckpt.tar", ".oci.tar"))
-        image.write_image(archive, oci, ref)
+        info = image.inspect_archive(archive)
+        p = subprocess.Popen([str(access.ctr), "--address", str(access.containerd_socket), "-n", "k8s.io",
+                              "images", "import", "--snapshotter", "overlayfs", "-"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdin is not None
+        err = b""
         try:
-            r = subprocess.run([str(access.ctr), "--address", str(access.containerd_socket), "-n", "k8s.io",
-                                "images", "import", "--snapshotter", "overlayfs", str(oci)],
-                               capture_output=True, text=True, timeout=600)
-        finally:
-            oci.unlink(missing_ok=True)
-        if r.returncode != 0:
+            image.stream_image(archive, p.stdin, ref, info)
+            p.stdin.close()
+            _, err = p.communicate(timeout=600)
+        except (OSError, image.CheckpointImageError) as e:
+            p.kill()
+            _, err = p.communicate()
+            raise CheckpointError(f"streaming checkpoint image {ref} into {node}'s containerd: {e}; ctr: "
+                                  f"{err.decode(errors='replace').strip()[-400:]}") from e
+        if p.returncode != 0:
             raise CheckpointError(f"importing checkpoint image {ref} into {node}'s containerd failed: "
-                                  f"{(r.stderr or r.stdout).strip()[-600:]}")
+                                  f"{err.decode(errors='replace').strip()[-600:]}")
 
     def remove_image(self, node: str, ref: str) -> None:
         access = self.c.nodes[node]
@@ -402,6 +412,7 @@ class Migrator:
         tag = archive.name.split(".")[0].lower()
         ref = f"hcs.local/checkpoint/{ns}-{_base_name(md['name'])}:{tag}"
         self.import_image(node, archive, ref)
+        self.last_import_s = time.monotonic() - t0
         body = self.replacement(pod, node, device, ref, archive)
         try:
             self.c.kube.request("POST", f"/api/v1/namespaces/{ns}/pods", body=body)
@@ -477,4 +488,4 @@ class Migrator:
         log.info("%s/%s -> %s", ns, name, msg)
         return MigrationResult(old_pod=name, new_pod=new_name, node=node, device=device, checkpoint_s=ckpt_s,
                                restore_s=restore_s, pause_s=pause_s, archive_bytes=size,
-                               from_periodic=from_periodic)
+                               from_periodic=from_periodic, import_s=self.last_import_s)
