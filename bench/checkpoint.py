@@ -142,19 +142,25 @@ def main() -> int:
                 break
             time.sleep(0.2)
         nums = [s[0] for s in new_steps]
+        # the restored log = the old pod's log (copied at the checkpoint) + the restored process's own lines,
+        # which are the trailing run reporting the new device; per move at most one step back, never to 1
+        start = len(new_steps)
+        while start > 0 and new_steps[start - 1][3] == res.device:
+            start -= 1
         drops = [j for j in range(1, len(nums)) if nums[j] != nums[j - 1] + 1]
-        start = drops[0] if drops else next((j for j, s in enumerate(new_steps) if s[3] == res.device), -1)
         live = pods(m)
         if live != [res.new_pod]:
             dup_pods += max(0, len(live) - 1)
             lost_pods += 0 if res.new_pod in live else 1
-        if start <= 0 or len(drops) > 1 or nums[start] <= 1 or not all(s[2] == 1 for s in new_steps):
-            log(f"move {i + 1}: counter did not continue: {nums[:3]}..{nums[-3:]} drops={drops}")
+        if start in (0, len(new_steps)) or len(drops) > i + 1 or any(nums[j] <= 1 for j in drops) \
+                or not all(s[2] == 1 for s in new_steps):
+            log(f"move {i + 1}: counter did not continue: {nums[:3]}..{nums[-3:]} drops={drops} start={start}")
             lost_pods += 1
         else:
             resumed_after = nums[start] - 1
-            kept = next(s for s in new_steps if s[0] == resumed_after)
-            pause.append(max(0.0, new_steps[start][1] - kept[1] - TICK_S))
+            kept = [s for s in new_steps[:start] if s[0] == resumed_after]
+            if kept:
+                pause.append(max(0.0, new_steps[start][1] - kept[-1][1] - TICK_S))
             lost.append(max(0, tail.last - resumed_after) * TICK_S)
         ckpt.append(res.checkpoint_s)
         restore.append(res.restore_s)

@@ -187,6 +187,18 @@ def node_components(w: mn.Worker, cp: hc.Layout) -> list[hc.Component]:
     ]
 
 
+def _ensure_retry(lay: hc.Layout, comp: hc.Component, digest: str) -> bool:
+    """mn._ensure, retried while a just-stopped kubelet's port is still held (seen on a config change)."""
+    for attempt in range(20):
+        try:
+            return mn._ensure(lay, comp, digest)
+        except hc.ClusterError as e:
+            if "already in use" not in str(e) or attempt == 19:
+                raise
+            time.sleep(0.5)
+    return False
+
+
 # ---------------------------------------------------------------- commands
 def cmd_up() -> int:
     t0 = time.monotonic()
@@ -231,7 +243,7 @@ def cmd_up() -> int:
                                                             if p.name == "containerd.toml"}))
             hc.wait_healthy(w.lay, nc["containerd"], 30)
             hc.import_images(w.lay)
-            started[w.name] = time.time() - 1 if mn._ensure(w.lay, nc["kubelet"], mn._digest(files)) else None
+            started[w.name] = time.time() - 1 if _ensure_retry(w.lay, nc["kubelet"], mn._digest(files)) else None
         ensure_workload_image(ws)
         for name in ("kube-controller-manager", "kube-scheduler"):
             hc.wait_healthy(cp, comps[name], 60)

@@ -29,6 +29,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -338,23 +339,26 @@ class Migrator:
         """Stream the checkpoint image into the node's containerd (``ctr images import -``)."""
         access = self.c.nodes[node]
         info = image.inspect_archive(archive)
-        p = subprocess.Popen([str(access.ctr), "--address", str(access.containerd_socket), "-n", "k8s.io",
-                              "images", "import", "--snapshotter", "overlayfs", "-"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert p.stdin is not None
-        err = b""
-        try:
-            image.stream_image(archive, p.stdin, ref, info)
-            p.stdin.close()
-            _, err = p.communicate(timeout=600)
-        except (OSError, image.CheckpointImageError) as e:
-            p.kill()
-            _, err = p.communicate()
-            raise CheckpointError(f"streaming checkpoint image {ref} into {node}'s containerd: {e}; ctr: "
-                                  f"{err.decode(errors='replace').strip()[-400:]}") from e
-        if p.returncode != 0:
+        with tempfile.TemporaryFile() as errf:
+            p = subprocess.Popen([str(access.ctr), "--address", str(access.containerd_socket), "-n", "k8s.io",
+                                  "images", "import", "--snapshotter", "overlayfs", "-"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf)
+            assert p.stdin is not None
+            try:
+                with p.stdin:
+                    image.stream_image(archive, p.stdin, ref, info)
+                rc = p.wait(timeout=600)
+            except (OSError, subprocess.TimeoutExpired, image.CheckpointImageError) as e:
+                p.kill()
+                p.wait()
+                errf.seek(0)
+                raise CheckpointError(f"streaming checkpoint image {ref} into {node}'s containerd: {e}; ctr: "
+                                      f"{errf.read().decode(errors='replace').strip()[-400:]}") from e
+            errf.seek(0)
+            err = errf.read().decode(errors="replace")
+        if rc != 0:
             raise CheckpointError(f"importing checkpoint image {ref} into {node}'s containerd failed: "
-                                  f"{err.decode(errors='replace').strip()[-600:]}")
+                                  f"{err.strip()[-600:]}")
 
     def remove_image(self, node: str, ref: str) -> None:
         access = self.c.nodes[node]
@@ -481,6 +485,7 @@ class Migrator:
             raise
         pause_s = time.monotonic() - t_freeze
         new_name = new["metadata"]["name"]
+        shutil.rmtree(self.store.root / ns / name, ignore_errors=True)  # the new pod is the workload now
         msg = (f"{reason}: restored as {new_name} on {node} device {device} from "
                f"{'the periodic checkpoint' if from_periodic else 'a fresh checkpoint'} {archive.name} "
                f"({size / 2**20:.1f} MiB; checkpoint {ckpt_s:.2f} s, restore {restore_s:.2f} s)")

@@ -205,3 +205,24 @@ def test_periodic_checkpoint_bounds_lost_work_on_sudden_loss(clean: Any, ckpt_en
     finally:
         ctl.stop_event.set()
         t.join(10)
+
+
+def test_defrag_dry_run_then_apply_frees_a_whole_node(clean: Any) -> None:
+    from hcs.checkpoint import defrag
+
+    m = clean
+    dev_b = m.c.nodes["hcsck-b"].devices()[0]
+    create_pod(m, counter_pod("ck-dfa", "hcsck-a", DEV0, mode="manual"), min_step=3)
+    create_pod(m, counter_pod("ck-dfb", "hcsck-b", dev_b, mode="manual"), min_step=3)
+    moves = defrag.plan(defrag.read_state(m))
+    assert len(moves) == 1 and moves[0].fragmentation_after < moves[0].fragmentation_before
+    # dry run changed nothing
+    assert sorted(p["metadata"]["name"] for p in m.c.kube.request("GET", "/api/v1/namespaces/default/pods",
+                  query={"labelSelector": "app=hcs-ckpt-test"})["items"]) == ["ck-dfa", "ck-dfb"]
+    done = defrag.apply(m, moves)
+    assert "skipped" not in done[0], done
+    nodes = {p["spec"].get("nodeName") for p in m.c.kube.request(
+        "GET", "/api/v1/namespaces/default/pods", query={"labelSelector": "app=hcs-ckpt-test"})["items"]
+        if not p["metadata"].get("deletionTimestamp")}
+    assert len(nodes) == 1, f"both pods should share one node now, got {nodes}"
+    assert defrag.plan(defrag.read_state(m)) == [], "a second pass finds nothing left to gain"

@@ -7,6 +7,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,3 +124,33 @@ def test_replacement_pod_gets_fresh_device_node_and_checkpoint_image(tmp_path: P
     c = new["spec"]["containers"][0]
     assert (c["image"], c["imagePullPolicy"]) == ("hcs.local/checkpoint/ml-train:x", "Never")
     assert pod["spec"]["nodeName"] == "a", "the original pod object must not be modified"
+
+
+def _state(used_a: int, used_b: int, bad_b: int = 0) -> Any:
+    from hcs.checkpoint.defrag import State
+
+    devs = {n: [f"{n}-{i}" for i in range(8)] for n in ("a", "b")}
+    used = {"a": set(devs["a"][:used_a]), "b": set(devs["b"][:used_b])}
+    bad = {"a": set(), "b": set(devs["b"][8 - bad_b:])}
+    movable = [("ns", f"pa{i}", "a") for i in range(used_a)] + [("ns", f"pb{i}", "b") for i in range(used_b)]
+    return State(["a", "b"], devs, used, bad, movable)
+
+
+def test_defrag_consolidates_single_pods_to_free_a_whole_node() -> None:
+    from hcs.checkpoint.defrag import plan
+
+    moves = plan(_state(1, 1))
+    assert len(moves) == 1
+    mv = moves[0]
+    assert mv.fragmentation_after < mv.fragmentation_before
+    assert {mv.from_node, mv.to_node} == {"a", "b"}
+
+
+def test_defrag_never_plans_onto_a_full_or_failing_node() -> None:
+    from hcs.checkpoint.defrag import plan
+
+    # b: 7 pods + 1 failing device: no free device on b, so a's pod cannot go there; b's pods may go to a,
+    # but moving them only spreads b's load (a would lose its whole-free block): no move lowers the measure
+    moves = plan(_state(0, 7, bad_b=1))
+    assert all(m.to_node != "b" for m in moves)
+    assert plan(_state(0, 0)) == []
