@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds image e2e-chart
+.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds image e2e-chart e2e-checkpoint
 
 dev: $(STAMP) c-build
 
@@ -43,6 +43,13 @@ image:
 # with HCS_E2E_TARGET=chart, helm uninstall (e2e/chart/README.md). Not part of `make test`.
 e2e-chart: dev
 	e2e/chart/run
+
+# Checkpoint recovery (issue 21) on its own 2-node cluster with containerd 2.3 + CRIU 4.1 (root; builds containerd
+# and the CRIU root on first use): e2e/checkpoint/README.md. Not part of `make test`.
+e2e-checkpoint: dev
+	e2e/checkpoint/criu-setup --self-test
+	$(BIN)/python e2e/checkpoint/cluster.py up
+	$(BIN)/pytest -q -m checkpoint tests/checkpoint
 
 # The chart ships byte-identical copies of hcs/node/crds (tests/helm checks they match).
 chart-crds:

@@ -30,6 +30,7 @@ SUBCOMMAND_MODULES = (
     "hcs.allocator.replay_cli",  # replay
     "hcs.webhook.cli",  # webhook
     "hcs.demo.cli",  # demo
+    "hcs.checkpoint.cli",  # migrate, checkpoint
 )
 
 #: exit status for a closed output pipe (128 + SIGPIPE), as `head` users expect from Unix tools.

@@ -209,7 +209,17 @@ def main() -> int:
     if not out_of_time():  # islands read through NVML vs nvidia-smi's NVLink matrix (NVSwitch boards too)
         result["topology"] = run_json([sys.executable, str(REPO / "e2e" / "gpu" / "topology_check.py")], False)
 
-    checks = [v.get("pass") for v in result.values() if isinstance(v, dict) and "pass" in v]
+    if not out_of_time():  # issue 21: cuda-checkpoint moves device state to host memory and back
+        try:
+            ck = subprocess.run([sys.executable, str(REPO / "e2e" / "gpu" / "cuda_checkpoint_check.py")],
+                                capture_output=True, text=True, check=False, timeout=45)
+            result["cuda_checkpoint"] = json.loads(ck.stdout.strip().splitlines()[-1])
+        except subprocess.TimeoutExpired:
+            result["cuda_checkpoint"] = {"pass": False, "error": "timed out after 45 s"}
+        except (ValueError, IndexError):
+            result["cuda_checkpoint"] = {"pass": False, "error": (ck.stderr or ck.stdout)[-500:]}
+
+    checks = [v.get("pass") for v in result.values() if isinstance(v, dict) and v.get("pass") is not None]
     result["all_functional_checks_pass"] = bool(checks) and all(checks)
     result["elapsed_s"] = round(time.monotonic() - START, 1)
     text = json.dumps(result, indent=1)
