@@ -123,8 +123,12 @@ def object_key(obj: Any) -> tuple[str, str]:
 
 def rv_int(obj: Any) -> int:
     """An object's resourceVersion as an integer (an etcd revision); 0 when absent or not a number."""
+    return _revision(((obj or {}).get("metadata") or {}).get("resourceVersion"))
+
+
+def _revision(value: Any) -> int:
     try:
-        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+        return int(value or 0)
     except (TypeError, ValueError):
         return 0
 
@@ -299,7 +303,7 @@ class Informer:
             query = {**self.query, "limit": str(self.page_size), "continue": token}
         with self._lock:
             old, self.items = self.items, fresh
-            self.rv = rv_int({"metadata": meta})
+            self.rv = _revision(meta.get("resourceVersion"))
         self.relists += 1
         if self.metrics is not None:
             self.metrics.relists.labels(self.resource).inc()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 #: the extended resources HCS serves are named ``ai.compute/<name>``
@@ -134,3 +135,16 @@ def split_selector(value: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         else:
             include.append(item)
     return tuple(include), tuple(exclude)
+
+
+def created_ms(value: Any) -> int:
+    """A creationTimestamp (RFC 3339 text, or a datetime from the typed client) in Unix milliseconds;
+    0 when absent or unreadable."""
+    if not value:
+        return 0
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp() * 1000)
+    try:
+        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return 0

@@ -31,6 +31,7 @@ from hcs.cluster_inventory import DeviceInfo, NodeInventory
 from hcs.devices.catalog import default_catalog
 from hcs.devices.model import Vendor
 from hcs.errors import HcsError
+from hcs.podspec import created_ms
 from hcs.quantity import parse_bytes, parse_quantity
 
 VRAM = "ai.compute/vram"
@@ -165,17 +166,6 @@ def parse_constraints(annotations: Mapping[str, str], where: str = "pod") -> Con
     return Constraints(topo == "high-bandwidth", vin, vout, min_, mout, policy)
 
 
-def _created_ms(value: Any) -> int:
-    from datetime import datetime
-
-    if not value:
-        return 0
-    try:
-        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return 0
-
-
 def demand_from_pod(pod: Mapping[str, Any]) -> PodDemand | None:
     """A pod (API JSON dict) → its accelerator demand; None when it asks for none. Raises RequestError."""
     meta = pod.get("metadata") or {}
@@ -205,7 +195,7 @@ def demand_from_pod(pod: Mapping[str, Any]) -> PodDemand | None:
         return None
     ann = meta.get("annotations") or {}
     return PodDemand(PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
-                            _created_ms(meta.get("creationTimestamp"))),
+                            created_ms(meta.get("creationTimestamp"))),
                      tuple(containers), parse_constraints(ann, where), cpu, mem)
 
 

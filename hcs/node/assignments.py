@@ -11,13 +11,13 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any, Protocol
 
 from google.protobuf import json_format
 
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.devices.model import Device, Vendor
+from hcs.podspec import created_ms
 from hcs.quantity import parse_bytes
 from hcs.records import ASSIGNMENT_ANNOTATION as ASSIGNMENT_ANNOTATION
 from hcs.records import SIGNATURE_ANNOTATION as SIGNATURE_ANNOTATION
@@ -136,7 +136,7 @@ def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, no
     if not containers:
         return None
     ref = PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
-                 _created_ms(meta.get("creationTimestamp")))
+                 created_ms(meta.get("creationTimestamp")))
     assigned = None
     annotations = meta.get("annotations") or {}
     raw_assignment = annotations.get(ASSIGNMENT_ANNOTATION)
@@ -152,17 +152,6 @@ def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, no
             log.warning("pod %s: bad %s annotation (%s); placing it with the local policy", ref.ref,
                         ASSIGNMENT_ANNOTATION, exc)
     return PodDemand(ref, tuple(containers), assigned)
-
-
-def _created_ms(value: Any) -> int:
-    if value is None:
-        return 0
-    if hasattr(value, "timestamp"):
-        return int(value.timestamp() * 1000)
-    try:
-        return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        return 0
 
 
 @dataclass
