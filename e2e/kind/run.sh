@@ -32,7 +32,7 @@ CACHE="${HCS_KIND_CACHE:-$HOME/.cache/hcs/kind}"
 cluster_env="$(python3 "$REPO/e2e/cluster/hcs_cluster.py" env --json 2>/dev/null || echo '{}')"
 cfield() { python3 -c "import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2], ''))" "$cluster_env" "$1"; }
 K8S_LOCAL="$(cfield k8s_version)"
-export PATH="$CACHE/bin:$PATH${cluster_env:+:$(cfield bin_dir)}"
+export PATH="$CACHE/bin${cluster_env:+:$(cfield bin_dir)}:$PATH"
 NODE_IMAGE="${HCS_KIND_NODE_IMAGE:-hcs.local/kind-node:${K8S_LOCAL:-v1.37.2}}"
 REBUILD="${HCS_KIND_REBUILD:-1}"
 NAMESPACE=hcs-system
@@ -74,6 +74,12 @@ need kind "run e2e/kind/build-node-image (go install sigs.k8s.io/kind), or insta
 need kubectl "run e2e/cluster/build, or install kubectl"
 need helm "run e2e/cluster/build, or install helm 3"
 mkdir -p /lib/modules 2>/dev/null || true  # kind bind-mounts it read-only into every node
+# each node runs systemd, containerd and a kubelet, all using inotify; the default 128 instances per user
+# run out ("inotify_init: too many open files", the control plane never starts)
+if [ "$(sysctl -n fs.inotify.max_user_instances 2>/dev/null || echo 0)" -lt 1024 ]; then
+  sysctl -qw fs.inotify.max_user_instances=8192 fs.inotify.max_user_watches=1048576 2>/dev/null \
+    || log "warning: fs.inotify.max_user_instances is low and could not be raised (needs root)"
+fi
 case "$MODE" in devicePlugin|dra|both) ;; *) die "HCS_KIND_MODE=$MODE; use devicePlugin, dra or both" ;; esac
 for p in $PROFILES; do
   [ -f "$REPO/driver/profiles/$p.json" ] || die "HCS_KIND_PROFILES: no driver/profiles/$p.json (have: $(cd "$REPO/driver/profiles" && ls *.json | sed 's/\.json//' | tr '\n' ' '))"
