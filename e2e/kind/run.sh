@@ -36,6 +36,7 @@ export PATH="$CACHE/bin${cluster_env:+:$(cfield bin_dir)}:$PATH"
 NODE_IMAGE="${HCS_KIND_NODE_IMAGE:-hcs.local/kind-node:${K8S_LOCAL:-v1.37.2}}"
 REBUILD="${HCS_KIND_REBUILD:-1}"
 NAMESPACE=hcs-system
+SERVICE_SUBNET=10.112.0.0/16  # kind-config.yaml networking.serviceSubnet
 SIM_DIR=/opt/hcs/sim
 LIB_DIR=/opt/hcs/driver/lib
 KUBECONFIG_FILE="${HCS_KIND_KUBECONFIG:-$HOME/.kube/kind-$CLUSTER}"
@@ -52,6 +53,7 @@ case "${1:-}" in
   --down)
     need kind "install kind: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
     kind delete cluster --name "$CLUSTER"
+    ip route del "$SERVICE_SUBNET" 2>/dev/null || true
     exit 0 ;;
   --no-test) run_tests=0 ;;
   "") ;;
@@ -114,6 +116,15 @@ for n in "${all_nodes[@]}"; do
   done
 done
 kubectl wait --for=condition=Ready node --all --timeout=180s
+# Services from the host (the e2e suite calls the allocator's leader Service, as an operator would): route
+# the service range to the control-plane node, whose kube-proxy rules forward (and masquerade) it
+cp_node="$(kind get nodes --name "$CLUSTER" | grep -- '-control-plane$' | head -1)"
+cp_ip="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cp_node")"
+if [ "$(id -u)" -eq 0 ]; then
+  ip route replace "$SERVICE_SUBNET" via "$cp_ip"
+else
+  log "not root: add 'ip route replace $SERVICE_SUBNET via $cp_ip' for the suite to reach Services"
+fi
 
 server_version="$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
 k8s_version="${server_version%%+*}"   # v1.36.1
@@ -158,6 +169,8 @@ for i in "${!profiles[@]}"; do
   docker cp "$workdir/lib/." "$node:$LIB_DIR/"
   docker cp "$profile" "$node:$SIM_DIR/profile.json"
   python3 "$HERE/sim_devices.py" "$profile" --lib-dir "$LIB_DIR" --sim-dir "$SIM_DIR" | docker exec -i "$node" sh
+  # the driver version file the Ascend runtime reads (the scenarios check the mount carries it)
+  docker exec "$node" sh -c '[ ! -d /usr/local/Ascend/driver ] || echo Version=hcs-e2e-simulated > /usr/local/Ascend/driver/version.info'
   kubectl label node "$node" hcs.io/accelerator=true "hcs.io/sim-profile=${profiles[$i]}" --overwrite >/dev/null
 done
 
