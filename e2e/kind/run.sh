@@ -32,10 +32,11 @@ CACHE="${HCS_KIND_CACHE:-$HOME/.cache/hcs/kind}"
 cluster_env="$(python3 "$REPO/e2e/cluster/hcs_cluster.py" env --json 2>/dev/null || echo '{}')"
 cfield() { python3 -c "import json,sys; print(json.loads(sys.argv[1]).get(sys.argv[2], ''))" "$cluster_env" "$1"; }
 K8S_LOCAL="$(cfield k8s_version)"
-export PATH="$CACHE/bin:$PATH${cluster_env:+:$(cfield bin_dir)}"
+export PATH="$CACHE/bin${cluster_env:+:$(cfield bin_dir)}:$PATH"
 NODE_IMAGE="${HCS_KIND_NODE_IMAGE:-hcs.local/kind-node:${K8S_LOCAL:-v1.37.2}}"
 REBUILD="${HCS_KIND_REBUILD:-1}"
 NAMESPACE=hcs-system
+SERVICE_SUBNET=10.112.0.0/16  # kind-config.yaml networking.serviceSubnet
 SIM_DIR=/opt/hcs/sim
 LIB_DIR=/opt/hcs/driver/lib
 KUBECONFIG_FILE="${HCS_KIND_KUBECONFIG:-$HOME/.kube/kind-$CLUSTER}"
@@ -52,6 +53,7 @@ case "${1:-}" in
   --down)
     need kind "install kind: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
     kind delete cluster --name "$CLUSTER"
+    ip route del "$SERVICE_SUBNET" 2>/dev/null || true
     exit 0 ;;
   --no-test) run_tests=0 ;;
   "") ;;
@@ -74,6 +76,12 @@ need kind "run e2e/kind/build-node-image (go install sigs.k8s.io/kind), or insta
 need kubectl "run e2e/cluster/build, or install kubectl"
 need helm "run e2e/cluster/build, or install helm 3"
 mkdir -p /lib/modules 2>/dev/null || true  # kind bind-mounts it read-only into every node
+# each node runs systemd, containerd and a kubelet, all using inotify; the default 128 instances per user
+# run out ("inotify_init: too many open files", the control plane never starts)
+if [ "$(sysctl -n fs.inotify.max_user_instances 2>/dev/null || echo 0)" -lt 1024 ]; then
+  sysctl -qw fs.inotify.max_user_instances=8192 fs.inotify.max_user_watches=1048576 2>/dev/null \
+    || log "warning: fs.inotify.max_user_instances is low and could not be raised (needs root)"
+fi
 case "$MODE" in devicePlugin|dra|both) ;; *) die "HCS_KIND_MODE=$MODE; use devicePlugin, dra or both" ;; esac
 for p in $PROFILES; do
   [ -f "$REPO/driver/profiles/$p.json" ] || die "HCS_KIND_PROFILES: no driver/profiles/$p.json (have: $(cd "$REPO/driver/profiles" && ls *.json | sed 's/\.json//' | tr '\n' ' '))"
@@ -108,6 +116,15 @@ for n in "${all_nodes[@]}"; do
   done
 done
 kubectl wait --for=condition=Ready node --all --timeout=180s
+# Services from the host (the e2e suite calls the allocator's leader Service, as an operator would): route
+# the service range to the control-plane node, whose kube-proxy rules forward (and masquerade) it
+cp_node="$(kind get nodes --name "$CLUSTER" | grep -- '-control-plane$' | head -1)"
+cp_ip="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$cp_node")"
+if [ "$(id -u)" -eq 0 ]; then
+  ip route replace "$SERVICE_SUBNET" via "$cp_ip"
+else
+  log "not root: add 'ip route replace $SERVICE_SUBNET via $cp_ip' for the suite to reach Services"
+fi
 
 server_version="$(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')"
 k8s_version="${server_version%%+*}"   # v1.36.1
@@ -152,6 +169,8 @@ for i in "${!profiles[@]}"; do
   docker cp "$workdir/lib/." "$node:$LIB_DIR/"
   docker cp "$profile" "$node:$SIM_DIR/profile.json"
   python3 "$HERE/sim_devices.py" "$profile" --lib-dir "$LIB_DIR" --sim-dir "$SIM_DIR" | docker exec -i "$node" sh
+  # the driver version file the Ascend runtime reads (the scenarios check the mount carries it)
+  docker exec "$node" sh -c '[ ! -d /usr/local/Ascend/driver ] || echo Version=hcs-e2e-simulated > /usr/local/Ascend/driver/version.info'
   kubectl label node "$node" hcs.io/accelerator=true "hcs.io/sim-profile=${profiles[$i]}" --overwrite >/dev/null
 done
 

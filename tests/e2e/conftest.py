@@ -72,10 +72,10 @@ def _installed_chart(target: str) -> Iterator[Any]:
     h.down()
 
 
-#: Why HCS_E2E_TARGET=kind is not run on this project's build host (e2e/kind/README.md, "Verified where").
-KIND_UNAVAILABLE = ("HCS_E2E_TARGET=kind: run the suite through e2e/kind/run.sh (it creates the kind cluster, "
-                    "installs the chart and sets HCS_E2E_KUBECONFIG); kind was not run on the project's build "
-                    "host, see e2e/kind/README.md")
+#: HCS_E2E_TARGET=kind without a kind cluster to run against (e2e/kind/README.md, "Verified where").
+KIND_UNAVAILABLE = ("HCS_E2E_TARGET=kind: run the suite through e2e/kind/run.sh (it starts Docker, builds the kind "
+                    "node image, creates the cluster, installs the chart and sets HCS_E2E_KUBECONFIG); see "
+                    "e2e/kind/README.md")
 
 
 def pytest_configure(config: pytest.Config) -> None:
