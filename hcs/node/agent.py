@@ -111,8 +111,6 @@ class NodeAgent:
         self.core = PluginCore(config, self.view, source, self.podres, self.metrics)
         if kube is not None and not isinstance(source, LocalAssignmentSource):
             # the allocator (or whatever placed the pod) may not have told us yet: read the pod's record
-            from hcs.node.sources import KubePodLister
-
             self.core.record_lookup = KubePodLister(kube, config.nodeName).recorded
         self.reporter: ComputeNodeReporter | None = None
         if kube is not None:
