@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "hcs_vendor_abi.h"
+#include "sim_faults.h"
 #include "sim_mem.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -269,7 +270,11 @@ EXPORT CUresult cuCtxGetDevice(CUdevice *dev) {
 
 EXPORT CUresult cuCtxSynchronize(void) {
     int d;
-    return current_dev(&d);
+    CUresult rc = current_dev(&d);
+    const sim_profile_t *p;
+    if (rc == CUDA_SUCCESS && sim_mem_profile(&p) == SIM_MEM_OK)
+        sim_device_sync_delay(p, SIM_VENDOR_NVIDIA, d); /* scenario "sync_us"/"slow" (sub-health) */
+    return rc;
 }
 
 EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
