@@ -22,7 +22,7 @@ from hcs.devices.backend import Backend, Finding, score
 from hcs.devices.catalog import Catalog
 from hcs.devices.inventory import Inventory, open_backends
 from hcs.devices.model import Health, Vendor
-from hcs.devices.subhealth import Grader, Signals, Verdict
+from hcs.devices.subhealth import CLEAR_S, Grader, Signals, Verdict
 
 POLL_INTERVAL_S = 1.0  # default when the caller gives none (node config: healthPollInterval)
 
@@ -49,13 +49,14 @@ def combine(polled: Health, events: list[Finding]) -> Health:
 class HealthMonitor:
     def __init__(self, inventory: Inventory, catalog: Catalog | None = None, *,
                  poll_interval_s: float = POLL_INTERVAL_S, clock: Callable[[], float] = time.monotonic,
-                 workload: Callable[[], dict[str, str]] | None = None) -> None:
+                 workload: Callable[[], dict[str, str]] | None = None, clear_s: float = CLEAR_S) -> None:
         """``clock`` dates samples for the grader (the benchmark passes the simulator's scenario
-        clock); ``workload`` returns the straggler verdict text per device key (hcs.devices.workload)."""
+        clock); ``workload`` returns the straggler verdict text per device key (hcs.devices.workload);
+        ``clear_s`` is how long a raised condition must stay false before it clears (hysteresis)."""
         self.poll_interval_s = poll_interval_s
         self._clock = clock
         self._workload = workload
-        self._grader = Grader()
+        self._grader = Grader(clear_s=clear_s)
         self._verdicts: dict[str, Verdict] = {}
         self._next_poll = 0.0
         vendors = tuple(dict.fromkeys(d.vendor for d in inventory.devices))
@@ -63,7 +64,7 @@ class HealthMonitor:
         backends, _ = self._stack.enter_context(open_backends(catalog, vendors or ()))
         self._backends: dict[Vendor, Backend] = {b.vendor: b for b in backends}
         self._keys = {d.key: (d.vendor, d.index) for d in inventory.devices}
-        self._current = {d.key: d.health for d in inventory.devices}
+        self._current = {d.key: replace(d.health, grade=d.health.verdict) for d in inventory.devices}
         self._sticky: dict[str, list[Finding]] = {}
         for backend in self._backends.values():
             backend.start_events()

@@ -45,6 +45,26 @@ class HealthChangeLike(Protocol):
     def new(self) -> Health: ...
 
 
+GRADES = ("healthy", "degraded", "failing", "lost")
+
+
+def signal_values(sample: object) -> dict[str, float]:
+    """The numeric fields of a ``hcs.devices.subhealth.Signals`` sample (None = not reported)."""
+    out: dict[str, float] = {}
+    for name in ("temperature_c", "ecc_sbe", "ecc_dbe", "retired_pages", "pcie_replays", "pcie_width",
+                 "pcie_gen", "link_crc", "link_recovery", "link_errors_since_last", "clock_mhz", "max_clock_mhz"):
+        v = getattr(sample, name, None)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[name] = float(v)
+    rp = getattr(sample, "remap_pending", None)
+    if rp is not None:
+        out["remap_pending"] = 1.0 if rp else 0.0
+    throttle = getattr(sample, "throttle", frozenset())
+    for reason in ("thermal", "power", "hw_slowdown"):
+        out[f"throttle_{reason}"] = 1.0 if reason in throttle else 0.0
+    return out
+
+
 class HealthSource(Protocol):
     """``hcs.devices.health.HealthMonitor`` satisfies this."""
 
@@ -293,6 +313,17 @@ class NodeAgent:
             m.allocations.labels(*labels).set(allocated.get(d.key, (0, 0))[1])
             m.health_score.labels(*labels).set(d.health.score)
             m.healthy.labels(*labels).set(1 if d.health.healthy else 0)
+            m.grade.labels(*labels).set(GRADES.index(d.health.verdict) if d.health.verdict in GRADES else 0)
+        signals = getattr(self.health, "signals", None)
+        if callable(signals):
+            by_key = {d.key: d for d in self.view.devices()}
+            for key, sample in signals().items():
+                dev = by_key.get(key)
+                if dev is None:
+                    continue
+                labels = (dev.key, str(dev.vendor), dev.model, dev.uuid)
+                for name, value in signal_values(sample).items():
+                    m.signal.labels(*labels, name).set(value)
 
     def _snapshot(self) -> tuple[Sequence[Device], Sequence[IslandInfo], dict[str, tuple[int, int]]]:
         return self.view.devices(), self.islands, self.core.vram_allocated()

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     health = None
     if inventory.devices:
         try:
-            health = HealthMonitor(inventory)
+            health = HealthMonitor(inventory, poll_interval_s=config.healthPollInterval)
         except Exception as exc:  # a vendor library that enumerates but cannot be watched
             log.error("health monitoring unavailable (%s); devices stay as discovered", exc)
     dra = None
