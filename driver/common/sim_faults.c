@@ -975,8 +975,7 @@ int sim_device_temperature(const sim_profile_t *p, sim_vendor_t vendor, int inde
 
 void sim_device_sync_delay(const sim_profile_t *p, sim_vendor_t vendor, int index) {
     sim_dev_state_t st;
-    if (p == NULL || p->faults == NULL || p->faults->nrecs == 0 || sim_device_state(p, vendor, index, &st) != 0 ||
-        st.sync_us == 0)
+    if (p == NULL || p->faults == NULL || sim_device_state(p, vendor, index, &st) != 0 || st.sync_us == 0)
         return;
     uint64_t ns = (uint64_t)st.sync_us * 1000u * (uint64_t)(100 + st.slow_pct) / 100u;
     struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};

@@ -228,6 +228,7 @@ TEMP_DEGRADED_C = 85
 TEMP_FAILING_C = 95
 TREND_FROM_C = 75
 TREND_C_PER_S = 0.5
+STRAGGLER_HOLD_S = 1.0  # the detector already averages a 3 s window
 
 RULES: tuple[Rule, ...] = (
     Rule("lost", Grade.LOST, 0.0, _lost),
@@ -251,7 +252,7 @@ RULES: tuple[Rule, ...] = (
     Rule("clock-drop", Grade.DEGRADED, HOLD_S, _clock_drop),
     Rule("temperature", Grade.DEGRADED, HOLD_S, _temp_at(TEMP_DEGRADED_C)),
     Rule("temperature-trend", Grade.DEGRADED, HOLD_S, _temp_trend),
-    Rule("straggler", Grade.DEGRADED, HOLD_S, _straggler),
+    Rule("straggler", Grade.DEGRADED, STRAGGLER_HOLD_S, _straggler),
 )
 
 
