@@ -193,6 +193,9 @@ class AscendBackend(Backend):
         findings += temperature_finding(self._temperature(card, dev))
         return score(findings)
 
+    def signals(self, index: int) -> Signals:
+        return _ascend_signals(self, index)
+
 
 class PcieErrRate(ctypes.Structure):
     _fields_ = [(name, c_uint) for name in (
@@ -248,5 +251,3 @@ def _ascend_signals(self: AscendBackend, index: int) -> Signals:
         clock_mhz=int(cur.value) if have_freq else None, max_clock_mhz=int(top.value) if have_freq else None,
     )
 
-
-AscendBackend.signals = _ascend_signals  # type: ignore[method-assign]

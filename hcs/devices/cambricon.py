@@ -187,6 +187,9 @@ class CambriconBackend(Backend):
     def close(self) -> None:
         self.f["cndevRelease"]()
 
+    def signals(self, index: int) -> Signals:
+        return _cambricon_signals(self, index)
+
 
 class ECCInfo(ctypes.Structure):
     _fields_ = [("version", c_int32), ("oneBitError", c_uint64), ("multipleOneError", c_uint64),
@@ -283,12 +286,11 @@ def _cambricon_signals(self: CambriconBackend, index: int) -> Signals:
         retired_pages=int(rows.correctRows) if have_rows else None,
         remap_pending=bool(rows.pendingRows) if have_rows else None,
         pcie_replays=int(replay.counter) if have_replay else None,
-        pcie_width=int(cur.currentWidth) if have_link else None, pcie_max_width=int(top.maxWidth) if have_link else None,
+        pcie_width=int(cur.currentWidth) if have_link else None,
+        pcie_max_width=int(top.maxWidth) if have_link else None,
         pcie_gen=int(cur.currentSpeed) if have_link else None, pcie_max_gen=int(top.maxSpeed) if have_link else None,
         link_crc=crc, link_recovery=recovery, throttle=throttle,
         clock_mhz=int(freq.boardFreq) if have_freq else None,
         max_clock_mhz=int(freq.boardDefaultFreq) if have_freq else None,
     )
 
-
-CambriconBackend.signals = _cambricon_signals  # type: ignore[method-assign]

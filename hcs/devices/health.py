@@ -13,10 +13,9 @@ waited for in between.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-
-from collections.abc import Callable
 
 from hcs.devices.backend import Backend, Finding, score
 from hcs.devices.catalog import Catalog

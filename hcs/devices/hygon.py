@@ -124,6 +124,9 @@ class HygonBackend(Backend):
     def close(self) -> None:
         self.f["rsmi_shut_down"]()
 
+    def signals(self, index: int) -> Signals:
+        return _hygon_signals(self, index)
+
 
 RSMI_MAX_NUM_FREQUENCIES = 32
 RSMI_CLK_TYPE_SYS = 0
@@ -174,7 +177,7 @@ def _hygon_signals(self: HygonBackend, index: int) -> Signals:
     if "rsmi_dev_pci_bandwidth_get" in opt and opt["rsmi_dev_pci_bandwidth_get"](index, byref(bw)) == ok:
         n = min(int(bw.transfer_rate.num_supported), RSMI_MAX_NUM_FREQUENCIES)
         cur = int(bw.transfer_rate.current)
-        if 0 < n and cur < n:
+        if n > 0 and cur < n:
             gen, max_gen = cur + 1, n
             width, max_width = int(bw.lanes[cur]), max(int(bw.lanes[i]) for i in range(n))
     clk = RsmiFrequencies()
@@ -182,7 +185,7 @@ def _hygon_signals(self: HygonBackend, index: int) -> Signals:
     if "rsmi_dev_gpu_clk_freq_get" in opt and opt["rsmi_dev_gpu_clk_freq_get"](index, RSMI_CLK_TYPE_SYS,
                                                                              byref(clk)) == ok:
         n = min(int(clk.num_supported), RSMI_MAX_NUM_FREQUENCIES)
-        if 0 < n and clk.current < n:
+        if n > 0 and clk.current < n:
             clock = int(clk.frequency[clk.current] // 1_000_000)
             max_clock = int(max(clk.frequency[i] for i in range(n)) // 1_000_000)
     retired = pending = None
@@ -209,5 +212,3 @@ def _hygon_signals(self: HygonBackend, index: int) -> Signals:
         pcie_gen=gen, pcie_max_gen=max_gen, link_errors_since_last=xgmi, clock_mhz=clock, max_clock_mhz=max_clock,
     )
 
-
-HygonBackend.signals = _hygon_signals  # type: ignore[method-assign]

@@ -117,7 +117,7 @@ class History:
         va, vb = getattr(a.s, name), getattr(b.s, name)
         if va is None or vb is None or b.t <= a.t:
             return None
-        return max(0, vb - va) / (b.t - a.t)
+        return float(max(0, vb - va)) / (b.t - a.t)
 
     def temperature_slope(self, window_s: float = 20.0) -> float | None:
         """Least-squares °C/s over the last ``window_s``."""
@@ -131,7 +131,7 @@ class History:
         den = sum((t - mt) ** 2 for t, _ in pts)
         if den <= 0:
             return None
-        return sum((t - mt) * (float(v) - mv) for t, v in pts if v is not None) / den
+        return float(sum((t - mt) * (float(v) - mv) for t, v in pts if v is not None) / den)
 
 
 def _rate_rule(counter: str, limit: float, text: str) -> Callable[[History], str]:

@@ -42,6 +42,9 @@ class HealthChangeLike(Protocol):
     def device_key(self) -> str: ...
 
     @property
+    def old(self) -> Health: ...
+
+    @property
     def new(self) -> Health: ...
 
 
@@ -59,7 +62,7 @@ def signal_values(sample: object) -> dict[str, float]:
     rp = getattr(sample, "remap_pending", None)
     if rp is not None:
         out["remap_pending"] = 1.0 if rp else 0.0
-    throttle = getattr(sample, "throttle", frozenset())
+    throttle: frozenset[str] = getattr(sample, "throttle", frozenset())
     for reason in ("thermal", "power", "hw_slowdown"):
         out[f"throttle_{reason}"] = 1.0 if reason in throttle else 0.0
     return out
@@ -276,6 +279,8 @@ class NodeAgent:
                 continue
             changed = False
             for c in changes:
+                if c.old.verdict != c.new.verdict:
+                    self._verdict_events(c.device_key, c.new)
                 if self.dra is not None:
                     self.dra.set_health(c.device_key, c.new)
                 if self.view.set_health(c.device_key, c.new):
@@ -288,6 +293,18 @@ class NodeAgent:
                 self._update_metrics()
                 if self.reporter is not None:
                     self.reporter.trigger()
+
+    def _verdict_events(self, key: str, health: Health) -> None:
+        """Node + affected-pod Events for a sub-health grade change (background, best effort)."""
+        if self.kube is None:
+            return
+        from hcs.node.subhealth_events import report_verdict
+
+        dev = next((d for d in self.view.devices() if d.key == key), None)
+        uuid = dev.uuid if dev is not None else ""
+        driver = self.dra.cfg.driver_name if self.dra is not None else ""
+        self._spawn(lambda: report_verdict(self.kube, self.config.nodeName, driver, key, uuid, health.verdict,
+                                           health.reasons), f"hcs-event-{key}")
 
     def _housekeeping(self) -> None:
         last_reconcile = time.monotonic()
