@@ -336,6 +336,10 @@ static int parse_scenario(const sim_profile_t *p, struct sim_fault_state *fs, ch
     int nargs = n - 3;
     if (strcmp(verb, "ecc_rate") == 0) { /* ecc_rate single|double <rate> [<end> <ramp_s>] */
         r->counter = counter_of(verb, nargs > 0 ? args[0] : NULL);
+        if (r->counter < 0) {
+            bad_line(fs, lineno, "ecc_rate needs 'single' or 'double', then a rate");
+            return -1;
+        }
         args++;
         nargs--;
     } else {
@@ -343,10 +347,6 @@ static int parse_scenario(const sim_profile_t *p, struct sim_fault_state *fs, ch
     }
     if (r->counter >= 0 || strcmp(verb, "temperature") == 0) {
         /* <start> [<end> <ramp_s>]: constant, or a linear ramp from start to end over ramp_s seconds */
-        if (strcmp(verb, "ecc_rate") == 0 && r->counter < 0) {
-            bad_line(fs, lineno, "ecc_rate needs 'single' or 'double', then a rate");
-            return -1;
-        }
         if ((nargs != 1 && nargs != 3) || parse_double(args[0], &r->a) != 0 ||
             (nargs == 3 && (parse_double(args[1], &r->b) != 0 || parse_double(args[2], &r->c) != 0 || r->c <= 0))) {
             bad_line(fs, lineno, "expected '<start> [<end> <ramp_seconds>]' (numbers; ramp > 0)");
