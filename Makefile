@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds image e2e-chart
+.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds image e2e-chart ebpf-tools
 
 dev: $(STAMP) c-build
 
@@ -43,6 +43,10 @@ image:
 # with HCS_E2E_TARGET=chart, helm uninstall (e2e/chart/README.md). Not part of `make test`.
 e2e-chart: dev
 	e2e/chart/run
+
+# Debian's bpftrace for the agent's workload-side sub-health signals (eBPF uprobes); needs root.
+ebpf-tools:
+	scripts/install-ebpf-tools.sh
 
 # The chart ships byte-identical copies of hcs/node/crds (tests/helm checks they match).
 chart-crds:

@@ -217,3 +217,31 @@ class WorkloadSignals:
             if key is not None:
                 self.detector.add(t, key, count, mean)
         return self.detector.verdicts()
+
+
+def find_runtime_library() -> str:
+    """The node's CUDA driver library (the NVIDIA management library's search dirs), or ""."""
+    from hcs.devices.libraries import search_dirs
+    from hcs.devices.model import Vendor
+
+    for d in search_dirs(Vendor.NVIDIA):
+        candidate = os.path.join(d, "libcuda.so.1")
+        if os.path.isfile(candidate):
+            return candidate
+    return ""
+
+
+def start_workload_signals(devices: list[tuple[str, str]]) -> WorkloadSignals | None:
+    """eBPF workload-side signals for the node's NVIDIA devices ``(key, model)``; None (logged once) when
+    eBPF or the runtime library is unavailable."""
+    nvidia = [(k, m) for k, m in devices if k.startswith("nvidia-")]
+    if not nvidia:
+        return None
+    lib = find_runtime_library()
+    if not lib:
+        log.warning("eBPF workload signals: libcuda.so.1 not found on this node; no workload-side signal")
+        return None
+    source = EbpfLatencySource(lib)
+    if not source.start():
+        return None
+    return WorkloadSignals(source, [k for k, _ in nvidia], dict(nvidia))

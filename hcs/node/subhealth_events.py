@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from typing import Any
 
 from hcs.kube import KubeError, KubeRest
@@ -85,3 +86,27 @@ def report_verdict(rest: KubeRest, node: str, driver: str, device_key: str, uuid
         _event(rest, ns, {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": name, "uid": uid}, reason,
                message, warning)
     return len(pods)
+
+
+class EventingHealthSource:
+    """Wraps a health source (``HealthMonitor``) and writes the sub-health Events on every grade change,
+    for a DRA plugin that polls health itself (the node agent writes them in its own health loop)."""
+
+    def __init__(self, source: Any, rest: KubeRest, node: str, driver: str, uuids: dict[str, str]) -> None:
+        self.source = source
+        self.rest = rest
+        self.node = node
+        self.driver = driver
+        self.uuids = uuids
+
+    def wait(self, timeout_s: float) -> Any:
+        changes = self.source.wait(timeout_s)
+        for c in changes:
+            if c.old.verdict != c.new.verdict:
+                threading.Thread(target=report_verdict, name=f"hcs-event-{c.device_key}", daemon=True,
+                                 args=(self.rest, self.node, self.driver, c.device_key,
+                                       self.uuids.get(c.device_key, ""), c.new.verdict, c.new.reasons)).start()
+        return changes
+
+    def close(self) -> None:
+        self.source.close()

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -158,8 +158,8 @@ def test_bad_scenario_lines_are_reported_and_skipped(tmp_path: Path) -> None:
             "print(clk(1), clk(0))")
     env = dict(os.environ, HCS_SIM_PROFILE=str(PROFILES / "a100-80g-nvlink-8.json"), HCS_SIM_FAULTS=str(faults))
     env.pop("HCS_SIM_CLOCK", None)
-    out = subprocess.run([sys.executable, "-c", code, str(LIB / "libnvidia-ml.so.1")], env=env, capture_output=True, text=True, timeout=60,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(LIB / "libnvidia-ml.so.1")], env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["705", "1410"]  # the one good line applies; device 0 untouched
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("hcs-sim:")]
     assert len(errors) == 7, out.stderr
@@ -178,11 +178,10 @@ def test_taints_from_grades() -> None:
 
     base = _device()
     assert _taints(base, "ai.compute") == []
-    deg = base.__class__(**{**base.__dict__, "health": Health(70, ("PCIe replays 9.0/s (limit 2/s)",), "degraded")})
+    deg = replace(base, health=Health(70, ("PCIe replays 9.0/s (limit 2/s)",), "degraded"))
     assert _taints(deg, "ai.compute") == [
         {"key": "ai.compute/degraded", "value": "PCIe-replays-9.0-s-limit-2-s", "effect": "NoSchedule"}]
-    fail = base.__class__(**{**base.__dict__, "health": Health(10, ("uncorrectable (double-bit) ECC errors: 1",),
-                                                               "failing")})
+    fail = replace(base, health=Health(10, ("uncorrectable (double-bit) ECC errors: 1",), "failing"))
     taint = _taints(fail, "ai.compute")[0]
     assert taint["effect"] == "NoExecute" and taint["key"] == "ai.compute/failing" and len(taint["value"]) <= 63
 
