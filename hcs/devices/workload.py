@@ -12,7 +12,8 @@ When bpftrace is missing, the agent is not root, or the kernel refuses the probe
 so once (log) and ``available`` stays False: no workload-side signal in that mode (the vendor-
 library signals are unaffected). docs/operations.md lists the signals per mode.
 
-``StragglerDetector`` compares each device's mean latency over a sliding window with the median of
+``StragglerDetector`` compares each device's latency (the call-weighted mean of those per-interval
+minima) over a sliding window with the median of
 its same-model peers on the node: a device ``STRAGGLER_RATIO`` x slower than that median (with at
 least ``MIN_PEERS`` peers reporting) gets a straggler reason, which the grader turns into
 ``degraded`` after its hold time.
@@ -36,10 +37,11 @@ log = logging.getLogger(__name__)
 
 STRAGGLER_RATIO = 1.2  # 20 % slower than the same-model median
 MIN_PEERS = 3
-WINDOW_S = 3.0
+WINDOW_S = 2.0
 MIN_CALLS = 20  # calls in the window before a device's mean counts
 
 _LINE = re.compile(r"^@s\[(\d+), (\d+)\]: count (\d+), average (\d+), total (\d+)")
+_MIN = re.compile(r"^@mn\[(\d+), (\d+)\]: (\d+)")
 
 
 def bpftrace_script(library: str, sync_functions: tuple[str, ...]) -> str:
@@ -50,9 +52,9 @@ def bpftrace_script(library: str, sync_functions: tuple[str, ...]) -> str:
     ]
     for fn in sync_functions:
         probes.append(f"uprobe:{lib}:{fn} {{ @t[tid] = nsecs; }}")
-        probes.append(f"uretprobe:{lib}:{fn} /@t[tid]/ {{ @s[pid, @dev[tid]] = stats(nsecs - @t[tid]); "
-                      f"delete(@t[tid]); }}")
-    probes.append("interval:ms:500 { print(@s); clear(@s); }")
+        probes.append(f"uretprobe:{lib}:{fn} /@t[tid]/ {{ $l = nsecs - @t[tid]; @s[pid, @dev[tid]] = stats($l); "
+                      f"@mn[pid, @dev[tid]] = min($l); delete(@t[tid]); }}")
+    probes.append("interval:ms:500 { print(@s); print(@mn); clear(@s); clear(@mn); }")
     return "\n".join(probes) + "\n"
 
 
@@ -75,7 +77,7 @@ class EbpfLatencySource:
         self.reason = ""
         self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
-        self._pending: list[tuple[float, int, int, int, float]] = []  # (t, pid, ordinal, count, mean_ns)
+        self._pending: list[tuple[float, int, int, int, float]] = []  # (t, pid, ordinal, calls, min_ns)
 
     def start(self, ready_timeout_s: float = 20.0) -> bool:
         if not self.bpftrace:
@@ -113,13 +115,18 @@ class EbpfLatencySource:
 
     def _pump(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
+        counts: dict[tuple[int, int], int] = {}
         for line in self._proc.stdout:
             m = _LINE.match(line.strip())
+            if m is not None:
+                counts[(int(m[1]), int(m[2]))] = int(m[3])
+                continue
+            m = _MIN.match(line.strip())
             if m is None:
                 continue
-            pid, ordinal, count, avg = int(m[1]), int(m[2]), int(m[3]), float(m[4])
-            with self._lock:
-                self._pending.append((time.monotonic(), pid, ordinal, count, avg))
+            key = (int(m[1]), int(m[2]))
+            with self._lock:  # the interval's minimum: robust to CPU-scheduling delays, which only add
+                self._pending.append((time.monotonic(), key[0], key[1], counts.pop(key, 1), float(m[3])))
 
     def samples(self) -> list[tuple[float, int, int, int, float]]:
         with self._lock:
