@@ -59,6 +59,8 @@ def straggler_scenario(root: Path, work: Path) -> dict[str, object]:
     grader = Grader()
     first: float | None = None
     false_pos: set[str] = set()
+    t_start = time.monotonic()
+    cpu_start = _cpu_s(source.pid)
     try:
         while time.time() < epoch + DURATION_S:
             time.sleep(POLL_S)
@@ -71,6 +73,7 @@ def straggler_scenario(root: Path, work: Path) -> dict[str, object]:
                         first = first if first is not None else now
                     else:
                         false_pos.add(k)
+        bpftrace_cpu_pct = 100.0 * (_cpu_s(source.pid) - cpu_start) / (time.monotonic() - t_start)
     finally:
         proc.kill()
         proc.wait()
@@ -80,6 +83,18 @@ def straggler_scenario(root: Path, work: Path) -> dict[str, object]:
         "ebpf": True,
         "ebpf_probes": "bpftrace uprobes on libcuda.so.1 cuCtxCreate_v2/cuDevicePrimaryCtxRetain/cuCtxSynchronize",
         "straggler_false_positive_devices": sorted(false_pos),
+        "bpftrace_cpu_pct_one_core": round(bpftrace_cpu_pct, 3),  # its user-space side, 8 busy devices
         "scenario": {"detected": detected, "detect_s": round(first - (epoch + ONSET_S), 3) if first else None,
                      "grade": "degraded" if first else "healthy", "device": SLOW_DEVICE},
     }
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -128,6 +128,10 @@ class EbpfLatencySource:
             with self._lock:  # the interval's minimum: robust to CPU-scheduling delays, which only add
                 self._pending.append((time.monotonic(), key[0], key[1], counts.pop(key, 1), float(m[3])))
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def samples(self) -> list[tuple[float, int, int, int, float]]:
         with self._lock:
             out, self._pending = self._pending, []
