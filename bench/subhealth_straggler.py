@@ -1,7 +1,8 @@
 """Real-time straggler scenario for bench/subhealth.py: "one of 8 devices 30% slower".
 
 A workload process (one thread per device of the 8-GPU A100 profile) loops cuCtxSynchronize on the
-simulated libcuda.so.1; the fault file gives every device a 2 ms synchronise (``sync_us 2000``) and,
+simulated libcuda.so.1; the fault file gives every device a 10 ms synchronise (``sync_us 10000``, a small
+training step) and,
 from 10 s after the scenario epoch, makes nvidia-5 30 % slower (``@10 nvidia 5 slow 30``). The
 bench's own process runs the agent's workload-side path: bpftrace uprobes (hcs.devices.workload)
 → straggler detector → the same Grader the HealthMonitor uses. Nothing is stepped here: onset and
@@ -48,7 +49,7 @@ def straggler_scenario(root: Path, work: Path) -> dict[str, object]:
         return {"ebpf": False, "ebpf_note": source.reason}
     faults = work / "straggler.faults"
     epoch = time.time() + 1.0
-    faults.write_text(f"epoch {epoch:.3f}\n" + "".join(f"nvidia {i} sync_us 2000\n" for i in range(8))
+    faults.write_text(f"epoch {epoch:.3f}\n" + "".join(f"nvidia {i} sync_us 10000\n" for i in range(8))
                       + f"@{ONSET_S} nvidia 5 slow 30\n")
     env = {k: v for k, v in os.environ.items() if k != "HCS_SIM_CLOCK"}
     env.update(HCS_SIM_PROFILE=str(root / "driver" / "profiles" / "a100-80g-nvlink-8.json"),

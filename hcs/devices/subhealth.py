@@ -228,7 +228,7 @@ TEMP_DEGRADED_C = 85
 TEMP_FAILING_C = 95
 TREND_FROM_C = 75
 TREND_C_PER_S = 0.5
-STRAGGLER_HOLD_S = 1.0  # the detector already averages a 2 s window
+STRAGGLER_HOLD_S = 1.0  # the detector already takes a median over a 3 s window
 
 RULES: tuple[Rule, ...] = (
     Rule("lost", Grade.LOST, 0.0, _lost),

@@ -12,8 +12,8 @@ When bpftrace is missing, the agent is not root, or the kernel refuses the probe
 so once (log) and ``available`` stays False: no workload-side signal in that mode (the vendor-
 library signals are unaffected). docs/operations.md lists the signals per mode.
 
-``StragglerDetector`` compares each device's latency (the call-weighted mean of those per-interval
-minima) over a sliding window with the median of
+``StragglerDetector`` compares each device's latency (the median of those per-interval minima over
+a sliding window) with the median of
 its same-model peers on the node: a device ``STRAGGLER_RATIO`` x slower than that median (with at
 least ``MIN_PEERS`` peers reporting) gets a straggler reason, which the grader turns into
 ``degraded`` after its hold time.
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 STRAGGLER_RATIO = 1.2  # 20 % slower than the same-model median
 MIN_PEERS = 3
-WINDOW_S = 2.0
+WINDOW_S = 3.0
 MIN_CALLS = 20  # calls in the window before a device's mean counts
 
 _LINE = re.compile(r"^@s\[(\d+), (\d+)\]: count (\d+), average (\d+), total (\d+)")
@@ -190,12 +190,12 @@ class StragglerDetector:
             w.popleft()
 
     def means(self, now: float) -> dict[str, float]:
+        """Per device: the median of the window's per-interval values (one starved interval cannot move it)."""
         out = {}
         for dev, w in self._windows.items():
             pts = [(c, m) for t, c, m in w if now - t <= self.window_s]
-            calls = sum(c for c, _ in pts)
-            if calls >= MIN_CALLS:
-                out[dev] = sum(c * m for c, m in pts) / calls
+            if sum(c for c, _ in pts) >= MIN_CALLS:
+                out[dev] = statistics.median(m for _, m in pts)
         return out
 
     def verdicts(self, now: float | None = None) -> dict[str, str]:
