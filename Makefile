@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds image e2e-chart e2e-checkpoint
+.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds image e2e-chart e2e-checkpoint ebpf-tools
 
 dev: $(STAMP) c-build
 
@@ -50,6 +50,10 @@ e2e-checkpoint: dev
 	e2e/checkpoint/criu-setup --self-test
 	$(BIN)/python e2e/checkpoint/cluster.py up
 	$(BIN)/pytest -q -m checkpoint tests/checkpoint
+
+# Debian's bpftrace for the agent's workload-side sub-health signals (eBPF uprobes); needs root.
+ebpf-tools:
+	scripts/install-ebpf-tools.sh
 
 # The chart ships byte-identical copies of hcs/node/crds (tests/helm checks they match).
 chart-crds:

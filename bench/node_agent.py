@@ -226,7 +226,8 @@ def main() -> int:
             hl.append((seen - t0) * 1000)
             with faults.open("a") as f:
                 f.write(f"nvidia {dev} clear\n")
-            sim.wait_health(RESOURCE, slot_of_dev[dev], "Healthy", timeout_s=10)
+            # recovery waits out the sub-health clear window (hcs.devices.subhealth.CLEAR_S, 30 s)
+            sim.wait_health(RESOURCE, slot_of_dev[dev], "Healthy", timeout_s=45)
         result["health_to_listandwatch_ms"] = round(max(hl), 1)
         result["health_to_listandwatch_p50_ms"] = round(statistics.median(hl), 1)
 

@@ -111,8 +111,10 @@ def parse_computenode(obj: Mapping[str, Any], rates: ExchangeRates | None = None
             rate = rates.rate(model, float(compute.get("rate", 0) or 0))
             topo = _mapping(d.get("topology"))
             score = int(d.get("healthScore", 100))
-            if d.get("healthy") is False:
-                score = min(score, HEALTHY_THRESHOLD - 1)
+            if d.get("healthy") is False or d.get("grade") in ("failing", "lost"):
+                score = min(score, HEALTHY_THRESHOLD - 1)  # never placed on (sub-health: failing/lost)
+            elif d.get("grade") == "degraded":
+                score = min(score, 99)  # penalised in the score
             devices.append(DeviceInfo(
                 name=str(_field(d, "name", at)), vendor=str(_field(d, "vendor", at)), model=model,
                 uuid=str(_field(d, "uuid", at)), index=int(_field(d, "index", at)),

@@ -488,9 +488,7 @@ SIM_EXPORT cndevRet_t cndevGetCardHealthState(cndevCardHealthState_t *hs, cndevD
 SIM_EXPORT cndevRet_t cndevGetTemperatureInfo(cndevTemperatureInfo_t *ti, cndevDevice_t h) {
     RESOLVE(h, 1);
     CHECK_VERSION(ti);
-    int t = d->temperature_c;
-    if (sim_device_health(p, SIM_VENDOR_CAMBRICON, d->index) == SIM_HEALTH_WARNING && t < WARNING_TEMPERATURE_C)
-        t = WARNING_TEMPERATURE_C;
+    int t = sim_device_temperature(p, SIM_VENDOR_CAMBRICON, d->index, WARNING_TEMPERATURE_C);
     int32_t version = ti->version;
     memset(ti, 0, sizeof *ti);
     ti->version = version;
@@ -528,5 +526,157 @@ SIM_EXPORT cndevRet_t cndevGetECCInfo(cndevECCInfo_t *ecc, cndevDevice_t h) {
     ecc->correctedError = st.ecc_single;
     ecc->uncorrectedError = st.ecc_double;
     ecc->totalError = st.ecc_single + st.ecc_double;
+    return CNDEV_SUCCESS;
+}
+
+/* ---- sub-health signals (scenario directives in the fault file, driver/README.md) --------------- */
+
+#define CNDEV_MLU_CLUSTER_FREQUENCY_COUNT 20
+#define CNDEV_BOARD_MAX_MHZ 1300
+
+typedef struct {
+    int32_t version;
+    uint32_t counter;
+} cndevPcieReplayCounter_t;
+
+typedef struct {
+    int32_t version;
+    int32_t currentSpeed;
+    int32_t currentWidth;
+} cndevCurrentPCIInfo_t;
+
+typedef struct {
+    int32_t version;
+    int32_t maxSpeed;
+    int32_t maxWidth;
+} cndevPCIInfo_t;
+
+typedef struct {
+    uint64_t correctFecCnt;
+    uint64_t uncorrectFecCnt;
+    uint64_t rxBadFcsPkt;
+    uint64_t txBadFcsPkt;
+    uint64_t illegalAccessCnt;
+    uint64_t reserved[11];
+} cndevMLULinkErrorCounter_t;
+
+typedef struct {
+    int32_t version;
+    int tdp, powerSetting, clockSetting, frequencyLocked, powerBrake, thermalSlowdown; /* 0 disable, 1 enable */
+} cndevPerformanceThrottleReason_t;
+
+typedef struct {
+    int32_t version;
+    int32_t boardFreq;
+    int32_t ddrFreq;
+    uint8_t overtempDfsFlag;
+    uint8_t fastDfsFlag;
+    uint16_t mluClusterFreqCount;
+    uint16_t mluClusterFreq[CNDEV_MLU_CLUSTER_FREQUENCY_COUNT];
+    int32_t boardDefaultFreq;
+    int32_t boardFreqArange[2];
+} cndevFrequencyInfo_t;
+
+typedef struct {
+    int32_t version;
+    uint32_t isPending;
+    uint32_t isFailure;
+} cndevRetiredPageStatus_t;
+
+typedef struct {
+    int32_t version;
+    uint32_t correctRows;
+    uint32_t uncorrectRows;
+    uint32_t pendingRows;
+    uint32_t failedRows;
+} cndevRemappedRow_t;
+
+#define STATE_OF(h)                                                                                                \
+    RESOLVE(h, 1);                                                                                                 \
+    sim_dev_state_t st;                                                                                            \
+    sim_device_state(p, SIM_VENDOR_CAMBRICON, d->index, &st)
+
+SIM_EXPORT cndevRet_t cndevGetPcieReplayCounter(cndevPcieReplayCounter_t *rc, cndevDevice_t h) {
+    STATE_OF(h);
+    CHECK_VERSION(rc);
+    rc->counter = (uint32_t)st.pcie_replays;
+    return CNDEV_SUCCESS;
+}
+
+SIM_EXPORT cndevRet_t cndevGetCurrentPCIInfo(cndevCurrentPCIInfo_t *ci, cndevDevice_t h) {
+    STATE_OF(h);
+    CHECK_VERSION(ci);
+    ci->currentSpeed = st.pcie_gen > 0 ? st.pcie_gen : SIM_PCIE_MAX_GEN;
+    ci->currentWidth = st.pcie_width > 0 ? st.pcie_width : SIM_PCIE_MAX_WIDTH;
+    return CNDEV_SUCCESS;
+}
+
+SIM_EXPORT cndevRet_t cndevGetMaxPCIInfo(cndevPCIInfo_t *mi, cndevDevice_t h) {
+    RESOLVE(h, 1);
+    (void)d;
+    CHECK_VERSION(mi);
+    mi->maxSpeed = SIM_PCIE_MAX_GEN;
+    mi->maxWidth = SIM_PCIE_MAX_WIDTH;
+    return CNDEV_SUCCESS;
+}
+
+/* The simulator keeps one fabric error count per device, reported on link 0: CRC errors as packets
+ * received with a bad FCS, recoveries as uncorrected FEC codewords. */
+SIM_EXPORT cndevRet_t cndevGetMLULinkErrorCounter(cndevMLULinkErrorCounter_t *ec, cndevDevice_t h, int link) {
+    STATE_OF(h);
+    if (ec == NULL || link < 0)
+        return CNDEV_ERROR_INVALID_ARGUMENT;
+    if (link >= d->nlinks)
+        return CNDEV_ERROR_INVALID_LINK;
+    memset(ec, 0, sizeof *ec);
+    if (link == 0) {
+        ec->rxBadFcsPkt = st.link_crc;
+        ec->uncorrectFecCnt = st.link_recovery;
+    }
+    return CNDEV_SUCCESS;
+}
+
+SIM_EXPORT cndevRet_t cndevGetPerformanceThrottleReason(cndevPerformanceThrottleReason_t *tr, cndevDevice_t h) {
+    STATE_OF(h);
+    CHECK_VERSION(tr);
+    tr->tdp = (st.throttle & SIM_THROTTLE_POWER) != 0;
+    tr->powerSetting = 0;
+    tr->clockSetting = 0;
+    tr->frequencyLocked = 0;
+    tr->powerBrake = (st.throttle & SIM_THROTTLE_HW_SLOWDOWN) != 0;
+    tr->thermalSlowdown = (st.throttle & SIM_THROTTLE_THERMAL) != 0;
+    return CNDEV_SUCCESS;
+}
+
+SIM_EXPORT cndevRet_t cndevGetFrequencyInfo(cndevFrequencyInfo_t *fi, cndevDevice_t h) {
+    STATE_OF(h);
+    CHECK_VERSION(fi);
+    int32_t version = fi->version;
+    memset(fi, 0, sizeof *fi);
+    fi->version = version;
+    fi->boardFreq = CNDEV_BOARD_MAX_MHZ * st.clock_pct / 100;
+    fi->ddrFreq = 3200;
+    fi->overtempDfsFlag = (st.throttle & SIM_THROTTLE_THERMAL) != 0;
+    fi->boardDefaultFreq = CNDEV_BOARD_MAX_MHZ;
+    fi->boardFreqArange[0] = 400;
+    fi->boardFreqArange[1] = CNDEV_BOARD_MAX_MHZ;
+    return CNDEV_SUCCESS;
+}
+
+SIM_EXPORT cndevRet_t cndevGetRetiredPagesStatus(cndevRetiredPageStatus_t *rs, cndevDevice_t h) {
+    STATE_OF(h);
+    CHECK_VERSION(rs);
+    rs->isPending = st.remap_pending ? 1u : 0u;
+    rs->isFailure = 0;
+    return CNDEV_SUCCESS;
+}
+
+SIM_EXPORT cndevRet_t cndevGetRemappedRows(cndevRemappedRow_t *rr, cndevDevice_t h) {
+    STATE_OF(h);
+    CHECK_VERSION(rr);
+    rr->correctRows = st.retired_pages;
+    rr->uncorrectRows = st.ecc_double > 0 ? 1u : 0u;
+    rr->pendingRows = st.remap_pending ? 1u : 0u;
+    rr->failedRows = 0;
     return CNDEV_SUCCESS;
 }

@@ -48,7 +48,45 @@ typedef struct {
     uint64_t ecc_double;      /* uncorrectable (double-bit) error count */
     int nerrorcodes;
     unsigned int errorcodes[SIM_MAX_ERRORCODES]; /* ascend errorcode lines, in order */
+    /* Sub-health signals (scenario directives, driver/README.md "Scenarios"); evaluated at the
+     * scenario time of the query (sim_scenario_time). */
+    uint64_t pcie_replays;    /* PCIe replay counter */
+    int pcie_width;           /* current link width; 0 = nominal (SIM_PCIE_MAX_WIDTH) */
+    int pcie_gen;             /* current link generation; 0 = nominal (SIM_PCIE_MAX_GEN) */
+    uint64_t link_crc;        /* fabric (NVLink/HCCS/xGMI/MLU-Link) CRC errors, all links together */
+    uint64_t link_recovery;   /* fabric link recoveries / replays */
+    unsigned int throttle;    /* SIM_THROTTLE_* bits */
+    int clock_pct;            /* current core clock in % of the maximum (100 = nominal) */
+    int temperature_c;        /* current temperature; -1000 = the profile's value */
+    unsigned int retired_pages; /* retired (isolated) memory pages */
+    int remap_pending;        /* a row remap / page retirement waits for the next reset */
+    int slow_pct;             /* runtime synchronise calls take this much % longer (straggler) */
+    unsigned int sync_us;     /* simulated synchronise time in the runtime (0 = returns at once) */
+    uint32_t noise_seed;      /* healthy-but-noisy jitter enabled (0 = off) */
 } sim_dev_state_t;
+
+#define SIM_THROTTLE_POWER 0x1u       /* power cap (normal under load) */
+#define SIM_THROTTLE_THERMAL 0x2u     /* thermal slowdown */
+#define SIM_THROTTLE_HW_SLOWDOWN 0x4u /* hardware slowdown (power brake, HW failure) */
+#define SIM_PCIE_MAX_WIDTH 16
+#define SIM_PCIE_MAX_GEN 4
+#define SIM_MAX_CLOCK_MHZ 1410
+
+/*
+ * Scenario time in seconds: the value in the file named by $HCS_SIM_CLOCK when set (a stepped,
+ * simulated clock shared by every process: the benchmark writes it), otherwise
+ * (now - epoch) * $HCS_SIM_TIME_SCALE (default 1), where epoch is the fault file's "epoch <unix-s>"
+ * line or, without one, the time this process first read the file's current content.
+ */
+double sim_scenario_time(const sim_profile_t *p);
+
+/* Current temperature of a device: a scenario's temperature line, else the profile's value raised to
+ * warning_c while the device's health is "warning". */
+int sim_device_temperature(const sim_profile_t *p, sim_vendor_t vendor, int index, int warning_c);
+
+/* The simulated runtimes' synchronise calls: sleep the device's sync_us, made slow_pct % longer
+ * (a straggler). Returns at once when the scenario sets no sync_us. */
+void sim_device_sync_delay(const sim_profile_t *p, sim_vendor_t vendor, int index);
 
 /* Re-read the fault file if it changed. Returns 0. */
 int sim_faults_refresh(const sim_profile_t *p);

@@ -457,6 +457,8 @@ SIM_EXPORT int dcmi_get_device_ecc_info(int card_id, int device_id, int device_t
     ecc->double_bit_error_cnt = (unsigned int)st.ecc_double;
     ecc->total_single_bit_error_cnt = (unsigned int)st.ecc_single;
     ecc->total_double_bit_error_cnt = (unsigned int)st.ecc_double;
+    ecc->single_bit_isolated_pages_cnt = st.retired_pages;
+    ecc->double_bit_isolated_pages_cnt = st.ecc_double > 0 ? 1u : 0u;
     return DCMI_OK;
 }
 
@@ -464,10 +466,7 @@ SIM_EXPORT int dcmi_get_device_temperature(int card_id, int device_id, int *temp
     RESOLVE(card_id, device_id, 1);
     if (temperature == NULL)
         return DCMI_ERR_CODE_INVALID_PARAMETER;
-    int t = d->temperature_c;
-    if (sim_device_health(p, SIM_VENDOR_ASCEND, d->index) == SIM_HEALTH_WARNING && t < WARNING_TEMPERATURE_C)
-        t = WARNING_TEMPERATURE_C;
-    *temperature = t;
+    *temperature = sim_device_temperature(p, SIM_VENDOR_ASCEND, d->index, WARNING_TEMPERATURE_C);
     return DCMI_OK;
 }
 
@@ -503,4 +502,56 @@ SIM_EXPORT int dcmi_get_dcmi_version(char *ver, int len) {
     if (ver == NULL || len <= 0)
         return DCMI_ERR_CODE_INVALID_PARAMETER;
     return sim_copy_str(ver, (size_t)len, "6.0.0") == 0 ? DCMI_OK : DCMI_ERR_CODE_INVALID_PARAMETER;
+}
+
+/* ---- sub-health signals (scenario directives in the fault file, driver/README.md) --------------- */
+
+struct dcmi_chip_pcie_err_rate {
+    unsigned int reg_deskew_fifo_overflow_intr_status;
+    unsigned int reg_symbol_unlock_intr_status;
+    unsigned int reg_deskew_unlock_intr_status;
+    unsigned int reg_phystatus_timeout_intr_status;
+    unsigned int symbol_unlock_counter;
+    unsigned int pcs_rx_err_cnt;
+    unsigned int phy_lane_err_counter;
+    unsigned int pcs_rcv_err_status;
+    unsigned int symbol_unlock_err_status;
+    unsigned int phy_lane_err_status;
+    unsigned int dl_lcrc_err_num;
+    unsigned int dl_dcrc_err_num;
+};
+
+enum { DCMI_FREQ_DDR = 1, DCMI_FREQ_CTRLCPU = 2, DCMI_FREQ_HBM = 6, DCMI_FREQ_AICORE_CURRENT = 7,
+       DCMI_FREQ_AICORE_MAX = 9 };
+#define DCMI_AICORE_MAX_MHZ 1800
+
+/* The link layer's LCRC errors are what the data link layer replays: the simulator reports its PCIe
+ * replay counter there. */
+SIM_EXPORT int dcmi_get_device_pcie_error_cnt(int card_id, int device_id, struct dcmi_chip_pcie_err_rate *info) {
+    RESOLVE(card_id, device_id, 1);
+    if (info == NULL)
+        return DCMI_ERR_CODE_INVALID_PARAMETER;
+    sim_dev_state_t st;
+    sim_device_state(p, SIM_VENDOR_ASCEND, d->index, &st);
+    memset(info, 0, sizeof *info);
+    info->dl_lcrc_err_num = (unsigned int)st.pcie_replays;
+    info->pcs_rx_err_cnt = (unsigned int)st.pcie_replays;
+    return DCMI_OK;
+}
+
+SIM_EXPORT int dcmi_get_device_frequency(int card_id, int device_id, int input_type, unsigned int *frequency) {
+    RESOLVE(card_id, device_id, 1);
+    if (frequency == NULL)
+        return DCMI_ERR_CODE_INVALID_PARAMETER;
+    sim_dev_state_t st;
+    sim_device_state(p, SIM_VENDOR_ASCEND, d->index, &st);
+    switch (input_type) {
+    case DCMI_FREQ_DDR: *frequency = 3200; break;
+    case DCMI_FREQ_CTRLCPU: *frequency = 1900; break;
+    case DCMI_FREQ_HBM: *frequency = 1600; break;
+    case DCMI_FREQ_AICORE_CURRENT: *frequency = DCMI_AICORE_MAX_MHZ * (unsigned int)st.clock_pct / 100u; break;
+    case DCMI_FREQ_AICORE_MAX: *frequency = DCMI_AICORE_MAX_MHZ; break;
+    default: return DCMI_ERR_CODE_INVALID_PARAMETER;
+    }
+    return DCMI_OK;
 }

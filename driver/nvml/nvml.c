@@ -494,9 +494,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t dev, nvmlMemory_
 }
 
 static int current_temperature(const sim_profile_t *p, const sim_device_t *d) {
-    sim_health_t h = sim_device_health(p, SIM_VENDOR_NVIDIA, d->index);
-    return h == SIM_HEALTH_WARNING && d->temperature_c < WARNING_TEMPERATURE_C ? WARNING_TEMPERATURE_C
-                                                                              : d->temperature_c;
+    return sim_device_temperature(p, SIM_VENDOR_NVIDIA, d->index, WARNING_TEMPERATURE_C);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t dev, int sensor, unsigned int *temp) {
@@ -768,5 +766,149 @@ SIM_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
     set->magic = 0;
     pthread_mutex_destroy(&set->lock);
     free(set);
+    return NVML_SUCCESS;
+}
+
+/* ---- sub-health signals (scenario directives in the fault file, driver/README.md) --------------- */
+
+#define NVML_THROTTLE_SW_POWER_CAP 0x4ULL
+#define NVML_THROTTLE_HW_SLOWDOWN 0x8ULL
+#define NVML_THROTTLE_SW_THERMAL 0x20ULL
+#define NVML_MAX_MEM_CLOCK_MHZ 1593
+
+static nvmlReturn_t state_of(nvmlDevice_t dev, const sim_device_t **dp, sim_dev_state_t *st) {
+    const sim_profile_t *p;
+    nvmlReturn_t r = resolve(dev, 1, &p, dp);
+    if (r != NVML_SUCCESS)
+        return r;
+    sim_device_state(p, SIM_VENDOR_NVIDIA, (*dp)->index, st);
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetPcieReplayCounter(nvmlDevice_t dev, unsigned int *value) {
+    const sim_device_t *d;
+    sim_dev_state_t st;
+    nvmlReturn_t r = state_of(dev, &d, &st);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (value == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *value = (unsigned int)st.pcie_replays;
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t pcie_link(nvmlDevice_t dev, int current, int width, unsigned int *out) {
+    const sim_device_t *d;
+    sim_dev_state_t st;
+    nvmlReturn_t r = state_of(dev, &d, &st);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (out == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    int nominal = width ? SIM_PCIE_MAX_WIDTH : SIM_PCIE_MAX_GEN;
+    int cur = width ? st.pcie_width : st.pcie_gen;
+    *out = (unsigned int)(current && cur > 0 ? cur : nominal);
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t dev, unsigned int *w) { return pcie_link(dev, 1, 1, w); }
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetMaxPcieLinkWidth(nvmlDevice_t dev, unsigned int *w) { return pcie_link(dev, 0, 1, w); }
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t dev, unsigned int *g) {
+    return pcie_link(dev, 1, 0, g);
+}
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetMaxPcieLinkGeneration(nvmlDevice_t dev, unsigned int *g) {
+    return pcie_link(dev, 0, 0, g);
+}
+
+/* The simulator keeps one fabric error count per device; it is reported on the device's first link. */
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetNvLinkErrorCounter(nvmlDevice_t dev, unsigned int link, int counter,
+                                                        unsigned long long *value) {
+    const sim_device_t *d;
+    sim_dev_state_t st;
+    nvmlReturn_t r = state_of(dev, &d, &st);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (value == NULL || counter < 0 || counter > 4)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (link >= NVML_NVLINK_MAX_LINKS)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if ((int)link >= d->nlinks)
+        return NVML_ERROR_NOT_SUPPORTED;
+    *value = 0;
+    if (link == 0 && counter == 2) /* NVML_NVLINK_ERROR_DL_CRC_FLIT */
+        *value = st.link_crc;
+    else if (link == 0 && counter == 1) /* NVML_NVLINK_ERROR_DL_RECOVERY */
+        *value = st.link_recovery;
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t dev, unsigned long long *reasons) {
+    const sim_device_t *d;
+    sim_dev_state_t st;
+    nvmlReturn_t r = state_of(dev, &d, &st);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (reasons == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned long long out = 0;
+    if (st.throttle & SIM_THROTTLE_POWER)
+        out |= NVML_THROTTLE_SW_POWER_CAP;
+    if (st.throttle & SIM_THROTTLE_THERMAL)
+        out |= NVML_THROTTLE_SW_THERMAL;
+    if (st.throttle & SIM_THROTTLE_HW_SLOWDOWN)
+        out |= NVML_THROTTLE_HW_SLOWDOWN;
+    *reasons = out;
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t dev, unsigned long long *reasons) {
+    return nvmlDeviceGetCurrentClocksEventReasons(dev, reasons);
+}
+
+static nvmlReturn_t clock_info(nvmlDevice_t dev, int type, int current, unsigned int *clock) {
+    const sim_device_t *d;
+    sim_dev_state_t st;
+    nvmlReturn_t r = state_of(dev, &d, &st);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (clock == NULL || type < 0 || type > 3)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int max = type == 2 ? NVML_MAX_MEM_CLOCK_MHZ : SIM_MAX_CLOCK_MHZ;
+    *clock = current && (type == 0 || type == 1) ? max * (unsigned int)st.clock_pct / 100u : max;
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t dev, int type, unsigned int *clock) {
+    return clock_info(dev, type, 1, clock);
+}
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t dev, int type, unsigned int *clock) {
+    return clock_info(dev, type, 0, clock);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t dev, unsigned int *corrRows, unsigned int *uncRows,
+                                                  unsigned int *isPending, unsigned int *failureOccurred) {
+    const sim_device_t *d;
+    sim_dev_state_t st;
+    nvmlReturn_t r = state_of(dev, &d, &st);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (corrRows == NULL || uncRows == NULL || isPending == NULL || failureOccurred == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *corrRows = st.retired_pages;
+    *uncRows = st.ecc_double > 0 ? 1u : 0u;
+    *isPending = st.remap_pending ? 1u : 0u;
+    *failureOccurred = 0;
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t dev, int *isPending) {
+    const sim_device_t *d;
+    sim_dev_state_t st;
+    nvmlReturn_t r = state_of(dev, &d, &st);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (isPending == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *isPending = st.remap_pending ? 1 : 0;
     return NVML_SUCCESS;
 }

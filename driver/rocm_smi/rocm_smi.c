@@ -361,11 +361,40 @@ SIM_EXPORT rsmi_status_t rsmi_dev_xgmi_hive_id_get(uint32_t dv_ind, uint64_t *hi
     return RSMI_STATUS_SUCCESS;
 }
 
+/* xGMI errors since the last rsmi_dev_xgmi_error_reset: 0 none, 1 one (RSMI_XGMI_STATUS_ERROR),
+ * 2 several (RSMI_XGMI_STATUS_MULTIPLE_ERRORS). */
+static pthread_mutex_t g_xgmi_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t g_xgmi_baseline[SIM_MAX_DEVICES];
+
+static int xgmi_status_since_reset(const sim_profile_t *p, int index) {
+    sim_dev_state_t st;
+    sim_device_state(p, SIM_VENDOR_HYGON, index, &st);
+    uint64_t errors = st.link_crc + st.link_recovery;
+    pthread_mutex_lock(&g_xgmi_lock);
+    if (errors < g_xgmi_baseline[index]) /* the fault file was rewritten */
+        g_xgmi_baseline[index] = 0;
+    uint64_t n = errors - g_xgmi_baseline[index];
+    pthread_mutex_unlock(&g_xgmi_lock);
+    return n == 0 ? 0 : n == 1 ? 1 : 2;
+}
+
+SIM_EXPORT rsmi_status_t rsmi_dev_xgmi_error_reset(uint32_t dv_ind) {
+    RESOLVE(dv_ind, 1);
+    sim_dev_state_t st;
+    sim_device_state(p, SIM_VENDOR_HYGON, d->index, &st);
+    pthread_mutex_lock(&g_xgmi_lock);
+    g_xgmi_baseline[d->index] = st.link_crc + st.link_recovery;
+    pthread_mutex_unlock(&g_xgmi_lock);
+    return RSMI_STATUS_SUCCESS;
+}
+
 SIM_EXPORT rsmi_status_t rsmi_dev_xgmi_error_status(uint32_t dv_ind, int *status) {
     RESOLVE(dv_ind, 1);
     if (status == NULL)
         return RSMI_STATUS_INVALID_ARGS;
     *status = sim_device_health(p, SIM_VENDOR_HYGON, d->index) == SIM_HEALTH_CRITICAL ? 1 : 0;
+    if (*status == 0)
+        *status = xgmi_status_since_reset(p, d->index);
     return RSMI_STATUS_SUCCESS;
 }
 
@@ -376,10 +405,7 @@ SIM_EXPORT rsmi_status_t rsmi_dev_temp_metric_get(uint32_t dv_ind, uint32_t sens
         return RSMI_STATUS_INVALID_ARGS;
     if (metric != RSMI_TEMP_CURRENT)
         return RSMI_STATUS_NOT_SUPPORTED;
-    int t = d->temperature_c;
-    if (sim_device_health(p, SIM_VENDOR_HYGON, d->index) == SIM_HEALTH_WARNING && t < WARNING_TEMPERATURE_C)
-        t = WARNING_TEMPERATURE_C;
-    *temperature = (int64_t)t * 1000;
+    *temperature = (int64_t)sim_device_temperature(p, SIM_VENDOR_HYGON, d->index, WARNING_TEMPERATURE_C) * 1000;
     return RSMI_STATUS_SUCCESS;
 }
 
@@ -490,4 +516,109 @@ SIM_EXPORT rsmi_status_t rsmi_event_notification_get(int timeout_ms, uint32_t *n
         }
         sim_sleep_ms(left < RSMI_POLL_MS ? (long)left : RSMI_POLL_MS);
     }
+}
+
+/* ---- sub-health signals (scenario directives in the fault file, driver/README.md) --------------- */
+
+#define RSMI_MAX_NUM_FREQUENCIES 32
+#define RSMI_SCLK_MAX_MHZ 1500
+
+typedef struct {
+    uint32_t num_supported;
+    uint32_t current;
+    uint64_t frequency[RSMI_MAX_NUM_FREQUENCIES];
+} rsmi_frequencies_t;
+
+typedef struct {
+    rsmi_frequencies_t transfer_rate;
+    uint32_t lanes[RSMI_MAX_NUM_FREQUENCIES];
+} rsmi_pcie_bandwidth_t;
+
+typedef struct {
+    uint64_t page_address;
+    uint64_t page_size;
+    int status; /* rsmi_memory_page_status_t: 0 RESERVED, 1 PENDING, 2 UNRESERVABLE */
+} rsmi_retired_page_record_t;
+
+enum { RSMI_CLK_TYPE_SYS = 0, RSMI_CLK_TYPE_DF = 1, RSMI_CLK_TYPE_DCEF = 2, RSMI_CLK_TYPE_SOC = 3,
+       RSMI_CLK_TYPE_MEM = 4 };
+
+SIM_EXPORT rsmi_status_t rsmi_dev_pci_replay_counter_get(uint32_t dv_ind, uint64_t *counter) {
+    RESOLVE(dv_ind, 1);
+    if (counter == NULL)
+        return RSMI_STATUS_INVALID_ARGS;
+    sim_dev_state_t st;
+    sim_device_state(p, SIM_VENDOR_HYGON, d->index, &st);
+    *counter = st.pcie_replays;
+    return RSMI_STATUS_SUCCESS;
+}
+
+/* Supported link rates: Gen1..Gen4 at x16 (2.5/5/8/16 GT/s, in T/s as ROCm-SMI reports them);
+ * `current` is the index of the link's current rate, lanes[i] its width. */
+SIM_EXPORT rsmi_status_t rsmi_dev_pci_bandwidth_get(uint32_t dv_ind, rsmi_pcie_bandwidth_t *bw) {
+    RESOLVE(dv_ind, 1);
+    if (bw == NULL)
+        return RSMI_STATUS_INVALID_ARGS;
+    sim_dev_state_t st;
+    sim_device_state(p, SIM_VENDOR_HYGON, d->index, &st);
+    static const uint64_t rates[SIM_PCIE_MAX_GEN] = {2500000000ULL, 5000000000ULL, 8000000000ULL, 16000000000ULL};
+    memset(bw, 0, sizeof *bw);
+    bw->transfer_rate.num_supported = SIM_PCIE_MAX_GEN;
+    for (int i = 0; i < SIM_PCIE_MAX_GEN; i++) {
+        bw->transfer_rate.frequency[i] = rates[i];
+        bw->lanes[i] = SIM_PCIE_MAX_WIDTH;
+    }
+    int gen = st.pcie_gen > 0 ? st.pcie_gen : SIM_PCIE_MAX_GEN;
+    bw->transfer_rate.current = (uint32_t)(gen - 1);
+    if (st.pcie_width > 0)
+        bw->lanes[gen - 1] = (uint32_t)st.pcie_width;
+    return RSMI_STATUS_SUCCESS;
+}
+
+/* System clock levels: 500 MHz .. RSMI_SCLK_MAX_MHZ in 8 steps; `current` is the level closest to
+ * the simulated clock. */
+SIM_EXPORT rsmi_status_t rsmi_dev_gpu_clk_freq_get(uint32_t dv_ind, int clk_type, rsmi_frequencies_t *f) {
+    RESOLVE(dv_ind, 1);
+    if (f == NULL || clk_type < 0 || clk_type > RSMI_CLK_TYPE_MEM)
+        return RSMI_STATUS_INVALID_ARGS;
+    sim_dev_state_t st;
+    sim_device_state(p, SIM_VENDOR_HYGON, d->index, &st);
+    memset(f, 0, sizeof *f);
+    const int levels = 9;
+    f->num_supported = (uint32_t)levels;
+    for (int i = 0; i < levels; i++)
+        f->frequency[i] = (uint64_t)(500 + (RSMI_SCLK_MAX_MHZ - 500) * i / (levels - 1)) * 1000000ULL;
+    if (clk_type != RSMI_CLK_TYPE_SYS) {
+        f->current = (uint32_t)(levels - 1);
+        return RSMI_STATUS_SUCCESS;
+    }
+    uint64_t want = (uint64_t)RSMI_SCLK_MAX_MHZ * (uint64_t)st.clock_pct / 100u * 1000000ULL;
+    uint32_t best = 0;
+    for (int i = 0; i < levels; i++)
+        if (f->frequency[i] <= want)
+            best = (uint32_t)i;
+    f->current = best;
+    return RSMI_STATUS_SUCCESS;
+}
+
+SIM_EXPORT rsmi_status_t rsmi_dev_memory_reserved_pages_get(uint32_t dv_ind, uint32_t *num_pages,
+                                                            rsmi_retired_page_record_t *records) {
+    RESOLVE(dv_ind, 1);
+    if (num_pages == NULL)
+        return RSMI_STATUS_INVALID_ARGS;
+    sim_dev_state_t st;
+    sim_device_state(p, SIM_VENDOR_HYGON, d->index, &st);
+    uint32_t total = st.retired_pages + (st.remap_pending ? 1u : 0u);
+    if (records == NULL) {
+        *num_pages = total;
+        return RSMI_STATUS_SUCCESS;
+    }
+    uint32_t n = total < *num_pages ? total : *num_pages;
+    for (uint32_t i = 0; i < n; i++) {
+        records[i].page_address = 0x100000000ULL + (uint64_t)i * 4096u;
+        records[i].page_size = 4096;
+        records[i].status = i < st.retired_pages ? 0 : 1;
+    }
+    *num_pages = n;
+    return n < total ? RSMI_STATUS_INSUFFICIENT_SIZE : RSMI_STATUS_SUCCESS;
 }

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 
 #include "hcs_vendor_abi.h"
+#include "sim_faults.h"
 #include "sim_mem.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -275,6 +276,9 @@ EXPORT CUresult cuCtxSynchronize(void) {
     CUresult rc = current_dev(&d);
     if (rc == CUDA_SUCCESS)
         pools_sync(); /* pending stream-ordered frees complete */
+    const sim_profile_t *p;
+    if (rc == CUDA_SUCCESS && sim_mem_profile(&p) == SIM_MEM_OK)
+        sim_device_sync_delay(p, SIM_VENDOR_NVIDIA, d); /* scenario "sync_us"/"slow" (sub-health) */
     return rc;
 }
 

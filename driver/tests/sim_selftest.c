@@ -296,6 +296,72 @@ static void check_faults(void *nvml, void *dcmi, const char *profile_path) {
     CHECK(dcmi_get_device_health(3, 0, &health) == 0 && health == 0, "fault file removed -> ok");
 }
 
+/* ---- scenarios (timed lines, rates, ramps, noise) on a stepped clock --------------------------------- */
+
+static void set_clock(const char *path, double t) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.3f\n", t);
+    char tmp[8600];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return;
+    write_file(tmp, buf);
+    CHECK(rename(tmp, path) == 0, "clock rename");
+}
+
+static void check_scenarios(void *nvml, const char *profile_copy, const char *tmpdir) {
+    char faults[8500], clock[8500];
+    if (snprintf(faults, sizeof faults, "%s.faults", profile_copy) >= (int)sizeof faults ||
+        snprintf(clock, sizeof clock, "%s/clock", tmpdir) >= (int)sizeof clock)
+        return;
+    set_clock(clock, 0);
+    setenv("HCS_SIM_PROFILE", profile_copy, 1);
+    setenv("HCS_SIM_CLOCK", clock, 1);
+    FN(nvml, int, nvmlInitWithFlags, (unsigned int));
+    FN(nvml, int, nvmlDeviceGetHandleByIndex_v2, (unsigned int, void **));
+    FN(nvml, int, nvmlDeviceGetTemperature, (void *, int, unsigned int *));
+    FN(nvml, int, nvmlDeviceGetTotalEccErrors, (void *, int, int, unsigned long long *));
+    FN(nvml, int, nvmlDeviceGetPcieReplayCounter, (void *, unsigned int *));
+    FN(nvml, int, nvmlDeviceGetClockInfo, (void *, int, unsigned int *));
+    FN(nvml, int, nvmlDeviceGetCurrPcieLinkWidth, (void *, unsigned int *));
+    CHECK(nvmlInitWithFlags(0) == 0, "init for scenarios");
+    write_file(faults, "nvidia 0 noise 5\n@10 nvidia 1 pcie_replay_rate 0 10 10\n@10 nvidia 2 temperature 50 90 20\n"
+                       "@5 nvidia 3 ecc_rate single 2\n@12 nvidia 3 ecc_rate single 0\n@3 nvidia 4 pcie_link 4 2\n"
+                       "@3 nvidia 4 clock_pct 50\n@99999999999999999999 nvidia 5 slow 1\n@1e400 nvidia 5 slow 1\n");
+    void *h[5];
+    for (unsigned int i = 0; i < 5; i++)
+        nvmlDeviceGetHandleByIndex_v2(i, &h[i]);
+    unsigned int v = 0;
+    unsigned long long c = 0;
+    CHECK(nvmlDeviceGetPcieReplayCounter(h[1], &v) == 0 && v == 0, "replays before onset %u", v);
+    set_clock(clock, 15);
+    CHECK(nvmlDeviceGetPcieReplayCounter(h[1], &v) == 0 && v == 12, "ramp integral at 15 s: %u", v);
+    set_clock(clock, 20);
+    CHECK(nvmlDeviceGetPcieReplayCounter(h[1], &v) == 0 && v == 50, "ramp integral at 20 s: %u", v);
+    CHECK(nvmlDeviceGetTemperature(h[2], 0, &v) == 0 && v == 70, "temperature ramp at 20 s: %u", v);
+    CHECK(nvmlDeviceGetTotalEccErrors(h[3], 0, 0, &c) == 0 && c == 14, "closed rate segment: %llu", c);
+    CHECK(nvmlDeviceGetClockInfo(h[4], 1, &v) == 0 && v == 705, "clock_pct 50: %u", v);
+    CHECK(nvmlDeviceGetCurrPcieLinkWidth(h[4], &v) == 0 && v == 4, "pcie width %u", v);
+    /* noise: monotone counters, bounded temperature, over a simulated day (and back in time) */
+    unsigned long long last = 0;
+    int ok = 1;
+    for (int t = 0; t <= 86400; t += 600) {
+        set_clock(clock, t);
+        unsigned int temp = 0;
+        nvmlDeviceGetTotalEccErrors(h[0], 0, 0, &c);
+        nvmlDeviceGetTemperature(h[0], 0, &temp);
+        ok &= c >= last && temp < 80;
+        last = c;
+    }
+    CHECK(ok && last > 0, "noise counters monotone and temperature bounded (sbe %llu)", last);
+    set_clock(clock, 0);
+    CHECK(nvmlDeviceGetTotalEccErrors(h[0], 0, 0, &c) == 0 && c == 0, "clock back to 0: %llu", c);
+    set_clock(clock, 86400);
+    CHECK(nvmlDeviceGetTotalEccErrors(h[0], 0, 0, &c) == 0 && c == last, "same day, same noise: %llu", c);
+    unlink(faults);
+    unlink(clock);
+    unsetenv("HCS_SIM_CLOCK");
+}
+
 /* ---- malformed profiles ---------------------------------------------------------------------------- */
 
 static void check_bad_profiles(void *nvml, const char *tmpdir) {
@@ -432,6 +498,16 @@ int main(int argc, char **argv) {
         CHECK(system(cmd) == 0, "copy mixed profile");
         check_faults(nvml, dcmi, copy);
         fuzz_parser(copy, tmpdir);
+        unlink(copy);
+    }
+    {
+        char src[4096], copy[8400], cmd[17000];
+        snprintf(src, sizeof src, "%s/a100-80g-nvlink-8.json", profdir);
+        if (snprintf(copy, sizeof copy, "%s/scenario.json", tmpdir) >= (int)sizeof copy ||
+            snprintf(cmd, sizeof cmd, "cp '%s' '%s'", src, copy) >= (int)sizeof cmd)
+            return 2;
+        CHECK(system(cmd) == 0, "copy a100 profile");
+        check_scenarios(nvml, copy, tmpdir);
         unlink(copy);
     }
     check_bad_profiles(nvml, tmpdir);

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from hcs.devices.backend import CRITICAL, WARNING, Backend, Finding, VendorError, score, temperature_finding
-from hcs.devices.ctypes_util import bind, bus_id, checker, cstr
+from hcs.devices.ctypes_util import bind, bind_optional, bus_id, checker, cstr
 from hcs.devices.injection import VendorRuntime
 from hcs.devices.model import Device, Health, Link, LinkType, Vendor
 from hcs.devices.simhost import host_sysfs
+from hcs.devices.subhealth import Signals
 
 ASCEND_DRIVER_ROOT = "/usr/local/Ascend/driver"
 
@@ -218,3 +219,62 @@ class AscendBackend(Backend):
             findings.append(Finding(CRITICAL, f"HBM double-bit ECC errors: {ecc.double_bit_error_cnt}"))
         findings += temperature_finding(self._temperature(card, dev))
         return score(findings)
+
+    def signals(self, index: int) -> Signals:
+        return _ascend_signals(self, index)
+
+
+class PcieErrRate(ctypes.Structure):
+    _fields_ = [(name, c_uint) for name in (
+        "reg_deskew_fifo_overflow_intr_status", "reg_symbol_unlock_intr_status", "reg_deskew_unlock_intr_status",
+        "reg_phystatus_timeout_intr_status", "symbol_unlock_counter", "pcs_rx_err_cnt", "phy_lane_err_counter",
+        "pcs_rcv_err_status", "symbol_unlock_err_status", "phy_lane_err_status", "dl_lcrc_err_num",
+        "dl_dcrc_err_num")]
+
+
+DCMI_FREQ_AICORE_CURRENT = 7
+DCMI_FREQ_AICORE_MAX = 9
+_SUBHEALTH_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "dcmi_get_device_pcie_error_cnt": (c_int, [c_int, c_int, POINTER(PcieErrRate)]),
+    "dcmi_get_device_frequency": (c_int, [c_int, c_int, c_int, POINTER(c_uint)]),
+}
+
+
+def _ascend_signals(self: AscendBackend, index: int) -> Signals:
+    """Sub-health sample through DCMI: health code, HBM ECC + isolated pages, PCIe link-layer CRC
+    errors (what the link replays), AI Core frequency, temperature. DCMI has no HCCS error counter in
+    the calls HCS uses: HCCS faults reach HCS as the device's health code and error codes."""
+    opt = self.__dict__.get("_opt")
+    if opt is None:
+        opt = self.__dict__["_opt"] = bind_optional(self.lib, _SUBHEALTH_SIGNATURES)
+    card, dev = self.slots[index]
+    f = self.f
+    state = c_uint()
+    status = f["dcmi_get_device_health"](card, dev, byref(state))
+    if status != 0:
+        return Signals(vendor_health=Health(0, (f"device not responding (DCMI error {status})",)), lost=True)
+    findings: list[Finding] = []
+    if state.value in _HEALTH_TEXT:
+        text, penalty = _HEALTH_TEXT[state.value]
+        findings.append(Finding(penalty, f"DCMI health: {text} ({state.value})"))
+    elif state.value != 0:
+        findings.append(Finding(CRITICAL, f"DCMI health: unknown state {state.value}"))
+    ecc = EccInfo()
+    have_ecc = f["dcmi_get_device_ecc_info"](card, dev, DCMI_DEVICE_TYPE_HBM, byref(ecc)) == 0
+    pcie = PcieErrRate()
+    have_pcie = "dcmi_get_device_pcie_error_cnt" in opt and \
+        opt["dcmi_get_device_pcie_error_cnt"](card, dev, byref(pcie)) == 0
+    cur, top = c_uint(), c_uint()
+    have_freq = "dcmi_get_device_frequency" in opt and \
+        opt["dcmi_get_device_frequency"](card, dev, DCMI_FREQ_AICORE_CURRENT, byref(cur)) == 0 and \
+        opt["dcmi_get_device_frequency"](card, dev, DCMI_FREQ_AICORE_MAX, byref(top)) == 0
+    return Signals(
+        vendor_health=score(findings), temperature_c=self._temperature(card, dev),
+        ecc_sbe=int(ecc.total_single_bit_error_cnt) if have_ecc else None,
+        ecc_dbe=int(ecc.total_double_bit_error_cnt) if have_ecc else None,
+        retired_pages=int(ecc.single_bit_isolated_pages_cnt) + int(ecc.double_bit_isolated_pages_cnt)
+        if have_ecc else None,
+        pcie_replays=int(pcie.dl_lcrc_err_num) if have_pcie else None,
+        clock_mhz=int(cur.value) if have_freq else None, max_clock_mhz=int(top.value) if have_freq else None,
+    )
+

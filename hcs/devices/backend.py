@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from hcs.devices.catalog import Catalog
 from hcs.devices.libraries import LoadedLibrary
 from hcs.devices.model import Device, Health, Vendor
+from hcs.devices.subhealth import Signals
 
 #: Health penalties: critical problems make a device unusable; warnings degrade it.
 CRITICAL = 100
@@ -54,6 +55,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def health(self, index: int) -> Health:
         """Poll the device's current health."""
+
+    def signals(self, index: int) -> Signals:
+        """One sub-health sample (hcs.devices.subhealth); backends override with their library's calls."""
+        health = self.health(index)
+        return Signals(vendor_health=health, lost=health.score == 0)
 
     def start_events(self) -> None:  # noqa: B027 - optional hook
         """Subscribe to pushed events now, so none raised after this call is missed."""

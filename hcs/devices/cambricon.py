@@ -7,9 +7,10 @@ from ctypes import POINTER, byref, c_char, c_char_p, c_int32, c_int64, c_uint8, 
 from typing import Any
 
 from hcs.devices.backend import CRITICAL, Backend, Finding, VendorError, score, temperature_finding
-from hcs.devices.ctypes_util import bind, bus_id, checker, cstr
+from hcs.devices.ctypes_util import bind, bind_optional, bus_id, checker, cstr
 from hcs.devices.injection import VendorRuntime
 from hcs.devices.model import Device, Health, Link, LinkType, Vendor
+from hcs.devices.subhealth import Signals
 
 #: Injection without Cambricon's container toolkit: the MLU nodes and cambricon_ctl, cnmon, and the
 #: Neuware driver libraries (CNRT, CNDrv, CNDev) found on the host.
@@ -196,3 +197,111 @@ class CambriconBackend(Backend):
 
     def close(self) -> None:
         self.f["cndevRelease"]()
+
+    def signals(self, index: int) -> Signals:
+        return _cambricon_signals(self, index)
+
+
+class ECCInfo(ctypes.Structure):
+    _fields_ = [("version", c_int32), ("oneBitError", c_uint64), ("multipleOneError", c_uint64),
+                ("multipleError", c_uint64), ("multipleMultipleError", c_uint64),
+                ("correctedError", c_uint64), ("uncorrectedError", c_uint64), ("totalError", c_uint64),
+                ("addressForbiddenError", c_uint64)]
+
+
+class PcieReplayCounter(ctypes.Structure):
+    _fields_ = [("version", c_int32), ("counter", c_uint32)]
+
+
+class CurrentPCIInfo(ctypes.Structure):
+    _fields_ = [("version", c_int32), ("currentSpeed", c_int32), ("currentWidth", c_int32)]
+
+
+class MaxPCIInfo(ctypes.Structure):
+    _fields_ = [("version", c_int32), ("maxSpeed", c_int32), ("maxWidth", c_int32)]
+
+
+class MLULinkErrorCounter(ctypes.Structure):
+    _fields_ = [("correctFecCnt", c_uint64), ("uncorrectFecCnt", c_uint64), ("rxBadFcsPkt", c_uint64),
+                ("txBadFcsPkt", c_uint64), ("illegalAccessCnt", c_uint64), ("reserved", c_uint64 * 11)]
+
+
+class ThrottleReason(ctypes.Structure):
+    _fields_ = [("version", c_int32), ("tdp", c_int32), ("powerSetting", c_int32), ("clockSetting", c_int32),
+                ("frequencyLocked", c_int32), ("powerBrake", c_int32), ("thermalSlowdown", c_int32)]
+
+
+class FrequencyInfo(ctypes.Structure):
+    _fields_ = [("version", c_int32), ("boardFreq", c_int32), ("ddrFreq", c_int32), ("overtempDfsFlag", c_uint8),
+                ("fastDfsFlag", c_uint8), ("mluClusterFreqCount", c_uint16), ("mluClusterFreq", c_uint16 * 20),
+                ("boardDefaultFreq", c_int32), ("boardFreqArange", c_int32 * 2)]
+
+
+class RemappedRow(ctypes.Structure):
+    _fields_ = [("version", c_int32), ("correctRows", c_uint32), ("uncorrectRows", c_uint32),
+                ("pendingRows", c_uint32), ("failedRows", c_uint32)]
+
+
+_SUBHEALTH_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "cndevGetECCInfo": (c_int32, [POINTER(ECCInfo), _Dev]),
+    "cndevGetPcieReplayCounter": (c_int32, [POINTER(PcieReplayCounter), _Dev]),
+    "cndevGetCurrentPCIInfo": (c_int32, [POINTER(CurrentPCIInfo), _Dev]),
+    "cndevGetMaxPCIInfo": (c_int32, [POINTER(MaxPCIInfo), _Dev]),
+    "cndevGetMLULinkErrorCounter": (c_int32, [POINTER(MLULinkErrorCounter), _Dev, c_int32]),
+    "cndevGetPerformanceThrottleReason": (c_int32, [POINTER(ThrottleReason), _Dev]),
+    "cndevGetFrequencyInfo": (c_int32, [POINTER(FrequencyInfo), _Dev]),
+    "cndevGetRemappedRows": (c_int32, [POINTER(RemappedRow), _Dev]),
+}
+
+
+def _cambricon_signals(self: CambriconBackend, index: int) -> Signals:
+    """Sub-health sample through CNDev: card health, ECC, remapped rows, PCIe replay counter and
+    current/max link, MLU-Link error counters (bad-FCS packets = CRC, uncorrected FEC = recovery),
+    throttle reasons, board frequency, temperature."""
+    opt = self.__dict__.get("_opt")
+    if opt is None:
+        opt = self.__dict__["_opt"] = bind_optional(self.lib, _SUBHEALTH_SIGNATURES)
+    h = self.handles[index]
+    v = CNDEV_VERSION_6
+    state = CardHealthState(version=v)
+    status = self.f["cndevGetCardHealthState"](byref(state), h)
+    if status != 0:
+        return Signals(vendor_health=Health(0, (f"device not responding (CNDev error {status})",)), lost=True)
+    findings: list[Finding] = []
+    if state.deviceState != CNDEV_DEVICE_GOOD:
+        findings.append(Finding(CRITICAL, f"device state IN_PROBLEM (deviceState={state.deviceState})"))
+    if state.driverState != CNDEV_DRIVER_RUNNING:
+        findings.append(Finding(CRITICAL, f"driver not running (driverState={state.driverState})"))
+
+    def call(name: str, obj: Any, *extra: Any) -> bool:
+        return name in opt and opt[name](byref(obj), h, *extra) == 0
+
+    ecc, replay, cur, top = ECCInfo(version=v), PcieReplayCounter(version=v), CurrentPCIInfo(version=v), \
+        MaxPCIInfo(version=v)
+    thr, freq, rows = ThrottleReason(version=v), FrequencyInfo(version=v), RemappedRow(version=v)
+    have_ecc, have_replay = call("cndevGetECCInfo", ecc), call("cndevGetPcieReplayCounter", replay)
+    have_link = call("cndevGetCurrentPCIInfo", cur) and call("cndevGetMaxPCIInfo", top)
+    have_thr, have_freq, have_rows = call("cndevGetPerformanceThrottleReason", thr), \
+        call("cndevGetFrequencyInfo", freq), call("cndevGetRemappedRows", rows)
+    crc = recovery = None
+    for port in range(max(0, self.f["cndevGetMLULinkPortNumber"](h))):
+        errs = MLULinkErrorCounter()
+        if call("cndevGetMLULinkErrorCounter", errs, port):
+            crc = (crc or 0) + int(errs.rxBadFcsPkt)
+            recovery = (recovery or 0) + int(errs.uncorrectFecCnt)
+    throttle = frozenset(name for flag, name in ((thr.tdp, "power"), (thr.thermalSlowdown, "thermal"),
+                                                 (thr.powerBrake, "hw_slowdown")) if have_thr and flag)
+    return Signals(
+        vendor_health=score(findings), temperature_c=self._temperature(h),
+        ecc_sbe=int(ecc.correctedError) if have_ecc else None, ecc_dbe=int(ecc.uncorrectedError) if have_ecc else None,
+        retired_pages=int(rows.correctRows) if have_rows else None,
+        remap_pending=bool(rows.pendingRows) if have_rows else None,
+        pcie_replays=int(replay.counter) if have_replay else None,
+        pcie_width=int(cur.currentWidth) if have_link else None,
+        pcie_max_width=int(top.maxWidth) if have_link else None,
+        pcie_gen=int(cur.currentSpeed) if have_link else None, pcie_max_gen=int(top.maxSpeed) if have_link else None,
+        link_crc=crc, link_recovery=recovery, throttle=throttle,
+        clock_mhz=int(freq.boardFreq) if have_freq else None,
+        max_clock_mhz=int(freq.boardDefaultFreq) if have_freq else None,
+    )
+

@@ -39,3 +39,16 @@ def cstr(buf: Any) -> str:
 
 def bus_id(domain: int, bus: int, device: int, function: int) -> str:
     return f"{domain:04x}:{bus:02x}:{device:02x}.{function:x}"
+
+
+def bind_optional(lib: LoadedLibrary, signatures: dict[str, tuple[Any, list[Any]]]) -> dict[str, Any]:
+    """Like ``bind`` for calls a library may lack (older drivers): missing ones are left out."""
+    funcs = {}
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib.handle, name, None)
+        if fn is None:
+            continue
+        fn.restype = restype
+        fn.argtypes = argtypes
+        funcs[name] = fn
+    return funcs

@@ -7,9 +7,10 @@ from ctypes import POINTER, byref, c_bool, c_char_p, c_int, c_int64, c_size_t, c
 from typing import Any
 
 from hcs.devices.backend import CRITICAL, NOTICE, Backend, Finding, VendorError, score, temperature_finding
-from hcs.devices.ctypes_util import bind, bus_id, checker, cstr
+from hcs.devices.ctypes_util import bind, bind_optional, bus_id, checker, cstr
 from hcs.devices.injection import VendorRuntime
 from hcs.devices.model import Device, Health, Link, LinkType, Vendor
+from hcs.devices.subhealth import Signals
 
 HYGON_HAL_DIR = "/opt/hyhal"
 
@@ -136,3 +137,92 @@ class HygonBackend(Backend):
 
     def close(self) -> None:
         self.f["rsmi_shut_down"]()
+
+    def signals(self, index: int) -> Signals:
+        return _hygon_signals(self, index)
+
+
+RSMI_MAX_NUM_FREQUENCIES = 32
+RSMI_CLK_TYPE_SYS = 0
+
+
+class RsmiFrequencies(ctypes.Structure):
+    _fields_ = [("num_supported", c_uint32), ("current", c_uint32),
+                ("frequency", c_uint64 * RSMI_MAX_NUM_FREQUENCIES)]
+
+
+class RsmiPcieBandwidth(ctypes.Structure):
+    _fields_ = [("transfer_rate", RsmiFrequencies), ("lanes", c_uint32 * RSMI_MAX_NUM_FREQUENCIES)]
+
+
+class RsmiRetiredPage(ctypes.Structure):
+    _fields_ = [("page_address", c_uint64), ("page_size", c_uint64), ("status", c_int)]
+
+
+_SUBHEALTH_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
+    "rsmi_dev_pci_replay_counter_get": (c_int, [c_uint32, POINTER(c_uint64)]),
+    "rsmi_dev_pci_bandwidth_get": (c_int, [c_uint32, POINTER(RsmiPcieBandwidth)]),
+    "rsmi_dev_gpu_clk_freq_get": (c_int, [c_uint32, c_int, POINTER(RsmiFrequencies)]),
+    "rsmi_dev_memory_reserved_pages_get": (c_int, [c_uint32, POINTER(c_uint32), POINTER(RsmiRetiredPage)]),
+    "rsmi_dev_xgmi_error_status": (c_int, [c_uint32, POINTER(c_int)]),
+    "rsmi_dev_xgmi_error_reset": (c_int, [c_uint32]),
+}
+
+
+def _hygon_signals(self: HygonBackend, index: int) -> Signals:
+    """Sub-health sample through ROCm-SMI: UMC ECC, reserved (retired/pending) pages, PCIe replay
+    counter and link rate/width, system clock level, xGMI error status (read, then reset, so each
+    poll sees the errors since the previous one), temperature. The Hygon ROCm-SMI fork HCS targets
+    has no throttle-reason call: a throttled clock shows as a clock drop."""
+    opt = self.__dict__.get("_opt")
+    if opt is None:
+        opt = self.__dict__["_opt"] = bind_optional(self.lib, _SUBHEALTH_SIGNATURES)
+    temp = self._temperature(index)
+    if temp is None:
+        return Signals(vendor_health=Health(0, ("device not responding (ROCm-SMI)",)), lost=True)
+    ok = RSMI_STATUS_SUCCESS
+    ecc = RsmiErrorCount()
+    have_ecc = self.f["rsmi_dev_ecc_count_get"](index, RSMI_GPU_BLOCK_UMC, byref(ecc)) == ok
+    replay = c_uint64()
+    have_replay = "rsmi_dev_pci_replay_counter_get" in opt and \
+        opt["rsmi_dev_pci_replay_counter_get"](index, byref(replay)) == ok
+    bw = RsmiPcieBandwidth()
+    width = gen = max_width = max_gen = None
+    if "rsmi_dev_pci_bandwidth_get" in opt and opt["rsmi_dev_pci_bandwidth_get"](index, byref(bw)) == ok:
+        n = min(int(bw.transfer_rate.num_supported), RSMI_MAX_NUM_FREQUENCIES)
+        cur = int(bw.transfer_rate.current)
+        if n > 0 and cur < n:
+            gen, max_gen = cur + 1, n
+            width, max_width = int(bw.lanes[cur]), max(int(bw.lanes[i]) for i in range(n))
+    clk = RsmiFrequencies()
+    clock = max_clock = None
+    if "rsmi_dev_gpu_clk_freq_get" in opt and opt["rsmi_dev_gpu_clk_freq_get"](index, RSMI_CLK_TYPE_SYS,
+                                                                             byref(clk)) == ok:
+        n = min(int(clk.num_supported), RSMI_MAX_NUM_FREQUENCIES)
+        if n > 0 and clk.current < n:
+            clock = int(clk.frequency[clk.current] // 1_000_000)
+            max_clock = int(max(clk.frequency[i] for i in range(n)) // 1_000_000)
+    retired = pending = None
+    pages = c_uint32(0)
+    if "rsmi_dev_memory_reserved_pages_get" in opt and \
+            opt["rsmi_dev_memory_reserved_pages_get"](index, byref(pages), None) == ok:
+        records = (RsmiRetiredPage * max(1, pages.value))()
+        got = c_uint32(pages.value)
+        if pages.value and opt["rsmi_dev_memory_reserved_pages_get"](index, byref(got), records) in (ok, 11):
+            retired = sum(1 for r in records[: got.value] if r.status == 0)
+            pending = any(r.status == 1 for r in records[: got.value])
+        else:
+            retired, pending = 0, False
+    xgmi = None
+    status = c_int()
+    if "rsmi_dev_xgmi_error_status" in opt and opt["rsmi_dev_xgmi_error_status"](index, byref(status)) == ok:
+        xgmi = int(status.value)
+        if xgmi and "rsmi_dev_xgmi_error_reset" in opt:
+            opt["rsmi_dev_xgmi_error_reset"](index)
+    return Signals(
+        temperature_c=temp, ecc_sbe=int(ecc.correctable_err) if have_ecc else None,
+        ecc_dbe=int(ecc.uncorrectable_err) if have_ecc else None, retired_pages=retired, remap_pending=pending,
+        pcie_replays=int(replay.value) if have_replay else None, pcie_width=width, pcie_max_width=max_width,
+        pcie_gen=gen, pcie_max_gen=max_gen, link_errors_since_last=xgmi, clock_mhz=clock, max_clock_mhz=max_clock,
+    )
+

@@ -49,6 +49,14 @@ class Health:
 
     score: int = 100
     reasons: tuple[str, ...] = ()
+    grade: str = ""  # sub-health verdict healthy|degraded|failing|lost; "" = derived from the score
+
+    @property
+    def verdict(self) -> str:
+        """The graded verdict (hcs.devices.subhealth); derived from the score when none was set."""
+        if self.grade:
+            return self.grade
+        return "healthy" if self.score >= 100 else "degraded" if self.score >= HEALTHY_THRESHOLD else "failing"
 
     @property
     def healthy(self) -> bool:

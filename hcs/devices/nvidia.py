@@ -12,6 +12,7 @@ import pynvml
 from hcs.devices.backend import CRITICAL, NOTICE, Backend, Finding, VendorError, score, temperature_finding
 from hcs.devices.injection import VendorRuntime
 from hcs.devices.model import Compute, Device, Health, Link, LinkType, Vendor
+from hcs.devices.subhealth import Signals
 
 #: Injection without the NVIDIA container runtime (plain containerd + CDI): the device nodes, the
 #: user-space driver libraries (the compute subset ``nvidia-ctk cdi generate`` mounts), nvidia-smi.
@@ -131,6 +132,59 @@ class NvidiaBackend(Backend):
             findings.append(Finding(CRITICAL, f"NVML query failed: {exc}"))
         return score(findings)
 
+    def signals(self, index: int) -> Signals:
+        """Sub-health sample through NVML (ECC, row remap, PCIe, NVLink errors, clocks, throttle)."""
+        h = self._handles[index]
+        try:
+            temp = int(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
+        except pynvml.NVMLError as exc:
+            return Signals(vendor_health=Health(0, (f"NVML query failed: {exc}",)), lost=True)
+
+        def opt(fn: Any, *args: Any) -> Any:
+            try:
+                return fn(h, *args)
+            except pynvml.NVMLError:
+                return None
+
+        rows = opt(pynvml.nvmlDeviceGetRemappedRows)
+        reasons = opt(pynvml.nvmlDeviceGetCurrentClocksEventReasons) or 0
+        crc = recovery = None
+        for link in range(self._nvlink_count(index)):
+            c = opt(pynvml.nvmlDeviceGetNvLinkErrorCounter, link, pynvml.NVML_NVLINK_ERROR_DL_CRC_FLIT)
+            r = opt(pynvml.nvmlDeviceGetNvLinkErrorCounter, link, pynvml.NVML_NVLINK_ERROR_DL_RECOVERY)
+            crc = (crc or 0) + int(c or 0)
+            recovery = (recovery or 0) + int(r or 0)
+        return Signals(
+            temperature_c=temp,
+            ecc_sbe=opt(pynvml.nvmlDeviceGetTotalEccErrors, pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+                        pynvml.NVML_VOLATILE_ECC),
+            ecc_dbe=opt(pynvml.nvmlDeviceGetTotalEccErrors, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                        pynvml.NVML_VOLATILE_ECC),
+            retired_pages=int(rows[0]) if rows else None, remap_pending=bool(rows[2]) if rows else None,
+            pcie_replays=opt(pynvml.nvmlDeviceGetPcieReplayCounter),
+            pcie_width=opt(pynvml.nvmlDeviceGetCurrPcieLinkWidth), pcie_max_width=opt(
+                pynvml.nvmlDeviceGetMaxPcieLinkWidth),
+            pcie_gen=opt(pynvml.nvmlDeviceGetCurrPcieLinkGeneration),
+            pcie_max_gen=opt(pynvml.nvmlDeviceGetMaxPcieLinkGeneration),
+            link_crc=crc, link_recovery=recovery,
+            throttle=frozenset(name for bit, name in _THROTTLE_BITS if reasons & bit),
+            clock_mhz=opt(pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_SM),
+            max_clock_mhz=opt(pynvml.nvmlDeviceGetMaxClockInfo, pynvml.NVML_CLOCK_SM),
+        )
+
+    def _nvlink_count(self, index: int) -> int:
+        counts: dict[int, int] = self.__dict__.setdefault("_nvlink_counts", {})
+        if index not in counts:
+            n = 0
+            for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+                try:
+                    pynvml.nvmlDeviceGetNvLinkState(self._handles[index], link)
+                except pynvml.NVMLError:
+                    break
+                n += 1
+            counts[index] = n
+        return counts[index]
+
     def start_events(self) -> None:
         with self._lock:
             if self._events is None:
@@ -176,6 +230,14 @@ class NvidiaBackend(Backend):
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass
+
+
+_THROTTLE_BITS = ((pynvml.nvmlClocksEventReasonSwPowerCap, "power"),
+                  (pynvml.nvmlClocksEventReasonSwThermalSlowdown, "thermal"),
+                  (pynvml.nvmlClocksEventReasonHwThermalSlowdown, "thermal"),
+                  (pynvml.nvmlClocksEventReasonHwSlowdown, "hw_slowdown"),
+                  (pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown, "hw_slowdown"))
+
 
 
 #: Bandwidth of one NVLink (GB/s, both directions) by generation: V100 6 x 50 = 300, A100 12 x 50 = 600,

@@ -50,7 +50,30 @@ class HealthChangeLike(Protocol):
     def device_key(self) -> str: ...
 
     @property
+    def old(self) -> Health: ...
+
+    @property
     def new(self) -> Health: ...
+
+
+GRADES = ("healthy", "degraded", "failing", "lost")
+
+
+def signal_values(sample: object) -> dict[str, float]:
+    """The numeric fields of a ``hcs.devices.subhealth.Signals`` sample (None = not reported)."""
+    out: dict[str, float] = {}
+    for name in ("temperature_c", "ecc_sbe", "ecc_dbe", "retired_pages", "pcie_replays", "pcie_width",
+                 "pcie_gen", "link_crc", "link_recovery", "link_errors_since_last", "clock_mhz", "max_clock_mhz"):
+        v = getattr(sample, name, None)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[name] = float(v)
+    rp = getattr(sample, "remap_pending", None)
+    if rp is not None:
+        out["remap_pending"] = 1.0 if rp else 0.0
+    throttle: frozenset[str] = getattr(sample, "throttle", frozenset())
+    for reason in ("thermal", "power", "hw_slowdown"):
+        out[f"throttle_{reason}"] = 1.0 if reason in throttle else 0.0
+    return out
 
 
 class HealthSource(Protocol):
@@ -263,6 +286,8 @@ class NodeAgent:
                 continue
             changed = False
             for c in changes:
+                if c.old.verdict != c.new.verdict:
+                    self._verdict_events(c.device_key, c.new)
                 if self.dra is not None:
                     self.dra.set_health(c.device_key, c.new)
                 if self.view.set_health(c.device_key, c.new):
@@ -275,6 +300,18 @@ class NodeAgent:
                 self._update_metrics()
                 if self.reporter is not None:
                     self.reporter.trigger()
+
+    def _verdict_events(self, key: str, health: Health) -> None:
+        """Node + affected-pod Events for a sub-health grade change (background, best effort)."""
+        if self.kube is None:
+            return
+        from hcs.node.subhealth_events import report_verdict
+
+        dev = next((d for d in self.view.devices() if d.key == key), None)
+        uuid = dev.uuid if dev is not None else ""
+        driver = self.dra.cfg.driver_name if self.dra is not None else ""
+        self._spawn(lambda: report_verdict(self.kube, self.config.nodeName, driver, key, uuid, health.verdict,
+                                           health.reasons), f"hcs-event-{key}")
 
     def _housekeeping(self) -> None:
         last_reconcile = time.monotonic()
@@ -300,6 +337,17 @@ class NodeAgent:
             m.allocations.labels(*labels).set(allocated.get(d.key, (0, 0))[1])
             m.health_score.labels(*labels).set(d.health.score)
             m.healthy.labels(*labels).set(1 if d.health.healthy else 0)
+            m.grade.labels(*labels).set(GRADES.index(d.health.verdict) if d.health.verdict in GRADES else 0)
+        signals = getattr(self.health, "signals", None)
+        if callable(signals):
+            by_key = {d.key: d for d in self.view.devices()}
+            for key, sample in signals().items():
+                dev = by_key.get(key)
+                if dev is None:
+                    continue
+                labels = (dev.key, str(dev.vendor), dev.model, dev.uuid)
+                for name, value in signal_values(sample).items():
+                    m.signal.labels(*labels, name).set(value)
 
     def _snapshot(self) -> tuple[Sequence[Device], Sequence[IslandInfo], dict[str, tuple[int, int]]]:
         return self.view.devices(), self.islands, self.core.vram_allocated()

@@ -123,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
     health = None
     if inventory.devices:
         try:
-            health = HealthMonitor(inventory)
+            workload = None
+            if os.environ.get("HCS_WORKLOAD_PROBES", "") == "ebpf":  # opt-in: needs bpftrace + privilege
+                from hcs.devices.workload import start_workload_signals
+
+                workload = start_workload_signals([(d.key, d.model) for d in inventory.devices])
+            health = HealthMonitor(inventory, poll_interval_s=config.healthPollInterval, workload=workload)
         except Exception as exc:  # a vendor library that enumerates but cannot be watched
             log.error("health monitoring unavailable (%s); devices stay as discovered", exc)
     dra = None

@@ -64,6 +64,7 @@ def build_spec(node_name: str, devices: Sequence[Device], islands: Sequence[Isla
                 "healthScore": d.health.score,
                 "healthy": d.health.healthy,
                 "healthReasons": list(d.health.reasons),
+                "grade": d.health.verdict,
             }
             for d in sorted(devices, key=lambda d: (str(d.vendor), d.index))
         ],

@@ -35,6 +35,11 @@ class NodeMetrics:
         self.health_events = Counter("hcs_device_health_changes_total", "Health changes seen.",
                                      ("device", "healthy"), registry=r)
         self.reports = Counter("hcs_computenode_reports_total", "ComputeNode writes.", ("result",), registry=r)
+        self.grade = Gauge("hcs_device_grade", "Sub-health verdict: 0 healthy, 1 degraded, 2 failing, 3 lost.",
+                           _DEVICE, registry=r)
+        self.signal = Gauge("hcs_device_subhealth_signal",
+                            "Last sample of each sub-health signal (counters, link, clocks, temperature).",
+                            (*_DEVICE, "signal"), registry=r)
         from hcs.records import REJECTED
 
         r.register(REJECTED)  # hcs_assignment_records_rejected_total{component,reason}

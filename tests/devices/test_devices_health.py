@@ -23,7 +23,7 @@ import json, sys
 from hcs.devices.inventory import discover
 from hcs.devices.health import HealthMonitor
 inv = discover()
-with HealthMonitor(inv) as mon:
+with HealthMonitor(inv, clear_s=1.0) as mon:  # short hysteresis: recovery within the test's wait
     print(json.dumps({"ready": len(inv.devices)}), flush=True)
     while True:
         for c in mon.wait(0.2):

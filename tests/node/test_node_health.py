@@ -35,7 +35,7 @@ def sim_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[n
 
     inv = discover(vendors=(Vendor.NVIDIA,))
     assert len(inv.devices) == 8
-    return inv, HealthMonitor(inv), faults
+    return inv, HealthMonitor(inv, clear_s=1.0), faults  # short hysteresis: recovery within the wait
 
 
 def _inject(faults: Path, line: str) -> None:

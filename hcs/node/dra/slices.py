@@ -95,9 +95,23 @@ def published_attributes(pub: PublishedDevice, mode: str, driver_version: str = 
 
 
 def _taints(d: Device, driver: str) -> list[dict[str, Any]]:
-    if d.health.healthy:
+    """Device taints from health. A graded verdict (hcs.devices.subhealth) maps degraded → NoSchedule
+    and failing / lost → NoExecute (pods whose claims do not tolerate it are evicted), under the key
+    ``<driver>/<grade>`` with the first reason, label-safe, as the value. Health without a grade
+    (set directly) keeps the plain rule: unhealthy → ``<driver>/unhealthy=true:NoSchedule``."""
+    grade = d.health.grade
+    if grade in ("degraded", "failing", "lost"):
+        effect = "NoSchedule" if grade == "degraded" else "NoExecute"
+        return [{"key": f"{driver}/{grade}", "value": reason_value(d.health.reasons), "effect": effect}]
+    if grade == "healthy" or d.health.healthy:
         return []
     return [{"key": taint_key(driver), "value": "true", "effect": "NoSchedule"}]
+
+
+def reason_value(reasons: Sequence[str]) -> str:
+    """The first reason as a label value (≤ 63 of [A-Za-z0-9-_.], alphanumeric at both ends)."""
+    text = re.sub(r"[^A-Za-z0-9_.-]+", "-", reasons[0] if reasons else "unspecified")[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", text) or "unspecified"
 
 
 def partition_names(d: Device, sizes: Sequence[int]) -> list[tuple[str, int]]:
