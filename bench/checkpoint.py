@@ -33,13 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-# bench/ holds inspect.py, which would shadow the standard library's (dataclasses needs it): drop bench/
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
-sys.path.insert(0, str(REPO))
+from hcs.checkpoint.migrate import Cluster, Migrator, Store
+from hcs.kube import KubeRest
 
-from hcs.checkpoint.migrate import Cluster, Migrator, Store  # noqa: E402
-from hcs.kube import KubeRest  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 STEP_RE = re.compile(r"^step=(\d+) t=(\d+\.\d+) vram_mib=\d+ ok=(\d) device=(\S+)$", re.M)
 TICK_S = 0.1
