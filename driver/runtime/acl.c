@@ -197,6 +197,30 @@ EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t blockDim,
     return sim_rc(sim_dev_launch(SIM_VENDOR_ASCEND, dev, flops, NULL));
 }
 
+EXPORT aclError aclrtCreateEvent(aclrtEvent *event) {
+    if (event == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    *event = sim_event_new();
+    return *event != NULL ? ACL_SUCCESS : ACL_ERROR_RT_MEMORY_ALLOCATION;
+}
+
+EXPORT aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream) {
+    int dev;
+    aclError rc = stream_dev(stream, &dev);
+    if (rc != ACL_SUCCESS)
+        return rc;
+    int r = sim_event_record(event, SIM_VENDOR_ASCEND, dev);
+    return r == SIM_DEV_BADDEV && event != NULL ? ACL_ERROR_INVALID_PARAM : sim_rc(r);
+}
+
+EXPORT aclError aclrtSynchronizeEvent(aclrtEvent event) {
+    return sim_event_wait(event) == SIM_DEV_OK ? ACL_SUCCESS : ACL_ERROR_INVALID_PARAM;
+}
+
+EXPORT aclError aclrtDestroyEvent(aclrtEvent event) {
+    return sim_event_free(event) == SIM_DEV_OK ? ACL_SUCCESS : ACL_ERROR_INVALID_PARAM;
+}
+
 static int same_index(int ordinal) {
     return ordinal;
 }

@@ -139,6 +139,30 @@ EXPORT cnrtRet_t cnrtInvokeKernel(const void *function, cnrtDim3_t dim, cnrtFunc
     return sim_rc(sim_dev_launch(SIM_VENDOR_CAMBRICON, dev, flops, NULL));
 }
 
+EXPORT cnrtRet_t cnrtNotifierCreate(cnrtNotifier_t *pNotifier) {
+    if (pNotifier == NULL)
+        return cnrtErrorArgsInvalid;
+    *pNotifier = (cnrtNotifier_t)sim_event_new();
+    return *pNotifier != NULL ? cnrtSuccess : cnrtErrorNoMem;
+}
+
+EXPORT cnrtRet_t cnrtPlaceNotifier(cnrtNotifier_t notifier, cnrtQueue_t queue) {
+    int dev;
+    cnrtRet_t rc = queue_dev(queue, &dev);
+    if (rc != cnrtSuccess)
+        return rc;
+    int r = sim_event_record((struct sim_event *)notifier, SIM_VENDOR_CAMBRICON, dev);
+    return r == SIM_DEV_BADDEV && notifier != NULL ? cnrtErrorArgsInvalid : sim_rc(r);
+}
+
+EXPORT cnrtRet_t cnrtWaitNotifier(cnrtNotifier_t notifier) {
+    return sim_event_wait((struct sim_event *)notifier) == SIM_DEV_OK ? cnrtSuccess : cnrtErrorArgsInvalid;
+}
+
+EXPORT cnrtRet_t cnrtNotifierDestroy(cnrtNotifier_t notifier) {
+    return sim_event_free((struct sim_event *)notifier) == SIM_DEV_OK ? cnrtSuccess : cnrtErrorArgsInvalid;
+}
+
 static int same_index(int ordinal) {
     return ordinal;
 }

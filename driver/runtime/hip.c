@@ -301,6 +301,30 @@ EXPORT hipError_t hipGraphDestroy(hipGraph_t graph) {
     return hipSuccess;
 }
 
+EXPORT hipError_t hipEventCreate(hipEvent_t *event) {
+    if (event == NULL)
+        return hipErrorInvalidValue;
+    *event = (hipEvent_t)sim_event_new();
+    return *event != NULL ? hipSuccess : hipErrorOutOfMemory;
+}
+
+EXPORT hipError_t hipEventRecord(hipEvent_t event, hipStream_t stream) {
+    int dev;
+    hipError_t rc = stream_dev(stream, &dev);
+    if (rc != hipSuccess)
+        return rc;
+    int r = sim_event_record((struct sim_event *)event, SIM_VENDOR_HYGON, dev);
+    return r == SIM_DEV_BADDEV && event != NULL ? hipErrorInvalidHandle : sim_rc(r);
+}
+
+EXPORT hipError_t hipEventSynchronize(hipEvent_t event) {
+    return sim_event_wait((struct sim_event *)event) == SIM_DEV_OK ? hipSuccess : hipErrorInvalidHandle;
+}
+
+EXPORT hipError_t hipEventDestroy(hipEvent_t event) {
+    return sim_event_free((struct sim_event *)event) == SIM_DEV_OK ? hipSuccess : hipErrorInvalidHandle;
+}
+
 static int same_index(int ordinal) {
     return ordinal;
 }

@@ -394,3 +394,36 @@ int sim_dev_accounting(sim_vendor_t v, int dev, struct hcs_sim_acct *out, int ma
     unlock(s);
     return n;
 }
+
+struct sim_event *sim_event_new(void) {
+    struct sim_event *e = calloc(1, sizeof *e);
+    if (e != NULL)
+        e->magic = SIM_EVENT_MAGIC;
+    return e;
+}
+
+int sim_event_record(struct sim_event *e, sim_vendor_t v, int dev) {
+    if (e == NULL || e->magic != SIM_EVENT_MAGIC)
+        return SIM_DEV_BADDEV;
+    int rc = sim_dev_mark(v, dev, &e->ticket);
+    if (rc == SIM_DEV_OK) {
+        e->vendor = (int)v;
+        e->dev = dev;
+        e->recorded = 1;
+    }
+    return rc;
+}
+
+int sim_event_wait(struct sim_event *e) {
+    if (e == NULL || e->magic != SIM_EVENT_MAGIC)
+        return SIM_DEV_BADDEV;
+    return e->recorded ? sim_dev_wait((sim_vendor_t)e->vendor, e->dev, e->ticket) : SIM_DEV_OK;
+}
+
+int sim_event_free(struct sim_event *e) {
+    if (e == NULL || e->magic != SIM_EVENT_MAGIC)
+        return SIM_DEV_BADDEV;
+    e->magic = 0;
+    free(e);
+    return SIM_DEV_OK;
+}

@@ -53,6 +53,18 @@ int sim_dev_time(sim_vendor_t v, int dev, uint64_t *done_ns, uint64_t *pending_n
 /* Device time of a kernel of `flops` on dev. */
 uint64_t sim_dev_cost_ns(sim_vendor_t v, int dev, uint64_t flops);
 
+/* A host-side event (cuEvent / hipEvent / aclrtEvent / cnrtNotifier of the fake runtimes). */
+struct sim_event {
+    unsigned magic;
+    int vendor, dev, recorded;
+    sim_ticket_t ticket;
+};
+#define SIM_EVENT_MAGIC 0x53455631u
+struct sim_event *sim_event_new(void);
+int sim_event_record(struct sim_event *e, sim_vendor_t v, int dev); /* SIM_DEV_* */
+int sim_event_wait(struct sim_event *e);                             /* SIM_DEV_*, BADDEV for a bad handle */
+int sim_event_free(struct sim_event *e);
+
 /* The device's own accounting, for benchmarks and tests. */
 struct hcs_sim_acct {
     int32_t pid;          /* process of the context (0: free slot) */

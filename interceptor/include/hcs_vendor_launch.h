@@ -80,6 +80,11 @@ aclError aclrtCreateStream(aclrtStream *stream);
 aclError aclrtDestroyStream(aclrtStream stream);
 aclError aclrtSynchronizeStream(aclrtStream stream);
 aclError aclrtSynchronizeDevice(void);
+typedef void *aclrtEvent;
+aclError aclrtCreateEvent(aclrtEvent *event);
+aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream);
+aclError aclrtSynchronizeEvent(aclrtEvent event);
+aclError aclrtDestroyEvent(aclrtEvent event);
 aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t blockDim, const void *argsData, size_t argsSize,
                            aclrtStream stream);
 
@@ -117,6 +122,10 @@ hipError_t hipGraphInstantiateWithFlags(hipGraphExec_t *pGraphExec, hipGraph_t g
 hipError_t hipGraphLaunch(hipGraphExec_t graphExec, hipStream_t stream);
 hipError_t hipGraphExecDestroy(hipGraphExec_t graphExec);
 hipError_t hipGraphDestroy(hipGraph_t graph);
+hipError_t hipEventCreate(hipEvent_t *event);
+hipError_t hipEventRecord(hipEvent_t event, hipStream_t stream);
+hipError_t hipEventSynchronize(hipEvent_t event);
+hipError_t hipEventDestroy(hipEvent_t event);
 
 /* ------------------------------------------------------------------ Cambricon CNRT */
 typedef struct cnrtQueue *cnrtQueue_t;
@@ -129,6 +138,11 @@ cnrtRet_t cnrtQueueCreate(cnrtQueue_t *pQueue);
 cnrtRet_t cnrtQueueDestroy(cnrtQueue_t queue);
 cnrtRet_t cnrtQueueSync(cnrtQueue_t queue);
 cnrtRet_t cnrtSyncDevice(void);
+typedef struct cnrtNotifier *cnrtNotifier_t;
+cnrtRet_t cnrtNotifierCreate(cnrtNotifier_t *pNotifier);
+cnrtRet_t cnrtPlaceNotifier(cnrtNotifier_t notifier, cnrtQueue_t queue);
+cnrtRet_t cnrtWaitNotifier(cnrtNotifier_t notifier);
+cnrtRet_t cnrtNotifierDestroy(cnrtNotifier_t notifier);
 cnrtRet_t cnrtInvokeKernel(const void *function, cnrtDim3_t dim, cnrtFunctionType_t ktype, void **args,
                            size_t reserved, cnrtQueue_t queue);
 
