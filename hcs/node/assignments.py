@@ -22,6 +22,16 @@ from hcs.records import PodIdentity, RecordError, RecordKey
 log = logging.getLogger(__name__)
 
 VRAM_RESOURCE = "ai.compute/vram"
+#: Pod annotation choosing how the container's compute share is enforced (interceptor/README.md).
+COMPUTE_POLICY_ANNOTATION = "hcs.io/compute-policy"
+COMPUTE_POLICIES = ("hard", "burst")
+
+
+def compute_policy_of(raw: object) -> str:
+    """The pod's compute policy, or "" (the node's default) when absent or not one of COMPUTE_POLICIES
+    (the webhook rejects such pods; a pod that got past it must not get a looser mode)."""
+    value = str(raw).strip().lower() if raw is not None else ""
+    return value if value in COMPUTE_POLICIES else ""
 _NO_KEY = RecordKey(None)  # identity checks only (callers without a key: tests, static listers)
 
 
@@ -31,6 +41,8 @@ class PodRef:
     namespace: str
     name: str
     created_ms: int = 0
+    #: ``hcs.io/compute-policy`` of the pod ("" = the node's default), when the pod object was seen
+    compute_policy: str = ""
 
     @property
     def ref(self) -> str:
@@ -131,10 +143,11 @@ def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, no
                         meta.get("name"), c.get("name"), VRAM_RESOURCE, raw, exc)
     if not containers:
         return None
-    ref = PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
-                 _created_ms(meta.get("creationTimestamp")))
-    assigned = None
     annotations = meta.get("annotations") or {}
+    ref = PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
+                 _created_ms(meta.get("creationTimestamp")),
+                 compute_policy=compute_policy_of(annotations.get(COMPUTE_POLICY_ANNOTATION)))
+    assigned = None
     raw_assignment = annotations.get(ASSIGNMENT_ANNOTATION)
     if raw_assignment:
         key = records if records is not None else _NO_KEY
