@@ -50,6 +50,7 @@ struct local {
     struct shm *s;
     int slot;
     pid_t pid;
+    char path[4096]; /* the file mapped (an observer re-maps when the profile or directory changed) */
 };
 
 static pthread_mutex_t setup_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -71,12 +72,16 @@ static void unlock(struct shm *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static struct shm *map_device(const sim_device_t *d) {
+static void device_path(const sim_device_t *d, char *path, size_t len) {
     const char *dir = getenv("HCS_SIM_DEVICE_DIR");
     if (dir == NULL || *dir == '\0')
         dir = "/dev/shm";
+    snprintf(path, len, "%s/hcs-simdev-%s", dir, d->uuid);
+}
+
+static struct shm *map_device(const sim_device_t *d) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/hcs-simdev-%s", dir, d->uuid);
+    device_path(d, path, sizeof path);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
     if (fd < 0) {
         fprintf(stderr, "hcs-sim: %s: %s (set HCS_SIM_DEVICE_DIR to a writable directory)\n", path,
@@ -357,7 +362,7 @@ int sim_dev_accounting(sim_vendor_t v, int dev, struct hcs_sim_acct *out, int ma
     const sim_profile_t *p;
     if ((int)v < 0 || v >= SIM_VENDOR_COUNT || dev < 0 || dev >= SIM_MAX_DEVICES)
         return -SIM_DEV_BADDEV;
-    if (sim_mem_profile(&p) != SIM_MEM_OK)
+    if (sim_profile_load(&p, NULL, 0) != 0) /* an observer follows $HCS_SIM_PROFILE (cached per file) */
         return -SIM_DEV_NOPROFILE;
     const sim_device_t *d = sim_vendor_device(p, v, dev);
     if (d == NULL)
@@ -366,10 +371,13 @@ int sim_dev_accounting(sim_vendor_t v, int dev, struct hcs_sim_acct *out, int ma
     pthread_mutex_lock(&setup_mu);
     struct local *l = &locals[v][dev];
     struct shm *s = l->s;
-    if (s == NULL) {
+    char path[4096];
+    device_path(d, path, sizeof path);
+    if (s == NULL || (l->pid == -1 && strcmp(path, l->path) != 0)) {
         s = map_device(d);
         l->s = s;
         l->pid = -1; /* mapped, no context yet */
+        snprintf(l->path, sizeof l->path, "%s", path);
     }
     pthread_mutex_unlock(&setup_mu);
     if (s == NULL)
