@@ -30,3 +30,4 @@ def test_gpu_check_script_runs_end_to_end_on_the_simulated_driver(tmp_path: Path
     assert result["driver_api_two_processes"]["pass"] is True
     assert result["driver_api_limits_dlsym"]["total_reported"] == 4 << 30
     assert "overhead_pct" in result["driver_api_alloc_free_1MiB"]
+    assert result["compute_share"]["pass"] is True, result["compute_share"]
