@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from hcs.devices.model import Device, Vendor
-from hcs.quantity import parse_bytes
+from hcs.quantity import parse_bytes, parse_quantity
 from hcs.records import ASSIGNMENT_ANNOTATION as ASSIGNMENT_ANNOTATION
 from hcs.records import SIGNATURE_ANNOTATION as SIGNATURE_ANNOTATION
 from hcs.records import PodIdentity, RecordError, RecordKey
@@ -22,6 +22,7 @@ from hcs.records import PodIdentity, RecordError, RecordKey
 log = logging.getLogger(__name__)
 
 VRAM_RESOURCE = "ai.compute/vram"
+TFLOPS_RESOURCE = "ai.compute/tflops-fp16"
 #: Pod annotation choosing how the container's compute share is enforced (interceptor/README.md).
 COMPUTE_POLICY_ANNOTATION = "hcs.io/compute-policy"
 COMPUTE_POLICIES = ("hard", "burst")
@@ -111,6 +112,9 @@ class PodDemand:
     pod: PodRef
     containers: tuple[tuple[str, int], ...]
     assigned: Assignment | None = None
+    #: ``ai.compute/tflops-fp16`` per container (milli-TFLOPS, A100-equivalent); the local policy
+    #: grants it on the device it picks by VRAM (compute limits, interceptor/README.md)
+    tflops_milli: tuple[tuple[str, int], ...] = ()
 
 
 PodLister = Callable[[], Sequence[PodDemand]]
@@ -131,11 +135,21 @@ def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, no
     if status.get("phase") in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
         return None
     containers: list[tuple[str, int]] = []
+    tflops: list[tuple[str, int]] = []
     for c in spec.get("containers") or []:
         res = c.get("resources") or {}
         raw = (res.get("requests") or {}).get(VRAM_RESOURCE) or (res.get("limits") or {}).get(VRAM_RESOURCE)
         if raw is None:
             continue
+        raw_t = (res.get("requests") or {}).get(TFLOPS_RESOURCE) or (res.get("limits") or {}).get(TFLOPS_RESOURCE)
+        if raw_t is not None:
+            try:
+                milli = int(parse_quantity(str(raw_t), field=TFLOPS_RESOURCE) * 1000)
+                if milli > 0:
+                    tflops.append((str(c.get("name", "")), milli))
+            except Exception as exc:  # a bad quantity must not stop the agent (the webhook denies it)
+                log.warning("pod %s/%s container %s: ignoring bad %s %r: %s", meta.get("namespace"),
+                            meta.get("name"), c.get("name"), TFLOPS_RESOURCE, raw_t, exc)
         try:
             containers.append((str(c.get("name", "")), parse_bytes(str(raw))))
         except Exception as exc:  # a bad quantity must not stop the agent
@@ -160,7 +174,7 @@ def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, no
         except ValueError as exc:
             log.warning("pod %s: bad %s annotation (%s); placing it with the local policy", ref.ref,
                         ASSIGNMENT_ANNOTATION, exc)
-    return PodDemand(ref, tuple(containers), assigned)
+    return PodDemand(ref, tuple(containers), assigned, tuple(tflops))
 
 
 def _created_ms(value: Any) -> int:
@@ -278,6 +292,7 @@ class LocalAssignmentSource:
     def _place(demand: PodDemand, devices: Sequence[Device], used: dict[str, int]) -> Assignment | None:
         trial = dict(used)
         out: list[ContainerAssignment] = []
+        tflops = dict(demand.tflops_milli)
         for name, vram in demand.containers:
             fitting = [d for d in devices if d.vram_total_bytes - trial.get(d.key, 0) >= vram]
             if not fitting:
@@ -286,6 +301,7 @@ class LocalAssignmentSource:
             best = min(fitting, key=lambda d: (d.vram_total_bytes - trial.get(d.key, 0), d.index))
             trial[best.key] = trial.get(best.key, 0) + vram
             out.append(ContainerAssignment(name, (DeviceGrant(best.vendor, best.index, best.uuid, vram,
+                                                              tflops_milli=tflops.get(name, 0),
                                                               model=best.model, island=best.island),)))
         used.clear()
         used.update(trial)
