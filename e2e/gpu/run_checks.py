@@ -147,12 +147,12 @@ def compute_share_check(seconds: float = 3.0, tol: float = 0.05) -> dict[str, An
     iters = int(os.environ.get("HCS_GPU_ITERS", "20000"))
     res: dict[str, Any] = {}
     ms = 0.0
-    for _ in range(3):  # scale the loop count until one kernel takes ~2 ms alone
+    for attempt in range(5):  # scale the loop count until one kernel takes ~2 ms alone
         cal = run_json_env([cc, "calibrate", str(iters), grid, block], compute_env(None, ""))
         if "ms_per_kernel" not in cal:
             return {"error": "calibration failed", "calibrate": cal, "pass": False}
         ms = float(cal["ms_per_kernel"])
-        if 1.5 <= ms <= 3.0:
+        if 1.5 <= ms <= 3.0 or attempt == 4:
             break
         iters = max(1, min(int(iters * 2.0 / max(ms, 1e-6)), 1 << 40))
     res["kernel_ms_alone"] = round(ms, 4)
