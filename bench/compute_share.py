@@ -11,7 +11,7 @@ received) over ``--seconds`` (default 10) after a 1 s start, per split and runti
 * ``max_abs_error_pts`` - the largest |achieved - target| in percentage points of the device, over
   every split, process and runtime (``hard`` mode; ``alone_30`` is one 30% container alone).
 * ``converge_s`` - the longest time, from the first launch, until each process's share over a
-  trailing 250 ms window is within 2 points of its target (see below).
+  trailing 500 ms window is within 2 points of its target (see below).
 * ``burst_yield_ms`` - a ``burst`` container (30%) alone takes the idle device; then a ``hard``
   70% container starts: the time from its first kernel until the burst container's share over a
   trailing 50 ms window is back to <= 32%. Largest over the runtimes.
@@ -20,9 +20,15 @@ received) over ``--seconds`` (default 10) after a 1 s start, per split and runti
   own launch cost (largest over the runtimes; can be slightly negative: noise);
   ``added_ns_per_launch_limited`` - CPU ns per launch added with a limit set that never binds
   (share 1.0), against the unlimited interceptor.
-* ``converge_s`` is measured as the time from a process's first kernel until its trailing-250 ms
-  share has entered the +-2 point band and stays there for a whole second; ``windows_out_of_band``
-  (per split) counts the 250 ms windows outside the band after that.
+* ``converge_s`` is measured as the time from a process's first kernel until its trailing-500 ms
+  share has entered the +-2 point band and stays there for a whole second (so at least ~0.5 s);
+  ``windows_out_of_band`` (per split, in ``per_runtime_detail``) counts the windows outside the band
+  after that.
+
+The workload processes run at ``--nice`` (default -10, as root): on this project's shared 2-core VM
+other jobs (load 20-30) otherwise starve the launch threads, the device idles and a 90 % container
+cannot be kept at 90 % whatever the limiter does (with ``--nice 0`` under that load the large shares
+come out 3-10 points low; the caps are unaffected).
 
 Prints one JSON object. Build first: ``make -C driver && make -C interceptor tests``.
 """
@@ -30,6 +36,7 @@ Prints one JSON object. Build first: ``make -C driver && make -C interceptor tes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -57,6 +64,14 @@ SPLITS: dict[str, list[float]] = {
     "alone_30": [0.30],
 }
 KERNEL_MS = 0.5
+#: niceness of the workload processes (--nice): on a node the application's launch threads have their
+#: cores; on a shared 2-core VM other jobs would otherwise starve them and idle the device
+NICE = [-10]
+
+
+def _prio() -> None:
+    with contextlib.suppress(OSError):  # not permitted: the default priority
+        os.nice(NICE[0])
 WARMUP_S = 1.0
 TOL = 0.02
 
@@ -109,7 +124,7 @@ def spawn(rt: str, env: dict[str, str], share: float | None, group: str, seconds
         e["HCS_COMPUTE_POLICY"] = policy
     f = flops if flops is not None else int(TFLOPS[rt] * 1e12 * KERNEL_MS / 1e3)
     return subprocess.Popen([str(WORKLOAD), rt, "0", f"{seconds:.3f}", str(f), str(batch)], env=e,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_prio)
 
 
 def finish(procs: list[subprocess.Popen[bytes]]) -> list[dict[str, Any]]:
@@ -140,8 +155,8 @@ def run_split(rt: str, env: dict[str, str], shares: list[float], seconds: float,
     end = next(s for s in reversed(samples) if s[0] <= start[0] + seconds * 1e9 + 1e8)
     span = end[0] - start[0]
     achieved = [(end[1].get(pid, 0) - start[1].get(pid, 0)) / span for pid in pids]
-    # convergence: from its first kernel until the trailing-250 ms share of each process is within
-    # TOL of its target for a whole second; afterwards, the fraction of windows outside the band
+    # convergence: from its first kernel until the trailing-500 ms share of each process is within
+    # TOL of its target for a whole second; afterwards, the number of windows outside the band
     conv = 0.0
     out_band = 0
     n_windows = 0
@@ -150,9 +165,9 @@ def run_split(rt: str, env: dict[str, str], shares: list[float], seconds: float,
         entered = None
         j = 0
         for t, d in samples:
-            while samples[j][0] < t - 250e6:
+            while samples[j][0] < t - 500e6:
                 j += 1
-            if t < f or t - samples[j][0] < 200e6:
+            if t < f or t - samples[j][0] < 450e6:
                 continue
             rate = (d.get(pid, 0) - samples[j][1].get(pid, 0)) / (t - samples[j][0])
             ok = abs(rate - target) <= TOL
@@ -215,7 +230,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per split (default 10)")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES))
+    ap.add_argument("--nice", type=int, default=-10,
+                    help="niceness increment of the workload processes (default -10; 0 = no change)")
     args = ap.parse_args()
+    NICE[0] = args.nice
     for f in (INTERCEPTOR, WORKLOAD, LIBDIR / "libcuda.so.1"):
         if not f.exists():
             print(f"{f} is missing: run make -C driver && make -C interceptor tests", file=sys.stderr)
@@ -270,7 +288,10 @@ def main() -> int:
         "runtimes": runtimes,
         "added_ns_per_launch_limited": round(added, 1),
         "seconds_per_split": args.seconds,
+        "workload_nice": args.nice,
         "per_runtime": {rt: {k: v["achieved"] for k, v in per_rt[rt].items()} for rt in runtimes},
+        "per_runtime_detail": {rt: {k: {"converge_s": v["converge_s"], "windows_out_of_band": v["windows_out_of_band"]}
+                                    for k, v in per_rt[rt].items()} for rt in runtimes},
         "burst": bursts,
         "launch_cpu": costs,
     }

@@ -26,6 +26,8 @@ static uint64_t clk(clockid_t id) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+#define DEPTH 4 /* batches in flight */
+
 static void kernel_stub(void) {
 }
 
@@ -95,11 +97,11 @@ int main(int argc, char **argv) {
     uint64_t t0 = clk(CLOCK_MONOTONIC), c0 = clk(CLOCK_PROCESS_CPUTIME_ID);
     uint64_t end = t0 + (uint64_t)(seconds * 1e9);
     unsigned long long launches = 0, batches = 0;
-    CUevent cev[2] = {NULL, NULL};
-    hipEvent_t hev[2] = {NULL, NULL};
-    aclrtEvent aev[2] = {NULL, NULL};
-    cnrtNotifier_t nev[2] = {NULL, NULL};
-    for (int i = 0; i < 2 && rc == 0; i++)
+    CUevent cev[DEPTH] = {NULL};
+    hipEvent_t hev[DEPTH] = {NULL};
+    aclrtEvent aev[DEPTH] = {NULL};
+    cnrtNotifier_t nev[DEPTH] = {NULL};
+    for (int i = 0; i < DEPTH && rc == 0; i++)
         rc = cs != NULL ? cuEventCreate(&cev[i], 0) : hs != NULL ? hipEventCreate(&hev[i])
            : as != NULL ? aclrtCreateEvent(&aev[i]) : cnrtNotifierCreate(&nev[i]);
     dim3 one = {1, 1, 1};
@@ -124,12 +126,13 @@ int main(int argc, char **argv) {
                 rc = cnrtInvokeKernel((const void *)kernel_stub, cone, 1, params, 0, cq);
             }
         }
-        /* pipelined: an event after each batch, wait for the one before (the queue never drains) */
-        int cur = (int)(++batches % 2), prev = 1 - cur;
+        /* pipelined like a framework: an event after each batch, wait for the one DEPTH-1 batches
+         * before (the queue never drains, a stalled CPU thread does not idle the device) */
+        int cur = (int)(batches++ % DEPTH), prev = (int)(batches % DEPTH);
         if (rc == 0)
             rc = cs != NULL ? cuEventRecord(cev[cur], cs) : hs != NULL ? hipEventRecord(hev[cur], hs)
                : as != NULL ? aclrtRecordEvent(aev[cur], as) : cnrtPlaceNotifier(nev[cur], cq);
-        if (rc == 0 && batches > 1)
+        if (rc == 0 && batches >= DEPTH)
             rc = cs != NULL ? cuEventSynchronize(cev[prev]) : hs != NULL ? hipEventSynchronize(hev[prev])
                : as != NULL ? aclrtSynchronizeEvent(aev[prev]) : cnrtWaitNotifier(nev[prev]);
     }
