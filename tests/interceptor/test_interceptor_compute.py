@@ -55,6 +55,13 @@ def test_a_container_alone_is_capped_at_its_share(node: SimNode) -> None:
     assert abs(got[0] - 0.30) <= TOL, got
 
 
+def test_launches_through_cugetprocaddress_are_limited_too(node: SimNode) -> None:
+    p = node.workload("cuda", 2.5, T_COMPUTE_GETPROC="1", **limited(0.30, "getproc"))
+    got = node.shares("cuda", [p], 0.5, 2.3)
+    finish([p])
+    assert abs(got[0] - 0.30) <= TOL, got
+
+
 def test_without_a_limit_the_workload_takes_the_whole_device(node: SimNode) -> None:
     """The control for the cap: the same workload with the interceptor and no share uses the device."""
     p = node.workload("cuda", 2.0)
