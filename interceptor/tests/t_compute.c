@@ -115,7 +115,10 @@ int main(int argc, char **argv) {
         if (rc == 0)
             launch_fn = (__typeof__(&cuLaunchKernel))fn;
     }
-    while (rc == 0 && clk(CLOCK_MONOTONIC) < end) {
+    /* T_COMPUTE_LAUNCHES=n: stop after n launches (instruction counts under callgrind) */
+    const char *nl = getenv("T_COMPUTE_LAUNCHES");
+    unsigned long long max_launches = nl != NULL ? strtoull(nl, NULL, 10) : 0;
+    while (rc == 0 && clk(CLOCK_MONOTONIC) < end && (max_launches == 0 || launches < max_launches)) {
         for (int i = 0; i < batch && rc == 0; i++, launches++) {
             int k = (int)(launches % 4);
             if (cs != NULL) {
