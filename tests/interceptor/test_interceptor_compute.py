@@ -19,7 +19,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from compute_harness import RUNTIMES, SimNode, finish  # noqa: E402
 from interceptor_harness import build  # noqa: E402
 
-TOL = 0.03  # points of the device, for 2 s windows on a loaded CI machine
+TOL = 0.03  # above the share: what hard guarantees (points of the device, 2 s windows)
+#: below the share: a launch thread starved of CPU on a loaded CI machine idles the device, which no
+#: limiter can give back on a fully subscribed device (bench/compute_share.py measures accuracy)
+LOW = 0.08
+
+
+def near(got: float, share: float) -> bool:
+    return share - LOW <= got <= share + TOL
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def test_two_containers_get_their_shares_on_every_runtime(node: SimNode, rt: str
     procs = [node.workload(rt, 3.0, **limited(0.25, "a")), node.workload(rt, 3.0, **limited(0.75, "b"))]
     got = node.shares(rt, procs, 0.8, 2.8)
     results = finish(procs)
-    assert abs(got[0] - 0.25) <= TOL and abs(got[1] - 0.75) <= TOL, got
+    assert near(got[0], 0.25) and near(got[1], 0.75), got
     assert all(int(r["launches"]) > 0 for r, _ in results)  # type: ignore[call-overload]
 
 
@@ -52,14 +59,14 @@ def test_a_container_alone_is_capped_at_its_share(node: SimNode) -> None:
     p = node.workload("cuda", 2.5, **limited(0.30, "alone"))
     got = node.shares("cuda", [p], 0.5, 2.3)
     finish([p])
-    assert abs(got[0] - 0.30) <= TOL, got
+    assert near(got[0], 0.30), got
 
 
 def test_launches_through_cugetprocaddress_are_limited_too(node: SimNode) -> None:
     p = node.workload("cuda", 2.5, T_COMPUTE_GETPROC="1", **limited(0.30, "getproc"))
     got = node.shares("cuda", [p], 0.5, 2.3)
     finish([p])
-    assert abs(got[0] - 0.30) <= TOL, got
+    assert near(got[0], 0.30), got
 
 
 def test_without_a_limit_the_workload_takes_the_whole_device(node: SimNode) -> None:
@@ -75,7 +82,7 @@ def test_processes_of_one_container_share_one_budget(node: SimNode) -> None:
     procs = [node.workload("hip", 3.0, **limited(0.40, "same")) for _ in range(2)]
     got = node.shares("hip", procs, 0.8, 2.8)
     finish(procs)
-    assert abs(sum(got) - 0.40) <= TOL, got
+    assert near(sum(got), 0.40), got
 
 
 def test_burst_uses_idle_time_and_yields_to_a_container_that_wants_its_share(node: SimNode) -> None:
@@ -87,7 +94,7 @@ def test_burst_uses_idle_time_and_yields_to_a_container_that_wants_its_share(nod
     t1 = time.monotonic()
     got = node.shares("cuda", [a, b], 0.3, 2.1, t1)  # after the 100 ms yield bound, with margin
     finish([a, b])
-    assert got[0] <= 0.30 + TOL and abs(got[1] - 0.70) <= TOL, got
+    assert got[0] <= 0.30 + TOL and near(got[1], 0.70), got
 
 
 def test_hard_does_not_borrow_idle_time(node: SimNode) -> None:
@@ -109,7 +116,7 @@ def test_garbled_share_file_applies_the_agents_record(node: SimNode, tmp_path: P
     p = node.workload("acl", 2.5, HCS_COMPUTE_FILE=str(share), HCS_QUOTA_FILE=str(quota), HCS_COMPUTE_GROUP="g")
     got = node.shares("acl", [p], 0.5, 2.3)
     (_, err), = finish([p])
-    assert abs(got[0] - 0.20) <= TOL, got
+    assert near(got[0], 0.20), got
     lines = compute_lines(err)
     assert len(lines) == 1 and "agent's record" in lines[0] and f"{share}:1" in lines[0], err
 
@@ -135,7 +142,7 @@ def test_inconsistent_share_file_forms_are_bad(node: SimNode, tmp_path: Path, te
     p = node.workload("cnrt", 2.0, HCS_COMPUTE_FILE=str(share), HCS_QUOTA_FILE=str(quota), HCS_COMPUTE_GROUP="g")
     got = node.shares("cnrt", [p], 0.5, 1.8)
     (_, err), = finish([p])
-    assert abs(got[0] - 0.15) <= TOL, got
+    assert near(got[0], 0.15), got
     assert len(compute_lines(err)) == 1, err
 
 
@@ -146,7 +153,7 @@ def test_missing_share_file_with_a_record_applies_the_record(node: SimNode, tmp_
                       HCS_COMPUTE_GROUP="g")
     got = node.shares("hip", [p], 0.5, 2.3)
     (_, err), = finish([p])
-    assert abs(got[0] - 0.25) <= TOL, got
+    assert near(got[0], 0.25), got
     assert len(compute_lines(err)) == 1, err
 
 
@@ -161,4 +168,4 @@ def test_a_killed_process_leaves_the_device_and_the_ledger_usable(node: SimNode)
     again = node.workload("cuda", 2.5, **limited(0.5, "victim"))
     got = node.shares("cuda", [other, again], 0.7, 2.3)
     finish([other, again])
-    assert abs(got[0] - 0.30) <= TOL and abs(got[1] - 0.50) <= TOL, got
+    assert near(got[0], 0.30) and near(got[1], 0.50), got

@@ -43,7 +43,8 @@ from hcs.node.dra.injection import (  # noqa: E402
 
 pytestmark = pytest.mark.skipif(bool(prerequisites()), reason=prerequisites() or "ok")
 SHARE = 0.25
-TOL = 0.03
+TOL = 0.03  # above the share (what a raised share would break)
+LOW = 0.08  # below: a starved launch thread on a loaded machine (see test_interceptor_compute.py)
 SHARE_PATH = f"{CONTAINER_LEDGER_DIR}/{COMPUTE_SHARE_FILE}"
 
 
@@ -102,7 +103,8 @@ def run_and_measure(c: Container, node: SimNode, extra: dict[str, str] | None = 
 
 def test_baseline_container_is_held_to_its_share(setup: tuple[Container, SimNode]) -> None:
     c, node = setup
-    assert abs(run_and_measure(c, node) - SHARE) <= TOL
+    got = run_and_measure(c, node)
+    assert SHARE - LOW <= got <= SHARE + TOL, got
 
 
 def test_writing_the_share_file_from_inside_fails_and_changes_nothing(setup: tuple[Container, SimNode]) -> None:
@@ -113,7 +115,7 @@ def test_writing_the_share_file_from_inside_fails_and_changes_nothing(setup: tup
     assert r.rc != 0, r
     assert "0.250000" in c.sh(f"cat {SHARE_PATH}").out
     got = run_and_measure(c, node, script=f"echo '0 1.0' > {SHARE_PATH} 2>/dev/null; ")
-    assert abs(got - SHARE) <= TOL, got
+    assert SHARE - LOW <= got <= SHARE + TOL, got
 
 
 def test_environment_cannot_raise_the_share(setup: tuple[Container, SimNode], tmp_path: Path) -> None:
@@ -122,4 +124,4 @@ def test_environment_cannot_raise_the_share(setup: tuple[Container, SimNode], tm
     forged.write_text("policy burst\n0 1.0\n")
     got = run_and_measure(c, node, extra={"HCS_COMPUTE_SHARE": "1.0", "HCS_COMPUTE_FILE": str(forged),
                                           "HCS_COMPUTE_POLICY": "burst", "HCS_COMPUTE_GROUP": "other"})
-    assert abs(got - SHARE) <= TOL, got
+    assert SHARE - LOW <= got <= SHARE + TOL, got
