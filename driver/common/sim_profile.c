@@ -201,7 +201,8 @@ static int check_keys(ctx_t *c, const sj_value *obj, const char *where, const ch
 
 static const char *const device_keys[] = {"vendor", "model", "uuid", "pci_bus_id", "memory_mib",
                                           "numa_node", "memory_used_mib", "minor", "serial",
-                                          "temperature_c", "utilization_pct", "health", "links", NULL};
+                                          "temperature_c", "utilization_pct", "health", "links",
+                                          "tflops_fp16", "timeslice_us", NULL};
 static const char *const link_keys[] = {"peer", "switch", "type", "gbps", "version", NULL};
 static const char *const switch_keys[] = {"pci_bus_id", NULL};
 
@@ -243,13 +244,18 @@ static int parse_device(ctx_t *c, sim_profile_t *p, const sj_value *dv, int i) {
     snprintf(d->pci_bus_id, sizeof d->pci_bus_id, "%04x:%02x:%02x.%x", d->pci_domain, d->pci_bus,
              d->pci_device, d->pci_function);
     long long mem = 0, used = 0, numa = 0, minor = d->index, temp = 35, util = 0;
+    long long tflops = 312, slice_us = 2000; /* simulated device model (sim_device.h) */
     if (get_int(c, dv, where, "memory_mib", 1, 1, 1LL << 40, &mem) != 0 ||
         get_int(c, dv, where, "numa_node", 1, -1, 1023, &numa) != 0 ||
         get_int(c, dv, where, "memory_used_mib", 0, 0, mem, &used) != 0 ||
         get_int(c, dv, where, "minor", 0, 0, 65535, &minor) != 0 ||
         get_int(c, dv, where, "temperature_c", 0, -60, 200, &temp) != 0 ||
-        get_int(c, dv, where, "utilization_pct", 0, 0, 100, &util) != 0)
+        get_int(c, dv, where, "utilization_pct", 0, 0, 100, &util) != 0 ||
+        get_int(c, dv, where, "tflops_fp16", 0, 1, 100000, &tflops) != 0 ||
+        get_int(c, dv, where, "timeslice_us", 0, 50, 1000000, &slice_us) != 0)
         return -1;
+    d->tflops_fp16 = (int)tflops;
+    d->timeslice_us = (int)slice_us;
     d->memory_bytes = (uint64_t)mem << 20;
     d->memory_used_bytes = (uint64_t)used << 20;
     d->numa_node = (int)numa;

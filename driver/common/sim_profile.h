@@ -101,6 +101,8 @@ typedef struct {
     sim_health_t health;        /* initial health from the profile; see sim_faults.h for current */
     int nlinks;
     sim_link_t links[SIM_MAX_LINKS];
+    int tflops_fp16;            /* dense fp16 TFLOPS of the simulated device model; default 312 */
+    int timeslice_us;           /* time-slice between contexts of the device model; default 2000 */
 } sim_device_t;
 
 struct sim_fault_state; /* private to sim_faults.c */

@@ -6,7 +6,12 @@
 #define _GNU_SOURCE
 #include <stdatomic.h>
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "hcs_vendor_abi.h"
+#include "hcs_vendor_launch.h"
+#include "sim_device.h"
 #include "sim_mem.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -173,3 +178,110 @@ EXPORT aclError aclrtMapMem(void *virPtr, size_t size, size_t offset, aclrtDrvMe
 EXPORT aclError aclrtUnmapMem(void *virPtr) {
     return vmm_rc(sim_vmm_unmap(virPtr, 0));
 }
+/* ---- simulated kernels (sim_device.h): aclrtLaunchKernel, streams. A stream belongs to the
+ * device current when it was created; one queue per process and device. */
+
+#define STREAM_MAGIC 0x41535431u
+
+struct acl_stream {
+    unsigned magic;
+    int dev;
+};
+
+static aclError sim_rc(int rc) {
+    return rc == SIM_DEV_OK ? ACL_SUCCESS : rc == SIM_DEV_BADDEV ? ACL_ERROR_RT_DEVICE_ID_INVALID
+                                                                 : ACL_ERROR_RT_DRV_INTERNAL_ERROR;
+}
+
+static aclError stream_dev(aclrtStream stream, int *dev) {
+    struct acl_stream *s = stream;
+    if (s != NULL) {
+        if (s->magic != STREAM_MAGIC)
+            return ACL_ERROR_INVALID_PARAM;
+        *dev = s->dev;
+        return ACL_SUCCESS;
+    }
+    if (cur_dev < 0)
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    *dev = cur_dev;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtCreateStream(aclrtStream *stream) {
+    if (stream == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    if (cur_dev < 0)
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    struct acl_stream *s = malloc(sizeof *s);
+    if (s == NULL)
+        return ACL_ERROR_RT_MEMORY_ALLOCATION;
+    s->magic = STREAM_MAGIC;
+    s->dev = cur_dev;
+    *stream = s;
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtDestroyStream(aclrtStream stream) {
+    struct acl_stream *s = stream;
+    if (s == NULL || s->magic != STREAM_MAGIC)
+        return ACL_ERROR_INVALID_PARAM;
+    s->magic = 0;
+    free(s);
+    return ACL_SUCCESS;
+}
+
+EXPORT aclError aclrtSynchronizeStream(aclrtStream stream) {
+    int dev;
+    aclError rc = stream_dev(stream, &dev);
+    return rc != ACL_SUCCESS ? rc : sim_rc(sim_dev_sync(SIM_VENDOR_ASCEND, dev));
+}
+
+EXPORT aclError aclrtSynchronizeDevice(void) {
+    if (cur_dev < 0)
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    return sim_rc(sim_dev_sync(SIM_VENDOR_ASCEND, cur_dev));
+}
+
+/* The first 8 bytes of argsData: the kernel's cost in floating-point operations. */
+EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t blockDim, const void *argsData,
+                                  size_t argsSize, aclrtStream stream) {
+    (void)blockDim;
+    if (funcHandle == NULL || argsData == NULL || argsSize < sizeof(unsigned long long))
+        return ACL_ERROR_INVALID_PARAM;
+    int dev;
+    aclError rc = stream_dev(stream, &dev);
+    if (rc != ACL_SUCCESS)
+        return rc;
+    unsigned long long flops;
+    memcpy(&flops, argsData, sizeof flops);
+    return sim_rc(sim_dev_launch(SIM_VENDOR_ASCEND, dev, flops, NULL));
+}
+
+EXPORT aclError aclrtCreateEvent(aclrtEvent *event) {
+    if (event == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    *event = sim_event_new();
+    return *event != NULL ? ACL_SUCCESS : ACL_ERROR_RT_MEMORY_ALLOCATION;
+}
+
+EXPORT aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream) {
+    int dev;
+    aclError rc = stream_dev(stream, &dev);
+    if (rc != ACL_SUCCESS)
+        return rc;
+    int r = sim_event_record(event, SIM_VENDOR_ASCEND, dev);
+    return r == SIM_DEV_BADDEV && event != NULL ? ACL_ERROR_INVALID_PARAM : sim_rc(r);
+}
+
+EXPORT aclError aclrtSynchronizeEvent(aclrtEvent event) {
+    return sim_event_wait(event) == SIM_DEV_OK ? ACL_SUCCESS : ACL_ERROR_INVALID_PARAM;
+}
+
+EXPORT aclError aclrtDestroyEvent(aclrtEvent event) {
+    return sim_event_free(event) == SIM_DEV_OK ? ACL_SUCCESS : ACL_ERROR_INVALID_PARAM;
+}
+
+static int same_index(int ordinal) {
+    return ordinal;
+}
+SIM_DEVICE_EXPORTS(acl, SIM_VENDOR_ASCEND, same_index)

@@ -4,7 +4,12 @@
  * Codes from cnrt.h 6.x (hcs_vendor_abi.h). Device 0 is current by default.
  */
 #define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
 #include "hcs_vendor_abi.h"
+#include "hcs_vendor_launch.h"
+#include "sim_device.h"
 #include "sim_mem.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -89,3 +94,97 @@ EXPORT cnrtRet_t cnrtFreeHost(void *ptr) {
         return cnrtErrorArgsInvalid;
     return map_rc(sim_mem_free(ptr));
 }
+/* ---- simulated kernels (sim_device.h): cnrtInvokeKernel, queues. A queue belongs to the device
+ * current when it was created; one device queue per process and device. */
+
+#define QUEUE_MAGIC 0x43515531u
+
+struct cnrtQueue {
+    unsigned magic;
+    int dev;
+};
+
+static cnrtRet_t sim_rc(int rc) {
+    return rc == SIM_DEV_OK ? cnrtSuccess : rc == SIM_DEV_BADDEV ? cnrtErrorDeviceInvalid : cnrtErrorInit;
+}
+
+static cnrtRet_t queue_dev(cnrtQueue_t q, int *dev) {
+    if (q != NULL && q->magic != QUEUE_MAGIC)
+        return cnrtErrorArgsInvalid;
+    *dev = q != NULL ? q->dev : cur_dev;
+    return cnrtSuccess;
+}
+
+EXPORT cnrtRet_t cnrtQueueCreate(cnrtQueue_t *pQueue) {
+    if (pQueue == NULL)
+        return cnrtErrorArgsInvalid;
+    cnrtQueue_t q = malloc(sizeof *q);
+    if (q == NULL)
+        return cnrtErrorNoMem;
+    q->magic = QUEUE_MAGIC;
+    q->dev = cur_dev;
+    *pQueue = q;
+    return cnrtSuccess;
+}
+
+EXPORT cnrtRet_t cnrtQueueDestroy(cnrtQueue_t queue) {
+    if (queue == NULL || queue->magic != QUEUE_MAGIC)
+        return cnrtErrorArgsInvalid;
+    queue->magic = 0;
+    free(queue);
+    return cnrtSuccess;
+}
+
+EXPORT cnrtRet_t cnrtQueueSync(cnrtQueue_t queue) {
+    int dev;
+    cnrtRet_t rc = queue_dev(queue, &dev);
+    return rc != cnrtSuccess ? rc : sim_rc(sim_dev_sync(SIM_VENDOR_CAMBRICON, dev));
+}
+
+EXPORT cnrtRet_t cnrtSyncDevice(void) {
+    return sim_rc(sim_dev_sync(SIM_VENDOR_CAMBRICON, cur_dev));
+}
+
+/* args[0] points to the kernel's cost in floating-point operations (unsigned long long). */
+EXPORT cnrtRet_t cnrtInvokeKernel(const void *function, cnrtDim3_t dim, cnrtFunctionType_t ktype, void **args,
+                                  size_t reserved, cnrtQueue_t queue) {
+    (void)dim, (void)ktype, (void)reserved;
+    if (function == NULL || args == NULL || args[0] == NULL)
+        return cnrtErrorArgsInvalid;
+    int dev;
+    cnrtRet_t rc = queue_dev(queue, &dev);
+    if (rc != cnrtSuccess)
+        return rc;
+    unsigned long long flops;
+    memcpy(&flops, args[0], sizeof flops);
+    return sim_rc(sim_dev_launch(SIM_VENDOR_CAMBRICON, dev, flops, NULL));
+}
+
+EXPORT cnrtRet_t cnrtNotifierCreate(cnrtNotifier_t *pNotifier) {
+    if (pNotifier == NULL)
+        return cnrtErrorArgsInvalid;
+    *pNotifier = (cnrtNotifier_t)sim_event_new();
+    return *pNotifier != NULL ? cnrtSuccess : cnrtErrorNoMem;
+}
+
+EXPORT cnrtRet_t cnrtPlaceNotifier(cnrtNotifier_t notifier, cnrtQueue_t queue) {
+    int dev;
+    cnrtRet_t rc = queue_dev(queue, &dev);
+    if (rc != cnrtSuccess)
+        return rc;
+    int r = sim_event_record((struct sim_event *)notifier, SIM_VENDOR_CAMBRICON, dev);
+    return r == SIM_DEV_BADDEV && notifier != NULL ? cnrtErrorArgsInvalid : sim_rc(r);
+}
+
+EXPORT cnrtRet_t cnrtWaitNotifier(cnrtNotifier_t notifier) {
+    return sim_event_wait((struct sim_event *)notifier) == SIM_DEV_OK ? cnrtSuccess : cnrtErrorArgsInvalid;
+}
+
+EXPORT cnrtRet_t cnrtNotifierDestroy(cnrtNotifier_t notifier) {
+    return sim_event_free((struct sim_event *)notifier) == SIM_DEV_OK ? cnrtSuccess : cnrtErrorArgsInvalid;
+}
+
+static int same_index(int ordinal) {
+    return ordinal;
+}
+SIM_DEVICE_EXPORTS(cnrt, SIM_VENDOR_CAMBRICON, same_index)

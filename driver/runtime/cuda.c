@@ -12,6 +12,8 @@
 #include <sys/mman.h>
 
 #include "hcs_vendor_abi.h"
+#include "hcs_vendor_launch.h"
+#include "sim_device.h"
 #include "sim_faults.h"
 #include "sim_mem.h"
 
@@ -274,12 +276,13 @@ static void pools_sync(void);
 EXPORT CUresult cuCtxSynchronize(void) {
     int d;
     CUresult rc = current_dev(&d);
-    if (rc == CUDA_SUCCESS)
-        pools_sync(); /* pending stream-ordered frees complete */
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pools_sync(); /* pending stream-ordered frees complete */
     const sim_profile_t *p;
-    if (rc == CUDA_SUCCESS && sim_mem_profile(&p) == SIM_MEM_OK)
+    if (sim_mem_profile(&p) == SIM_MEM_OK)
         sim_device_sync_delay(p, SIM_VENDOR_NVIDIA, d); /* scenario "sync_us"/"slow" (sub-health) */
-    return rc;
+    return sim_dev_sync(SIM_VENDOR_NVIDIA, phys(d)) == SIM_DEV_OK ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
 }
 
 EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
@@ -347,8 +350,19 @@ struct CUmemPoolHandle_st {
     struct CUmemPoolHandle_st *next;
 };
 
+/* Streams and events (the simulated device's queues, sim_device.h; stream-ordered frees complete when
+ * a stream, the context or a recorded event is synchronised). */
+#define EVENT_MAGIC 0x45565431u
 struct CUstream_st {
     unsigned magic;
+    int dev; /* profile index */
+    struct CUgraph_st *capture; /* non-NULL while capturing */
+};
+struct CUevent_st {
+    unsigned magic;
+    int dev;
+    int recorded;
+    sim_ticket_t ticket;
 };
 
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -649,81 +663,6 @@ EXPORT CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
     }
     pthread_mutex_unlock(&pool_mu);
     return rc;
-}
-
-EXPORT CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags) {
-    NEED_INIT();
-    if (phStream == NULL || (Flags & ~(unsigned)CU_STREAM_NON_BLOCKING) != 0)
-        return CUDA_ERROR_INVALID_VALUE;
-    CUstream s = calloc(1, sizeof *s);
-    if (s == NULL)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    s->magic = STREAM_MAGIC;
-    *phStream = s;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamDestroy_v2(CUstream hStream) {
-    NEED_INIT();
-    if (hStream == NULL || hStream->magic != STREAM_MAGIC)
-        return CUDA_ERROR_INVALID_VALUE;
-    hStream->magic = 0;
-    free(hStream);
-    return CUDA_SUCCESS;
-}
-
-/* events: recorded on a stream; synchronising one completes the work before it (here: every
- * pending stream-ordered free), and pools give memory back, as at stream synchronisation */
-#define EVENT_MAGIC 0x45564e54u
-struct CUevent_st {
-    unsigned magic;
-    int recorded;
-};
-
-EXPORT CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
-    NEED_INIT();
-    if (phEvent == NULL || (Flags & ~0xfu) != 0)
-        return CUDA_ERROR_INVALID_VALUE;
-    CUevent e = calloc(1, sizeof *e);
-    if (e == NULL)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    e->magic = EVENT_MAGIC;
-    *phEvent = e;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
-    NEED_INIT();
-    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC || (hStream != NULL && hStream->magic != STREAM_MAGIC))
-        return CUDA_ERROR_INVALID_VALUE;
-    hEvent->recorded = 1;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuEventSynchronize(CUevent hEvent) {
-    NEED_INIT();
-    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
-        return CUDA_ERROR_INVALID_VALUE;
-    if (hEvent->recorded)
-        pools_sync();
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuEventDestroy_v2(CUevent hEvent) {
-    NEED_INIT();
-    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
-        return CUDA_ERROR_INVALID_VALUE;
-    hEvent->magic = 0;
-    free(hEvent);
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamSynchronize(CUstream hStream) {
-    NEED_INIT();
-    if (hStream != NULL && hStream->magic != STREAM_MAGIC)
-        return CUDA_ERROR_INVALID_VALUE;
-    pools_sync();
-    return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height,
@@ -1099,6 +1038,300 @@ EXPORT CUresult cuGetErrorString(CUresult error, const char **pStr) {
     return cuGetErrorName(error, pStr);
 }
 
+/* ---- simulated kernels (sim_device.h): modules, launches, streams, events, graphs */
+
+#define MOD_MAGIC 0x4d4f4431u
+#define GRAPH_MAGIC 0x47525031u
+#define EXEC_MAGIC 0x45584531u
+
+struct CUmod_st {
+    unsigned magic;
+};
+struct CUfunc_st {
+    unsigned magic;
+};
+struct CUgraph_st {
+    unsigned magic;
+    int dev;
+    uint64_t ns;
+};
+struct CUgraphExec_st {
+    unsigned magic;
+    int dev;
+    uint64_t ns;
+};
+
+static struct CUfunc_st sim_function = {MOD_MAGIC};
+
+static CUresult sim_rc(int rc) {
+    return rc == SIM_DEV_OK ? CUDA_SUCCESS : rc == SIM_DEV_BADDEV ? CUDA_ERROR_INVALID_DEVICE
+                                                                 : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+/* The profile device a stream runs on (the current context's for the NULL stream). */
+static CUresult stream_dev(CUstream s, int *dev) {
+    if (s != NULL) {
+        if (s->magic != STREAM_MAGIC)
+            return CUDA_ERROR_INVALID_HANDLE;
+        *dev = s->dev;
+        return CUDA_SUCCESS;
+    }
+    int d;
+    CUresult rc = current_dev(&d);
+    if (rc == CUDA_SUCCESS)
+        *dev = phys(d);
+    return rc;
+}
+
+static CUresult launch(CUfunction f, CUstream s, void **kernelParams) {
+    NEED_INIT();
+    if (f == NULL || f->magic != MOD_MAGIC || kernelParams == NULL || kernelParams[0] == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    int dev;
+    CUresult rc = stream_dev(s, &dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    unsigned long long flops;
+    memcpy(&flops, kernelParams[0], sizeof flops);
+    if (s != NULL && s->capture != NULL) {
+        s->capture->ns += sim_dev_cost_ns(SIM_VENDOR_NVIDIA, dev, flops);
+        return CUDA_SUCCESS;
+    }
+    return sim_rc(sim_dev_launch(SIM_VENDOR_NVIDIA, dev, flops, NULL));
+}
+
+EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image) {
+    NEED_INIT();
+    if (module == NULL || image == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUmodule m = malloc(sizeof *m);
+    if (m == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    m->magic = MOD_MAGIC;
+    *module = m;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuModuleUnload(CUmodule hmod) {
+    if (hmod == NULL || hmod->magic != MOD_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    hmod->magic = 0;
+    free(hmod);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name) {
+    if (hfunc == NULL || name == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (hmod == NULL || hmod->magic != MOD_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    *hfunc = &sim_function; /* every kernel name is the simulated flops kernel */
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
+                               unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
+                               unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra) {
+    (void)gridDimX, (void)gridDimY, (void)gridDimZ, (void)blockDimX, (void)blockDimY, (void)blockDimZ;
+    (void)sharedMemBytes, (void)extra;
+    return launch(f, hStream, kernelParams);
+}
+
+EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
+                                    unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,
+                                    unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
+                                    void **kernelParams, void **extra) {
+    return cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes,
+                          hStream, kernelParams, extra);
+}
+
+EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra) {
+    (void)extra;
+    if (config == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    return launch(f, config->hStream, kernelParams);
+}
+
+EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
+                                          unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,
+                                          unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
+                                          void **kernelParams) {
+    (void)gridDimX, (void)gridDimY, (void)gridDimZ, (void)blockDimX, (void)blockDimY, (void)blockDimZ;
+    (void)sharedMemBytes;
+    return launch(f, hStream, kernelParams);
+}
+
+EXPORT CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags) {
+    (void)Flags;
+    int d;
+    CUresult rc = current_dev(&d);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (phStream == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUstream s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    s->magic = STREAM_MAGIC;
+    s->dev = phys(d);
+    *phStream = s;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamDestroy_v2(CUstream hStream) {
+    if (hStream == NULL || hStream->magic != STREAM_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    hStream->magic = 0;
+    free(hStream->capture);
+    free(hStream);
+    return CUDA_SUCCESS;
+}
+
+/* One queue per context: a stream synchronises with all of the process's work on its device. */
+EXPORT CUresult cuStreamSynchronize(CUstream hStream) {
+    NEED_INIT();
+    int dev;
+    CUresult rc = stream_dev(hStream, &dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pools_sync(); /* pending stream-ordered frees complete */
+    return sim_rc(sim_dev_sync(SIM_VENDOR_NVIDIA, dev));
+}
+
+EXPORT CUresult cuStreamBeginCapture_v2(CUstream hStream, int mode) {
+    (void)mode;
+    if (hStream == NULL || hStream->magic != STREAM_MAGIC || hStream->capture != NULL)
+        return CUDA_ERROR_INVALID_VALUE; /* the legacy NULL stream cannot be captured */
+    hStream->capture = calloc(1, sizeof *hStream->capture);
+    if (hStream->capture == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    hStream->capture->magic = GRAPH_MAGIC;
+    hStream->capture->dev = hStream->dev;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
+    if (hStream == NULL || hStream->magic != STREAM_MAGIC || hStream->capture == NULL || phGraph == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *phGraph = hStream->capture;
+    hStream->capture = NULL;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags) {
+    (void)flags;
+    if (phGraphExec == NULL || hGraph == NULL || hGraph->magic != GRAPH_MAGIC)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUgraphExec e = malloc(sizeof *e);
+    if (e == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    e->magic = EXEC_MAGIC;
+    e->dev = hGraph->dev;
+    e->ns = hGraph->ns;
+    *phGraphExec = e;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream) {
+    NEED_INIT();
+    if (hGraphExec == NULL || hGraphExec->magic != EXEC_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    int dev;
+    CUresult rc = stream_dev(hStream, &dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    return sim_rc(sim_dev_launch_ns(SIM_VENDOR_NVIDIA, hGraphExec->dev, hGraphExec->ns, NULL));
+}
+
+EXPORT CUresult cuGraphExecDestroy(CUgraphExec hGraphExec) {
+    if (hGraphExec == NULL || hGraphExec->magic != EXEC_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    hGraphExec->magic = 0;
+    free(hGraphExec);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuGraphDestroy(CUgraph hGraph) {
+    if (hGraph == NULL || hGraph->magic != GRAPH_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    hGraph->magic = 0;
+    free(hGraph);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
+    (void)Flags;
+    NEED_INIT();
+    if (phEvent == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUevent e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    e->magic = EVENT_MAGIC;
+    *phEvent = e;
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
+    NEED_INIT();
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    int dev;
+    CUresult rc = stream_dev(hStream, &dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = sim_rc(sim_dev_mark(SIM_VENDOR_NVIDIA, dev, &hEvent->ticket));
+    if (rc == CUDA_SUCCESS) {
+        hEvent->dev = dev;
+        hEvent->recorded = 1;
+    }
+    return rc;
+}
+
+EXPORT CUresult cuEventQuery(CUevent hEvent) {
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (!hEvent->recorded)
+        return CUDA_SUCCESS;
+    int d = sim_dev_done(SIM_VENDOR_NVIDIA, hEvent->dev, hEvent->ticket);
+    return d > 0 ? CUDA_SUCCESS : d == 0 ? CUDA_ERROR_NOT_READY : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+EXPORT CUresult cuEventSynchronize(CUevent hEvent) {
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (!hEvent->recorded)
+        return CUDA_SUCCESS;
+    CUresult rc = sim_rc(sim_dev_wait(SIM_VENDOR_NVIDIA, hEvent->dev, hEvent->ticket));
+    if (rc == CUDA_SUCCESS)
+        pools_sync(); /* work before the event is done: stream-ordered frees before it complete */
+    return rc;
+}
+
+/* The device time the context received between the two events (simulated: see driver/README.md). */
+EXPORT CUresult cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd) {
+    if (pMilliseconds == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (hStart == NULL || hEnd == NULL || hStart->magic != EVENT_MAGIC || hEnd->magic != EVENT_MAGIC ||
+        !hStart->recorded || !hEnd->recorded || hStart->dev != hEnd->dev)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (cuEventQuery(hEnd) != CUDA_SUCCESS || cuEventQuery(hStart) != CUDA_SUCCESS)
+        return CUDA_ERROR_NOT_READY;
+    double ns = (double)hEnd->ticket - (double)hStart->ticket;
+    *pMilliseconds = (float)(ns / 1e6);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventDestroy_v2(CUevent hEvent) {
+    if (hEvent == NULL || hEvent->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    hEvent->magic = 0;
+    free(hEvent);
+    return CUDA_SUCCESS;
+}
+
+SIM_DEVICE_EXPORTS(cuda, SIM_VENDOR_NVIDIA, phys)
+
 /* ---- cuGetProcAddress: base names (no _v2) resolved by requested version, like the real driver */
 
 struct proc {
@@ -1173,6 +1406,13 @@ static const struct proc procs[] = {
     {"cuGetErrorString", 6000, 0, (void *)cuGetErrorString},
     {"cuGetProcAddress", 12000, 0, (void *)cuGetProcAddress_v2},
     {"cuGetProcAddress", 11030, 0, (void *)cuGetProcAddress},
+    {"cuLaunchKernel", 4000, 1, (void *)cuLaunchKernel_ptsz},
+    {"cuLaunchKernel", 4000, 0, (void *)cuLaunchKernel},
+    {"cuLaunchKernelEx", 11060, 0, (void *)cuLaunchKernelEx},
+    {"cuLaunchCooperativeKernel", 9000, 0, (void *)cuLaunchCooperativeKernel},
+    {"cuGraphLaunch", 10000, 0, (void *)cuGraphLaunch},
+    {"cuStreamSynchronize", 2000, 0, (void *)cuStreamSynchronize},
+    {"cuCtxSynchronize", 2000, 0, (void *)cuCtxSynchronize},
 };
 
 /* HCS_SIM_CUDA_INTERNAL_ENTRY_POINTS=1: hand out internal (non-exported) functions instead of the

@@ -4,7 +4,12 @@
  * Codes from hip_runtime_api.h (hcs_vendor_abi.h). Like HIP, device 0 is current by default.
  */
 #define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
 #include "hcs_vendor_abi.h"
+#include "hcs_vendor_launch.h"
+#include "sim_device.h"
 #include "sim_mem.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -174,3 +179,226 @@ EXPORT hipError_t hipMemSetAccess(void *ptr, size_t size, const hipMemAccessDesc
         return hipErrorInvalidValue;
     return vmm_rc(sim_vmm_check_mapped(ptr, size));
 }
+/* ---- simulated kernels (sim_device.h): launches, streams, graphs. A stream belongs to the device
+ * current when it was created; one queue per process and device (all streams share it). */
+
+#define STREAM_MAGIC 0x48535431u
+#define GRAPH_MAGIC 0x48475231u
+#define EXEC_MAGIC 0x48455831u
+#define MOD_MAGIC 0x484d4f31u
+
+struct ihipStream_t {
+    unsigned magic;
+    int dev;
+    struct hipGraph_st *capture;
+};
+struct hipGraph_st {
+    unsigned magic;
+    int dev;
+    uint64_t ns;
+};
+struct hipGraphExec_st {
+    unsigned magic;
+    int dev;
+    uint64_t ns;
+};
+struct hipModule_st {
+    unsigned magic;
+};
+struct hipFunction_st {
+    unsigned magic;
+};
+
+static struct hipFunction_st sim_function = {MOD_MAGIC};
+
+static hipError_t sim_rc(int rc) {
+    return rc == SIM_DEV_OK ? hipSuccess : rc == SIM_DEV_BADDEV ? hipErrorInvalidDevice : hipErrorNotInitialized;
+}
+
+static hipError_t stream_dev(hipStream_t s, int *dev) {
+    if (s != NULL && s->magic != STREAM_MAGIC)
+        return hipErrorInvalidHandle;
+    *dev = s != NULL ? s->dev : cur_dev;
+    return hipSuccess;
+}
+
+static hipError_t launch(hipStream_t s, void **args) {
+    if (args == NULL || args[0] == NULL)
+        return hipErrorInvalidValue;
+    int dev;
+    hipError_t rc = stream_dev(s, &dev);
+    if (rc != hipSuccess)
+        return rc;
+    unsigned long long flops;
+    memcpy(&flops, args[0], sizeof flops);
+    if (s != NULL && s->capture != NULL) {
+        s->capture->ns += sim_dev_cost_ns(SIM_VENDOR_HYGON, dev, flops);
+        return hipSuccess;
+    }
+    return sim_rc(sim_dev_launch(SIM_VENDOR_HYGON, dev, flops, NULL));
+}
+
+EXPORT hipError_t hipModuleLoadData(hipModule_t *module, const void *image) {
+    if (module == NULL || image == NULL)
+        return hipErrorInvalidValue;
+    hipModule_t m = malloc(sizeof *m);
+    if (m == NULL)
+        return hipErrorOutOfMemory;
+    m->magic = MOD_MAGIC;
+    *module = m;
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipModuleGetFunction(hipFunction_t *function, hipModule_t module, const char *kname) {
+    if (function == NULL || kname == NULL || module == NULL || module->magic != MOD_MAGIC)
+        return hipErrorInvalidValue;
+    *function = &sim_function;
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipLaunchKernel(const void *function_address, dim3 numBlocks, dim3 dimBlocks, void **args,
+                                  size_t sharedMemBytes, hipStream_t stream) {
+    (void)numBlocks, (void)dimBlocks, (void)sharedMemBytes;
+    if (function_address == NULL)
+        return hipErrorInvalidValue;
+    return launch(stream, args);
+}
+
+EXPORT hipError_t hipModuleLaunchKernel(hipFunction_t f, unsigned int gridDimX, unsigned int gridDimY,
+                                        unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,
+                                        unsigned int blockDimZ, unsigned int sharedMemBytes, hipStream_t stream,
+                                        void **kernelParams, void **extra) {
+    (void)gridDimX, (void)gridDimY, (void)gridDimZ, (void)blockDimX, (void)blockDimY, (void)blockDimZ;
+    (void)sharedMemBytes, (void)extra;
+    if (f == NULL || f->magic != MOD_MAGIC)
+        return hipErrorInvalidHandle;
+    return launch(stream, kernelParams);
+}
+
+EXPORT hipError_t hipExtLaunchKernel(const void *function_address, dim3 numBlocks, dim3 dimBlocks, void **args,
+                                     size_t sharedMemBytes, hipStream_t stream, hipEvent_t startEvent,
+                                     hipEvent_t stopEvent, int flags) {
+    (void)startEvent, (void)stopEvent, (void)flags;
+    return hipLaunchKernel(function_address, numBlocks, dimBlocks, args, sharedMemBytes, stream);
+}
+
+EXPORT hipError_t hipStreamCreate(hipStream_t *stream) {
+    if (stream == NULL)
+        return hipErrorInvalidValue;
+    hipStream_t s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return hipErrorOutOfMemory;
+    s->magic = STREAM_MAGIC;
+    s->dev = cur_dev;
+    *stream = s;
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipStreamDestroy(hipStream_t stream) {
+    if (stream == NULL || stream->magic != STREAM_MAGIC)
+        return hipErrorInvalidHandle;
+    stream->magic = 0;
+    free(stream->capture);
+    free(stream);
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipStreamSynchronize(hipStream_t stream) {
+    int dev;
+    hipError_t rc = stream_dev(stream, &dev);
+    return rc != hipSuccess ? rc : sim_rc(sim_dev_sync(SIM_VENDOR_HYGON, dev));
+}
+
+EXPORT hipError_t hipDeviceSynchronize(void) {
+    return sim_rc(sim_dev_sync(SIM_VENDOR_HYGON, cur_dev));
+}
+
+EXPORT hipError_t hipStreamBeginCapture(hipStream_t stream, int mode) {
+    (void)mode;
+    if (stream == NULL || stream->magic != STREAM_MAGIC || stream->capture != NULL)
+        return hipErrorInvalidValue;
+    stream->capture = calloc(1, sizeof *stream->capture);
+    if (stream->capture == NULL)
+        return hipErrorOutOfMemory;
+    stream->capture->magic = GRAPH_MAGIC;
+    stream->capture->dev = stream->dev;
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipStreamEndCapture(hipStream_t stream, hipGraph_t *pGraph) {
+    if (stream == NULL || stream->magic != STREAM_MAGIC || stream->capture == NULL || pGraph == NULL)
+        return hipErrorInvalidValue;
+    *pGraph = stream->capture;
+    stream->capture = NULL;
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipGraphInstantiateWithFlags(hipGraphExec_t *pGraphExec, hipGraph_t graph,
+                                               unsigned long long flags) {
+    (void)flags;
+    if (pGraphExec == NULL || graph == NULL || graph->magic != GRAPH_MAGIC)
+        return hipErrorInvalidValue;
+    hipGraphExec_t e = malloc(sizeof *e);
+    if (e == NULL)
+        return hipErrorOutOfMemory;
+    e->magic = EXEC_MAGIC;
+    e->dev = graph->dev;
+    e->ns = graph->ns;
+    *pGraphExec = e;
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipGraphLaunch(hipGraphExec_t graphExec, hipStream_t stream) {
+    if (graphExec == NULL || graphExec->magic != EXEC_MAGIC)
+        return hipErrorInvalidHandle;
+    int dev;
+    hipError_t rc = stream_dev(stream, &dev);
+    if (rc != hipSuccess)
+        return rc;
+    return sim_rc(sim_dev_launch_ns(SIM_VENDOR_HYGON, graphExec->dev, graphExec->ns, NULL));
+}
+
+EXPORT hipError_t hipGraphExecDestroy(hipGraphExec_t graphExec) {
+    if (graphExec == NULL || graphExec->magic != EXEC_MAGIC)
+        return hipErrorInvalidHandle;
+    graphExec->magic = 0;
+    free(graphExec);
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipGraphDestroy(hipGraph_t graph) {
+    if (graph == NULL || graph->magic != GRAPH_MAGIC)
+        return hipErrorInvalidHandle;
+    graph->magic = 0;
+    free(graph);
+    return hipSuccess;
+}
+
+EXPORT hipError_t hipEventCreate(hipEvent_t *event) {
+    if (event == NULL)
+        return hipErrorInvalidValue;
+    *event = (hipEvent_t)sim_event_new();
+    return *event != NULL ? hipSuccess : hipErrorOutOfMemory;
+}
+
+EXPORT hipError_t hipEventRecord(hipEvent_t event, hipStream_t stream) {
+    int dev;
+    hipError_t rc = stream_dev(stream, &dev);
+    if (rc != hipSuccess)
+        return rc;
+    int r = sim_event_record((struct sim_event *)event, SIM_VENDOR_HYGON, dev);
+    return r == SIM_DEV_BADDEV && event != NULL ? hipErrorInvalidHandle : sim_rc(r);
+}
+
+EXPORT hipError_t hipEventSynchronize(hipEvent_t event) {
+    return sim_event_wait((struct sim_event *)event) == SIM_DEV_OK ? hipSuccess : hipErrorInvalidHandle;
+}
+
+EXPORT hipError_t hipEventDestroy(hipEvent_t event) {
+    return sim_event_free((struct sim_event *)event) == SIM_DEV_OK ? hipSuccess : hipErrorInvalidHandle;
+}
+
+static int same_index(int ordinal) {
+    return ordinal;
+}
+SIM_DEVICE_EXPORTS(hip, SIM_VENDOR_HYGON, same_index)

@@ -5,7 +5,8 @@
 # minimal header of our own - no CUDA toolkit needed; the CUDA runtime program only when nvcc
 # exists), and runs e2e/gpu/run_checks.py under a 4 GiB quota: allocation past it fails, memory
 # queries (driver, runtime, torch.cuda.mem_get_info) report it, a second process shares it, and the
-# overhead of alloc/free loops and a small training step is measured against native.
+# overhead of alloc/free loops and a small training step is measured against native; compute shares
+# (25/75, 4x25, 30% alone) are measured from a fixed PTX kernel loop's throughput (compute_check.c).
 # Also compares the NVLink islands hcs inspect reads with nvidia-smi topo -m (topology_check.py).
 # Issue 22: VMM and stream-ordered pool checks, PyTorch with expandable_segments / cudaMallocAsync,
 # a CUDA graph, nvidia-smi inside. Results: one JSON object in $OUT/gpu-check.json (or
@@ -34,6 +35,8 @@ make -s -C interceptor CC="$CC" >"$HCS_GPU_WORK/build.log" 2>&1 ||
     make -s -C interceptor CC="$CC" LTO= >"$HCS_GPU_WORK/build.log" 2>&1 || fail "make -C interceptor failed: $(tail -3 "$HCS_GPU_WORK/build.log" | tr '"\n' "' ")"
 "$CC" -std=c11 -O2 -Wall -Wextra -Werror -Iinterceptor/include -o "$HCS_GPU_WORK/gpu_check" e2e/gpu/gpu_check.c -ldl \
     >"$HCS_GPU_WORK/cc.log" 2>&1 || fail "building gpu_check failed: $(tail -3 "$HCS_GPU_WORK/cc.log" | tr '"\n' "' ")"
+"$CC" -std=c11 -O2 -Wall -Wextra -Werror -Iinterceptor/include -o "$HCS_GPU_WORK/compute_check" e2e/gpu/compute_check.c -ldl \
+    >"$HCS_GPU_WORK/cc.log" 2>&1 || fail "building compute_check failed: $(tail -3 "$HCS_GPU_WORK/cc.log" | tr '"\n' "' ")"
 
 NVCC=$(command -v nvcc || true)
 [ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Real-GPU checks of libhcs_interceptor.so, driven by e2e/gpu/check.sh (which builds the programs).
 
-Quota 4 GiB on device 0. Checks: the driver API past the quota fails with CUDA_ERROR_OUT_OF_MEMORY and
+Quota 4 GiB on device 0. Compute shares (issue 19): 25/75, 4x25 and a 30% container alone running a
+fixed PTX kernel loop, each process's share from its kernel throughput. Checks: the driver API past
+the quota fails with CUDA_ERROR_OUT_OF_MEMORY and
 memory queries report the quota (through dlsym and through cuGetProcAddress); a second process shares
 the quota and gets a killed holder's share back; the CUDA runtime (if nvcc built rt_check) and
 PyTorch (if importable with CUDA) see the same; overhead of alloc/free loops and of a small training
@@ -38,6 +40,7 @@ LIB = REPO / "interceptor" / "build" / "libhcs_interceptor.so"
 WORK = Path(os.environ.get("HCS_GPU_WORK", tempfile.mkdtemp(prefix="hcs-gpu-")))
 GPU_CHECK = WORK / "gpu_check"
 RT_CHECK = WORK / "rt_check"
+COMPUTE_CHECK = WORK / "compute_check"
 TORCH_CHECK = REPO / "e2e" / "gpu" / "torch_check.py"
 
 
@@ -153,6 +156,63 @@ def nvidia_smi_inside(hold: int) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             holder.kill()
             holder.wait()
+def compute_env(share: float | None, group: str) -> dict[str, str]:
+    """The interceptor with a compute share (development-mode variables), or native when None."""
+    e = {k: v for k, v in env(False).items() if not k.startswith("HCS_COMPUTE_")}
+    if share is not None:
+        ledger = WORK / "compute"
+        ledger.mkdir(exist_ok=True)
+        e.update(LD_PRELOAD=str(LIB), HCS_COMPUTE_SHARE=f"{share}", HCS_COMPUTE_GROUP=group,
+                 HCS_COMPUTE_POLICY="hard", HCS_COMPUTE_DIR=str(ledger))
+    return e
+
+
+def run_json_env(cmd: list[str], e: dict[str, str], timeout: float = 60) -> dict[str, Any]:
+    try:
+        p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout}s"}
+    lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": f"exit {p.returncode}", "stderr_tail": p.stderr[-800:]}
+
+
+def compute_share_check(seconds: float = 3.0, tol: float = 0.05) -> dict[str, Any]:
+    """Issue 19: processes with different shares run a fixed kernel loop on device 0; each one's
+    achieved share = kernels completed x the kernel's time alone / wall time."""
+    cc = str(COMPUTE_CHECK)
+    grid, block = os.environ.get("HCS_GPU_GRID", "528"), "256"  # 4 blocks per SM on an H100/H200
+    iters = int(os.environ.get("HCS_GPU_ITERS", "20000"))
+    res: dict[str, Any] = {}
+    ms = 0.0
+    for attempt in range(5):  # scale the loop count until one kernel takes ~2 ms alone
+        cal = run_json_env([cc, "calibrate", str(iters), grid, block], compute_env(None, ""))
+        if "ms_per_kernel" not in cal:
+            return {"error": "calibration failed", "calibrate": cal, "pass": False}
+        ms = float(cal["ms_per_kernel"])
+        if 1.5 <= ms <= 3.0 or attempt == 4:
+            break
+        iters = max(1, min(int(iters * 2.0 / max(ms, 1e-6)), 1 << 40))
+    res["kernel_ms_alone"] = round(ms, 4)
+    res["iters"] = iters
+    ok = ms > 0
+    for name, shares in {"25/75": [0.25, 0.75], "4x25": [0.25] * 4, "alone_30": [0.30]}.items():
+        if out_of_time():
+            res[name] = "skipped: out of time"
+            ok = False
+            continue
+        procs = [subprocess.Popen([cc, "run", str(seconds), str(iters), grid, block],
+                                  env=compute_env(s, f"g{i}-{name}"), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i, s in enumerate(shares)]
+        achieved = []
+        for p in procs:
+            so, se = p.communicate(timeout=seconds + 60)
+            lines = [x for x in so.splitlines() if x.startswith("{")]
+            r = json.loads(lines[-1]) if lines else {"error": se[-400:]}
+            achieved.append(round(int(r.get("kernels", 0)) * ms / 1e3 / max(float(r.get("wall_s", 1)), 1e-9), 4))
+        err = max(abs(a - t) for a, t in zip(achieved, shares, strict=True))
+        res[name] = {"target": shares, "achieved": achieved, "max_abs_error_pts": round(err * 100, 2)}
+        ok = ok and err <= tol
+    res["pass"] = ok
     return res
 
 
@@ -183,6 +243,11 @@ def main() -> int:
         result["cudart_malloc_free_1MiB"] = overhead([str(RT_CHECK), "loop", "20000", str(MIB)], "ns_per_pair")
     else:
         result["cudart"] = "skipped: no nvcc on this machine (driver-API checks above cover the hooks)"
+
+    if COMPUTE_CHECK.exists() and not out_of_time():
+        result["compute_share"] = compute_share_check()
+    else:
+        result["compute_share"] = {"error": "compute_check was not built", "pass": False}
 
     probe = subprocess.run([sys.executable, "-c", "import torch; assert torch.cuda.is_available()"],
                            capture_output=True, text=True, check=False)

@@ -135,6 +135,8 @@ class QuotaFiles:
     quota_container_path: str
     shm_host_dir: str = ""
     shm_container_dir: str = ""
+    #: node-wide compute ledger dir, mounted read-write at CONTAINER_COMPUTE_DIR ("" = none)
+    compute_host_dir: str = ""
 
 
 #: Where a simulated node's profile appears in its containers (``InjectionOptions.sim_profile_host_path``).
@@ -281,9 +283,52 @@ def host_root() -> str:
     return os.environ.get("HCS_HOST_ROOT", "").rstrip("/") or "/"
 
 
-def quota_file_text(quotas: Sequence[int]) -> str:
-    """The interceptor's quota file: one line ``<in-container index> <bytes>`` per device."""
-    return "".join(f"{i} {int(q)}\n" for i, q in enumerate(quotas))
+def quota_file_text(quotas: Sequence[int], shares: Sequence[ComputeShare | None] = ()) -> str:
+    """The interceptor's quota file: one line ``<in-container index> <bytes>`` per device; with compute
+    shares, the agent's record of them as ``# hcs-compute <index> <share>`` lines (comments to the VRAM
+    parser; what the interceptor falls back to when the share file is missing or bad)."""
+    text = "".join(f"{i} {int(q)}\n" for i, q in enumerate(quotas))
+    return text + "".join(f"# hcs-compute {i} {s.share:.6f}\n" for i, s in enumerate(shares) if s is not None)
+
+
+#: The share file in the container's (read-only) ledger dir: interceptor/src/compute_hooks.inc.
+COMPUTE_SHARE_FILE = "compute"
+#: Node-wide directory of the per-device compute ledgers, read-write in every managed container.
+CONTAINER_COMPUTE_DIR = f"{CONTAINER_STATE_DIR}/compute"
+
+
+@dataclass(frozen=True)
+class ComputeShare:
+    """A container's compute grant on one device: ``granted`` of the device's ``device`` TFLOPS, both
+    in A100-equivalent TFLOPS (the exchange rate applied), and the device's ledger name."""
+
+    granted: float
+    device: float
+    key: str
+
+    @property
+    def share(self) -> float:
+        return min(1.0, self.granted / self.device) if self.device > 0 else 1.0
+
+
+def compute_share(granted_tflops: float, device_tflops: float, uuid: str) -> ComputeShare | None:
+    """The share for a grant, or None when no compute was granted (the device is not limited). A grant
+    above the device is capped at the whole device."""
+    if granted_tflops <= 0 or device_tflops <= 0:
+        return None
+    key = "".join(c if c.isalnum() or c in "-_." else "-" for c in uuid)[:63]
+    return ComputeShare(min(granted_tflops, device_tflops), device_tflops, key)
+
+
+def compute_share_text(shares: Sequence[ComputeShare | None], policy: str, group: str) -> str:
+    """The share file: ``policy``, ``group`` (the container: its processes share one budget) and one
+    ``<index> <share> <granted TFLOPS> <device TFLOPS> <device id>`` line per limited device."""
+    lines = ["# written by the HCS node agent; interceptor/README.md \"Compute limits\"\n",
+             f"policy {policy}\n", f"group {group}\n"]
+    for i, s in enumerate(shares):
+        if s is not None:
+            lines.append(f"{i} {s.share:.6f} {s.granted:.4f} {s.device:.4f} {s.key}\n")
+    return "".join(lines)
 
 
 def preload_file_text() -> str:
@@ -315,14 +360,20 @@ def device_list_text(uuids: Sequence[str]) -> str:
     return "".join(f"{i} {u}\n" for i, u in enumerate(uuids))
 
 
-def create_ledger(directory: Path, uuids: Sequence[str] = ()) -> None:
+def create_ledger(directory: Path, uuids: Sequence[str] = (), compute_text: str = "") -> None:
     """The container's VRAM ledger: a directory (mounted read-only) holding one empty file whose
     byte-range locks are the accounting, and the device list. Idempotent; the ledger file is never
-    truncated (live locks on it belong to running processes); the list is replaced atomically."""
+    truncated (live locks on it belong to running processes); the list is replaced atomically.
+    ``compute_text``: the share file (compute limits), written atomically next to them; "" removes it."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)
     fd = os.open(directory / LEDGER_FILE, os.O_RDONLY | os.O_CREAT, 0o444)
     os.close(fd)
+    share_file = directory / COMPUTE_SHARE_FILE
+    if compute_text:
+        atomic_write(share_file, compute_text, mode=0o444)
+    elif share_file.exists():
+        share_file.unlink()
     text = device_list_text(uuids)
     target = directory / DEVICE_LIST_FILE
     try:
@@ -410,6 +461,9 @@ def container_edits(
             # read-only: the ledger is lock state, nothing in the container ever writes the directory
             env.append(("HCS_SHM_DIR", files.shm_container_dir))
             mounts.append(Mount(files.shm_host_dir, files.shm_container_dir, read_only=True))
+        if files.compute_host_dir:
+            # shared by every container on the node: the per-device compute ledgers (compute.h)
+            mounts.append(Mount(files.compute_host_dir, CONTAINER_COMPUTE_DIR, read_only=False))
         if options.interceptor_host_dir:
             env.append(("LD_PRELOAD", f"{CONTAINER_INTERCEPTOR_DIR}/{INTERCEPTOR_LIB}"))
             mounts.append(Mount(options.interceptor_host_dir, CONTAINER_INTERCEPTOR_DIR, read_only=True))

@@ -156,6 +156,9 @@ class NodeAgent:
         cfg = self.config
         for d in (cfg.devicePluginDir, cfg.stateDir, cfg.quotaDir, cfg.shmDir):
             Path(d).mkdir(parents=True, exist_ok=True)
+        if cfg.computeDir:  # node-wide compute ledgers: every container's uid creates and maps them
+            Path(cfg.computeDir).mkdir(parents=True, exist_ok=True)
+            os.chmod(cfg.computeDir, 0o1777)
         if cfg.cdiEnabled:
             Path(cfg.cdiDir).mkdir(parents=True, exist_ok=True)
         if cfg.metricsPort:

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as al
 from hcs.devices.model import Device, Vendor
 from hcs.podspec import created_ms
-from hcs.quantity import parse_bytes
+from hcs.quantity import parse_bytes, parse_quantity
 from hcs.records import ASSIGNMENT_ANNOTATION as ASSIGNMENT_ANNOTATION
 from hcs.records import SIGNATURE_ANNOTATION as SIGNATURE_ANNOTATION
 from hcs.records import PodIdentity, RecordError, RecordKey
@@ -26,6 +26,17 @@ from hcs.records import PodIdentity, RecordError, RecordKey
 log = logging.getLogger(__name__)
 
 VRAM_RESOURCE = "ai.compute/vram"
+TFLOPS_RESOURCE = "ai.compute/tflops-fp16"
+#: Pod annotation choosing how the container's compute share is enforced (interceptor/README.md).
+COMPUTE_POLICY_ANNOTATION = "hcs.io/compute-policy"
+COMPUTE_POLICIES = ("hard", "burst")
+
+
+def compute_policy_of(raw: object) -> str:
+    """The pod's compute policy, or "" (the node's default) when absent or not one of COMPUTE_POLICIES
+    (the webhook rejects such pods; a pod that got past it must not get a looser mode)."""
+    value = str(raw).strip().lower() if raw is not None else ""
+    return value if value in COMPUTE_POLICIES else ""
 _NO_KEY = RecordKey(None)  # identity checks only (callers without a key: tests, static listers)
 
 
@@ -35,6 +46,8 @@ class PodRef:
     namespace: str
     name: str
     created_ms: int = 0
+    #: ``hcs.io/compute-policy`` of the pod ("" = the node's default), when the pod object was seen
+    compute_policy: str = ""
 
     @property
     def ref(self) -> str:
@@ -103,6 +116,9 @@ class PodDemand:
     pod: PodRef
     containers: tuple[tuple[str, int], ...]
     assigned: Assignment | None = None
+    #: ``ai.compute/tflops-fp16`` per container (milli-TFLOPS, A100-equivalent); the local policy
+    #: grants it on the device it picks by VRAM (compute limits, interceptor/README.md)
+    tflops_milli: tuple[tuple[str, int], ...] = ()
 
 
 PodLister = Callable[[], Sequence[PodDemand]]
@@ -123,11 +139,21 @@ def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, no
     if status.get("phase") in ("Succeeded", "Failed") or meta.get("deletionTimestamp"):
         return None
     containers: list[tuple[str, int]] = []
+    tflops: list[tuple[str, int]] = []
     for c in spec.get("containers") or []:
         res = c.get("resources") or {}
         raw = (res.get("requests") or {}).get(VRAM_RESOURCE) or (res.get("limits") or {}).get(VRAM_RESOURCE)
         if raw is None:
             continue
+        raw_t = (res.get("requests") or {}).get(TFLOPS_RESOURCE) or (res.get("limits") or {}).get(TFLOPS_RESOURCE)
+        if raw_t is not None:
+            try:
+                milli = int(parse_quantity(str(raw_t), field=TFLOPS_RESOURCE) * 1000)
+                if milli > 0:
+                    tflops.append((str(c.get("name", "")), milli))
+            except Exception as exc:  # a bad quantity must not stop the agent (the webhook denies it)
+                log.warning("pod %s/%s container %s: ignoring bad %s %r: %s", meta.get("namespace"),
+                            meta.get("name"), c.get("name"), TFLOPS_RESOURCE, raw_t, exc)
         try:
             containers.append((str(c.get("name", "")), parse_bytes(str(raw))))
         except Exception as exc:  # a bad quantity must not stop the agent
@@ -135,10 +161,11 @@ def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, no
                         meta.get("name"), c.get("name"), VRAM_RESOURCE, raw, exc)
     if not containers:
         return None
-    ref = PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
-                 created_ms(meta.get("creationTimestamp")))
-    assigned = None
     annotations = meta.get("annotations") or {}
+    ref = PodRef(str(meta.get("uid", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
+                 created_ms(meta.get("creationTimestamp")),
+                 compute_policy=compute_policy_of(annotations.get(COMPUTE_POLICY_ANNOTATION)))
+    assigned = None
     raw_assignment = annotations.get(ASSIGNMENT_ANNOTATION)
     if raw_assignment:
         key = records if records is not None else _NO_KEY
@@ -151,7 +178,7 @@ def demand_from_pod(pod: Mapping[str, Any], records: RecordKey | None = None, no
         except ValueError as exc:
             log.warning("pod %s: bad %s annotation (%s); placing it with the local policy", ref.ref,
                         ASSIGNMENT_ANNOTATION, exc)
-    return PodDemand(ref, tuple(containers), assigned)
+    return PodDemand(ref, tuple(containers), assigned, tuple(tflops))
 
 
 @dataclass
@@ -256,6 +283,7 @@ class LocalAssignmentSource:
     def _place(demand: PodDemand, devices: Sequence[Device], used: dict[str, int]) -> Assignment | None:
         trial = dict(used)
         out: list[ContainerAssignment] = []
+        tflops = dict(demand.tflops_milli)
         for name, vram in demand.containers:
             fitting = [d for d in devices if d.vram_total_bytes - trial.get(d.key, 0) >= vram]
             if not fitting:
@@ -264,6 +292,7 @@ class LocalAssignmentSource:
             best = min(fitting, key=lambda d: (d.vram_total_bytes - trial.get(d.key, 0), d.index))
             trial[best.key] = trial.get(best.key, 0) + vram
             out.append(ContainerAssignment(name, (DeviceGrant(best.vendor, best.index, best.uuid, vram,
+                                                              tflops_milli=tflops.get(name, 0),
                                                               model=best.model, island=best.island),)))
         used.clear()
         used.update(trial)

@@ -28,6 +28,11 @@ class NodeConfig:
     quotaDir: str = "/run/hcs/quota"
     shmDir: str = "/run/hcs/shm"
     interceptorDir: str = "/usr/local/hcs/lib"  # host dir of libhcs_interceptor.so; "" disables it
+    # Compute limits (interceptor/README.md "Compute limits"): the default enforcement of a container's
+    # tflops share (hard | burst; the pod annotation hcs.io/compute-policy overrides it), and the
+    # node-wide directory of the per-device compute ledgers, mounted read-write into every container.
+    computePolicy: str = "hard"
+    computeDir: str = "/run/hcs/compute"
     cdiEnabled: bool = True
     cdiDir: str = "/var/run/cdi"
     cdiKind: str = "ai.compute/slot"
@@ -114,6 +119,8 @@ def _check(cfg: NodeConfig, source: str) -> None:
         raise bad("metricsPort", f"must be 0..65535, got {cfg.metricsPort}")
     if cfg.assignmentSource not in ("local", "allocator"):
         raise bad("assignmentSource", f"must be 'local' or 'allocator', got {cfg.assignmentSource!r}")
+    if cfg.computePolicy not in ("hard", "burst"):
+        raise bad("computePolicy", f"must be 'hard' or 'burst', got {cfg.computePolicy!r}")
     if cfg.deviceNodes not in ("existing", "all"):
         raise bad("deviceNodes", f"must be 'existing' or 'all', got {cfg.deviceNodes!r}")
     if not 0.01 <= cfg.healthPollInterval <= 5:

@@ -40,6 +40,8 @@ from hcs.devices.injection import (
     ContainerEdits,
     InjectionOptions,
     QuotaFiles,
+    compute_share,
+    compute_share_text,
     container_edits,
     create_ledger,
     discover_driver_libraries,
@@ -247,15 +249,22 @@ class PluginCore:
     def preload_file(self) -> Path:
         return Path(self.config.quotaDir) / PRELOAD_FILE
 
-    def _write_files(self, pod_uid: str, container: str, grants: Sequence[DeviceGrant]) -> None:
-        """The container's quota file (what the interceptor enforces), its ledger dir, and the
-        node's /etc/ld.so.preload source."""
-        atomic_write(self.quota_file(pod_uid, container), quota_file_text([g.vram_bytes for g in grants]))
+    def _write_files(self, pod_uid: str, container: str, grants: Sequence[DeviceGrant], policy: str = "") -> None:
+        """The container's quota file (what the interceptor enforces), its ledger dir (with the compute
+        share file when tflops were granted), and the node's /etc/ld.so.preload source."""
         uuids = []
+        shares = []
         for g in grants:
             d = self.view.get(g.key)
             uuids.append(g.uuid or (d.uuid if d is not None else ""))
-        create_ledger(self.ledger_dir(pod_uid, container), uuids)
+            device_tflops = d.compute.a100_equiv_tflops if d is not None else 0.0
+            shares.append(compute_share(g.tflops_milli / 1000, device_tflops, uuids[-1] or g.key))
+        atomic_write(self.quota_file(pod_uid, container),
+                     quota_file_text([g.vram_bytes for g in grants], shares))
+        compute = ""
+        if any(s is not None for s in shares):
+            compute = compute_share_text(shares, policy or self.config.computePolicy, f"{pod_uid}_{container}")
+        create_ledger(self.ledger_dir(pod_uid, container), uuids, compute)
         if self.config.interceptorDir:
             ensure_preload_file(self.preload_file())
 
@@ -265,7 +274,8 @@ class PluginCore:
             if rec.files_ready or self._records.get(rec.alloc.id) is not rec:
                 return
             try:
-                self._write_files(rec.alloc.pod.uid, rec.alloc.container, rec.alloc.devices)
+                self._write_files(rec.alloc.pod.uid, rec.alloc.container, rec.alloc.devices,
+                                  rec.alloc.pod.compute_policy)
             except OSError as exc:  # PreStartContainer tries again and fails the container if it must
                 log.error("writing the quota file of %s/%s: %s", rec.alloc.pod.ref, rec.alloc.container, exc)
                 return
@@ -280,7 +290,7 @@ class PluginCore:
                     not self.config.interceptorDir or self.preload_file().is_file()):
                 return
             try:
-                self._write_files(a.pod.uid, a.container, a.devices)
+                self._write_files(a.pod.uid, a.container, a.devices, a.pod.compute_policy)
             except OSError as exc:
                 raise PluginError(grpc.StatusCode.INTERNAL,
                                   f"cannot write the quota file of {a.pod.ref}/{a.container} under "
@@ -521,16 +531,18 @@ class PluginCore:
         quota_file = self.quota_file(a.pod.uid, c.container)
         shm_dir = self.ledger_dir(a.pod.uid, c.container)
         if write_files:
-            self._write_files(a.pod.uid, c.container, c.devices)
+            self._write_files(a.pod.uid, c.container, c.devices, a.pod.compute_policy)
         interceptor = self.config.interceptorDir if self.config.interceptorDir and self.exists(
             self.config.interceptorDir) else ""
-        files = QuotaFiles(str(quota_file), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR)
+        compute_dir = self.config.computeDir if self.config.computeDir and os.path.isdir(
+            self.config.computeDir) else ""
+        files = QuotaFiles(str(quota_file), CONTAINER_QUOTA_FILE, str(shm_dir), CONTAINER_SHM_DIR, compute_dir)
         preload = str(self.preload_file())
         options = InjectionOptions(interceptor_host_dir=interceptor, device_isolation=self.config.deviceIsolation,
                                    preload_host_path=preload, driver_libraries=self.driver_libraries,
                                    sim_profile_host_path=self.config.simProfile)
         edits = container_edits(devices, [g.vram_bytes for g in c.devices], files, options)
-        own = {str(quota_file), str(shm_dir), preload}
+        own = {str(quota_file), str(shm_dir), preload, compute_dir}
         # Optional host paths (control nodes, driver dirs) that are absent would fail container creation.
         edits = ContainerEdits(
             env=edits.env,
@@ -721,7 +733,7 @@ class PluginCore:
         try:
             if not quota_file.exists():
                 log.info("recovery: re-creating quota file %s", quota_file)
-            self._write_files(a.pod.uid, a.container, a.devices)
+            self._write_files(a.pod.uid, a.container, a.devices, a.pod.compute_policy)
         except OSError as exc:
             log.error("recovery: cannot re-create the files of %s/%s: %s", a.pod.ref, a.container, exc)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from hcs.devices.model import Vendor
 from hcs.fileio import atomic_write
-from hcs.node.assignments import DeviceGrant, PodRef
+from hcs.node.assignments import DeviceGrant, PodRef, compute_policy_of
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Allocation:
     def to_json(self) -> dict[str, Any]:
         return {
             "pod": {"uid": self.pod.uid, "namespace": self.pod.namespace, "name": self.pod.name,
-                    "createdMs": self.pod.created_ms},
+                    "createdMs": self.pod.created_ms, "computePolicy": self.pod.compute_policy},
             "container": self.container,
             "slots": list(self.slots),
             "devices": [{"vendor": str(g.vendor), "index": g.index, "uuid": g.uuid, "vramBytes": g.vram_bytes,
@@ -51,7 +51,8 @@ class Allocation:
         try:
             pod = data["pod"]
             return Allocation(
-                PodRef(str(pod["uid"]), str(pod["namespace"]), str(pod["name"]), int(pod.get("createdMs", 0))),
+                PodRef(str(pod["uid"]), str(pod["namespace"]), str(pod["name"]), int(pod.get("createdMs", 0)),
+                       compute_policy=compute_policy_of(pod.get("computePolicy"))),
                 str(data["container"]),
                 tuple(str(s) for s in data["slots"]),
                 tuple(DeviceGrant(Vendor(g["vendor"]), int(g["index"]), str(g["uuid"]), int(g["vramBytes"]),

@@ -24,6 +24,7 @@ ANN_TOPOLOGY = "hcs.io/topology-preference"
 ANN_VENDOR = "hcs.io/vendor"
 ANN_MODEL = "hcs.io/model"
 ANN_POLICY = "hcs.io/scheduling-policy"
+ANN_COMPUTE_POLICY = "hcs.io/compute-policy"  # hard | burst: how the tflops share is enforced
 ANN_MODE = "hcs.io/mode"
 ANN_ORIGINAL = "hcs.io/original-request"
 HIGH_BANDWIDTH = "high-bandwidth"

@@ -24,6 +24,7 @@ from hcs.podspec import ContainerRef, PodTemplate, as_dict, as_list, containers,
 from hcs.quantity import format_bytes, parse_quantity
 from hcs.webhook.capacity import CapacityUnavailable, IslandCapacity
 from hcs.webhook.config import (
+    ANN_COMPUTE_POLICY,
     ANN_MODEL,
     ANN_ORIGINAL,
     ANN_POLICY,
@@ -38,6 +39,7 @@ from hcs.webhook.config import (
 
 TOPOLOGY_VALUES = (HIGH_BANDWIDTH, "none")
 POLICY_VALUES = ("binpack", "spread")
+COMPUTE_POLICY_VALUES = ("hard", "burst")
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,9 @@ def check_annotations(t: PodTemplate, cfg: WebhookConfig) -> list[str]:
     if ANN_POLICY in ann and ann[ANN_POLICY].strip().lower() not in POLICY_VALUES:
         errors.append(f"{t.field(f'metadata.annotations[{ANN_POLICY}]')}: {ann[ANN_POLICY]!r} is not "
                       f"one of {', '.join(POLICY_VALUES)}")
+    if ANN_COMPUTE_POLICY in ann and ann[ANN_COMPUTE_POLICY].strip().lower() not in COMPUTE_POLICY_VALUES:
+        errors.append(f"{t.field(f'metadata.annotations[{ANN_COMPUTE_POLICY}]')}: {ann[ANN_COMPUTE_POLICY]!r} "
+                      f"is not one of {', '.join(COMPUTE_POLICY_VALUES)}")
     return errors
 
 

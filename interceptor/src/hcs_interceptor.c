@@ -38,7 +38,9 @@
 #define STATX_ATTR_MOUNT_ROOT 0x00002000 /* linux/stat.h, Linux 5.8 */
 #endif
 
+#include "compute.h"
 #include "hcs_vendor_abi.h"
+#include "hcs_vendor_launch.h"
 #include "hooks_extra.h"
 #include "ptrmap.h"
 #include "quota.h"
@@ -109,9 +111,24 @@ static const char *const lib_names[LIB_COUNT][3] = {
     X(cnrtGetDevice, LIB_CNRT, 0)                                                                        \
     HCS_SYMBOLS_EXTRA(X)
 
+/* Kernel launches (compute limits, compute_hooks.inc) and what the controller calls. */
+#define HCS_LAUNCH_SYMBOLS(X)                                                                            \
+    X(cuLaunchKernel, LIB_CUDA, 1)                                                                       \
+    X(cuLaunchKernel_ptsz, LIB_CUDA, 1)                                                                  \
+    X(cuLaunchKernelEx, LIB_CUDA, 1)                                                                     \
+    X(cuLaunchCooperativeKernel, LIB_CUDA, 1)                                                            \
+    X(cuGraphLaunch, LIB_CUDA, 1)                                                                        \
+    X(aclrtLaunchKernel, LIB_ACL, 1)                                                                     \
+    X(hipLaunchKernel, LIB_HIP, 1)                                                                       \
+    X(hipModuleLaunchKernel, LIB_HIP, 1)                                                                 \
+    X(hipExtLaunchKernel, LIB_HIP, 1)                                                                    \
+    X(hipGraphLaunch, LIB_HIP, 1)                                                                        \
+    X(cnrtInvokeKernel, LIB_CNRT, 1)
+
 enum hcs_sym_id {
 #define X(name, lib, hooked) SYM_##name,
     HCS_SYMBOLS(X)
+    HCS_LAUNCH_SYMBOLS(X)
 #undef X
         SYM_COUNT
 };
@@ -125,6 +142,7 @@ struct hcs_sym {
 static const struct hcs_sym syms[SYM_COUNT] = {
 #define X(name, lib_, hooked) [SYM_##name] = {#name, lib_, (hooked) ? (void *)&name : NULL},
     HCS_SYMBOLS(X)
+    HCS_LAUNCH_SYMBOLS(X)
 #undef X
 };
 
@@ -451,10 +469,13 @@ static void init_locked(void) {
             dir, HCS_LEDGER_FILE, g.region.slot);
 }
 
+static void compute_init(void); /* compute_hooks.inc */
+
 static struct hcs_state *state_slow(void) {
     pthread_mutex_lock(&g.init_lock);
     if (atomic_load_explicit(&g.ready, memory_order_relaxed) != 2) {
         init_locked();
+        compute_init();
         atomic_store_explicit(&g.ready, 2, memory_order_release);
     }
     pthread_mutex_unlock(&g.init_lock);
@@ -850,6 +871,10 @@ static const struct {
     {"cuDeviceTotalMem", 3020, SYM_cuDeviceTotalMem_v2, -1},
     {"cuGetProcAddress", 12000, SYM_cuGetProcAddress_v2, -1},
     {"cuGetProcAddress", 11030, SYM_cuGetProcAddress, -1},
+    {"cuLaunchKernel", 4000, SYM_cuLaunchKernel, SYM_cuLaunchKernel_ptsz},
+    {"cuLaunchKernelEx", 11060, SYM_cuLaunchKernelEx, -1},
+    {"cuLaunchCooperativeKernel", 9000, SYM_cuLaunchCooperativeKernel, -1},
+    {"cuGraphLaunch", 10000, SYM_cuGraphLaunch, -1},
 };
 
 static void *hook_for_name(const char *symbol, int version, cuuint64_t flags) {
@@ -1251,6 +1276,10 @@ HCS_EXPORT cnrtRet_t cnrtMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
     *total_bytes = (size_t)t;
     return rc;
 }
+
+/* ------------------------------------------------------------------ kernel launches */
+
+#include "compute_hooks.inc"
 
 /* ------------------------------------------------------------------ dlsym */
 

@@ -35,3 +35,4 @@ def test_gpu_check_script_runs_end_to_end_on_the_simulated_driver(tmp_path: Path
     assert result["driver_api_vmm"]["free_released_but_mapped"] == 0
     assert result["driver_api_stream_ordered_pools"]["pass"] is True, result["driver_api_stream_ordered_pools"]
     assert result["driver_api_stream_ordered_pools"]["other_pool_512MiB"] == 2
+    assert result["compute_share"]["pass"] is True, result["compute_share"]

@@ -63,6 +63,7 @@ def node_env(**overrides: Any) -> Iterator[Env]:
         "stateDir": str(root / "state"),
         "quotaDir": str(root / "quota"),
         "shmDir": str(root / "shm"),
+        "computeDir": str(root / "compute"),
         "cdiDir": str(root / "cdi"),
         "interceptorDir": str(root / "lib"),
         "deviceNodes": "all",

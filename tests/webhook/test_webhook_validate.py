@@ -185,6 +185,7 @@ def test_no_inventory_configured_warns() -> None:
         ({"hcs.io/vendor": " , "}, "empty vendor list"),
         ({"hcs.io/topology-preference": "fast"}, "not one of high-bandwidth"),
         ({"hcs.io/scheduling-policy": "random"}, "not one of binpack, spread"),
+        ({"hcs.io/compute-policy": "soft"}, "not one of hard, burst"),
     ],
 )
 def test_bad_annotations_are_denied(annotations: dict[str, str], needle: str) -> None:
@@ -196,7 +197,8 @@ def test_bad_annotations_are_denied(annotations: dict[str, str], needle: str) ->
 
 def test_good_annotations_pass() -> None:
     ann = {"hcs.io/vendor": "nvidia,ascend,!hygon", "hcs.io/model": "a100,910b2,!h100",
-           "hcs.io/topology-preference": "high-bandwidth", "hcs.io/scheduling-policy": "spread"}
+           "hcs.io/topology-preference": "high-bandwidth", "hcs.io/scheduling-policy": "spread",
+           "hcs.io/compute-policy": "burst"}
     ann["hcs.io/vendor"] = "nvidia, ascend"
     assert verdict(pod({"ai.compute/vram": "16Gi"}, annotations=ann)).allowed
 

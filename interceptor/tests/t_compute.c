@@ -1,0 +1,160 @@
+/*
+ * t_compute - a workload for compute limits: launches simulated kernels through one runtime's
+ * launch entry points (all of them in turn) and synchronises every few launches, like a training
+ * loop. Linked against the simulated runtimes (driver/runtime); run under libhcs_interceptor.so.
+ *
+ *   t_compute <cuda|acl|hip|cnrt> <device> <seconds> <flops per kernel> [batch]
+ *
+ * Prints one JSON line: {"pid", "launches", "wall_ns", "cpu_ns", "rc"}. The device time each
+ * process got is read from the simulated device's own accounting (bench/compute_share.py).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hcs_vendor_abi.h"
+#include "hcs_vendor_launch.h"
+
+static uint64_t clk(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define DEPTH 4 /* batches in flight */
+
+static void kernel_stub(void) {
+}
+
+int main(int argc, char **argv) {
+    if (argc < 5) {
+        fprintf(stderr, "usage: %s <cuda|acl|hip|cnrt> <device> <seconds> <flops> [batch]\n", argv[0]);
+        return 2;
+    }
+    const char *rt = argv[1];
+    int dev = atoi(argv[2]);
+    double seconds = atof(argv[3]);
+    unsigned long long flops = strtoull(argv[4], NULL, 10);
+    int batch = argc > 5 ? atoi(argv[5]) : 4;
+    void *params[1] = {&flops};
+    int rc = 0;
+    CUstream cs = NULL;
+    CUfunction cf = NULL;
+    CUgraphExec cge = NULL;
+    hipStream_t hs = NULL;
+    hipFunction_t hf = NULL;
+    hipGraphExec_t hge = NULL;
+    aclrtStream as = NULL;
+    cnrtQueue_t cq = NULL;
+    int acl_handle = 1;
+    if (strcmp(rt, "cuda") == 0) {
+        CUdevice d;
+        CUcontext ctx;
+        CUmodule mod;
+        CUgraph graph;
+        rc = cuInit(0);
+        rc = rc ? rc : cuDeviceGet(&d, dev);
+        rc = rc ? rc : cuDevicePrimaryCtxRetain(&ctx, d);
+        rc = rc ? rc : cuCtxSetCurrent(ctx);
+        rc = rc ? rc : cuModuleLoadData(&mod, "hcs-sim");
+        rc = rc ? rc : cuModuleGetFunction(&cf, mod, "flops");
+        rc = rc ? rc : cuStreamCreate(&cs, 0);
+        rc = rc ? rc : cuStreamBeginCapture_v2(cs, CU_STREAM_CAPTURE_MODE_GLOBAL);
+        rc = rc ? rc : cuLaunchKernel(cf, 1, 1, 1, 1, 1, 1, 0, cs, params, NULL);
+        rc = rc ? rc : cuStreamEndCapture(cs, &graph);
+        rc = rc ? rc : cuGraphInstantiateWithFlags(&cge, graph, 0);
+    } else if (strcmp(rt, "hip") == 0) {
+        hipModule_t mod;
+        hipGraph_t graph;
+        rc = hipSetDevice(dev);
+        rc = rc ? rc : hipModuleLoadData(&mod, "hcs-sim");
+        rc = rc ? rc : hipModuleGetFunction(&hf, mod, "flops");
+        rc = rc ? rc : hipStreamCreate(&hs);
+        rc = rc ? rc : hipStreamBeginCapture(hs, hipStreamCaptureModeGlobal);
+        rc = rc ? rc : hipModuleLaunchKernel(hf, 1, 1, 1, 1, 1, 1, 0, hs, params, NULL);
+        rc = rc ? rc : hipStreamEndCapture(hs, &graph);
+        rc = rc ? rc : hipGraphInstantiateWithFlags(&hge, graph, 0);
+    } else if (strcmp(rt, "acl") == 0) {
+        rc = aclInit(NULL);
+        rc = rc ? rc : aclrtSetDevice(dev);
+        rc = rc ? rc : aclrtCreateStream(&as);
+    } else if (strcmp(rt, "cnrt") == 0) {
+        rc = cnrtSetDevice(dev);
+        rc = rc ? rc : cnrtQueueCreate(&cq);
+    } else {
+        fprintf(stderr, "unknown runtime %s\n", rt);
+        return 2;
+    }
+    if (rc != 0) {
+        printf("{\"pid\": %d, \"rc\": %d, \"stage\": \"setup\"}\n", (int)getpid(), rc);
+        return 1;
+    }
+    uint64_t t0 = clk(CLOCK_MONOTONIC), c0 = clk(CLOCK_PROCESS_CPUTIME_ID);
+    uint64_t end = t0 + (uint64_t)(seconds * 1e9);
+    unsigned long long launches = 0, batches = 0;
+    CUevent cev[DEPTH] = {NULL};
+    hipEvent_t hev[DEPTH] = {NULL};
+    aclrtEvent aev[DEPTH] = {NULL};
+    cnrtNotifier_t nev[DEPTH] = {NULL};
+    for (int i = 0; i < DEPTH && rc == 0; i++)
+        rc = cs != NULL ? cuEventCreate(&cev[i], 0) : hs != NULL ? hipEventCreate(&hev[i])
+           : as != NULL ? aclrtCreateEvent(&aev[i]) : cnrtNotifierCreate(&nev[i]);
+    dim3 one = {1, 1, 1};
+    cnrtDim3_t cone = {1, 1, 1};
+    /* T_COMPUTE_GETPROC=1: CUDA launches through the pointer cuGetProcAddress hands out */
+    __typeof__(&cuLaunchKernel) launch_fn = cuLaunchKernel;
+    const char *gp = getenv("T_COMPUTE_GETPROC");
+    if (cs != NULL && gp != NULL && strcmp(gp, "1") == 0) {
+        void *fn = NULL;
+        rc = cuGetProcAddress("cuLaunchKernel", &fn, 12000, 0);
+        if (rc == 0)
+            launch_fn = (__typeof__(&cuLaunchKernel))fn;
+    }
+    /* T_COMPUTE_LAUNCHES=n: stop after n launches (instruction counts under callgrind) */
+    const char *nl = getenv("T_COMPUTE_LAUNCHES");
+    unsigned long long max_launches = nl != NULL ? strtoull(nl, NULL, 10) : 0;
+    while (rc == 0 && clk(CLOCK_MONOTONIC) < end && (max_launches == 0 || launches < max_launches)) {
+        for (int i = 0; i < batch && rc == 0; i++, launches++) {
+            int k = (int)(launches % 4);
+            if (cs != NULL) {
+                CUlaunchConfig cfg = {1, 1, 1, 1, 1, 1, 0, cs, NULL, 0};
+                if (launch_fn != cuLaunchKernel)
+                    k = 0;
+                rc = k == 0 ? launch_fn(cf, 1, 1, 1, 1, 1, 1, 0, cs, params, NULL)
+                   : k == 1 ? cuLaunchKernelEx(&cfg, cf, params, NULL)
+                   : k == 2 ? cuLaunchCooperativeKernel(cf, 1, 1, 1, 1, 1, 1, 0, cs, params)
+                            : cuGraphLaunch(cge, cs);
+            } else if (hs != NULL) {
+                rc = k == 0 ? hipLaunchKernel((const void *)kernel_stub, one, one, params, 0, hs)
+                   : k == 1 ? hipModuleLaunchKernel(hf, 1, 1, 1, 1, 1, 1, 0, hs, params, NULL)
+                   : k == 2 ? hipExtLaunchKernel((const void *)kernel_stub, one, one, params, 0, hs, NULL, NULL, 0)
+                            : hipGraphLaunch(hge, hs);
+            } else if (as != NULL) {
+                rc = aclrtLaunchKernel(&acl_handle, 1, &flops, sizeof flops, as);
+            } else {
+                rc = cnrtInvokeKernel((const void *)kernel_stub, cone, 1, params, 0, cq);
+            }
+        }
+        /* pipelined like a framework: an event after each batch, wait for the one DEPTH-1 batches
+         * before (the queue never drains, a stalled CPU thread does not idle the device) */
+        int cur = (int)(batches++ % DEPTH), prev = (int)(batches % DEPTH);
+        if (rc == 0)
+            rc = cs != NULL ? cuEventRecord(cev[cur], cs) : hs != NULL ? hipEventRecord(hev[cur], hs)
+               : as != NULL ? aclrtRecordEvent(aev[cur], as) : cnrtPlaceNotifier(nev[cur], cq);
+        if (rc == 0 && batches >= DEPTH)
+            rc = cs != NULL ? cuEventSynchronize(cev[prev]) : hs != NULL ? hipEventSynchronize(hev[prev])
+               : as != NULL ? aclrtSynchronizeEvent(aev[prev]) : cnrtWaitNotifier(nev[prev]);
+    }
+    if (rc == 0)
+        rc = cs != NULL ? cuStreamSynchronize(cs) : hs != NULL ? hipStreamSynchronize(hs)
+           : as != NULL ? aclrtSynchronizeStream(as) : cnrtQueueSync(cq);
+    uint64_t wall = clk(CLOCK_MONOTONIC) - t0, cpu = clk(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    printf("{\"pid\": %d, \"launches\": %llu, \"wall_ns\": %llu, \"cpu_ns\": %llu, \"rc\": %d}\n", (int)getpid(),
+           launches, (unsigned long long)wall, (unsigned long long)cpu, rc);
+    return rc == 0 ? 0 : 1;
+}
