@@ -23,6 +23,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from dra_helpers import pod_with_claim  # noqa: E402
+
 from hcs.devices.health import HealthMonitor  # noqa: E402
 from hcs.devices.inventory import discover  # noqa: E402
 from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
@@ -35,7 +37,6 @@ from hcs.testing.kube_objects import (  # noqa: E402
     delete_node,
     ensure_fake_node,
     ensure_namespace,
-    pod_with_claim,
     wait_for,
 )
 
