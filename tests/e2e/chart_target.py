@@ -85,6 +85,27 @@ class ChartTarget:
         """The node's own view of the host (multi-node local cluster: per-node dirs bound in its mount ns)."""
         return self.cluster.dir / "nodes" / node / "root"
 
+    def _host_path(self, node: str, path: str) -> Path:
+        """A node's host path (/usr/local/..., /opt/...) as seen from here on the multi-node local cluster."""
+        for prefix, sub in (("/usr/local/", "usr-local"), ("/opt/", "opt")):
+            if path.startswith(prefix):
+                return self.node_root(node) / sub / path[len(prefix):]
+        raise ValueError(f"{path}: not under a per-node host directory of the multi-node cluster")
+
+    def read_node_file(self, node: str, path: str) -> bytes:
+        """A file on the node's host (kind: inside the node container)."""
+        if self.target == "kind":
+            return subprocess.run(["docker", "exec", node, "cat", path], capture_output=True, check=True,
+                                  timeout=60).stdout
+        return self._host_path(node, path).read_bytes()
+
+    def write_node_file(self, node: str, path: str, data: bytes) -> None:
+        if self.target == "kind":
+            subprocess.run(["docker", "exec", "-i", node, "sh", "-c", f"cat > {path}.tmp && mv {path}.tmp {path}"],
+                           input=data, check=True, timeout=60)
+            return
+        self._host_path(node, path).write_bytes(data)
+
     def faults_file(self, node: str) -> Path:
         return self.node_root(node) / "opt" / "hcs" / "sim" / "profile.json.faults"
 

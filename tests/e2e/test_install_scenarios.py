@@ -76,8 +76,6 @@ def test_every_component_running_and_ready(hcs_e2e: Any) -> None:
 
 def test_interceptor_installed_on_every_node_by_the_init_container(hcs_e2e: Any) -> None:
     h = hcs_e2e
-    if h.target != "chart":
-        pytest.skip("reads the nodes' host directories (multi-node local cluster only)")
     image = _hcs_image(h)
     probe = accel_pod(name("lib"), image, {}, command="sha256sum /opt/hcs/lib/libhcs_interceptor.so")
     probe["spec"]["containers"][0]["command"] = ["sh", "-c", "sha256sum /opt/hcs/lib/libhcs_interceptor.so"]
@@ -85,8 +83,8 @@ def test_interceptor_installed_on_every_node_by_the_init_container(hcs_e2e: Any)
     out = run_to_completion(h, probe)
     want = out.log.split()[0]
     for n in h.nodes:
-        lib = h.node_root(n) / "usr-local" / "hcs" / "lib" / "libhcs_interceptor.so"
-        assert hashlib.sha256(lib.read_bytes()).hexdigest() == want, n
+        lib = h.read_node_file(n, "/usr/local/hcs/lib/libhcs_interceptor.so")
+        assert hashlib.sha256(lib).hexdigest() == want, n
 
 
 def test_kubectl_get_computenodes_shows_every_node_with_the_seed_columns(hcs_e2e: Any) -> None:
@@ -244,14 +242,12 @@ def test_node_agent_pod_killed_daemonset_restarts_it_running_pods_undisturbed(hc
 
 def test_broken_simulated_profile_shows_a_computenode_with_a_reason(hcs_e2e: Any) -> None:
     h = hcs_e2e
-    if h.target != "chart":
-        pytest.skip("edits a node's profile through its host directory (multi-node local cluster only)")
     node = h.nodes[-1]
-    profile = h.node_root(node) / "opt" / "hcs" / "sim" / "profile.json"
-    good = profile.read_bytes()
+    profile = "/opt/hcs/sim/profile.json"
+    good = h.read_node_file(node, profile)
     [agent] = [p for p in h.pods("node-agent") if p["spec"]["nodeName"] == node]
     try:
-        profile.write_text('{"devices": [{"vendor": "nvidia", "memory_mib": "lots"}]')  # not even JSON
+        h.write_node_file(node, profile, b'{"devices": [{"vendor": "nvidia", "memory_mib": "lots"}]')  # not JSON
         h.rest.request("DELETE", f"/api/v1/namespaces/{h.release_namespace}/pods/{agent['metadata']['name']}")
 
         def reason() -> str:
@@ -265,7 +261,7 @@ def test_broken_simulated_profile_shows_a_computenode_with_a_reason(hcs_e2e: Any
         status = _wait(reason, 120, f"ComputeNode {node} to report the broken profile")
         assert "profile" in status.lower(), status
     finally:
-        profile.write_bytes(good)
+        h.write_node_file(node, profile, good)
         for p in h.pods("node-agent"):
             if p["spec"]["nodeName"] == node:
                 h.rest.request("DELETE", f"/api/v1/namespaces/{h.release_namespace}/pods/{p['metadata']['name']}")
