@@ -225,6 +225,9 @@ class AllocatorService(pbg.AllocatorServicer):
         self._authorize(context, "GetNodeAssignments", request.node)
         if not request.node:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node is required")
+        # A standby's watch lags the leader's binds: its answer could miss the pod being admitted (the
+        # node agent then reads the pod's signed record from the API server instead).
+        self._leader(context)
         return pb.GetNodeAssignmentsResponse(
             assignments=[reservation_to_proto(r) for r in self.state.reservations(request.node)])
 

@@ -168,6 +168,17 @@ def capacity_server(tmp_path: Path) -> Iterator[tuple[pbg.AllocatorStub, Allocat
         server.stop(None)
 
 
+def test_a_standby_does_not_answer_node_assignments(
+        capacity_server: tuple[pbg.AllocatorStub, AllocatorState, list[bool]]) -> None:
+    """A standby's reservations lag the leader's binds; a node agent must not take its (empty) answer."""
+    s, _, leader = capacity_server
+    assert list(s.GetNodeAssignments(pb.GetNodeAssignmentsRequest(node="n1"), timeout=5).assignments) == []
+    leader[0] = False
+    with pytest.raises(grpc.RpcError) as err:
+        s.GetNodeAssignments(pb.GetNodeAssignmentsRequest(node="n1"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
 def dev(name: str, vendor: str, gib: int, island: str = "", health: int = 100) -> DeviceInfo:
     index = int(name.rsplit("-", 1)[1])
     return DeviceInfo(name, vendor, "m", f"{name}-uuid", index, gib * GI, 1000, island, health)

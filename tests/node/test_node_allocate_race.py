@@ -70,7 +70,7 @@ def record_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RecordKey:
 @pytest.fixture
 def agent_on_real_kubelet(rest: KubeRest, kube_cluster: Any, record_key: RecordKey) -> Iterator[Any]:
     """A node agent registered with the real kubelet whose assignment source is a real allocator gRPC
-    server that holds no reservation (a standby: GetNodeAssignments answers, with nothing in it)."""
+    server that is a standby (GetNodeAssignments answers UNAVAILABLE: nothing to match)."""
     from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
     from hcs.node.agent import NodeAgent
