@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hcs.testing.kubelet_sim import SimPod  # noqa: E402
+from hcs.kubeletsim.deviceplugin import SimPod  # noqa: E402
 from node_helpers import GiB, device, node_env  # noqa: E402
 
 from hcs.devices.injection import CONTAINER_COMPUTE_DIR, compute_share, compute_share_text  # noqa: E402
