@@ -28,18 +28,13 @@ runs in real time with workload threads and is part of the scenario set.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-
-# bench/ is sys.path[0] when run as a script; bench/inspect.py would shadow the stdlib `inspect`.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ("a100-80g-nvlink-8", "ascend-910b-hccs-8", "hygon-k100ai-xgmi-8", "mlu370-x8-mlulink-8")
@@ -141,7 +136,6 @@ def main() -> int:
     faults.write_text("")
     os.environ.update({"HCS_SIM_PROFILE": str(profile), "HCS_SIM_FAULTS": str(faults),
                        "HCS_SIM_CLOCK": str(clock_file)})
-    sys.path.insert(0, str(ROOT))
     from hcs.devices.health import HealthMonitor
     from hcs.devices.inventory import discover
 

@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from hcs.kube import KubeError, KubeRest
+from hcs.node.sources import node_pods_query
 from hcs.records import ASSIGNMENT_ANNOTATION
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def affected_pods(rest: KubeRest, node: str, driver: str, device_key: str, uuid:
                 out[str(ref.get("uid"))] = (ns, str(ref.get("name")), str(ref.get("uid")))
     if uuid:
         try:
-            pods = rest.request("GET", "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={node}"})
+            pods = rest.request("GET", "/api/v1/pods", query=node_pods_query(node))
         except KubeError as exc:
             log.debug("pods not listed: %s", exc)
             pods = {}

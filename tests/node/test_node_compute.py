@@ -13,12 +13,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hcs.kubeletsim.deviceplugin import SimPod  # noqa: E402
 from node_helpers import GiB, device, node_env  # noqa: E402
 
 from hcs.devices.injection import CONTAINER_COMPUTE_DIR, compute_share, compute_share_text  # noqa: E402
 from hcs.devices.model import Vendor  # noqa: E402
 from hcs.errors import ConfigError  # noqa: E402
+from hcs.kubeletsim.deviceplugin import SimPod  # noqa: E402
 from hcs.node.agent import NodeAgent  # noqa: E402
 from hcs.node.assignments import PodDemand, PodRef, demand_from_pod  # noqa: E402
 from hcs.node.config import node_config  # noqa: E402
