@@ -27,9 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hcs.allocator.kube import KubeSync
 from hcs.allocator.metrics import AllocatorMetrics
-from hcs.allocator.placement import ANN_ASSIGNMENT, RequestError, demand_from_pod
+from hcs.allocator.placement import ANN_ASSIGNMENT, NO_COMPUTENODE, RequestError, demand_from_pod
+from hcs.allocator.policies import FloatArray
 from hcs.allocator.service import reservation_from_annotation
 from hcs.allocator.state import AllocatorState, Conflict, NoFit
 from hcs.errors import ConfigError
@@ -44,6 +47,17 @@ CACHE_SIZE = 20000
 SCHEDULER_CONFIG = Path(__file__).with_name("scheduler-config.yaml")
 
 
+def priorities(normalised: FloatArray) -> list[int]:
+    """Extender priorities (0..``MAX_EXTENDER_PRIORITY``) of scores normalised to 0..100: what
+    ``int(round(round(s, 3) * MAX / 100))`` gives, vectorised (numpy's rounding to 3 places can differ from
+    Python's in the last place, so values within reach of a .5 boundary are redone in Python)."""
+    x = np.round(normalised, 3) * MAX_EXTENDER_PRIORITY / 100
+    out = np.rint(x)
+    for i in np.flatnonzero(np.abs(x - np.floor(x) - 0.5) < 1e-3).tolist():
+        out[i] = round(round(float(normalised[i]), 3) * MAX_EXTENDER_PRIORITY / 100)
+    return [int(v) for v in out.tolist()]
+
+
 def _get(obj: Mapping[str, Any] | None, key: str) -> Any:
     if not obj:
         return None
@@ -56,7 +70,7 @@ def _get(obj: Mapping[str, Any] | None, key: str) -> Any:
 def _node_names(args: Mapping[str, Any]) -> list[str]:
     names = _get(args, "NodeNames")
     if names is not None:
-        return [str(n) for n in names]
+        return list(map(str, names))
     nodes = _get(args, "Nodes") or {}
     return [str((n.get("metadata") or {}).get("name", "")) for n in (nodes.get("items") or [])]
 
@@ -74,7 +88,7 @@ class Extender:
         # pods seen by filter (bind then needs no GET) and filter scores (prioritize reuses them
         # while the state is unchanged); both bounded
         self._pods: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
-        self._scores: OrderedDict[str, tuple[int, tuple[str, ...], dict[str, float]]] = OrderedDict()
+        self._scores: OrderedDict[str, tuple[int, frozenset[str], dict[str, int]]] = OrderedDict()
 
     def _remember(self, cache: OrderedDict[str, Any], key: str, value: Any) -> None:
         with self._lock:
@@ -219,13 +233,15 @@ class Extender:
                                     for n in names if n != held.node}, "Error": ""}
         self._drop_stale(pod)
         version = self.state.version
-        verdicts = self.state.explain(demand, names, proposals=0)
-        fit = [v.node for v in verdicts if v.fits]
+        ranking, missing = self.state.rank(demand, names)
+        fit: list[str] = ranking.table.names[ranking.node].tolist()
         if demand.pod.uid:
             self._remember(self._pods, demand.pod.uid, pod)
             self._remember(self._scores, demand.pod.uid,
-                           (version, tuple(sorted(names)), {v.node: v.score for v in verdicts if v.fits}))
-        failed = {v.node: v.reason for v in verdicts if not v.fits}
+                           (version, frozenset(names), dict(zip(fit, priorities(ranking.normalised()), strict=True))))
+        names_of = ranking.table.nodes
+        failed = {names_of[i].name: why for i, why in ranking.failed()}
+        failed.update((n, NO_COMPUTENODE) for n in missing)
         if not fit and self.sync:
             summary = "; ".join(f"{n}: {r}" for n, r in list(failed.items())[:5])
             self.sync.event(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""),
@@ -245,11 +261,13 @@ class Extender:
             cached = self._scores.get(demand.pod.uid)
         # The filter's scores, even if a bind of another pod changed the state since (the scheduler binds
         # asynchronously, so it nearly always has): scores only rank nodes, bind re-checks the fit.
-        if cached is not None and set(names) <= set(cached[1]):
+        if cached is not None and cached[1].issuperset(names):
             scores = cached[2]
         else:
-            scores = {v.node: v.score for v in self.state.explain(demand, names, proposals=0) if v.fits}
-        return [{"Host": n, "Score": int(round(scores.get(n, 0.0) * MAX_EXTENDER_PRIORITY / 100))} for n in names]
+            ranking, _ = self.state.rank(demand, names)
+            scores = dict(zip(ranking.table.names[ranking.node].tolist(), priorities(ranking.normalised()),
+                              strict=True))
+        return [{"Host": n, "Score": scores.get(n, 0)} for n in names]
 
     def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
         uid = str(_get(args, "PodUID") or "")
