@@ -117,6 +117,19 @@ def _api_client(kubeconfig: str | None) -> Any:
 LEADER_LABEL = "hcs.io/allocator-leader"
 
 
+def _freeze_after_sync(sync: Any, timeout_s: float = 24 * 3600) -> None:
+    """Once every watch has listed, move what the daemon holds (inventory, watched objects) out of the cyclic
+    garbage collector's reach (``gc.freeze``): its full collections then walk only what came since, instead
+    of pausing an extender decision for tens of milliseconds at thousands of nodes. Objects freed by
+    reference counting are freed as before."""
+    import gc
+
+    if sync.wait_synced(timeout_s):
+        gc.collect()
+        gc.freeze()
+        log.info("initial state held: %d objects frozen out of the cyclic garbage collector", gc.get_freeze_count())
+
+
 def _label_leader(rest: Any, is_leader: Callable[[], bool], period_s: float = 0.5) -> None:
     """Keep this pod's ``hcs.io/allocator-leader`` label equal to its leadership, so the chart's leader
     Service sends the kube-scheduler's extender calls and the node agents' gRPC to the active replica only
@@ -259,6 +272,7 @@ def run_allocator(args: argparse.Namespace) -> int:
                              insecure_dev=insecure_dev)
     threading.Thread(target=sync.run, args=(cfg.sync_interval_s, serving), name="hcs-sync", daemon=True).start()
     threading.Thread(target=elector.run, name="hcs-lease", daemon=True).start()
+    threading.Thread(target=_freeze_after_sync, args=(sync,), name="hcs-gc-freeze", daemon=True).start()
     threading.Thread(target=_label_leader, args=(rest, elector.is_leader), name="hcs-leader-label",
                      daemon=True).start()
     log.info("allocator %s: gRPC %s (%s), extender %s://%s:%d", identity, cfg.grpc_address,

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 MAX_EXTENDER_PRIORITY = 10
 CACHE_SIZE = 20000
+#: filter scores kept for the cycle's prioritize (taken by it): a scheduling cycle's worth, not a history
+#: (each holds the node names the filter saw)
+SCORES_CACHE_SIZE = 1024
 SCHEDULER_CONFIG = Path(__file__).with_name("scheduler-config.yaml")
 
 
@@ -90,11 +93,11 @@ class Extender:
         self._pods: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._scores: OrderedDict[str, tuple[int, frozenset[str], dict[str, int]]] = OrderedDict()
 
-    def _remember(self, cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    def _remember(self, cache: OrderedDict[str, Any], key: str, value: Any, size: int = CACHE_SIZE) -> None:
         with self._lock:
             cache[key] = value
             cache.move_to_end(key)
-            while len(cache) > CACHE_SIZE:
+            while len(cache) > size:
                 cache.popitem(last=False)
 
     def _bound_node(self, namespace: str, name: str, uid: str) -> str | None:
@@ -238,7 +241,8 @@ class Extender:
         if demand.pod.uid:
             self._remember(self._pods, demand.pod.uid, pod)
             self._remember(self._scores, demand.pod.uid,
-                           (version, frozenset(names), dict(zip(fit, priorities(ranking.normalised()), strict=True))))
+                           (version, frozenset(names), dict(zip(fit, priorities(ranking.normalised()), strict=True))),
+                           SCORES_CACHE_SIZE)
         names_of = ranking.table.nodes
         failed = {names_of[i].name: why for i, why in ranking.failed()}
         failed.update((n, NO_COMPUTENODE) for n in missing)
@@ -257,8 +261,8 @@ class Extender:
             demand = None
         if demand is None:
             return [{"Host": n, "Score": 0} for n in names]
-        with self._lock:
-            cached = self._scores.get(demand.pod.uid)
+        with self._lock:  # one scheduling cycle's: filter, then prioritize once
+            cached = self._scores.pop(demand.pod.uid, None)
         # The filter's scores, even if a bind of another pod changed the state since (the scheduler binds
         # asynchronously, so it nearly always has): scores only rank nodes, bind re-checks the fit.
         if cached is not None and cached[1].issuperset(names):
@@ -287,6 +291,7 @@ class Extender:
             return {"Error": "hcs allocator: no API server connection; cannot bind"}
         with self._lock:
             pod = self._pods.pop(uid, None) if uid else None
+            self._scores.pop(uid, None)
         if pod is None or (pod.get("metadata") or {}).get("name") != name:
             try:
                 pod = self.sync.get_pod(ns, name)
