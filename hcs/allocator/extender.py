@@ -31,10 +31,10 @@ import numpy as np
 
 from hcs.allocator.kube import KubeSync
 from hcs.allocator.metrics import AllocatorMetrics
-from hcs.allocator.placement import ANN_ASSIGNMENT, NO_COMPUTENODE, RequestError, demand_from_pod
+from hcs.allocator.placement import ANN_ASSIGNMENT, NO_COMPUTENODE, PodDemand, RequestError, demand_from_pod
 from hcs.allocator.policies import FloatArray
 from hcs.allocator.service import reservation_from_annotation
-from hcs.allocator.state import AllocatorState, Conflict, NoFit
+from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation
 from hcs.errors import ConfigError
 from hcs.httpserve import CertStore, HttpService, Limits, Reply, Request
 from hcs.kube import KubeError
@@ -289,16 +289,9 @@ class Extender:
             return {"Error": "hcs allocator: this replica is not the leader"}
         if self.sync is None:
             return {"Error": "hcs allocator: no API server connection; cannot bind"}
-        with self._lock:
-            pod = self._pods.pop(uid, None) if uid else None
-            self._scores.pop(uid, None)
-        if pod is None or (pod.get("metadata") or {}).get("name") != name:
-            try:
-                pod = self.sync.get_pod(ns, name)
-            except KubeError as exc:
-                return {"Error": f"pod {ns}/{name}: {exc}"}
-        if uid and pod["metadata"].get("uid") != uid:
-            return {"Error": f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"}
+        pod = self._pod_to_bind(ns, name, uid)
+        if isinstance(pod, str):
+            return {"Error": pod}
         uid = str(pod["metadata"].get("uid"))
         try:
             demand = demand_from_pod(pod)
@@ -311,52 +304,84 @@ class Extender:
         res = None
         version = ""
         if demand is not None:
-            held = self.state.reservation(uid)
-            if held is not None and held.node != node:
-                try:
-                    if not self._unreserve_unbound(ns, name, uid):
-                        return {"Error": f"pod {ns}/{name} is already bound to {self._bound_node(ns, name, uid)}"
-                                         " (or changed meanwhile; retry)"}
-                except KubeError as exc:
-                    return {"Error": f"pod {ns}/{name}: {exc}"}
-            try:
-                res = self.state.reserve(demand, node)
-            except (NoFit, Conflict) as exc:
-                self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
-                return {"Error": str(exc)}
-            try:
-                version = self.sync.annotate(res, ns, name)  # source of truth first
-            except KubeError as exc:
-                # the write may have landed with its reply lost: clear it before freeing the devices
-                try:
-                    self.sync.annotate(None, ns, name)
-                    self.state.release(uid)
-                except KubeError:
-                    log.warning("pod %s/%s: assignment may be recorded and could not be cleared; the "
-                                "reservation stays until the pod is rescheduled or gone", ns, name)
-                return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+            recorded = self._reserve_recorded(demand, ns, name, uid, node)
+            if isinstance(recorded, dict):
+                return recorded
+            res, version = recorded
         try:
             self._bind_version(ns, name, uid, node, version if res is not None else "", res is not None)
         except KubeError as exc:
-            try:
-                bound = self._bound_node(ns, name, uid)
-            except KubeError:
-                bound = ""
-            if bound == node:  # an earlier attempt (timed out on the scheduler's side) did bind it
-                return {"Error": ""}
-            if res is not None:
-                # The Binding may still land (its reply was lost): clear the grant only on the unbound version
-                # of the pod (that makes a late Binding fail), then free the devices; bound meanwhile: done.
-                try:
-                    if not self._unreserve_unbound(ns, name, uid) and self._bound_node(ns, name, uid) == node:
-                        return {"Error": ""}
-                except KubeError:
-                    log.warning("pod %s/%s: assignment not cleared; the reservation stays until the pod is "
-                                "rescheduled or gone", ns, name)
-            return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
+            return self._binding_failed(ns, name, uid, node, res is not None, exc)
         log.info("bound %s/%s to %s%s", ns, name, node, "" if res is None else
                  f" with {sum(1 for _ in res.grants())} device grant(s)")
         return {"Error": ""}
+
+    def _pod_to_bind(self, ns: str, name: str, uid: str) -> Mapping[str, Any] | str:
+        """The pod the filter saw (else from the API server); an error message when it cannot be read or was
+        recreated under another uid."""
+        assert self.sync is not None
+        with self._lock:
+            pod = self._pods.pop(uid, None) if uid else None
+            self._scores.pop(uid, None)
+        if pod is None or (pod.get("metadata") or {}).get("name") != name:
+            try:
+                pod = self.sync.get_pod(ns, name)
+            except KubeError as exc:
+                return f"pod {ns}/{name}: {exc}"
+        if uid and pod["metadata"].get("uid") != uid:
+            return f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"
+        return pod
+
+    def _reserve_recorded(self, demand: PodDemand, ns: str, name: str, uid: str,
+                          node: str) -> tuple[Reservation, str] | dict[str, Any]:
+        """Reserve on ``node`` (a reservation held elsewhere is dropped first if the pod is unbound) and record
+        the grant on the pod: (reservation, the annotated pod's resourceVersion), or ``{"Error": ...}``."""
+        assert self.sync is not None
+        held = self.state.reservation(uid)
+        if held is not None and held.node != node:
+            try:
+                if not self._unreserve_unbound(ns, name, uid):
+                    return {"Error": f"pod {ns}/{name} is already bound to {self._bound_node(ns, name, uid)}"
+                                     " (or changed meanwhile; retry)"}
+            except KubeError as exc:
+                return {"Error": f"pod {ns}/{name}: {exc}"}
+        try:
+            res = self.state.reserve(demand, node)
+        except (NoFit, Conflict) as exc:
+            self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
+            return {"Error": str(exc)}
+        try:
+            return res, self.sync.annotate(res, ns, name)  # source of truth first
+        except KubeError as exc:
+            # the write may have landed with its reply lost: clear it before freeing the devices
+            try:
+                self.sync.annotate(None, ns, name)
+                self.state.release(uid)
+            except KubeError:
+                log.warning("pod %s/%s: assignment may be recorded and could not be cleared; the "
+                            "reservation stays until the pod is rescheduled or gone", ns, name)
+            return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+
+    def _binding_failed(self, ns: str, name: str, uid: str, node: str, granted: bool,
+                        exc: KubeError) -> dict[str, Any]:
+        """The Binding POST failed: success after all if an earlier attempt bound the pod to ``node``; else
+        the grant is cleared (only on the unbound version of the pod) and the devices freed."""
+        try:
+            bound = self._bound_node(ns, name, uid)
+        except KubeError:
+            bound = ""
+        if bound == node:  # an earlier attempt (timed out on the scheduler's side) did bind it
+            return {"Error": ""}
+        if granted:
+            # The Binding may still land (its reply was lost): clear the grant only on the unbound version
+            # of the pod (that makes a late Binding fail), then free the devices; bound meanwhile: done.
+            try:
+                if not self._unreserve_unbound(ns, name, uid) and self._bound_node(ns, name, uid) == node:
+                    return {"Error": ""}
+            except KubeError:
+                log.warning("pod %s/%s: assignment not cleared; the reservation stays until the pod is "
+                            "rescheduled or gone", ns, name)
+        return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
 
 
 DEFAULT_ALLOWED_SUBJECTS = ("hcs-scheduler",)

@@ -810,26 +810,34 @@ def _score_rows(demand: PodDemand, table: DeviceTable, lv: TableUsage, usage: Ma
         row_fits &= ((lv.vram[sel] == 0) & (lv.tflops[sel] == 0) & usable).sum(axis=1) >= k
     cols = np.argmax(np.where(finite, scores, -np.inf), axis=1)
     row_best = scores[np.arange(len(rows)), cols]
-    named = len(demand.containers) > 1  # reasons name the container only when there are several
-    for i in np.flatnonzero(~row_fits).tolist() if not best_only else ():
-        ni = int(ni_rows[i])
-        why[ni] = _why_not(main, _row_devices(table, int(rows[i])), usage.get(table.nodes[ni].name, {}),
-                           cons.high_bandwidth, named)
+    if not best_only:
+        for i in np.flatnonzero(~row_fits).tolist():
+            ni = int(table.row_node[rows[i]])
+            why[ni] = _why_not(main, _row_devices(table, int(rows[i])), usage.get(table.nodes[ni].name, {}),
+                               cons.high_bandwidth, len(demand.containers) > 1)
     if k > 1 and cons.high_bandwidth:  # island-preferred always finds k idle devices when k are idle
-        for i in np.flatnonzero(row_fits).tolist():
-            ni = int(ni_rows[i])
-            r = int(rows[i])
-            devs = [d for d, h in zip(table.devices[r], table.healthy[r], strict=False) if h]
-            node_usage = usage.get(table.nodes[ni].name, {})
-            if _pick_whole(devs, k, node_usage, cons.high_bandwidth) is None:
-                why[ni] = _why_not(main, devs, node_usage, True, named)
-                row_fits[i] = False
+        _one_island(demand, table, usage, rows, row_fits, k, why)
     fit_idx = np.flatnonzero(row_fits)
     # Across models, whole devices granted beyond the request are waste: a 16Gi job takes a slice of
     # one big device rather than two small ones, a 160Gi job 2x80Gi rather than 4x48Gi.
     waste = max(0, k * ref.vram_bytes - main.vram_bytes) if k > 1 else 0
     return (ni_rows[fit_idx], row_best[fit_idx], rows[fit_idx], cols[fit_idx],
             np.full(len(fit_idx), waste, dtype=np.int64))
+
+
+def _one_island(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage], rows: IntArray,
+                row_fits: npt.NDArray[np.bool_], k: int, why: dict[int, str]) -> None:
+    """``high-bandwidth`` over ``k`` whole devices: rows whose ``k`` idle devices are not on one island no
+    longer fit (``row_fits`` in place), and say why."""
+    main = demand.containers[0]
+    for i in np.flatnonzero(row_fits).tolist():
+        r = int(rows[i])
+        ni = int(table.row_node[r])
+        devs = [d for d, h in zip(table.devices[r], table.healthy[r], strict=False) if h]
+        node_usage = usage.get(table.nodes[ni].name, {})
+        if _pick_whole(devs, k, node_usage, True) is None:
+            why[ni] = _why_not(main, devs, node_usage, True, len(demand.containers) > 1)
+            row_fits[i] = False
 
 
 def _rank(table: DeviceTable, cands: Sequence[_Cands], multi_ok: set[int], why: dict[int, str], proposals: int,
