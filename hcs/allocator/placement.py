@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -404,7 +404,7 @@ class DeviceTable:
     name_rank: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,)
 
     def free_milli(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64],
-                   rows: slice = slice(None)) -> npt.NDArray[np.int64]:
+                   rows: slice | npt.NDArray[np.bool_] = slice(None)) -> npt.NDArray[np.int64]:
         """``(R, W)`` free milli-devices (the binding fraction left), 0 where absent or unhealthy
         (``rows``: of those rows only, ``uv``/``ut`` being theirs)."""
         vram, tflops = self.vram[rows], self.tflops[rows]
@@ -501,6 +501,39 @@ class DeviceTable:
                    {m: next(x[3][0] for x in rows if x[1] == m) for m in models},
                    np.argsort(np.argsort(np.array([n.name for n in nodes], dtype=object), kind="stable"),
                               kind="stable").astype(np.int64))
+
+    def replace_node(self, inv: NodeInventory) -> DeviceTable | None:
+        """This table with node ``inv.name``'s devices and host capacity replaced — what a rebuild gives, without
+        the rebuild (75 ms of Python at 5,000 nodes) when a ComputeNode changes only health or capacity. None
+        when the node is new or its layout changed (other models, vendors, device names): rebuild then."""
+        ni = self.node_index.get(inv.name)
+        if ni is None:
+            return None
+        groups: dict[str, list[DeviceInfo]] = defaultdict(list)
+        for d in inv.devices:
+            groups[d.model].append(d)
+        rows = np.flatnonzero(self.row_node == ni).tolist()
+        if [self.row_model[r] for r in rows] != sorted(groups):
+            return None
+        devices = list(self.devices)
+        vram, tflops = self.vram.copy(), self.tflops.copy()
+        healthy, penalty = self.healthy.copy(), self.penalty.copy()
+        for r, (_, ds) in zip(rows, sorted(groups.items()), strict=True):
+            ds.sort(key=lambda d: d.index)
+            if ds[0].vendor != self.row_vendor[r] or [d.name for d in ds] != [d.name for d in self.devices[r]]:
+                return None
+            devices[r] = tuple(ds)
+            for j, d in enumerate(ds):
+                vram[r, j] = max(1, d.vram_bytes)
+                tflops[r, j] = d.tflops_milli
+                healthy[r, j] = d.healthy
+                penalty[r, j] = (100 - d.health_score) / 100.0
+        cpu_total, mem_total = self.cpu_total.copy(), self.mem_total.copy()
+        cpu_total[ni], mem_total[ni] = inv.cpu_milli, inv.memory_bytes
+        first = {m: int(np.argmax(self.row_mi == i)) for i, m in enumerate(self.models)}
+        return replace(self, nodes=(*self.nodes[:ni], inv, *self.nodes[ni + 1:]), devices=tuple(devices), vram=vram,
+                       tflops=tflops, healthy=healthy, penalty=penalty, cpu_total=cpu_total, mem_total=mem_total,
+                       reference={m: devices[r][0] for m, r in first.items()})
 
 
 def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, Usage],
@@ -607,6 +640,14 @@ class TableUsage:
         self.free_vram[rc] -= vram
         self.free_tflops[rc] -= tflops
         r = slice(rc[0], rc[0] + 1)
+        self.free[r] = table.free_milli(self.vram[r], self.tflops[r], r)
+        self.row_free[r] = self.free[r].sum(axis=1)
+
+    def refresh(self, table: DeviceTable, ni: int) -> None:
+        """Node ``ni``'s rows after its devices changed capacity or health (:meth:`DeviceTable.replace_node`)."""
+        r = table.row_node == ni
+        self.free_vram[r] = table.vram[r] - self.vram[r]
+        self.free_tflops[r] = table.tflops[r] - self.tflops[r]
         self.free[r] = table.free_milli(self.vram[r], self.tflops[r], r)
         self.row_free[r] = self.free[r].sum(axis=1)
 

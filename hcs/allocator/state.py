@@ -118,7 +118,13 @@ class AllocatorState:
         with self._lock:
             if self._nodes.get(inv.name) != inv:
                 self._nodes[inv.name] = inv
-                self._table = self._used = None
+                # health or capacity only: the planner's table and usage arrays change in place of a rebuild
+                table = self._table.replace_node(inv) if self._table is not None else None
+                if table is None or self._used is None:
+                    self._table = self._used = None
+                else:
+                    self._table = table
+                    self._used.refresh(table, table.node_index[inv.name])
                 self.version += 1
 
     def remove_node(self, name: str) -> None:

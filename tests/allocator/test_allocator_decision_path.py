@@ -131,3 +131,58 @@ def test_a_hash_collision_falls_back_to_scoring_every_row(monkeypatch: pytest.Mo
     got = placement._Scorer("best-fit")(view, Request(0, 0, 1, 250), ctx)
     monkeypatch.undo()
     assert np.array_equal(got, get_policy("best-fit")(view, Request(0, 0, 1, 250), ctx), equal_nan=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nodes_st, st.lists(st.integers(1, 90), max_size=20),
+       st.lists(st.tuples(st.integers(0, 13), st.sampled_from(["health", "vram", "cpu", "layout"]),
+                          st.integers(0, 100)), min_size=1, max_size=6))
+def test_a_changed_computenode_updates_the_kept_table_as_a_rebuild_would(
+        shape: list[tuple[str, int, int, int]], fill: list[int], changes: list[tuple[int, str, int]]) -> None:
+    """Health or capacity changes patch the planner's table and usage arrays in place (no rebuild at 5,000
+    nodes); the result equals a table built afresh, and plans from it equal plans from a fresh table."""
+    from dataclasses import fields, replace
+
+    from hcs.allocator.placement import DeviceTable, plan
+
+    s = AllocatorState()
+    invs = []
+    for i, (m, n, health, cpu) in enumerate(shape):
+        vram, tflops = MODELS[m]
+        invs.append(NodeInventory(f"n{i:03d}", tuple(DeviceInfo(f"d{j}", "nvidia", m, f"u{i}-{j}", j, vram * GI, tflops,
+                                                                f"i{j // 4}", health) for j in range(n)),
+                                  cpu, 256 * GI if cpu else 0))
+        s.set_node(invs[-1])
+    for i, g in enumerate(fill):
+        with contextlib.suppress(NoFit):
+            d = demand_from_pod(k8s_pod(f"f{i}", [g]))
+            assert d is not None
+            s.reserve(d)
+    for which, what, value in changes:
+        inv = invs[which % len(invs)]
+        devs = list(inv.devices)
+        if what == "health" and devs:
+            devs[value % len(devs)] = replace(devs[value % len(devs)], health_score=value)
+        elif what == "vram" and devs:
+            devs[value % len(devs)] = replace(devs[value % len(devs)], vram_bytes=(value + 80) * GI)  # grows
+        elif what == "cpu":
+            inv = replace(inv, cpu_milli=value * 1000)
+        else:  # another layout (one more device): a rebuild
+            m = devs[0].model if devs else "t4"
+            devs.append(DeviceInfo(f"d{len(devs)}", "nvidia", m, f"new-{value}", len(devs), MODELS[m][0] * GI,
+                                   MODELS[m][1]))
+        invs[which % len(invs)] = inv = replace(inv, devices=tuple(devs))
+        s.set_node(inv)
+        s.check_invariants()  # the kept usage arrays equal fresh ones over the kept table
+        kept, fresh = s._device_table(), DeviceTable.build(s.nodes())
+        for f in fields(DeviceTable):
+            a, b = getattr(kept, f.name), getattr(fresh, f.name)
+            assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, f.name
+        demand = demand_from_pod(k8s_pod("x", [value % 90 + 1]))
+        assert demand is not None
+        usage = {n.name: s.usage(n.name) for n in invs}
+        cpu_mem = {r.node: (0, 0) for r in s.reservations()}
+        got = [(v.node, v.fits, v.reason, v.score) for v in s.explain(demand)]
+        want = [(v.node, v.fits, v.reason, v.score)
+                for v in plan(demand, s.nodes(), usage, cpu_mem, s._target, np.random.default_rng(0))]
+        assert got == want
