@@ -102,16 +102,31 @@ def _api_client(kubeconfig: str | None) -> Any:
             raise ConfigError(f"{source} {path}: no such file; pass the kubeconfig of your cluster "
                               "(e.g. ~/.kube/config)")
         try:
-            return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
+            cfg = client.Configuration()
+            config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
         except Exception as exc:  # noqa: BLE001 - the client raises yaml, OS, type and config errors
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"{source} {path}: not a usable kubeconfig ({first}); check it with "
                               f"`kubectl --kubeconfig {path} cluster-info`") from exc
+        return _pooled(client, cfg)
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except config.ConfigException as exc:
         raise ConfigError("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a pod") from exc
-    return client.ApiClient()
+    return _pooled(client, cfg)
+
+
+#: API server connections the daemon keeps: three watches hold one each for as long as they run, and the
+#: extender's bind workers, the Lease, the sync and the leader label need theirs. The client's default
+#: (5 x CPUs: 10 on two cores) ran out under load: every request beyond it opened a TLS connection and
+#: threw it away ("Connection pool is full"), slowing binds and the Lease renewals with them.
+API_POOL = 32
+
+
+def _pooled(client: Any, cfg: Any) -> Any:
+    cfg.connection_pool_maxsize = max(API_POOL, int(cfg.connection_pool_maxsize or 0))
+    return client.ApiClient(cfg)
 
 
 LEADER_LABEL = "hcs.io/allocator-leader"
