@@ -442,6 +442,16 @@ class DeviceTable:
                          for ds in self.devices], dtype=np.int64)
 
     @cached_property
+    def row_static(self) -> npt.NDArray[np.int64]:
+        """``(R,)`` an id of what a row's policy scores depend on besides its free capacity and model: which
+        devices are usable, their health penalties, its node's CPU and memory (rows alike share one)."""
+        key = np.concatenate([self.usable.astype(np.int64), np.ascontiguousarray(self.penalty).view(np.int64),
+                              self.cpu_total[self.row_node][:, None], self.mem_total[self.row_node][:, None]], axis=1)
+        if not len(key):
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(key, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+    @cached_property
     def n_shapes(self) -> int:
         return int(self.row_shape.max()) + 1 if len(self.row_shape) else 0
 
@@ -786,14 +796,20 @@ class _Scorer:
         self.policy: Policy = get_policy(name)
         self.row_wise = name != "random"
 
-    def __call__(self, view: NodeView, req: Request, ctx: PolicyContext) -> FloatArray:
+    def __call__(self, view: NodeView, req: Request, ctx: PolicyContext,
+                 static: IntArray | None = None) -> FloatArray:
+        """``static``: per row, an id of everything in the view but the free capacity and the model
+        (:attr:`DeviceTable.row_static`), so fewer columns are hashed and compared."""
         n = len(view.gpu_free)
         if not self.row_wise or n < DEDUP_MIN_ROWS:
             return self.policy(view, req, ctx)
-        cols = [view.gpu_free, view.gpu_present.astype(np.int64), view.cpu_free[:, None], view.mem_free[:, None],
-                view.cpu_total[:, None], view.mem_total[:, None]]
-        if view.penalty is not None:
-            cols.append(np.ascontiguousarray(view.penalty, dtype=np.float64).view(np.int64))
+        cols = [view.gpu_free, view.cpu_free[:, None], view.mem_free[:, None]]
+        if static is not None:
+            cols.append(static[:, None])
+        else:
+            cols += [view.gpu_present.astype(np.int64), view.cpu_total[:, None], view.mem_total[:, None]]
+            if view.penalty is not None:
+                cols.append(np.ascontiguousarray(view.penalty, dtype=np.float64).view(np.int64))
         if view.model is not None:
             cols.append(view.model[:, None])
         key = np.concatenate(cols, axis=1)
@@ -844,7 +860,7 @@ def _score_rows(demand: PodDemand, table: DeviceTable, lv: TableUsage, usage: Ma
     req = Request(demand.cpu_milli, demand.memory_bytes, k, milli)
     ctx = PolicyContext(rng, target, {"strand": 0.0} if not view.cpu_total.all() else {},
                         model_free if full_target else None)
-    scores = policy(view, req, ctx)
+    scores = policy(view, req, ctx, table.row_static[sel])
     finite = np.isfinite(scores)
     row_fits: npt.NDArray[np.bool_] = np.asarray(finite.any(axis=1))
     if k > 1:

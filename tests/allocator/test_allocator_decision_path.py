@@ -62,7 +62,12 @@ def test_filter_and_prioritize_agree_with_explain(shape: list[tuple[str, int, in
     demand = demand_from_pod(pod)
     assert demand is not None
     asked = names[::2] + ["ghost"]
-    verdicts = s.explain(demand, asked, proposals=0)
+    min_rows = placement.DEDUP_MIN_ROWS
+    placement.DEDUP_MIN_ROWS = 0  # distinct-state scoring at any size (it engages from 64 rows)
+    try:
+        verdicts = s.explain(demand, asked, proposals=0)
+    finally:
+        placement.DEDUP_MIN_ROWS = min_rows
     ext = Extender(s)
     out = ext.filter({"Pod": pod, "NodeNames": asked})
     assert out["NodeNames"] == [v.node for v in verdicts if v.fits]
