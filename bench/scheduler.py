@@ -92,6 +92,18 @@ class Retrying(KubeRest):
                 time.sleep(1)
 
 
+def api_client(kubeconfig: Path, workers: int) -> Any:
+    """A kubernetes ApiClient whose connection pool holds a connection per creating thread: the default
+    (5 x CPUs, 10 here) makes every thread beyond it open a fresh TLS connection per request and throw it
+    away ("Connection pool is full"), which on a small machine costs the bench more than the requests."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+    cfg.connection_pool_maxsize = max(workers, 10) + 4  # + the bind watch and the odd LIST
+    return client.ApiClient(cfg)
+
+
 def ignore_missing(fn: Any, *a: Any, **kw: Any) -> None:
     try:
         fn(*a, **kw)
@@ -283,8 +295,12 @@ def measure(rest: KubeRest, kind: str, n: int, start_scheduler: Any, timeout: fl
     t0 = time.monotonic()
     proc = start_scheduler()
     try:
+        shown = t0
         while time.monotonic() - t0 < timeout and len(watch.bound) < n:
             time.sleep(0.1)
+            if time.monotonic() - shown >= 60:  # progress on stderr (a run cut short still says something)
+                shown = time.monotonic()
+                print(f"{kind}: {len(watch.bound)}/{n} bound after {shown - t0:.0f} s", file=sys.stderr, flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -391,9 +407,7 @@ def main() -> int:
     else:
         cp = ensure_cluster()
         kcm = {"kcm_qps": 20, "kcm_burst": 30}  # the shared cluster's kube-controller-manager: defaults
-    from kubernetes import config
-
-    rest = Retrying(config.new_client_from_config(config_file=str(cp.kubeconfig)))
+    rest = Retrying(api_client(cp.kubeconfig, args.workers))
     teardown(rest)
     result: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods, "devices_per_node": args.devices,
                               "control_plane": args.control_plane, **kcm, "scheduler_qps": 1000}
@@ -404,6 +418,7 @@ def main() -> int:
             t = time.monotonic()
             setup(rest, args.nodes, args.workers, args.devices)
             result["setup_s"] = round(time.monotonic() - t, 1)
+            print(f"setup done in {result['setup_s']} s", file=sys.stderr, flush=True)
             # HCS path: the allocator daemon (live list+watch sync) as the extender
             alloc, url = start_allocator(cp, tmp)
             ext_cfg = yaml.safe_load((REPO / "hcs" / "allocator" / "scheduler-config.yaml").read_text())[
@@ -411,7 +426,9 @@ def main() -> int:
             ext_cfg["urlPrefix"] = url
             ext_cfg["enableHTTPS"] = False  # the in-process extender runs with insecure_dev (no client certs)
             ext_cfg.pop("tlsConfig", None)
+            t = time.monotonic()
             make_pods(rest, args.pods, "hcs", HCS_PROFILE, args.workers)
+            result["hcs_create_s"] = round(time.monotonic() - t, 1)
             result["hcs"] = measure(rest, "hcs", args.pods, lambda: run_scheduler(
                 cp, tmp, "hcs", {"schedulerName": HCS_PROFILE}, [ext_cfg]), args.timeout)
             with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
@@ -429,8 +446,11 @@ def main() -> int:
             alloc.terminate()
             alloc.wait(timeout=30)
             alloc = None
+            print(f"hcs path done: {json.dumps(result)}", file=sys.stderr, flush=True)  # progress (stdout: the end)
             # DRA path: kube-scheduler's own allocation from ResourceSlices
+            t = time.monotonic()
             make_pods(rest, args.pods, "dra", "bench-dra", args.workers)
+            result["dra_create_s"] = round(time.monotonic() - t, 1)
             result["dra"] = measure(rest, "dra", args.pods, lambda: run_scheduler(
                 cp, tmp, "dra", {"schedulerName": "bench-dra"}, []), args.timeout)
         finally:

@@ -27,11 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hcs.allocator.kube import KubeSync
 from hcs.allocator.metrics import CONTENT_TYPE_LATEST, AllocatorMetrics
-from hcs.allocator.placement import ANN_ASSIGNMENT, RequestError, demand_from_pod
+from hcs.allocator.placement import ANN_ASSIGNMENT, NO_COMPUTENODE, PodDemand, RequestError, demand_from_pod
+from hcs.allocator.policies import FloatArray
 from hcs.allocator.service import reservation_from_annotation
-from hcs.allocator.state import AllocatorState, Conflict, NoFit
+from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation
 from hcs.errors import ConfigError
 from hcs.httpserve import CertStore, HttpService, Limits, Reply, Request
 from hcs.kube import KubeError
@@ -41,7 +44,21 @@ log = logging.getLogger(__name__)
 
 MAX_EXTENDER_PRIORITY = 10
 CACHE_SIZE = 20000
+#: filter scores kept for the cycle's prioritize (taken by it): a scheduling cycle's worth, not a history
+#: (each holds the node names the filter saw)
+SCORES_CACHE_SIZE = 1024
 SCHEDULER_CONFIG = Path(__file__).with_name("scheduler-config.yaml")
+
+
+def priorities(normalised: FloatArray) -> list[int]:
+    """Extender priorities (0..``MAX_EXTENDER_PRIORITY``) of scores normalised to 0..100: what
+    ``int(round(round(s, 3) * MAX / 100))`` gives, vectorised (numpy's rounding to 3 places can differ from
+    Python's in the last place, so values within reach of a .5 boundary are redone in Python)."""
+    x = np.round(normalised, 3) * MAX_EXTENDER_PRIORITY / 100
+    out = np.rint(x)
+    for i in np.flatnonzero(np.abs(x - np.floor(x) - 0.5) < 1e-3).tolist():
+        out[i] = round(round(float(normalised[i]), 3) * MAX_EXTENDER_PRIORITY / 100)
+    return [int(v) for v in out.tolist()]
 
 
 def _get(obj: Mapping[str, Any] | None, key: str) -> Any:
@@ -56,7 +73,7 @@ def _get(obj: Mapping[str, Any] | None, key: str) -> Any:
 def _node_names(args: Mapping[str, Any]) -> list[str]:
     names = _get(args, "NodeNames")
     if names is not None:
-        return [str(n) for n in names]
+        return list(map(str, names))
     nodes = _get(args, "Nodes") or {}
     return [str((n.get("metadata") or {}).get("name", "")) for n in (nodes.get("items") or [])]
 
@@ -74,13 +91,13 @@ class Extender:
         # pods seen by filter (bind then needs no GET) and filter scores (prioritize reuses them
         # while the state is unchanged); both bounded
         self._pods: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
-        self._scores: OrderedDict[str, tuple[int, tuple[str, ...], dict[str, float]]] = OrderedDict()
+        self._scores: OrderedDict[str, tuple[int, frozenset[str], dict[str, int]]] = OrderedDict()
 
-    def _remember(self, cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    def _remember(self, cache: OrderedDict[str, Any], key: str, value: Any, size: int = CACHE_SIZE) -> None:
         with self._lock:
             cache[key] = value
             cache.move_to_end(key)
-            while len(cache) > CACHE_SIZE:
+            while len(cache) > size:
                 cache.popitem(last=False)
 
     def _bound_node(self, namespace: str, name: str, uid: str) -> str | None:
@@ -219,13 +236,16 @@ class Extender:
                                     for n in names if n != held.node}, "Error": ""}
         self._drop_stale(pod)
         version = self.state.version
-        verdicts = self.state.explain(demand, names, proposals=0)
-        fit = [v.node for v in verdicts if v.fits]
+        ranking, missing = self.state.rank(demand, names)
+        fit: list[str] = ranking.table.names[ranking.node].tolist()
         if demand.pod.uid:
             self._remember(self._pods, demand.pod.uid, pod)
             self._remember(self._scores, demand.pod.uid,
-                           (version, tuple(sorted(names)), {v.node: v.score for v in verdicts if v.fits}))
-        failed = {v.node: v.reason for v in verdicts if not v.fits}
+                           (version, frozenset(names), dict(zip(fit, priorities(ranking.normalised()), strict=True))),
+                           SCORES_CACHE_SIZE)
+        names_of = ranking.table.nodes
+        failed = {names_of[i].name: why for i, why in ranking.failed()}
+        failed.update((n, NO_COMPUTENODE) for n in missing)
         if not fit and self.sync:
             summary = "; ".join(f"{n}: {r}" for n, r in list(failed.items())[:5])
             self.sync.event(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""),
@@ -241,15 +261,17 @@ class Extender:
             demand = None
         if demand is None:
             return [{"Host": n, "Score": 0} for n in names]
-        with self._lock:
-            cached = self._scores.get(demand.pod.uid)
+        with self._lock:  # one scheduling cycle's: filter, then prioritize once
+            cached = self._scores.pop(demand.pod.uid, None)
         # The filter's scores, even if a bind of another pod changed the state since (the scheduler binds
         # asynchronously, so it nearly always has): scores only rank nodes, bind re-checks the fit.
-        if cached is not None and set(names) <= set(cached[1]):
+        if cached is not None and cached[1].issuperset(names):
             scores = cached[2]
         else:
-            scores = {v.node: v.score for v in self.state.explain(demand, names, proposals=0) if v.fits}
-        return [{"Host": n, "Score": int(round(scores.get(n, 0.0) * MAX_EXTENDER_PRIORITY / 100))} for n in names]
+            ranking, _ = self.state.rank(demand, names)
+            scores = dict(zip(ranking.table.names[ranking.node].tolist(), priorities(ranking.normalised()),
+                              strict=True))
+        return [{"Host": n, "Score": scores.get(n, 0)} for n in names]
 
     def bind(self, args: Mapping[str, Any]) -> dict[str, Any]:
         uid = str(_get(args, "PodUID") or "")
@@ -270,15 +292,9 @@ class Extender:
             return {"Error": "hcs allocator: this replica is not the leader"}
         if self.sync is None:
             return {"Error": "hcs allocator: no API server connection; cannot bind"}
-        with self._lock:
-            pod = self._pods.pop(uid, None) if uid else None
-        if pod is None or (pod.get("metadata") or {}).get("name") != name:
-            try:
-                pod = self.sync.get_pod(ns, name)
-            except KubeError as exc:
-                return {"Error": f"pod {ns}/{name}: {exc}"}
-        if uid and pod["metadata"].get("uid") != uid:
-            return {"Error": f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"}
+        pod = self._pod_to_bind(ns, name, uid)
+        if isinstance(pod, str):
+            return {"Error": pod}
         uid = str(pod["metadata"].get("uid"))
         try:
             demand = demand_from_pod(pod)
@@ -291,52 +307,84 @@ class Extender:
         res = None
         version = ""
         if demand is not None:
-            held = self.state.reservation(uid)
-            if held is not None and held.node != node:
-                try:
-                    if not self._unreserve_unbound(ns, name, uid):
-                        return {"Error": f"pod {ns}/{name} is already bound to {self._bound_node(ns, name, uid)}"
-                                         " (or changed meanwhile; retry)"}
-                except KubeError as exc:
-                    return {"Error": f"pod {ns}/{name}: {exc}"}
-            try:
-                res = self.state.reserve(demand, node)
-            except (NoFit, Conflict) as exc:
-                self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
-                return {"Error": str(exc)}
-            try:
-                version = self.sync.annotate(res, ns, name)  # source of truth first
-            except KubeError as exc:
-                # the write may have landed with its reply lost: clear it before freeing the devices
-                try:
-                    self.sync.annotate(None, ns, name)
-                    self.state.release(uid)
-                except KubeError:
-                    log.warning("pod %s/%s: assignment may be recorded and could not be cleared; the "
-                                "reservation stays until the pod is rescheduled or gone", ns, name)
-                return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+            recorded = self._reserve_recorded(demand, ns, name, uid, node)
+            if isinstance(recorded, dict):
+                return recorded
+            res, version = recorded
         try:
             self._bind_version(ns, name, uid, node, version if res is not None else "", res is not None)
         except KubeError as exc:
-            try:
-                bound = self._bound_node(ns, name, uid)
-            except KubeError:
-                bound = ""
-            if bound == node:  # an earlier attempt (timed out on the scheduler's side) did bind it
-                return {"Error": ""}
-            if res is not None:
-                # The Binding may still land (its reply was lost): clear the grant only on the unbound version
-                # of the pod (that makes a late Binding fail), then free the devices; bound meanwhile: done.
-                try:
-                    if not self._unreserve_unbound(ns, name, uid) and self._bound_node(ns, name, uid) == node:
-                        return {"Error": ""}
-                except KubeError:
-                    log.warning("pod %s/%s: assignment not cleared; the reservation stays until the pod is "
-                                "rescheduled or gone", ns, name)
-            return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
+            return self._binding_failed(ns, name, uid, node, res is not None, exc)
         log.info("bound %s/%s to %s%s", ns, name, node, "" if res is None else
                  f" with {sum(1 for _ in res.grants())} device grant(s)")
         return {"Error": ""}
+
+    def _pod_to_bind(self, ns: str, name: str, uid: str) -> Mapping[str, Any] | str:
+        """The pod the filter saw (else from the API server); an error message when it cannot be read or was
+        recreated under another uid."""
+        assert self.sync is not None
+        with self._lock:
+            pod = self._pods.pop(uid, None) if uid else None
+            self._scores.pop(uid, None)
+        if pod is None or (pod.get("metadata") or {}).get("name") != name:
+            try:
+                pod = self.sync.get_pod(ns, name)
+            except KubeError as exc:
+                return f"pod {ns}/{name}: {exc}"
+        if uid and pod["metadata"].get("uid") != uid:
+            return f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"
+        return pod
+
+    def _reserve_recorded(self, demand: PodDemand, ns: str, name: str, uid: str,
+                          node: str) -> tuple[Reservation, str] | dict[str, Any]:
+        """Reserve on ``node`` (a reservation held elsewhere is dropped first if the pod is unbound) and record
+        the grant on the pod: (reservation, the annotated pod's resourceVersion), or ``{"Error": ...}``."""
+        assert self.sync is not None
+        held = self.state.reservation(uid)
+        if held is not None and held.node != node:
+            try:
+                if not self._unreserve_unbound(ns, name, uid):
+                    return {"Error": f"pod {ns}/{name} is already bound to {self._bound_node(ns, name, uid)}"
+                                     " (or changed meanwhile; retry)"}
+            except KubeError as exc:
+                return {"Error": f"pod {ns}/{name}: {exc}"}
+        try:
+            res = self.state.reserve(demand, node)
+        except (NoFit, Conflict) as exc:
+            self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
+            return {"Error": str(exc)}
+        try:
+            return res, self.sync.annotate(res, ns, name)  # source of truth first
+        except KubeError as exc:
+            # the write may have landed with its reply lost: clear it before freeing the devices
+            try:
+                self.sync.annotate(None, ns, name)
+                self.state.release(uid)
+            except KubeError:
+                log.warning("pod %s/%s: assignment may be recorded and could not be cleared; the "
+                            "reservation stays until the pod is rescheduled or gone", ns, name)
+            return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+
+    def _binding_failed(self, ns: str, name: str, uid: str, node: str, granted: bool,
+                        exc: KubeError) -> dict[str, Any]:
+        """The Binding POST failed: success after all if an earlier attempt bound the pod to ``node``; else
+        the grant is cleared (only on the unbound version of the pod) and the devices freed."""
+        try:
+            bound = self._bound_node(ns, name, uid)
+        except KubeError:
+            bound = ""
+        if bound == node:  # an earlier attempt (timed out on the scheduler's side) did bind it
+            return {"Error": ""}
+        if granted:
+            # The Binding may still land (its reply was lost): clear the grant only on the unbound version
+            # of the pod (that makes a late Binding fail), then free the devices; bound meanwhile: done.
+            try:
+                if not self._unreserve_unbound(ns, name, uid) and self._bound_node(ns, name, uid) == node:
+                    return {"Error": ""}
+            except KubeError:
+                log.warning("pod %s/%s: assignment not cleared; the reservation stays until the pod is "
+                            "rescheduled or gone", ns, name)
+        return {"Error": f"pod {ns}/{name}: binding to {node} failed: {exc}"}
 
 
 DEFAULT_ALLOWED_SUBJECTS = ("hcs-scheduler",)

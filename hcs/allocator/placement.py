@@ -19,14 +19,25 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from hcs.allocator.policies import WHOLE, NodeView, PolicyContext, Request, TargetWorkload, get_policy
+from hcs.allocator.policies import (
+    WHOLE,
+    FloatArray,
+    IntArray,
+    NodeView,
+    Policy,
+    PolicyContext,
+    Request,
+    TargetWorkload,
+    get_policy,
+)
 from hcs.cluster_inventory import DeviceInfo, NodeInventory
 from hcs.devices.catalog import default_catalog
 from hcs.devices.model import Vendor
@@ -355,6 +366,7 @@ def _why_not(c: ContainerDemand, devices: Sequence[DeviceInfo], usage: Usage, hi
                                     max(vram_ok) if vram_ok else None)
 
 
+NO_COMPUTENODE = "no ComputeNode for this node (no HCS node agent reporting)"
 PROPOSALS = 16  # fitting nodes that get a full device plan in a verdict (the best ones)
 
 
@@ -381,11 +393,57 @@ class DeviceTable:
     reference: Mapping[str, DeviceInfo] = field(default_factory=dict)  # model -> one device of it
     name_rank: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (N,)
 
-    def free_milli(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-        """``(R, W)`` free milli-devices (the binding fraction left), 0 where absent or unhealthy."""
-        ratio_t = np.where(self.tflops > 0, (self.tflops - ut) / np.maximum(self.tflops, 1), 1.0)
-        fm = np.floor(WHOLE * np.minimum((self.vram - uv) / self.vram, ratio_t) + 1e-9).astype(np.int64)
-        return np.where(self.present & self.healthy, np.maximum(fm, 0), 0)
+    def free_milli(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64],
+                   rows: slice | npt.NDArray[np.bool_] = slice(None)) -> npt.NDArray[np.int64]:
+        """``(R, W)`` free milli-devices (the binding fraction left), 0 where absent or unhealthy
+        (``rows``: of those rows only, ``uv``/``ut`` being theirs)."""
+        vram, tflops = self.vram[rows], self.tflops[rows]
+        ratio_t = np.where(tflops > 0, (tflops - ut) / np.maximum(tflops, 1), 1.0)
+        fm = np.floor(WHOLE * np.minimum((vram - uv) / vram, ratio_t) + 1e-9).astype(np.int64)
+        return np.where(self.usable[rows], np.maximum(fm, 0), 0)
+
+    # derived once per table (the planner's per-decision work stays in numpy)
+    @cached_property
+    def usable(self) -> npt.NDArray[np.bool_]:
+        """``(R, W)`` present and healthy."""
+        return self.present & self.healthy
+
+    @cached_property
+    def healthy_any(self) -> npt.NDArray[np.bool_]:
+        """``(R,)`` rows with at least one healthy device."""
+        return np.asarray(self.healthy.any(axis=1))
+
+    @cached_property
+    def key_first_row(self) -> list[int]:
+        """The first row of each distinct (vendor, model), in key order."""
+        return [int(r) for r in np.unique(self.row_key, return_index=True)[1]]
+
+    @cached_property
+    def names(self) -> npt.NDArray[np.object_]:
+        """``(N,)`` node names (fancy indexing turns node indices into names without a Python loop)."""
+        return np.array([n.name for n in self.nodes], dtype=object)
+
+    @cached_property
+    def row_shape(self) -> npt.NDArray[np.int64]:
+        """``(R,)`` an id of the (VRAM, TFLOPS) shape of each row's first device (rows of one shape share a
+        request's device count and share)."""
+        shapes: dict[tuple[int, int], int] = {}
+        return np.array([shapes.setdefault((ds[0].vram_bytes, ds[0].tflops_milli), len(shapes))
+                         for ds in self.devices], dtype=np.int64)
+
+    @cached_property
+    def row_static(self) -> npt.NDArray[np.int64]:
+        """``(R,)`` an id of what a row's policy scores depend on besides its free capacity and model: which
+        devices are usable, their health penalties, its node's CPU and memory (rows alike share one)."""
+        key = np.concatenate([self.usable.astype(np.int64), np.ascontiguousarray(self.penalty).view(np.int64),
+                              self.cpu_total[self.row_node][:, None], self.mem_total[self.row_node][:, None]], axis=1)
+        if not len(key):
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(key, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+    @cached_property
+    def n_shapes(self) -> int:
+        return int(self.row_shape.max()) + 1 if len(self.row_shape) else 0
 
     def model_free(self, uv: npt.NDArray[np.int64], ut: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """``(M,)`` free milli-devices per model over the whole cluster (the scarcity term's supply)."""
@@ -444,6 +502,39 @@ class DeviceTable:
                    np.argsort(np.argsort(np.array([n.name for n in nodes], dtype=object), kind="stable"),
                               kind="stable").astype(np.int64))
 
+    def replace_node(self, inv: NodeInventory) -> DeviceTable | None:
+        """This table with node ``inv.name``'s devices and host capacity replaced — what a rebuild gives, without
+        the rebuild (75 ms of Python at 5,000 nodes) when a ComputeNode changes only health or capacity. None
+        when the node is new or its layout changed (other models, vendors, device names): rebuild then."""
+        ni = self.node_index.get(inv.name)
+        if ni is None:
+            return None
+        groups: dict[str, list[DeviceInfo]] = defaultdict(list)
+        for d in inv.devices:
+            groups[d.model].append(d)
+        rows = np.flatnonzero(self.row_node == ni).tolist()
+        if [self.row_model[r] for r in rows] != sorted(groups):
+            return None
+        devices = list(self.devices)
+        vram, tflops = self.vram.copy(), self.tflops.copy()
+        healthy, penalty = self.healthy.copy(), self.penalty.copy()
+        for r, (_, ds) in zip(rows, sorted(groups.items()), strict=True):
+            ds.sort(key=lambda d: d.index)
+            if ds[0].vendor != self.row_vendor[r] or [d.name for d in ds] != [d.name for d in self.devices[r]]:
+                return None
+            devices[r] = tuple(ds)
+            for j, d in enumerate(ds):
+                vram[r, j] = max(1, d.vram_bytes)
+                tflops[r, j] = d.tflops_milli
+                healthy[r, j] = d.healthy
+                penalty[r, j] = (100 - d.health_score) / 100.0
+        cpu_total, mem_total = self.cpu_total.copy(), self.mem_total.copy()
+        cpu_total[ni], mem_total[ni] = inv.cpu_milli, inv.memory_bytes
+        first = {m: int(np.argmax(self.row_mi == i)) for i, m in enumerate(self.models)}
+        return replace(self, nodes=(*self.nodes[:ni], inv, *self.nodes[ni + 1:]), devices=tuple(devices), vram=vram,
+                       tflops=tflops, healthy=healthy, penalty=penalty, cpu_total=cpu_total, mem_total=mem_total,
+                       reference={m: devices[r][0] for m, r in first.items()})
+
 
 def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, Usage],
          cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor,
@@ -454,198 +545,397 @@ def plan(demand: PodDemand, nodes: Sequence[NodeInventory], usage: Mapping[str, 
 
 def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
                cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor, rng: np.random.Generator,
-               only: set[str] | None = None, proposals: int = PROPOSALS,
-               used: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None,
+               only: Collection[str] | None = None, proposals: int = PROPOSALS,
+               used: tuple[IntArray, IntArray] | TableUsage | None = None,
                best_only: bool = False, policy_name: str | None = None) -> list[Verdict]:
     """Verdict for every node (``only``: those), best first; the best ``proposals`` fitting nodes carry
     the device plan to reserve.
 
-    The one planner. Container 0 is scored by the vectorised policy over every (node, model) row of
-    the table at once; a multi-container pod additionally needs a greedy plan for all its containers
-    on the node (nodes where that fails say why; nodes where container 0 fits no single model take the
-    greedy plan and rank last). ``used``: the caller's ``(R, W)`` usage arrays kept in step with
-    ``usage`` (else scattered here). ``best_only``: only the fitting verdicts that carry a plan, no
+    The one planner (:func:`rank_table`, then a device plan for the best nodes). ``used``: the caller's
+    ``(R, W)`` usage arrays kept in step with ``usage`` (else scattered here), or a :class:`TableUsage`
+    that also keeps CPU/memory in use. ``best_only``: only the fitting verdicts that carry a plan, no
     reasons (what a reservation needs; empty when nothing fits). ``policy_name`` overrides the pod's
     (``hcs`` for binpack, ``spread``) — the fleet replay compares baselines with it.
     """
-    main = demand.containers[0]
-    cons = demand.constraints
-    nodes = table.nodes
-    uv, ut = used if used is not None else table.scatter(usage)
-    n_nodes = len(nodes)
-    cpu_used = np.zeros(n_nodes, dtype=np.int64)
-    mem_used = np.zeros(n_nodes, dtype=np.int64)
-    for node, (c, m) in cpu_mem_used.items():
-        ni = table.node_index.get(node)
-        if ni is not None:
-            cpu_used[ni], mem_used[ni] = c, m
-    cpu_total = table.cpu_total
-    mem_total = table.mem_total
-    node_ok_cpu = (cpu_total == 0) | (cpu_total - cpu_used >= demand.cpu_milli)
-    node_ok_mem = (mem_total == 0) | (mem_total - mem_used >= demand.memory_bytes)
-    if only is None:
-        in_scope = np.ones(n_nodes, dtype=bool)
-    else:
-        in_scope = np.zeros(n_nodes, dtype=bool)
-        in_scope[[table.node_index[n] for n in only if n in table.node_index]] = True
+    ranking = rank_table(demand, table, usage, cpu_mem_used, target_for, rng, only, proposals, used, best_only,
+                         policy_name)
+    return _verdicts(demand, ranking, usage, proposals, best_only)
 
+
+@dataclass(frozen=True, eq=False)
+class Ranking:
+    """The planner's answer before any device plan: the fitting nodes best first, why the others are out.
+
+    ``node``/``score``/``row``/``col``: per ranked node its table index, raw policy score (``GREEDY`` for a
+    cross-model greedy plan), and the (row, column) container 0 lands on (-1: the greedy plan).
+    ``scope``: the node indices asked about; ``why``: node index -> reason, for nodes out.
+    """
+
+    table: DeviceTable
+    node: IntArray
+    score: FloatArray
+    row: IntArray
+    col: IntArray
+    scope: npt.NDArray[np.bool_]
+    why: Mapping[int, str]
+    cons: Constraints
+
+    def normalised(self) -> FloatArray:
+        """Scores mapped to 0..100 among the ranked nodes (greedy plans 0), as :class:`Verdict` has them
+        (before rounding)."""
+        sc = self.score
+        finite = sc > GREEDY
+        if not finite.any():
+            return np.zeros(len(sc))
+        lo, hi = float(sc[finite].min()), float(sc[finite].max())
+        norm = np.full(len(sc), 100.0) if hi == lo else 100.0 * (sc - lo) / (hi - lo)
+        return np.where(finite, norm, 0.0)
+
+    def failed(self) -> list[tuple[int, str]]:
+        """``(node index, reason)`` for every node in scope that is not ranked, by node name."""
+        out = self.scope.copy()
+        out[self.node] = False
+        ids = np.flatnonzero(out)
+        ids = ids[np.argsort(self.table.name_rank[ids], kind="stable")]
+        nodes = self.table.nodes
+        return [(ni, self.why[ni] if ni in self.why else
+                 _filtered(self.cons, nodes[ni]) if nodes[ni].devices else reason("no-devices"))
+                for ni in ids.tolist()]
+
+
+@dataclass(eq=False)
+class TableUsage:
+    """Usage arrays kept in step with one :class:`DeviceTable`: what the planner reads instead of scattering
+    the usage maps on every decision. ``vram``/``tflops``: ``(R, W)`` in use; ``free_vram``/``free_tflops``
+    what is left; ``free``: ``(R, W)`` free milli-devices (:meth:`DeviceTable.free_milli`); ``row_free``:
+    ``(R,)`` their sum per row (the scarcity term's supply, summed per model); ``cpu``/``mem``: ``(N,)`` host
+    CPU (milli) and memory in use."""
+
+    vram: IntArray
+    tflops: IntArray
+    cpu: IntArray
+    mem: IntArray
+    free_vram: IntArray
+    free_tflops: IntArray
+    free: IntArray
+    row_free: FloatArray
+
+    @classmethod
+    def of(cls, table: DeviceTable, usage: Mapping[str, Usage], cpu_mem_used: Mapping[str, tuple[int, int]],
+           used: tuple[IntArray, IntArray] | None = None) -> TableUsage:
+        uv, ut = used if used is not None else table.scatter(usage)
+        cpu = np.zeros(len(table.nodes), dtype=np.int64)
+        mem = np.zeros(len(table.nodes), dtype=np.int64)
+        for node, (c, m) in cpu_mem_used.items():
+            ni = table.node_index.get(node)
+            if ni is not None:
+                cpu[ni], mem[ni] = c, m
+        free = table.free_milli(uv, ut)
+        return cls(uv, ut, cpu, mem, table.vram - uv, table.tflops - ut, free, free.sum(axis=1).astype(np.float64))
+
+    def add(self, table: DeviceTable, rc: tuple[int, int], vram: int, tflops: int) -> None:
+        """``vram``/``tflops`` more (or less, negative) in use on device ``rc`` (row, column)."""
+        self.vram[rc] += vram
+        self.tflops[rc] += tflops
+        self.free_vram[rc] -= vram
+        self.free_tflops[rc] -= tflops
+        r = slice(rc[0], rc[0] + 1)
+        self.free[r] = table.free_milli(self.vram[r], self.tflops[r], r)
+        self.row_free[r] = self.free[r].sum(axis=1)
+
+    def refresh(self, table: DeviceTable, ni: int) -> None:
+        """Node ``ni``'s rows after its devices changed capacity or health (:meth:`DeviceTable.replace_node`)."""
+        r = table.row_node == ni
+        self.free_vram[r] = table.vram[r] - self.vram[r]
+        self.free_tflops[r] = table.tflops[r] - self.tflops[r]
+        self.free[r] = table.free_milli(self.vram[r], self.tflops[r], r)
+        self.row_free[r] = self.free[r].sum(axis=1)
+
+    def add_host(self, ni: int, cpu: int, mem: int) -> None:
+        self.cpu[ni] += cpu
+        self.mem[ni] += mem
+
+    def model_free(self, table: DeviceTable) -> FloatArray:
+        """:meth:`DeviceTable.model_free` from the kept per-row sums."""
+        return np.bincount(table.row_mi, weights=self.row_free, minlength=len(table.models)).astype(np.float64)
+
+
+def rank_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
+               cpu_mem_used: Mapping[str, tuple[int, int]], target_for: TargetFor, rng: np.random.Generator,
+               only: Collection[str] | None = None, proposals: int = PROPOSALS,
+               used: tuple[IntArray, IntArray] | TableUsage | None = None,
+               best_only: bool = False, policy_name: str | None = None) -> Ranking:
+    """The fitting nodes of ``only`` (default: all), best first, and why the others are out (see
+    :func:`plan_table`, which adds the device plans).
+
+    Container 0 is scored by the vectorised policy over every (node, model) row of the table in scope
+    at once; a multi-container pod additionally needs a greedy plan for all its containers on the node
+    (nodes where that fails say why; nodes where container 0 fits no single model take the greedy plan
+    and rank last). With ``best_only`` only the first ``proposals`` are ranked and no reasons are kept.
+    """
+    lv = used if isinstance(used, TableUsage) else TableUsage.of(table, usage, cpu_mem_used, used)
+    scope = _scope(table, only)
     why: dict[int, str] = {}  # node index -> why not
-    best: dict[int, tuple[float, int, int]] = {}  # node index -> (score, row, col); row -1: greedy plan
-    waste_of: dict[int, int] = {}  # node index -> VRAM granted beyond the request (whole devices)
-    policy = get_policy(policy_name or ("hcs" if cons.policy == "binpack" else "spread"))
-    free_v = table.vram - uv
-    free_t = table.tflops - ut
+    live = _live_rows(demand, table, lv, scope, why, best_only)
+    multi_ok = _multi_container_fit(demand, table, usage, live, why) if len(demand.containers) > 1 else set()
+    policy = _Scorer(policy_name or ("hcs" if demand.constraints.policy == "binpack" else "spread"))
+    model_free = lv.model_free(table)
+    cands = [_score_rows(demand, table, lv, usage, rows, target, model_free, policy, rng, why, best_only)
+             for rows, target in _policy_groups(table, live, target_for)]
+    node, score, row, col = _rank(table, cands, multi_ok, why, proposals, best_only)
+    return Ranking(table, node, score, row, col, scope, why, demand.constraints)
+
+
+def _scope(table: DeviceTable, only: Collection[str] | None) -> npt.NDArray[np.bool_]:
+    """``(N,)`` the nodes asked about."""
+    if only is None:
+        return np.ones(len(table.nodes), dtype=bool)
+    in_scope = np.zeros(len(table.nodes), dtype=bool)
+    index = table.node_index
+    in_scope[[i for i in map(index.get, only) if i is not None]] = True
+    return in_scope
+
+
+def _live_rows(demand: PodDemand, table: DeviceTable, lv: TableUsage, scope: npt.NDArray[np.bool_],
+               why: dict[int, str], best_only: bool) -> npt.NDArray[np.bool_]:
+    """``(R,)`` rows in scope whose model the pod allows, with a healthy device, on a node with the CPU and
+    memory the pod needs; records why the other rows in scope are out (unless ``best_only``)."""
+    cons = demand.constraints
     row_node = table.row_node
-    _, first_row = np.unique(table.row_key, return_index=True)  # one row per (vendor, model)
-    key_ok = np.array([cons.allows(table.devices[int(r)][0]) for r in first_row], dtype=bool)
+    cpu_total, mem_total = table.cpu_total, table.mem_total
+    node_ok_cpu = (cpu_total == 0) | (cpu_total - lv.cpu >= demand.cpu_milli)
+    node_ok_mem = (mem_total == 0) | (mem_total - lv.mem >= demand.memory_bytes)
+    key_ok = np.array([cons.allows(table.devices[r][0]) for r in table.key_first_row], dtype=bool)
     allowed = key_ok[table.row_key] if len(table.row_key) else np.zeros(0, dtype=bool)
-    scope = in_scope[row_node]
-    healthy_any: npt.NDArray[np.bool_] = np.asarray(table.healthy.any(axis=1))
+    in_scope = scope[row_node]
+    healthy_any = table.healthy_any
     cpu_ok = node_ok_cpu[row_node]
     mem_ok = node_ok_mem[row_node]
-    live = scope & allowed & healthy_any & cpu_ok & mem_ok
-    for rr in np.flatnonzero(scope & ~live) if not best_only else ():
-        r = int(rr)
+    live: npt.NDArray[np.bool_] = in_scope & allowed & healthy_any & cpu_ok & mem_ok
+    for r in np.flatnonzero(in_scope & ~live).tolist() if not best_only else ():
         ni = int(row_node[r])
         if not allowed[r]:
-            why.setdefault(ni, _filtered(cons, nodes[ni]))
+            why.setdefault(ni, _filtered(cons, table.nodes[ni]))
         elif not healthy_any[r]:
             why[ni] = reason("unhealthy")
         elif not cpu_ok[r]:
-            why[ni] = reason("cpu", cpu_free=int(cpu_total[ni] - cpu_used[ni]))
+            why[ni] = reason("cpu", cpu_free=int(cpu_total[ni] - lv.cpu[ni]))
         else:
             why[ni] = reason("memory")
+    return live
+
+
+def _multi_container_fit(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage],
+                         live: npt.NDArray[np.bool_], why: dict[int, str]) -> set[int]:
+    """Nodes where every container of a multi-container pod fits (greedy trial); the rows of the others
+    leave ``live`` (in place) and they say why."""
     multi_ok: set[int] = set()
-    if len(demand.containers) > 1:  # every container must fit the node (greedy trial)
-        for ni in sorted({int(row_node[r]) for r in np.flatnonzero(live)}):
-            eligible = _eligible(nodes[ni], cons)
-            _, trial_why = _trial(demand, nodes[ni], eligible, usage.get(nodes[ni].name, {}))
-            if trial_why:
-                why[ni] = trial_why
-                live &= row_node != ni
-            else:
-                multi_ok.add(ni)
-    cand_node: list[npt.NDArray[np.int64]] = []
-    cand_score: list[npt.NDArray[np.float64]] = []
-    cand_row: list[npt.NDArray[np.int64]] = []
-    cand_col: list[npt.NDArray[np.int64]] = []
-    cand_waste: list[npt.NDArray[np.int64]] = []
-    # rows whose devices have one shape (VRAM, TFLOPS) share the request's shape and the target workload:
-    # one policy call for them all, each row keeping its own model (split by model when the target
-    # does not cover the table's models)
-    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for row in np.flatnonzero(live).tolist():
-        shape_of = table.devices[row][0]
-        by_shape[(shape_of.vram_bytes, shape_of.tflops_milli)].append(row)
-    groups: list[tuple[str, list[int], TargetWorkload]] = []
-    for rows_of_shape in by_shape.values():
-        first_model = table.row_model[rows_of_shape[0]]
+    row_node = table.row_node
+    for ni in np.unique(row_node[live]).tolist():
+        node = table.nodes[ni]
+        _, trial_why = _trial(demand, node, _eligible(node, demand.constraints), usage.get(node.name, {}))
+        if trial_why:
+            why[ni] = trial_why
+            live &= row_node != ni
+        else:
+            multi_ok.add(ni)
+    return multi_ok
+
+
+def _policy_groups(table: DeviceTable, live: npt.NDArray[np.bool_],
+                   target_for: TargetFor) -> list[tuple[IntArray, TargetWorkload]]:
+    """The live rows in groups for one policy call each, in order of their first row: rows whose devices
+    have one shape (VRAM, TFLOPS) share the request's shape and the target workload, each row keeping its
+    own model (split by model when the target does not cover the table's models)."""
+    live_rows = np.flatnonzero(live)
+    groups: list[tuple[IntArray, TargetWorkload]] = []
+    for rows in _split_by(live_rows, table.row_shape[live_rows], table.n_shapes):
+        first_model = table.row_model[int(rows[0])]
         target = target_for(first_model)
         if target.models == table.models:
-            groups.append((first_model, rows_of_shape, target))
+            groups.append((rows, target))
             continue
-        split: dict[str, list[int]] = defaultdict(list)
-        for row in rows_of_shape:
-            split[table.row_model[row]].append(row)
-        groups.extend((m, rs, target_for(m)) for m, rs in split.items())
-    model_free = table.model_free(uv, ut)
-    named = len(demand.containers) > 1  # reasons name the container only when there are several
-    for model, rows_list, target in groups:
-        rows = np.array(rows_list, dtype=np.int64)
-        ref = table.devices[rows_list[0]][0]
-        k = device_count(main, ref)
-        milli = share_milli(main, ref) if k == 1 else WHOLE
-        vt, tt = table.vram[rows], table.tflops[rows]
-        fv, ft = free_v[rows], free_t[rows]
-        ratio_t = np.where(tt > 0, ft / np.maximum(tt, 1), 1.0)
-        fm = np.floor(WHOLE * np.minimum(fv / vt, ratio_t) + 1e-9).astype(np.int64)
-        fm = np.maximum(fm, 0)
-        usable = table.present[rows] & table.healthy[rows]
-        if k == 1:
-            exact = (fv >= main.vram_bytes) & (ft >= main.tflops_milli)
-            fm = np.where(exact, np.maximum(fm, milli), np.minimum(fm, milli - 1))  # the bytes decide
-        fm = np.where(usable, fm, 0)
-        ni_rows = row_node[rows]
-        if target.models == table.models:
-            row_model = table.row_mi[rows]
+        groups.extend((rs, target_for(table.row_model[int(rs[0])]))
+                      for rs in _split_by(rows, table.row_mi[rows], len(table.models)))
+    return groups
+
+
+def _split_by(rows: IntArray, key: IntArray, n_keys: int = 0) -> list[IntArray]:
+    """``rows`` split by ``key``, groups in order of their first row, rows in order within a group
+    (``n_keys`` 1: all rows have one key)."""
+    if not len(rows):
+        return []
+    if n_keys == 1:
+        return [rows]
+    uniq, first = np.unique(key, return_index=True)
+    if len(uniq) == 1:
+        return [rows]
+    return [rows[key == uniq[i]] for i in np.argsort(first, kind="stable").tolist()]
+
+
+#: rows from which a policy call scores only the distinct node states (fewer rows: not worth the hashing)
+DEDUP_MIN_ROWS = 64
+
+
+class _Scorer:
+    """A policy by name; row-wise policies (every one but ``random``, which draws per cell) score each
+    distinct node state once: at thousands of nodes most states repeat (empty nodes, nodes filled alike),
+    and a row's scores depend only on its own state, the request and the context."""
+
+    def __init__(self, name: str) -> None:
+        self.policy: Policy = get_policy(name)
+        self.row_wise = name != "random"
+
+    def __call__(self, view: NodeView, req: Request, ctx: PolicyContext,
+                 static: IntArray | None = None) -> FloatArray:
+        """``static``: per row, an id of everything in the view but the free capacity and the model
+        (:attr:`DeviceTable.row_static`), so fewer columns are hashed and compared."""
+        n = len(view.gpu_free)
+        if not self.row_wise or n < DEDUP_MIN_ROWS:
+            return self.policy(view, req, ctx)
+        cols = [view.gpu_free, view.cpu_free[:, None], view.mem_free[:, None]]
+        if static is not None:
+            cols.append(static[:, None])
         else:
-            row_model = np.full(len(rows), target.models.index(model) if model in target.models else -1,
-                                dtype=np.int64)
-        view = NodeView(fm, usable, np.maximum(0, cpu_total[ni_rows] - cpu_used[ni_rows]),
-                        np.maximum(0, mem_total[ni_rows] - mem_used[ni_rows]), cpu_total[ni_rows],
-                        mem_total[ni_rows], table.penalty[rows], row_model)
-        req = Request(demand.cpu_milli, demand.memory_bytes, k, milli)
-        ctx = PolicyContext(rng, target, {"strand": 0.0} if not view.cpu_total.all() else {},
-                            model_free if target.models == table.models else None)
-        scores = policy(view, req, ctx)
-        finite = np.isfinite(scores)
-        row_fits: npt.NDArray[np.bool_] = np.asarray(finite.any(axis=1))
-        idle_cnt = ((uv[rows] == 0) & (ut[rows] == 0) & usable).sum(axis=1)
-        if k > 1:
-            row_fits &= idle_cnt >= k
-        cols = np.argmax(np.where(finite, scores, -np.inf), axis=1)
-        row_best = scores[np.arange(len(rows)), cols]
-        for i in np.flatnonzero(~row_fits) if not best_only else ():
-            ni = int(ni_rows[i])
-            why[ni] = _why_not(main, _row_devices(table, rows_list[i]), usage.get(nodes[ni].name, {}),
-                               cons.high_bandwidth, named)
-        if k > 1 and cons.high_bandwidth:  # island-preferred always finds k idle devices when k are idle
-            for i in np.flatnonzero(row_fits):
-                ni = int(ni_rows[i])
-                r = rows_list[i]
-                devs = [d for d, h in zip(table.devices[r], table.healthy[r], strict=False) if h]
-                if _pick_whole(devs, k, usage.get(nodes[ni].name, {}), cons.high_bandwidth) is None:
-                    why[ni] = _why_not(main, devs, usage.get(nodes[ni].name, {}), True, named)
-                    row_fits[i] = False
-        fit_idx = np.flatnonzero(row_fits)
-        # Across models, whole devices granted beyond the request are waste: a 16Gi job takes a slice of
-        # one big device rather than two small ones, a 160Gi job 2x80Gi rather than 4x48Gi.
-        waste = max(0, k * ref.vram_bytes - main.vram_bytes) if k > 1 else 0
-        cand_waste.append(np.full(len(fit_idx), waste, dtype=np.int64))
-        cand_node.append(ni_rows[fit_idx])
-        cand_score.append(row_best[fit_idx])
-        cand_row.append(rows[fit_idx])
-        cand_col.append(cols[fit_idx])
-    ranked: list[tuple[int, tuple[float, int, int]]] = []
-    if cand_node:
-        cn, cs = np.concatenate(cand_node), np.concatenate(cand_score)
-        cr, cc, cw = np.concatenate(cand_row), np.concatenate(cand_col), np.concatenate(cand_waste)
-        if best_only and not multi_ok:  # a reservation: the first few nodes only, straight from the rows
-            seen: set[int] = set()
-            for j in np.lexsort((table.name_rank[cn], -cs, cw)).tolist():
-                ni = int(cn[j])
-                if ni not in seen:
-                    seen.add(ni)
-                    ranked.append((ni, (float(cs[j]), int(cr[j]), int(cc[j]))))
-                    if len(ranked) >= proposals:
-                        break
-        else:
-            order = np.lexsort((-cs, cw))  # least waste first, then the policy's score
-            _, first = np.unique(cn[order], return_index=True)
-            sel = order[first]
-            for ni, sc, r, c, w in zip(cn[sel].tolist(), cs[sel].tolist(), cr[sel].tolist(), cc[sel].tolist(),
-                                       cw[sel].tolist(), strict=True):
-                best[ni] = (sc, r, c)
-                waste_of[ni] = w
-    if not ranked:
-        for ni in multi_ok - best.keys():  # container 0 fits no single model, yet the greedy plan fits
-            best[ni] = (GREEDY, -1, -1)
-            waste_of[ni] = 2**62  # ranks after every single-model plan
+            cols += [view.gpu_present.astype(np.int64), view.cpu_total[:, None], view.mem_total[:, None]]
+            if view.penalty is not None:
+                cols.append(np.ascontiguousarray(view.penalty, dtype=np.float64).view(np.int64))
+        if view.model is not None:
+            cols.append(view.model[:, None])
+        key = np.concatenate(cols, axis=1)
+        weights = np.random.default_rng(0x5EED).integers(1, 2**62, size=key.shape[1], dtype=np.int64)
+        with np.errstate(over="ignore"):
+            digest = (key * weights).sum(axis=1)  # wraps on overflow: a hash, checked below
+        _, first, inverse = np.unique(digest, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        if len(first) > n // 2 or not (key[first][inverse] == key).all():  # few repeats, or a hash collision
+            return self.policy(view, req, ctx)
+        sub = NodeView(view.gpu_free[first], view.gpu_present[first], view.cpu_free[first], view.mem_free[first],
+                       view.cpu_total[first], view.mem_total[first],
+                       None if view.penalty is None else view.penalty[first],
+                       None if view.model is None else view.model[first])
+        return self.policy(sub, req, ctx)[inverse]
+
+
+#: one policy call's fitting rows: (node index, score, row, column, VRAM wasted) per row
+_Cands = tuple[IntArray, FloatArray, IntArray, IntArray, IntArray]
+
+
+def _score_rows(demand: PodDemand, table: DeviceTable, lv: TableUsage, usage: Mapping[str, Usage], rows: IntArray,
+                target: TargetWorkload, model_free: FloatArray, policy: _Scorer, rng: np.random.Generator,
+                why: dict[int, str], best_only: bool) -> _Cands:
+    """One policy call over ``rows`` (one device shape): the rows where container 0 fits, with their best
+    column and score; records why the other rows' nodes are out (unless ``best_only``)."""
+    main = demand.containers[0]
+    cons = demand.constraints
+    ref = table.devices[int(rows[0])][0]
+    k = device_count(main, ref)
+    milli = share_milli(main, ref) if k == 1 else WHOLE
+    sel = slice(None) if len(rows) == len(table.row_node) else rows  # every row (in order): no gathers
+    usable = table.usable[sel]
+    fm = lv.free[sel]
+    if k == 1:
+        exact = (lv.free_vram[sel] >= main.vram_bytes) & (lv.free_tflops[sel] >= main.tflops_milli)
+        fm = np.where(exact & usable, np.maximum(fm, milli), np.minimum(fm, milli - 1))  # the bytes decide
+    ni_rows = table.row_node[rows]
+    full_target = target.models == table.models
+    if full_target:
+        row_model = table.row_mi[rows]
+    else:
+        model = table.row_model[int(rows[0])]
+        row_model = np.full(len(rows), target.models.index(model) if model in target.models else -1, dtype=np.int64)
+    cpu_total, mem_total = table.cpu_total[ni_rows], table.mem_total[ni_rows]
+    view = NodeView(fm, usable, np.maximum(0, cpu_total - lv.cpu[ni_rows]), np.maximum(0, mem_total - lv.mem[ni_rows]),
+                    cpu_total, mem_total, table.penalty[sel], row_model)
+    req = Request(demand.cpu_milli, demand.memory_bytes, k, milli)
+    ctx = PolicyContext(rng, target, {"strand": 0.0} if not view.cpu_total.all() else {},
+                        model_free if full_target else None)
+    scores = policy(view, req, ctx, table.row_static[sel])
+    finite = np.isfinite(scores)
+    row_fits: npt.NDArray[np.bool_] = np.asarray(finite.any(axis=1))
+    if k > 1:
+        row_fits &= ((lv.vram[sel] == 0) & (lv.tflops[sel] == 0) & usable).sum(axis=1) >= k
+    cols = np.argmax(np.where(finite, scores, -np.inf), axis=1)
+    row_best = scores[np.arange(len(rows)), cols]
+    if not best_only:
+        for i in np.flatnonzero(~row_fits).tolist():
+            ni = int(table.row_node[rows[i]])
+            why[ni] = _why_not(main, _row_devices(table, int(rows[i])), usage.get(table.nodes[ni].name, {}),
+                               cons.high_bandwidth, len(demand.containers) > 1)
+    if k > 1 and cons.high_bandwidth:  # island-preferred always finds k idle devices when k are idle
+        _one_island(demand, table, usage, rows, row_fits, k, why)
+    fit_idx = np.flatnonzero(row_fits)
+    # Across models, whole devices granted beyond the request are waste: a 16Gi job takes a slice of
+    # one big device rather than two small ones, a 160Gi job 2x80Gi rather than 4x48Gi.
+    waste = max(0, k * ref.vram_bytes - main.vram_bytes) if k > 1 else 0
+    return (ni_rows[fit_idx], row_best[fit_idx], rows[fit_idx], cols[fit_idx],
+            np.full(len(fit_idx), waste, dtype=np.int64))
+
+
+def _one_island(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage], rows: IntArray,
+                row_fits: npt.NDArray[np.bool_], k: int, why: dict[int, str]) -> None:
+    """``high-bandwidth`` over ``k`` whole devices: rows whose ``k`` idle devices are not on one island no
+    longer fit (``row_fits`` in place), and say why."""
+    main = demand.containers[0]
+    for i in np.flatnonzero(row_fits).tolist():
+        r = int(rows[i])
+        ni = int(table.row_node[r])
+        devs = [d for d, h in zip(table.devices[r], table.healthy[r], strict=False) if h]
+        node_usage = usage.get(table.nodes[ni].name, {})
+        if _pick_whole(devs, k, node_usage, True) is None:
+            why[ni] = _why_not(main, devs, node_usage, True, len(demand.containers) > 1)
+            row_fits[i] = False
+
+
+def _rank(table: DeviceTable, cands: Sequence[_Cands], multi_ok: set[int], why: dict[int, str], proposals: int,
+          best_only: bool) -> tuple[IntArray, FloatArray, IntArray, IntArray]:
+    """Each node's best candidate, nodes ordered by least waste, then the best score, then the node name
+    (``best_only`` without a multi-container pod: the first ``proposals`` only). Nodes only a greedy
+    cross-model plan fits (``multi_ok``) rank last."""
+    empty_i = np.zeros(0, dtype=np.int64)
+    if cands:
+        cn, cs, cr, cc, cw = (np.concatenate([c[i] for c in cands]) for i in range(5))
+    else:
+        cn, cs, cr, cc, cw = empty_i, np.zeros(0), empty_i, empty_i, empty_i
+    if best_only and not multi_ok and len(cn):  # a reservation: the first few nodes only, straight from the rows
+        order = np.lexsort((table.name_rank[cn], -cs, cw))
+        _, first = np.unique(cn[order], return_index=True)  # each node's first (best) row in that order
+        sel = order[np.sort(first)[:proposals]]
+        return cn[sel], cs[sel], cr[sel], cc[sel]
+    order = np.lexsort((-cs, cw))  # least waste first, then the policy's score
+    _, first = np.unique(cn[order], return_index=True)
+    sel = order[first]
+    bn, bs, br, bc, bw = cn[sel], cs[sel], cr[sel], cc[sel], cw[sel]
+    greedy = sorted(multi_ok - set(bn.tolist())) if multi_ok else []  # container 0 fits no single model, yet
+    # the greedy plan fits
+    if greedy:
+        for ni in greedy:
             why.pop(ni, None)
-        ids = np.fromiter(best.keys(), dtype=np.int64, count=len(best))
-        scores_of = np.array([best[i][0] for i in ids.tolist()], dtype=np.float64)
-        wastes = np.array([waste_of[i] for i in ids.tolist()], dtype=np.int64)
-        # least waste, then the best score, then the node name
-        ranked = [(ni, best[ni]) for ni in ids[np.lexsort((table.name_rank[ids], -scores_of, wastes))].tolist()]
-    finite_scores = [sc for _, (sc, _, _) in ranked if sc > GREEDY]
-    lo, hi = (min(finite_scores), max(finite_scores)) if finite_scores else (0.0, 0.0)
+        g = np.array(greedy, dtype=np.int64)
+        minus = np.full(len(g), -1, dtype=np.int64)
+        bn, bs = np.concatenate([bn, g]), np.concatenate([bs, np.full(len(g), GREEDY)])
+        br, bc = np.concatenate([br, minus]), np.concatenate([bc, minus])
+        bw = np.concatenate([bw, np.full(len(g), 2**62, dtype=np.int64)])  # ranks after every single-model plan
+    # least waste, then the best score, then the node name
+    order = np.lexsort((table.name_rank[bn], -bs, bw))
+    return bn[order], bs[order], br[order], bc[order]
+
+
+def _verdicts(demand: PodDemand, ranking: Ranking, usage: Mapping[str, Usage], proposals: int,
+              best_only: bool) -> list[Verdict]:
+    """Verdicts from a ranking: the first ``proposals`` fitting nodes with a device plan (a node where none
+    can be made after all says so), the other fitting nodes, then the nodes out with their reasons."""
+    table = ranking.table
+    nodes = table.nodes
+    cons = demand.constraints
+    norm = ranking.normalised().tolist()
     out: list[Verdict] = []
     failed: list[Verdict] = []
-    for rank, (ni, (sc, r, col)) in enumerate(ranked):
+    for rank, (ni, sc, r, col) in enumerate(zip(ranking.node.tolist(), ranking.score.tolist(),
+                                                ranking.row.tolist(), ranking.col.tolist(), strict=True)):
         if best_only and rank >= proposals:
             break
         inv = nodes[ni]
-        norm = 0.0 if sc <= GREEDY else (100.0 if hi == lo else 100.0 * (sc - lo) / (hi - lo))
         the_plan = None
         if rank < proposals:
             if r < 0:
@@ -657,13 +947,10 @@ def plan_table(demand: PodDemand, table: DeviceTable, usage: Mapping[str, Usage]
             if the_plan is None:
                 failed.append(Verdict(inv.name, False, reason("plan")))
                 continue
-        out.append(Verdict(inv.name, True, "fits", round(norm, 3), the_plan))
+        out.append(Verdict(inv.name, True, "fits", round(norm[rank], 3), the_plan))
     if best_only:
         return [v for v in out if v.plan is not None]
-    for ni, n in enumerate(nodes):
-        if in_scope[ni] and ni not in best:
-            fallback = _filtered(cons, n) if n.devices else reason("no-devices")
-            failed.append(Verdict(n.name, False, why.get(ni, fallback)))
+    failed.extend(Verdict(nodes[ni].name, False, why) for ni, why in ranking.failed())
     return out + sorted(failed, key=lambda v: v.node)
 
 

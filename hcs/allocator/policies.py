@@ -152,39 +152,9 @@ class TargetWorkload:
         sets: npt.NDArray[np.bool_] | None = None
         share: FloatArray | None = None
         if models:
-            mi = {m: i for i, m in enumerate(models)}
-            n_m = len(models)
-            allowed = np.ones((len(cell), n_m + 1), dtype=bool)  # column n_m: models nobody names
-            set_of: dict[frozenset[str], int] = {}
-            set_rows: list[list[int]] = []
-            set_demand: list[float] = []
             dw = demand[has] * (np.asarray(weights, dtype=np.float64)[has] if weights is not None else 1.0)
-            for j, ms in enumerate(ms for ms, c in zip(allowed_models, count, strict=True) if c > 0):
-                if not ms:
-                    continue
-                s = set_of.get(ms)
-                if s is None:
-                    s = set_of[ms] = len(set_rows)
-                    set_rows.append(sorted({mi[m] for m in ms if m in mi}))
-                    set_demand.append(0.0)
-                if len(set_rows[s]) == n_m:  # it may use every model here: unconstrained
-                    continue
-                set_demand[s] += float(dw[j])
-                allowed[j] = False
-                allowed[j, set_rows[s]] = True
-            flat = np.arange(n_m + 1)[None, :] * (n_v * n_k) + cell[:, None]
-            w_flat = np.bincount(flat[allowed], weights=np.broadcast_to(w_dev[:, None], allowed.shape)[allowed],
-                                  minlength=(n_m + 1) * n_v * n_k).reshape(n_m + 1, n_v, n_k)
-            w_model = np.asarray(np.cumsum(w_flat, axis=1), dtype=np.float64)
-            # distinct sets over the cluster's models (two spellings of one set merge)
-            merged: dict[tuple[int, ...], float] = {}
-            for members, d in zip(set_rows, set_demand, strict=True):
-                if len(members) < n_m:
-                    merged[tuple(members)] = merged.get(tuple(members), 0.0) + d
-            sets = np.zeros((len(merged), n_m), dtype=bool)
-            for i, members_t in enumerate(merged):
-                sets[i, list(members_t)] = True
-            share = np.array(list(merged.values()), dtype=np.float64) / max(float(dw.sum()), 1e-12)
+            w_model, sets, share = _model_tables(models, [ms for ms, c in zip(allowed_models, count, strict=True)
+                                                          if c > 0], cell, w_dev, dw, n_v, n_k)
         return cls(
             count=np.asarray(keys[:, 1], dtype=np.int64),
             milli=np.asarray(keys[:, 0], dtype=np.int64),
@@ -206,6 +176,47 @@ class TargetWorkload:
         if model is None or self.w_model is None:
             return np.asarray(self.w_table[idx], dtype=np.float64)
         return np.asarray(self.w_model[model, idx], dtype=np.float64)
+
+
+def _model_tables(models: Sequence[str], allowed_models: Sequence[frozenset[str]], cell: IntArray, w_dev: FloatArray,
+                  dw: FloatArray, n_v: int, n_k: int) -> tuple[FloatArray, npt.NDArray[np.bool_], FloatArray]:
+    """The per-model side of :meth:`TargetWorkload.from_arrays` for its device requests (``cell``: each one's
+    flat (V+1, K) index, ``w_dev`` its popularity, ``dw`` its weighted device demand, ``allowed_models`` its
+    model constraint): ``w_model`` (M+1, V+1, K), the distinct constraint ``sets`` (S, M) and their
+    ``set_share`` of device demand."""
+    mi = {m: i for i, m in enumerate(models)}
+    n_m = len(models)
+    allowed = np.ones((len(cell), n_m + 1), dtype=bool)  # column n_m: models nobody names
+    set_of: dict[frozenset[str], int] = {}
+    set_rows: list[list[int]] = []
+    set_demand: list[float] = []
+    for j, ms in enumerate(allowed_models):
+        if not ms:
+            continue
+        s = set_of.get(ms)
+        if s is None:
+            s = set_of[ms] = len(set_rows)
+            set_rows.append(sorted({mi[m] for m in ms if m in mi}))
+            set_demand.append(0.0)
+        if len(set_rows[s]) == n_m:  # it may use every model here: unconstrained
+            continue
+        set_demand[s] += float(dw[j])
+        allowed[j] = False
+        allowed[j, set_rows[s]] = True
+    flat = np.arange(n_m + 1)[None, :] * (n_v * n_k) + cell[:, None]
+    w_flat = np.bincount(flat[allowed], weights=np.broadcast_to(w_dev[:, None], allowed.shape)[allowed],
+                         minlength=(n_m + 1) * n_v * n_k).reshape(n_m + 1, n_v, n_k)
+    w_model = np.asarray(np.cumsum(w_flat, axis=1), dtype=np.float64)
+    # distinct sets over the cluster's models (two spellings of one set merge)
+    merged: dict[tuple[int, ...], float] = {}
+    for members, d in zip(set_rows, set_demand, strict=True):
+        if len(members) < n_m:
+            merged[tuple(members)] = merged.get(tuple(members), 0.0) + d
+    sets = np.zeros((len(merged), n_m), dtype=bool)
+    for i, members_t in enumerate(merged):
+        sets[i, list(members_t)] = True
+    share = np.array(list(merged.values()), dtype=np.float64) / max(float(dw.sum()), 1e-12)
+    return w_model, sets, share
 
 
 #: the target workload (device shares of one device) until enough real requests have been seen

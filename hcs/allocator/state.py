@@ -14,19 +14,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
 from hcs.allocator.placement import (
+    NO_COMPUTENODE,
     Constraints,
     ContainerDemand,
     DeviceTable,
     Grant,
     PodDemand,
     PodRef,
+    Ranking,
+    TableUsage,
     Verdict,
     plan_table,
+    rank_table,
 )
 from hcs.allocator.policies import FloatArray, IntArray, RecentMix, TargetWorkload, default_target
 from hcs.cluster_inventory import NodeInventory
@@ -107,7 +110,7 @@ class AllocatorState:
         self._rows: deque[tuple[int, int, int, int, frozenset[str]]] = deque(maxlen=history)
         self._rows_of: tuple[object, int] = (None, 0)  # (table, mix generation converted up to)
         self._table: DeviceTable | None = None
-        self._used: tuple[Any, Any] | None = None  # (R, W) arrays in step with _usage while _table lives
+        self._used: TableUsage | None = None  # arrays in step with _usage and _cpu_mem while _table lives
         self.version = 0  # bumped by every change of inventory or usage
 
     # ------------------------------------------------------------------ inventory
@@ -115,7 +118,13 @@ class AllocatorState:
         with self._lock:
             if self._nodes.get(inv.name) != inv:
                 self._nodes[inv.name] = inv
-                self._table = self._used = None
+                # health or capacity only: the planner's table and usage arrays change in place of a rebuild
+                table = self._table.replace_node(inv) if self._table is not None else None
+                if table is None or self._used is None:
+                    self._table = self._used = None
+                else:
+                    self._table = table
+                    self._used.refresh(table, table.node_index[inv.name])
                 self.version += 1
 
     def remove_node(self, name: str) -> None:
@@ -199,7 +208,7 @@ class AllocatorState:
     def _device_table(self) -> DeviceTable:
         if self._table is None or self._used is None:
             self._table = DeviceTable.build(list(self._nodes.values()))
-            self._used = self._table.scatter(self._usage)
+            self._used = TableUsage.of(self._table, self._usage, self._cpu_mem)
         return self._table
 
     def explain(self, demand: PodDemand, nodes: Sequence[str] | None = None, proposals: int = 16,
@@ -213,8 +222,18 @@ class AllocatorState:
                                   set(nodes) if nodes else None, proposals, self._used, best_only)
         if best_only:
             return verdicts
-        return verdicts + [Verdict(n, False, "no ComputeNode for this node (no HCS node agent reporting)")
-                           for n in missing]
+        return verdicts + [Verdict(n, False, NO_COMPUTENODE) for n in missing]
+
+    def rank(self, demand: PodDemand, nodes: Sequence[str] | None = None) -> tuple[Ranking, list[str]]:
+        """What :meth:`explain` decides without device plans or verdict objects (the extender's filter):
+        the fitting nodes best first, why the others are out; and the names asked about that have no
+        ComputeNode."""
+        with self._lock:
+            missing = [n for n in (nodes or []) if n not in self._nodes]
+            table = self._device_table()
+            ranking = rank_table(demand, table, self._usage, self._cpu_mem, self._target, self._rng,
+                                 nodes or None, 0, self._used)
+        return ranking, missing
 
     # ------------------------------------------------------------------ mutations
     def reserve(self, demand: PodDemand, node: str | None = None) -> Reservation:
@@ -269,6 +288,8 @@ class AllocatorState:
             self._track(res.node, g, sign)
         cm = self._cpu_mem.get(res.node, (0, 0))
         self._cpu_mem[res.node] = (cm[0] + sign * res.cpu_milli, cm[1] + sign * res.memory_bytes)
+        if self._table is not None and self._used is not None and res.node in self._table.node_index:
+            self._used.add_host(self._table.node_index[res.node], sign * res.cpu_milli, sign * res.memory_bytes)
         if self._cpu_mem[res.node] == (0, 0):
             del self._cpu_mem[res.node]
         if not nu:
@@ -368,8 +389,7 @@ class AllocatorState:
             return
         rc = self._table.where.get((node, g.device))
         if rc is not None:
-            self._used[0][rc] += sign * g.vram_bytes
-            self._used[1][rc] += sign * g.tflops_milli
+            self._used.add(self._table, rc, sign * g.vram_bytes, sign * g.tflops_milli)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if usage differs from the sum of reservations or exceeds capacity."""
@@ -383,8 +403,11 @@ class AllocatorState:
             assert {n: {d: u for d, u in m.items() if u != (0, 0)} for n, m in total.items()
                     if any(u != (0, 0) for u in m.values())} == self._usage
             if self._table is not None and self._used is not None:
-                uv, ut = self._table.scatter(self._usage)
-                assert (uv == self._used[0]).all() and (ut == self._used[1]).all(), "fast-path usage drifted"
+                fresh = TableUsage.of(self._table, self._usage, self._cpu_mem)
+                kept = self._used
+                assert all((getattr(fresh, f) == getattr(kept, f)).all() for f in (
+                    "vram", "tflops", "cpu", "mem", "free_vram", "free_tflops", "free", "row_free")), \
+                    "fast-path usage drifted"
             for name, nu in self._usage.items():
                 inv = self._nodes.get(name)
                 if inv is None:
