@@ -111,9 +111,12 @@ def host_path(container_path: str, mounts: dict[str, str]) -> Path | None:
 
 
 def _read_quota(container_path: str, mounts: dict[str, str]) -> str:
-    """The host file behind the container's HCS_QUOTA_FILE, as the container would read it."""
+    """The VRAM lines of the host file behind the container's HCS_QUOTA_FILE (the ``#`` lines are the
+    agent's record of compute shares, not quotas)."""
     host = host_path(container_path, mounts) if container_path else None
-    return host.read_text().strip().replace("\n", "; ") if host is not None and host.is_file() else ""
+    if host is None or not host.is_file():
+        return ""
+    return "; ".join(x for x in host.read_text().splitlines() if x.strip() and not x.startswith("#"))
 
 
 def quota_check(stack: DemoStack, r: PodResult) -> dict[str, Any]:
