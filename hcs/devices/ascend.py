@@ -202,12 +202,7 @@ class AscendBackend(Backend):
         status = self.f["dcmi_get_device_health"](card, dev, byref(state))
         if status != 0:
             return score([Finding(CRITICAL, f"device not responding (DCMI error {status})")])
-        findings: list[Finding] = []
-        if state.value in _HEALTH_TEXT:
-            text, penalty = _HEALTH_TEXT[state.value]
-            findings.append(Finding(penalty, f"DCMI health: {text} ({state.value})"))
-        elif state.value != 0:
-            findings.append(Finding(CRITICAL, f"DCMI health: unknown state {state.value}"))
+        findings = health_code_findings(state.value)
         count = c_int()
         codes = (c_uint * 32)()
         if self.f["dcmi_get_device_errorcode_v2"](card, dev, byref(count), codes, 32) == 0 and count.value:
@@ -240,6 +235,14 @@ _SUBHEALTH_SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
 }
 
 
+def health_code_findings(code: int) -> list[Finding]:
+    """What DCMI's device health code says (0 = healthy)."""
+    if code in _HEALTH_TEXT:
+        text, penalty = _HEALTH_TEXT[code]
+        return [Finding(penalty, f"DCMI health: {text} ({code})")]
+    return [Finding(CRITICAL, f"DCMI health: unknown state {code}")] if code != 0 else []
+
+
 def _ascend_signals(self: AscendBackend, index: int) -> Signals:
     """Sub-health sample through DCMI: health code, HBM ECC + isolated pages, PCIe link-layer CRC
     errors (what the link replays), AI Core frequency, temperature. DCMI has no HCCS error counter in
@@ -253,12 +256,7 @@ def _ascend_signals(self: AscendBackend, index: int) -> Signals:
     status = f["dcmi_get_device_health"](card, dev, byref(state))
     if status != 0:
         return Signals(vendor_health=Health(0, (f"device not responding (DCMI error {status})",)), lost=True)
-    findings: list[Finding] = []
-    if state.value in _HEALTH_TEXT:
-        text, penalty = _HEALTH_TEXT[state.value]
-        findings.append(Finding(penalty, f"DCMI health: {text} ({state.value})"))
-    elif state.value != 0:
-        findings.append(Finding(CRITICAL, f"DCMI health: unknown state {state.value}"))
+    findings = health_code_findings(state.value)
     ecc = EccInfo()
     have_ecc = f["dcmi_get_device_ecc_info"](card, dev, DCMI_DEVICE_TYPE_HBM, byref(ecc)) == 0
     pcie = PcieErrRate()
