@@ -60,6 +60,9 @@ def main() -> int:
     ap.add_argument("--no-install", action="store_true", help="measure on the release as installed")
     ap.add_argument("--values", default=str(REPO / "e2e" / "chart" / "values-local.yaml"))
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--plain-node", default="",
+                    help="diagnostic only, not the benchmark: pin the plain pods to this node (e.g. the node the "
+                         "allocator packs the ai.compute pods onto) to compare the two kinds on one kubelet")
     args = ap.parse_args()
 
     hcs_cluster = harness("hcs_cluster", REPO / "e2e" / "cluster")
@@ -88,14 +91,17 @@ def main() -> int:
     def pod(kind: str, i: int) -> dict[str, Any]:
         c: dict[str, Any] = {"name": "main", "image": busybox, "imagePullPolicy": "Never",
                              "command": ["sh", "-c", "sleep 3600"]}
+        spec: dict[str, Any] = {"terminationGracePeriodSeconds": 0, "containers": [c]}
         if kind == "hcs":
             c["resources"] = {"requests": {"ai.compute/vram": "1Gi"}}
+        elif args.plain_node:
+            spec["nodeSelector"] = {"kubernetes.io/hostname": args.plain_node}
         return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{kind}-{run}-{i}", "labels": {"bench": run, "kind": kind}},
-                "spec": {"terminationGracePeriodSeconds": 0, "containers": [c]}}
+                "metadata": {"name": f"{kind}-{run}-{i}", "labels": {"bench": run, "kind": kind}}, "spec": spec}
 
     created: dict[str, float] = {}
     running: dict[str, float] = {}
+    placed: dict[str, str] = {}  # pod -> node
     failed: dict[str, str] = {}  # pods the kubelet rejected (phase Failed): counted, never waited for
     path = f"/api/v1/namespaces/{h.namespace}/pods"
     try:
@@ -104,13 +110,13 @@ def main() -> int:
                 p = pod(kind, i)
                 h.rest.request("POST", path, body=p)
                 created[p["metadata"]["name"]] = time.monotonic()
-                _poll(h, path, run, running, failed)
+                _poll(h, path, run, running, failed, placed)
         deadline = time.monotonic() + args.timeout
         while len(running) + len(failed) < len(created):
             if time.monotonic() > deadline:
                 raise SystemExit(f"startup bench: {len(created) - len(running)} pods not Running after "
                                  f"{args.timeout:.0f} s")
-            _poll(h, path, run, running, failed)
+            _poll(h, path, run, running, failed, placed)
             time.sleep(0.2)
     finally:
         h.down()
@@ -127,15 +133,31 @@ def main() -> int:
         "hcs_failed": sum(1 for n in failed if n.startswith("hcs-")),
         "plain_failed": sum(1 for n in failed if n.startswith("plain-")),
         "first_failure": next(iter(failed.values()), "")[:300],
+        # where each kind ran (pods per node): the allocator's default policy packs small pods
+        "hcs_nodes": _per_node(placed, "hcs-"),
+        "plain_nodes": _per_node(placed, "plain-"),
     }
+    if args.plain_node:
+        out["diagnostic_plain_node"] = args.plain_node
     print(json.dumps(out))
     return 0
 
 
-def _poll(h: Any, path: str, run: str, running: dict[str, float], failed: dict[str, str]) -> None:
+def _per_node(placed: dict[str, str], prefix: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for pod, node in placed.items():
+        if pod.startswith(prefix):
+            out[node] = out.get(node, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _poll(h: Any, path: str, run: str, running: dict[str, float], failed: dict[str, str],
+          placed: dict[str, str]) -> None:
     now = time.monotonic()
     for p in h.rest.request("GET", path, query={"labelSelector": f"bench={run}"}).get("items") or []:
         n = p["metadata"]["name"]
+        if p["spec"].get("nodeName"):
+            placed[n] = p["spec"]["nodeName"]
         phase = p["status"].get("phase")
         if n not in running and phase == "Running":
             running[n] = now

@@ -172,9 +172,9 @@ class ChartTarget:
             return (len(agents) >= len(nodes) and all(self._exists(f"{COMPUTENODES}/{n}") for n in nodes)
                     and all(self.slot_allocatable(n) > 0 for n in nodes)
                     and any(self.pod_ready(p) for p in self.pods("webhook"))
-                    and bool(self.leader()))
+                    and bool(self.leader()) and bool(self.scheduler_leader()))
 
-        wait_for(ready, timeout, "the chart's node agents, webhook and allocator leader")
+        wait_for(ready, timeout, "the chart's node agents, webhook, allocator leader and hcs-scheduler leader")
 
     # ------------------------------------------------------------------ node state
     def slot_allocatable(self, node: str | None = None) -> int:
@@ -216,6 +216,21 @@ class ChartTarget:
             if (p["metadata"].get("labels") or {}).get("hcs.io/allocator-leader") == "true" and self.pod_ready(p):
                 return str(p["metadata"]["name"])
         return ""
+
+    def scheduler_leader(self) -> str:
+        """Name of the Ready allocator pod whose kube-scheduler (the ``hcs-scheduler``) holds its Lease: until
+        one does, no ``ai.compute`` pod is scheduled. A Lease left by a scheduler that did not release it (a
+        killed pod, a cluster taken down) names a pod that is gone: not a leader (the new one takes the Lease
+        when it expires, ``leaseDurationSeconds`` after its last renewal)."""
+        from hcs.kube import KubeError
+
+        name = os.environ.get("HCS_E2E_SCHEDULER_NAME", "hcs-scheduler")
+        try:
+            lease = self.rest.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{self.release_namespace}"
+                                             f"/leases/{name}")
+        except KubeError:
+            return ""
+        return lease_leader(lease, {str(p["metadata"]["name"]) for p in self.pods("allocator") if self.pod_ready(p)})
 
     def allocator_holds(self, node: str) -> list[str]:
         """Pods of the session namespace the leading allocator reserves devices for on ``node``: its gRPC
@@ -321,3 +336,16 @@ def from_env(target: str) -> ChartTarget:
                        cluster_dir)
     return ChartTarget(info, KubeRest(api, timeout_s=30), os.environ.get("HCS_E2E_NAMESPACE", "hcs-system"),
                        os.environ.get("HCS_E2E_RELEASE", "hcs"), target)
+
+
+def lease_holder_pod(lease: dict[str, Any]) -> str:
+    """The pod named by a kube-scheduler Lease's ``holderIdentity`` (``<hostname>_<uuid>``; a pod's hostname
+    is its name), or "" when nobody holds it (released: empty identity)."""
+    holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+    return holder.rsplit("_", 1)[0] if "_" in holder else holder
+
+
+def lease_leader(lease: dict[str, Any], ready_pods: set[str]) -> str:
+    """The Lease's holder if it is one of ``ready_pods`` (this release's Ready scheduler pods), else ""."""
+    holder = lease_holder_pod(lease)
+    return holder if holder and holder in ready_pods else ""
