@@ -6,13 +6,16 @@
 
 1. ``install_to_ready_s``: ``helm uninstall`` (if installed) then ``helm install --wait`` with the same
    values, until every node's agent has registered its device plugin (``ai.compute/slot`` allocatable) and
-   published its ComputeNode, and the allocator has a leader: what a user waits for before the first pod.
+   published its ComputeNode, the allocator has a leader and the hcs-scheduler holds its Lease: what a user
+   waits for before the first pod (after an uninstall the old scheduler's Lease runs out first, ~15 s).
 2. ``N`` plain busybox pods and ``N`` busybox pods asking ``ai.compute/vram`` (the seed's shape, no
    schedulerName: the webhook routes them to the hcs-scheduler), created alternately; create -> Running
    (phase observed by polling the pod list every 0.2 s) for each.
 
 Prints {"hcs_start_p50_s", "hcs_start_p99_s", "plain_start_p50_s", "plain_start_p99_s", "ratio_p99",
-"install_to_ready_s", "nodes", ...}. ``--no-install`` skips step 1 (install_to_ready_s is null).
+"install_to_ready_s", "nodes", "hcs_nodes", "plain_nodes" (pods per node), ...}. ``--no-install`` skips step 1
+(install_to_ready_s is null). ``--plain-node NODE`` is a diagnostic, not the benchmark: plain pods pinned to
+one node (the one the allocator packed the ai.compute pods onto) compare the two kinds on one kubelet.
 """
 
 from __future__ import annotations
