@@ -64,6 +64,11 @@ def test_every_component_running_and_ready(hcs_e2e: Any) -> None:
     lease = h.rest.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{h.release_namespace}/leases/"
                                   f"{h.release}-allocator")
     assert leaders == [lease["spec"]["holderIdentity"]], (leaders, lease["spec"])
+    # the hcs-scheduler leads from a Ready pod of this release (wait_ready waited for it: a Lease left by
+    # the previous release's scheduler names a pod that is gone)
+    sched = h.rest.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{h.release_namespace}/leases/"
+                                  "hcs-scheduler")
+    assert h.scheduler_leader() in {p["metadata"]["name"] for p in allocators}, sched["spec"]
     webhooks = [p for p in h.pods("webhook") if h.pod_ready(p)]
     dep = h.rest.request("GET", f"/apis/apps/v1/namespaces/{h.release_namespace}/deployments/{h.release}-webhook")
     assert len(webhooks) == dep["spec"]["replicas"] >= 2, (len(webhooks), dep["spec"]["replicas"])
