@@ -432,7 +432,8 @@ def test_agent_process_restart_keeps_checkpoint_and_health_taint(rest, kube_clus
         assert not spec.exists()
         faults.write_text("nvidia 2 health critical\n")
         taint = wait_for(lambda: slice_devices(rest, node)["nvidia-2"].get("taints"), 30)
-        assert taint and taint[0]["effect"] == "NoSchedule"
+        # the simulated NVML answers a critical device as lost: graded lost, a NoExecute taint (sub-health)
+        assert taint and (taint[0]["key"], taint[0]["effect"]) == ("ai.compute/lost", "NoExecute")
     finally:
         sim.close()
         proc.send_signal(signal.SIGTERM)

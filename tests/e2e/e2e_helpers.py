@@ -37,10 +37,12 @@ class Output:
 
     @property
     def quota(self) -> list[tuple[int, int]]:
-        """(in-container index, bytes) lines of the quota file."""
+        """(in-container index, bytes) lines of the quota file (``#`` lines: the agent's compute record)."""
         body = self.log.split("==QUOTA==", 1)[1].split("==ASCEND==", 1)[0]
         rows = []
         for line in body.strip().splitlines():
+            if line.startswith("#"):
+                continue
             idx, size = line.split()
             rows.append((int(idx), int(size)))
         return rows
