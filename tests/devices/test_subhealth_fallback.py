@@ -221,7 +221,8 @@ def test_a_forged_ring_can_only_make_a_device_degraded(tmp_path: Path) -> None:
             name = ring_name(u)
             assert name is not None
             lat = 200_000_000 if k == "nvidia-3" else 2_000_000
-            (tmp_path / name).write_bytes(bytes(_ring([(s, time.monotonic_ns(), lat) for s in range(seq - 49, seq + 1)])))
+            ring = _ring([(s, time.monotonic_ns(), lat) for s in range(seq - 49, seq + 1)])
+            (tmp_path / name).write_bytes(bytes(ring))
         verdicts = signals()
         for k in uuids:
             v = grader.observe(k, float(step), Signals(straggler=verdicts.get(k, "")))
