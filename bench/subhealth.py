@@ -80,13 +80,21 @@ def scenarios() -> list[Scenario]:
 
 def merged_profile(dest: Path) -> int:
     devices = []
+    switches: list[object] = []  # NVSwitches: concatenated, each profile's switch links offset to its own
     for domain, name in enumerate(PROFILES):
         prof = json.loads((ROOT / "driver" / "profiles" / f"{name}.json").read_text())
+        base = len(switches)
+        switches.extend(prof.get("nvswitches", []))
         for d in prof["devices"]:
             d = dict(d)
             d["pci_bus_id"] = f"{domain + 1:04x}" + d["pci_bus_id"][4:]
+            if base and "links" in d:
+                d["links"] = [{**ln, "switch": ln["switch"] + base} if "switch" in ln else ln for ln in d["links"]]
             devices.append(d)
-    dest.write_text(json.dumps({"name": "subhealth-bench-32", "devices": devices}))
+    merged: dict[str, object] = {"name": "subhealth-bench-32", "devices": devices}
+    if switches:
+        merged["nvswitches"] = switches
+    dest.write_text(json.dumps(merged))
     return len(devices)
 
 
