@@ -294,7 +294,11 @@ def parse_ring(data: bytes, after: int, fresh_from_ns: int, until_ns: int) -> tu
         raise BadRing(f"header {magic:#x}/v{version}/{slots} slots/{entry} bytes is not an HST1 ring")
     out: list[tuple[int, int]] = []
     invalid = 0
-    for j, (seq, end_ns, lat_ns) in enumerate(_ENTRY.iter_unpack(data[RING_HEADER:])):
+    # the slots written since ``after`` (all of them when the ring went round, or head is odd)
+    slots = range(RING_SLOTS) if not 0 <= head - after < RING_SLOTS else \
+        sorted({(s - 1) % RING_SLOTS for s in range(after + 1, head + 1)})
+    for j in slots:
+        seq, end_ns, lat_ns = _ENTRY.unpack_from(data, RING_HEADER + j * RING_ENTRY)
         if seq == 0:
             continue  # empty, or being written
         if (seq - 1) % RING_SLOTS != j or not 0 < lat_ns <= MAX_LATENCY_NS or end_ns == 0:
@@ -328,6 +332,7 @@ class InterceptorTimingSource:
             if name is not None:
                 self.files[key] = self.directory / name
         self._seen: dict[str, int] = {}
+        self._header: dict[str, bytes] = {}  # the last good read's header bytes, per device
         self._bad: set[str] = set()  # devices whose file is bad now
         self._last_said: dict[str, float] = {}  # key -> monotonic time of its last "ignored" line
 
@@ -355,7 +360,10 @@ class InterceptorTimingSource:
                 if data is None:
                     continue
                 after = self._seen.get(key, 0)
+                if len(data) == RING_SIZE and data[:32] == self._header.get(key):
+                    continue  # header (head included) unchanged since the last good read: nothing new
                 head, entries = parse_ring(data, after, now_ns - int(self.window_s * 1e9), now_ns + 10**9)
+                self._header[key] = data[:32]
             except (OSError, BadRing) as exc:
                 self._say_bad(key, path, str(exc))
                 continue
