@@ -194,7 +194,10 @@ def main() -> int:
     cpu = measure_cpu(inventory, args.poll_interval, args.cpu_seconds, faults, clock_file, n_devices)
     ebpf_info: dict[str, object] = {"ebpf": False, "ebpf_note": "skipped (--skip-ebpf)"}
     if not args.skip_ebpf:
-        from bench.subhealth_straggler import straggler_scenario
+        try:  # python -m bench.subhealth
+            from bench.subhealth_straggler import straggler_scenario
+        except ModuleNotFoundError:  # python bench/subhealth.py: bench/ is sys.path[0]
+            from subhealth_straggler import straggler_scenario  # type: ignore[import-not-found,no-redef]
 
         ebpf_info = straggler_scenario(ROOT, work, args.workload_signal)
         sc = ebpf_info.pop("scenario", None)
