@@ -10,7 +10,7 @@ key (the container's visible-device list, read from /proc/<pid>/environ).
 
 Mode "interceptor" (``InterceptorTimingSource``, the fallback and the default): the interceptor
 (libhcs_interceptor.so, interceptor/src/synctime.h) times every synchronise it passes through and
-appends the latency to a per-device ring file in the node-wide compute dir (node.computeDir), named
+writes the latency into a per-device ring file in the node-wide compute dir (node.computeDir), named
 by the device's UUID. The agent reads the new entries each poll: the same per-interval (count,
 minimum) samples as the eBPF path, for the same detector. The files are tenant-writable (every
 container of the node maps that dir read-write): sizes are fixed, every field is validated, a bad
@@ -284,32 +284,39 @@ class BadRing(ValueError):
     pass
 
 
-def parse_ring(data: bytes, after: int, fresh_from_ns: int, until_ns: int) -> tuple[int, list[tuple[int, int]]]:
-    """``(head, [(seq, latency_ns)])``: the valid entries newer than seq ``after`` that ended in
-    [fresh_from_ns, until_ns]. Raises BadRing (with the reason) for a file that is not a ring."""
+def ring_slot(seq: int) -> int:
+    """The slot the interceptor writes sample ``seq`` (pid << 32 | n) to (synctime.h HCS_ST_SLOT)."""
+    return ((seq >> 32) * 7919 + (seq & 0xFFFFFFFF)) % RING_SLOTS
+
+
+def parse_ring(data: bytes, previous: bytes | None, fresh_from_ns: int, until_ns: int) -> list[int]:
+    """The latencies (ns) of the valid entries whose bytes changed since ``previous`` (the last read's
+    bytes; None: every entry) and that ended in [fresh_from_ns, until_ns]. Raises BadRing (with the
+    reason) for a file that is not a ring or holds entries that are not samples."""
     if len(data) != RING_SIZE:
         raise BadRing(f"size {len(data)} bytes, expected {RING_SIZE}")
-    magic, version, slots, entry, head = _HEADER.unpack_from(data, 0)
+    magic, version, slots, entry, _ = _HEADER.unpack_from(data, 0)
     if (magic, version, slots, entry) != (RING_MAGIC, RING_VERSION, RING_SLOTS, RING_ENTRY):
         raise BadRing(f"header {magic:#x}/v{version}/{slots} slots/{entry} bytes is not an HST1 ring")
-    out: list[tuple[int, int]] = []
+    out: list[int] = []
     invalid = 0
-    # the slots written since ``after`` (all of them when the ring went round, or head is odd)
-    slots = range(RING_SLOTS) if not 0 <= head - after < RING_SLOTS else \
-        sorted({(s - 1) % RING_SLOTS for s in range(after + 1, head + 1)})
-    for j in slots:
-        seq, end_ns, lat_ns = _ENTRY.unpack_from(data, RING_HEADER + j * RING_ENTRY)
+    old = previous if previous is not None and len(previous) == RING_SIZE else None
+    for j in range(RING_SLOTS):
+        off = RING_HEADER + j * RING_ENTRY
+        if old is not None and data[off:off + RING_ENTRY] == old[off:off + RING_ENTRY]:
+            continue  # read before
+        seq, end_ns, lat_ns = _ENTRY.unpack_from(data, off)
         if seq == 0:
-            continue  # empty, or being written
-        if (seq - 1) % RING_SLOTS != j or not 0 < lat_ns <= MAX_LATENCY_NS or end_ns == 0:
+            continue  # empty
+        if seq & 0xFFFFFFFF == 0 or ring_slot(seq) != j or not 0 < lat_ns <= MAX_LATENCY_NS or end_ns == 0:
             invalid += 1
             continue
-        if seq > after and fresh_from_ns <= end_ns <= until_ns:
-            out.append((seq, lat_ns))
+        if fresh_from_ns <= end_ns <= until_ns:
+            out.append(lat_ns)
     if invalid:
-        raise BadRing(f"{invalid} of {RING_SLOTS} entries are not samples (misplaced sequence or latency "
+        raise BadRing(f"{invalid} of {RING_SLOTS} entries are not samples (sequence in another slot or latency "
                       f"outside 0..{MAX_LATENCY_NS // 10**9} s)")
-    return head, out
+    return out
 
 
 class InterceptorTimingSource:
@@ -331,8 +338,7 @@ class InterceptorTimingSource:
             name = ring_name(uuid)
             if name is not None:
                 self.files[key] = self.directory / name
-        self._seen: dict[str, int] = {}
-        self._header: dict[str, bytes] = {}  # the last good read's header bytes, per device
+        self._last: dict[str, bytes] = {}  # the last good read's bytes, per device
         self._bad: set[str] = set()  # devices whose file is bad now
         self._last_said: dict[str, float] = {}  # key -> monotonic time of its last "ignored" line
 
@@ -359,23 +365,19 @@ class InterceptorTimingSource:
                 data = self._read(path)
                 if data is None:
                     continue
-                after = self._seen.get(key, 0)
-                if len(data) == RING_SIZE and data[:32] == self._header.get(key):
-                    continue  # header (head included) unchanged since the last good read: nothing new
-                head, entries = parse_ring(data, after, now_ns - int(self.window_s * 1e9), now_ns + 10**9)
-                self._header[key] = data[:32]
+                previous = self._last.get(key)
+                if data == previous:
+                    continue  # nothing written since the last read
+                lats = parse_ring(data, previous, now_ns - int(self.window_s * 1e9), now_ns + 10**9)
+                self._last[key] = data
             except (OSError, BadRing) as exc:
                 self._say_bad(key, path, str(exc))
                 continue
             if key in self._bad:
                 self._bad.discard(key)
                 log.info("workload timing %s: valid again", path)
-            if head < after:  # the ring was re-created: its sequence starts over
-                self._seen[key] = 0
-                continue
-            if entries:
-                self._seen[key] = max(after, max(seq for seq, _ in entries))
-                out.append((t, key, len(entries), float(min(lat for _, lat in entries))))
+            if lats:
+                out.append((t, key, len(lats), float(min(lats))))
         return out
 
     def _say_bad(self, key: str, path: Path, why: str) -> None:
@@ -385,8 +387,8 @@ class InterceptorTimingSource:
         if was_bad or now - self._last_said.get(key, -BAD_LOG_EVERY_S) < BAD_LOG_EVERY_S:
             return  # already said for this episode, or said recently (a file flipping good/bad)
         self._last_said[key] = now
-        log.warning("workload timing %s (%s): ignored (%s); the interceptor rewrites a bad file on its next "
-                    "start, and this advisory signal can only raise 'degraded'", path, key, why)
+        log.warning("workload timing %s (%s): ignored (%s) until it is a valid ring again; this "
+                    "advisory signal can only raise 'degraded'", path, key, why)
 
     def stop(self) -> None:
         pass

@@ -11,15 +11,19 @@
  *
  * Layout (little-endian, fixed size HCS_ST_FILE_SIZE):
  *   header (64 bytes): u32 magic "HST1", u32 version 1, u32 slots (512), u32 entry size (24),
- *                      u64 head (the number of samples ever appended), 40 reserved bytes;
- *   slots x entry:     u64 seq, u64 end_ns (CLOCK_MONOTONIC at return), u64 latency_ns.
- * A writer takes i = head++ (atomic), clears seq of slot i % slots, writes the sample and then
- * publishes seq = i + 1 (release). A reader takes an entry only when seq - 1 is congruent to its
- * slot, and treats everything as advisory, tenant-writable data (any container of the node can
- * write the dir): bounded, validated, never trusted for anything but the straggler signal.
+ *                      u64 reserved (0), 40 reserved bytes;
+ *   slots x entry:     u64 seq = pid << 32 | n (the writing process's n-th sample, 1 .. 2^32-1),
+ *                      u64 end_ns (CLOCK_MONOTONIC at return), u64 latency_ns;
+ *   a sample goes to slot HCS_ST_SLOT(pid, n), written with one pwrite of its 24 bytes.
+ * The file is never mapped: a container truncating or replacing the shared file cannot fault
+ * another container's process (a mapping would take SIGBUS). A reader takes the slots whose bytes
+ * changed since its last read, and only entries in the slot their seq names; it treats everything
+ * as advisory, tenant-writable data (any container of the node can write the dir): bounded,
+ * validated, never trusted for anything but the straggler signal. Writers of several processes
+ * may overwrite each other's samples before they are read: fine for a latency floor.
  *
- * Hot path: launches are untouched; a synchronise costs two clock reads, one atomic add and three
- * stores to a shared mapping (the first synchronise per device opens and maps the file once).
+ * Hot path: launches are untouched; a synchronise costs two vDSO clock reads, one process-local
+ * atomic add and one pwrite (the first synchronise per device opens the file once).
  */
 #ifndef HCS_SYNCTIME_H
 #define HCS_SYNCTIME_H
@@ -33,7 +37,7 @@
 #define HCS_ST_SLOTS 512u
 
 struct hcs_st_entry {
-    _Atomic uint64_t seq;
+    uint64_t seq;
     uint64_t end_ns;
     uint64_t lat_ns;
 };
@@ -43,12 +47,15 @@ struct hcs_st_file {
     uint32_t version;
     uint32_t slots;
     uint32_t entry_size;
-    _Atomic uint64_t head;
+    uint64_t reserved0;
     uint64_t reserved[5];
     struct hcs_st_entry e[HCS_ST_SLOTS];
 };
 
 #define HCS_ST_FILE_SIZE (sizeof(struct hcs_st_file))
+/* the slot of process pid's n-th sample (n >= 1): consecutive samples fill consecutive slots, and
+ * processes start at different places */
+#define HCS_ST_SLOT(pid, n) ((((uint64_t)(pid) * 7919u) + (uint64_t)(n)) % HCS_ST_SLOTS)
 
 /* uuid(ordinal, out): the device's 16-byte UUID, 0 on success. */
 typedef int (*hcs_st_uuid_fn)(int ordinal, uint8_t out[16]);
