@@ -22,8 +22,10 @@ node config's healthPollInterval) on the healthy 32-device profile; process CPU 
 scaled to 8 devices, is ``cpu_pct_per_8_devices`` (percent of one core).
 
 eBPF: ``ebpf`` says whether the workload-side probe (bpftrace uprobes on libcuda.so.1's
-cuCtxSynchronize) loaded here; when it did, the straggler scenario ("one of 8 devices 30% slower")
-runs in real time with workload threads and is part of the scenario set.
+cuCtxSynchronize) loaded here. The straggler scenario ("one of 8 devices 30% slower") runs in real
+time with workload threads and is part of the scenario set either way: with eBPF through the
+uprobes, without it (or with ``--workload-signal interceptor``) through the agent's fallback, the
+interceptor's own synchronise timing (``details.workload_signal`` says which).
 """
 
 from __future__ import annotations
@@ -78,13 +80,21 @@ def scenarios() -> list[Scenario]:
 
 def merged_profile(dest: Path) -> int:
     devices = []
+    switches: list[object] = []  # NVSwitches: concatenated, each profile's switch links offset to its own
     for domain, name in enumerate(PROFILES):
         prof = json.loads((ROOT / "driver" / "profiles" / f"{name}.json").read_text())
+        base = len(switches)
+        switches.extend(prof.get("nvswitches", []))
         for d in prof["devices"]:
             d = dict(d)
             d["pci_bus_id"] = f"{domain + 1:04x}" + d["pci_bus_id"][4:]
+            if base and "links" in d:
+                d["links"] = [{**ln, "switch": ln["switch"] + base} if "switch" in ln else ln for ln in d["links"]]
             devices.append(d)
-    dest.write_text(json.dumps({"name": "subhealth-bench-32", "devices": devices}))
+    merged: dict[str, object] = {"name": "subhealth-bench-32", "devices": devices}
+    if switches:
+        merged["nvswitches"] = switches
+    dest.write_text(json.dumps(merged))
     return len(devices)
 
 
@@ -126,7 +136,10 @@ def main() -> int:
     ap.add_argument("--soak-hours", type=float, default=3.2, help="simulated hours of the noisy soak (x32 devices)")
     ap.add_argument("--cpu-seconds", type=float, default=20.0, help="real seconds of the CPU measurement")
     ap.add_argument("--poll-interval", type=float, default=1.0, help="healthPollInterval for the CPU measurement")
-    ap.add_argument("--skip-ebpf", action="store_true", help="do not try the eBPF straggler scenario")
+    ap.add_argument("--skip-ebpf", action="store_true", help="do not run the real-time straggler scenario")
+    ap.add_argument("--workload-signal", choices=("auto", "interceptor"), default="auto",
+                    help="straggler scenario: eBPF uprobes, else the interceptor's timing (auto), or the "
+                         "interceptor's timing only (the agent's fallback when eBPF is unavailable)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hcs-subhealth-"))
@@ -181,9 +194,12 @@ def main() -> int:
     cpu = measure_cpu(inventory, args.poll_interval, args.cpu_seconds, faults, clock_file, n_devices)
     ebpf_info: dict[str, object] = {"ebpf": False, "ebpf_note": "skipped (--skip-ebpf)"}
     if not args.skip_ebpf:
-        from bench.subhealth_straggler import straggler_scenario
+        try:  # python -m bench.subhealth
+            from bench.subhealth_straggler import straggler_scenario
+        except ModuleNotFoundError:  # python bench/subhealth.py: bench/ is sys.path[0]
+            from subhealth_straggler import straggler_scenario  # type: ignore[import-not-found,no-redef]
 
-        ebpf_info = straggler_scenario(ROOT, work)
+        ebpf_info = straggler_scenario(ROOT, work, args.workload_signal)
         sc = ebpf_info.pop("scenario", None)
         if isinstance(sc, dict):
             results["nvidia-one-of-8-devices-30pct-slower"] = sc

@@ -8,9 +8,18 @@ half second bpftrace prints, per (pid, device ordinal), the number of synchronis
 latency. The ordinal is the process's CUDA ordinal; ``ordinal_map`` turns it into a node device
 key (the container's visible-device list, read from /proc/<pid>/environ).
 
-When bpftrace is missing, the agent is not root, or the kernel refuses the probes, the source says
-so once (log) and ``available`` stays False: no workload-side signal in that mode (the vendor-
-library signals are unaffected). docs/operations.md lists the signals per mode.
+Mode "interceptor" (``InterceptorTimingSource``, the fallback and the default): the interceptor
+(libhcs_interceptor.so, interceptor/src/synctime.h) times every synchronise it passes through and
+writes the latency into a per-device ring file in the node-wide compute dir (node.computeDir), named
+by the device's UUID. The agent reads the new entries each poll: the same per-interval (count,
+minimum) samples as the eBPF path, for the same detector. The files are tenant-writable (every
+container of the node maps that dir read-write): sizes are fixed, every field is validated, a bad
+file is ignored with one log line, and the signal can only ever raise ``degraded``.
+
+``start_workload_signals`` picks the mode from ``HCS_WORKLOAD_PROBES``: ``ebpf`` tries the uprobes
+and, when bpftrace is missing, the agent is not root, or the kernel refuses the probes, says so once
+and falls back to the interceptor's timing; unset or ``interceptor``: the interceptor's timing;
+``off``: no workload-side signal. docs/operations.md lists the signals per mode.
 
 ``StragglerDetector`` compares each device's latency (the median of those per-interval minima over
 a sliding window) with the median of
@@ -25,7 +34,9 @@ import logging
 import os
 import re
 import shutil
+import stat
 import statistics
+import struct
 import subprocess
 import threading
 import time
@@ -70,8 +81,9 @@ def exported_functions(library: str, names: tuple[str, ...]) -> tuple[str, ...]:
 class EbpfLatencySource:
     """Per-(pid, ordinal) synchronise latency samples from bpftrace; ``samples()`` drains them."""
 
-    def __init__(self, library: str, bpftrace: str | None = None) -> None:
+    def __init__(self, library: str, bpftrace: str | None = None, log_unavailable: bool = True) -> None:
         self.library = library
+        self.log_unavailable = log_unavailable  # False: the caller logs the reason (with its fallback)
         self.bpftrace = bpftrace or shutil.which("bpftrace") or ""
         self.available = False
         self.reason = ""
@@ -109,7 +121,8 @@ class EbpfLatencySource:
 
     def _unavailable(self, why: str) -> bool:
         self.reason = why
-        log.warning("eBPF unavailable (%s): no workload-side latency signal in this mode", why)
+        if self.log_unavailable:
+            log.warning("eBPF unavailable (%s): no workload-side latency signal from uprobes", why)
         self.stop()
         return False
 
@@ -217,6 +230,8 @@ class StragglerDetector:
 class WorkloadSignals:
     """eBPF source + straggler detector, as the ``workload`` callable HealthMonitor takes."""
 
+    mode = "ebpf"
+
     def __init__(self, source: EbpfLatencySource, devices: list[str], model_of: dict[str, str]) -> None:
         self.source = source
         self.devices = devices
@@ -242,17 +257,194 @@ def find_runtime_library() -> str:
     return ""
 
 
-def start_workload_signals(devices: list[tuple[str, str]]) -> WorkloadSignals | None:
-    """eBPF workload-side signals for the node's NVIDIA devices ``(key, model)``; None (logged once) when
-    eBPF or the runtime library is unavailable."""
+RING_MAGIC = 0x31545348  # "HST1" (interceptor/src/synctime.h)
+RING_VERSION = 1
+RING_SLOTS = 512
+RING_ENTRY = 24
+RING_HEADER = 64
+RING_SIZE = RING_HEADER + RING_SLOTS * RING_ENTRY
+MAX_LATENCY_NS = 3600 * 10**9  # a synchronise longer than an hour is not a sample, it is garbage
+BAD_LOG_EVERY_S = 300.0  # a file that stays (or keeps turning) bad is logged at most this often
+_HEADER = struct.Struct("<IIIIQ")
+_ENTRY = struct.Struct("<QQQ")
+
+
+def ring_name(uuid: str) -> str | None:
+    """The interceptor's ring file name for a device UUID ("GPU-5f0c..." → "hcs-sync-5f0c....ring")."""
+    u = uuid.strip()
+    if u[:4] in ("GPU-", "MIG-"):
+        u = u[4:]
+    u = u.replace("-", "").lower()
+    if len(u) != 32 or any(c not in "0123456789abcdef" for c in u):
+        return None
+    return f"hcs-sync-{u}.ring"
+
+
+class BadRing(ValueError):
+    pass
+
+
+def ring_slot(seq: int) -> int:
+    """The slot the interceptor writes sample ``seq`` (pid << 32 | n) to (synctime.h HCS_ST_SLOT)."""
+    return ((seq >> 32) * 7919 + (seq & 0xFFFFFFFF)) % RING_SLOTS
+
+
+def parse_ring(data: bytes, previous: bytes | None, fresh_from_ns: int, until_ns: int) -> list[int]:
+    """The latencies (ns) of the valid entries whose bytes changed since ``previous`` (the last read's
+    bytes; None: every entry) and that ended in [fresh_from_ns, until_ns]. Raises BadRing (with the
+    reason) for a file that is not a ring or holds entries that are not samples."""
+    if len(data) != RING_SIZE:
+        raise BadRing(f"size {len(data)} bytes, expected {RING_SIZE}")
+    magic, version, slots, entry, _ = _HEADER.unpack_from(data, 0)
+    if (magic, version, slots, entry) != (RING_MAGIC, RING_VERSION, RING_SLOTS, RING_ENTRY):
+        raise BadRing(f"header {magic:#x}/v{version}/{slots} slots/{entry} bytes is not an HST1 ring")
+    out: list[int] = []
+    invalid = 0
+    old = previous if previous is not None and len(previous) == RING_SIZE else None
+    for j in range(RING_SLOTS):
+        off = RING_HEADER + j * RING_ENTRY
+        if old is not None and data[off:off + RING_ENTRY] == old[off:off + RING_ENTRY]:
+            continue  # read before
+        seq, end_ns, lat_ns = _ENTRY.unpack_from(data, off)
+        if seq == 0:
+            continue  # empty
+        if seq & 0xFFFFFFFF == 0 or ring_slot(seq) != j or not 0 < lat_ns <= MAX_LATENCY_NS or end_ns == 0:
+            invalid += 1
+            continue
+        if fresh_from_ns <= end_ns <= until_ns:
+            out.append(lat_ns)
+    if invalid:
+        raise BadRing(f"{invalid} of {RING_SLOTS} entries are not samples (sequence in another slot or latency "
+                      f"outside 0..{MAX_LATENCY_NS // 10**9} s)")
+    return out
+
+
+class InterceptorTimingSource:
+    """Per-device synchronise latency the interceptor records (the fallback when eBPF is unavailable).
+
+    ``uuids`` maps node device keys to UUIDs; only those devices' ring files are read (by name, never
+    by listing the directory). ``samples()`` returns ``(t, key, count, min_ns)`` per device with new
+    entries since the last call."""
+
+    available = True
+
+    def __init__(self, directory: str | Path, uuids: dict[str, str], window_s: float = WINDOW_S,
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+        self.directory = Path(directory)
+        self.window_s = window_s
+        self._clock_ns = clock_ns
+        self.files: dict[str, Path] = {}
+        for key, uuid in uuids.items():
+            name = ring_name(uuid)
+            if name is not None:
+                self.files[key] = self.directory / name
+        self._last: dict[str, bytes] = {}  # the last good read's bytes, per device
+        self._bad: set[str] = set()  # devices whose file is bad now
+        self._last_said: dict[str, float] = {}  # key -> monotonic time of its last "ignored" line
+
+    def _read(self, path: Path) -> bytes | None:
+        """The file's bytes (at most RING_SIZE + 1), None when absent; OSError/BadRing otherwise."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BadRing("not a regular file")
+            return os.pread(fd, RING_SIZE + 1, 0)
+        finally:
+            os.close(fd)
+
+    def samples(self) -> list[tuple[float, str, int, float]]:
+        now_ns = self._clock_ns()
+        t = now_ns / 1e9
+        out: list[tuple[float, str, int, float]] = []
+        for key, path in self.files.items():
+            try:
+                data = self._read(path)
+                if data is None:
+                    continue
+                previous = self._last.get(key)
+                if data == previous:
+                    continue  # nothing written since the last read
+                lats = parse_ring(data, previous, now_ns - int(self.window_s * 1e9), now_ns + 10**9)
+                self._last[key] = data
+            except (OSError, BadRing) as exc:
+                self._say_bad(key, path, str(exc))
+                continue
+            if key in self._bad:
+                self._bad.discard(key)
+                log.info("workload timing %s: valid again", path)
+            if lats:
+                out.append((t, key, len(lats), float(min(lats))))
+        return out
+
+    def _say_bad(self, key: str, path: Path, why: str) -> None:
+        now = time.monotonic()
+        was_bad = key in self._bad
+        self._bad.add(key)
+        if was_bad or now - self._last_said.get(key, -BAD_LOG_EVERY_S) < BAD_LOG_EVERY_S:
+            return  # already said for this episode, or said recently (a file flipping good/bad)
+        self._last_said[key] = now
+        log.warning("workload timing %s (%s): ignored (%s) until it is a valid ring again; this "
+                    "advisory signal can only raise 'degraded'", path, key, why)
+
+    def stop(self) -> None:
+        pass
+
+
+class TimingFileSignals:
+    """Interceptor timing source + straggler detector, as the ``workload`` callable HealthMonitor takes."""
+
+    mode = "interceptor"
+
+    def __init__(self, source: InterceptorTimingSource, model_of: dict[str, str]) -> None:
+        self.source = source
+        self.detector = StragglerDetector(model_of)
+
+    def __call__(self) -> dict[str, str]:
+        for t, key, count, min_ns in self.source.samples():
+            self.detector.add(t, key, count, min_ns)
+        return self.detector.verdicts(time.monotonic())
+
+
+def start_workload_signals(devices: list[tuple[str, str]], uuids: dict[str, str] | None = None,
+                           compute_dir: str = "", probes: str | None = None,
+                           bpftrace: str | None = None) -> WorkloadSignals | TimingFileSignals | None:
+    """Workload-side signals for the node's NVIDIA devices ``(key, model)``, in the mode
+    ``probes`` (default: ``HCS_WORKLOAD_PROBES``) asks for; the mode used is logged once. ``uuids``
+    (key → UUID) and ``compute_dir`` (node.computeDir) locate the interceptor's timing files."""
     nvidia = [(k, m) for k, m in devices if k.startswith("nvidia-")]
     if not nvidia:
         return None
-    lib = find_runtime_library()
-    if not lib:
-        log.warning("eBPF workload signals: libcuda.so.1 not found on this node; no workload-side signal")
+    probes = os.environ.get("HCS_WORKLOAD_PROBES", "") if probes is None else probes
+    if probes == "off":
+        log.info("workload-side signals: off (HCS_WORKLOAD_PROBES=off); vendor-library signals only")
         return None
-    source = EbpfLatencySource(lib)
-    if not source.start():
+    fallback_why = ""
+    if probes == "ebpf":
+        lib = find_runtime_library()
+        if not lib:
+            fallback_why = "libcuda.so.1 not found on this node"
+        else:
+            source = EbpfLatencySource(lib, bpftrace=bpftrace, log_unavailable=False)
+            if source.start():
+                return WorkloadSignals(source, [k for k, _ in nvidia], dict(nvidia))
+            fallback_why = source.reason
+    elif probes not in ("", "interceptor"):
+        log.warning("HCS_WORKLOAD_PROBES=%r is not ebpf, interceptor or off; using the interceptor's timing",
+                    probes[:40])
+    keyed = {k: (uuids or {}).get(k, "") for k, _ in nvidia}
+    if not compute_dir or not any(ring_name(u) for u in keyed.values()):
+        why = "no compute dir (node.computeDir)" if not compute_dir else "no device UUIDs"
+        log.warning("workload-side signals: %s%s; no workload-side signal (vendor-library signals only)",
+                    f"eBPF unavailable ({fallback_why}) and " if fallback_why else "", why)
         return None
-    return WorkloadSignals(source, [k for k, _ in nvidia], dict(nvidia))
+    if fallback_why:
+        log.warning("eBPF unavailable (%s); workload-side signals: falling back to the interceptor's "
+                    "synchronise timing in %s", fallback_why, compute_dir)
+    else:
+        log.info("workload-side signals: the interceptor's synchronise timing in %s (HCS_WORKLOAD_PROBES=ebpf "
+                 "for uprobes)", compute_dir)
+    return TimingFileSignals(InterceptorTimingSource(compute_dir, keyed), dict(nvidia))

@@ -123,11 +123,13 @@ def run(args: argparse.Namespace) -> int:
     health = None
     if inventory.devices:
         try:
-            workload = None
-            if os.environ.get("HCS_WORKLOAD_PROBES", "") == "ebpf":  # opt-in: needs bpftrace + privilege
-                from hcs.devices.workload import start_workload_signals
+            from hcs.devices.workload import start_workload_signals
 
-                workload = start_workload_signals([(d.key, d.model) for d in inventory.devices])
+            # HCS_WORKLOAD_PROBES: ebpf (uprobes; needs bpftrace + privilege, else the fallback),
+            # interceptor (default: the interceptor's synchronise timing in node.computeDir), off
+            workload = start_workload_signals([(d.key, d.model) for d in inventory.devices],
+                                              uuids={d.key: d.uuid for d in inventory.devices},
+                                              compute_dir=config.computeDir)
             health = HealthMonitor(inventory, poll_interval_s=config.healthPollInterval, workload=workload)
         except Exception as exc:  # a vendor library that enumerates but cannot be watched
             log.error("health monitoring unavailable (%s); devices stay as discovered", exc)

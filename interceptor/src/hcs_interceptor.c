@@ -45,6 +45,7 @@
 #include "ptrmap.h"
 #include "quota.h"
 #include "region.h"
+#include "synctime.h"
 
 #define HCS_EXPORT __attribute__((visibility("default")))
 #define HCS_HIDDEN __attribute__((visibility("hidden")))

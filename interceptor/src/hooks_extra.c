@@ -608,28 +608,38 @@ HCS_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep) {
     return rc;
 }
 
-/* Synchronisation completes stream-ordered frees; pools may then give memory back. */
+/* Synchronisation completes stream-ordered frees; pools may then give memory back. Each successful
+ * synchronise is also timed for the agent's sub-health fallback signal (synctime.h). */
 HCS_EXPORT CUresult cuStreamSynchronize(CUstream hStream) {
     CU_REAL_OR_FAIL(cuStreamSynchronize);
+    uint64_t t0 = cuda_sync_begin(); /* sub-health fallback timing (synctime.h) */
     CUresult rc = real(hStream);
-    if (rc == CUDA_SUCCESS)
+    if (rc == CUDA_SUCCESS) {
+        cuda_sync_end(t0);
         pools_settle_all_synced(state(), true);
+    }
     return rc;
 }
 
 HCS_EXPORT CUresult cuStreamSynchronize_ptsz(CUstream hStream) {
     CU_REAL_OR_FAIL(cuStreamSynchronize_ptsz);
+    uint64_t t0 = cuda_sync_begin(); /* sub-health fallback timing (synctime.h) */
     CUresult rc = real(hStream);
-    if (rc == CUDA_SUCCESS)
+    if (rc == CUDA_SUCCESS) {
+        cuda_sync_end(t0);
         pools_settle_all_synced(state(), true);
+    }
     return rc;
 }
 
 HCS_EXPORT CUresult cuCtxSynchronize(void) {
     CU_REAL_OR_FAIL(cuCtxSynchronize);
+    uint64_t t0 = cuda_sync_begin(); /* sub-health fallback timing (synctime.h) */
     CUresult rc = real();
-    if (rc == CUDA_SUCCESS)
+    if (rc == CUDA_SUCCESS) {
+        cuda_sync_end(t0);
         pools_settle_all_synced(state(), true);
+    }
     return rc;
 }
 
