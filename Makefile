@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev c-build proto test test-unit lint e2e bench clean chart-crds image e2e-chart e2e-checkpoint ebpf-tools
+.PHONY: dev c-build proto test test-stress test-unit lint e2e bench clean chart-crds image e2e-chart e2e-checkpoint ebpf-tools
 
 dev: $(STAMP) c-build
 
@@ -22,7 +22,11 @@ proto: $(STAMP)
 	$(BIN)/python proto/generate.py
 
 test: dev
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not stress"
+
+# The full-size over-commit proof (tests/allocator/test_allocator_live_stress.py, ~15 min on a quiet machine).
+test-stress: dev
+	$(BIN)/pytest -q -m stress
 
 test-unit: dev
 	$(BIN)/pytest -q -m "not cluster and not e2e"

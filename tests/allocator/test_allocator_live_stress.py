@@ -40,5 +40,6 @@ def test_binds_race_kills_and_watch_disconnects_without_overcommit(api_client: A
 
 
 @pytest.mark.slow
+@pytest.mark.stress
 def test_thousand_binds_hundred_sigkills(api_client: Any, kube_cluster: Any, tmp_path: Path) -> None:
     _run(api_client, kube_cluster, tmp_path, 1000, 100, 100)
