@@ -33,7 +33,6 @@ from hcs.allocator.kube import KubeSync
 from hcs.allocator.metrics import CONTENT_TYPE_LATEST, AllocatorMetrics
 from hcs.allocator.placement import ANN_ASSIGNMENT, NO_COMPUTENODE, PodDemand, RequestError, demand_from_pod
 from hcs.allocator.policies import FloatArray
-from hcs.allocator.service import reservation_from_annotation
 from hcs.allocator.state import AllocatorState, Conflict, NoFit, Reservation
 from hcs.errors import ConfigError
 from hcs.httpserve import CertStore, HttpService, Limits, Reply, Request
@@ -169,27 +168,28 @@ class Extender:
         self.state.release(uid)
         return True
 
-    def _bind_version(self, ns: str, name: str, uid: str, node: str, version: str, granted: bool) -> None:
-        """The Binding, only onto the annotated version of the pod. Something else may update the pod in
-        between (kube-scheduler writes its status): then, if the pod is still unbound and still carries
-        our grant for this node, bind that newer version (at most 3 tries)."""
+    def _bind_version(self, ns: str, name: str, uid: str, node: str, version: str, grant: Reservation) -> None:
+        """The Binding, only onto a version of the pod that carries ``grant`` (signed, for ``node``): the
+        API server checks the resourceVersion as a precondition, so the Binding cannot land once the grant
+        was cleared or changed. Something else may update the pod in between (kube-scheduler writes its
+        status): then, if the pod is still unbound and still carries that very grant, bind the newer
+        version (at most 3 tries)."""
         assert self.sync is not None
+        if not version:
+            raise KubeError(409, f"pod {ns}/{name}: no resourceVersion to bind at (the grant is unconfirmed)")
         for attempt in range(3):
             try:
                 self.sync.bind(ns, name, uid, node, resource_version=version)
                 return
             except KubeError as exc:
-                if exc.status != 409 or not granted or attempt == 2:
+                if exc.status != 409 or attempt == 2:
                     raise
                 live = self.sync.get_pod(ns, name)
                 meta = live.get("metadata") or {}
-                text = (meta.get("annotations") or {}).get(ANN_ASSIGNMENT, "")
-                try:
-                    ours = reservation_from_annotation(text) if text else None
-                except ValueError:
-                    ours = None
-                if (live.get("spec") or {}).get("nodeName") or meta.get("uid") != uid or ours is None \
-                        or ours.node != node or ours.pod.uid != uid:
+                if (live.get("spec") or {}).get("nodeName") or meta.get("uid") != uid:
+                    raise
+                ours = self.sync.grant_of(live)
+                if ours is None or ours.node != node or ours.pod.uid != uid or ours.containers != grant.containers:
                     raise
                 if self.metrics is not None:
                     self.metrics.conflicts.labels("bind_retry").inc()
@@ -305,19 +305,61 @@ class Extender:
             return {"Error": f"pod {ns}/{name} asks for no ai.compute resources and holds no HCS assignment; the "
                              "HCS extender binds only pods it places (use the default scheduler for others)"}
         res = None
-        version = ""
         if demand is not None:
-            recorded = self._reserve_recorded(demand, ns, name, uid, node)
+            recorded = self._reserve_recorded(demand, pod, ns, name, uid, node)
             if isinstance(recorded, dict):
                 return recorded
             res, version = recorded
+            grant = res
+        else:
+            # asks for nothing now but carries a grant: bind only the live version that carries a valid
+            # signed grant for this node (never a Binding without that precondition)
+            found = self._live_grant(ns, name, uid, node)
+            if isinstance(found, str):
+                return {"Error": found}
+            grant, version = found
+        if not self.is_leader():  # lost the Lease while recording: the new leader decides
+            if res is not None:
+                self._undo_grant(ns, name, uid)
+            return {"Error": "hcs allocator: this replica lost the leadership; retry"}
         try:
-            self._bind_version(ns, name, uid, node, version if res is not None else "", res is not None)
+            self._bind_version(ns, name, uid, node, version, grant)
         except KubeError as exc:
             return self._binding_failed(ns, name, uid, node, res is not None, exc)
-        log.info("bound %s/%s to %s%s", ns, name, node, "" if res is None else
-                 f" with {sum(1 for _ in res.grants())} device grant(s)")
+        self.state.mark_bound(uid)
+        log.info("bound %s/%s to %s with %d device grant(s)", ns, name, node, sum(1 for _ in grant.grants()))
         return {"Error": ""}
+
+    def _live_grant(self, ns: str, name: str, uid: str, node: str) -> tuple[Reservation, str] | str:
+        """The pod as the API server has it now: (its valid signed grant for ``node``, the resourceVersion
+        it was read at), or why there is none."""
+        assert self.sync is not None
+        try:
+            live = self.sync.get_pod(ns, name)
+        except KubeError as exc:
+            return f"pod {ns}/{name}: {exc}"
+        meta = live.get("metadata") or {}
+        if uid and meta.get("uid") != uid:
+            return f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"
+        if (live.get("spec") or {}).get("nodeName"):
+            return f"pod {ns}/{name} is already bound to {live['spec']['nodeName']}"
+        grant = self.sync.grant_of(live)
+        if grant is None or grant.node != node:
+            return (f"pod {ns}/{name} asks for no ai.compute resources and holds no valid HCS assignment for "
+                    f"node {node}; the HCS extender binds only pods it places")
+        return grant, str(meta.get("resourceVersion") or "")
+
+    def _undo_grant(self, ns: str, name: str, uid: str) -> None:
+        """A grant written (or maybe written: its reply was lost) and not to be bound: clear it on the API
+        server only on an unbound version of the pod, then free the devices; when that cannot be done
+        (the pod is bound, or the API server is unreachable) the reservation stays and the watch decides."""
+        try:
+            if not self._unreserve_unbound(ns, name, uid):
+                assert self.sync is not None
+                self.sync.recheck(uid)  # bound or changed meanwhile: what the watch shows wins
+        except KubeError:
+            log.warning("pod %s/%s: assignment may be recorded and could not be cleared; the reservation "
+                        "stays until the pod is rescheduled or gone", ns, name)
 
     def _pod_to_bind(self, ns: str, name: str, uid: str) -> Mapping[str, Any] | str:
         """The pod the filter saw (else from the API server); an error message when it cannot be read or was
@@ -335,10 +377,14 @@ class Extender:
             return f"pod {ns}/{name}: uid {uid} no longer exists (recreated)"
         return pod
 
-    def _reserve_recorded(self, demand: PodDemand, ns: str, name: str, uid: str,
+    def _reserve_recorded(self, demand: PodDemand, pod: Mapping[str, Any], ns: str, name: str, uid: str,
                           node: str) -> tuple[Reservation, str] | dict[str, Any]:
         """Reserve on ``node`` (a reservation held elsewhere is dropped first if the pod is unbound) and record
-        the grant on the pod: (reservation, the annotated pod's resourceVersion), or ``{"Error": ...}``."""
+        the grant on the pod: (reservation, the annotated pod's resourceVersion), or ``{"Error": ...}``.
+
+        The grant is written only onto an unbound version of the pod (the write is conditioned on the
+        resourceVersion of a copy that shows it unbound): a bound pod's grant is never rewritten or
+        cleared here, even when this bind is a retry racing an earlier Binding that landed."""
         assert self.sync is not None
         held = self.state.reservation(uid)
         if held is not None and held.node != node:
@@ -348,22 +394,43 @@ class Extender:
                                      " (or changed meanwhile; retry)"}
             except KubeError as exc:
                 return {"Error": f"pod {ns}/{name}: {exc}"}
+            held = None
         try:
             res = self.state.reserve(demand, node)
         except (NoFit, Conflict) as exc:
             self.sync.event(ns, name, uid, "HcsBindFailed", str(exc))
             return {"Error": str(exc)}
-        try:
-            return res, self.sync.annotate(res, ns, name)  # source of truth first
-        except KubeError as exc:
-            # the write may have landed with its reply lost: clear it before freeing the devices
-            try:
-                self.sync.annotate(None, ns, name)
-                self.state.release(uid)
-            except KubeError:
-                log.warning("pod %s/%s: assignment may be recorded and could not be cleared; the "
-                            "reservation stays until the pod is rescheduled or gone", ns, name)
-            return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+        fresh = held is None
+        copy: Mapping[str, Any] = pod
+        for _ in range(3):
+            meta = copy.get("metadata") or {}
+            bound = str((copy.get("spec") or {}).get("nodeName") or "")
+            if bound or meta.get("uid") != uid or meta.get("deletionTimestamp"):
+                # bound meanwhile (an earlier Binding landed), recreated or going: its grant stays as it is
+                if fresh:
+                    self.state.release(uid)
+                    self.sync.recheck(uid)
+                what = f"is already bound to {bound}" if bound else "was recreated or is being deleted"
+                return {"Error": f"pod {ns}/{name} {what}; not bound again"}
+            try:  # source of truth first
+                return res, self.sync.annotate(res, ns, name, resource_version=str(meta.get("resourceVersion") or ""))
+            except KubeError as exc:
+                if exc.status == 409:  # the copy is stale (nothing written): read the pod again
+                    try:
+                        copy = self.sync.get_pod(ns, name)
+                        continue
+                    except KubeError as exc2:  # nothing was written: free what this call reserved
+                        if exc2.status == 404 or fresh:
+                            self.state.release(uid)
+                        return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc2}"}
+                if exc.status == 404:
+                    self.state.release(uid)
+                else:  # the write may have landed with its reply lost: clear it (unbound only) first
+                    self._undo_grant(ns, name, uid)
+                return {"Error": f"pod {ns}/{name}: cannot record the assignment: {exc}"}
+        if fresh:
+            self.state.release(uid)
+        return {"Error": f"pod {ns}/{name} keeps changing; not bound (retry)"}
 
     def _binding_failed(self, ns: str, name: str, uid: str, node: str, granted: bool,
                         exc: KubeError) -> dict[str, Any]:

@@ -235,7 +235,21 @@ class KubeSync:
             # the pod's own creation time decides who came first in a conflict (not the record's)
             res = replace(res, cpu_milli=demand.cpu_milli, memory_bytes=demand.memory_bytes,
                           pod=replace(res.pod, created_ms=demand.pod.created_ms or res.pod.created_ms))
+        return replace(res, bound=bool(bound))
+
+    def grant_of(self, pod: dict[str, Any]) -> Reservation | None:
+        """The pod's signed assignment as a reservation (None: none, or it fails a check: logged)."""
+        problems: list[str] = []
+        res = self._reservation_of(pod, problems)
+        for p in problems:
+            log.warning("%s", p)
         return res
+
+    def recheck(self, uid: str) -> None:
+        """Inside :meth:`binding`: apply the watched pod again when the bind ends (the bind changed the
+        state in a way the watch may not report, e.g. a reservation made for a pod found bound)."""
+        with self._lock:
+            self._held_back.add(uid)
 
     def _apply_pod(self, pod: dict[str, Any] | None, uid: str, problems: list[str]) -> None:
         """Make the state hold what the (watched) pod says; ``None``: the pod is gone."""
@@ -248,9 +262,13 @@ class KubeSync:
             return
         if have is not None:
             if have.node == want.node and have.containers == want.containers:
+                if have.bound != want.bound:
+                    self.state.mark_bound(uid, want.bound)
                 return
             self.state.release(uid)
-        problems += self.state.restore([want], on_conflict=self._report_conflict)
+        # bound pods and binds in flight keep their devices in a conflict (see AllocatorState.restore)
+        problems += self.state.restore([want], on_conflict=self._report_conflict,
+                                       first=lambda r: r.pod.uid in self._inflight)
 
     def _report_conflict(self, c: RestoreConflict) -> None:
         """A restored reservation lost to an earlier pod's (restore never over-commits): an Event on the
@@ -289,6 +307,8 @@ class KubeSync:
                 have = self.state.reservation(uid)
                 bound = (new.get("spec") or {}).get("nodeName")
                 if have is not None and (not bound or bound == have.node):
+                    if bool(bound) != have.bound:
+                        self.state.mark_bound(uid, bool(bound))
                     return  # e.g. the Binding landed: nothing to parse again
             self._apply_pod(new if etype != "DELETED" else None, uid, problems)
         for p in problems:

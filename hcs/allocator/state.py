@@ -83,6 +83,8 @@ class Reservation:
     reserved_at_ms: int = 0
     cpu_milli: int = 0
     memory_bytes: int = 0
+    #: the pod is bound (or its Binding is on its way): its grant is a fact a restore never takes away
+    bound: bool = False
 
     def grants(self) -> Iterable[Grant]:
         for _, gs in self.containers:
@@ -92,6 +94,15 @@ class Reservation:
 def _age(r: Reservation) -> tuple[int, int, str]:
     """Who came first (conflicts in :meth:`AllocatorState.restore`: the later pod loses)."""
     return (r.pod.created_ms, r.reserved_at_ms, r.pod.uid)
+
+
+def _precedence(first: Callable[[Reservation], bool] | None) -> Callable[[Reservation], tuple[int, int, int, str]]:
+    """Restore order: bound pods (and those ``first`` names, e.g. binds in flight) before all others, then
+    by age. A bound pod's grant is a fact (its containers may already use the devices), so it never loses
+    to an unbound pod's record, whatever their ages."""
+    def key(r: Reservation) -> tuple[int, int, int, str]:
+        return (0 if r.bound or (first is not None and first(r)) else 1, *_age(r))
+    return key
 
 
 class AllocatorState:
@@ -317,15 +328,24 @@ class AllocatorState:
                 self._apply(res, -1)
             return res
 
+    def mark_bound(self, uid: str, bound: bool = True) -> None:
+        """Record that the pod is bound (no change of usage)."""
+        with self._lock:
+            res = self._res.get(uid)
+            if res is not None and res.bound != bound:
+                self._res[uid] = replace(res, bound=bound)
+
     def restore(self, reservations: Iterable[Reservation],
-                on_conflict: Callable[[RestoreConflict], None] | None = None) -> list[str]:
+                on_conflict: Callable[[RestoreConflict], None] | None = None,
+                first: Callable[[Reservation], bool] | None = None) -> list[str]:
         """Adopt reservations read back from pod annotations; returns problems (never raises).
 
         Never over-commits: when records overlap (a bug, a split brain, a forged record that got past
-        the integrity check), the earliest pod (creation time, then reservation time, then uid) keeps
-        its devices and every later overlapping pod loses its reservation — including one this
-        allocator already held. Each loser is reported to ``on_conflict`` (the caller posts an Event on
-        the pod and counts it) and in the returned problems.
+        the integrity check), deterministic precedence decides: bound pods (``Reservation.bound``) and
+        those ``first`` names (the caller's binds in flight) before the others, then the earliest pod
+        (creation time, then reservation time, then uid) keeps its devices and every later overlapping
+        pod loses its reservation — including one this allocator already held. Each loser is reported to
+        ``on_conflict`` (the caller posts an Event on the pod and counts it) and in the returned problems.
         """
         problems: list[str] = []
         lost: list[RestoreConflict] = []
@@ -335,14 +355,15 @@ class AllocatorState:
                 if r.pod.uid and r.pod.uid not in self._res:
                     fresh.setdefault(r.pod.uid, r)
             clashing: list[Reservation] = []
-            for r in sorted(fresh.values(), key=_age):
+            order = _precedence(first)
+            for r in sorted(fresh.values(), key=order):
                 if self._overcommit(r) is None:
                     self._apply(r)
                 else:
                     clashing.append(r)
             if clashing:
                 # earliest pod wins: rebuild usage from every reservation in age order
-                everyone = sorted([*self._res.values(), *clashing], key=_age)
+                everyone = sorted([*self._res.values(), *clashing], key=order)
                 for r in list(self._res.values()):
                     self._apply(r, -1)
                 for r in everyone:

@@ -254,3 +254,117 @@ def test_a_bind_cut_short_leaves_no_stale_grant_and_its_late_binding_fails(
         state2.check_invariants()
     finally:
         sync2.stop()
+
+
+def test_a_retried_bind_racing_a_landed_binding_never_clears_the_bound_pods_grant(
+        rest: KubeRest, fake_node: str, pods: list[str]) -> None:
+    """The interleaving behind the stress test's "bound without a grant": allocator A records a grant and
+    sends the Binding, then dies; the scheduler, still holding its unbound copy of the pod, retries the bind
+    on the new leader B; A's Binding lands just before B writes the grant again, and B's write loses its
+    reply (a cut connection). B used to write unconditionally and then clear the grant unconditionally:
+    the pod stayed bound with no grant. Now B writes only onto an unbound version of the pod (the write is
+    refused) and never touches the bound pod's grant."""
+    from hcs.testing import overcommit
+
+    state, sync = started(rest)
+    pod = make_pod(rest, pods, "30Gi")
+    uid, name = pod["metadata"]["uid"], pod["metadata"]["name"]
+    try:
+        wait_for(lambda: any(n.name == fake_node for n in state.nodes()), timeout=30, what="ComputeNode watched")
+        demand = demand_from_pod(pod)
+        assert demand is not None
+        with sync.binding(uid):
+            version = sync.annotate(state.reserve(demand, fake_node), "default", name)
+    finally:
+        sync.stop()  # A dies with its Binding on the wire
+    state2, sync2 = started(rest)
+    try:
+        wait_for(lambda: state2.reservation(uid) is not None, timeout=30, what="B restored the pending grant")
+        granted = rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")["metadata"]["annotations"]
+        sync.bind("default", name, uid, fake_node, resource_version=version)  # A's Binding lands
+        wait_for(lambda: ((sync2.pods.get("default", name) or {}).get("spec") or {}).get("nodeName") == fake_node,
+                 timeout=30, what="B's watch to see the pod bound")
+        ext2 = Extender(state2, sync2)
+        real = sync2.annotate
+        lost: list[str] = []
+
+        def reply_lost(r: Any, namespace: str, pod_name: str, resource_version: str = "") -> str:
+            out = real(r, namespace, pod_name, resource_version)  # the write lands...
+            if r is not None and not lost:
+                lost.append(out)
+                raise KubeError(0, "connection reset by peer")  # ...and its reply is lost
+            return out
+
+        sync2.annotate = reply_lost  # type: ignore[method-assign]
+        ext2.filter({"Pod": pod, "NodeNames": [fake_node]})  # the scheduler's stale, unbound copy
+        out = ext2.bind({"PodName": name, "PodNamespace": "default", "PodUID": uid, "Node": fake_node})
+        live = rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")
+        assert live["spec"].get("nodeName") == fake_node
+        assert ANN_ASSIGNMENT in (live["metadata"].get("annotations") or {}), f"bound without a grant ({out})"
+        assert live["metadata"]["annotations"][ANN_ASSIGNMENT] == granted[ANN_ASSIGNMENT], \
+            "a bound pod's grant was rewritten"
+        assert "already bound" in out["Error"] and not lost
+        rep = overcommit.check(rest, "default", {fake_node})
+        assert rep.bound_without_grant == [] and rep.overcommitted == []
+        wait_for(lambda: is_bound(state2, uid), timeout=30, what="B to keep the bound pod's reservation")
+        state2.check_invariants()
+    finally:
+        sync2.stop()
+
+
+def is_bound(state: AllocatorState, uid: str) -> bool:
+    r = state.reservation(uid)
+    return r is not None and r.bound
+
+
+@pytest.mark.parametrize("asks", [False, True], ids=["grant-only", "asks-vram"])
+def test_a_grant_cleared_right_before_the_binding_makes_the_binding_fail(
+        rest: KubeRest, fake_node: str, pods: list[str], asks: bool) -> None:
+    """Between the extender's read of the pod (grant present) and its Binding, the grant is cleared (what a
+    new leader does to an orphaned grant, or a release). A Binding sent without a resourceVersion
+    precondition (the old path for a pod carrying a grant but asking for nothing) landed anyway: bound
+    without a grant. Every Binding is now conditioned on a version that carries the grant."""
+    state, sync = started(rest)
+    try:
+        wait_for(lambda: any(n.name == fake_node for n in state.nodes()), timeout=30, what="ComputeNode watched")
+        if asks:
+            pod = make_pod(rest, pods, "20Gi")
+        else:
+            pname = f"hcs-live-pod-{uuid.uuid4().hex[:6]}"
+            pods.append(pname)
+            pod = rest.request("POST", "/api/v1/namespaces/default/pods", body={
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pname, "namespace": "default"},
+                "spec": {"schedulerName": "hcs-scheduler", "containers": [{"name": "main", "image": "busybox"}]}})
+        uid, name = pod["metadata"]["uid"], pod["metadata"]["name"]
+        asking = {**pod, "spec": {**pod["spec"], "containers": [{
+            "name": "main", "resources": {"requests": {"ai.compute/vram": "20Gi"}}}]}}
+        demand = demand_from_pod(asking)
+        assert demand is not None
+        if not asks:  # a grant recorded earlier (e.g. by the gRPC path), signed by this allocator
+            with sync.binding(uid):
+                sync.annotate(state.reserve(demand, fake_node), "default", name)
+            pod = rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")
+        ext = Extender(state, sync)
+        real_bind = sync.bind
+        cleared: list[str] = []
+
+        def cleared_first(namespace: str, pod_name: str, pod_uid: str, node: str, resource_version: str = "") -> None:
+            if not cleared:  # the interleaving: the grant goes away just before the Binding arrives
+                live = rest.request("GET", f"/api/v1/namespaces/{namespace}/pods/{pod_name}")
+                cleared.append(sync.annotate(None, namespace, pod_name,
+                                             resource_version=live["metadata"]["resourceVersion"]))
+            real_bind(namespace, pod_name, pod_uid, node, resource_version)
+
+        sync.bind = cleared_first  # type: ignore[method-assign]
+        if asks:
+            assert fake_node in ext.filter({"Pod": pod, "NodeNames": [fake_node]})["NodeNames"]
+        out = ext.bind({"PodName": name, "PodNamespace": "default", "PodUID": uid, "Node": fake_node})
+        assert cleared, "the interleaving did not happen"
+        live = rest.request("GET", f"/api/v1/namespaces/default/pods/{name}")
+        assert not live["spec"].get("nodeName"), f"bound without a grant ({out})"
+        assert out["Error"]
+        if asks:
+            assert state.reservation(uid) is None  # the failed bind freed its devices
+        state.check_invariants()
+    finally:
+        sync.stop()
