@@ -69,8 +69,10 @@ class KubeRest:
         query: Mapping[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        timeout: float | None = None,
     ) -> dict[str, Any]:
-        resp = self._send(method, path, query=query, body=body, content_type=content_type)
+        """One call; ``timeout`` (seconds) overrides the client's for this call."""
+        resp = self._send(method, path, query=query, body=body, content_type=content_type, timeout=timeout)
         data = resp.read()
         if not 200 <= resp.status < 300:
             message = data.decode(errors="replace")

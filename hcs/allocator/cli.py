@@ -256,7 +256,9 @@ def run_allocator(args: argparse.Namespace) -> int:
     metrics = AllocatorMetrics(state)
     sync = KubeSync(rest, state, rates, metrics)
     identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
-    elector = LeaderElector(rest, cfg.namespace, cfg.lease_name, identity, cfg.lease_seconds)
+    # the Lease gets its own API client (connection pool): binds, relists and adoption never delay a renewal
+    elector = LeaderElector(KubeRest(_api_client(cfg.kubeconfig)), cfg.namespace, cfg.lease_name, identity,
+                            cfg.lease_seconds)
 
     def serving() -> bool:
         """Leader with every watch listed once: only then may it place pods (a standby's /readyz is 503)."""

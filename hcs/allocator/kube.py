@@ -103,6 +103,7 @@ class KubeSync:
         self._written: dict[str, tuple[int, float]] = {}  # pod uid -> (resourceVersion of our write, when)
         self._held_back: set[str] = set()  # uids whose events arrived while their bind was in flight
         self._cn_of_node: dict[str, tuple[str, str]] = {}  # node name -> ComputeNode key
+        self._adopted = False  # adopt() has completed once (it never lists again)
         kw: dict[str, Any] = {"metrics": self.metrics, "watch_timeout_s": watch_timeout_s}
         self.nodes = Informer(rest, "/api/v1/nodes", "nodes", trim=trim_node, on_change=self._node_event, **kw)
         self.computenodes = Informer(rest, CN_PATH, "computenodes", on_change=self._cn_event, **kw)
@@ -393,10 +394,16 @@ class KubeSync:
             log.warning("%s", p)
         return self.problems
 
-    def adopt(self) -> int:
-        """Label pods annotated (or gated) before the label existed, so the pod watch sees them. One paged
-        LIST of all pods; run once per election. Returns the number labelled."""
-        query = {"limit": "500"}
+    def adopt(self, page_pause_s: float = 0.02) -> int:
+        """Label pods annotated (or gated) before the label existed, so the pod watch sees them. A one-time
+        migration: once it has completed, this process never lists again (after a Lease lost and regained
+        the watched state is current: every pod this allocator or the webhook touches since carries the
+        label). The LIST asks the server only for pods *without* the label (``!hcs.io/allocator``), in
+        pages, pausing between pages so the decision path keeps the CPU. Returns the number labelled."""
+        if self._adopted:
+            return 0
+        selector = f"!{LABEL}"
+        query = {"limit": "500", "labelSelector": selector}
         done = 0
         while True:
             page = self.rest.request("GET", "/api/v1/pods", query=query)
@@ -418,8 +425,10 @@ class KubeSync:
                                 LABEL, value, exc)
             token = (page.get("metadata") or {}).get("continue")
             if not token:
+                self._adopted = True
                 return done
-            query = {"limit": "500", "continue": token}
+            query = {"limit": "500", "labelSelector": selector, "continue": token}
+            self._stop.wait(page_pause_s)
 
     # ---------------------------------------------------------------- image retargeting
     def release_vendor_gates(self) -> int:
@@ -574,27 +583,65 @@ class Persister:
 
 
 class LeaderElector:
-    """coordination.k8s.io/v1 Lease: acquire when free or expired, renew every ``duration/3``."""
+    """coordination.k8s.io/v1 Lease: acquire when free or expired; the holder renews every ``retry_s``.
 
-    def __init__(self, rest: KubeRest, namespace: str, name: str, identity: str, duration_s: int = 15) -> None:
+    Renewal is built to survive a loaded process: it runs on its own thread and should get its own
+    API client (``hcs allocator`` gives it one, so binds and relists never queue ahead of it in a
+    connection pool); each call is bounded by ``timeout_s`` (a quarter of the Lease), so one hung call
+    costs one try, not the Lease; a renewal is a single PUT of the Lease object held from the last
+    success (its resourceVersion guards against another holder), with a GET only after a conflict.
+    The holder counts itself leader until two thirds of the Lease after the start of its last
+    successful renewal, so with the defaults (10 s Lease, 2 s retry) three renewals in a row may fail
+    before it stops serving, and a standby takes over only once the full Lease has passed.
+    """
+
+    def __init__(self, rest: KubeRest, namespace: str, name: str, identity: str, duration_s: int = 15,
+                 *, retry_s: float | None = None, timeout_s: float | None = None) -> None:
         self.rest = rest
         self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         self.namespace = namespace
         self.name = name
         self.identity = identity
         self.duration_s = duration_s
+        self.retry_s = retry_s if retry_s is not None else min(2.0, duration_s / 5)
+        self.timeout_s = timeout_s if timeout_s is not None else max(1.0, duration_s / 4)
         self._leader_until = 0.0
+        self._held: dict[str, Any] | None = None  # the Lease as our last successful write left it
         self._stop = threading.Event()
         self.on_elected: Callable[[], None] | None = None
+        self.renewals = 0
+        self.failures = 0
 
     def is_leader(self) -> bool:
         return time.monotonic() < self._leader_until
 
+    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        return self.rest.request(method, path, body=body, timeout=self.timeout_s)
+
+    def _renew_held(self, now: str) -> bool | None:
+        """Renew with one PUT of the Lease we hold; None: we hold none (or it changed), decide afresh."""
+        lease = self._held
+        if lease is None:
+            return None
+        lease = {**lease, "spec": {**(lease.get("spec") or {}), "renewTime": now,
+                                   "holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s}}
+        try:
+            self._held = self._call("PUT", f"{self.path}/{self.name}", body=lease)
+        except KubeError as exc:
+            self._held = None
+            if exc.status == 409:
+                return None  # someone else wrote it: read it and decide
+            raise
+        return True
+
     def try_acquire(self) -> bool:
         now = _now_rfc3339()
+        renewed = self._renew_held(now)
+        if renewed is not None:
+            return renewed
         spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s, "renewTime": now}
         try:
-            lease = self.rest.request("GET", f"{self.path}/{self.name}")
+            lease = self._call("GET", f"{self.path}/{self.name}")
         except KubeError as exc:
             if exc.status != 404:
                 raise
@@ -602,7 +649,7 @@ class LeaderElector:
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": {**spec, "acquireTime": now, "leaseTransitions": 0}}
             try:
-                self.rest.request("POST", self.path, body=body)
+                self._held = self._call("POST", self.path, body=body)
             except KubeError as exc2:
                 if exc2.status == 409:
                     return False
@@ -623,7 +670,7 @@ class LeaderElector:
             new_spec["leaseTransitions"] = int(s.get("leaseTransitions") or 0) + 1
         lease["spec"] = new_spec
         try:
-            self.rest.request("PUT", f"{self.path}/{self.name}", body=lease)  # resourceVersion guards races
+            self._held = self._call("PUT", f"{self.path}/{self.name}", body=lease)  # resourceVersion guards races
         except KubeError as exc:
             if exc.status == 409:
                 return False
@@ -639,33 +686,37 @@ class LeaderElector:
             log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
             ok = False
         if ok:
+            self.renewals += 1
             self._leader_until = start + self.duration_s * 2 / 3
             if not was:
                 log.info("elected leader (%s)", self.identity)
                 if self.on_elected:
                     self.on_elected()
-        elif was and not self.is_leader():
-            log.warning("lost the lease %s/%s", self.namespace, self.name)
+        else:
+            self.failures += 1 if was else 0
+            if was and not self.is_leader():
+                log.warning("lost the lease %s/%s", self.namespace, self.name)
         return ok
 
     def run(self) -> None:
-        """The leader renews every ``duration/3``; a standby polls every second, so it takes over within
-        one second of the Lease expiring (or at once when the leader released it on shutdown)."""
+        """The leader renews every ``retry_s``; a standby polls as often (at most every second), so it takes
+        over within that of the Lease expiring (or at once when the leader released it on shutdown)."""
         while not self._stop.is_set():
             self.step()
-            self._stop.wait(self.duration_s / 3 if self.is_leader() else min(1.0, self.duration_s / 3))
+            self._stop.wait(self.retry_s if self.is_leader() else min(1.0, self.retry_s))
 
     def release(self) -> None:
         self._stop.set()
         if not self.is_leader():
             return
         try:
-            lease = self.rest.request("GET", f"{self.path}/{self.name}")
+            lease = self._call("GET", f"{self.path}/{self.name}")
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"]["holderIdentity"] = ""
-                self.rest.request("PUT", f"{self.path}/{self.name}", body=lease)
+                self._call("PUT", f"{self.path}/{self.name}", body=lease)
         except KubeError as exc:
             log.debug("lease release: %s", exc)
+        self._held = None
         self._leader_until = 0.0
 
 
