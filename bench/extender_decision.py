@@ -12,7 +12,10 @@ calling it directly.
 Prints one JSON object: per verb ``*_cpu_p50_ms``/``*_cpu_p99_ms`` (thread CPU time of the decision, as
 the daemon's ``hcs_allocator_decision_cpu_seconds``) and ``*_wall_p50_ms``/``*_wall_p99_ms`` (wall clock;
 with ``--http`` the client's, JSON and HTTP included); ``decision_p99_ms``/``decision_cpu_p99_ms``:
-filter and prioritize together, the issue's key; ``gc_max_ms``: the longest garbage collection during the
+filter and prioritize together, the issue's key; ``decision_runqueue_p99_ms``: how long the deciding thread
+waited for a core (Linux schedstat run delay: the machine's load), ``decision_wall_minus_runqueue_p99_ms``:
+wall time without that wait (CPU, GIL, locks: what the allocator itself controls); ``gc_max_ms``: the
+longest garbage collection during the
 run (the inventory is frozen out of the collector first, as the daemon does; ``--no-gc-freeze``: not);
 ``rss_mib``.
 
@@ -25,6 +28,7 @@ import argparse
 import gc
 import http.client
 import json
+import os
 import resource
 import sys
 import time
@@ -33,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from hcs.allocator.extender import Extender, serve_http
+from hcs.allocator.metrics import run_delay_s
 from hcs.allocator.placement import demand_from_pod
 from hcs.allocator.state import AllocatorState
 from hcs.cluster_inventory import DeviceInfo, NodeInventory
@@ -59,14 +64,21 @@ def q(values: list[float], p: float) -> float:
     return round(float(np.percentile(values, p)), 3) if values else 0.0
 
 
+#: per filter/prioritize call: how long the deciding thread waited for a core (schedstat run delay, ms)
+RUNQ: list[float] = []
+
+
 class Direct:
     def __init__(self, ext: Extender) -> None:
         self.ext = ext
 
     def __call__(self, verb: str, args: dict[str, Any]) -> tuple[Any, float, float]:
-        t0, c0 = time.perf_counter(), time.thread_time()
+        t0, c0, r0 = time.perf_counter(), time.thread_time(), run_delay_s()
         out = self.ext.decide(verb, args)
-        return out, (time.perf_counter() - t0) * 1000, (time.thread_time() - c0) * 1000
+        wall = (time.perf_counter() - t0) * 1000
+        r1 = run_delay_s()
+        RUNQ.append(((r1 or 0.0) - (r0 or 0.0)) * 1000)
+        return out, wall, (time.thread_time() - c0) * 1000
 
 
 class OverHttp:
@@ -82,11 +94,12 @@ class OverHttp:
         inner = ext.decide
 
         def timed(verb: str, args: Any) -> Any:
-            c0 = time.thread_time()
+            c0, r0 = time.thread_time(), run_delay_s()
             try:
                 return inner(verb, args)
             finally:
                 self.cpu.append((time.thread_time() - c0) * 1000)
+                RUNQ.append(((run_delay_s() or 0.0) - (r0 or 0.0)) * 1000)
 
         ext.decide = timed  # type: ignore[method-assign]
 
@@ -138,6 +151,8 @@ def main() -> int:
             pauses.append((time.perf_counter() - started[0]) * 1000)
 
     times: dict[str, tuple[list[float], list[float]]] = {v: ([], []) for v in ("filter", "prioritize", "reserve")}
+    runq: list[float] = []  # per filter/prioritize: the deciding thread's wait for a core (ms)
+    own: list[float] = []  # per filter/prioritize: wall minus that wait (ms)
     start = 0
     refused = 0
     try:
@@ -146,6 +161,8 @@ def main() -> int:
                 for wall, cpu in times.values():
                     wall.clear()
                     cpu.clear()
+                runq.clear()
+                own.clear()
                 gc.callbacks.append(on_gc)
             p = pod(i)
             sent = [names[(start + j) % args.nodes] for j in range(window)]
@@ -153,6 +170,8 @@ def main() -> int:
             got, w, c = call("filter", {"Pod": p, "NodeNames": sent})
             times["filter"][0].append(w)
             times["filter"][1].append(c)
+            runq.append(RUNQ[-1])
+            own.append(w - RUNQ[-1])
             fit = got["NodeNames"] or []
             if not fit:
                 refused += 1
@@ -160,6 +179,8 @@ def main() -> int:
             got, w, c = call("prioritize", {"Pod": p, "NodeNames": fit})
             times["prioritize"][0].append(w)
             times["prioritize"][1].append(c)
+            runq.append(RUNQ[-1])
+            own.append(w - RUNQ[-1])
             best = max(got, key=lambda h: h["Score"])["Host"]
             demand = demand_from_pod(p)
             assert demand is not None
@@ -181,7 +202,10 @@ def main() -> int:
                     f"{verb}_wall_p50_ms": q(wall, 50), f"{verb}_wall_p99_ms": q(wall, 99)})
     both_wall = times["filter"][0] + times["prioritize"][0]
     both_cpu = times["filter"][1] + times["prioritize"][1]
+    # own: wall time without the waits for a core (what the allocator itself spends: CPU, GIL, locks)
     out.update(decision_p99_ms=q(both_wall, 99), decision_cpu_p99_ms=q(both_cpu, 99),
+               decision_runqueue_p99_ms=q(runq, 99), decision_wall_minus_runqueue_p99_ms=q(own, 99),
+               load_avg_1m=round(os.getloadavg()[0], 2),
                gc_max_ms=round(max(pauses, default=0.0), 2), gc_collections=len(pauses),
                rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     print(json.dumps(out))

@@ -30,6 +30,8 @@ is bound (a watch records when each pod is bound). Prints one JSON object:
   ``hcs_allocator_decision_seconds`` histogram, interpolated within a bucket), ``bind_p99_ms`` the same
   for bind (which includes its two API writes); ``decision_cpu_p99_ms`` the same in CPU time of the
   answering thread (``hcs_allocator_decision_cpu_seconds``: without the waits for a core on a busy machine);
+  ``decision_runqueue_p99_ms`` how long the answering thread waited for a core (schedstat run delay: the
+  machine's load) and ``decision_active_p99_ms`` wall time minus that wait (CPU, GIL, locks);
 - ``allocator_rss_mib``: the allocator daemon's peak RSS (VmHWM);
 - ``kcm_qps`` / ``kcm_burst``: kube-controller-manager's client limits; ``scheduler_qps``.
 
@@ -394,6 +396,8 @@ def main() -> int:
     ap.add_argument("--kcm-qps", type=int, default=2000)
     ap.add_argument("--kcm-burst", type=int, default=4000)
     ap.add_argument("--keep", action="store_true", help="leave the objects (and a private control plane) in place")
+    ap.add_argument("--paths", choices=("both", "hcs"), default="both",
+                    help="hcs: skip the DRA path (a shorter run for the allocator's own numbers; ratio is null)")
     ap.add_argument("--reuse", action="store_true", help="reuse a running private control plane (default: a fresh one)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -438,6 +442,11 @@ def main() -> int:
             result["decision_p99_ms"] = round(dec * 1000, 2) if dec is not None else None
             cpu = histogram_quantile(metrics, "hcs_allocator_decision_cpu_seconds", {"filter", "prioritize"}, 0.99)
             result["decision_cpu_p99_ms"] = round(cpu * 1000, 2) if cpu is not None else None
+            for key, hist in (("decision_runqueue_p99_ms", "hcs_allocator_decision_runqueue_seconds"),
+                              ("decision_active_p99_ms", "hcs_allocator_decision_active_seconds")):
+                v = histogram_quantile(metrics, hist, {"filter", "prioritize"}, 0.99)
+                result[key] = round(v * 1000, 2) if v is not None else None
+            result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
             result["bind_p99_ms"] = round(bnd * 1000, 2) if bnd is not None else None
             result["allocator_rss_mib"] = rss_mib(alloc.pid)
             rep = overcommit.check(rest, NS)
@@ -448,11 +457,14 @@ def main() -> int:
             alloc = None
             print(f"hcs path done: {json.dumps(result)}", file=sys.stderr, flush=True)  # progress (stdout: the end)
             # DRA path: kube-scheduler's own allocation from ResourceSlices
-            t = time.monotonic()
-            make_pods(rest, args.pods, "dra", "bench-dra", args.workers)
-            result["dra_create_s"] = round(time.monotonic() - t, 1)
-            result["dra"] = measure(rest, "dra", args.pods, lambda: run_scheduler(
-                cp, tmp, "dra", {"schedulerName": "bench-dra"}, []), args.timeout)
+            if args.paths == "both":
+                t = time.monotonic()
+                make_pods(rest, args.pods, "dra", "bench-dra", args.workers)
+                result["dra_create_s"] = round(time.monotonic() - t, 1)
+                result["dra"] = measure(rest, "dra", args.pods, lambda: run_scheduler(
+                    cp, tmp, "dra", {"schedulerName": "bench-dra"}, []), args.timeout)
+            else:
+                result["dra"] = {"skipped": True, "pods_per_s": None, "bind_p99_s": None}
         finally:
             if alloc is not None:
                 alloc.kill()
@@ -462,6 +474,7 @@ def main() -> int:
                     cp.down()
     hcs_r = result["hcs"]["pods_per_s"]
     dra_r = result["dra"]["pods_per_s"]
+    result["paths"] = args.paths
     result.update(hcs_pods_per_s=hcs_r, dra_pods_per_s=dra_r, ratio=round(hcs_r / dra_r, 3) if dra_r else None,
                   hcs_bind_p99_s=result["hcs"]["bind_p99_s"], dra_bind_p99_s=result["dra"]["bind_p99_s"])
     print(json.dumps(result))

@@ -8,7 +8,10 @@ so keeping them costs nothing between scrapes.
   reserve / confirm / release / explain / capacity (gRPC); outcome ``ok``, ``nofit``, ``error``,
   ``not_leader``.
 - ``hcs_allocator_decision_seconds{verb}``: time to answer, histogram; ``hcs_allocator_decision_cpu_seconds``
-  the answering thread's CPU time (the same minus waiting for a core on a busy machine).
+  the answering thread's CPU time (the same minus waiting for a core on a busy machine);
+  ``hcs_allocator_decision_runqueue_seconds`` how long that thread waited for a core (Linux schedstat run
+  delay). Wall minus CPU minus run-queue wait is what the decision waited for the GIL and locks;
+  ``hcs_allocator_decision_active_seconds`` is wall minus the run-queue wait, per decision.
 - ``hcs_allocator_reservations{state}``: pending / confirmed reservations held.
 - ``hcs_allocator_vram_free_bytes{vendor,model}``: VRAM not reserved, healthy devices only.
 - ``hcs_allocator_vram_fragmented_bytes{vendor,model}``: the part of it on devices that are partly
@@ -22,6 +25,7 @@ so keeping them costs nothing between scrapes.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +87,24 @@ class _StateCollector:
         yield frag
 
 
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+_schedstat_ok = os.path.exists(_SCHEDSTAT)
+
+
+def run_delay_s() -> float | None:
+    """This thread's total time spent runnable but waiting for a core (seconds; Linux schedstat's second
+    field), or None where the kernel does not provide it."""
+    global _schedstat_ok
+    if not _schedstat_ok:
+        return None
+    try:
+        with open(_SCHEDSTAT, "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        _schedstat_ok = False
+        return None
+
+
 class AllocatorMetrics:
     """One registry per allocator (tests run several in one process)."""
 
@@ -96,6 +118,14 @@ class AllocatorMetrics:
         self.cpu = Histogram("hcs_allocator_decision_cpu_seconds",
                              "CPU time of the answering thread per decision (excludes waiting for a core)",
                              ["verb"], buckets=BUCKETS, registry=r)
+        self.runqueue = Histogram("hcs_allocator_decision_runqueue_seconds",
+                                  "Time the answering thread waited for a core per decision (Linux schedstat "
+                                  "run delay: other processes and this one's own threads); wall - cpu - this "
+                                  "is the wait for the GIL and locks", ["verb"], buckets=BUCKETS, registry=r)
+        self.active = Histogram("hcs_allocator_decision_active_seconds",
+                                "Time to answer minus the answering thread's wait for a core (CPU, GIL, locks: "
+                                "what the allocator controls on a machine busy with other work)", ["verb"],
+                                buckets=BUCKETS, registry=r)
         self.conflicts = Counter("hcs_allocator_conflicts", "Reservations the state could not hold", ["kind"],
                                  registry=r)
         self.leader = Gauge("hcs_allocator_leader", "1 when this replica holds the leader Lease", registry=r)
@@ -117,6 +147,7 @@ class AllocatorMetrics:
         result = ["ok"]
         start = time.perf_counter()
         cpu0 = time.thread_time()
+        rq0 = run_delay_s()
         try:
             yield lambda o: result.__setitem__(0, o)
         except BaseException:
@@ -127,6 +158,11 @@ class AllocatorMetrics:
             took = time.perf_counter() - start
             self.latency.labels(verb).observe(took)
             self.cpu.labels(verb).observe(time.thread_time() - cpu0)
+            if rq0 is not None:
+                rq1 = run_delay_s()
+                if rq1 is not None:
+                    self.runqueue.labels(verb).observe(max(0.0, rq1 - rq0))
+                    self.active.labels(verb).observe(max(0.0, took - (rq1 - rq0)))
             if self.samples is not None:
                 self.samples.setdefault(verb, []).append(took)
             self.decisions.labels(verb, result[0]).inc()
