@@ -410,6 +410,8 @@ class Extender:
                 if fresh:
                     self.state.release(uid)
                     self.sync.recheck(uid)
+                if bound == node and meta.get("uid") == uid:
+                    return {"Error": ""}  # idempotent: an earlier attempt bound it there (its grant untouched)
                 what = f"is already bound to {bound}" if bound else "was recreated or is being deleted"
                 return {"Error": f"pod {ns}/{name} {what}; not bound again"}
             try:  # source of truth first

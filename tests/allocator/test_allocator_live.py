@@ -303,7 +303,7 @@ def test_a_retried_bind_racing_a_landed_binding_never_clears_the_bound_pods_gran
         assert ANN_ASSIGNMENT in (live["metadata"].get("annotations") or {}), f"bound without a grant ({out})"
         assert live["metadata"]["annotations"][ANN_ASSIGNMENT] == granted[ANN_ASSIGNMENT], \
             "a bound pod's grant was rewritten"
-        assert "already bound" in out["Error"] and not lost
+        assert out == {"Error": ""} and not lost  # bound there already: the retry succeeds, touching nothing
         rep = overcommit.check(rest, "default", {fake_node})
         assert rep.bound_without_grant == [] and rep.overcommitted == []
         wait_for(lambda: is_bound(state2, uid), timeout=30, what="B to keep the bound pod's reservation")
