@@ -88,8 +88,9 @@ def _client(kubeconfig: Path) -> KubeRest:
 
 
 def _hold(via: Path, proxy: StallProxy, name: str, call_timeout_s: float, seconds: float) -> tuple[bool, LeaderElector]:
-    """Acquire a 6 s Lease, hang its pooled connection, keep renewing for ``seconds``: (ever lost?, elector)."""
-    el = LeaderElector(_client(via), "default", name, f"holder-{uuid.uuid4().hex[:4]}", duration_s=6,
+    """Acquire a 9 s Lease (leader for 6 s after each renewal), hang its pooled connection, keep renewing
+    for ``seconds``: (ever lost?, elector)."""
+    el = LeaderElector(_client(via), "default", name, f"holder-{uuid.uuid4().hex[:4]}", duration_s=9,
                        retry_s=1.0, timeout_s=call_timeout_s)
     assert el.step() and el.is_leader()
     proxy.stall()  # the connection the renewals would reuse now hangs
@@ -110,11 +111,11 @@ def test_lease_renewal_survives_a_hung_call(kube_cluster: Any, api_client: Any, 
     via = kubeconfig_via(kubeconfig, proxy.port, tmp_path / "via.kubeconfig")
     names = [f"hcs-lease-hang-{uuid.uuid4().hex[:6]}" for _ in range(2)]
     try:
-        lost, el = _hold(via, proxy, names[0], call_timeout_s=1.5, seconds=9)
+        lost, el = _hold(via, proxy, names[0], call_timeout_s=1.5, seconds=12)
         assert not lost, "the Lease was lost to one hung renewal call"
         assert el.renewals >= 4
-        # control: the same hang with a call allowed to outlast the Lease's validity (4 s of a 6 s Lease)
-        lost, _ = _hold(via, proxy, names[1], call_timeout_s=10.0, seconds=6)
+        # control: the same hang with a call allowed to outlast the Lease's validity (6 s of a 9 s Lease)
+        lost, _ = _hold(via, proxy, names[1], call_timeout_s=10.0, seconds=8)
         assert lost, "the control did not hang: the test proves nothing"
     finally:
         proxy.close()
