@@ -93,7 +93,18 @@ def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[A
     return out, rates
 
 
-def _api_client(kubeconfig: str | None) -> Any:
+def _api_client(kubeconfig: str | None, *, retries: int | None = None) -> Any:
+    """An API client of its own (its own connection pool); ``retries``: urllib3's retries per call (None: the
+    client's default, which retries idempotent calls 3 times, each with the full timeout)."""
+    cfg = _api_config(kubeconfig)
+    if retries is not None:
+        cfg.retries = retries
+    from kubernetes import client
+
+    return _pooled(client, cfg)
+
+
+def _api_config(kubeconfig: str | None) -> Any:
     # lazy: the kubernetes client takes ~0.5 s to import; only commands that talk to the API server need it
     from kubernetes import client, config
 
@@ -110,13 +121,13 @@ def _api_client(kubeconfig: str | None) -> Any:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConfigError(f"{source} {path}: not a usable kubeconfig ({first}); check it with "
                               f"`kubectl --kubeconfig {path} cluster-info`") from exc
-        return _pooled(client, cfg)
+        return cfg
     cfg = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except config.ConfigException as exc:
         raise ConfigError("no kubeconfig: pass --kubeconfig, set KUBECONFIG, or run in a pod") from exc
-    return _pooled(client, cfg)
+    return cfg
 
 
 #: API server connections the daemon keeps: three watches hold one each for as long as they run, and the
@@ -256,9 +267,10 @@ def run_allocator(args: argparse.Namespace) -> int:
     metrics = AllocatorMetrics(state)
     sync = KubeSync(rest, state, rates, metrics)
     identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"
-    # the Lease gets its own API client (connection pool): binds, relists and adoption never delay a renewal
-    elector = LeaderElector(KubeRest(_api_client(cfg.kubeconfig)), cfg.namespace, cfg.lease_name, identity,
-                            cfg.lease_seconds)
+    # the Lease gets its own API client (connection pool): binds, relists and adoption never delay a renewal;
+    # no hidden retries, so each renewal call is bounded by the elector's timeout (it retries itself)
+    elector = LeaderElector(KubeRest(_api_client(cfg.kubeconfig, retries=0)), cfg.namespace, cfg.lease_name,
+                            identity, cfg.lease_seconds)
 
     def serving() -> bool:
         """Leader with every watch listed once: only then may it place pods (a standby's /readyz is 503)."""

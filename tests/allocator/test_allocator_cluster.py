@@ -149,7 +149,8 @@ def test_lease_elects_exactly_one_leader(rest: KubeRest) -> None:
             rest.request("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/default/leases/{name}")
 
 
-def test_allocator_daemon_serves_grpc_and_extender_and_stops_cleanly(kube_cluster: Any, tmp_path: Any) -> None:
+def test_allocator_daemon_serves_grpc_and_extender_and_stops_cleanly(kube_cluster: Any, tmp_path: Any,
+                                                                     rest: KubeRest) -> None:
     import json
     import signal
     import socket
@@ -167,7 +168,8 @@ def test_allocator_daemon_serves_grpc_and_extender_and_stops_cleanly(kube_cluste
         port = s.getsockname()[1]
     sock = tmp_path / "alloc.sock"
     cfg = tmp_path / "hcs.yaml"
-    cfg.write_text(f"allocator:\n  namespace: default\n  leaseName: hcs-alloc-test-{uuid.uuid4().hex[:6]}\n"
+    lease = f"hcs-alloc-test-{uuid.uuid4().hex[:6]}"
+    cfg.write_text(f"allocator:\n  namespace: default\n  leaseName: {lease}\n"
                    f"  leaseSeconds: 6\nexchangeRates:\n  a100: 1.0\n")
     proc = subprocess.Popen([sys.executable, "-m", "hcs.cli", "allocator", "--config", str(cfg),
                              "--kubeconfig", str(kube_cluster.kubeconfig), "--grpc-address", f"unix://{sock}",
@@ -192,6 +194,8 @@ def test_allocator_daemon_serves_grpc_and_extender_and_stops_cleanly(kube_cluste
     finally:
         proc.send_signal(signal.SIGTERM)
         out_text = proc.communicate(timeout=30)[0]
+        with contextlib.suppress(KubeError):  # the Lease object outlives the daemon
+            rest.request("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/default/leases/{lease}")
     assert proc.returncode == 0, out_text
 
 

@@ -82,26 +82,29 @@ class StallProxy:
 
 
 def _client(kubeconfig: Path) -> KubeRest:
-    from kubernetes import config
+    """As ``hcs allocator`` builds the elector's client: its own pool, no hidden urllib3 retries."""
+    from hcs.allocator.cli import _api_client
 
-    return KubeRest(config.new_client_from_config(config_file=str(kubeconfig)))
+    return KubeRest(_api_client(str(kubeconfig), retries=0))
 
 
-def _hold(via: Path, proxy: StallProxy, name: str, call_timeout_s: float, seconds: float) -> tuple[bool, LeaderElector]:
+def _hold(via: Path, proxy: StallProxy, name: str, call_timeout_s: float,
+          seconds: float) -> tuple[bool, LeaderElector, threading.Thread]:
     """Acquire a 9 s Lease (leader for 6 s after each renewal), hang its pooled connection, keep renewing
     for ``seconds``: (ever lost?, elector)."""
     el = LeaderElector(_client(via), "default", name, f"holder-{uuid.uuid4().hex[:4]}", duration_s=9,
                        retry_s=1.0, timeout_s=call_timeout_s)
     assert el.step() and el.is_leader()
     proxy.stall()  # the connection the renewals would reuse now hangs
-    threading.Thread(target=el.run, daemon=True).start()
+    renewing = threading.Thread(target=el.run, daemon=True)
+    renewing.start()
     lost = False
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         lost = lost or not el.is_leader()
         time.sleep(0.05)
     el._stop.set()
-    return lost, el
+    return lost, el, renewing
 
 
 def test_lease_renewal_survives_a_hung_call(kube_cluster: Any, api_client: Any, tmp_path: Path) -> None:
@@ -110,18 +113,30 @@ def test_lease_renewal_survives_a_hung_call(kube_cluster: Any, api_client: Any, 
     proxy = StallProxy(server_of(kubeconfig))
     via = kubeconfig_via(kubeconfig, proxy.port, tmp_path / "via.kubeconfig")
     names = [f"hcs-lease-hang-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    threads: list[threading.Thread] = []
     try:
-        lost, el = _hold(via, proxy, names[0], call_timeout_s=1.5, seconds=12)
+        lost, el, t = _hold(via, proxy, names[0], call_timeout_s=1.5, seconds=12)
+        threads.append(t)
         assert not lost, "the Lease was lost to one hung renewal call"
         assert el.renewals >= 4
         # control: the same hang with a call allowed to outlast the Lease's validity (6 s of a 9 s Lease)
-        lost, _ = _hold(via, proxy, names[1], call_timeout_s=10.0, seconds=8)
+        lost, _, t = _hold(via, proxy, names[1], call_timeout_s=10.0, seconds=8)
+        threads.append(t)
         assert lost, "the control did not hang: the test proves nothing"
     finally:
         proxy.close()
-        for n in names:
-            with contextlib.suppress(KubeError):
-                rest.request("DELETE", f"{LEASES}/{n}")
+        for t in threads:  # their last (hung) call fails once the proxy is gone
+            t.join(timeout=15)
+        for n in names:  # (an elector's last call may still be on its way: delete until gone)
+            for _ in range(20):
+                with contextlib.suppress(KubeError):
+                    rest.request("DELETE", f"{LEASES}/{n}")
+                try:
+                    rest.request("GET", f"{LEASES}/{n}")
+                except KubeError as exc:
+                    if exc.status == 404:
+                        break
+                time.sleep(0.5)
 
 
 class CountingRest(KubeRest):

@@ -217,6 +217,8 @@ def test_standby_takes_over_after_the_leader_is_killed(
     finally:
         a.stop()
         b.stop()
+        with contextlib.suppress(KubeError):  # the Lease object outlives the daemons
+            rest.request("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/default/leases/{lease}")
 
 
 def test_a_bind_cut_short_leaves_no_stale_grant_and_its_late_binding_fails(
