@@ -338,15 +338,24 @@ class KubeSync:
             return None
         return next((p for p in self.pods.values() if (p.get("metadata") or {}).get("uid") == uid), None)
 
-    def reconcile(self) -> list[str]:
+    def reconcile(self, full: bool = True) -> list[str]:
         """Compare the reservations with the watched pods, bind-in-flight excluded: release those whose
-        pod the watch does not have once it has caught up with our last write. Returns problems."""
+        pod the watch does not have once it has caught up with our last write. Returns problems.
+
+        ``full=False`` looks only at the reservations with a write of ours on record (``_written``: the binds
+        and records the watch has not delivered yet), a handful instead of every reservation; the periodic
+        loop does that and a full pass every ``GRACE_S / 2`` (what only a full pass finds, a reservation with
+        no write on record, is released only after ``GRACE_S`` anyway)."""
         problems: list[str] = []
         if not self.pods.synced:
             return problems
         now_ms = time.time() * 1000
         with self._lock:
-            for r in self.state.reservations():
+            if full:
+                candidates = self.state.reservations()
+            else:
+                candidates = [r for r in map(self.state.reservation, list(self._written)) if r is not None]
+            for r in candidates:
                 uid = r.pod.uid
                 if uid in self._inflight:
                     continue
@@ -540,12 +549,16 @@ class KubeSync:
     def run(self, interval_s: float, is_leader: Callable[[], bool]) -> None:
         """Start the watches; while leader, reconcile (local, no API call) and place gated pods."""
         self.start()
+        last_full = 0.0
         while not self._stop.is_set():
             leader = is_leader()
             self.metrics.leader.set(1 if leader else 0)
             try:
                 if leader and self.synced():
-                    self.reconcile()
+                    full = time.monotonic() - last_full >= GRACE_S / 2
+                    self.reconcile(full=full)
+                    if full:
+                        last_full = time.monotonic()
                     self.release_vendor_gates()
             except KubeError as exc:
                 log.warning("API server call failed (%s); retrying in %.0fs", exc, interval_s)
