@@ -59,6 +59,8 @@ def _cleanup(rest: KubeRest, prefix: str, ns: str) -> None:
         rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods", query={"gracePeriodSeconds": "0"})
     with contextlib.suppress(KubeError):
         rest.request("DELETE", f"/api/v1/namespaces/{ns}")
+    with contextlib.suppress(KubeError):  # the daemons' Lease (in "default") outlives them
+        rest.request("DELETE", f"/apis/coordination.k8s.io/v1/namespaces/default/leases/{prefix}-lease")
 
 
 def api_assignments(rest: KubeRest, ns: str) -> dict[str, tuple[str, tuple[tuple[str, str, int], ...]]]:
