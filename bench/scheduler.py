@@ -33,7 +33,11 @@ is bound (a watch records when each pod is bound). Prints one JSON object:
   ``decision_runqueue_p99_ms`` how long the answering thread waited for a core (schedstat run delay: the
   machine's load) and ``decision_active_p99_ms`` wall time minus that wait (CPU, GIL, locks);
 - ``allocator_rss_mib``: the allocator daemon's peak RSS (VmHWM);
-- ``kcm_qps`` / ``kcm_burst``: kube-controller-manager's client limits; ``scheduler_qps``.
+- ``kcm_qps`` / ``kcm_burst``: kube-controller-manager's client limits; ``scheduler_qps``;
+- ``cpu_split``: with ``--allocator-cpus`` (e.g. ``1``), the allocator daemon runs on those CPUs and this
+  bench with everything it starts (private control plane, kube-schedulers) on the others, as a deployment
+  gives the allocator its own node or a CPU request; without it (``null``) they all share every core, and
+  ``decision_runqueue_p99_ms`` shows how much of the wall time was the wait for a core.
 
     .venv/bin/python bench/scheduler.py [--nodes 500] [--pods 5000] [--devices 8] [--timeout 900]
 """
@@ -317,7 +321,7 @@ def measure(rest: KubeRest, kind: str, n: int, start_scheduler: Any, timeout: fl
     return out
 
 
-def start_allocator(cp: Any, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_allocator(cp: Any, tmp: Path, cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """``hcs allocator`` as its own process: live watches, Lease, metrics; returns (process, URL)."""
     port = free_port()
     cfg = tmp / "allocator.yaml"
@@ -331,7 +335,8 @@ def start_allocator(cp: Any, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
                              # the bench's kube-scheduler calls a plain-HTTP extender (caller authentication
                              # costs are measured by bench/allocator_auth.py; attacks in tests/security)
                              "--insecure-dev"],
-                            stdout=logf, stderr=subprocess.STDOUT, cwd=str(REPO))
+                            stdout=logf, stderr=subprocess.STDOUT, cwd=str(REPO),
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -399,7 +404,26 @@ def main() -> int:
     ap.add_argument("--paths", choices=("both", "hcs"), default="both",
                     help="hcs: skip the DRA path (a shorter run for the allocator's own numbers; ratio is null)")
     ap.add_argument("--reuse", action="store_true", help="reuse a running private control plane (default: a fresh one)")
+    ap.add_argument("--allocator-cpus", default="",
+                    help="comma-separated CPUs for the allocator daemon alone; the rest of the run (control "
+                         "plane, schedulers, this script) is pinned to the other CPUs (default: no pinning)")
     args = ap.parse_args()
+    alloc_cpus: set[int] | None = None
+    cpu_split: dict[str, list[int]] | None = None
+    if args.allocator_cpus:
+        try:
+            alloc_cpus = {int(c) for c in args.allocator_cpus.split(",")}
+        except ValueError:
+            ap.error(f"--allocator-cpus {args.allocator_cpus!r}: expected CPU numbers like 1 or 2,3")
+        rest_cpus = os.sched_getaffinity(0) - alloc_cpus
+        if not rest_cpus or not alloc_cpus <= os.sched_getaffinity(0):
+            ap.error(f"--allocator-cpus {args.allocator_cpus}: must be a proper subset of this machine's CPUs "
+                     f"{sorted(os.sched_getaffinity(0))}")
+        if args.reuse or args.control_plane == "shared":
+            ap.error("--allocator-cpus pins the control plane this run starts; "
+                     "it cannot be combined with --reuse or --control-plane shared")
+        os.sched_setaffinity(0, rest_cpus)  # everything started from here on inherits it
+        cpu_split = {"allocator": sorted(alloc_cpus), "rest": sorted(rest_cpus)}
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.pods > args.nodes * args.devices * 5:  # 16Gi of 80Gi: five pods per device
@@ -414,7 +438,8 @@ def main() -> int:
     rest = Retrying(api_client(cp.kubeconfig, args.workers))
     teardown(rest)
     result: dict[str, Any] = {"nodes": args.nodes, "pods": args.pods, "devices_per_node": args.devices,
-                              "control_plane": args.control_plane, **kcm, "scheduler_qps": 1000}
+                              "control_plane": args.control_plane, **kcm, "scheduler_qps": 1000,
+                              "cpu_split": cpu_split}
     alloc: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
@@ -424,7 +449,7 @@ def main() -> int:
             result["setup_s"] = round(time.monotonic() - t, 1)
             print(f"setup done in {result['setup_s']} s", file=sys.stderr, flush=True)
             # HCS path: the allocator daemon (live list+watch sync) as the extender
-            alloc, url = start_allocator(cp, tmp)
+            alloc, url = start_allocator(cp, tmp, alloc_cpus)
             ext_cfg = yaml.safe_load((REPO / "hcs" / "allocator" / "scheduler-config.yaml").read_text())[
                 "extenders"][0]
             ext_cfg["urlPrefix"] = url
