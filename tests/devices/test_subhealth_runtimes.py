@@ -8,7 +8,11 @@ HealthMonitor with the workload signal ``start_workload_signals`` builds:
 - eBPF: Debian's bpftrace attaches uprobes to the runtime's set-device and synchronise entry
   points (skipped, with bpftrace's reason, where it cannot attach);
 - interceptor: libhcs_interceptor.so (LD_PRELOAD) times each synchronise into the per-device rings
-  of a compute dir, named from the agent's device list (HCS_SYNC_DEVICES in development).
+  of a compute dir, named from the agent's device list (HCS_SYNC_DEVICES in development);
+- driver ioctl path: the simulated driver (driver/build/bin/hcs-simdrv, FUSE) serves the device
+  nodes and answers the runtime's synchronise ioctl after the device's delay; bpftrace's
+  sys_enter_ioctl / sys_exit_ioctl tracepoints time it per (pid, fd), the agent attributes the fd to
+  its device node.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +36,7 @@ from hcs.devices.workload import (
     TimingFileSignals,
     WorkloadSignals,
     bpftrace_script,
+    device_node_key,
     ordinal_map,
     ring_id,
     ring_name,
@@ -40,6 +46,7 @@ from hcs.devices.workload import (
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "driver" / "build" / "lib"
 INTERCEPTOR = ROOT / "interceptor" / "build" / "libhcs_interceptor.so"
+SIMDRV = ROOT / "driver" / "build" / "bin" / "hcs-simdrv"
 
 # runtime -> (vendor, library, shipped profile)
 RUNTIMES = {
@@ -146,7 +153,8 @@ def test_ebpf_uprobes_on_the_runtime_find_the_straggler(node: tuple[str, Path, P
     keys = [d.key for d in inv.devices]
     assert keys == [f"{vendor}-{i}" for i in range(8)]
     caplog.set_level(logging.INFO, logger="hcs.devices.workload")
-    workload = start_workload_signals([(d.key, d.model) for d in inv.devices], uuids={d.key: d.uuid for d in inv.devices},
+    workload = start_workload_signals([(d.key, d.model) for d in inv.devices],
+                                      uuids={d.key: d.uuid for d in inv.devices},
                                       compute_dir=str(compute), probes="ebpf")
     if not isinstance(workload, WorkloadSignals):
         why = [r.getMessage() for r in caplog.records if "eBPF unavailable" in r.getMessage()]
@@ -175,7 +183,8 @@ def test_interceptor_timing_of_the_runtime_finds_the_straggler(node: tuple[str, 
     keys = [d.key for d in inv.devices]
     devices = tmp_path / "devices"  # the agent's device list: "<index> <uuid>", the runtime's ordinals
     devices.write_text("".join(f"{i} {d.uuid}\n" for i, d in enumerate(inv.devices)))
-    workload = start_workload_signals([(d.key, d.model) for d in inv.devices], uuids={d.key: d.uuid for d in inv.devices},
+    workload = start_workload_signals([(d.key, d.model) for d in inv.devices],
+                                      uuids={d.key: d.uuid for d in inv.devices},
                                       compute_dir=str(compute), probes="interceptor")
     assert isinstance(workload, TimingFileSignals) and len(workload.source.files) == 8
     proc = _workload(rt, 14.0, {"HCS_COMPUTE_DIR": str(compute), "HCS_SYNC_DEVICES": str(devices),
@@ -190,6 +199,94 @@ def test_interceptor_timing_of_the_runtime_finds_the_straggler(node: tuple[str, 
     _check(graded, f"{vendor}-{SLOW}", keys, "the interceptor's timing")
     rings = sorted(p.name for p in compute.glob("hcs-sync-*.ring"))
     assert rings == sorted(str(ring_name(d.uuid)) for d in inv.devices)
+
+
+@pytest.fixture
+def simdrv(node: tuple[str, Path, Path], tmp_path: Path) -> Iterator[Path]:
+    """The simulated driver's device nodes, mounted (FUSE) for the node's profile and fault file."""
+    if not SIMDRV.exists():
+        pytest.skip("driver/build/bin/hcs-simdrv not built (needs libfuse3-dev: make ebpf-tools, then make dev)")
+    mnt = tmp_path / "dev"
+    mnt.mkdir()
+    drv = subprocess.Popen([str(SIMDRV), str(mnt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert drv.stdout is not None
+    line = drv.stdout.readline()
+    if not line.startswith("ready"):
+        drv.kill()
+        pytest.skip(f"cannot mount the simulated driver's nodes (FUSE): {drv.communicate()[1].strip()[-300:]}")
+    try:
+        yield mnt
+    finally:
+        drv.terminate()
+        try:
+            drv.wait(10)
+        except subprocess.TimeoutExpired:
+            drv.kill()
+            drv.wait()
+        if os.path.ismount(mnt):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_ebpf_ioctl_tracepoints_time_the_driver_path_and_find_the_straggler(
+        node: tuple[str, Path, Path], simdrv: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The workload's synchronise waits in an ioctl on its device's node; the ioctl tracepoints alone
+    (their own detector) find the slow device, and the grade's reason names the driver ioctl path."""
+    rt, _, compute = node
+    vendor = RUNTIMES[rt][0]
+    monkeypatch.setenv("HCS_SIM_DEVICE_NODES", str(simdrv))  # the agent side: which fds are device nodes
+    inv = discover()
+    keys = [d.key for d in inv.devices]
+    caplog.set_level(logging.INFO, logger="hcs.devices.workload")
+    workload = start_workload_signals([(d.key, d.model) for d in inv.devices], compute_dir=str(compute),
+                                      probes="ebpf")
+    if not isinstance(workload, WorkloadSignals):
+        pytest.skip(f"bpftrace cannot attach here: {[r.getMessage() for r in caplog.records]}")
+    slow = f"{vendor}-{SLOW}"
+    try:
+        if workload.source.ioctl_note:
+            pytest.skip(f"no syscall tracepoints: {workload.source.ioctl_note}")
+        proc = _workload(rt, 14.0, {"HCS_SIM_DEVICE_NODES": str(simdrv)})
+        try:
+            with HealthMonitor(inv, workload=workload) as mon:
+                graded = _until_graded(mon, slow, 13.0)
+                ioctl_verdicts = workload.ioctl_detector.verdicts()
+                ioctl_means = workload.ioctl_detector.means(time.monotonic())
+        finally:
+            proc.kill()
+            _, err = proc.communicate()
+        assert "Traceback" not in err, err
+    finally:
+        workload.source.stop()
+    assert graded is not None, "the slow device was not detected"
+    assert list(ioctl_verdicts) == [slow], ioctl_verdicts
+    assert sorted(ioctl_means) == sorted(keys)  # every device's node was timed
+    assert ioctl_means[slow] > 1.3 * max(v for k, v in ioctl_means.items() if k != slow)
+    assert any("driver ioctl latency" in r for r in graded[slow].reasons), graded[slow]  # type: ignore[attr-defined]
+    assert {k: graded[k].grade for k in keys if k != slow} == {  # type: ignore[attr-defined]
+        k: Grade.HEALTHY for k in keys if k != slow}
+
+
+def test_device_node_key_attributes_only_device_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes = tmp_path / "dev"
+    nodes.mkdir()
+    for name in ("ascend-2", "ascend-9", "hygon-x"):
+        (nodes / name).write_text("")
+    monkeypatch.setenv("HCS_SIM_DEVICE_NODES", str(nodes))
+    devices = {"ascend": [f"ascend-{i}" for i in range(8)]}
+    fds = {name: os.open(nodes / name, os.O_RDONLY) for name in ("ascend-2", "ascend-9", "hygon-x")}
+    other = os.open(tmp_path, os.O_RDONLY)
+    try:
+        pid = os.getpid()
+        assert device_node_key(pid, fds["ascend-2"], devices) == "ascend-2"
+        assert device_node_key(pid, fds["ascend-9"], devices) is None  # no such device
+        assert device_node_key(pid, fds["hygon-x"], devices) is None
+        assert device_node_key(pid, other, devices) is None  # not a device node
+        assert device_node_key(pid, 999999, devices) is None  # no such fd
+        assert device_node_key(2**22 + 7, 0, devices) is None  # no such process
+    finally:
+        for fd in [*fds.values(), other]:
+            os.close(fd)
 
 
 def test_without_a_device_list_nothing_is_recorded_and_the_workload_runs(node: tuple[str, Path, Path]) -> None:
