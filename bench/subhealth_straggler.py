@@ -10,9 +10,12 @@ from ``ONSET_S`` after the scenario epoch, makes device 5 30 % slower (``@<onset
 HealthMonitor uses. Nothing is stepped here: onset and detection are wall-clock seconds.
 
 Modes (``mode``):
-- "ebpf": bpftrace uprobes on the runtime library (hcs.devices.workload.EbpfLatencySource); when
-  bpftrace cannot attach (not installed, not root, the kernel refuses) the scenario runs the fallback,
-  as the agent does, and says so (``workload_signal``);
+- "ebpf": bpftrace uprobes on the runtime library (hcs.devices.workload.EbpfLatencySource) and the
+  ioctl syscall tracepoints: the simulated driver (driver/build/bin/hcs-simdrv, when built) serves
+  the device nodes and the runtime's synchronise waits in an ioctl on its device's node, so the
+  driver ioctl path is timed too; ``ioctl_detect_s`` is when the ioctl signal alone flagged the slow
+  device. When bpftrace cannot attach (not installed, not root, the kernel refuses) the scenario
+  runs the fallback, as the agent does, and says so (``workload_signal``);
 - "interceptor": the workload runs under libhcs_interceptor.so (LD_PRELOAD) with a compute dir and
   the agent's device list (HCS_SYNC_DEVICES); the interceptor times each synchronise into
   per-device rings there, and the bench reads them (``InterceptorTimingSource``).
@@ -97,8 +100,10 @@ def straggler_scenario(root: Path, work: Path, mode: str = "ebpf", vendor: str =
     model = {k: str(d.get("model", vendor)) for k, d in zip(keys, devices, strict=True)}
     source: EbpfLatencySource | None = None
     note = "not tried (interceptor mode asked for)"
+    drv: subprocess.Popen[str] | None = None
+    nodes = work / f"dev-{vendor}"
     if mode != "interceptor":
-        source = EbpfLatencySource({vendor: str(lib)})
+        source = EbpfLatencySource({vendor: str(lib)}, ioctl=True)
         if not source.start():
             note, source = source.reason, None
     signals: WorkloadSignals | TimingFileSignals
@@ -121,9 +126,20 @@ def straggler_scenario(root: Path, work: Path, mode: str = "ebpf", vendor: str =
     faults.write_text(f"epoch {epoch:.3f}\n" + "".join(f"{vendor} {i} sync_us 10000\n" for i in range(len(keys)))
                       + f"@{ONSET_S} {vendor} {SLOW_INDEX} slow 30\n")
     env.update(HCS_SIM_PROFILE=str(profile), HCS_SIM_FAULTS=str(faults))
+    simdrv = root / "driver" / "build" / "bin" / "hcs-simdrv"
+    ioctl_note = "interceptor mode" if source is None else source.ioctl_note
+    if source is not None and not ioctl_note:
+        if simdrv.exists():
+            drv = _mount_nodes(simdrv, nodes, env)
+            ioctl_note = "" if drv is not None else "hcs-simdrv could not mount the device nodes (FUSE)"
+        else:
+            ioctl_note = "driver/build/bin/hcs-simdrv not built (libfuse3-dev)"
+    if drv is not None:
+        env["HCS_SIM_DEVICE_NODES"] = os.environ["HCS_SIM_DEVICE_NODES"] = str(nodes)
     proc = subprocess.Popen([sys.executable, "-c", WORKLOAD, rt, str(lib), str(DURATION_S + 1)], env=env)
     grader = Grader()
     first: float | None = None
+    ioctl_first: float | None = None
     false_pos: set[str] = set()
     t_start = time.monotonic()
     reader_cpu = 0.0  # the agent side: reading the samples + the detector (this process's CPU)
@@ -136,6 +152,9 @@ def straggler_scenario(root: Path, work: Path, mode: str = "ebpf", vendor: str =
             c0 = time.process_time()
             verdicts = signals()
             reader_cpu += time.process_time() - c0
+            if isinstance(signals, WorkloadSignals) and ioctl_first is None and now >= epoch + ONSET_S and \
+                    list(signals.ioctl_detector.verdicts()) == [slow]:
+                ioctl_first = now
             for k in keys:
                 v = grader.observe(k, now, Signals(straggler=verdicts.get(k, "")))
                 if v.grade.label != "healthy":
@@ -150,12 +169,17 @@ def straggler_scenario(root: Path, work: Path, mode: str = "ebpf", vendor: str =
         proc.wait()
         if source is not None:
             source.stop()
+        os.environ.pop("HCS_SIM_DEVICE_NODES", None)
+        if drv is not None:
+            _unmount_nodes(drv, nodes)
     detected = first is not None and not false_pos
     probed = signals.source.probed.get(vendor, ()) if isinstance(signals, WorkloadSignals) else ()
     mode_info: dict[str, object] = {
         "ebpf": True, "workload_signal": "ebpf",
         "ebpf_probes": f"bpftrace uprobes on {libname}: {'/'.join(probed)}",
         "bpftrace_cpu_pct_one_core": round(bpftrace_cpu_pct, 3),  # its user-space side, 8 busy devices
+        "ioctl_tracepoints": not ioctl_note, "ioctl_note": ioctl_note,
+        "ioctl_detect_s": round(ioctl_first - (epoch + ONSET_S), 3) if ioctl_first else None,
     } if source is not None else {
         "ebpf": False, "ebpf_note": note,
         "workload_signal": f"interceptor (libhcs_interceptor.so {rt} synchronise timing rings in the compute dir)",
@@ -167,6 +191,30 @@ def straggler_scenario(root: Path, work: Path, mode: str = "ebpf", vendor: str =
         "scenario": {"detected": detected, "detect_s": round(first - (epoch + ONSET_S), 3) if first else None,
                      "grade": "degraded" if first else "healthy", "device": slow},
     }
+
+
+def _mount_nodes(simdrv: Path, mnt: Path, env: dict[str, str]) -> subprocess.Popen[str] | None:
+    """Start the simulated driver serving the device nodes at ``mnt``; None when it cannot mount."""
+    mnt.mkdir(exist_ok=True)
+    drv = subprocess.Popen([str(simdrv), str(mnt)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                           text=True)
+    assert drv.stdout is not None
+    if drv.stdout.readline().startswith("ready"):
+        return drv
+    drv.kill()
+    drv.wait()
+    return None
+
+
+def _unmount_nodes(drv: subprocess.Popen[str], mnt: Path) -> None:
+    drv.terminate()
+    try:
+        drv.wait(10)
+    except subprocess.TimeoutExpired:
+        drv.kill()
+        drv.wait()
+    if os.path.ismount(mnt):
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _cpu_s(pid: int | None) -> float:
