@@ -201,6 +201,22 @@ def test_interceptor_timing_of_the_runtime_finds_the_straggler(node: tuple[str, 
     assert rings == sorted(str(ring_name(d.uuid)) for d in inv.devices)
 
 
+def test_ebpf_unavailable_falls_back_to_the_interceptor_for_the_runtime(node: tuple[str, Path, Path],
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """HCS_WORKLOAD_PROBES=ebpf without bpftrace on an Ascend / Hygon / Cambricon node: one warning with
+    the reason, and the interceptor's timing of the runtime's devices."""
+    _, _, compute = node
+    inv = discover()
+    caplog.set_level(logging.INFO, logger="hcs.devices.workload")
+    workload = start_workload_signals([(d.key, d.model) for d in inv.devices],
+                                      uuids={d.key: d.uuid for d in inv.devices}, compute_dir=str(compute),
+                                      probes="ebpf", bpftrace=str(compute / "no-bpftrace"))
+    assert isinstance(workload, TimingFileSignals)
+    assert sorted(workload.source.files) == sorted(d.key for d in inv.devices)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "eBPF unavailable" in warnings[0] and "falling back" in warnings[0], warnings
+
+
 @pytest.fixture
 def simdrv(node: tuple[str, Path, Path], tmp_path: Path) -> Iterator[Path]:
     """The simulated driver's device nodes, mounted (FUSE) for the node's profile and fault file."""
