@@ -9,6 +9,8 @@
 #ifndef HCS_HOOKS_EXTRA_H
 #define HCS_HOOKS_EXTRA_H
 
+#include "hcs_vendor_launch.h" /* aclrtStream, cnrtQueue_t: the synchronise variants below */
+
 #define HCS_SYMBOLS_EXTRA(X)                                                                             \
     X(cuMemAlloc, LIB_CUDA, 1)                                                                           \
     X(cuMemFree, LIB_CUDA, 1)                                                                            \
