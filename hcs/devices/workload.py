@@ -56,7 +56,6 @@ STRAGGLER_RATIO = 1.2  # 20 % slower than the same-model median
 MIN_PEERS = 3
 WINDOW_S = 3.0
 MIN_CALLS = 20  # calls in the window before a device's mean counts
-MAP_KEYS_MAX = 65536  # bpftrace map size: threads and processes between exits / clears
 
 _LINE = re.compile(r"^@s\[(\d+), (\d+), (\d+)\]: count (\d+), average (\d+), total (\d+)")
 _MIN = re.compile(r"^@mn\[(\d+), (\d+), (\d+)\]: (\d+)")
@@ -129,8 +128,10 @@ def bpftrace_script(library: str | dict[str, str], sync_functions: tuple[str, ..
         probes.append("tracepoint:syscalls:sys_exit_ioctl /@it[tid]/ { $l = nsecs - @it[tid]; "
                       "@is[pid, @ifd[tid]] = stats($l); @imn[pid, @ifd[tid]] = min($l); "
                       "delete(@it[tid]); delete(@ifd[tid]); }")
-    # a thread's device and pending start go when it exits (the maps stay small however many threads
-    # come and go); the ioctl-process marks are re-made by the next synchronise after each clear
+    # a thread's device and pending start go when it exits, so the maps (bpftrace's default 4,096 keys;
+    # a larger BPFTRACE_MAP_KEYS_MAX made bpftrace 0.17's map updates fail silently here) stay small
+    # however many threads come and go; the ioctl-process marks are re-made by the next synchronise
+    # after each clear
     rids = sorted({RUNTIMES[v].rid for v, f in funcs.items() if f and v in libs})
     gone = " ".join(f"delete(@dev{r}[tid]);" for r in rids)
     if ioctl:
@@ -207,8 +208,7 @@ class EbpfLatencySource:
         script = bpftrace_script({v: self.libraries[v] for v in self.probed}, self.probed, ioctl=ioctl)
         try:
             self._proc = subprocess.Popen([self.bpftrace, "-e", script], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, bufsize=1,
-                                          env={**os.environ, "BPFTRACE_MAP_KEYS_MAX": str(MAP_KEYS_MAX)})
+                                          stderr=subprocess.PIPE, text=True, bufsize=1)
         except OSError as exc:
             return self._unavailable(f"cannot run bpftrace: {exc}")
         assert self._proc.stdout is not None
