@@ -57,6 +57,7 @@ MIN_PEERS = 3
 WINDOW_S = 3.0
 MIN_CALLS = 20  # calls in the window before a device's mean counts
 
+READY = "hcs-ebpf-ready"  # printed by the script's BEGIN probe once every probe is attached
 _LINE = re.compile(r"^@s\[(\d+), (\d+), (\d+)\]: count (\d+), average (\d+), total (\d+)")
 _MIN = re.compile(r"^@mn\[(\d+), (\d+), (\d+)\]: (\d+)")
 _IOCTL_LINE = re.compile(r"^@is\[(\d+), (\d+)\]: count (\d+), average (\d+), total (\d+)")
@@ -109,7 +110,9 @@ def bpftrace_script(library: str | dict[str, str], sync_functions: tuple[str, ..
     tuple is the CUDA runtime (the first version's signature)."""
     libs = {"nvidia": library} if isinstance(library, str) else library
     funcs = {"nvidia": sync_functions} if isinstance(sync_functions, tuple) else sync_functions
-    probes: list[str] = []
+    # BEGIN fires once every other probe is attached ("Attaching N probes..." comes before): from
+    # that line on, no set-device call of a starting workload is missed
+    probes: list[str] = [f'BEGIN {{ printf("{READY}\\n"); }}']
     for vendor, lib in libs.items():
         rt = RUNTIMES[vendor]
         fns = funcs.get(vendor, ())
@@ -218,7 +221,7 @@ class EbpfLatencySource:
             if not line:
                 err = self._proc.stderr.read() if self._proc.stderr else ""
                 return self._unavailable(f"bpftrace exited: {err.strip()[-300:]}")
-            if line.startswith("Attaching"):
+            if line.strip() == READY:
                 self.available = True
                 threading.Thread(target=self._pump, name="hcs-ebpf", daemon=True).start()
                 log.info("workload-side signals: eBPF uprobes on %s%s", "; ".join(
