@@ -21,11 +21,13 @@ CPU: ``HealthMonitor.wait`` runs in real time for ``--cpu-seconds`` at ``--poll-
 node config's healthPollInterval) on the healthy 32-device profile; process CPU time / wall time,
 scaled to 8 devices, is ``cpu_pct_per_8_devices`` (percent of one core).
 
-eBPF: ``ebpf`` says whether the workload-side probe (bpftrace uprobes on libcuda.so.1's
-cuCtxSynchronize) loaded here. The straggler scenario ("one of 8 devices 30% slower") runs in real
-time with workload threads and is part of the scenario set either way: with eBPF through the
-uprobes, without it (or with ``--workload-signal interceptor``) through the agent's fallback, the
-interceptor's own synchronise timing (``details.workload_signal`` says which).
+Workload-side straggler scenarios ("one of 8 devices 30% slower", bench/subhealth_straggler.py) run
+in real time with workload threads, one per vendor runtime (CUDA, Ascend ACL, HIP, CNRT) and per
+mode: ``<vendor>-one-of-8-devices-30pct-slower-ebpf`` through bpftrace uprobes on the runtime's
+synchronise calls and ``...-interceptor`` through the agent's fallback, the interceptor's own
+synchronise timing (``--workload-signal interceptor``: the fallback only). ``ebpf`` says whether
+the uprobes loaded here; an "-ebpf" scenario whose probes could not attach runs the fallback, as
+the agent does, and ``details.straggler`` says which signal produced each result.
 """
 
 from __future__ import annotations
@@ -193,18 +195,36 @@ def main() -> int:
 
     cpu = measure_cpu(inventory, args.poll_interval, args.cpu_seconds, faults, clock_file, n_devices)
     ebpf_info: dict[str, object] = {"ebpf": False, "ebpf_note": "skipped (--skip-ebpf)"}
+    straggler: dict[str, object] = {}
     if not args.skip_ebpf:
         try:  # python -m bench.subhealth
-            from bench.subhealth_straggler import straggler_scenario
+            from bench.subhealth_straggler import VENDORS, scenario_name, straggler_scenario
         except ModuleNotFoundError:  # python bench/subhealth.py: bench/ is sys.path[0]
-            from subhealth_straggler import straggler_scenario  # type: ignore[import-not-found,no-redef]
+            from subhealth_straggler import (  # type: ignore[import-not-found,no-redef]
+                VENDORS,
+                scenario_name,
+                straggler_scenario,
+            )
 
-        ebpf_info = straggler_scenario(ROOT, work, args.workload_signal)
-        sc = ebpf_info.pop("scenario", None)
-        if isinstance(sc, dict):
-            results["nvidia-one-of-8-devices-30pct-slower"] = sc
-            if sc.get("detected") and isinstance(sc.get("detect_s"), float | int):
-                detect.append(float(sc["detect_s"]))  # type: ignore[arg-type]
+        modes = ("interceptor",) if args.workload_signal == "interceptor" else ("ebpf", "interceptor")
+        ebpf_loaded: bool | None = None
+        for vendor in VENDORS:
+            for mode in modes:
+                info = straggler_scenario(ROOT, work, mode, vendor)
+                sc = info.pop("scenario", None)
+                name = scenario_name(vendor, mode)
+                straggler[name] = info
+                if mode == "ebpf":
+                    ok = bool(info.get("ebpf"))
+                    ebpf_loaded = ok if ebpf_loaded is None else ebpf_loaded and ok
+                if isinstance(sc, dict):
+                    results[name] = sc
+                    if sc.get("detected") and isinstance(sc.get("detect_s"), float | int):
+                        detect.append(float(sc["detect_s"]))  # type: ignore[arg-type]
+        ebpf_info = {"ebpf": bool(ebpf_loaded)}
+        if not ebpf_loaded:
+            ebpf_info["ebpf_note"] = next((str(v.get("ebpf_note")) for v in straggler.values()
+                                          if isinstance(v, dict) and v.get("ebpf_note")), "interceptor mode asked for")
 
     print(json.dumps({
         "scenarios": {k: {"detected": v["detected"], "detect_s": v["detect_s"], "grade": v["grade"]}
@@ -220,6 +240,7 @@ def main() -> int:
             "soak_step_s": args.step, "soak_wall_s": round(soak_wall, 1),
             "time": "stepped simulated clock (HCS_SIM_CLOCK); one poll per step",
             **cpu, **{k: v for k, v in ebpf_info.items() if k != "ebpf"},
+            "straggler": straggler,
         },
     }))
     return 0

@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 #define SIM_MAX_FAULT_FILE (1u << 20)
@@ -973,12 +976,47 @@ int sim_device_temperature(const sim_profile_t *p, sim_vendor_t vendor, int inde
     return t;
 }
 
-void sim_device_sync_delay(const sim_profile_t *p, sim_vendor_t vendor, int index) {
+uint64_t sim_device_sync_ns(const sim_profile_t *p, sim_vendor_t vendor, int index) {
     sim_dev_state_t st;
     if (p == NULL || p->faults == NULL || sim_device_state(p, vendor, index, &st) != 0 || st.sync_us == 0)
-        return;
-    uint64_t ns = (uint64_t)st.sync_us * 1000u * (uint64_t)(100 + st.slow_pct) / 100u;
+        return 0;
+    return (uint64_t)st.sync_us * 1000u * (uint64_t)(100 + st.slow_pct) / 100u;
+}
+
+void sim_sleep_ns(uint64_t ns) {
     struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    while (ns > 0 && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
+}
+
+/* The simulated driver's device nodes (driver/runtime/simdrv.c): fd + 1 per (vendor, index), 0 not
+ * opened yet, -1 cannot be opened (the synchronise then waits in the process). */
+static int node_fd[SIM_VENDOR_COUNT][SIM_MAX_DEVICES];
+static pthread_mutex_t node_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int sim_node(sim_vendor_t vendor, int index) {
+    const char *dir = getenv("HCS_SIM_DEVICE_NODES");
+    if (dir == NULL || *dir == '\0' || vendor < 0 || vendor >= SIM_VENDOR_COUNT || index < 0 ||
+        index >= SIM_MAX_DEVICES)
+        return -1;
+    pthread_mutex_lock(&node_mu);
+    int v = node_fd[vendor][index];
+    if (v == 0) {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/%s-%d", dir, sim_vendor_name(vendor), index);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        v = node_fd[vendor][index] = fd >= 0 ? fd + 1 : -1;
+    }
+    pthread_mutex_unlock(&node_mu);
+    return v > 0 ? v - 1 : -1;
+}
+
+void sim_device_sync_delay(const sim_profile_t *p, sim_vendor_t vendor, int index) {
+    int fd = sim_node(vendor, index);
+    if (fd >= 0) {
+        while (ioctl(fd, SIM_IOC_SYNC) != 0 && errno == EINTR) {
+        }
+        return; /* the driver waited (or the node is gone: no delay) */
+    }
+    sim_sleep_ns(sim_device_sync_ns(p, vendor, index));
 }

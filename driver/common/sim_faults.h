@@ -21,6 +21,9 @@
 
 #include "sim_profile.h"
 
+#include <stdint.h>
+#include <sys/ioctl.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -84,9 +87,19 @@ double sim_scenario_time(const sim_profile_t *p);
  * warning_c while the device's health is "warning". */
 int sim_device_temperature(const sim_profile_t *p, sim_vendor_t vendor, int index, int warning_c);
 
-/* The simulated runtimes' synchronise calls: sleep the device's sync_us, made slow_pct % longer
- * (a straggler). Returns at once when the scenario sets no sync_us. */
+/* The simulated runtimes' synchronise calls: wait the device's sync_us, made slow_pct % longer
+ * (a straggler). Returns at once when the scenario sets no sync_us. With HCS_SIM_DEVICE_NODES (the
+ * directory where the simulated driver, hcs-simdrv, serves "<vendor>-<index>" device nodes) the
+ * wait is an ioctl on the device's node, which the driver answers after that delay: the driver
+ * ioctl path the agent's eBPF syscall tracepoints time. */
 void sim_device_sync_delay(const sim_profile_t *p, sim_vendor_t vendor, int index);
+
+/* The delay itself (ns, 0 for none), and a sleep of ns that survives signals. */
+uint64_t sim_device_sync_ns(const sim_profile_t *p, sim_vendor_t vendor, int index);
+void sim_sleep_ns(uint64_t ns);
+
+/* The simulated driver's synchronise ioctl (no argument data: FUSE forwards it as a restricted ioctl). */
+#define SIM_IOC_SYNC _IO('H', 0x51)
 
 /* Re-read the fault file if it changed. Returns 0. */
 int sim_faults_refresh(const sim_profile_t *p);

@@ -12,6 +12,7 @@
 #include "hcs_vendor_abi.h"
 #include "hcs_vendor_launch.h"
 #include "sim_device.h"
+#include "sim_faults.h"
 #include "sim_mem.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -230,16 +231,56 @@ EXPORT aclError aclrtDestroyStream(aclrtStream stream) {
     return ACL_SUCCESS;
 }
 
-EXPORT aclError aclrtSynchronizeStream(aclrtStream stream) {
+
+/* Sub-health scenario (fault file "sync_us"/"slow"): a synchronise on this device takes that long,
+ * as cuCtxSynchronize does (driver/README.md). Separate from the launch paths. */
+static void sync_scenario(int dev) {
+    const sim_profile_t *p;
+    if (dev >= 0 && sim_mem_profile(&p) == SIM_MEM_OK)
+        sim_device_sync_delay(p, SIM_VENDOR_ASCEND, dev);
+}
+
+/* the device an event was recorded on (-1: not recorded / not an event) */
+static int event_dev(const void *event) {
+    const struct sim_event *e = event;
+    return e != NULL && e->magic == SIM_EVENT_MAGIC && e->recorded ? e->dev : -1;
+}
+
+/* the bodies of the synchronise calls, shared with their ...WithTimeout variants (not through the
+ * exported name: an interposer times each call once) */
+static aclError sync_stream(aclrtStream stream) {
     int dev;
     aclError rc = stream_dev(stream, &dev);
-    return rc != ACL_SUCCESS ? rc : sim_rc(sim_dev_sync(SIM_VENDOR_ASCEND, dev));
+    if (rc != ACL_SUCCESS)
+        return rc;
+    sync_scenario(dev);
+    return sim_rc(sim_dev_sync(SIM_VENDOR_ASCEND, dev));
+}
+
+EXPORT aclError aclrtSynchronizeStream(aclrtStream stream) {
+    return sync_stream(stream);
+}
+
+/* timeout in ms, -1: wait for ever (acl_rt.h); the simulated device always completes */
+EXPORT aclError aclrtSynchronizeStreamWithTimeout(aclrtStream stream, int32_t timeout) {
+    (void)timeout;
+    return sync_stream(stream);
+}
+
+static aclError sync_device(void) {
+    if (cur_dev < 0)
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    sync_scenario(cur_dev);
+    return sim_rc(sim_dev_sync(SIM_VENDOR_ASCEND, cur_dev));
 }
 
 EXPORT aclError aclrtSynchronizeDevice(void) {
-    if (cur_dev < 0)
-        return ACL_ERROR_RT_CONTEXT_NULL;
-    return sim_rc(sim_dev_sync(SIM_VENDOR_ASCEND, cur_dev));
+    return sync_device();
+}
+
+EXPORT aclError aclrtSynchronizeDeviceWithTimeout(int32_t timeout) {
+    (void)timeout;
+    return sync_device();
 }
 
 /* The first 8 bytes of argsData: the kernel's cost in floating-point operations. */
@@ -274,6 +315,7 @@ EXPORT aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream) {
 }
 
 EXPORT aclError aclrtSynchronizeEvent(aclrtEvent event) {
+    sync_scenario(event_dev(event));
     return sim_event_wait(event) == SIM_DEV_OK ? ACL_SUCCESS : ACL_ERROR_INVALID_PARAM;
 }
 

@@ -10,6 +10,7 @@
 #include "hcs_vendor_abi.h"
 #include "hcs_vendor_launch.h"
 #include "sim_device.h"
+#include "sim_faults.h"
 #include "sim_mem.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -135,13 +136,43 @@ EXPORT cnrtRet_t cnrtQueueDestroy(cnrtQueue_t queue) {
     return cnrtSuccess;
 }
 
-EXPORT cnrtRet_t cnrtQueueSync(cnrtQueue_t queue) {
+
+/* Sub-health scenario (fault file "sync_us"/"slow"): a synchronise on this device takes that long,
+ * as cuCtxSynchronize does (driver/README.md). Separate from the launch paths. */
+static void sync_scenario(int dev) {
+    const sim_profile_t *p;
+    if (dev >= 0 && sim_mem_profile(&p) == SIM_MEM_OK)
+        sim_device_sync_delay(p, SIM_VENDOR_CAMBRICON, dev);
+}
+
+/* the device an event was recorded on (-1: not recorded / not an event) */
+static int event_dev(const void *event) {
+    const struct sim_event *e = event;
+    return e != NULL && e->magic == SIM_EVENT_MAGIC && e->recorded ? e->dev : -1;
+}
+
+/* shared by cnrtQueueSync and cnrtSyncQueue (not through the exported name: an interposer times
+ * each call once) */
+static cnrtRet_t queue_sync(cnrtQueue_t queue) {
     int dev;
     cnrtRet_t rc = queue_dev(queue, &dev);
-    return rc != cnrtSuccess ? rc : sim_rc(sim_dev_sync(SIM_VENDOR_CAMBRICON, dev));
+    if (rc != cnrtSuccess)
+        return rc;
+    sync_scenario(dev);
+    return sim_rc(sim_dev_sync(SIM_VENDOR_CAMBRICON, dev));
+}
+
+EXPORT cnrtRet_t cnrtQueueSync(cnrtQueue_t queue) {
+    return queue_sync(queue);
+}
+
+/* CNRT 4.x/5.x name of cnrtQueueSync */
+EXPORT cnrtRet_t cnrtSyncQueue(cnrtQueue_t queue) {
+    return queue_sync(queue);
 }
 
 EXPORT cnrtRet_t cnrtSyncDevice(void) {
+    sync_scenario(cur_dev);
     return sim_rc(sim_dev_sync(SIM_VENDOR_CAMBRICON, cur_dev));
 }
 
@@ -177,6 +208,7 @@ EXPORT cnrtRet_t cnrtPlaceNotifier(cnrtNotifier_t notifier, cnrtQueue_t queue) {
 }
 
 EXPORT cnrtRet_t cnrtWaitNotifier(cnrtNotifier_t notifier) {
+    sync_scenario(event_dev(notifier));
     return sim_event_wait((struct sim_event *)notifier) == SIM_DEV_OK ? cnrtSuccess : cnrtErrorArgsInvalid;
 }
 

@@ -10,6 +10,7 @@
 #include "hcs_vendor_abi.h"
 #include "hcs_vendor_launch.h"
 #include "sim_device.h"
+#include "sim_faults.h"
 #include "sim_mem.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -303,13 +304,32 @@ EXPORT hipError_t hipStreamDestroy(hipStream_t stream) {
     return hipSuccess;
 }
 
+
+/* Sub-health scenario (fault file "sync_us"/"slow"): a synchronise on this device takes that long,
+ * as cuCtxSynchronize does (driver/README.md). Separate from the launch paths. */
+static void sync_scenario(int dev) {
+    const sim_profile_t *p;
+    if (dev >= 0 && sim_mem_profile(&p) == SIM_MEM_OK)
+        sim_device_sync_delay(p, SIM_VENDOR_HYGON, dev);
+}
+
+/* the device an event was recorded on (-1: not recorded / not an event) */
+static int event_dev(const void *event) {
+    const struct sim_event *e = event;
+    return e != NULL && e->magic == SIM_EVENT_MAGIC && e->recorded ? e->dev : -1;
+}
+
 EXPORT hipError_t hipStreamSynchronize(hipStream_t stream) {
     int dev;
     hipError_t rc = stream_dev(stream, &dev);
-    return rc != hipSuccess ? rc : sim_rc(sim_dev_sync(SIM_VENDOR_HYGON, dev));
+    if (rc != hipSuccess)
+        return rc;
+    sync_scenario(dev);
+    return sim_rc(sim_dev_sync(SIM_VENDOR_HYGON, dev));
 }
 
 EXPORT hipError_t hipDeviceSynchronize(void) {
+    sync_scenario(cur_dev);
     return sim_rc(sim_dev_sync(SIM_VENDOR_HYGON, cur_dev));
 }
 
@@ -391,6 +411,7 @@ EXPORT hipError_t hipEventRecord(hipEvent_t event, hipStream_t stream) {
 }
 
 EXPORT hipError_t hipEventSynchronize(hipEvent_t event) {
+    sync_scenario(event_dev(event));
     return sim_event_wait((struct sim_event *)event) == SIM_DEV_OK ? hipSuccess : hipErrorInvalidHandle;
 }
 

@@ -1,12 +1,18 @@
 """Workload-side sub-health: per-device synchronise latency from eBPF uprobes, and stragglers.
 
-Mode "ebpf" (``EbpfLatencySource``): Debian's ``bpftrace`` attaches uprobes to the vendor runtime's
-entry points in the node's runtime library (``libcuda.so.1``: ``cuCtxCreate_v2`` and
-``cuDevicePrimaryCtxRetain`` remember each thread's device ordinal; ``cuCtxSynchronize`` and
-``cuStreamSynchronize`` entry/return time the synchronise) without touching the workload. Every
-half second bpftrace prints, per (pid, device ordinal), the number of synchronise calls and their mean
-latency. The ordinal is the process's CUDA ordinal; ``ordinal_map`` turns it into a node device
-key (the container's visible-device list, read from /proc/<pid>/environ).
+Mode "ebpf" (``EbpfLatencySource``): Debian's ``bpftrace`` attaches uprobes to the vendor runtimes'
+entry points in the node's runtime libraries (``RUNTIMES``: CUDA's ``libcuda.so.1``, Ascend's
+``libascendcl.so``, HIP's ``libamdhip64.so``, Cambricon's ``libcnrt.so``): the set-device / context
+calls remember each thread's device ordinal (``cuCtxCreate_v2``, ``cuDevicePrimaryCtxRetain``,
+``aclrtSetDevice``, ``hipSetDevice``, ``cnrtSetDevice``), the synchronise calls' entry/return time
+the synchronise (``cuCtxSynchronize``, ``aclrtSynchronizeStream``, ``hipStreamSynchronize``,
+``cnrtQueueSync``, ... ``RUNTIMES`` lists them) without touching the workload. With ``ioctl=True``
+the syscall tracepoints ``sys_enter_ioctl``/``sys_exit_ioctl`` also time every ioctl of the
+processes that use a runtime, per (pid, fd); the agent keeps the fds that are a vendor device node
+(``DEVICE_NODES``, read from /proc/<pid>/fd) as a second latency signal of that device. Every half
+second bpftrace prints, per (pid, runtime, device ordinal), the number of synchronise calls and
+their minimum latency. The ordinal is the process's runtime ordinal; ``ordinal_map`` turns it into a
+node device key (the container's visible-device list of that vendor, read from /proc/<pid>/environ).
 
 Mode "interceptor" (``InterceptorTimingSource``, the fallback and the default): the interceptor
 (libhcs_interceptor.so, interceptor/src/synctime.h) times every synchronise it passes through and
@@ -51,21 +57,95 @@ MIN_PEERS = 3
 WINDOW_S = 3.0
 MIN_CALLS = 20  # calls in the window before a device's mean counts
 
-_LINE = re.compile(r"^@s\[(\d+), (\d+)\]: count (\d+), average (\d+), total (\d+)")
-_MIN = re.compile(r"^@mn\[(\d+), (\d+)\]: (\d+)")
+READY = "hcs-ebpf-ready"  # printed by the script's BEGIN probe once every probe is attached
+_LINE = re.compile(r"^@s\[(\d+), (\d+), (\d+)\]: count (\d+), average (\d+), total (\d+)")
+_MIN = re.compile(r"^@mn\[(\d+), (\d+), (\d+)\]: (\d+)")
+_IOCTL_LINE = re.compile(r"^@is\[(\d+), (\d+)\]: count (\d+), average (\d+), total (\d+)")
+_IOCTL_MIN = re.compile(r"^@imn\[(\d+), (\d+)\]: (\d+)")
 
 
-def bpftrace_script(library: str, sync_functions: tuple[str, ...]) -> str:
-    lib = library
-    probes = [
-        f"uprobe:{lib}:cuCtxCreate_v2 {{ @dev[tid] = arg2; }}",
-        f"uprobe:{lib}:cuDevicePrimaryCtxRetain {{ @dev[tid] = arg1; }}",
-    ]
-    for fn in sync_functions:
-        probes.append(f"uprobe:{lib}:{fn} {{ @t[tid] = nsecs; }}")
-        probes.append(f"uretprobe:{lib}:{fn} /@t[tid]/ {{ $l = nsecs - @t[tid]; @s[pid, @dev[tid]] = stats($l); "
-                      f"@mn[pid, @dev[tid]] = min($l); delete(@t[tid]); }}")
-    probes.append("interval:ms:500 { print(@s); print(@mn); clear(@s); clear(@mn); }")
+class Runtime:
+    """A vendor runtime the uprobes time: its library, how a thread picks its device, its synchronises."""
+
+    def __init__(self, vendor: str, rid: int, library: str, set_device: tuple[tuple[str, int], ...],
+                 syncs: tuple[str, ...], visible: tuple[str, ...]) -> None:
+        self.vendor = vendor
+        self.rid = rid  # the runtime's number in bpftrace's map keys
+        self.library = library  # soname, found in the vendor's library dirs
+        self.set_device = set_device  # (function, argument index of the device ordinal)
+        self.syncs = syncs
+        self.visible = visible  # the environment variables that remap its ordinals in a container
+
+
+RUNTIMES: dict[str, Runtime] = {r.vendor: r for r in (
+    Runtime("nvidia", 0, "libcuda.so.1", (("cuCtxCreate_v2", 2), ("cuDevicePrimaryCtxRetain", 1)),
+            ("cuCtxSynchronize", "cuStreamSynchronize"), ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")),
+    Runtime("ascend", 1, "libascendcl.so", (("aclrtSetDevice", 0),),
+            ("aclrtSynchronizeStream", "aclrtSynchronizeStreamWithTimeout", "aclrtSynchronizeDevice",
+             "aclrtSynchronizeDeviceWithTimeout", "aclrtSynchronizeEvent"),
+            ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES")),
+    Runtime("hygon", 2, "libamdhip64.so", (("hipSetDevice", 0),),
+            ("hipStreamSynchronize", "hipDeviceSynchronize", "hipEventSynchronize"),
+            ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")),
+    Runtime("cambricon", 3, "libcnrt.so", (("cnrtSetDevice", 0),),
+            ("cnrtQueueSync", "cnrtSyncQueue", "cnrtSyncDevice", "cnrtWaitNotifier"), ("MLU_VISIBLE_DEVICES",)),
+)}
+_BY_RID = {r.rid: r for r in RUNTIMES.values()}
+
+#: Vendor device nodes an ioctl is attributed to: (vendor, pattern with the node's device number).
+#: ``HCS_SIM_DEVICE_NODES`` (the simulated drivers' node dir) adds ``<dir>/<vendor>-<n>``.
+DEVICE_NODES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("nvidia", re.compile(r"^/dev/nvidia(\d+)$")),
+    ("ascend", re.compile(r"^/dev/davinci(\d+)$")),
+    ("hygon", re.compile(r"^/dev/dri/renderD(\d+)$")),
+    ("cambricon", re.compile(r"^/dev/cambricon_dev(\d+)$")),
+)
+
+
+def bpftrace_script(library: str | dict[str, str], sync_functions: tuple[str, ...] | dict[str, tuple[str, ...]],
+                    ioctl: bool = False) -> str:
+    """The bpftrace program: per runtime (vendor → library path, and the synchronise functions it
+    exports) the set-device uprobes and the synchronise uprobe/uretprobe pairs; ``ioctl``: the ioctl
+    syscall tracepoints for the processes that called one of those runtimes. A plain ``library`` /
+    tuple is the CUDA runtime (the first version's signature)."""
+    libs = {"nvidia": library} if isinstance(library, str) else library
+    funcs = {"nvidia": sync_functions} if isinstance(sync_functions, tuple) else sync_functions
+    # BEGIN fires once every other probe is attached ("Attaching N probes..." comes before): from
+    # that line on, no set-device call of a starting workload is missed
+    probes: list[str] = [f'BEGIN {{ printf("{READY}\\n"); }}']
+    for vendor, lib in libs.items():
+        rt = RUNTIMES[vendor]
+        fns = funcs.get(vendor, ())
+        if not fns:
+            continue
+        for fn, arg in rt.set_device:
+            probes.append(f"uprobe:{lib}:{fn} {{ @dev{rt.rid}[tid] = arg{arg}; }}")
+        for fn in fns:
+            mark = " @proc[pid] = 1;" if ioctl else ""
+            probes.append(f"uprobe:{lib}:{fn} {{ @t[tid] = nsecs;{mark} }}")
+            probes.append(f"uretprobe:{lib}:{fn} /@t[tid]/ {{ $l = nsecs - @t[tid]; "
+                          f"@s[pid, {rt.rid}, @dev{rt.rid}[tid]] = stats($l); "
+                          f"@mn[pid, {rt.rid}, @dev{rt.rid}[tid]] = min($l); delete(@t[tid]); }}")
+    if ioctl:
+        probes.append("tracepoint:syscalls:sys_enter_ioctl /@proc[pid]/ { @it[tid] = nsecs; @ifd[tid] = args->fd; }")
+        probes.append("tracepoint:syscalls:sys_exit_ioctl /@it[tid]/ { $l = nsecs - @it[tid]; "
+                      "@is[pid, @ifd[tid]] = stats($l); @imn[pid, @ifd[tid]] = min($l); "
+                      "delete(@it[tid]); delete(@ifd[tid]); }")
+    # a thread's device and pending start go when it exits, so the maps (bpftrace's default 4,096 keys;
+    # a larger BPFTRACE_MAP_KEYS_MAX made bpftrace 0.17's map updates fail silently here) stay small
+    # however many threads come and go; the ioctl-process marks are re-made by the next synchronise
+    # after each clear
+    rids = sorted({RUNTIMES[v].rid for v, f in funcs.items() if f and v in libs})
+    gone = " ".join(f"delete(@dev{r}[tid]);" for r in rids)
+    if ioctl:
+        gone += " delete(@it[tid]); delete(@ifd[tid]);"
+    probes.append(f"tracepoint:sched:sched_process_exit {{ {gone} delete(@t[tid]); }}")
+    if ioctl:
+        probes.append("interval:s:60 { clear(@proc); }")
+    prints = "print(@s); print(@mn); clear(@s); clear(@mn);"
+    if ioctl:
+        prints += " print(@is); print(@imn); clear(@is); clear(@imn);"
+    probes.append(f"interval:ms:500 {{ {prints} }}")
     return "\n".join(probes) + "\n"
 
 
@@ -78,28 +158,57 @@ def exported_functions(library: str, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n for n in names if (n.encode() + b"\0") in data)
 
 
-class EbpfLatencySource:
-    """Per-(pid, ordinal) synchronise latency samples from bpftrace; ``samples()`` drains them."""
+def ensure_tracefs() -> str:
+    """The syscall tracepoints need tracefs at /sys/kernel/tracing; mounted here when absent (root).
+    Returns "" when it is there, else why not."""
+    if os.path.isdir("/sys/kernel/tracing/events/syscalls"):
+        return ""
+    try:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=True, capture_output=True,
+                       timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"tracefs not mounted and cannot be ({exc})"
+    return "" if os.path.isdir("/sys/kernel/tracing/events/syscalls") else "no syscall tracepoints in tracefs"
 
-    def __init__(self, library: str, bpftrace: str | None = None, log_unavailable: bool = True) -> None:
-        self.library = library
+
+class EbpfLatencySource:
+    """Per-(pid, vendor, ordinal) synchronise latency samples from bpftrace; ``samples()`` drains them.
+
+    ``library``: vendor → runtime library path (a plain path: the CUDA runtime). ``ioctl``: also the
+    ioctl syscall tracepoints of the processes using those runtimes (``ioctl_samples()``)."""
+
+    def __init__(self, library: str | dict[str, str], bpftrace: str | None = None, log_unavailable: bool = True,
+                 ioctl: bool = False) -> None:
+        self.libraries = {"nvidia": library} if isinstance(library, str) else dict(library)
+        self.library = ", ".join(self.libraries.values())
         self.log_unavailable = log_unavailable  # False: the caller logs the reason (with its fallback)
         self.bpftrace = bpftrace or shutil.which("bpftrace") or ""
+        self.ioctl = ioctl
+        self.ioctl_note = ""  # why the ioctl tracepoints are not used ("" when they are or were not asked for)
         self.available = False
         self.reason = ""
+        self.probed: dict[str, tuple[str, ...]] = {}  # vendor -> synchronise functions probed
         self._proc: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
-        self._pending: list[tuple[float, int, int, int, float]] = []  # (t, pid, ordinal, calls, min_ns)
+        self._pending: list[tuple[float, int, str, int, int, float]] = []  # (t, pid, vendor, ordinal, calls, min)
+        self._ioctl: list[tuple[float, int, int, int, float]] = []  # (t, pid, fd, calls, min_ns)
 
     def start(self, ready_timeout_s: float = 20.0) -> bool:
         if not self.bpftrace:
             return self._unavailable("bpftrace not installed (make ebpf-tools)")
         if os.geteuid() != 0:
             return self._unavailable("not root: loading BPF programs needs CAP_BPF/CAP_PERFMON")
-        funcs = exported_functions(self.library, ("cuCtxSynchronize", "cuStreamSynchronize"))
-        if not funcs:
+        self.probed = {v: f for v, lib in self.libraries.items()
+                       if (f := exported_functions(lib, RUNTIMES[v].syncs))}
+        if not self.probed:
             return self._unavailable(f"{self.library}: no synchronise entry point to probe")
-        script = bpftrace_script(self.library, funcs)
+        ioctl = self.ioctl
+        if ioctl:
+            self.ioctl_note = ensure_tracefs()
+            ioctl = not self.ioctl_note
+            if self.ioctl_note:
+                log.warning("eBPF ioctl tracepoints unavailable (%s): synchronise uprobes only", self.ioctl_note)
+        script = bpftrace_script({v: self.libraries[v] for v in self.probed}, self.probed, ioctl=ioctl)
         try:
             self._proc = subprocess.Popen([self.bpftrace, "-e", script], stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True, bufsize=1)
@@ -112,10 +221,12 @@ class EbpfLatencySource:
             if not line:
                 err = self._proc.stderr.read() if self._proc.stderr else ""
                 return self._unavailable(f"bpftrace exited: {err.strip()[-300:]}")
-            if line.startswith("Attaching"):
+            if line.strip() == READY:
                 self.available = True
                 threading.Thread(target=self._pump, name="hcs-ebpf", daemon=True).start()
-                log.info("workload-side signals: eBPF uprobes on %s (%s)", self.library, ", ".join(funcs))
+                log.info("workload-side signals: eBPF uprobes on %s%s", "; ".join(
+                    f"{self.libraries[v]} ({', '.join(f)})" for v, f in self.probed.items()),
+                    " and the ioctl syscall tracepoints" if ioctl else "")
                 return True
         return self._unavailable("bpftrace did not attach in time")
 
@@ -128,26 +239,39 @@ class EbpfLatencySource:
 
     def _pump(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
-        counts: dict[tuple[int, int], int] = {}
-        for line in self._proc.stdout:
-            m = _LINE.match(line.strip())
-            if m is not None:
-                counts[(int(m[1]), int(m[2]))] = int(m[3])
-                continue
-            m = _MIN.match(line.strip())
-            if m is None:
-                continue
-            key = (int(m[1]), int(m[2]))
-            with self._lock:  # the interval's minimum: robust to CPU-scheduling delays, which only add
-                self._pending.append((time.monotonic(), key[0], key[1], counts.pop(key, 1), float(m[3])))
+        counts: dict[tuple[int, int, int], int] = {}
+        icounts: dict[tuple[int, int], int] = {}
+        for raw in self._proc.stdout:
+            line = raw.strip()
+            if (m := _LINE.match(line)) is not None:
+                counts[(int(m[1]), int(m[2]), int(m[3]))] = int(m[4])
+            elif (m := _MIN.match(line)) is not None:
+                key = (int(m[1]), int(m[2]), int(m[3]))
+                rt = _BY_RID.get(key[1])
+                if rt is not None:
+                    with self._lock:  # the interval's minimum: robust to CPU-scheduling delays, which only add
+                        self._pending.append((time.monotonic(), key[0], rt.vendor, key[2], counts.pop(key, 1),
+                                              float(m[4])))
+            elif (m := _IOCTL_LINE.match(line)) is not None:
+                icounts[(int(m[1]), int(m[2]))] = int(m[3])
+            elif (m := _IOCTL_MIN.match(line)) is not None:
+                ikey = (int(m[1]), int(m[2]))
+                with self._lock:
+                    self._ioctl.append((time.monotonic(), ikey[0], ikey[1], icounts.pop(ikey, 1), float(m[3])))
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def samples(self) -> list[tuple[float, int, int, int, float]]:
+    def samples(self) -> list[tuple[float, int, str, int, int, float]]:
         with self._lock:
             out, self._pending = self._pending, []
+        return out
+
+    def ioctl_samples(self) -> list[tuple[float, int, int, int, float]]:
+        """(t, pid, fd, calls, min_ns) per interval of the ioctl tracepoints."""
+        with self._lock:
+            out, self._ioctl = self._ioctl, []
         return out
 
     def stop(self) -> None:
@@ -160,16 +284,23 @@ class EbpfLatencySource:
         self._proc = None
 
 
-def ordinal_map(pid: int, devices: list[str], proc: Path = Path("/proc")) -> Callable[[int], str | None]:
-    """Map a process's CUDA ordinal to a node device key via its visible-device list (UUIDs or indexes
-    in NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES); without one the ordinal is the node index."""
+def ordinal_map(pid: int, devices: list[str], proc: Path = Path("/proc"),
+                vendor: str = "nvidia") -> Callable[[int], str | None]:
+    """Map a process's runtime ordinal to a node device key via its visible-device list of that
+    vendor (UUIDs or indexes in e.g. CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES); without one
+    the ordinal is the node index among ``devices`` (that vendor's keys in node order)."""
+    names = RUNTIMES[vendor].visible if vendor in RUNTIMES else ()
     visible: list[str] = []
     try:
         env = (proc / str(pid) / "environ").read_bytes().split(b"\0")
+        found: dict[str, str] = {}
         for item in env:
             k, _, v = item.decode(errors="replace").partition("=")
-            if k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES") and v not in ("", "all"):
-                visible = v.split(",")
+            if k in names and v not in ("", "all"):
+                found[k] = v
+        for k in names:  # the first name the vendor's runtime honours wins
+            if k in found:
+                visible = found[k].split(",")
                 break
     except OSError:
         pass
@@ -183,6 +314,28 @@ def ordinal_map(pid: int, devices: list[str], proc: Path = Path("/proc")) -> Cal
         return devices[ordinal] if 0 <= ordinal < len(devices) else None
 
     return lookup
+
+
+def device_node_key(pid: int, fd: int, devices: dict[str, list[str]], proc: Path = Path("/proc")) -> str | None:
+    """The node device key of a process's fd when it is a vendor device node (``DEVICE_NODES``, or a
+    simulated node ``<HCS_SIM_DEVICE_NODES>/<vendor>-<n>``), else None. ``devices``: vendor → keys."""
+    try:
+        target = os.readlink(proc / str(pid) / "fd" / str(fd))
+    except OSError:
+        return None
+    for vendor, pattern in DEVICE_NODES:
+        m = pattern.match(target)
+        if m is not None:
+            keys = devices.get(vendor, [])
+            n = int(m[1]) - (128 if vendor == "hygon" else 0)  # renderD128 is the first GPU
+            return keys[n] if 0 <= n < len(keys) else None
+    sim = os.environ.get("HCS_SIM_DEVICE_NODES", "")
+    if sim and os.path.dirname(target) == os.path.normpath(sim):
+        vendor, _, n_s = os.path.basename(target).rpartition("-")
+        keys = devices.get(vendor, [])
+        if n_s.isdigit() and int(n_s) < len(keys):
+            return keys[int(n_s)]
+    return None
 
 
 class StragglerDetector:
@@ -228,30 +381,56 @@ class StragglerDetector:
 
 
 class WorkloadSignals:
-    """eBPF source + straggler detector, as the ``workload`` callable HealthMonitor takes."""
+    """eBPF source + straggler detectors (synchronise latency; with the ioctl tracepoints, ioctl
+    latency too), as the ``workload`` callable HealthMonitor takes. ``devices``: node keys
+    ("<vendor>-<index>"); each vendor's keys in node order are its runtime's default ordinals."""
 
     mode = "ebpf"
 
     def __init__(self, source: EbpfLatencySource, devices: list[str], model_of: dict[str, str]) -> None:
         self.source = source
         self.devices = devices
+        self.by_vendor: dict[str, list[str]] = {}
+        for k in devices:
+            self.by_vendor.setdefault(k.rsplit("-", 1)[0], []).append(k)
         self.detector = StragglerDetector(model_of)
+        self.ioctl_detector = StragglerDetector(model_of)
+        self._maps: dict[tuple[int, str], Callable[[int], str | None]] = {}
+
+    def _lookup(self, pid: int, vendor: str) -> Callable[[int], str | None]:
+        m = self._maps.get((pid, vendor))
+        if m is None:
+            if len(self._maps) > 4096:
+                self._maps.clear()  # pids come and go
+            m = self._maps[(pid, vendor)] = ordinal_map(pid, self.by_vendor.get(vendor, []), vendor=vendor)
+        return m
 
     def __call__(self) -> dict[str, str]:
-        for t, pid, ordinal, count, mean in self.source.samples():
-            key = ordinal_map(pid, self.devices)(ordinal)
+        for t, pid, vendor, ordinal, count, mean in self.source.samples():
+            key = self._lookup(pid, vendor)(ordinal)
             if key is not None:
                 self.detector.add(t, key, count, mean)
-        return self.detector.verdicts()
+        for t, pid, fd, count, mn in self.source.ioctl_samples():
+            key = device_node_key(pid, fd, self.by_vendor)
+            if key is not None:
+                self.ioctl_detector.add(t, key, count, mn)
+        out = self.detector.verdicts()
+        for k, why in self.ioctl_detector.verdicts().items():
+            why = why.replace("straggler: synchronise latency", "straggler: driver ioctl latency")
+            out[k] = f"{out[k]}; {why}" if k in out else why
+        return out
 
 
-def find_runtime_library() -> str:
-    """The node's CUDA driver library (the NVIDIA management library's search dirs), or ""."""
+def find_runtime_library(vendor: str = "nvidia") -> str:
+    """The node's runtime library of ``vendor`` (RUNTIMES; in the vendor's library search dirs), or ""."""
     from hcs.devices.libraries import search_dirs
     from hcs.devices.model import Vendor
 
-    for d in search_dirs(Vendor.NVIDIA):
-        candidate = os.path.join(d, "libcuda.so.1")
+    rt = RUNTIMES.get(vendor)
+    if rt is None:
+        return ""
+    for d in search_dirs(Vendor(vendor)):
+        candidate = os.path.join(d, rt.library)
         if os.path.isfile(candidate):
             return candidate
     return ""
@@ -269,15 +448,25 @@ _HEADER = struct.Struct("<IIIIQ")
 _ENTRY = struct.Struct("<QQQ")
 
 
+def ring_id(uuid: str) -> str | None:
+    """A device UUID's ring id (interceptor/src/synctime.h hcs_synctime_id): a "GPU-", "MIG-", "MLU-"
+    or "0x" prefix and dashes dropped, lower case, 8 to 64 hex digits; None otherwise. NVIDIA
+    "GPU-5f0c...", Ascend "F6D19118-C02FBE68-...", Hygon "0xb7c1...", Cambricon "MLU-5c4d..."."""
+    u = uuid.strip()
+    for prefix in ("GPU-", "MIG-", "MLU-", "0x"):
+        if u[:len(prefix)].lower() == prefix.lower():
+            u = u[len(prefix):]
+            break
+    u = u.replace("-", "").lower()
+    if not 8 <= len(u) <= 64 or any(c not in "0123456789abcdef" for c in u):
+        return None
+    return u
+
+
 def ring_name(uuid: str) -> str | None:
     """The interceptor's ring file name for a device UUID ("GPU-5f0c..." → "hcs-sync-5f0c....ring")."""
-    u = uuid.strip()
-    if u[:4] in ("GPU-", "MIG-"):
-        u = u[4:]
-    u = u.replace("-", "").lower()
-    if len(u) != 32 or any(c not in "0123456789abcdef" for c in u):
-        return None
-    return f"hcs-sync-{u}.ring"
+    rid = ring_id(uuid)
+    return f"hcs-sync-{rid}.ring" if rid is not None else None
 
 
 class BadRing(ValueError):
@@ -412,11 +601,13 @@ class TimingFileSignals:
 def start_workload_signals(devices: list[tuple[str, str]], uuids: dict[str, str] | None = None,
                            compute_dir: str = "", probes: str | None = None,
                            bpftrace: str | None = None) -> WorkloadSignals | TimingFileSignals | None:
-    """Workload-side signals for the node's NVIDIA devices ``(key, model)``, in the mode
-    ``probes`` (default: ``HCS_WORKLOAD_PROBES``) asks for; the mode used is logged once. ``uuids``
-    (key → UUID) and ``compute_dir`` (node.computeDir) locate the interceptor's timing files."""
-    nvidia = [(k, m) for k, m in devices if k.startswith("nvidia-")]
-    if not nvidia:
+    """Workload-side signals for the node's devices ``(key, model)`` of every vendor with a runtime
+    in ``RUNTIMES``, in the mode ``probes`` (default: ``HCS_WORKLOAD_PROBES``) asks for; the mode used
+    is logged once. ``uuids`` (key → UUID) and ``compute_dir`` (node.computeDir) locate the
+    interceptor's timing files. In eBPF mode the ioctl tracepoints are on unless
+    ``HCS_WORKLOAD_IOCTL=off``."""
+    known = [(k, m) for k, m in devices if k.rsplit("-", 1)[0] in RUNTIMES]
+    if not known:
         return None
     probes = os.environ.get("HCS_WORKLOAD_PROBES", "") if probes is None else probes
     if probes == "off":
@@ -424,18 +615,21 @@ def start_workload_signals(devices: list[tuple[str, str]], uuids: dict[str, str]
         return None
     fallback_why = ""
     if probes == "ebpf":
-        lib = find_runtime_library()
-        if not lib:
-            fallback_why = "libcuda.so.1 not found on this node"
+        vendors = dict.fromkeys(k.rsplit("-", 1)[0] for k, _ in known)
+        libs = {v: lib for v in vendors if (lib := find_runtime_library(v))}
+        if not libs:
+            fallback_why = "no vendor runtime library (" + ", ".join(RUNTIMES[v].library for v in vendors) + \
+                ") found on this node"
         else:
-            source = EbpfLatencySource(lib, bpftrace=bpftrace, log_unavailable=False)
+            source = EbpfLatencySource(libs, bpftrace=bpftrace, log_unavailable=False,
+                                       ioctl=os.environ.get("HCS_WORKLOAD_IOCTL", "") != "off")
             if source.start():
-                return WorkloadSignals(source, [k for k, _ in nvidia], dict(nvidia))
+                return WorkloadSignals(source, [k for k, _ in known], dict(known))
             fallback_why = source.reason
     elif probes not in ("", "interceptor"):
         log.warning("HCS_WORKLOAD_PROBES=%r is not ebpf, interceptor or off; using the interceptor's timing",
                     probes[:40])
-    keyed = {k: (uuids or {}).get(k, "") for k, _ in nvidia}
+    keyed = {k: (uuids or {}).get(k, "") for k, _ in known}
     if not compute_dir or not any(ring_name(u) for u in keyed.values()):
         why = "no compute dir (node.computeDir)" if not compute_dir else "no device UUIDs"
         log.warning("workload-side signals: %s%s; no workload-side signal (vendor-library signals only)",
@@ -447,4 +641,4 @@ def start_workload_signals(devices: list[tuple[str, str]], uuids: dict[str, str]
     else:
         log.info("workload-side signals: the interceptor's synchronise timing in %s (HCS_WORKLOAD_PROBES=ebpf "
                  "for uprobes)", compute_dir)
-    return TimingFileSignals(InterceptorTimingSource(compute_dir, keyed), dict(nvidia))
+    return TimingFileSignals(InterceptorTimingSource(compute_dir, keyed), dict(known))

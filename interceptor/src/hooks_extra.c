@@ -1047,3 +1047,69 @@ HCS_EXPORT cndevRet_t cndevGetMemoryUsageV2(cndevMemoryInfoV2_t *mem, cndevDevic
     }
     return rc;
 }
+
+/* ------------------------------------------------------------------ synchronise timing: ACL, HIP, CNRT */
+
+/* Each successful synchronise of the Ascend, Hygon and Cambricon runtimes is timed into the per-
+ * device rings of the node-wide compute dir (synctime.h), as the CUDA ones above: the agent's sub-
+ * health fallback when it cannot load eBPF probes. The device is the calling thread's current
+ * device of that runtime (a stream or event of another device is attributed to the current one).
+ * Their ring is named from the agent's device list (synctime.h), loaded at the first one. */
+
+static pthread_once_t rt_sync_once = PTHREAD_ONCE_INIT;
+
+static void rt_sync_list(void) {
+    struct stat st;
+    bool managed = (stat(HCS_FIXED_QUOTA_FILE, &st) == 0 && S_ISREG(st.st_mode)) || preload_file_names_us();
+    hcs_synctime_devices(managed ? HCS_FIXED_LEDGER_DIR "/devices" : getenv("HCS_SYNC_DEVICES"));
+}
+
+static inline uint64_t rt_sync_begin(void) {
+    (void)state(); /* initialised: the timing dir is known from the first synchronise on */
+    return atomic_load_explicit(&hcs_synctime_on, memory_order_relaxed) ? hcs_synctime_now() : 0;
+}
+
+static void rt_sync_end(int rt, int dev, uint64_t t0) {
+    if (t0 == 0 || in_hook || dev < 0)
+        return;
+    uint64_t now = hcs_synctime_now();
+    pthread_once(&rt_sync_once, rt_sync_list);
+    if (now > t0)
+        hcs_synctime_record_rt(rt, dev, now - t0, now);
+}
+
+#define RT_SYNC_HOOK(ret, name, params, args, rt, devfn, ok, missing)                                   \
+    HCS_EXPORT ret name params {                                                                         \
+        __typeof__(&name) real = REAL(name);                                                             \
+        if (real == NULL)                                                                                \
+            return missing;                                                                              \
+        uint64_t t0 = rt_sync_begin();                                                                   \
+        ret rc = real args;                                                                              \
+        if (rc == ok && t0 != 0)                                                                         \
+            rt_sync_end(rt, devfn(), t0);                                                                \
+        return rc;                                                                                       \
+    }
+
+RT_SYNC_HOOK(aclError, aclrtSynchronizeStream, (aclrtStream stream), (stream), HCS_ST_RT_ACL, acl_device,
+             ACL_SUCCESS, ACL_ERROR_UNINITIALIZE)
+RT_SYNC_HOOK(aclError, aclrtSynchronizeStreamWithTimeout, (aclrtStream stream, int32_t timeout), (stream, timeout),
+             HCS_ST_RT_ACL, acl_device, ACL_SUCCESS, ACL_ERROR_UNINITIALIZE)
+RT_SYNC_HOOK(aclError, aclrtSynchronizeDevice, (void), (), HCS_ST_RT_ACL, acl_device, ACL_SUCCESS,
+             ACL_ERROR_UNINITIALIZE)
+RT_SYNC_HOOK(aclError, aclrtSynchronizeDeviceWithTimeout, (int32_t timeout), (timeout), HCS_ST_RT_ACL, acl_device,
+             ACL_SUCCESS, ACL_ERROR_UNINITIALIZE)
+RT_SYNC_HOOK(aclError, aclrtSynchronizeEvent, (aclrtEvent event), (event), HCS_ST_RT_ACL, acl_device, ACL_SUCCESS,
+             ACL_ERROR_UNINITIALIZE)
+RT_SYNC_HOOK(hipError_t, hipStreamSynchronize, (hipStream_t stream), (stream), HCS_ST_RT_HIP, hip_device, hipSuccess,
+             hipErrorNotInitialized)
+RT_SYNC_HOOK(hipError_t, hipDeviceSynchronize, (void), (), HCS_ST_RT_HIP, hip_device, hipSuccess,
+             hipErrorNotInitialized)
+RT_SYNC_HOOK(hipError_t, hipEventSynchronize, (hipEvent_t event), (event), HCS_ST_RT_HIP, hip_device, hipSuccess,
+             hipErrorNotInitialized)
+RT_SYNC_HOOK(cnrtRet_t, cnrtQueueSync, (cnrtQueue_t queue), (queue), HCS_ST_RT_CNRT, cnrt_device, cnrtSuccess,
+             cnrtErrorInit)
+RT_SYNC_HOOK(cnrtRet_t, cnrtSyncQueue, (cnrtQueue_t queue), (queue), HCS_ST_RT_CNRT, cnrt_device, cnrtSuccess,
+             cnrtErrorInit)
+RT_SYNC_HOOK(cnrtRet_t, cnrtSyncDevice, (void), (), HCS_ST_RT_CNRT, cnrt_device, cnrtSuccess, cnrtErrorInit)
+RT_SYNC_HOOK(cnrtRet_t, cnrtWaitNotifier, (cnrtNotifier_t notifier), (notifier), HCS_ST_RT_CNRT, cnrt_device,
+             cnrtSuccess, cnrtErrorInit)

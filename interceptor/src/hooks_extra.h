@@ -9,6 +9,8 @@
 #ifndef HCS_HOOKS_EXTRA_H
 #define HCS_HOOKS_EXTRA_H
 
+#include "hcs_vendor_launch.h" /* aclrtStream, cnrtQueue_t: the synchronise variants below */
+
 #define HCS_SYMBOLS_EXTRA(X)                                                                             \
     X(cuMemAlloc, LIB_CUDA, 1)                                                                           \
     X(cuMemFree, LIB_CUDA, 1)                                                                            \
@@ -44,11 +46,34 @@
     X(dcmi_get_device_logic_id, LIB_DCMI, 0)                                                             \
     X(rsmi_dev_memory_total_get, LIB_RSMI, 1)                                                            \
     X(rsmi_dev_memory_usage_get, LIB_RSMI, 1)                                                            \
-    X(cndevGetMemoryUsageV2, LIB_CNDEV, 1)
+    X(cndevGetMemoryUsageV2, LIB_CNDEV, 1)                                                               \
+    HCS_SYMBOLS_SYNCTIME(X)
+
+/* Synchronise entry points of ACL, HIP and CNRT, timed for the sub-health fallback signal
+ * (synctime.h; the hooks are at the end of hooks_extra.c). */
+#define HCS_SYMBOLS_SYNCTIME(X)                                                                          \
+    X(aclrtSynchronizeStream, LIB_ACL, 1)                                                                \
+    X(aclrtSynchronizeStreamWithTimeout, LIB_ACL, 1)                                                     \
+    X(aclrtSynchronizeDevice, LIB_ACL, 1)                                                                \
+    X(aclrtSynchronizeDeviceWithTimeout, LIB_ACL, 1)                                                     \
+    X(aclrtSynchronizeEvent, LIB_ACL, 1)                                                                 \
+    X(hipStreamSynchronize, LIB_HIP, 1)                                                                  \
+    X(hipDeviceSynchronize, LIB_HIP, 1)                                                                  \
+    X(hipEventSynchronize, LIB_HIP, 1)                                                                   \
+    X(cnrtQueueSync, LIB_CNRT, 1)                                                                        \
+    X(cnrtSyncQueue, LIB_CNRT, 1)                                                                        \
+    X(cnrtSyncDevice, LIB_CNRT, 1)                                                                       \
+    X(cnrtWaitNotifier, LIB_CNRT, 1)
 
 /* per-thread-default-stream variant (cuda.h maps cuStreamSynchronize to it under
  * CUDA_API_PER_THREAD_DEFAULT_STREAM) */
 CUresult cuStreamSynchronize_ptsz(CUstream hStream);
+
+/* synchronise variants beyond hcs_vendor_launch.h (acl_rt.h: timeout in ms, -1 for ever; CNRT 4/5's
+ * name of cnrtQueueSync) */
+aclError aclrtSynchronizeStreamWithTimeout(aclrtStream stream, int32_t timeout);
+aclError aclrtSynchronizeDeviceWithTimeout(int32_t timeout);
+cnrtRet_t cnrtSyncQueue(cnrtQueue_t queue);
 
 /* Management libraries' memory queries (nvidia-smi's NVML equivalents), declared as the vendors'
  * headers do (reference: /work/shared/reference/vendors.md; dcmi_interface_api.h, rocm_smi.h,

@@ -22,6 +22,14 @@
  * validated, never trusted for anything but the straggler signal. Writers of several processes
  * may overwrite each other's samples before they are read: fine for a latency floor.
  *
+ * Runtimes: CUDA (the device's UUID from cuDeviceGetUuid) and, since issue 20's second part, Ascend
+ * ACL, HIP and CNRT (hcs_synctime_record_rt): their runtimes have no UUID call the management
+ * libraries agree with, so their ring is named by the agent's device list, "<index> <uuid>" per
+ * line (<ledger dir>/devices in a managed container, where the index is the in-container ordinal;
+ * the file HCS_SYNC_DEVICES names in development). A UUID is named by its hex digits: a "GPU-",
+ * "MIG-", "MLU-" or "0x" prefix and dashes dropped, lower case, 8 to 64 digits
+ * (hcs.devices.workload.ring_name does the same).
+ *
  * Hot path: launches are untouched; a synchronise costs two vDSO clock reads, one process-local
  * atomic add and one pwrite (the first synchronise per device opens the file once).
  */
@@ -30,6 +38,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define HCS_ST_MAGIC 0x31545348u /* "HST1" in memory order */
@@ -70,5 +79,18 @@ uint64_t hcs_synctime_now(void) __attribute__((visibility("hidden")));
 
 /* Append one sample for the device behind the runtime ordinal (no-op when off or unmappable). */
 void hcs_synctime_record(int ordinal, uint64_t lat_ns, uint64_t end_ns) __attribute__((visibility("hidden")));
+
+/* Runtimes (index of hcs_synctime_record_rt) */
+enum { HCS_ST_RT_CUDA = 0, HCS_ST_RT_ACL = 1, HCS_ST_RT_HIP = 2, HCS_ST_RT_CNRT = 3, HCS_ST_RTS = 4 };
+
+/* The device list for the non-CUDA runtimes ("<index> <uuid>" per line; NULL or "": none, their
+ * synchronises are then not recorded, said once). Loaded once: later calls do nothing. */
+void hcs_synctime_devices(const char *path) __attribute__((visibility("hidden")));
+
+/* A UUID's ring id: 8..64 lower-case hex digits into hex (>= 65 bytes); false when it has none. */
+bool hcs_synctime_id(const char *uuid, size_t n, char *hex) __attribute__((visibility("hidden")));
+
+/* Append one sample for runtime rt's device ordinal (the CUDA case is hcs_synctime_record). */
+void hcs_synctime_record_rt(int rt, int ordinal, uint64_t lat_ns, uint64_t end_ns) __attribute__((visibility("hidden")));
 
 #endif /* HCS_SYNCTIME_H */
