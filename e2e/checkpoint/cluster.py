@@ -75,6 +75,46 @@ def cp_layout() -> hc.Layout:
                        kubelet=0, kubelet_healthz=0))
 
 
+def fast_dir(cp: hc.Layout) -> Path:
+    """The nodes' state (containerd root, kubelet root with its checkpoints dir) and the checkpoint store.
+
+    A tmpfs (``HCS_CKPT_TMPFS=0``: the disk): this host's disk writes ~150 MB/s with fsync, so each of the
+    ~6 copies of a 1 GiB checkpoint (CRIU pages -> containerd's checkpoint blob -> the kubelet's archive ->
+    the store -> the target's content store -> its snapshot -> the restore dir) cost seconds. Node-local
+    fast storage (NVMe, tmpfs) is what checkpoint recovery wants; here it is memory. One filesystem for
+    both nodes and the store, so the archive moves by rename and enters a content store by hard link.
+    Everything in it is re-created by ``up``; ``down`` unmounts it (the memory comes back).
+    """
+    return cp.state / "nodes"
+
+
+def store_dir(cp: hc.Layout) -> Path:
+    return fast_dir(cp) / "_store"
+
+
+def ensure_fast_storage(cp: hc.Layout, ws: Sequence[mn.Worker]) -> None:
+    d = fast_dir(cp)
+    d.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("HCS_CKPT_TMPFS", "1") == "0" or os.path.ismount(d):
+        return
+    if any(hc.alive_pid(w.lay, c) is not None for w in ws for c in ("containerd", "kubelet")):
+        log(f"{d} is on the disk and its nodes run: checkpoints stay on the disk until `down` + `up`")
+        return
+    if any(d.iterdir()):
+        if hc._mounts_under([d]):
+            log(f"{d} still has mounts under it (a node not fully down): checkpoints stay on the disk")
+            return
+        import shutil
+        shutil.rmtree(d)  # a stopped cluster's old node state on the disk: up re-creates it
+        d.mkdir()
+    size = os.environ.get("HCS_CKPT_TMPFS_SIZE", "12g")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "hcs-ckpt-fast", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise hc.ClusterError(f"mount -t tmpfs {d}: {r.stderr.strip()} (HCS_CKPT_TMPFS=0 keeps the disk)")
+    log(f"{d}: tmpfs (size {size}) for the nodes' state and the checkpoint store")
+
+
 def workers(cp: hc.Layout) -> list[mn.Worker]:
     out = []
     for i, (name, profile) in enumerate(NODES):
@@ -124,6 +164,7 @@ def _link(link: Path, target: Path) -> None:
 
 
 WORKLOAD_IMAGE = "hcs.local/vram-counter:1"
+CONTENT_SUBDIR = "io.containerd.content.v1.content"  # containerd's local content store under its root
 
 
 def ensure_workload_image(ws: Sequence[mn.Worker]) -> None:
@@ -175,7 +216,10 @@ def control_plane(cp: hc.Layout) -> list[hc.Component]:
 def node_components(w: mn.Worker, cp: hc.Layout) -> list[hc.Component]:
     cfg = w.lay.config
     return [
-        hc.Component("containerd", (*w.nsenter(), str(nodebin() / "containerd"), f"--config={cfg / 'containerd.toml'}"),
+        # TMPDIR: containerd dumps a checkpoint's CRIU images into a temporary directory before archiving
+        # them; on the nodes' fast storage, not the host's /tmp (disk)
+        hc.Component("containerd", (*w.nsenter(), "env", f"TMPDIR={w.lay.state / 'tmp'}", str(nodebin() / "containerd"),
+                                    f"--config={cfg / 'containerd.toml'}"),
                      None, f"unix:{w.lay.containerd_sock}"),
         hc.Component("kubelet", (
             *w.nsenter(), str(cp.bin / "kubelet"), f"--config={cfg / 'kubelet.yaml'}",
@@ -215,6 +259,8 @@ def cmd_up() -> int:
             cp.as_dict(), nodes=[w.name for w in ws], containerd=CONTAINERD_VERSION,
             kubelets={w.name: f"https://{mn.HOST_IP}:{w.lay.ports.kubelet}" for w in ws}), indent=1) + "\n")
         mn.ensure_pki(cp, ws)
+        ensure_fast_storage(cp, ws)
+        store_dir(cp).mkdir(parents=True, exist_ok=True)
         for d in (cp.logs, cp.run, cp.state / "etcd", cp.config):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(cp.state / "etcd", 0o700)
@@ -233,7 +279,7 @@ def cmd_up() -> int:
             files = render_node(w, cp)
             for path, text in files.items():
                 hc.atomic_write(path, text)
-            for d in (w.lay.logs, w.lay.run):
+            for d in (w.lay.logs, w.lay.run, w.lay.state / "tmp"):
                 d.mkdir(parents=True, exist_ok=True)
             mn.ensure_namespace(w, cp)
             mn.ensure_cgroups(w)
@@ -314,6 +360,10 @@ def cmd_down(purge: bool) -> int:
         nsdir = cp.state / "ns"
         if any(m == str(nsdir) for m, _ in mn._mounts()):
             subprocess.run(["umount", str(nsdir)], capture_output=True)
+        if os.path.ismount(fast_dir(cp)):
+            r = subprocess.run(["umount", str(fast_dir(cp))], capture_output=True, text=True)
+            if r.returncode != 0:
+                subprocess.run(["umount", "-l", str(fast_dir(cp))], capture_output=True)
         # 10.98.255.1 / 10.97.0.10 on lo stay: the multi-node cluster uses them too
         if purge and cp.state.exists():
             import shutil
@@ -329,7 +379,10 @@ def env_info() -> dict[str, object]:
             "dir": str(cp.state), "apiserver": f"https://127.0.0.1:{cp.ports.apiserver}",
             "nodes": {w.name: {"kubelet": f"https://{mn.HOST_IP}:{w.lay.ports.kubelet}",
                                "containerd_socket": str(w.lay.containerd_sock), "nsenter": w.nsenter(),
-                               "profile": w.profile, "state": str(w.lay.state)} for w in workers(cp)},
+                               "profile": w.profile, "state": str(w.lay.state),
+                               "content_dir": str(w.lay.state / "containerd" / "root" / CONTENT_SUBDIR)}
+                      for w in workers(cp)},
+            "store": str(store_dir(cp)),
             "pki": str(cp.pki), "busybox_image": hc.BUSYBOX_IMAGE, "workload_image": WORKLOAD_IMAGE}
 
 
