@@ -182,11 +182,67 @@ def ensure_workload_image(ws: Sequence[mn.Worker]) -> None:
     archive = out_dir / "vram-counter.oci.tar"
     hc._oci_archive(archive, WORKLOAD_IMAGE, {"vram_counter": binary.read_bytes()}, {}, ["tmp"],
                     {"Cmd": ["/vram_counter", "64"], "Env": ["PATH=/"]})
+    archives = [(archive, WORKLOAD_IMAGE), (quota_counter_image(out_dir), QUOTA_IMAGE)]
     for w in ws:
-        r = hc.ctr(w.lay, "images", "import", "--snapshotter", "overlayfs", str(archive), check=False)
+        for arch, ref in archives:
+            r = hc.ctr(w.lay, "images", "import", "--snapshotter", "overlayfs", str(arch), check=False)
+            if r.returncode != 0:
+                raise hc.ClusterError(f"{w.name}: importing {arch} failed: {r.stderr.strip()}")
+            hc.ctr(w.lay, "images", "label", ref, "io.cri-containerd.pinned=pinned", check=False)
+
+
+QUOTA_IMAGE = "hcs.local/quota-counter:1"
+
+
+def quota_counter_image(out_dir: Path) -> Path:
+    """hcs.local/quota-counter:1: e2e/checkpoint/quota_counter.c (dynamic) with this host's glibc and
+    libhcs_interceptor.so (preloaded); libcuda.so.1 and the profile come from the node's /opt/hcs (mounted)."""
+    src = HERE / "quota_counter.c"
+    r = subprocess.run(["make", "-s", "-C", str(REPO / "interceptor"), "all"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise hc.ClusterError(f"make -C interceptor failed: {r.stderr.strip()[-800:]}")
+    lib = REPO / "interceptor" / "build" / "libhcs_interceptor.so"
+    cuda = REPO / "driver" / "build" / "lib"
+    binary = out_dir / "quota_counter"
+    if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
+        if not (cuda / "libcuda.so").exists():
+            subprocess.run(["make", "-s", "-C", str(REPO / "driver")], capture_output=True, text=True)
+        r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary) + ".tmp", str(src),
+                            f"-L{cuda}", "-lcuda"], capture_output=True, text=True)
         if r.returncode != 0:
-            raise hc.ClusterError(f"{w.name}: importing {archive} failed: {r.stderr.strip()}")
-        hc.ctr(w.lay, "images", "label", WORKLOAD_IMAGE, "io.cri-containerd.pinned=pinned", check=False)
+            raise hc.ClusterError(f"gcc {src} failed: {r.stderr.strip()[-800:]}")
+        os.replace(str(binary) + ".tmp", binary)
+    files = {"quota_counter": binary.read_bytes(),
+             "lib64/ld-linux-x86-64.so.2": Path("/lib64/ld-linux-x86-64.so.2").read_bytes(),
+             "lib/x86_64-linux-gnu/libc.so.6": Path("/lib/x86_64-linux-gnu/libc.so.6").read_bytes(),
+             "usr/lib/hcs/libhcs_interceptor.so": lib.read_bytes()}
+    archive = out_dir / "quota-counter.oci.tar"
+    hc._oci_archive(archive, QUOTA_IMAGE, files, {},
+                    ["tmp", "lib", "lib/x86_64-linux-gnu", "lib64", "usr", "usr/lib", "usr/lib/hcs", "opt"],
+                    {"Cmd": ["/quota_counter", "64"],
+                     "Env": ["PATH=/", "LD_PRELOAD=/usr/lib/hcs/libhcs_interceptor.so",
+                             "LD_LIBRARY_PATH=/opt/hcs/driver/lib", "HCS_SIM_PROFILE=/opt/hcs/sim/profile.json"]})
+    return archive
+
+
+CRIU_RUNC_CONF = Path("/etc/criu/runc.conf")
+CRIU_OPTIONS = ("file-locks",)
+
+
+def ensure_criu_runc_conf() -> None:
+    """runc hands CRIU /etc/criu/runc.conf on every checkpoint and restore (runc's documented CRIU
+    configuration file; its options override the RPC ones). ``file-locks``: the VRAM interceptor's ledger
+    is a set of file locks each process of the container holds (interceptor/src/region.h); without it CRIU
+    refuses to dump such a process. Lines already there are kept."""
+    have = CRIU_RUNC_CONF.read_text().splitlines() if CRIU_RUNC_CONF.exists() else []
+    missing = [o for o in CRIU_OPTIONS if o not in (ln.strip() for ln in have)]
+    if not missing:
+        return
+    CRIU_RUNC_CONF.parent.mkdir(parents=True, exist_ok=True)
+    head = [] if have else ["# runc passes this file to CRIU on checkpoint/restore; HCS needs file-locks "
+                            "(e2e/checkpoint/cluster.py)"]
+    hc.atomic_write(CRIU_RUNC_CONF, "\n".join([*have, *head, *missing]) + "\n")
+    log(f"{CRIU_RUNC_CONF}: added {', '.join(missing)}")
 
 
 # ---------------------------------------------------------------- configs and components
@@ -254,6 +310,7 @@ def cmd_up() -> int:
         hc.ensure_debian_packages()
         hc.build(cp)
         ensure_binaries(cp)
+        ensure_criu_runc_conf()
         cp.state.mkdir(parents=True, exist_ok=True)
         hc.atomic_write(cp.state / "cluster.json", json.dumps(dict(
             cp.as_dict(), nodes=[w.name for w in ws], containerd=CONTAINERD_VERSION,
