@@ -123,7 +123,8 @@ def test_pod_with_interceptor_restored_with_new_quota_and_ledger(clean: Any, ckp
         before = lines(m, base)
         assert all(ln[1] == 1 and ln[5] == 1 for ln in before), f"{base} before the move: {before[-3:]}"
         assert before[-1][3] == 256 * MIB and before[-1][4] == (256 - vram) * MIB, before[-1]
-        assert leased_bytes(a / "shm" / "hcs-vram.ledger") == vram * MIB  # the interceptor's ledger counts it
+        # the interceptor's ledger counts it (read between two probes: a probe holds the rest for a moment)
+        wait_for(lambda: leased_bytes(a / "shm" / "hcs-vram.ledger") == vram * MIB, 20, "64 MiB in the ledger")
         # the target device and a smaller quota there: the restored process must take the NEW one
         node, dev_b = m.pick_target(m.pod("default", base), "hcsck-b")
         b = prepare_node(ckpt_env, node, base, "192Mi")
@@ -142,7 +143,7 @@ def test_pod_with_interceptor_restored_with_new_quota_and_ledger(clean: Any, ckp
         bad = [ln for ln in mine if (ln[3], ln[4], ln[5]) != (192 * MIB, (192 - vram) * MIB, 1)]
         assert not bad, f"quota in the new pod not the new one or not exact: {bad[:3]}"
         # usage in the NEW ledger; the old pod's ledger released once the old process is gone
-        assert leased_bytes(b / "shm" / "hcs-vram.ledger") == vram * MIB
+        wait_for(lambda: leased_bytes(b / "shm" / "hcs-vram.ledger") == vram * MIB, 20, "64 MiB in the new ledger")
         wait_for(lambda: leased_bytes(a / "shm" / "hcs-vram.ledger") == 0, 60, "the old ledger to be empty")
         assert [p["metadata"]["name"] for p in pods_named(m, base)] == [res.new_pod]
     finally:
