@@ -199,11 +199,17 @@ int hcs_region_move_locked(struct hcs_region *r, int dirfd, const char *dir, boo
         atomic_store_explicit(&r->lease[d], final, memory_order_seq_cst);
     }
     ledger_unlock(n.fd);
-    /* only now drop the old description (whatever locks a restore put on it) */
+    /* only now drop the old description (whatever locks a restore put on it); the descriptor number
+     * stays (dup3 swaps what it refers to in one step), so a reader without the mutex never finds it
+     * closed or reused by the application */
+    if (dup3(n.fd, r->fd, O_CLOEXEC) == 0) {
+        close(n.fd);
+    } else {
+        close(r->fd);
+        r->fd = n.fd;
+    }
     if (r->pin != MAP_FAILED && r->pin != NULL)
         munmap(r->pin, PIN_LEN);
-    close(r->fd);
-    r->fd = n.fd;
     r->pin = n.pin;
     r->dev = n.dev;
     r->ino = n.ino;
