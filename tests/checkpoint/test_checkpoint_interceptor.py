@@ -42,14 +42,14 @@ def node_hcs_dir(env: dict[str, Any], node: str, base: str) -> Path:
     return Path(env["nodes"][node]["state"]) / "root" / "var-lib-hcs" / LEDGER_SUBDIR / base
 
 
-def prepare_node(env: dict[str, Any], node: str, base: str, quota: str) -> Path:
-    """What the node agent does for a managed container: the ledger dir (empty ledger file, device list)
-    and the fixed quota file."""
+def prepare_node(env: dict[str, Any], node: str, base: str, quota: str, device: str) -> Path:
+    """What the node agent does for a managed container: the ledger dir (empty ledger file, device list:
+    CUDA ordinals are matched to the quota's index by UUID) and the fixed quota file."""
     from hcs.devices.injection import create_ledger
 
     d = node_hcs_dir(env, node, base)
     shutil.rmtree(d, ignore_errors=True)
-    create_ledger(d / "shm")
+    create_ledger(d / "shm", [device])
     (d / "quota").write_text(f"* {quota}\n")
     os.chmod(d / "quota", 0o444)
     return d
@@ -115,19 +115,19 @@ def lines(m: Any, name: str) -> list[tuple[int, int, str, int, int, int, str]]:
 def test_pod_with_interceptor_restored_with_new_quota_and_ledger(clean: Any, ckpt_env: dict[str, Any]) -> None:
     m, base, vram = clean, "ck-quota", 64
     dev_a = m.c.nodes["hcsck-a"].devices()[0]
-    a = prepare_node(ckpt_env, "hcsck-a", base, "256Mi")
+    a = prepare_node(ckpt_env, "hcsck-a", base, "256Mi", dev_a)
     b = None
     try:
         m.c.kube.request("POST", "/api/v1/namespaces/default/pods", body=quota_pod(base, "hcsck-a", dev_a, base, vram))
         wait_for(lambda: len(lines(m, base)) >= 10, 120, f"{base} to count (see its log: interceptor messages)")
         before = lines(m, base)
-        assert all(ln[1] == 1 and ln[5] == 1 for ln in before), f"{base} before the move: {before[-3:]}"
+        assert all(ln[1] == 1 and ln[5] == 1 and ln[6] == dev_a for ln in before), f"{base} before: {before[-3:]}"
         assert before[-1][3] == 256 * MIB and before[-1][4] == (256 - vram) * MIB, before[-1]
         # the interceptor's ledger counts it (read between two probes: a probe holds the rest for a moment)
         wait_for(lambda: leased_bytes(a / "shm" / "hcs-vram.ledger") == vram * MIB, 20, "64 MiB in the ledger")
         # the target device and a smaller quota there: the restored process must take the NEW one
         node, dev_b = m.pick_target(m.pod("default", base), "hcsck-b")
-        b = prepare_node(ckpt_env, node, base, "192Mi")
+        b = prepare_node(ckpt_env, node, base, "192Mi", dev_b)
         res = m.migrate("default", base, to_node="hcsck-b", reason="test interceptor re-attach")
         assert (res.node, res.device) == (node, dev_b)
         last_old = before[-1][0]
@@ -139,6 +139,8 @@ def test_pod_with_interceptor_restored_with_new_quota_and_ledger(clean: Any, ckp
         assert last_old - 5 <= first - 1, f"restarted instead of restored: first step after the move {first}"
         assert [ln[0] for ln in mine] == list(range(first, first + len(mine))), "steps not consecutive"
         assert all(ln[1] == 1 for ln in after), "simulated VRAM corrupted"
+        # the simulated runtime re-mapped ordinal 0 to the new device (the interceptor's device list agrees)
+        assert all(ln[6] == dev_b for ln in mine), f"the runtime still reports another device: {mine[:2]}"
         # the new pod's quota, the restored 64 MiB counted against it, boundary exact, every step
         bad = [ln for ln in mine if (ln[3], ln[4], ln[5]) != (192 * MIB, (192 - vram) * MIB, 1)]
         assert not bad, f"quota in the new pod not the new one or not exact: {bad[:3]}"
