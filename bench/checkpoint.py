@@ -107,7 +107,10 @@ def main() -> int:
     from kubernetes import config as kconfig
 
     api = kconfig.new_client_from_config(config_file=env["kubeconfig"])
-    store_dir = tempfile.mkdtemp(prefix="hcs-bench-ckpt-", dir=str(Path.home() / ".cache" / "hcs" / "checkpoint"))
+    # the cluster's store: on the nodes' filesystem, so archives move by rename and enter containerd by link
+    store_root = Path(env.get("store") or Path.home() / ".cache" / "hcs" / "checkpoint")
+    store_root.mkdir(parents=True, exist_ok=True)
+    store_dir = tempfile.mkdtemp(prefix="hcs-bench-ckpt-", dir=str(store_root))
     m = Migrator(Cluster.from_description(KubeRest(api, timeout_s=60), env), Store(Path(store_dir), keep=1),
                  checkpoint_timeout_s=300, restore_timeout_s=300)
     for name in pods(m):

@@ -52,21 +52,14 @@ static int phys(int ordinal) {
     return (vis_n >= 0 && ordinal >= 0 && ordinal < vis_n) ? vis[ordinal] : ordinal;
 }
 
-static void load_visible(int count) {
-    const char *env = getenv("CUDA_VISIBLE_DEVICES");
+/* Parse a visible-devices list (indices or UUIDs, ',' or whitespace separated, cut at the first
+ * invalid entry) against profile p into out[]; the count. */
+static int parse_visible(const char *text, const sim_profile_t *p, int count, int *out) {
     int n = 0;
-    if (env == NULL) {
-        for (int i = 0; i < count && i < SIM_MAX_DEVICES; i++)
-            vis[n++] = i;
-        vis_n = n;
-        return;
-    }
-    const sim_profile_t *p = NULL;
-    (void)sim_mem_profile(&p);
     char buf[1024];
-    snprintf(buf, sizeof buf, "%s", env);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok != NULL && n < SIM_MAX_DEVICES;
-         tok = strtok_r(NULL, ",", &save)) {
+    snprintf(buf, sizeof buf, "%s", text);
+    for (char *save = NULL, *tok = strtok_r(buf, ", \t\r\n", &save); tok != NULL && n < SIM_MAX_DEVICES;
+         tok = strtok_r(NULL, ", \t\r\n", &save)) {
         char *end;
         long idx = strtol(tok, &end, 10);
         int found = -1;
@@ -76,9 +69,101 @@ static void load_visible(int count) {
             found = sim_vendor_find_uuid(p, SIM_VENDOR_NVIDIA, tok);
         if (found < 0)
             break;
-        vis[n++] = found;
+        out[n++] = found;
+    }
+    return n;
+}
+
+/* HCS_SIM_VISIBLE_DEVICES_FILE: the visible devices read from a file (e.g. the pod's assignment
+ * through the downward API) instead of CUDA_VISIBLE_DEVICES, and read again by the calls that name
+ * devices (remap_if_moved): a process restored from a checkpoint keeps its old environment, but its
+ * new container's file names the device it was restored onto. */
+static const char *vis_file;
+static char vis_text[1024];
+static pthread_mutex_t remap_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int read_vis_file(char *buf, size_t cap) {
+    FILE *f = fopen(vis_file, "re");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, cap - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return 0;
+}
+
+static void load_visible(int count) {
+    const char *env = getenv("CUDA_VISIBLE_DEVICES");
+    vis_file = getenv("HCS_SIM_VISIBLE_DEVICES_FILE");
+    if (vis_file != NULL && (*vis_file == '\0' || read_vis_file(vis_text, sizeof vis_text) != 0))
+        vis_file = NULL; /* unreadable: CUDA_VISIBLE_DEVICES as usual */
+    if (vis_file != NULL)
+        env = vis_text;
+    int n = 0;
+    if (env == NULL) {
+        for (int i = 0; i < count && i < SIM_MAX_DEVICES; i++)
+            vis[n++] = i;
+        vis_n = n;
+        return;
+    }
+    const sim_profile_t *p = NULL;
+    (void)sim_mem_profile(&p);
+    vis_n = parse_visible(env, p, count, vis);
+}
+
+/* Restored onto other devices (the visible-devices file says so): re-read the node profile (the new
+ * node's), re-map the ordinals to the devices the file names now and move what this process has
+ * charged with them (sim_mem_remap). Ordinals stay what the application knows; what is behind them
+ * changes, as a restore onto another GPU does. Cold calls only (device queries, memory info). */
+static void remap_if_moved(void) {
+    if (vis_file == NULL || !atomic_load_explicit(&initialized, memory_order_acquire))
+        return;
+    char text[sizeof vis_text];
+    if (read_vis_file(text, sizeof text) != 0)
+        return;
+    pthread_mutex_lock(&remap_mu);
+    if (strcmp(text, vis_text) == 0) {
+        pthread_mutex_unlock(&remap_mu);
+        return;
+    }
+    const char *path = getenv("HCS_SIM_PROFILE");
+    char err[512];
+    sim_profile_t *np = path != NULL ? sim_profile_parse_file(path, err, sizeof err) : NULL;
+    int nvis[SIM_MAX_DEVICES];
+    int n = np != NULL ? parse_visible(text, np, sim_vendor_count(np, SIM_VENDOR_NVIDIA), nvis) : 0;
+    if (np == NULL || n == 0) {
+        fprintf(stderr, "hcs-sim: %s changed to '%.64s' but names no device of %s; keeping the old devices\n",
+                vis_file, text, path != NULL ? path : "(HCS_SIM_PROFILE unset)");
+        if (np != NULL)
+            sim_profile_free(np);
+        snprintf(vis_text, sizeof vis_text, "%s", text); /* said once */
+        pthread_mutex_unlock(&remap_mu);
+        return;
+    }
+    int old_to_new[SIM_MAX_DEVICES];
+    for (int k = 0; k < SIM_MAX_DEVICES; k++)
+        old_to_new[k] = -1;
+    for (int o = 0; o < n && o < vis_n; o++)
+        old_to_new[vis[o]] = nvis[o];
+    if (sim_mem_remap(SIM_VENDOR_NVIDIA, old_to_new, SIM_MAX_DEVICES, np) != SIM_MEM_OK) {
+        fprintf(stderr, "hcs-sim: cannot re-map the devices again (at most %d moves per process)\n",
+                SIM_REMAP_GENS - 1);
+        sim_profile_free(np);
+        snprintf(vis_text, sizeof vis_text, "%s", text);
+        pthread_mutex_unlock(&remap_mu);
+        return;
+    }
+    for (int o = 0; o < n; o++) {
+        vis[o] = nvis[o];
+        if (o >= vis_n) {
+            primary[o].magic = CTX_MAGIC;
+            primary[o].dev = o;
+            primary[o].primary = 1;
+        }
     }
     vis_n = n;
+    snprintf(vis_text, sizeof vis_text, "%s", text);
+    pthread_mutex_unlock(&remap_mu);
 }
 
 static CUresult map_rc(int rc) {
@@ -135,6 +220,7 @@ EXPORT CUresult cuDriverGetVersion(int *version) {
 
 EXPORT CUresult cuDeviceGetCount(int *count) {
     NEED_INIT();
+    remap_if_moved();
     if (count == NULL)
         return CUDA_ERROR_INVALID_VALUE;
     *count = ndev();
@@ -143,6 +229,7 @@ EXPORT CUresult cuDeviceGetCount(int *count) {
 
 EXPORT CUresult cuDeviceGet(CUdevice *dev, int ordinal) {
     NEED_INIT();
+    remap_if_moved();
     if (dev == NULL)
         return CUDA_ERROR_INVALID_VALUE;
     if (ordinal < 0 || ordinal >= ndev())
@@ -170,6 +257,7 @@ EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
 /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" -> 16 bytes (what NVML prints is "GPU-" + these) */
 static CUresult uuid_of(CUuuid *uuid, CUdevice dev) {
     NEED_INIT();
+    remap_if_moved();
     const sim_profile_t *p;
     if (uuid == NULL)
         return CUDA_ERROR_INVALID_VALUE;
@@ -713,6 +801,7 @@ static struct {
     CUdeviceptr_v1 ptr;
     unsigned int size;
     int dev;
+    int gen; /* sim_mem_generation() when charged */
 } v1_tab[V1_MAX];
 
 EXPORT CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize) {
@@ -743,6 +832,7 @@ EXPORT CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize) {
     v1_tab[slot].ptr = (CUdeviceptr_v1)(uintptr_t)m;
     v1_tab[slot].size = bytesize;
     v1_tab[slot].dev = phys(dev);
+    v1_tab[slot].gen = sim_mem_generation();
     pthread_mutex_unlock(&v1_mu);
     *dptr = (CUdeviceptr_v1)(uintptr_t)m;
     return CUDA_SUCCESS;
@@ -760,7 +850,8 @@ EXPORT CUresult cuMemFree(CUdeviceptr_v1 dptr) {
         if (v1_tab[i].ptr != dptr)
             continue;
         munmap((void *)(uintptr_t)dptr, v1_tab[i].size);
-        sim_mem_uncharge(SIM_VENDOR_NVIDIA, v1_tab[i].dev, v1_tab[i].size);
+        sim_mem_uncharge(SIM_VENDOR_NVIDIA, sim_mem_current_dev(SIM_VENDOR_NVIDIA, v1_tab[i].gen, v1_tab[i].dev),
+                         v1_tab[i].size);
         v1_tab[i].ptr = 0;
         pthread_mutex_unlock(&v1_mu);
         return CUDA_SUCCESS;
@@ -1014,6 +1105,7 @@ EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
         return rc;
     if (free_bytes == NULL || total_bytes == NULL)
         return CUDA_ERROR_INVALID_VALUE;
+    remap_if_moved();
     return map_rc(sim_mem_info(SIM_VENDOR_NVIDIA, phys(dev), free_bytes, total_bytes));
 }
 

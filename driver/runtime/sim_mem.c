@@ -19,12 +19,36 @@ struct blk {
     int32_t vendor;
     int32_t dev;
     int32_t counted;
+    int32_t gen; /* remap generation dev was charged in (sim_mem_remap) */
     void *owner;
 };
 
 _Static_assert(sizeof(struct blk) <= HDR, "header fits");
 
 static _Atomic uint64_t used[SIM_VENDOR_COUNT][SIM_MAX_DEVICES];
+
+/* Device re-mapping (sim_mem_remap): a charge recorded with (generation g, index i) is now on device
+ * gen_map[g][vendor][i]; the current generation's indices are current (no table look-up). */
+static pthread_mutex_t remap_mu = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int remap_gen;
+static int8_t gen_map[SIM_REMAP_GENS][SIM_VENDOR_COUNT][SIM_MAX_DEVICES];
+
+static int cur_dev(int vendor, int gen, int dev) {
+    if (gen == atomic_load_explicit(&remap_gen, memory_order_acquire))
+        return dev;
+    if (gen < 0 || gen >= SIM_REMAP_GENS || vendor < 0 || vendor >= SIM_VENDOR_COUNT || dev < 0 ||
+        dev >= SIM_MAX_DEVICES)
+        return dev;
+    return gen_map[gen][vendor][dev];
+}
+
+int sim_mem_generation(void) {
+    return atomic_load_explicit(&remap_gen, memory_order_acquire);
+}
+
+int sim_mem_current_dev(sim_vendor_t vendor, int gen, int dev) {
+    return cur_dev((int)vendor, gen, dev);
+}
 
 /* The profile is loaded once per process and then read without locking (the runtimes are on the
  * allocation hot path that bench/interceptor.py measures against). */
@@ -110,6 +134,7 @@ int sim_mem_alloc_owned(sim_vendor_t vendor, int dev, size_t size, int counted, 
     b->map_len = map_len;
     b->vendor = vendor;
     b->dev = dev;
+    b->gen = sim_mem_generation();
     b->counted = counted;
     b->owner = owner;
     *out = base + HDR;
@@ -138,7 +163,7 @@ int sim_mem_free(void *ptr) {
         return SIM_MEM_BADPTR;
     b->magic = 0;
     if (b->counted)
-        atomic_fetch_sub(&used[b->vendor][b->dev], b->size);
+        atomic_fetch_sub(&used[b->vendor][cur_dev(b->vendor, b->gen, b->dev)], b->size);
     if (b->map_len)
         munmap(b, b->map_len);
     else
@@ -166,6 +191,7 @@ struct vmm_phys {
     int32_t vendor;
     int32_t dev;
     int32_t counted;
+    int32_t gen; /* remap generation dev was charged in */
     size_t size;
     int refs;     /* the creator's reference + retains + one per mapping */
     int released; /* the creator's reference was dropped */
@@ -213,6 +239,7 @@ int sim_vmm_create(sim_vendor_t vendor, int dev, size_t size, int counted, void 
     h->magic = VMM_MAGIC;
     h->vendor = vendor;
     h->dev = dev;
+    h->gen = sim_mem_generation();
     h->counted = counted;
     h->size = size;
     h->refs = 1;
@@ -224,7 +251,7 @@ static void unref_locked(struct vmm_phys *h) {
     if (--h->refs > 0)
         return;
     if (h->counted)
-        sim_mem_uncharge((sim_vendor_t)h->vendor, h->dev, h->size);
+        sim_mem_uncharge((sim_vendor_t)h->vendor, cur_dev(h->vendor, h->gen, h->dev), h->size);
     h->magic = 0;
     free(h);
 }
@@ -396,4 +423,34 @@ int sim_vmm_retain(const void *va, void **handle) {
     }
     pthread_mutex_unlock(&vmm_mu);
     return rc;
+}
+
+int sim_mem_remap(sim_vendor_t vendor, const int *old_to_new, int n, const sim_profile_t *profile) {
+    if ((int)vendor < 0 || vendor >= SIM_VENDOR_COUNT || n < 0 || n > SIM_MAX_DEVICES || profile == NULL)
+        return SIM_MEM_BADDEV;
+    pthread_mutex_lock(&remap_mu);
+    int g = atomic_load(&remap_gen);
+    if (g + 1 >= SIM_REMAP_GENS) {
+        pthread_mutex_unlock(&remap_mu);
+        return SIM_MEM_BADDEV; /* moved too often: the caller keeps the old mapping */
+    }
+    int map[SIM_MAX_DEVICES];
+    for (int k = 0; k < SIM_MAX_DEVICES; k++)
+        map[k] = (k < n && old_to_new[k] >= 0 && old_to_new[k] < SIM_MAX_DEVICES) ? old_to_new[k] : k;
+    /* earlier generations' charges follow the move; the current generation's are mapped directly */
+    for (int e = 0; e < g; e++)
+        for (int k = 0; k < SIM_MAX_DEVICES; k++)
+            gen_map[e][vendor][k] = (int8_t)map[(int)gen_map[e][vendor][k]];
+    for (int v = 0; v < SIM_VENDOR_COUNT; v++)
+        for (int k = 0; k < SIM_MAX_DEVICES; k++)
+            gen_map[g][v][k] = (int8_t)(v == (int)vendor ? map[k] : k);
+    uint64_t moved[SIM_MAX_DEVICES] = {0};
+    for (int k = 0; k < SIM_MAX_DEVICES; k++)
+        moved[map[k]] += atomic_exchange(&used[vendor][k], 0);
+    for (int k = 0; k < SIM_MAX_DEVICES; k++)
+        atomic_fetch_add(&used[vendor][k], moved[k]);
+    atomic_store_explicit(&cached, profile, memory_order_release); /* the old one stays allocated: readers */
+    atomic_store_explicit(&remap_gen, g + 1, memory_order_release);
+    pthread_mutex_unlock(&remap_mu);
+    return SIM_MEM_OK;
 }

@@ -33,6 +33,19 @@ size_t sim_mem_size(const void *ptr);
 /* free/total as the vendor reports them for the device. */
 int sim_mem_info(sim_vendor_t vendor, int dev, size_t *free_b, size_t *total_b);
 
+/*
+ * Re-mapping devices (a process restored from a checkpoint onto other devices, docs/checkpoint.md): from
+ * now on the process runs on `profile` (the new node's, it replaces the cached one), and what it has
+ * charged to device k of `vendor` is charged to old_to_new[k] (k < n; -1 or beyond n: stays). Blocks and
+ * handles allocated before are given back to the device they moved to. At most SIM_REMAP_GENS - 1 moves
+ * per process (then SIM_MEM_BADDEV and nothing changes). Not for the hot path: it takes a lock.
+ */
+#define SIM_REMAP_GENS 8
+int sim_mem_remap(sim_vendor_t vendor, const int *old_to_new, int n, const sim_profile_t *profile);
+/* The current re-mapping generation, and where a charge made on dev in generation gen is now. */
+int sim_mem_generation(void);
+int sim_mem_current_dev(sim_vendor_t vendor, int gen, int dev);
+
 /* Charge / give back device capacity without a host block (pools, VMM physical handles). */
 int sim_mem_charge(sim_vendor_t vendor, int dev, uint64_t size);
 void sim_mem_uncharge(sim_vendor_t vendor, int dev, uint64_t size);

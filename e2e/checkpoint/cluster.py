@@ -75,6 +75,46 @@ def cp_layout() -> hc.Layout:
                        kubelet=0, kubelet_healthz=0))
 
 
+def fast_dir(cp: hc.Layout) -> Path:
+    """The nodes' state (containerd root, kubelet root with its checkpoints dir) and the checkpoint store.
+
+    A tmpfs (``HCS_CKPT_TMPFS=0``: the disk): this host's disk writes ~150 MB/s with fsync, so each of the
+    ~6 copies of a 1 GiB checkpoint (CRIU pages -> containerd's checkpoint blob -> the kubelet's archive ->
+    the store -> the target's content store -> its snapshot -> the restore dir) cost seconds. Node-local
+    fast storage (NVMe, tmpfs) is what checkpoint recovery wants; here it is memory. One filesystem for
+    both nodes and the store, so the archive moves by rename and enters a content store by hard link.
+    Everything in it is re-created by ``up``; ``down`` unmounts it (the memory comes back).
+    """
+    return cp.state / "nodes"
+
+
+def store_dir(cp: hc.Layout) -> Path:
+    return fast_dir(cp) / "_store"
+
+
+def ensure_fast_storage(cp: hc.Layout, ws: Sequence[mn.Worker]) -> None:
+    d = fast_dir(cp)
+    d.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("HCS_CKPT_TMPFS", "1") == "0" or os.path.ismount(d):
+        return
+    if any(hc.alive_pid(w.lay, c) is not None for w in ws for c in ("containerd", "kubelet")):
+        log(f"{d} is on the disk and its nodes run: checkpoints stay on the disk until `down` + `up`")
+        return
+    if any(d.iterdir()):
+        if hc._mounts_under([d]):
+            log(f"{d} still has mounts under it (a node not fully down): checkpoints stay on the disk")
+            return
+        import shutil
+        shutil.rmtree(d)  # a stopped cluster's old node state on the disk: up re-creates it
+        d.mkdir()
+    size = os.environ.get("HCS_CKPT_TMPFS_SIZE", "12g")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "hcs-ckpt-fast", str(d)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise hc.ClusterError(f"mount -t tmpfs {d}: {r.stderr.strip()} (HCS_CKPT_TMPFS=0 keeps the disk)")
+    log(f"{d}: tmpfs (size {size}) for the nodes' state and the checkpoint store")
+
+
 def workers(cp: hc.Layout) -> list[mn.Worker]:
     out = []
     for i, (name, profile) in enumerate(NODES):
@@ -124,6 +164,7 @@ def _link(link: Path, target: Path) -> None:
 
 
 WORKLOAD_IMAGE = "hcs.local/vram-counter:1"
+CONTENT_SUBDIR = "io.containerd.content.v1.content"  # containerd's local content store under its root
 
 
 def ensure_workload_image(ws: Sequence[mn.Worker]) -> None:
@@ -141,11 +182,67 @@ def ensure_workload_image(ws: Sequence[mn.Worker]) -> None:
     archive = out_dir / "vram-counter.oci.tar"
     hc._oci_archive(archive, WORKLOAD_IMAGE, {"vram_counter": binary.read_bytes()}, {}, ["tmp"],
                     {"Cmd": ["/vram_counter", "64"], "Env": ["PATH=/"]})
+    archives = [(archive, WORKLOAD_IMAGE), (quota_counter_image(out_dir), QUOTA_IMAGE)]
     for w in ws:
-        r = hc.ctr(w.lay, "images", "import", "--snapshotter", "overlayfs", str(archive), check=False)
+        for arch, ref in archives:
+            r = hc.ctr(w.lay, "images", "import", "--snapshotter", "overlayfs", str(arch), check=False)
+            if r.returncode != 0:
+                raise hc.ClusterError(f"{w.name}: importing {arch} failed: {r.stderr.strip()}")
+            hc.ctr(w.lay, "images", "label", ref, "io.cri-containerd.pinned=pinned", check=False)
+
+
+QUOTA_IMAGE = "hcs.local/quota-counter:1"
+
+
+def quota_counter_image(out_dir: Path) -> Path:
+    """hcs.local/quota-counter:1: e2e/checkpoint/quota_counter.c (dynamic) with this host's glibc and
+    libhcs_interceptor.so (preloaded); libcuda.so.1 and the profile come from the node's /opt/hcs (mounted)."""
+    src = HERE / "quota_counter.c"
+    r = subprocess.run(["make", "-s", "-C", str(REPO / "interceptor"), "all"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise hc.ClusterError(f"make -C interceptor failed: {r.stderr.strip()[-800:]}")
+    lib = REPO / "interceptor" / "build" / "libhcs_interceptor.so"
+    cuda = REPO / "driver" / "build" / "lib"
+    binary = out_dir / "quota_counter"
+    if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
+        if not (cuda / "libcuda.so").exists():
+            subprocess.run(["make", "-s", "-C", str(REPO / "driver")], capture_output=True, text=True)
+        r = subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary) + ".tmp", str(src),
+                            f"-L{cuda}", "-lcuda"], capture_output=True, text=True)
         if r.returncode != 0:
-            raise hc.ClusterError(f"{w.name}: importing {archive} failed: {r.stderr.strip()}")
-        hc.ctr(w.lay, "images", "label", WORKLOAD_IMAGE, "io.cri-containerd.pinned=pinned", check=False)
+            raise hc.ClusterError(f"gcc {src} failed: {r.stderr.strip()[-800:]}")
+        os.replace(str(binary) + ".tmp", binary)
+    files = {"quota_counter": binary.read_bytes(),
+             "lib64/ld-linux-x86-64.so.2": Path("/lib64/ld-linux-x86-64.so.2").read_bytes(),
+             "lib/x86_64-linux-gnu/libc.so.6": Path("/lib/x86_64-linux-gnu/libc.so.6").read_bytes(),
+             "usr/lib/hcs/libhcs_interceptor.so": lib.read_bytes()}
+    archive = out_dir / "quota-counter.oci.tar"
+    hc._oci_archive(archive, QUOTA_IMAGE, files, {},
+                    ["tmp", "lib", "lib/x86_64-linux-gnu", "lib64", "usr", "usr/lib", "usr/lib/hcs", "opt"],
+                    {"Cmd": ["/quota_counter", "64"],
+                     "Env": ["PATH=/", "LD_PRELOAD=/usr/lib/hcs/libhcs_interceptor.so",
+                             "LD_LIBRARY_PATH=/opt/hcs/driver/lib", "HCS_SIM_PROFILE=/opt/hcs/sim/profile.json"]})
+    return archive
+
+
+CRIU_RUNC_CONF = Path("/etc/criu/runc.conf")
+CRIU_OPTIONS = ("file-locks",)
+
+
+def ensure_criu_runc_conf() -> None:
+    """runc hands CRIU /etc/criu/runc.conf on every checkpoint and restore (runc's documented CRIU
+    configuration file; its options override the RPC ones). ``file-locks``: the VRAM interceptor's ledger
+    is a set of file locks each process of the container holds (interceptor/src/region.h); without it CRIU
+    refuses to dump such a process. Lines already there are kept."""
+    have = CRIU_RUNC_CONF.read_text().splitlines() if CRIU_RUNC_CONF.exists() else []
+    missing = [o for o in CRIU_OPTIONS if o not in (ln.strip() for ln in have)]
+    if not missing:
+        return
+    CRIU_RUNC_CONF.parent.mkdir(parents=True, exist_ok=True)
+    head = [] if have else ["# runc passes this file to CRIU on checkpoint/restore; HCS needs file-locks "
+                            "(e2e/checkpoint/cluster.py)"]
+    hc.atomic_write(CRIU_RUNC_CONF, "\n".join([*have, *head, *missing]) + "\n")
+    log(f"{CRIU_RUNC_CONF}: added {', '.join(missing)}")
 
 
 # ---------------------------------------------------------------- configs and components
@@ -175,7 +272,10 @@ def control_plane(cp: hc.Layout) -> list[hc.Component]:
 def node_components(w: mn.Worker, cp: hc.Layout) -> list[hc.Component]:
     cfg = w.lay.config
     return [
-        hc.Component("containerd", (*w.nsenter(), str(nodebin() / "containerd"), f"--config={cfg / 'containerd.toml'}"),
+        # TMPDIR: containerd dumps a checkpoint's CRIU images into a temporary directory before archiving
+        # them; on the nodes' fast storage, not the host's /tmp (disk)
+        hc.Component("containerd", (*w.nsenter(), "env", f"TMPDIR={w.lay.state / 'tmp'}", str(nodebin() / "containerd"),
+                                    f"--config={cfg / 'containerd.toml'}"),
                      None, f"unix:{w.lay.containerd_sock}"),
         hc.Component("kubelet", (
             *w.nsenter(), str(cp.bin / "kubelet"), f"--config={cfg / 'kubelet.yaml'}",
@@ -210,11 +310,14 @@ def cmd_up() -> int:
         hc.ensure_debian_packages()
         hc.build(cp)
         ensure_binaries(cp)
+        ensure_criu_runc_conf()
         cp.state.mkdir(parents=True, exist_ok=True)
         hc.atomic_write(cp.state / "cluster.json", json.dumps(dict(
             cp.as_dict(), nodes=[w.name for w in ws], containerd=CONTAINERD_VERSION,
             kubelets={w.name: f"https://{mn.HOST_IP}:{w.lay.ports.kubelet}" for w in ws}), indent=1) + "\n")
         mn.ensure_pki(cp, ws)
+        ensure_fast_storage(cp, ws)
+        store_dir(cp).mkdir(parents=True, exist_ok=True)
         for d in (cp.logs, cp.run, cp.state / "etcd", cp.config):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(cp.state / "etcd", 0o700)
@@ -233,7 +336,7 @@ def cmd_up() -> int:
             files = render_node(w, cp)
             for path, text in files.items():
                 hc.atomic_write(path, text)
-            for d in (w.lay.logs, w.lay.run):
+            for d in (w.lay.logs, w.lay.run, w.lay.state / "tmp"):
                 d.mkdir(parents=True, exist_ok=True)
             mn.ensure_namespace(w, cp)
             mn.ensure_cgroups(w)
@@ -314,6 +417,10 @@ def cmd_down(purge: bool) -> int:
         nsdir = cp.state / "ns"
         if any(m == str(nsdir) for m, _ in mn._mounts()):
             subprocess.run(["umount", str(nsdir)], capture_output=True)
+        if os.path.ismount(fast_dir(cp)):
+            r = subprocess.run(["umount", str(fast_dir(cp))], capture_output=True, text=True)
+            if r.returncode != 0:
+                subprocess.run(["umount", "-l", str(fast_dir(cp))], capture_output=True)
         # 10.98.255.1 / 10.97.0.10 on lo stay: the multi-node cluster uses them too
         if purge and cp.state.exists():
             import shutil
@@ -329,7 +436,10 @@ def env_info() -> dict[str, object]:
             "dir": str(cp.state), "apiserver": f"https://127.0.0.1:{cp.ports.apiserver}",
             "nodes": {w.name: {"kubelet": f"https://{mn.HOST_IP}:{w.lay.ports.kubelet}",
                                "containerd_socket": str(w.lay.containerd_sock), "nsenter": w.nsenter(),
-                               "profile": w.profile, "state": str(w.lay.state)} for w in workers(cp)},
+                               "profile": w.profile, "state": str(w.lay.state),
+                               "content_dir": str(w.lay.state / "containerd" / "root" / CONTENT_SUBDIR)}
+                      for w in workers(cp)},
+            "store": str(store_dir(cp)),
             "pki": str(cp.pki), "busybox_image": hc.BUSYBOX_IMAGE, "workload_image": WORKLOAD_IMAGE}
 
 

@@ -91,13 +91,18 @@ def _add_dir(out: tarfile.TarFile, name: str) -> None:
     out.addfile(ti)
 
 
-def stream_image(archive: Path, out: IO[bytes], ref: str, info: ArchiveInfo) -> None:
+def stream_image(archive: Path, out: IO[bytes], ref: str, info: ArchiveInfo, *, include_layer: bool = True) -> None:
     """Write the image-layout tar of ``archive`` to a stream (``ctr images import -`` reads it from a pipe):
-    no image file on disk, one copy of the archive less than :func:`write_image`."""
-    _write_layout(archive, out, ref, info)
+    no image file on disk, one copy of the archive less than :func:`write_image`.
+
+    ``include_layer=False`` leaves the layer blob (the archive itself) out: for a content store that already
+    holds it (:meth:`hcs.checkpoint.migrate.Migrator.import_image` links it in), so only the index, the
+    manifest and the config (a few KiB) cross the pipe."""
+    _write_layout(archive, out, ref, info, include_layer=include_layer)
 
 
-def _write_layout(archive: Path, out_f: IO[bytes], ref: str, info: ArchiveInfo) -> None:
+def _write_layout(archive: Path, out_f: IO[bytes], ref: str, info: ArchiveInfo, *,
+                  include_layer: bool = True) -> None:
     cfg = json.dumps({
         "architecture": "amd64", "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": [info.digest]},
@@ -122,10 +127,11 @@ def _write_layout(archive: Path, out_f: IO[bytes], ref: str, info: ArchiveInfo) 
     with tarfile.open(fileobj=out_f, mode="w|", format=tarfile.PAX_FORMAT) as out:
         _add_dir(out, "blobs")
         _add_dir(out, "blobs/sha256")
-        ti = tarfile.TarInfo("blobs/sha256/" + info.digest.split(":", 1)[1])
-        ti.size, ti.mode, ti.mtime = info.size, 0o644, 0
-        with archive.open("rb") as f:
-            out.addfile(ti, f)
+        if include_layer:
+            ti = tarfile.TarInfo("blobs/sha256/" + info.digest.split(":", 1)[1])
+            ti.size, ti.mode, ti.mtime = info.size, 0o644, 0
+            with archive.open("rb") as f:
+                out.addfile(ti, f)
         _add_bytes(out, "blobs/sha256/" + cfg_digest.split(":", 1)[1], cfg)
         _add_bytes(out, "blobs/sha256/" + man_digest.split(":", 1)[1], manifest)
         _add_bytes(out, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')

@@ -72,6 +72,9 @@ class NodeAccess:
     ctr: Path
     profile: Path | None = None  # simulated node profile (driver/profiles/*.json): the device UUIDs
     simulated: bool = True  # simulated runtimes (device memory = host memory); real nodes: False
+    # containerd's content store (<root>/io.containerd.content.v1.content) as seen from here: when the archive
+    # is on the same filesystem, it enters the store by hard link instead of a copy through `ctr import`
+    content_dir: Path | None = None
 
     def vendor_of(self, uuid: str) -> str:
         if self.profile is None:
@@ -119,7 +122,8 @@ class Cluster:
                 name=name, kubelet_url=n["kubelet"],
                 checkpoint_dir=Path(n.get("checkpoint_dir") or state / "root" / "var-lib-kubelet" / "checkpoints"),
                 containerd_socket=Path(n["containerd_socket"]), ctr=Path(desc["nodebin"]) / "ctr",
-                profile=prof if prof is not None and prof.exists() else None)
+                profile=prof if prof is not None and prof.exists() else None,
+                content_dir=Path(n["content_dir"]) if n.get("content_dir") else None)
         pki = Path(desc["pki"])
         return cls(kube=kube, nodes=nodes, client_cert=pki / "admin.crt", client_key=pki / "admin.key")
 
@@ -335,18 +339,62 @@ class Migrator:
                               + "; ".join(reasons))
 
     # ------------------------------------------------------------ restore
+    def _ctr(self, access: NodeAccess, *args: str) -> list[str]:
+        return [str(access.ctr), "--address", str(access.containerd_socket), "-n", "k8s.io", *args]
+
+    def link_blob(self, node: str, archive: Path, info: image.ArchiveInfo) -> bool:
+        """Put the archive into the node's content store as the layer blob without copying it: a hard link
+        named by its digest in the store's blob directory, then registered in the ``k8s.io`` namespace
+        (``ctr content ingest`` with the expected digest and size: containerd's shared-content path adds
+        the record without reading data). False when that cannot be done (no content dir known, another
+        filesystem): the caller streams the archive instead. containerd re-hashes the layer when it
+        unpacks it, so a wrong name cannot slip through."""
+        access = self.c.nodes[node]
+        if access.content_dir is None:
+            return False
+        algo, hexd = info.digest.split(":", 1)
+        blob_dir = access.content_dir / "blobs" / algo
+        blob = blob_dir / hexd
+        try:
+            blob_dir.mkdir(parents=True, exist_ok=True)
+            if not blob.exists():
+                tmp = access.content_dir / f".hcs-link-{hexd}"  # same filesystem; outside blobs/ and ingest/
+                tmp.unlink(missing_ok=True)
+                tmp.hardlink_to(archive)
+                tmp.replace(blob)  # atomic: the store never sees a partial name
+        except OSError as e:
+            log.info("checkpoint archive %s cannot be linked into %s's content store (%s); streaming it", archive,
+                     node, e)
+            return False
+        if blob.stat().st_size != info.size:
+            return False
+        # ctr seeks its input to the size the store already holds and reads nothing more: a sparse file of
+        # that size (no data, no disk) stands for it
+        with tempfile.TemporaryFile() as hole:
+            hole.truncate(info.size)
+            r = subprocess.run(self._ctr(access, "content", "ingest", "--expected-size", str(info.size),
+                                         "--expected-digest", info.digest, f"hcs-ckpt-{hexd[:16]}"),
+                               stdin=hole, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            log.warning("registering the linked checkpoint blob in %s's containerd failed (%s); streaming it",
+                        node, r.stderr.strip()[-300:])
+            return False
+        return True
+
     def import_image(self, node: str, archive: Path, ref: str) -> None:
-        """Stream the checkpoint image into the node's containerd (``ctr images import -``)."""
+        """Make the checkpoint image ``ref`` known to the node's containerd: the layer linked into its content
+        store when possible (:meth:`link_blob`) and only the image's index, manifest and config streamed to
+        ``ctr images import -``; otherwise the whole image streamed."""
         access = self.c.nodes[node]
         info = image.inspect_archive(archive)
+        linked = self.link_blob(node, archive, info)
         with tempfile.TemporaryFile() as errf:
-            p = subprocess.Popen([str(access.ctr), "--address", str(access.containerd_socket), "-n", "k8s.io",
-                                  "images", "import", "--snapshotter", "overlayfs", "-"],
+            p = subprocess.Popen(self._ctr(access, "images", "import", "--snapshotter", "overlayfs", "-"),
                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf)
             assert p.stdin is not None
             try:
                 with p.stdin:
-                    image.stream_image(archive, p.stdin, ref, info)
+                    image.stream_image(archive, p.stdin, ref, info, include_layer=not linked)
                 rc = p.wait(timeout=600)
             except (OSError, subprocess.TimeoutExpired, image.CheckpointImageError) as e:
                 p.kill()
@@ -357,13 +405,13 @@ class Migrator:
             errf.seek(0)
             err = errf.read().decode(errors="replace")
         if rc != 0:
-            raise CheckpointError(f"importing checkpoint image {ref} into {node}'s containerd failed: "
+            raise CheckpointError(f"importing checkpoint image {ref} into {node}'s containerd failed"
+                                  f"{' (layer linked into its content store)' if linked else ''}: "
                                   f"{err.strip()[-600:]}")
 
     def remove_image(self, node: str, ref: str) -> None:
         access = self.c.nodes[node]
-        subprocess.run([str(access.ctr), "--address", str(access.containerd_socket), "-n", "k8s.io", "images",
-                        "rm", ref], capture_output=True, text=True, timeout=60)
+        subprocess.run(self._ctr(access, "images", "rm", ref), capture_output=True, text=True, timeout=60)
 
     def replacement(self, pod: Mapping[str, Any], node: str, device: str, ref: str, archive: Path) -> dict[str, Any]:
         md = pod["metadata"]

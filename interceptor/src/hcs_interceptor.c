@@ -168,6 +168,9 @@ struct hcs_state {
     uint8_t dev_uuid[HCS_MAX_DEVICES][16];
     bool dev_known[HCS_MAX_DEVICES];
     _Atomic int cuda_canon[HCS_MAX_DEVICES]; /* ordinal -> index; CANON_UNSET until looked up */
+    /* where the ledger was found, for re-attaching after a restore (on_ledger_moved) */
+    bool managed;
+    char ledger_dir[4096];
 };
 
 #define CANON_UNSET (-3)
@@ -382,6 +385,66 @@ static int index_of_uuid(const uint8_t u[16]) {
     return DEV_FOREIGN;
 }
 
+/* The ledger descriptor names another file than the one opened: this process was restored from a
+ * checkpoint (CRIU re-opens files by path) into a new container - another device, another ledger,
+ * perhaps another quota. Re-read the quota and device list the new container was given (managed:
+ * the agent's read-only files again, checked as at start; development: the same environment),
+ * then move the accounting (hcs_region_move_locked: a fresh slot in the new ledger holding this
+ * process's live allocations; the old description is dropped). Called with the region's mutex
+ * held; false leaves the region broken (every further allocation refused), as before. */
+static bool on_ledger_moved(struct hcs_region *r) {
+    char err[4608];
+    struct hcs_quota q;
+    int rc;
+    if (g.managed) {
+        int qfd = open(HCS_FIXED_QUOTA_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        int dfd = open(HCS_FIXED_LEDGER_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        char why[512] = "";
+        bool ok = qfd >= 0 && dfd >= 0;
+        if (!ok)
+            snprintf(why, sizeof why, "%s: %s", qfd < 0 ? HCS_FIXED_QUOTA_FILE : HCS_FIXED_LEDGER_DIR,
+                     strerror(errno));
+        ok = ok && readonly_mount_root(qfd, HCS_FIXED_QUOTA_FILE, why, sizeof why) &&
+             readonly_mount_root(dfd, HCS_FIXED_LEDGER_DIR, why, sizeof why);
+        rc = ok ? hcs_quota_load_fd(&q, qfd, HCS_FIXED_QUOTA_FILE, err, sizeof err) : -1;
+        if (!ok)
+            snprintf(err, sizeof err, "%s", why);
+        if (rc == 0)
+            rc = hcs_region_move_locked(r, dfd, HCS_FIXED_LEDGER_DIR, false, err, sizeof err);
+        if (rc == 0)
+            load_device_list(dfd);
+        if (qfd >= 0)
+            close(qfd);
+        if (dfd >= 0)
+            close(dfd);
+    } else {
+        rc = hcs_quota_load(&q, err, sizeof err);
+        if (rc == 0 && !q.configured) {
+            snprintf(err, sizeof err, "no quota configured any more");
+            rc = -1;
+        }
+        if (rc == 0)
+            rc = hcs_region_move_locked(r, AT_FDCWD, g.ledger_dir, true, err, sizeof err);
+    }
+    if (rc != 0) {
+        hcs_log(0, "the VRAM ledger changed under this process (restored into a new container?) and re-attaching "
+                "failed: %s; every further device allocation is refused", err);
+        return false;
+    }
+    for (int d = 0; d < HCS_MAX_DEVICES; d++) {
+        atomic_store_explicit((_Atomic uint64_t *)&g.quota.limit[d], q.limit[d], memory_order_relaxed);
+        uint64_t used = atomic_load(&r->used[d]);
+        if (used > 0)
+            hcs_log(used > q.limit[d] ? 1 : 2, "restored: device %d: %llu bytes of live allocations re-registered "
+                    "in the new ledger (quota %llu%s)", d, (unsigned long long)used, (unsigned long long)q.limit[d],
+                    used > q.limit[d] ? ": over it, so every further allocation is refused until enough is freed" : "");
+    }
+    snprintf(g.quota.source, sizeof g.quota.source, "%s", q.source);
+    hcs_log(1, "restored into a new container: re-attached to the VRAM ledger %s/%s (slot %d), quota from %s",
+            g.ledger_dir, HCS_LEDGER_FILE, r->slot, q.source);
+    return true;
+}
+
 static void init_locked(void) {
     const char *lv = getenv("HCS_INTERCEPTOR_LOG");
     if (lv != NULL && *lv >= '0' && *lv <= '9')
@@ -464,6 +527,9 @@ static void init_locked(void) {
         g.fail_closed = true;
         return;
     }
+    g.managed = managed;
+    snprintf(g.ledger_dir, sizeof g.ledger_dir, "%s", dir);
+    g.region.on_moved = on_ledger_moved;
     hcs_ptrmap_init(&g.map);
     g.enforcing = true;
     hcs_log(2, "%s: quota from %s, ledger %s/%s slot %d", managed ? "managed" : "development", g.quota.source,
@@ -537,6 +603,11 @@ HOT enum admit_result admit(struct hcs_state *s, int dev, uint64_t size, const c
         return ADMIT_PASS;
     if (hcs_region_reserve(&s->region, dev, size, limit))
         return ADMIT_OK;
+    if (UNLIKELY(atomic_exchange(&s->region.reattached, false))) { /* restored: the new container's quota */
+        limit = limit_of(s, dev);
+        if (limit == HCS_UNLIMITED || hcs_region_reserve(&s->region, dev, size, limit))
+            return limit == HCS_UNLIMITED ? ADMIT_PASS : ADMIT_OK;
+    }
     if (s->log_level >= 2) {
         bool ok;
         uint64_t used = hcs_region_used(&s->region, dev, &ok);
@@ -589,6 +660,7 @@ HOT bool take(struct hcs_state *s, uint64_t key, enum hcs_kind kind, uint64_t *s
 static void limit_view(struct hcs_state *s, int dev, uint64_t *free_b, uint64_t *total_b) {
     if (!s->enforcing)
         return;
+    (void)hcs_region_check(&s->region); /* restored into a new container: re-attach before answering */
     if (dev == DEV_FOREIGN) { /* not this container's device: nothing of it is available */
         *free_b = 0;
         return;

@@ -127,15 +127,98 @@ void hcs_region_close(struct hcs_region *r) {
     }
 }
 
-/* True while r->fd still refers to the ledger file (an application may close or reuse fds). */
-static bool identity_ok(struct hcs_region *r) {
+enum identity { ID_OK, ID_MOVED, ID_BROKEN };
+
+/* ID_OK while r->fd still refers to the ledger file (an application may close or reuse fds);
+ * ID_MOVED when it names another file and on_moved re-attached (restore into a new container).
+ * Called with r->mu held. */
+static enum identity identity_check(struct hcs_region *r) {
     struct stat st;
     if (atomic_load(&r->broken))
-        return false;
-    if (fstat(r->fd, &st) == 0 && st.st_dev == r->dev && st.st_ino == r->ino)
-        return true;
+        return ID_BROKEN;
+    if (fstat(r->fd, &st) == 0) {
+        if (st.st_dev == r->dev && st.st_ino == r->ino)
+            return ID_OK;
+        if (r->on_moved != NULL && r->on_moved(r)) {
+            atomic_store(&r->reattached, true);
+            return ID_MOVED;
+        }
+    }
     atomic_store(&r->broken, true);
-    return false;
+    return ID_BROKEN;
+}
+
+static bool identity_ok(struct hcs_region *r) {
+    return identity_check(r) != ID_BROKEN;
+}
+
+bool hcs_region_check(struct hcs_region *r) {
+    if (r->fd < 0)
+        return false;
+    pthread_mutex_lock(&r->mu);
+    bool ok = identity_ok(r);
+    pthread_mutex_unlock(&r->mu);
+    return ok;
+}
+
+int hcs_region_move_locked(struct hcs_region *r, int dirfd, const char *dir, bool create, char *err, size_t errlen) {
+    struct hcs_region n;
+    if (hcs_region_open_at(&n, dirfd, dir, create, err, errlen) != 0)
+        return -1;
+    pthread_mutex_destroy(&n.mu);
+    struct stat st;
+    if (fstat(r->fd, &st) != 0 || st.st_dev != n.dev || st.st_ino != n.ino) {
+        snprintf(err, errlen, "%s/%s: the ledger descriptor names another file than the ledger there: not a "
+                 "restore; the region stays broken", dir, HCS_LEDGER_FILE);
+        goto fail;
+    }
+    if (hcs_region_claim_slot(&n, err, errlen) != 0)
+        goto fail;
+    if (ledger_lock(n.fd) != 0) {
+        snprintf(err, errlen, "VRAM ledger: flock: %s", strerror(errno));
+        goto fail;
+    }
+    for (int d = 0; d < HCS_MAX_DEVICES; d++) {
+        /* as in hcs_region_trim: lower the lease the fast path trusts to what is used, look at used
+         * again (an allocation that raced the lowering is either seen here or backs out), then
+         * register exactly that in the new ledger */
+        uint64_t lease = atomic_load_explicit(&r->lease[d], memory_order_seq_cst);
+        uint64_t want = atomic_load_explicit(&r->used[d], memory_order_seq_cst);
+        atomic_store_explicit(&r->lease[d], want, memory_order_seq_cst);
+        uint64_t now = atomic_load_explicit(&r->used[d], memory_order_seq_cst);
+        uint64_t final = now > want ? now : want;
+        if (final > HCS_LEASE_MAX)
+            final = HCS_LEASE_MAX;
+        if (final > 0 && lock_range(n.fd, F_RDLCK, F_OFD_SETLK, cell_start(d, n.slot), final) != 0) {
+            atomic_store_explicit(&r->lease[d], lease, memory_order_seq_cst);
+            snprintf(err, errlen, "VRAM ledger: re-registering %llu bytes of device %d: %s",
+                     (unsigned long long)final, d, strerror(errno));
+            ledger_unlock(n.fd);
+            goto fail;
+        }
+        atomic_store_explicit(&r->lease[d], final, memory_order_seq_cst);
+    }
+    ledger_unlock(n.fd);
+    /* only now drop the old description (whatever locks a restore put on it); the descriptor number
+     * stays (dup3 swaps what it refers to in one step), so a reader without the mutex never finds it
+     * closed or reused by the application */
+    if (dup3(n.fd, r->fd, O_CLOEXEC) == 0) {
+        close(n.fd);
+    } else {
+        close(r->fd);
+        r->fd = n.fd;
+    }
+    if (r->pin != MAP_FAILED && r->pin != NULL)
+        munmap(r->pin, PIN_LEN);
+    r->pin = n.pin;
+    r->dev = n.dev;
+    r->ino = n.ino;
+    r->slot = n.slot;
+    return 0;
+fail:
+    munmap(n.pin, PIN_LEN);
+    close(n.fd);
+    return -1;
 }
 
 int hcs_region_claim_slot(struct hcs_region *r, char *err, size_t errlen) {
@@ -279,7 +362,8 @@ bool hcs_region_reserve_slow(struct hcs_region *r, int dev, uint64_t size, uint6
         limit = HCS_LEASE_MAX; /* a lease longer than a cell cannot be represented */
     pthread_mutex_lock(&r->mu);
     bool granted = false;
-    if (!identity_ok(r) || ledger_lock(r->fd) != 0)
+    /* moved: limit is the old container's; refused here, the caller retries with the new one */
+    if (identity_check(r) != ID_OK || ledger_lock(r->fd) != 0)
         goto out;
     uint64_t others;
     if (!sum_others(r, dev, &others) || others > limit)

@@ -53,6 +53,13 @@ struct hcs_region {
     pthread_mutex_t mu;    /* slow path of this process's threads */
     _Atomic uint64_t used[HCS_MAX_DEVICES];  /* bytes this process has allocated */
     _Atomic uint64_t lease[HCS_MAX_DEVICES]; /* bytes of quota it holds in the ledger (>= used) */
+    /* Restore (checkpoint recovery): fd still names a file, but not the one opened - the process was
+     * restored (CRIU re-opens files by path) into a new container whose ledger is another file.
+     * on_moved (set by the owner; NULL: such a change breaks the region as any other) re-attaches,
+     * normally with hcs_region_move_locked; true = done. reattached is then set: a caller holding a
+     * limit read before the move re-reads it (the new container's quota may differ). */
+    bool (*on_moved)(struct hcs_region *r);
+    _Atomic bool reattached;
 };
 
 /* Open the ledger in dir (create=true: create the file when absent; false: it must exist, as the
@@ -62,6 +69,15 @@ int hcs_region_open(struct hcs_region *r, const char *dir, bool create, char *er
 int hcs_region_open_at(struct hcs_region *r, int dirfd, const char *dir, bool create, char *err, size_t errlen);
 /* Claim a slot for the calling process. 0 or -1 with message. */
 int hcs_region_claim_slot(struct hcs_region *r, char *err, size_t errlen);
+/* Re-attach to the ledger at dir after a restore (call with r->mu held, as on_moved is): opens it,
+ * requires that r->fd now names that same file (what a restore does; anything else is refused),
+ * claims a fresh slot there, re-registers this process's live allocations (its lease on each
+ * device = what it uses, whatever the limit: the memory exists) and only then drops the old
+ * description and pin, so the usage is never uncounted. 0, or -1 with a message. */
+int hcs_region_move_locked(struct hcs_region *r, int dirfd, const char *dir, bool create, char *err, size_t errlen);
+/* Check (cold paths: memory queries) whether the ledger moved under this process and re-attach
+ * (on_moved); false when the region is broken. */
+bool hcs_region_check(struct hcs_region *r);
 /* Drop the pin and fd (the kernel releases this process's locks when the description goes). */
 void hcs_region_close(struct hcs_region *r);
 

@@ -4,6 +4,7 @@
  * device 0 (bytes) is passed in HCS_TEST_QUOTA. Prints "ok <case>" or FAIL lines (exit 1).
  */
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -407,6 +408,53 @@ static __attribute__((noreturn)) int case_closefds_hold(uint64_t first, uint64_t
         pause();
 }
 
+/* What a restore from a checkpoint into a new container does to the ledger descriptor, done by hand:
+ * allocate <first>, say "ready", wait for a line on stdin (the test has meanwhile put a new ledger
+ * file and quota in place), re-open the ledger path onto the same descriptor number (CRIU re-opens
+ * files by path), then report the quota view and the exact boundary there, and hold. */
+static __attribute__((noreturn)) int case_moved(uint64_t first) {
+    CUdeviceptr p, q;
+    CUresult a = cuMemAlloc_v2(&p, first);
+    int lfd = -1;
+    char path[4096] = "";
+    for (int fd = 3; fd < 1024 && lfd < 0; fd++) {
+        char link[64], target[4096];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n <= 0)
+            continue;
+        target[n] = '\0';
+        size_t len = strlen(target), suf = strlen("/hcs-vram.ledger");
+        if (len > suf && strcmp(target + len - suf, "/hcs-vram.ledger") == 0) {
+            lfd = fd;
+            snprintf(path, sizeof path, "%s", target);
+        }
+    }
+    printf("ready %d\n", a);
+    fflush(stdout);
+    char line[64];
+    if (fgets(line, sizeof line, stdin) == NULL)
+        exit(3);
+    int nfd = lfd >= 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    if (nfd < 0 || dup3(nfd, lfd, O_CLOEXEC) < 0)
+        exit(4);
+    close(nfd);
+    size_t f = 0, t = 0;
+    CUresult info = cuMemGetInfo_v2(&f, &t);
+    CUresult over = cuMemAlloc_v2(&q, f + 1);
+    if (over == CUDA_SUCCESS)
+        (void)cuMemFree_v2(q);
+    CUresult fit = f > 0 ? cuMemAlloc_v2(&q, f) : CUDA_SUCCESS;
+    if (fit == CUDA_SUCCESS && f > 0)
+        (void)cuMemFree_v2(q);
+    printf("{\"first\": %d, \"info\": %d, \"free\": %zu, \"total\": %zu, \"over\": %d, \"fit\": %d}\n", a, info,
+           f, t, over, fit);
+    printf("ready\n");
+    fflush(stdout);
+    for (;;)
+        pause();
+}
+
 /* on device ordinal <ord>: allocate <bytes> and report, or (hold=1) allocate, say "ready", wait */
 static int case_alloc_on(int ord, uint64_t bytes, int hold) {
     if (cuInit(0) != CUDA_SUCCESS)
@@ -448,6 +496,8 @@ int main(int argc, char **argv) {
         return case_dlmopen_alloc(strtoull(argv[2], NULL, 10), argv[3]);
     if (strcmp(c, "lookup_alloc") == 0 && argc > 3)
         return case_lookup_alloc(strtoull(argv[2], NULL, 10), argv[3]);
+    if (strcmp(c, "moved") == 0 && argc > 2)
+        return case_moved(strtoull(argv[2], NULL, 10));
     if (strcmp(c, "closefds_hold") == 0 && argc > 3)
         return case_closefds_hold(strtoull(argv[2], NULL, 10), strtoull(argv[3], NULL, 10));
     uint64_t q = env_u64("HCS_TEST_QUOTA");

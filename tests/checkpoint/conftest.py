@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -57,8 +58,12 @@ def migrator(ckpt_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
 
     api = kconfig.new_client_from_config(config_file=ckpt_env["kubeconfig"])
     cluster = Cluster.from_description(KubeRest(api, timeout_s=30), ckpt_env)
-    yield Migrator(cluster, Store(tmp_path_factory.mktemp("ckpt-store")))
+    # the cluster's store shares the nodes' filesystem (archives move by rename, enter containerd by link)
+    root = Path(ckpt_env["store"]) / f"test-{os.getpid()}" if ckpt_env.get("store") else \
+        tmp_path_factory.mktemp("ckpt-store")
+    yield Migrator(cluster, Store(root))
     api.close()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from hcs.checkpoint.image import CHECKPOINT_ANNOTATION, CheckpointImageError, inspect_archive, write_image
+from hcs.checkpoint.image import (
+    CHECKPOINT_ANNOTATION,
+    CheckpointImageError,
+    inspect_archive,
+    stream_image,
+    write_image,
+)
 from hcs.checkpoint.migrate import CheckpointError, Migrator, Store, mode_of, parse_interval
 
 
@@ -55,6 +61,26 @@ def test_image_is_an_oci_layout_whose_layer_is_the_archive(tmp_path: Path) -> No
         assert layer["digest"] == "sha256:" + hashlib.sha256(arch.read_bytes()).hexdigest()
         cfg = json.loads(blob(manifest["config"]["digest"]))
         assert cfg["rootfs"]["diff_ids"] == [layer["digest"]]
+
+
+def test_image_without_layer_for_a_content_store_that_holds_it(tmp_path: Path) -> None:
+    """The layer linked into containerd's content store: only index, manifest and config are streamed,
+    and they name the same layer (digest and size of the archive) as the full image does."""
+    arch = _good(tmp_path)
+    info = inspect_archive(arch)
+    full, small = io.BytesIO(), io.BytesIO()
+    stream_image(arch, full, "hcs.local/checkpoint/x:1", info)
+    stream_image(arch, small, "hcs.local/checkpoint/x:1", info, include_layer=False)
+    layer_name = "blobs/sha256/" + info.digest.split(":", 1)[1]
+    with tarfile.open(fileobj=io.BytesIO(full.getvalue())) as a, \
+            tarfile.open(fileobj=io.BytesIO(small.getvalue())) as b:
+        names_a, names_b = set(a.getnames()), set(b.getnames())
+        assert layer_name in names_a and layer_name not in names_b
+        assert names_a - {layer_name} == names_b
+        for n in names_b:
+            if b.getmember(n).isfile():
+                assert a.extractfile(n).read() == b.extractfile(n).read()  # type: ignore[union-attr]
+    assert len(full.getvalue()) - len(small.getvalue()) >= info.size  # the archive's bytes are not streamed
 
 
 def test_a_tar_that_is_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
