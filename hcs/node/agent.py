@@ -37,6 +37,7 @@ from hcs.node.deviceplugin import DevicePluginServicer, DeviceView, PluginCore
 from hcs.node.dra.plugin import DraPlugin
 from hcs.node.metrics import NodeMetrics
 from hcs.node.podresources import PodResourcesClient
+from hcs.node.recordcache import NodePodRecords
 from hcs.node.sources import AllocatorAssignmentSource, KubePodLister
 from hcs.node.state import Allocation
 
@@ -132,9 +133,13 @@ class NodeAgent:
         self.source = source
         self.podres = PodResourcesClient(config.podResourcesSocket) if config.podResourcesSocket else None
         self.core = PluginCore(config, self.view, source, self.podres, self.metrics)
+        self.records: NodePodRecords | None = None
         if kube is not None and not isinstance(source, LocalAssignmentSource):
             # the allocator (or whatever placed the pod) may not have told us yet: read the pod's record
             self.core.record_lookup = KubePodLister(kube, config.nodeName).recorded
+            # ... kept by a watch, so the kubelet's admission of a burst makes no round trip per pod
+            self.records = NodePodRecords(kube, config.nodeName)
+            self.core.record_cache = self.records
         self.reporter: ComputeNodeReporter | None = None
         if kube is not None:
             self.reporter = ComputeNodeReporter(kube, config.nodeName, self._snapshot, config.reportInterval,
@@ -163,6 +168,8 @@ class NodeAgent:
             Path(cfg.cdiDir).mkdir(parents=True, exist_ok=True)
         if cfg.metricsPort:
             self.metrics_port = self.metrics.serve(cfg.metricsAddress, cfg.metricsPort)
+        if self.records is not None:
+            self.records.start()
         recovered = self.core.recover()
         if isinstance(self.source, LocalAssignmentSource):
             self.source.seed(_as_assignments(recovered))
@@ -187,6 +194,8 @@ class NodeAgent:
         if self.dra is not None:
             self.dra.stop()
         self.core.close()
+        if self.records is not None:
+            self.records.stop()
         if self.reporter is not None:
             self.reporter.stop()
         for t in self._threads:
