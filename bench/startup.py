@@ -155,6 +155,7 @@ def main() -> int:
 #: histogram and the kubelet's Allocate RPC histogram (seen from the kubelet, transport included)
 _AGENT_FAMILY = "hcs_grpc_request_duration_seconds"
 _KUBELET_FAMILY = "kubelet_device_plugin_alloc_duration_seconds"
+_PHASE_FAMILY = "hcs_admission_phase_seconds"
 
 
 def _histograms(text: str, family: str, key_label: str, where: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -193,6 +194,8 @@ def _handler_metrics(h: Any) -> dict[str, dict[str, dict[str, float]]]:
             if r.returncode == 0:
                 for method, hist in _histograms(r.stdout, _AGENT_FAMILY, "method", {}).items():
                     got[f"agent:{method}"] = hist
+                for phase, hist in _histograms(r.stdout, _PHASE_FAMILY, "phase", {}).items():
+                    got[f"phase:{phase}"] = hist
         r = h.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/metrics", check=False, timeout=30)
         if r.returncode == 0:
             for _, hist in _histograms(r.stdout, _KUBELET_FAMILY, "resource_name",
@@ -209,7 +212,7 @@ def _handler_delta(before: dict[str, dict[str, dict[str, float]]], after: dict[s
     for node in sorted(nodes):
         for call, hist in (after.get(node) or {}).items():
             if call not in ("agent:GetPreferredAllocation", "agent:Allocate", "agent:PreStartContainer",
-                            "kubelet:Allocate"):
+                            "kubelet:Allocate") and not call.startswith("phase:"):
                 continue
             old = (before.get(node) or {}).get(call) or {}
             n = hist.get("count", 0.0) - old.get("count", 0.0)

@@ -343,7 +343,9 @@ class PluginCore:
                 with self._lock:
                     self._prefetch_cands = (time.monotonic(), cands)
             else:  # no usable cache: ask the source, and keep its answer for the Allocate
+                t0 = time.perf_counter()
                 assignments = self.source.assignments()
+                self.metrics.admission_phase.labels("source").observe(time.perf_counter() - t0)
                 with self._lock:
                     self._prefetch = (time.monotonic(), assignments)
                 cands = self._candidates(assignments)
@@ -522,14 +524,18 @@ class PluginCore:
         cache = self.record_cache
         if cache is None or self.podres is None or cache.assignments() is None:
             return None
+        t0 = time.perf_counter()
         try:
             known, holders = self.podres.snapshot(self.config.resourceName)
         except PodResourcesError as exc:
             log.debug("%s; asking the assignment source", exc)
             return None
+        t1 = time.perf_counter()
+        self.metrics.admission_phase.labels("kubelet_list").observe(t1 - t0)
         # the pod being admitted is bound, so its record is on the API server: wait (briefly) for the watch
         # to deliver every pod the kubelet knows rather than decide without it
         cache.catch_up(known, CACHE_CATCH_UP_S)
+        self.metrics.admission_phase.labels("watch_catch_up").observe(time.perf_counter() - t1)
         cached = cache.assignments() or []
         return self._candidates([a for a in cached if (a.pod.namespace, a.pod.name) in known], holders)
 
