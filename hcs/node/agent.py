@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +44,41 @@ from hcs.node.state import Allocation
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_S = 5.0
+
+
+#: Allocation changes trigger a ComputeNode report at most this often (the first one at once).
+REPORT_MIN_GAP_S = 1.0
+
+
+class Coalesced:
+    """Calls ``fn`` at once, unless it ran less than ``min_gap_s`` ago: then once when the gap is over,
+    however many calls came meanwhile (a timer thread; never loses the last call)."""
+
+    def __init__(self, fn: Callable[[], None], min_gap_s: float) -> None:
+        self.fn = fn
+        self.min_gap_s = min_gap_s
+        self._lock = threading.Lock()
+        self._last = -float("inf")
+        self._timer: threading.Timer | None = None
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                return  # folded into the call already scheduled
+            wait = self._last + self.min_gap_s - time.monotonic()
+            if wait > 0:
+                self._timer = threading.Timer(wait, self._fire)
+                self._timer.daemon = True
+                self._timer.start()
+                return
+            self._last = time.monotonic()
+        self.fn()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        self.fn()
 
 
 class HealthChangeLike(Protocol):
@@ -144,7 +179,9 @@ class NodeAgent:
         if kube is not None:
             self.reporter = ComputeNodeReporter(kube, config.nodeName, self._snapshot, config.reportInterval,
                                                 self.metrics)
-            self.core.on_change = self.reporter.trigger
+            # an admission burst changes the allocations once per pod: one ComputeNode write (a GET and a
+            # PATCH of the whole status) per change would compete with the kubelet's calls for this process
+            self.core.on_change = Coalesced(self.reporter.trigger, REPORT_MIN_GAP_S)
         self._server: grpc.Server | None = None
         self._sock_inode: tuple[int, int] | None = None
         self._kubelet_inode: tuple[int, int] | None = None
