@@ -16,6 +16,10 @@ Prints {"hcs_start_p50_s", "hcs_start_p99_s", "plain_start_p50_s", "plain_start_
 "install_to_ready_s", "nodes", "hcs_nodes", "plain_nodes" (pods per node), ...}. ``--no-install`` skips step 1
 (install_to_ready_s is null). ``--plain-node NODE`` is a diagnostic, not the benchmark: plain pods pinned to
 one node (the one the allocator packed the ai.compute pods onto) compare the two kinds on one kubelet.
+``--hcs-spread`` is the other diagnostic: the ai.compute pods ask for the spread policy, so both kinds
+spread over the nodes. ``allocate_path`` reports, per node that ran ai.compute pods, the agent's handler
+times (GetPreferredAllocation, Allocate, PreStartContainer, and the parts of the first) and the kubelet's
+own Allocate RPC time, from /metrics before and after the burst.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ def main() -> int:
     ap.add_argument("--plain-node", default="",
                     help="diagnostic only, not the benchmark: pin the plain pods to this node (e.g. the node the "
                          "allocator packs the ai.compute pods onto) to compare the two kinds on one kubelet")
+    ap.add_argument("--hcs-spread", action="store_true",
+                    help="diagnostic only, not the benchmark: the ai.compute pods ask for the spread policy "
+                         "(annotation hcs.io/scheduling-policy: spread) instead of the default binpack, so both "
+                         "kinds spread over the nodes and the comparison isolates the per-pod HCS path")
     args = ap.parse_args()
 
     hcs_cluster = harness("hcs_cluster", REPO / "e2e" / "cluster")
@@ -99,8 +107,10 @@ def main() -> int:
             c["resources"] = {"requests": {"ai.compute/vram": "1Gi"}}
         elif args.plain_node:
             spec["nodeSelector"] = {"kubernetes.io/hostname": args.plain_node}
-        return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{kind}-{run}-{i}", "labels": {"bench": run, "kind": kind}}, "spec": spec}
+        meta: dict[str, Any] = {"name": f"{kind}-{run}-{i}", "labels": {"bench": run, "kind": kind}}
+        if kind == "hcs" and args.hcs_spread:
+            meta["annotations"] = {"hcs.io/scheduling-policy": "spread"}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
     before = _handler_metrics(h)
     created: dict[str, float] = {}
@@ -147,6 +157,8 @@ def main() -> int:
     out["allocate_path"] = _handler_delta(before, after, set(out["hcs_nodes"]))
     if args.plain_node:
         out["diagnostic_plain_node"] = args.plain_node
+    if args.hcs_spread:
+        out["diagnostic_hcs_spread"] = True
     print(json.dumps(out))
     return 0
 
