@@ -832,8 +832,11 @@ class PluginCore:
         self.sweep_files()
         self.stopped.set()
         self.view.wake()
-        for worker in (self._disk, self._remote):
-            worker.shutdown(wait=True, cancel_futures=False)
+        # state-dir writes finish; queued Confirm/Release calls are dropped (each may wait 5 s for an
+        # allocator that is gone, e.g. scaled down first by helm uninstall's hook, and the agent must
+        # stop within its grace period: the allocator frees a deleted pod's reservation by itself)
+        self._disk.shutdown(wait=True, cancel_futures=False)
+        self._remote.shutdown(wait=True, cancel_futures=True)
 
 
 def _unhold(index: dict[Any, set[str]], key: Any, container: str) -> None:
