@@ -16,6 +16,10 @@ Prints {"hcs_start_p50_s", "hcs_start_p99_s", "plain_start_p50_s", "plain_start_
 "install_to_ready_s", "nodes", "hcs_nodes", "plain_nodes" (pods per node), ...}. ``--no-install`` skips step 1
 (install_to_ready_s is null). ``--plain-node NODE`` is a diagnostic, not the benchmark: plain pods pinned to
 one node (the one the allocator packed the ai.compute pods onto) compare the two kinds on one kubelet.
+``--hcs-spread`` is the other diagnostic: the ai.compute pods ask for the spread policy, so both kinds
+spread over the nodes. ``allocate_path`` reports, per node that ran ai.compute pods, the agent's handler
+times (GetPreferredAllocation, Allocate, PreStartContainer, and the parts of the first) and the kubelet's
+own Allocate RPC time, from /metrics before and after the burst.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ def main() -> int:
     ap.add_argument("--plain-node", default="",
                     help="diagnostic only, not the benchmark: pin the plain pods to this node (e.g. the node the "
                          "allocator packs the ai.compute pods onto) to compare the two kinds on one kubelet")
+    ap.add_argument("--hcs-spread", action="store_true",
+                    help="diagnostic only, not the benchmark: the ai.compute pods ask for the spread policy "
+                         "(annotation hcs.io/scheduling-policy: spread) instead of the default binpack, so both "
+                         "kinds spread over the nodes and the comparison isolates the per-pod HCS path")
     args = ap.parse_args()
 
     hcs_cluster = harness("hcs_cluster", REPO / "e2e" / "cluster")
@@ -99,9 +107,12 @@ def main() -> int:
             c["resources"] = {"requests": {"ai.compute/vram": "1Gi"}}
         elif args.plain_node:
             spec["nodeSelector"] = {"kubernetes.io/hostname": args.plain_node}
-        return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{kind}-{run}-{i}", "labels": {"bench": run, "kind": kind}}, "spec": spec}
+        meta: dict[str, Any] = {"name": f"{kind}-{run}-{i}", "labels": {"bench": run, "kind": kind}}
+        if kind == "hcs" and args.hcs_spread:
+            meta["annotations"] = {"hcs.io/scheduling-policy": "spread"}
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
+    before = _handler_metrics(h)
     created: dict[str, float] = {}
     running: dict[str, float] = {}
     placed: dict[str, str] = {}  # pod -> node
@@ -121,6 +132,7 @@ def main() -> int:
                                  f"{args.timeout:.0f} s")
             _poll(h, path, run, running, failed, placed)
             time.sleep(0.2)
+        after = _handler_metrics(h)
     finally:
         h.down()
     lat = {k: [running[n] - created[n] for n in running if n.startswith(k + "-")] for k in ("hcs", "plain")}
@@ -140,10 +152,91 @@ def main() -> int:
         "hcs_nodes": _per_node(placed, "hcs-"),
         "plain_nodes": _per_node(placed, "plain-"),
     }
+    # the HCS work on the kubelet's serial admission path (GetPreferredAllocation + Allocate), per node
+    # the ai.compute pods ran on: the agent's handler time and the kubelet's own Allocate RPC timing
+    out["allocate_path"] = _handler_delta(before, after, set(out["hcs_nodes"]))
     if args.plain_node:
         out["diagnostic_plain_node"] = args.plain_node
+    if args.hcs_spread:
+        out["diagnostic_hcs_spread"] = True
     print(json.dumps(out))
     return 0
+
+
+#: (metric family, label filter) scraped before and after the burst: the node agent's device-plugin handler
+#: histogram and the kubelet's Allocate RPC histogram (seen from the kubelet, transport included)
+_AGENT_FAMILY = "hcs_grpc_request_duration_seconds"
+_KUBELET_FAMILY = "kubelet_device_plugin_alloc_duration_seconds"
+_PHASE_FAMILY = "hcs_admission_phase_seconds"
+
+
+def _histograms(text: str, family: str, key_label: str, where: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Prometheus text -> {key label value: {"count", "sum", le: cumulative count}}, summed over other labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name != family:
+            continue
+        for s in fam.samples:
+            if any(s.labels.get(k) != v for k, v in where.items()):
+                continue
+            h = out.setdefault(s.labels.get(key_label, ""), {})
+            if s.name.endswith("_bucket"):
+                h[s.labels["le"]] = h.get(s.labels["le"], 0.0) + s.value
+            elif s.name.endswith("_count"):
+                h["count"] = h.get("count", 0.0) + s.value
+            elif s.name.endswith("_sum"):
+                h["sum"] = h.get("sum", 0.0) + s.value
+    return out
+
+
+def _handler_metrics(h: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """{node: {"agent:<method>" | "kubelet:Allocate": histogram}}; a node that cannot be scraped is left out."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    agents = {(p.get("spec") or {}).get("nodeName", ""): p for p in h.pods("node-agent")}
+    for node in h.nodes:
+        got: dict[str, dict[str, float]] = {}
+        pod = agents.get(node)
+        port = next((cp.get("containerPort") for c in ((pod or {}).get("spec") or {}).get("containers") or []
+                     for cp in c.get("ports") or [] if cp.get("name") == "metrics"), None)
+        if pod is not None and port:
+            r = h.kubectl("get", "--raw", f"/api/v1/namespaces/{pod['metadata']['namespace']}/pods/"
+                          f"{pod['metadata']['name']}:{port}/proxy/metrics", check=False, timeout=30)
+            if r.returncode == 0:
+                for method, hist in _histograms(r.stdout, _AGENT_FAMILY, "method", {}).items():
+                    got[f"agent:{method}"] = hist
+                for phase, hist in _histograms(r.stdout, _PHASE_FAMILY, "phase", {}).items():
+                    got[f"phase:{phase}"] = hist
+        r = h.kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/metrics", check=False, timeout=30)
+        if r.returncode == 0:
+            for _, hist in _histograms(r.stdout, _KUBELET_FAMILY, "resource_name",
+                                       {"resource_name": "ai.compute/slot"}).items():
+                got["kubelet:Allocate"] = hist
+        out[node] = got
+    return out
+
+
+def _handler_delta(before: dict[str, dict[str, dict[str, float]]], after: dict[str, dict[str, dict[str, float]]],
+                   nodes: set[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per node and call: calls during the burst, mean ms and the p99 bucket's upper bound in ms."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for node in sorted(nodes):
+        for call, hist in (after.get(node) or {}).items():
+            if call not in ("agent:GetPreferredAllocation", "agent:Allocate", "agent:PreStartContainer",
+                            "kubelet:Allocate") and not call.startswith("phase:"):
+                continue
+            old = (before.get(node) or {}).get(call) or {}
+            n = hist.get("count", 0.0) - old.get("count", 0.0)
+            if n <= 0:
+                continue
+            total = hist.get("sum", 0.0) - old.get("sum", 0.0)
+            les = sorted(((float(k), v - old.get(k, 0.0)) for k, v in hist.items() if k not in ("count", "sum")),
+                         key=lambda kv: kv[0])
+            p99 = next((le for le, c in les if c >= 0.99 * n), float("inf"))
+            out.setdefault(node, {})[call] = {"calls": int(n), "mean_ms": round(1000 * total / n, 2),
+                                              "p99_le_ms": round(1000 * p99, 2) if p99 != float("inf") else -1}
+    return out
 
 
 def _per_node(placed: dict[str, str], prefix: str) -> dict[str, int]:

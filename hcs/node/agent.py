@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,12 +37,48 @@ from hcs.node.deviceplugin import DevicePluginServicer, DeviceView, PluginCore
 from hcs.node.dra.plugin import DraPlugin
 from hcs.node.metrics import NodeMetrics
 from hcs.node.podresources import PodResourcesClient
+from hcs.node.recordcache import NodePodRecords
 from hcs.node.sources import AllocatorAssignmentSource, KubePodLister
 from hcs.node.state import Allocation
 
 log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_S = 5.0
+
+
+#: Allocation changes trigger a ComputeNode report at most this often (the first one at once).
+REPORT_MIN_GAP_S = 1.0
+
+
+class Coalesced:
+    """Calls ``fn`` at once, unless it ran less than ``min_gap_s`` ago: then once when the gap is over,
+    however many calls came meanwhile (a timer thread; never loses the last call)."""
+
+    def __init__(self, fn: Callable[[], None], min_gap_s: float) -> None:
+        self.fn = fn
+        self.min_gap_s = min_gap_s
+        self._lock = threading.Lock()
+        self._last = -float("inf")
+        self._timer: threading.Timer | None = None
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                return  # folded into the call already scheduled
+            wait = self._last + self.min_gap_s - time.monotonic()
+            if wait > 0:
+                self._timer = threading.Timer(wait, self._fire)
+                self._timer.daemon = True
+                self._timer.start()
+                return
+            self._last = time.monotonic()
+        self.fn()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        self.fn()
 
 
 class HealthChangeLike(Protocol):
@@ -132,14 +168,20 @@ class NodeAgent:
         self.source = source
         self.podres = PodResourcesClient(config.podResourcesSocket) if config.podResourcesSocket else None
         self.core = PluginCore(config, self.view, source, self.podres, self.metrics)
+        self.records: NodePodRecords | None = None
         if kube is not None and not isinstance(source, LocalAssignmentSource):
             # the allocator (or whatever placed the pod) may not have told us yet: read the pod's record
             self.core.record_lookup = KubePodLister(kube, config.nodeName).recorded
+            # ... kept by a watch, so the kubelet's admission of a burst makes no round trip per pod
+            self.records = NodePodRecords(kube, config.nodeName)
+            self.core.record_cache = self.records
         self.reporter: ComputeNodeReporter | None = None
         if kube is not None:
             self.reporter = ComputeNodeReporter(kube, config.nodeName, self._snapshot, config.reportInterval,
                                                 self.metrics)
-            self.core.on_change = self.reporter.trigger
+            # an admission burst changes the allocations once per pod: one ComputeNode write (a GET and a
+            # PATCH of the whole status) per change would compete with the kubelet's calls for this process
+            self.core.on_change = Coalesced(self.reporter.trigger, REPORT_MIN_GAP_S)
         self._server: grpc.Server | None = None
         self._sock_inode: tuple[int, int] | None = None
         self._kubelet_inode: tuple[int, int] | None = None
@@ -163,6 +205,8 @@ class NodeAgent:
             Path(cfg.cdiDir).mkdir(parents=True, exist_ok=True)
         if cfg.metricsPort:
             self.metrics_port = self.metrics.serve(cfg.metricsAddress, cfg.metricsPort)
+        if self.records is not None:
+            self.records.start()
         recovered = self.core.recover()
         if isinstance(self.source, LocalAssignmentSource):
             self.source.seed(_as_assignments(recovered))
@@ -187,6 +231,8 @@ class NodeAgent:
         if self.dra is not None:
             self.dra.stop()
         self.core.close()
+        if self.records is not None:
+            self.records.stop()
         if self.reporter is not None:
             self.reporter.stop()
         for t in self._threads:

@@ -23,11 +23,11 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import grpc
 
@@ -75,6 +75,16 @@ RECONCILE_GRACE_S = 10.0
 #: serial per node). Assignments fetched by the former serve the latter once, if this fresh, so the
 #: Allocate path needs no allocator/API round trip. They are fetched after the kubelet knew the pod.
 PREFETCH_TTL_S = 0.5
+#: How long an admission waits for the pod watch to deliver a pod the kubelet already knows.
+CACHE_CATCH_UP_S = 0.25
+
+
+class RecordCache(Protocol):
+    """The node's pods' verified records kept by a watch (``hcs.node.recordcache.NodePodRecords``)."""
+
+    def assignments(self) -> Sequence[Assignment] | None: ...
+
+    def catch_up(self, pods: Iterable[tuple[str, str]], timeout_s: float) -> bool: ...
 
 
 class PluginError(Exception):
@@ -161,9 +171,14 @@ class PluginCore:
         self._deferred: set[str] = set()
         self._deferred_since: dict[str, float] = {}
         self._prefetch: tuple[float, Sequence[Assignment]] | None = None
+        self._prefetch_cands: tuple[float, list[tuple[Assignment, ContainerAssignment]]] | None = None
         #: Second place to find an assignment when the source has none for an Allocate: the records on
         #: this node's pods in the API server (set by the agent in allocator mode; see _await_candidates).
         self.record_lookup: Callable[[], Sequence[Assignment]] | None = None
+        #: The same records kept by a watch (hcs.node.recordcache; set by the agent in allocator mode):
+        #: None from it means not synced. GetPreferredAllocation and Allocate read it instead of asking
+        #: the allocator, so the kubelet's serial admission of a burst pays no round trip per pod.
+        self.record_cache: RecordCache | None = None
         #: Allocate calls waiting for their assignment (slot IDs), for tests and debugging.
         self.awaiting: set[tuple[str, ...]] = set()
         #: Dropped allocations whose files sweep_files has not removed yet.
@@ -323,10 +338,17 @@ class PluginCore:
     def preferred(self, req: dp.PreferredAllocationRequest) -> dp.PreferredAllocationResponse:
         wanted: set[str] = set()
         try:
-            assignments = self.source.assignments()
-            with self._lock:
-                self._prefetch = (time.monotonic(), assignments)
-            cands = self._candidates(assignments)
+            cands = self._cached_candidates()
+            if cands is not None:  # the Allocate that follows (same pod: admissions are serial) reuses them
+                with self._lock:
+                    self._prefetch_cands = (time.monotonic(), cands)
+            else:  # no usable cache: ask the source, and keep its answer for the Allocate
+                t0 = time.perf_counter()
+                assignments = self.source.assignments()
+                self.metrics.admission_phase.labels("source").observe(time.perf_counter() - t0)
+                with self._lock:
+                    self._prefetch = (time.monotonic(), assignments)
+                cands = self._candidates(assignments)
             if len({a.pod.uid for a, _ in cands}) == 1:
                 wanted = {g.key for g in cands[0][1].devices}
         except Exception as exc:  # a preference is optional: never fail it
@@ -404,7 +426,15 @@ class PluginCore:
             if self._prefetch is not None and time.monotonic() - self._prefetch[0] <= PREFETCH_TTL_S:
                 prefetched = self._prefetch[1]
             self._prefetch = None
-            cands = self._candidates(prefetched) if prefetched is not None else []
+            cands = []
+            if self._prefetch_cands is not None and time.monotonic() - self._prefetch_cands[0] <= PREFETCH_TTL_S:
+                cands = self._prefetch_cands[1]
+            self._prefetch_cands = None
+        if not cands:
+            cands = self._cached_candidates() or []
+        with self._lock:
+            if not cands and prefetched is not None:
+                cands = self._candidates(prefetched)
             if not cands:
                 cands = self._candidates()
         if not cands:
@@ -453,6 +483,12 @@ class PluginCore:
             self.awaiting.add(ids)
         try:
             while True:
+                cands = self._cached_candidates() or []
+                if cands:
+                    log.info("Allocate %s: assignment of %s found in the watched records after %.2f s", list(ids),
+                             ", ".join(sorted({a.pod.ref for a, _ in cands})),
+                             self.config.allocateWaitSeconds - (deadline - time.monotonic()))
+                    return cands
                 if self.record_lookup is not None:
                     try:
                         recorded = self.record_lookup()
@@ -479,15 +515,42 @@ class PluginCore:
             with self._lock:
                 self.awaiting.discard(ids)
 
-    def _candidates(self, assignments: Sequence[Assignment] | None = None
-                    ) -> list[tuple[Assignment, ContainerAssignment]]:
+    def _cached_candidates(self) -> list[tuple[Assignment, ContainerAssignment]] | None:
+        """Candidates from the watched records (``record_cache``) without any API or allocator call,
+        restricted to pods the kubelet knows (its pod-resources List includes the pod it is admitting):
+        the watch may lag the kubelet's, so a record cached for another pod — one the kubelet rejected,
+        say — never stands alone for the pod being admitted. None when there is no cache, it is not
+        synced, or the kubelet cannot be asked: the caller asks the assignment source."""
+        cache = self.record_cache
+        if cache is None or self.podres is None or cache.assignments() is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            known, holders = self.podres.snapshot(self.config.resourceName)
+        except PodResourcesError as exc:
+            log.debug("%s; asking the assignment source", exc)
+            return None
+        t1 = time.perf_counter()
+        self.metrics.admission_phase.labels("kubelet_list").observe(t1 - t0)
+        # the pod being admitted is bound, so its record is on the API server: wait (briefly) for the watch
+        # to deliver every pod the kubelet knows rather than decide without it
+        cache.catch_up(known, CACHE_CATCH_UP_S)
+        self.metrics.admission_phase.labels("watch_catch_up").observe(time.perf_counter() - t1)
+        cached = cache.assignments() or []
+        return self._candidates([a for a in cached if (a.pod.namespace, a.pod.name) in known], holders)
+
+    def _candidates(self, assignments: Sequence[Assignment] | None = None,
+                    holders: Sequence[Holder] | None = None) -> list[tuple[Assignment, ContainerAssignment]]:
+        """``holders``: the kubelet's slot holders, when the caller already has them."""
         if assignments is None:
             assignments = self.source.assignments()
         kubelet: dict[tuple[str, str], set[str]] = {}
+        for h in holders or ():
+            kubelet.setdefault((h.namespace, h.pod), set()).add(h.container)
         with self._lock:
             # Every slot this agent handed out is in its records, except deferred ones (the kubelet
             # knows their owner) and ones recovery could not account for: only then ask the kubelet.
-            ask_kubelet = bool(self._deferred) or self._unaccounted
+            ask_kubelet = holders is None and (bool(self._deferred) or self._unaccounted)
         if self.podres is not None and ask_kubelet:
             try:
                 for h in self.podres.holders(self.config.resourceName):
@@ -769,8 +832,11 @@ class PluginCore:
         self.sweep_files()
         self.stopped.set()
         self.view.wake()
-        for worker in (self._disk, self._remote):
-            worker.shutdown(wait=True, cancel_futures=False)
+        # state-dir writes finish; queued Confirm/Release calls are dropped (each may wait 5 s for an
+        # allocator that is gone, e.g. scaled down first by helm uninstall's hook, and the agent must
+        # stop within its grace period: the allocator frees a deleted pod's reservation by itself)
+        self._disk.shutdown(wait=True, cancel_futures=False)
+        self._remote.shutdown(wait=True, cancel_futures=True)
 
 
 def _unhold(index: dict[Any, set[str]], key: Any, container: str) -> None:

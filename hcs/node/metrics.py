@@ -30,6 +30,11 @@ class NodeMetrics:
                                       ("outcome",), registry=r)
         self.grpc_latency = Histogram("hcs_grpc_request_duration_seconds", "Device-plugin gRPC handling time.",
                                       ("method", "code"), buckets=_GRPC_BUCKETS, registry=r)
+        self.admission_phase = Histogram(
+            "hcs_admission_phase_seconds",
+            "Parts of GetPreferredAllocation/Allocate: kubelet_list (pod-resources List), watch_catch_up "
+            "(waiting for the pod watch to deliver the kubelet's pods), source (GetNodeAssignments).",
+            ("phase",), buckets=_GRPC_BUCKETS, registry=r)
         self.registrations = Counter("hcs_kubelet_registrations_total", "Registrations with the kubelet.",
                                      ("result",), registry=r)
         self.health_events = Counter("hcs_device_health_changes_total", "Health changes seen.",

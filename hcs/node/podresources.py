@@ -42,6 +42,11 @@ class PodResourcesClient:
 
     def holders(self, resource_name: str) -> list[Holder]:
         """Every container holding device IDs of ``resource_name``. Raises PodResourcesError."""
+        return self.snapshot(resource_name)[1]
+
+    def snapshot(self, resource_name: str) -> tuple[set[tuple[str, str]], list[Holder]]:
+        """The kubelet's active pods as (namespace, name) — a pod being admitted is among them — and
+        every container holding device IDs of ``resource_name``, from one List. Raises PodResourcesError."""
         try:
             resp = self._stub.List(pr.ListPodResourcesRequest(), timeout=self.timeout_s)
         except grpc.RpcError as exc:
@@ -49,12 +54,14 @@ class PodResourcesClient:
                 f"kubelet pod-resources at {self.socket_path}: {exc.code().name}: {exc.details()}"
             ) from exc
         out: list[Holder] = []
+        pods: set[tuple[str, str]] = set()
         for pod in resp.pod_resources:
+            pods.add((pod.namespace, pod.name))
             for c in pod.containers:
                 ids = tuple(i for d in c.devices if d.resource_name == resource_name for i in d.device_ids)
                 if ids:
                     out.append(Holder(pod.namespace, pod.name, c.name, ids))
-        return out
+        return pods, out
 
     def close(self) -> None:
         self._channel.close()

@@ -19,6 +19,8 @@ import pytest
 from e2e_helpers import GiB, accel_pod, create, delete_pod, get_pod, name, run_to_completion, wait_phase
 from e2e_helpers import wait_for as _wait
 
+from hcs.kube import KubeError
+
 pytestmark = [pytest.mark.e2e, pytest.mark.chart_only]
 
 SEED = {"requests": {"ai.compute/vram": "16Gi", "ai.compute/tflops-fp16": "100"}}
@@ -337,6 +339,9 @@ def test_zz_helm_uninstall_leaves_only_the_crds(hcs_e2e: Any) -> None:
         "configmaps": f"/api/v1/namespaces/{h.release_namespace}/configmaps",
         "secrets": f"/api/v1/namespaces/{h.release_namespace}/secrets",
         "serviceaccounts": f"/api/v1/namespaces/{h.release_namespace}/serviceaccounts",
+        "roles": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{h.release_namespace}/roles",
+        "rolebindings": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{h.release_namespace}/rolebindings",
+        "jobs": f"/apis/batch/v1/namespaces/{h.release_namespace}/jobs",  # the pre-delete hook's, once done
         "clusterroles": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
         "clusterrolebindings": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
         "mutating": "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations",
@@ -365,6 +370,18 @@ def test_zz_helm_uninstall_leaves_only_the_crds(hcs_e2e: Any) -> None:
                   .get("items") or [] if s["spec"].get("driver") == "ai.compute"]
         if slices:
             out["resourceslices"] = slices
+        # the leader-election Leases carry no release label: the pre-delete hook (templates/uninstall-hook.yaml)
+        # stops the allocator pods while their RBAC exists and deletes both, so none names a pod that is gone
+        leases = []
+        for lease in (f"{h.release}-allocator", h.scheduler_name):
+            try:
+                h.rest.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{h.release_namespace}/leases/{lease}")
+                leases.append(lease)
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+        if leases:
+            out["leases"] = leases
         return out
 
     deadline = time.monotonic() + 120

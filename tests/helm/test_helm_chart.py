@@ -731,3 +731,24 @@ def test_node_agent_cpu_affinity_reaches_its_config(rendered: Render) -> None:
         docs = rendered((), nodeAgent__cpuAffinity=value)
         cfg = node_config(section(component_configs(docs)["node"], "node"), source="chart", nodeName="n")
         assert cfg.cpuAffinity == expected
+
+
+def test_uninstall_hook_releases_the_leases_with_the_least_rbac(rendered: Render) -> None:
+    """helm uninstall's pre-delete hook stops the allocator while its RBAC exists and deletes the two
+    leader-election Leases (tests/e2e test_zz_helm_uninstall_leaves_only_the_crds runs it for real)."""
+    docs = rendered()
+    hooked = {(d["kind"], d["metadata"]["name"]) for d in docs
+              if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "pre-delete"}
+    assert hooked == {(k, "hcs-uninstall") for k in ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job")}
+    job = one(docs, "Job", "hcs-uninstall")
+    env = {e["name"]: e["value"] for e in container(job, "uninstall")["env"]}
+    assert env["DEPLOYMENT"] == "hcs-allocator" and env["LEASES"] == "hcs-allocator,hcs-scheduler"
+    rules = one(docs, "Role", "hcs-uninstall")["rules"]
+    assert {(tuple(r["resources"]), tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in rules} == {
+        (("deployments/scale",), ("patch",), ("hcs-allocator",)),
+        (("pods",), ("list",), ()),
+        (("leases",), ("delete",), ("hcs-allocator", "hcs-scheduler")),
+    }
+    script = one(docs, "ConfigMap", "hcs-uninstall")["data"]["uninstall-hook.py"]
+    assert script == (CHART / "files" / "uninstall-hook.py").read_text()
+    assert not find(rendered(scheduler__enabled=False), "Job")

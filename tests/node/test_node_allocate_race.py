@@ -212,3 +212,44 @@ def test_allocate_never_uses_a_forged_record(
         assert "no pending HCS assignment" in p["status"].get("message", ""), p["status"]
         assert time.monotonic() - t0 >= agent.config.allocateWaitSeconds - 1  # it did wait for a genuine one
         assert agent.core.allocations() == []
+
+
+def test_admission_reads_the_watched_record_without_asking_the_allocator(
+        rest: KubeRest, kube_cluster: Any, record_key: RecordKey, agent_on_real_kubelet: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet admits pods one at a time and waits on GetPreferredAllocation and Allocate: with the
+    record already in the agent's watch (the allocator writes it before the Binding), neither call asks the
+    allocator (here a standby that would answer UNAVAILABLE after retries) nor lists pods. The agent's
+    watch may deliver the bound pod after the kubelet does: the admission waits for it (a generous bound
+    here, so a loaded machine cannot make the test take the fallback)."""
+    import hcs.node.deviceplugin as deviceplugin
+
+    monkeypatch.setattr(deviceplugin, "CACHE_CATCH_UP_S", 20.0)
+    agent = agent_on_real_kubelet
+    node = kube_cluster.node_name
+    assert agent.records is not None and agent.records.wait_synced(30)
+    calls: list[str] = []
+    real_assignments, real_lookup = agent.core.source.assignments, agent.core.record_lookup
+
+    def counted_assignments() -> Any:
+        calls.append("GetNodeAssignments")
+        return real_assignments()
+
+    def counted_lookup() -> Any:
+        calls.append("list pods")
+        return real_lookup()
+
+    agent.core.source.assignments = counted_assignments
+    agent.core.record_lookup = counted_lookup
+    try:
+        with _pod(rest, kube_cluster, "hcs-race-cached") as pod:
+            name = pod["metadata"]["name"]
+            _annotate(rest, name, _record(pod, node, 1, record_key))
+            _bind(rest, name, node)
+            p = _finished(rest, name)
+            assert p["status"]["phase"] == "Succeeded", p["status"]
+            assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in kube_cluster.kubectl("logs", "-n", NS, name).stdout
+            assert calls == []
+    finally:
+        agent.core.source.assignments = real_assignments
+        agent.core.record_lookup = real_lookup

@@ -284,3 +284,27 @@ def test_preferred_allocation_prefers_candidate_device_then_island_then_numa() -
             assert pref([], 1) == ["s006"]
         finally:
             agent.stop()
+
+
+def test_stop_does_not_wait_for_queued_allocator_calls_when_the_allocator_is_gone() -> None:
+    """helm uninstall's hook stops the allocator before the DaemonSet's agents: an agent with many queued
+    Release calls (each waits up to 5 s for an allocator) still stops well inside its grace period, so it
+    removes its device-plugin socket instead of being cut off (it took 20 s and exited 1 before)."""
+    import threading
+
+    from hcs.node.sources import AllocatorAssignmentSource
+
+    with node_env() as env:
+        source = AllocatorAssignmentSource(f"unix://{env.root}/no-allocator.sock", "node-a")
+        agent = NodeAgent(env.config, [device(Vendor.NVIDIA, 0, 80)], source=source).start()
+        try:
+            for i in range(20):
+                agent.core._tell_source(source.release, f"uid-{i}")
+            agent.core.release_background()
+            stopper = threading.Thread(target=agent.stop, daemon=True)
+            stopper.start()
+            stopper.join(30)  # 20 queued calls x 5 s would be 100 s
+            assert not stopper.is_alive()
+            assert not Path(env.config.plugin_socket).exists()
+        finally:
+            source.close()

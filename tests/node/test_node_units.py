@@ -172,3 +172,27 @@ def test_computenode_spec_and_status() -> None:
     st = build_status(sick, {}, now="2026-01-01T00:00:00Z")
     assert st["phase"] == "Degraded" and st["vramAllocatableBytes"] == 48 * GiB
     assert build_status([], {})["phase"] == "NotReady"
+
+
+def test_allocation_changes_coalesce_into_few_computenode_reports() -> None:
+    """A burst of allocation changes (one per admitted pod) makes one report at once and one after the gap,
+    never one per change, and the last change is never lost."""
+    import threading
+
+    from hcs.node.agent import Coalesced
+
+    calls: list[int] = []
+    slow = Coalesced(lambda: calls.append(1), 3600)
+    for _ in range(50):
+        slow()
+    assert calls == [1]  # the first change reported at once, the other 49 folded into one pending call
+    assert slow._timer is not None and slow._timer.is_alive()
+    slow._timer.cancel()
+
+    done = threading.Event()
+    fast = Coalesced(done.set, 0.2)
+    fast()
+    assert done.is_set()
+    done.clear()
+    fast()  # inside the gap: not now, but once the gap is over
+    assert done.wait(30)
