@@ -84,7 +84,7 @@ static hcs_compute_log_fn log_fn;
 static hcs_compute_resolve_fn resolve_fn;
 static char ledger_dir[1024];
 static bool ledger_shared;
-static const char *const rt_names[HCS_RT_COUNT] = {"cuda", "acl", "hip", "cnrt"};
+static const char *const rt_names[HCS_RT_COUNT] = {"cuda", "acl", "hip", "cnrt", "cndrv"};
 
 static void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(int level, const char *fmt, ...) {
@@ -382,9 +382,10 @@ static int timing(struct pdev *p, int ordinal, uint64_t *done_ns, uint64_t *pend
 
 static bool pdev_setup(int rt, int dev, struct pdev *p) {
     static const char *const time_syms[HCS_RT_COUNT] = {"hcs_sim_cuda_device_time", "hcs_sim_acl_device_time",
-                                                       "hcs_sim_hip_device_time", "hcs_sim_cnrt_device_time"};
+                                                       "hcs_sim_hip_device_time", "hcs_sim_cnrt_device_time",
+                                                       "hcs_sim_cndrv_device_time"};
     static const char *const sync_syms[HCS_RT_COUNT] = {"cuCtxSynchronize", "aclrtSynchronizeDevice",
-                                                       "hipDeviceSynchronize", "cnrtSyncDevice"};
+                                                       "hipDeviceSynchronize", "cnrtSyncDevice", "cnCtxSync"};
     void *f = resolve_fn != NULL ? resolve_fn(rt, time_syms[rt]) : NULL;
     p->timing = (time_fn)f;
     p->sync = resolve_fn != NULL ? (sync_fn)resolve_fn(rt, sync_syms[rt]) : NULL;

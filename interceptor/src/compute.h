@@ -34,7 +34,9 @@
 
 #include "region.h"
 
-enum hcs_rt { HCS_RT_CUDA = 0, HCS_RT_ACL = 1, HCS_RT_HIP = 2, HCS_RT_CNRT = 3, HCS_RT_COUNT = 4 };
+/* HCS_RT_CNDRV: Cambricon launches through the driver API (cnInvokeKernel); the same device and,
+ * under the agent (device key = UUID), the same ledger as CNRT's. */
+enum hcs_rt { HCS_RT_CUDA = 0, HCS_RT_ACL = 1, HCS_RT_HIP = 2, HCS_RT_CNRT = 3, HCS_RT_CNDRV = 4, HCS_RT_COUNT = 5 };
 enum hcs_compute_policy { HCS_POLICY_HARD = 0, HCS_POLICY_BURST = 1 };
 
 #define HCS_SHARE_NONE 0.0 /* no limit on the device */
