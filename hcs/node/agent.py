@@ -134,7 +134,10 @@ class NodeAgent:
         self.core = PluginCore(config, self.view, source, self.podres, self.metrics)
         if kube is not None and not isinstance(source, LocalAssignmentSource):
             # the allocator (or whatever placed the pod) may not have told us yet: read the pod's record
-            self.core.record_lookup = KubePodLister(kube, config.nodeName).recorded
+            lister = KubePodLister(kube, config.nodeName)
+            self.core.record_lookup = lister.recorded
+            # nor its hcs.io/compute-policy: the share file's policy is read from the pod
+            self.core.policy_lookup = lister.compute_policy
         self.reporter: ComputeNodeReporter | None = None
         if kube is not None:
             self.reporter = ComputeNodeReporter(kube, config.nodeName, self._snapshot, config.reportInterval,
