@@ -24,8 +24,8 @@
 #define CL_VERSION 1u
 #define CL_GROUPS 48
 #define CL_MEMBERS 32
-#define CAP_WINDOW_NS 100000000.0  /* tokens saved up to share x 100 ms of device time */
-#define INIT_WINDOW_NS 100000000.0 /* a new group starts with share x 100 ms of device time */
+#define CAP_WINDOW_NS 250000000.0  /* tokens saved up to share x 250 ms of device time */
+#define INIT_WINDOW_NS 250000000.0 /* a new group starts with share x 250 ms of device time */
 #define BURST_QUEUE_NS 20000000ll  /* burst: at most 20 ms of device time queued beyond the tokens */
 #define DEMAND_WINDOW_NS 50000000ull /* "asked for time in the last 50 ms" */
 #define CHECK_EVERY_NS 5000000.0   /* re-account at least every ~5 ms of the group's device time */

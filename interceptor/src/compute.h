@@ -13,7 +13,8 @@
  *  - the group's budget is a token bucket of device time in a per-device ledger shared by every
  *    process of every container on the device (robust process-shared mutex in a shared-memory
  *    file, like the VRAM ledger it survives any process dying at any instruction): it fills at
- *    share x wall time (capped at, and starting with, share x 100 ms), completed device time is
+ *    share x wall time (capped at, and starting with, share x 250 ms: the work a container may keep
+ *    queued, so a host stall shorter than that does not idle the device), completed device time is
  *    taken out of it;
  *  - a launch is admitted while tokens - the group's queued work >= one kernel: queued work never
  *    exceeds what the group has earned, so executed device time never runs ahead of the share
