@@ -67,6 +67,14 @@ def test_operator_and_driver_launch_paths_hold_the_share(node: SimNode, path: st
     assert all(int(r["launches"]) > 0 for r, _ in results)  # type: ignore[call-overload]
 
 
+def test_aclnn_executor_called_through_dlsym_is_limited_too(node: SimNode) -> None:
+    """A framework that looks CommonOpExecutorRun up with dlsym (its mangled name) gets the hook."""
+    p = node.workload("aclnn", 2.5, T_COMPUTE_DLSYM="1", **limited(0.30, "dlsym"))
+    got = node.shares("aclnn", [p], 0.5, 2.3)
+    finish([p])
+    assert near(got[0], 0.30), got
+
+
 @pytest.mark.parametrize("path", ["acl-op", "aclnn", "cndrv"])
 def test_operator_and_driver_launch_paths_without_the_interceptor_take_the_device(node: SimNode, path: str) -> None:
     """The control: the same operator / driver launches without libhcs_interceptor.so are not
