@@ -216,3 +216,5 @@ def test_real_kubelet_pod_with_a_tflops_claim_sees_its_share_and_policy(kube_clu
         with contextlib.suppress(KubeError):
             rest.request("DELETE", f"/api/v1/namespaces/{ns}/pods/drashare", query={"gracePeriodSeconds": "0"})
         delete_namespace(rest, ns)
+        with contextlib.suppress(KubeError):
+            rest.request("DELETE", f"{RESOURCE_API}/deviceclasses/{CLASS}")
