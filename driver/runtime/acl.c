@@ -298,6 +298,112 @@ EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t blockDim,
     return sim_rc(sim_dev_launch(SIM_VENDOR_ASCEND, dev, flops, NULL));
 }
 
+/* ---- operator execution (acl_op.h). A simulated op is one kernel whose cost in floating-point
+ * operations is the unsigned long long at inputs[0]'s data address (the op type, descriptors and
+ * attributes are not looked at). Enqueued on the device directly, as the real library does through
+ * its runtime, never through the exported aclrtLaunchKernel. */
+
+#define BUF_MAGIC 0x41444231u
+#define HANDLE_MAGIC 0x41504831u
+
+struct aclDataBuffer {
+    unsigned magic;
+    void *data;
+    size_t size;
+};
+
+struct aclopHandle {
+    unsigned magic;
+};
+
+EXPORT aclDataBuffer *aclCreateDataBuffer(void *data, size_t size) {
+    struct aclDataBuffer *b = malloc(sizeof *b);
+    if (b != NULL) {
+        b->magic = BUF_MAGIC;
+        b->data = data;
+        b->size = size;
+    }
+    return b;
+}
+
+EXPORT aclError aclDestroyDataBuffer(const aclDataBuffer *dataBuffer) {
+    struct aclDataBuffer *b = (struct aclDataBuffer *)dataBuffer;
+    if (b == NULL || b->magic != BUF_MAGIC)
+        return ACL_ERROR_INVALID_PARAM;
+    b->magic = 0;
+    free(b);
+    return ACL_SUCCESS;
+}
+
+static aclError op_run(int numInputs, const aclDataBuffer *const inputs[], aclrtStream stream) {
+    if (numInputs < 1 || inputs == NULL || inputs[0] == NULL || inputs[0]->magic != BUF_MAGIC ||
+        inputs[0]->data == NULL || inputs[0]->size < sizeof(unsigned long long))
+        return ACL_ERROR_INVALID_PARAM;
+    int dev;
+    aclError rc = stream_dev(stream, &dev);
+    if (rc != ACL_SUCCESS)
+        return rc;
+    unsigned long long flops;
+    memcpy(&flops, inputs[0]->data, sizeof flops);
+    return sim_rc(sim_dev_launch(SIM_VENDOR_ASCEND, dev, flops, NULL));
+}
+
+EXPORT aclError aclopExecute(const char *opType, int numInputs, const aclTensorDesc *const inputDesc[],
+                             const aclDataBuffer *const inputs[], int numOutputs,
+                             const aclTensorDesc *const outputDesc[], aclDataBuffer *const outputs[],
+                             const aclopAttr *attr, aclrtStream stream) {
+    (void)inputDesc, (void)numOutputs, (void)outputDesc, (void)outputs, (void)attr;
+    if (opType == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    return op_run(numInputs, inputs, stream);
+}
+
+EXPORT aclError aclopExecuteV2(const char *opType, int numInputs, aclTensorDesc *inputDesc[], aclDataBuffer *inputs[],
+                               int numOutputs, aclTensorDesc *outputDesc[], aclDataBuffer *outputs[],
+                               aclopAttr *attr, aclrtStream stream) {
+    (void)inputDesc, (void)numOutputs, (void)outputDesc, (void)outputs, (void)attr;
+    if (opType == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    return op_run(numInputs, (const aclDataBuffer *const *)inputs, stream);
+}
+
+EXPORT aclError aclopCreateHandle(const char *opType, int numInputs, const aclTensorDesc *const inputDesc[],
+                                  int numOutputs, const aclTensorDesc *const outputDesc[], const aclopAttr *opAttr,
+                                  aclopHandle **handle) {
+    (void)numInputs, (void)inputDesc, (void)numOutputs, (void)outputDesc, (void)opAttr;
+    if (opType == NULL || handle == NULL)
+        return ACL_ERROR_INVALID_PARAM;
+    struct aclopHandle *h = malloc(sizeof *h);
+    if (h == NULL)
+        return ACL_ERROR_RT_MEMORY_ALLOCATION;
+    h->magic = HANDLE_MAGIC;
+    *handle = h;
+    return ACL_SUCCESS;
+}
+
+EXPORT void aclopDestroyHandle(aclopHandle *handle) {
+    if (handle != NULL && handle->magic == HANDLE_MAGIC) {
+        handle->magic = 0;
+        free(handle);
+    }
+}
+
+EXPORT aclError aclopExecWithHandle(aclopHandle *handle, int numInputs, const aclDataBuffer *const inputs[],
+                                    int numOutputs, aclDataBuffer *const outputs[], aclrtStream stream) {
+    (void)numOutputs, (void)outputs;
+    if (handle == NULL || handle->magic != HANDLE_MAGIC)
+        return ACL_ERROR_INVALID_PARAM;
+    return op_run(numInputs, inputs, stream);
+}
+
+/* What the simulated libnnopbase.so's CommonOpExecutorRun enqueues an aclnn operator's kernels
+ * with (the real one: the runtime's rtKernelLaunch, below the ACL API): not an ACL entry point. */
+EXPORT aclError hcs_sim_acl_enqueue(aclrtStream stream, unsigned long long flops) {
+    int dev;
+    aclError rc = stream_dev(stream, &dev);
+    return rc != ACL_SUCCESS ? rc : sim_rc(sim_dev_launch(SIM_VENDOR_ASCEND, dev, flops, NULL));
+}
+
 EXPORT aclError aclrtCreateEvent(aclrtEvent *event) {
     if (event == NULL)
         return ACL_ERROR_INVALID_PARAM;

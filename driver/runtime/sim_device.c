@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,13 +20,14 @@
 #include "sim_mem.h"
 
 #define SHM_MAGIC 0x48435344u /* "HCSD" */
-#define SHM_VERSION 1u
+#define SHM_VERSION 2u
 #define GC_EVERY_NS 100000000ull /* look for dead processes' contexts every 100 ms */
 #define WAIT_MAX_NS 50000000ull  /* re-check at least every 50 ms while waiting */
 
 struct ctx {
     int32_t pid;
     int32_t pad;
+    uint64_t start; /* the process's start time (/proc/<pid>/stat): same pid + start = same process */
     uint64_t submitted_ns; /* cumulative device time queued */
     uint64_t done_ns;      /* cumulative device time executed */
     uint64_t launches;
@@ -54,6 +56,30 @@ struct local {
 };
 
 static pthread_mutex_t setup_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* Field 22 of /proc/self/stat (start time in clock ticks since boot); 0 when unreadable. Every
+ * simulated runtime links its own copy of this file: a process using two of them (CNRT and CNDrv,
+ * ACL and its operator libraries) must find its one context, not reset it as a recycled pid's. */
+static uint64_t self_start(void) {
+    char buf[1024];
+    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (p == NULL)
+        return 0;
+    /* after ") ": field 3 (state) onwards; start time is field 22 */
+    int field = 2;
+    for (p++; *p != '\0' && field < 22; p++)
+        if (*p == ' ')
+            field++;
+    return strtoull(p, NULL, 10);
+}
 static struct local locals[SIM_VENDOR_COUNT][SIM_MAX_DEVICES];
 
 static uint64_t mono_ns(void) {
@@ -217,9 +243,13 @@ static int attach(sim_vendor_t v, int dev, struct local **out) {
         lock(s);
         advance(s);
         int slot = -1;
+        uint64_t start = self_start();
+        bool mine = false;
         for (int i = 0; i < SIM_DEV_MAX_CTX && slot < 0; i++)
-            if (s->ctx[i].pid == me)
-                slot = i; /* a recycled pid: the old context is gone */
+            if (s->ctx[i].pid == me) {
+                slot = i; /* ours (another runtime library of this process), or a recycled pid's */
+                mine = start != 0 && s->ctx[i].start == start;
+            }
         for (int i = 0; i < SIM_DEV_MAX_CTX && slot < 0; i++)
             if (s->ctx[i].pid == 0)
                 slot = i;
@@ -229,9 +259,10 @@ static int attach(sim_vendor_t v, int dev, struct local **out) {
                 if (s->ctx[i].pid == 0)
                     slot = i;
         }
-        if (slot >= 0) {
+        if (slot >= 0 && !mine) {
             memset(&s->ctx[slot], 0, sizeof s->ctx[slot]);
             s->ctx[slot].pid = me;
+            s->ctx[slot].start = start;
         }
         unlock(s);
         if (slot < 0) {

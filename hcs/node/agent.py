@@ -171,10 +171,18 @@ class NodeAgent:
         self.records: NodePodRecords | None = None
         if kube is not None and not isinstance(source, LocalAssignmentSource):
             # the allocator (or whatever placed the pod) may not have told us yet: read the pod's record
-            self.core.record_lookup = KubePodLister(kube, config.nodeName).recorded
+            lister = KubePodLister(kube, config.nodeName)
+            self.core.record_lookup = lister.recorded
             # ... kept by a watch, so the kubelet's admission of a burst makes no round trip per pod
-            self.records = NodePodRecords(kube, config.nodeName)
-            self.core.record_cache = self.records
+            records = self.records = NodePodRecords(kube, config.nodeName)
+            self.core.record_cache = records
+
+            def policy(uid: str) -> str:
+                # nor its hcs.io/compute-policy: the share file's policy is the pod's, from the watch
+                # (the API server only while the watch has not delivered the pod)
+                got = records.compute_policy(uid)
+                return got if got is not None else lister.compute_policy(uid)
+            self.core.policy_lookup = policy
         self.reporter: ComputeNodeReporter | None = None
         if kube is not None:
             self.reporter = ComputeNodeReporter(kube, config.nodeName, self._snapshot, config.reportInterval,

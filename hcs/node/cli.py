@@ -159,6 +159,7 @@ def _dra_plugin(dra_section: Any, config: Any, devices: Any, rest: Any, source: 
     cfg = DraConfig.from_mapping(dra_section, node_name=config.nodeName, source=f"{source} node.dra")
     if not config.deviceIsolation:
         cfg = cfg.with_overrides(device_isolation=False)
+    cfg = cfg.with_overrides(compute_dir=config.computeDir, compute_policy=config.computePolicy)
     return DraPlugin(cfg, devices, rest.api_client)
 
 

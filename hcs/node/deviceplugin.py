@@ -179,6 +179,10 @@ class PluginCore:
         #: None from it means not synced. GetPreferredAllocation and Allocate read it instead of asking
         #: the allocator, so the kubelet's serial admission of a burst pays no round trip per pod.
         self.record_cache: RecordCache | None = None
+        #: A pod's hcs.io/compute-policy by uid when its assignment did not carry it (allocator mode:
+        #: the allocator's assignments have none; set by the agent). Asked only for pods granted tflops.
+        self.policy_lookup: Callable[[str], str] | None = None
+        self._policies: dict[str, str] = {}
         #: Allocate calls waiting for their assignment (slot IDs), for tests and debugging.
         self.awaiting: set[tuple[str, ...]] = set()
         #: Dropped allocations whose files sweep_files has not removed yet.
@@ -278,10 +282,29 @@ class PluginCore:
                      quota_file_text([g.vram_bytes for g in grants], shares))
         compute = ""
         if any(s is not None for s in shares):
+            policy = policy or self._looked_up_policy(pod_uid)
             compute = compute_share_text(shares, policy or self.config.computePolicy, f"{pod_uid}_{container}")
         create_ledger(self.ledger_dir(pod_uid, container), uuids, compute)
         if self.config.interceptorDir:
             ensure_preload_file(self.preload_file())
+
+    def _looked_up_policy(self, pod_uid: str) -> str:
+        """``policy_lookup`` of the pod, remembered per pod (its containers share it); "" (the node's
+        default) when there is no lookup or it fails."""
+        if self.policy_lookup is None:
+            return ""
+        got = self._policies.get(pod_uid)
+        if got is None:
+            try:
+                got = self.policy_lookup(pod_uid)
+            except Exception as exc:  # the API server may be down: the node's default, never looser
+                log.warning("reading the compute policy of pod %s failed (%s); using the node's default %s",
+                            pod_uid, exc, self.config.computePolicy)
+                return ""
+            if len(self._policies) >= 4096:
+                self._policies.pop(next(iter(self._policies)))
+            self._policies[pod_uid] = got
+        return got
 
     def _files_after_reply(self, rec: _Record) -> None:
         """Background: write a new allocation's files unless PreStartContainer (or a drop) came first."""

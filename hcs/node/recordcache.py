@@ -54,7 +54,8 @@ class NodePodRecords:
         d = demand_from_pod(pod, self.records, self.node)
         meta = pod.get("metadata") or {}
         return {"key": (str(meta.get("namespace", "")), str(meta.get("name", ""))),
-                "assigned": d.assigned if d is not None else None}
+                "assigned": d.assigned if d is not None else None,
+                "uid": str(meta.get("uid", "")), "compute_policy": d.pod.compute_policy if d is not None else ""}
 
     def _on_change(self, etype: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         with self._changed:
@@ -98,6 +99,16 @@ class NodePodRecords:
         if not self.informer.synced:
             return None
         return [o["assigned"] for o in self.informer.values() if o["assigned"] is not None]
+
+    def compute_policy(self, pod_uid: str) -> str | None:
+        """The ``hcs.io/compute-policy`` of this node's pod ``pod_uid`` ("" = none, or the pod asks for no
+        VRAM); None when the watch is not synced or has not delivered the pod (ask the API server)."""
+        if not self.informer.synced:
+            return None
+        for o in self.informer.values():
+            if o["uid"] == pod_uid:
+                return str(o["compute_policy"])
+        return None
 
     def start(self) -> NodePodRecords:
         self.informer.start()

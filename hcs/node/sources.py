@@ -122,6 +122,14 @@ class KubePodLister:
         record before it binds the pod, so a pod the kubelet admits always has its record here."""
         return [d.assigned for d in self() if d.assigned is not None]
 
+    def compute_policy(self, pod_uid: str) -> str:
+        """The ``hcs.io/compute-policy`` of this node's pod ``pod_uid`` ("" when it has none, asks for
+        no VRAM, or is not on this node): the allocator's assignments carry no policy, the pod does."""
+        for d in self():
+            if d.pod.uid == pod_uid:
+                return d.pod.compute_policy
+        return ""
+
     def annotate(self, a: Assignment) -> None:
         """Write the (local policy's) assignment onto the pod, signed, as the allocator does."""
         text = dumps(a, node=self.node)

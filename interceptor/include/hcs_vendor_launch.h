@@ -1,6 +1,7 @@
 /*
  * hcs_vendor_launch.h - the kernel-launch, stream, event and graph subset of the vendor ABIs that
- * HCS's compute limits touch (cuda.h, acl/acl_rt.h, hip/hip_runtime_api.h, cnrt.h). Declared as
+ * HCS's compute limits touch (cuda.h, acl/acl_rt.h, acl/acl_op.h, aclnn, hip/hip_runtime_api.h, cnrt.h,
+ * cn_api.h). Declared as
  * the vendors' own headers do, so the interceptor, the simulated runtimes (driver/runtime) and the
  * tests build without any vendor SDK. Kept apart from hcs_vendor_abi.h (the VRAM subset).
  *
@@ -88,6 +89,41 @@ aclError aclrtDestroyEvent(aclrtEvent event);
 aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t blockDim, const void *argsData, size_t argsSize,
                            aclrtStream stream);
 
+/* Operator execution (acl/acl_op.h; libascendcl.so). Simulated ops: the cost in floating-point
+ * operations is the unsigned long long at the data address of inputs[0]. */
+typedef struct aclTensorDesc aclTensorDesc;
+typedef struct aclDataBuffer aclDataBuffer;
+typedef struct aclopAttr aclopAttr;
+typedef struct aclopHandle aclopHandle;
+aclDataBuffer *aclCreateDataBuffer(void *data, size_t size);
+aclError aclDestroyDataBuffer(const aclDataBuffer *dataBuffer);
+aclError aclopExecute(const char *opType, int numInputs, const aclTensorDesc *const inputDesc[],
+                      const aclDataBuffer *const inputs[], int numOutputs, const aclTensorDesc *const outputDesc[],
+                      aclDataBuffer *const outputs[], const aclopAttr *attr, aclrtStream stream);
+aclError aclopExecuteV2(const char *opType, int numInputs, aclTensorDesc *inputDesc[], aclDataBuffer *inputs[],
+                        int numOutputs, aclTensorDesc *outputDesc[], aclDataBuffer *outputs[], aclopAttr *attr,
+                        aclrtStream stream);
+aclError aclopCreateHandle(const char *opType, int numInputs, const aclTensorDesc *const inputDesc[], int numOutputs,
+                           const aclTensorDesc *const outputDesc[], const aclopAttr *opAttr, aclopHandle **handle);
+void aclopDestroyHandle(aclopHandle *handle);
+aclError aclopExecWithHandle(aclopHandle *handle, int numInputs, const aclDataBuffer *const inputs[], int numOutputs,
+                             aclDataBuffer *const outputs[], aclrtStream stream);
+
+/* aclnn two-phase operator API (CANN opapi): aclnnXxxGetWorkspaceSize(..., &workspaceSize, &executor)
+ * then aclnnXxx(workspace, workspaceSize, executor, stream), which every generated op implements as
+ * a call of libnnopbase.so's CommonOpExecutorRun - a C++ function (opdev/op_executor.h, no extern
+ * "C"), so its symbol is the Itanium-mangled name below (uint64_t = unsigned long on LP64 Linux,
+ * aclrtStream = void *). */
+typedef int32_t aclnnStatus;
+typedef struct aclOpExecutor aclOpExecutor;
+#define HCS_COMMON_OP_EXECUTOR_RUN_SYM "_Z19CommonOpExecutorRunPvmP13aclOpExecutorS_"
+aclnnStatus CommonOpExecutorRun(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor,
+                                aclrtStream stream) __asm__(HCS_COMMON_OP_EXECUTOR_RUN_SYM);
+#define ACLNN_ERR_INNER 561000
+/* The simulated opapi's one operator (libopapi.so): a kernel of `flops` floating-point operations. */
+aclnnStatus aclnnHcsSimFlopsGetWorkspaceSize(uint64_t flops, uint64_t *workspaceSize, aclOpExecutor **executor);
+aclnnStatus aclnnHcsSimFlops(void *workspace, uint64_t workspaceSize, aclOpExecutor *executor, aclrtStream stream);
+
 /* ------------------------------------------------------------------ HIP */
 typedef struct hipModule_st *hipModule_t;
 typedef struct hipFunction_st *hipFunction_t;
@@ -145,6 +181,37 @@ cnrtRet_t cnrtWaitNotifier(cnrtNotifier_t notifier);
 cnrtRet_t cnrtNotifierDestroy(cnrtNotifier_t notifier);
 cnrtRet_t cnrtInvokeKernel(const void *function, cnrtDim3_t dim, cnrtFunctionType_t ktype, void **args,
                            size_t reserved, cnrtQueue_t queue);
+
+/* ------------------------------------------------------------------ Cambricon CNDrv (cn_api.h, libcndrv.so) */
+typedef int CNresult;
+typedef int CNdev;
+typedef struct CNcontext_st *CNcontext;
+typedef struct CNqueue_st *CNqueue;
+typedef struct CNkernel_st *CNkernel;
+typedef struct CNnotifier_st *CNnotifier;
+typedef int KernelClass;
+#define CN_SUCCESS 0
+#define CN_ERROR_NOT_INITIALIZED 100002
+#define CN_ERROR_INVALID_DEVICE 100005
+#define CN_ERROR_INVALID_VALUE 100006
+#define CN_ERROR_INVALID_HANDLE 100014
+#define CN_CONTEXT_ERROR_INVALID 100201
+CNresult cnInit(unsigned int flags);
+CNresult cnDeviceGet(CNdev *device, int ordinal);
+CNresult cnCtxCreate(CNcontext *pctx, unsigned int flags, CNdev dev);
+CNresult cnCtxSetCurrent(CNcontext ctx);
+CNresult cnCtxGetDevice(CNdev *device);
+CNresult cnCtxSync(void);
+CNresult cnCreateQueue(CNqueue *pQueue, unsigned int flags);
+CNresult cnDestroyQueue(CNqueue queue);
+CNresult cnQueueSync(CNqueue queue);
+CNresult cnCreateNotifier(CNnotifier *notifier, unsigned int flags);
+CNresult cnPlaceNotifier(CNnotifier notifier, CNqueue queue);
+CNresult cnWaitNotifier(CNnotifier notifier);
+CNresult cnDestroyNotifier(CNnotifier notifier);
+/* Simulated kernels: kernelParams[0] points to the cost in floating-point operations. */
+CNresult cnInvokeKernel(CNkernel hkernel, unsigned int dimx, unsigned int dimy, unsigned int dimz, KernelClass c,
+                        unsigned int reserve, CNqueue hqueue, void **kernelParams, void **extra);
 
 #ifdef __cplusplus
 }

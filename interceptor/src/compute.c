@@ -24,8 +24,8 @@
 #define CL_VERSION 1u
 #define CL_GROUPS 48
 #define CL_MEMBERS 32
-#define CAP_WINDOW_NS 100000000.0  /* tokens saved up to share x 100 ms of device time */
-#define INIT_WINDOW_NS 100000000.0 /* a new group starts with share x 100 ms of device time */
+#define CAP_WINDOW_NS 250000000.0  /* tokens saved up to share x 250 ms of device time */
+#define INIT_WINDOW_NS 250000000.0 /* a new group starts with share x 250 ms of device time */
 #define BURST_QUEUE_NS 20000000ll  /* burst: at most 20 ms of device time queued beyond the tokens */
 #define DEMAND_WINDOW_NS 50000000ull /* "asked for time in the last 50 ms" */
 #define CHECK_EVERY_NS 5000000.0   /* re-account at least every ~5 ms of the group's device time */
@@ -84,7 +84,7 @@ static hcs_compute_log_fn log_fn;
 static hcs_compute_resolve_fn resolve_fn;
 static char ledger_dir[1024];
 static bool ledger_shared;
-static const char *const rt_names[HCS_RT_COUNT] = {"cuda", "acl", "hip", "cnrt"};
+static const char *const rt_names[HCS_RT_COUNT] = {"cuda", "acl", "hip", "cnrt", "cndrv"};
 
 static void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(int level, const char *fmt, ...) {
@@ -382,9 +382,10 @@ static int timing(struct pdev *p, int ordinal, uint64_t *done_ns, uint64_t *pend
 
 static bool pdev_setup(int rt, int dev, struct pdev *p) {
     static const char *const time_syms[HCS_RT_COUNT] = {"hcs_sim_cuda_device_time", "hcs_sim_acl_device_time",
-                                                       "hcs_sim_hip_device_time", "hcs_sim_cnrt_device_time"};
+                                                       "hcs_sim_hip_device_time", "hcs_sim_cnrt_device_time",
+                                                       "hcs_sim_cndrv_device_time"};
     static const char *const sync_syms[HCS_RT_COUNT] = {"cuCtxSynchronize", "aclrtSynchronizeDevice",
-                                                       "hipDeviceSynchronize", "cnrtSyncDevice"};
+                                                       "hipDeviceSynchronize", "cnrtSyncDevice", "cnCtxSync"};
     void *f = resolve_fn != NULL ? resolve_fn(rt, time_syms[rt]) : NULL;
     p->timing = (time_fn)f;
     p->sync = resolve_fn != NULL ? (sync_fn)resolve_fn(rt, sync_syms[rt]) : NULL;

@@ -13,7 +13,8 @@
  *  - the group's budget is a token bucket of device time in a per-device ledger shared by every
  *    process of every container on the device (robust process-shared mutex in a shared-memory
  *    file, like the VRAM ledger it survives any process dying at any instruction): it fills at
- *    share x wall time (capped at, and starting with, share x 100 ms), completed device time is
+ *    share x wall time (capped at, and starting with, share x 250 ms: the work a container may keep
+ *    queued, so a host stall shorter than that does not idle the device), completed device time is
  *    taken out of it;
  *  - a launch is admitted while tokens - the group's queued work >= one kernel: queued work never
  *    exceeds what the group has earned, so executed device time never runs ahead of the share
@@ -34,7 +35,9 @@
 
 #include "region.h"
 
-enum hcs_rt { HCS_RT_CUDA = 0, HCS_RT_ACL = 1, HCS_RT_HIP = 2, HCS_RT_CNRT = 3, HCS_RT_COUNT = 4 };
+/* HCS_RT_CNDRV: Cambricon launches through the driver API (cnInvokeKernel); the same device and,
+ * under the agent (device key = UUID), the same ledger as CNRT's. */
+enum hcs_rt { HCS_RT_CUDA = 0, HCS_RT_ACL = 1, HCS_RT_HIP = 2, HCS_RT_CNRT = 3, HCS_RT_CNDRV = 4, HCS_RT_COUNT = 5 };
 enum hcs_compute_policy { HCS_POLICY_HARD = 0, HCS_POLICY_BURST = 1 };
 
 #define HCS_SHARE_NONE 0.0 /* no limit on the device */

@@ -55,7 +55,11 @@
 
 /* ------------------------------------------------------------------ hooked symbols */
 
-enum hcs_lib { LIB_CUDA, LIB_NVML, LIB_ACL, LIB_HIP, LIB_CNRT, LIB_DCMI, LIB_RSMI, LIB_CNDEV, LIB_COUNT };
+enum hcs_lib {
+    LIB_CUDA, LIB_NVML, LIB_ACL, LIB_HIP, LIB_CNRT, LIB_DCMI, LIB_RSMI, LIB_CNDEV,
+    LIB_CNDRV, LIB_NNOP, /* compute limits: Cambricon's driver API, CANN's aclnn executor */
+    LIB_COUNT
+};
 
 static const char *const lib_names[LIB_COUNT][3] = {
     [LIB_CUDA] = {"libcuda.so.1", "libcuda.so", NULL},
@@ -66,6 +70,8 @@ static const char *const lib_names[LIB_COUNT][3] = {
     [LIB_DCMI] = {"libdcmi.so", NULL, NULL},
     [LIB_RSMI] = {"librocm_smi64.so", "librocm_smi64.so.2", "librocm_smi64.so.1"},
     [LIB_CNDEV] = {"libcndev.so", NULL, NULL},
+    [LIB_CNDRV] = {"libcndrv.so", NULL, NULL},
+    [LIB_NNOP] = {"libnnopbase.so", NULL, NULL},
 };
 
 /* X(name, lib, hooked): hooked=1 for functions this library exports and replaces, 0 for real
@@ -124,7 +130,12 @@ static const char *const lib_names[LIB_COUNT][3] = {
     X(hipModuleLaunchKernel, LIB_HIP, 1)                                                                 \
     X(hipExtLaunchKernel, LIB_HIP, 1)                                                                    \
     X(hipGraphLaunch, LIB_HIP, 1)                                                                        \
-    X(cnrtInvokeKernel, LIB_CNRT, 1)
+    X(cnrtInvokeKernel, LIB_CNRT, 1)                                                                     \
+    X(aclopExecute, LIB_ACL, 1)                                                                          \
+    X(aclopExecuteV2, LIB_ACL, 1)                                                                        \
+    X(aclopExecWithHandle, LIB_ACL, 1)                                                                   \
+    X(cnInvokeKernel, LIB_CNDRV, 1)                                                                      \
+    X(cnCtxGetDevice, LIB_CNDRV, 0)
 
 enum hcs_sym_id {
 #define X(name, lib, hooked) SYM_##name,
@@ -1380,8 +1391,9 @@ HCS_HIDDEN HCS_NO_SANITIZE __attribute__((used)) int hcs_dlsym_lookup(void *hand
         return 0;
     if (!has_prefix(name, "cu") && !has_prefix(name, "nvml") && !has_prefix(name, "aclrt") &&
         !has_prefix(name, "hip") && !has_prefix(name, "cnrt") && !has_prefix(name, "dcmi") &&
-        !has_prefix(name, "rsmi") && !has_prefix(name, "cndev"))
-        return 0;
+        !has_prefix(name, "rsmi") && !has_prefix(name, "cndev") && !has_prefix(name, "aclop") &&
+        !has_prefix(name, "cnInvoke"))
+        return compute_dlsym_lookup(handle, name, out); /* aclnn's executor (compute_hooks.inc) */
     int id = -1;
     for (int i = 0; i < SYM_COUNT; i++) {
         if (syms[i].hook != NULL && same(syms[i].name, name)) {

@@ -3,7 +3,12 @@
  * launch entry points (all of them in turn) and synchronises every few launches, like a training
  * loop. Linked against the simulated runtimes (driver/runtime); run under libhcs_interceptor.so.
  *
- *   t_compute <cuda|acl|hip|cnrt> <device> <seconds> <flops per kernel> [batch]
+ *   t_compute <cuda|acl|hip|cnrt|acl-op|aclnn|cndrv> <device> <seconds> <flops per kernel> [batch]
+ *
+ * acl-op: ACL operators (aclopExecuteV2, aclopExecute, aclopExecWithHandle in turn); aclnn: the
+ * two-phase aclnn API (aclnnXxxGetWorkspaceSize + aclnnXxx, whose executor runs through
+ * libnnopbase.so's CommonOpExecutorRun); cndrv: Cambricon's driver API (cnInvokeKernel). They run
+ * on the Ascend / Cambricon devices of the acl / cnrt modes.
  *
  * Prints one JSON line: {"pid", "launches", "wall_ns", "cpu_ns", "rc"}. The device time each
  * process got is read from the simulated device's own accounting (bench/compute_share.py).
@@ -11,6 +16,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +58,10 @@ int main(int argc, char **argv) {
     aclrtStream as = NULL;
     cnrtQueue_t cq = NULL;
     int acl_handle = 1;
+    int acl_mode = 0; /* 0 aclrtLaunchKernel, 1 operators, 2 aclnn */
+    CNqueue nq = NULL;
+    aclDataBuffer *op_in[1] = {NULL};
+    aclopHandle *op_handle = NULL;
     if (strcmp(rt, "cuda") == 0) {
         CUdevice d;
         CUcontext ctx;
@@ -79,10 +89,22 @@ int main(int argc, char **argv) {
         rc = rc ? rc : hipModuleLaunchKernel(hf, 1, 1, 1, 1, 1, 1, 0, hs, params, NULL);
         rc = rc ? rc : hipStreamEndCapture(hs, &graph);
         rc = rc ? rc : hipGraphInstantiateWithFlags(&hge, graph, 0);
-    } else if (strcmp(rt, "acl") == 0) {
+    } else if (strcmp(rt, "acl") == 0 || strcmp(rt, "acl-op") == 0 || strcmp(rt, "aclnn") == 0) {
+        acl_mode = strcmp(rt, "acl-op") == 0 ? 1 : strcmp(rt, "aclnn") == 0 ? 2 : 0;
         rc = aclInit(NULL);
         rc = rc ? rc : aclrtSetDevice(dev);
         rc = rc ? rc : aclrtCreateStream(&as);
+        if (rc == 0 && acl_mode == 1) {
+            op_in[0] = aclCreateDataBuffer(&flops, sizeof flops);
+            rc = op_in[0] == NULL ? 1 : aclopCreateHandle("HcsSimFlops", 1, NULL, 0, NULL, NULL, &op_handle);
+        }
+    } else if (strcmp(rt, "cndrv") == 0) {
+        CNdev d;
+        CNcontext ctx;
+        rc = cnInit(0);
+        rc = rc ? rc : cnDeviceGet(&d, dev);
+        rc = rc ? rc : cnCtxCreate(&ctx, 0, d);
+        rc = rc ? rc : cnCreateQueue(&nq, 0);
     } else if (strcmp(rt, "cnrt") == 0) {
         rc = cnrtSetDevice(dev);
         rc = rc ? rc : cnrtQueueCreate(&cq);
@@ -101,9 +123,11 @@ int main(int argc, char **argv) {
     hipEvent_t hev[DEPTH] = {NULL};
     aclrtEvent aev[DEPTH] = {NULL};
     cnrtNotifier_t nev[DEPTH] = {NULL};
+    CNnotifier dev_n[DEPTH] = {NULL};
     for (int i = 0; i < DEPTH && rc == 0; i++)
         rc = cs != NULL ? cuEventCreate(&cev[i], 0) : hs != NULL ? hipEventCreate(&hev[i])
-           : as != NULL ? aclrtCreateEvent(&aev[i]) : cnrtNotifierCreate(&nev[i]);
+           : as != NULL ? aclrtCreateEvent(&aev[i]) : nq != NULL ? cnCreateNotifier(&dev_n[i], 0)
+                        : cnrtNotifierCreate(&nev[i]);
     dim3 one = {1, 1, 1};
     cnrtDim3_t cone = {1, 1, 1};
     /* T_COMPUTE_GETPROC=1: CUDA launches through the pointer cuGetProcAddress hands out */
@@ -114,6 +138,16 @@ int main(int argc, char **argv) {
         rc = cuGetProcAddress("cuLaunchKernel", &fn, 12000, 0);
         if (rc == 0)
             launch_fn = (__typeof__(&cuLaunchKernel))fn;
+    }
+    /* T_COMPUTE_DLSYM=1 (aclnn): run the executor through the pointer dlsym hands out for
+     * libnnopbase.so's (mangled) CommonOpExecutorRun, as a framework that binds it lazily would */
+    __typeof__(&CommonOpExecutorRun) run_fn = NULL;
+    const char *ds = getenv("T_COMPUTE_DLSYM");
+    if (acl_mode == 2 && ds != NULL && strcmp(ds, "1") == 0) {
+        void *h = dlopen("libnnopbase.so", RTLD_NOW | RTLD_NOLOAD);
+        run_fn = h != NULL ? (__typeof__(&CommonOpExecutorRun))dlsym(h, HCS_COMMON_OP_EXECUTOR_RUN_SYM) : NULL;
+        if (run_fn == NULL)
+            rc = 1;
     }
     /* T_COMPUTE_LAUNCHES=n: stop after n launches (instruction counts under callgrind) */
     const char *nl = getenv("T_COMPUTE_LAUNCHES");
@@ -134,8 +168,21 @@ int main(int argc, char **argv) {
                    : k == 1 ? hipModuleLaunchKernel(hf, 1, 1, 1, 1, 1, 1, 0, hs, params, NULL)
                    : k == 2 ? hipExtLaunchKernel((const void *)kernel_stub, one, one, params, 0, hs, NULL, NULL, 0)
                             : hipGraphLaunch(hge, hs);
+            } else if (as != NULL && acl_mode == 1) {
+                int j = (int)(launches % 3);
+                rc = j == 0 ? aclopExecuteV2("HcsSimFlops", 1, NULL, op_in, 0, NULL, NULL, NULL, as)
+                   : j == 1 ? aclopExecute("HcsSimFlops", 1, NULL, (const aclDataBuffer *const *)op_in, 0, NULL, NULL,
+                                           NULL, as)
+                            : aclopExecWithHandle(op_handle, 1, (const aclDataBuffer *const *)op_in, 0, NULL, as);
+            } else if (as != NULL && acl_mode == 2) {
+                uint64_t ws = 0;
+                aclOpExecutor *ex = NULL;
+                rc = aclnnHcsSimFlopsGetWorkspaceSize(flops, &ws, &ex);
+                rc = rc ? rc : run_fn != NULL ? run_fn(NULL, ws, ex, as) : aclnnHcsSimFlops(NULL, ws, ex, as);
             } else if (as != NULL) {
                 rc = aclrtLaunchKernel(&acl_handle, 1, &flops, sizeof flops, as);
+            } else if (nq != NULL) {
+                rc = cnInvokeKernel((CNkernel)&acl_handle, 1, 1, 1, 1, 0, nq, params, NULL);
             } else {
                 rc = cnrtInvokeKernel((const void *)kernel_stub, cone, 1, params, 0, cq);
             }
@@ -145,14 +192,16 @@ int main(int argc, char **argv) {
         int cur = (int)(batches++ % DEPTH), prev = (int)(batches % DEPTH);
         if (rc == 0)
             rc = cs != NULL ? cuEventRecord(cev[cur], cs) : hs != NULL ? hipEventRecord(hev[cur], hs)
-               : as != NULL ? aclrtRecordEvent(aev[cur], as) : cnrtPlaceNotifier(nev[cur], cq);
+               : as != NULL ? aclrtRecordEvent(aev[cur], as) : nq != NULL ? cnPlaceNotifier(dev_n[cur], nq)
+                            : cnrtPlaceNotifier(nev[cur], cq);
         if (rc == 0 && batches >= DEPTH)
             rc = cs != NULL ? cuEventSynchronize(cev[prev]) : hs != NULL ? hipEventSynchronize(hev[prev])
-               : as != NULL ? aclrtSynchronizeEvent(aev[prev]) : cnrtWaitNotifier(nev[prev]);
+               : as != NULL ? aclrtSynchronizeEvent(aev[prev]) : nq != NULL ? cnWaitNotifier(dev_n[prev])
+                            : cnrtWaitNotifier(nev[prev]);
     }
     if (rc == 0)
         rc = cs != NULL ? cuStreamSynchronize(cs) : hs != NULL ? hipStreamSynchronize(hs)
-           : as != NULL ? aclrtSynchronizeStream(as) : cnrtQueueSync(cq);
+           : as != NULL ? aclrtSynchronizeStream(as) : nq != NULL ? cnQueueSync(nq) : cnrtQueueSync(cq);
     uint64_t wall = clk(CLOCK_MONOTONIC) - t0, cpu = clk(CLOCK_PROCESS_CPUTIME_ID) - c0;
     printf("{\"pid\": %d, \"launches\": %llu, \"wall_ns\": %llu, \"cpu_ns\": %llu, \"rc\": %d}\n", (int)getpid(),
            launches, (unsigned long long)wall, (unsigned long long)cpu, rc);

@@ -22,6 +22,8 @@ RUNTIMES = ("cuda", "acl", "hip", "cnrt")
 LIBS = {"cuda": "libcuda.so.1", "acl": "libascendcl.so", "hip": "libamdhip64.so", "cnrt": "libcnrt.so"}
 TFLOPS = {"cuda": 989, "acl": 320, "hip": 192, "cnrt": 96}
 KERNEL_MS = 0.5
+#: launch paths beyond each runtime's kernel launches (t_compute modes) -> the device they run on
+EXTRA_PATHS = {"acl-op": "acl", "aclnn": "acl", "cndrv": "cnrt"}
 
 
 def _prio() -> None:
@@ -76,12 +78,13 @@ class SimNode:
         env = self.env(**extra)
         if preload:
             env["LD_PRELOAD"] = str(BUILD / "libhcs_interceptor.so")
-        flops = int(TFLOPS[rt] * 1e12 * kernel_ms / 1e3)
+        flops = int(TFLOPS[EXTRA_PATHS.get(rt, rt)] * 1e12 * kernel_ms / 1e3)
         return subprocess.Popen([str(WORKLOAD), rt, "0", f"{seconds:.3f}", str(flops), "32"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_prio)
 
     def accounting(self, rt: str) -> tuple[int, dict[int, int]]:
         """(device clock ns, {pid: device time received ns}) from the device model itself."""
+        rt = EXTRA_PATHS.get(rt, rt)
         os.environ["HCS_SIM_PROFILE"] = str(self.profile)
         os.environ["HCS_SIM_DEVICE_DIR"] = str(self.devdir)
         lib = ctypes.CDLL(str(DRIVER_LIB / LIBS[rt]))

@@ -54,6 +54,37 @@ def test_two_containers_get_their_shares_on_every_runtime(node: SimNode, rt: str
     assert all(int(r["launches"]) > 0 for r, _ in results)  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("path", ["acl-op", "aclnn", "cndrv"])
+def test_operator_and_driver_launch_paths_hold_the_share(node: SimNode, path: str) -> None:
+    """25/75 through ACL operators (aclopExecuteV2 / aclopExecute / aclopExecWithHandle), the aclnn
+    two-phase API (its executor runs through libnnopbase.so's CommonOpExecutorRun, hooked by its
+    mangled name) and Cambricon's driver API (cnInvokeKernel). The simulated libraries enqueue that
+    work below the hooked ACL/CNRT kernel launches, so only these hooks can hold it."""
+    procs = [node.workload(path, 3.0, **limited(0.25, "a")), node.workload(path, 3.0, **limited(0.75, "b"))]
+    got = node.shares(path, procs, 0.8, 2.8)
+    results = finish(procs)
+    assert near(got[0], 0.25) and near(got[1], 0.75), got
+    assert all(int(r["launches"]) > 0 for r, _ in results)  # type: ignore[call-overload]
+
+
+def test_aclnn_executor_called_through_dlsym_is_limited_too(node: SimNode) -> None:
+    """A framework that looks CommonOpExecutorRun up with dlsym (its mangled name) gets the hook."""
+    p = node.workload("aclnn", 2.5, T_COMPUTE_DLSYM="1", **limited(0.30, "dlsym"))
+    got = node.shares("aclnn", [p], 0.5, 2.3)
+    finish([p])
+    assert near(got[0], 0.30), got
+
+
+@pytest.mark.parametrize("path", ["acl-op", "aclnn", "cndrv"])
+def test_operator_and_driver_launch_paths_without_the_interceptor_take_the_device(node: SimNode, path: str) -> None:
+    """The control: the same operator / driver launches without libhcs_interceptor.so are not
+    limited by anything else in the simulated stack (so the share above is the hooks' doing)."""
+    p = node.workload(path, 2.0, preload=False, **limited(0.25, "a"))
+    got = node.shares(path, [p], 0.5, 1.8)
+    finish([p])
+    assert got[0] > 0.9, got
+
+
 def test_a_container_alone_is_capped_at_its_share(node: SimNode) -> None:
     """alone_30: a 30% share alone on an idle device gets 30%, not 100% (hard is a cap)."""
     p = node.workload("cuda", 2.5, **limited(0.30, "alone"))

@@ -47,6 +47,11 @@ def make_config(args: argparse.Namespace) -> DraConfig:
     dra = section(node, "dra", source=f"{args.config or 'config'} node")
     cfg = DraConfig.from_mapping(dra, node_name=args.node_name, source=f"{args.config or 'config'} node.dra")
     over: dict[str, Any] = {}
+    # the node agent's compute settings (node.computeDir / node.computePolicy, hcs/node/config.py)
+    from hcs.node.config import node_config
+
+    ncfg = node_config({k: node[k] for k in ("computeDir", "computePolicy") if k in node})
+    over.update(compute_dir=ncfg.computeDir, compute_policy=ncfg.computePolicy)
     if args.plugins_registry:
         over["plugins_registry"] = args.plugins_registry
     if args.plugin_dir:

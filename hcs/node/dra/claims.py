@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 CLAIMS = f"{RESOURCE_API}/resourceclaims"
 
-_META_KEYS = ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp")
-_STATUS_KEYS = ("allocation",)
+#: ownerReferences / reservedFor: the claim's pods, whose hcs.io/compute-policy applies to its compute share
+_META_KEYS = ("name", "namespace", "uid", "resourceVersion", "deletionTimestamp", "ownerReferences")
+_STATUS_KEYS = ("allocation", "reservedFor")
 
 
 def ours(claim: Any, driver: str, pool: str) -> bool:

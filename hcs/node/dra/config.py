@@ -91,6 +91,11 @@ class DraConfig:
     pod_uid: str = ""
     #: KEP-5304: a DeviceMetadata file per claim request, bind-mounted read-only into the containers
     device_metadata: bool = False
+    #: node-wide compute ledger dir (node.computeDir), mounted read-write into every container; a
+    #: claim's consumed ``tflopsFP16`` is enforced through it ("" = no mount, no shared ledger)
+    compute_dir: str = ""
+    #: default compute policy (node.computePolicy); the pods' hcs.io/compute-policy overrides it
+    compute_policy: str = "hard"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -86,6 +86,10 @@ class ApiClaimSource:
     def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
         return self.rest.request("GET", f"{RESOURCE_API}/namespaces/{namespace}/resourceclaims/{name}")
 
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        """A pod the claim is reserved for (its hcs.io/compute-policy, state.py)."""
+        return self.rest.request("GET", f"/api/v1/namespaces/{namespace}/pods/{name}")
+
     def list_claims(self, namespace: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = self.rest.request(
             "GET", f"{RESOURCE_API}/namespaces/{namespace}/resourceclaims").get("items") or []

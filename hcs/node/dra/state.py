@@ -22,10 +22,13 @@ from typing import Any, Protocol
 from hcs.devices.injection import (
     CONTAINER_LD_SO_PRELOAD,
     CONTAINER_STATE_DIR,
+    ComputeShare,
     ContainerEdits,
     InjectionOptions,
     Mount,
     QuotaFiles,
+    compute_share,
+    compute_share_text,
     container_edits,
     create_ledger,
     discover_driver_libraries,
@@ -38,13 +41,14 @@ from hcs.errors import QuantityError
 from hcs.fileio import atomic_write
 from hcs.kube import KubeError
 from hcs.node import cdi
+from hcs.node.assignments import COMPUTE_POLICY_ANNOTATION, compute_policy_of
 from hcs.node.config import host_path_exists
 from hcs.node.dra import checkpoint as ckpt
 from hcs.node.dra import metadata as devmeta
 from hcs.node.dra.checkpoint import ClaimEntry, PreparedDevice
 from hcs.node.dra.config import DraConfig
-from hcs.node.dra.slices import CAPACITY_MEMORY, PublishedDevice, published_attributes
-from hcs.quantity import parse_bytes
+from hcs.node.dra.slices import CAPACITY_MEMORY, CAPACITY_TFLOPS, PublishedDevice, published_attributes
+from hcs.quantity import parse_bytes, parse_quantity
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,12 @@ class ClaimState:
             driver_libraries=discover_driver_libraries(tuple(Vendor), host_root()) if cfg.driver_libraries else {},
             sim_profile_host_path=cfg.sim_profile,
         )
+        if cfg.compute_dir:  # node-wide compute ledgers: every container's uid creates and maps them
+            try:
+                Path(cfg.compute_dir).mkdir(parents=True, exist_ok=True)
+                os.chmod(cfg.compute_dir, 0o1777)
+            except OSError as exc:
+                log.warning("compute dir %s: %s; compute shares are then held per process only", cfg.compute_dir, exc)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -371,17 +381,25 @@ class ClaimState:
         cdi_devices: list[cdi.CdiDevice] = []
         files: dict[Path, str] = {}
         metadata: dict[Path, str] = {}
-        dirs: list[tuple[Path, tuple[str, ...]]] = []
+        dirs: list[tuple[Path, tuple[str, ...], str]] = []
         prepared: list[PreparedDevice] = []
+        policy: str | None = None
         for req, items in by_request.items():
             devs, quotas = self._quotas(ref, items)
+            shares = self._shares(ref, items)
+            compute = ""
+            if any(s is not None for s in shares):
+                if policy is None:
+                    policy = self._compute_policy(ref, obj)
+                # the claim's grant: every container using this request shares one budget
+                compute = compute_share_text(shares, policy, f"claim-{ref.uid}-{req}"[:63])
             cdi_name = f"{ref.uid}-{req}"
             quota_host = claim_dir / f"quota-{req}"
             shm_host = claim_dir / f"shm-{req}"
             edits, ours = self._request_edits(ref, obj, req, items, devs, quotas, quota_host, shm_host, metadata)
             cdi_devices.append(cdi.CdiDevice(cdi_name, self._existing_only(edits, ours)))
-            files[quota_host] = quota_file_text(quotas)
-            dirs.append((shm_host, tuple(d.uuid for d in devs)))
+            files[quota_host] = quota_file_text(quotas, shares)
+            dirs.append((shm_host, tuple(d.uuid for d in devs), compute))
             qualified = cdi.qualified_name(self.cfg.cdi_kind, cdi_name)
             for i, (r, pub) in enumerate(items):
                 prepared.append(PreparedDevice(
@@ -447,6 +465,53 @@ class ClaimState:
             quotas.append(min(quota, pub.device.vram_total_bytes))
         return devs, quotas
 
+    @staticmethod
+    def _shares(ref: ClaimRef, items: Sequence[tuple[dict[str, Any], PublishedDevice]]) -> list[ComputeShare | None]:
+        """The compute share of each device of one request: its consumed ``tflopsFP16`` (A100-equivalent
+        TFLOPS, consumable mode) over the device's; None (not limited) when the claim consumed none,
+        as a device-plugin container without ``ai.compute/tflops-fp16`` is not limited."""
+        out: list[ComputeShare | None] = []
+        for r, pub in items:
+            consumed = (r.get("consumedCapacity") or {}).get(CAPACITY_TFLOPS)
+            try:
+                granted = float(parse_quantity(str(consumed), field="consumedCapacity.tflopsFP16")) if consumed else 0.0
+            except QuantityError as exc:
+                raise PrepareError(f"ResourceClaim {ref}: {exc}") from exc
+            out.append(compute_share(granted, pub.device.compute.a100_equiv_tflops, pub.device.uuid or pub.name))
+        return out
+
+    def _compute_policy(self, ref: ClaimRef, obj: dict[str, Any]) -> str:
+        """How the claim's compute share is enforced: the ``hcs.io/compute-policy`` of the claim's pods -
+        the pod that owns it (a claim made from the pod's ResourceClaimTemplate) and those it is reserved
+        for - ``burst`` only when every one asks for it (pods that disagree get ``hard``), else the
+        node's default. A pod that cannot be read counts as the node's default."""
+        default = self.cfg.compute_policy
+        get_pod = getattr(self.source, "get_pod", None)
+        pods: dict[str, str] = {}  # uid -> name
+        for o in (obj.get("metadata") or {}).get("ownerReferences") or []:
+            if o.get("kind") == "Pod" and o.get("apiVersion") == "v1":
+                pods[str(o.get("uid", ""))] = str(o.get("name", ""))
+        for r in (obj.get("status") or {}).get("reservedFor") or []:
+            if r.get("resource") == "pods" and not r.get("apiGroup"):
+                pods[str(r.get("uid", ""))] = str(r.get("name", ""))
+        if get_pod is None or not pods:
+            return default
+        policies: set[str] = set()
+        for uid, name in pods.items():
+            try:
+                pod = get_pod(ref.namespace, name)
+            except (KubeError, OSError) as exc:
+                log.warning("ResourceClaim %s: reading pod %s for its compute policy failed (%s); using %s",
+                            ref, name, exc, default)
+                policies.add(default)
+                continue
+            meta = pod.get("metadata") or {}
+            if meta.get("uid") != uid:
+                policies.add(default)  # another pod of that name now
+                continue
+            policies.add(compute_policy_of((meta.get("annotations") or {}).get(COMPUTE_POLICY_ANNOTATION)) or default)
+        return policies.pop() if len(policies) == 1 else "hard"
+
     def _request_edits(self, ref: ClaimRef, obj: dict[str, Any], req: str,
                        items: Sequence[tuple[dict[str, Any], PublishedDevice]], devs: list[Device], quotas: list[int],
                        quota_host: Path, shm_host: Path,
@@ -458,6 +523,9 @@ class ClaimState:
             quota_container_path=f"{CONTAINER_STATE_DIR}/quota",
             shm_host_dir=str(shm_host),
             shm_container_dir=f"{CONTAINER_STATE_DIR}/shm",
+            # node-wide compute ledgers (and the sub-health synchronise timing), as on the device-plugin path
+            compute_host_dir=self.cfg.compute_dir if self.cfg.compute_dir and self.path_exists(self.cfg.compute_dir)
+            else "",
         )
         try:
             edits = container_edits(
@@ -516,8 +584,9 @@ class ClaimState:
                 os.write(fd, text.encode())
             finally:
                 os.close(fd)
-        for d, uuids in plan.dirs:
-            create_ledger(d, uuids)  # the VRAM ledger: read-only in the container, its locks are the accounting
+        for d, uuids, compute in plan.dirs:
+            # the VRAM ledger: read-only in the container, its locks are the accounting; with the share file
+            create_ledger(d, uuids, compute)
         if self.options.preload_host_path:
             ensure_preload_file(self.preload_path)
         for path, text in plan.metadata.items():  # world-readable: any uid in the container reads it
@@ -562,7 +631,8 @@ class _Plan:
     spec_path: Path
     cdi_devices: list[cdi.CdiDevice]
     files: dict[Path, str]
-    dirs: list[tuple[Path, tuple[str, ...]]]
+    #: (ledger dir, device UUIDs, compute share file text or "")
+    dirs: list[tuple[Path, tuple[str, ...], str]]
     devices: tuple[PreparedDevice, ...]
     kind: str
     #: KEP-5304 metadata files (host path -> JSON), only with device_metadata
