@@ -12,46 +12,12 @@ runs in the checkpoint e2e (tests/checkpoint, ``make e2e-checkpoint``).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from interceptor_harness import MIB, VARIANTS, Harness, build, write_profile
+from interceptor_harness import MIB, Harness
 
-LEASE_BASE = 1 << 40  # interceptor/src/region.h HCS_LEASE_BASE: lease cells start here
-
-
-@pytest.fixture(scope="session")
-def built() -> None:
-    build()
-
-
-@pytest.fixture(params=VARIANTS)
-def h(request: pytest.FixtureRequest, built: None, tmp_path: Path) -> Iterator[Harness]:
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    yield Harness(variant=request.param, shm_dir=shm, profile=write_profile(tmp_path / "profile.json"))
-
-
-def leased_bytes(ledger: Path) -> int:
-    """Sum of the lease locks on a ledger file, read from the kernel's lock table (/proc/locks)."""
-    st = ledger.stat()
-    total = 0
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        # "1: OFDLCK ADVISORY READ -1 fd:01:1234 1099511627776 1099545182207" ("->" lines are waiters)
-        if len(parts) < 8 or parts[1] == "->":
-            continue
-        dev_ino = parts[5].split(":")
-        if len(dev_ino) != 3 or int(dev_ino[2]) != st.st_ino or \
-                os.makedev(int(dev_ino[0], 16), int(dev_ino[1], 16)) != st.st_dev:
-            continue
-        start, end = int(parts[6]), parts[7]
-        if start >= LEASE_BASE and end != "EOF":
-            total += int(end) - start + 1
-    return total
+from hcs.testing.ledger_locks import leased_bytes
 
 
 def restored_process(h: Harness, first: int) -> subprocess.Popen[str]:
