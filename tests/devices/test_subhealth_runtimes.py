@@ -42,6 +42,7 @@ from hcs.devices.workload import (
     ring_name,
     start_workload_signals,
 )
+from hcs.testing.simdrv import stop_simdrv
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "driver" / "build" / "lib"
@@ -233,14 +234,7 @@ def simdrv(node: tuple[str, Path, Path], tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        drv.terminate()
-        try:
-            drv.wait(10)
-        except subprocess.TimeoutExpired:
-            drv.kill()
-            drv.wait()
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        stop_simdrv(drv, mnt)
 
 
 def test_ebpf_ioctl_tracepoints_time_the_driver_path_and_find_the_straggler(
