@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,6 +96,7 @@ def agent_on_allocator(rest: Any, kube_cluster: Any, allocator_state: Any, *, le
     from hcs.allocator.state import AllocatorState
     from hcs.node.agent import NodeAgent
     from hcs.node.sources import AllocatorAssignmentSource
+    from hcs.testing.cluster import wait_for
 
     assert isinstance(allocator_state, AllocatorState)
     # a short root: the unix socket paths under it must stay within the kernel's limit
@@ -123,7 +123,7 @@ def agent_on_allocator(rest: Any, kube_cluster: Any, allocator_state: Any, *, le
             n = rest.request("GET", f"/api/v1/nodes/{kube_cluster.node_name}")
             return bool(n["status"].get("allocatable", {}).get(resource) == slots)
 
-        wait_until(capacity, 60, f"{resource} allocatable on {kube_cluster.node_name}")
+        wait_for(capacity, timeout=60, interval=0.1, what=f"{resource} allocatable on {kube_cluster.node_name}")
         yield agent
     finally:
         if agent is not None:
@@ -132,14 +132,3 @@ def agent_on_allocator(rest: Any, kube_cluster: Any, allocator_state: Any, *, le
         server.stop(None)
         shutil.rmtree(root, ignore_errors=True)
 
-
-def wait_until(pred: Any, timeout_s: float, what: str) -> Any:
-    """``pred()``'s first truthy value, polled every 0.1 s; TimeoutError naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)

@@ -27,12 +27,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_helpers import GiB, agent_on_allocator, device, wait_until  # noqa: E402
+from node_helpers import GiB, agent_on_allocator, device  # noqa: E402
 
 from hcs.devices.model import Vendor  # noqa: E402
 from hcs.kube import KubeError, KubeRest  # noqa: E402
 from hcs.node.assignments import Assignment, ContainerAssignment, DeviceGrant, PodRef, dumps  # noqa: E402
 from hcs.records import RecordKey  # noqa: E402
+from hcs.testing.cluster import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -90,7 +91,7 @@ def _finished(rest: KubeRest, name: str, timeout_s: float = 120) -> dict[str, An
         p = rest.request("GET", f"/api/v1/namespaces/{NS}/pods/{name}")
         return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
 
-    out: dict[str, Any] = wait_until(done, timeout_s, f"pod {name} to finish")
+    out: dict[str, Any] = wait_for(done, timeout=timeout_s, interval=0.1, what=f"pod {name} to finish")
     return out
 
 
@@ -129,7 +130,8 @@ def test_allocate_waits_for_an_assignment_written_after_it_arrived(
     with _pod(rest, kube_cluster, "hcs-race-late") as pod:
         name = pod["metadata"]["name"]
         _bind(rest, name, node)  # bound with no record anywhere: the kubelet admits it and calls Allocate
-        wait_until(lambda: agent.core.awaiting, 60, "the kubelet's Allocate to wait for the assignment")
+        wait_for(lambda: agent.core.awaiting, timeout=60, interval=0.1,
+                 what="the kubelet's Allocate to wait for the assignment")
         p = rest.request("GET", f"/api/v1/namespaces/{NS}/pods/{name}")
         assert p["status"].get("phase") in (None, "Pending"), p["status"]  # not failed: still admitting
         _annotate(rest, name, _record(pod, node, 1, record_key))
