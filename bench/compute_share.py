@@ -54,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hcs.testing.compute_converge import converge_windows
+from hcs.testing.compute_converge import converge_windows, trailing_rates
 
 ROOT = Path(__file__).resolve().parent.parent
 LIBDIR = ROOT / "driver" / "build" / "lib"
@@ -193,17 +193,7 @@ def burst_yield(rt: str, env: dict[str, str]) -> dict[str, float]:
     s1 = alone[-1]
     alone_share = (s1[1][a.pid] - s0[1][a.pid]) / max(1, s1[0] - s0[0])
     tb = next(t for t, d in samples if d.get(b.pid, 0) > 0)
-    yielded = None
-    j = 0
-    for t, d in samples:
-        while samples[j][0] < t - 50e6:
-            j += 1
-        if t < tb or t - samples[j][0] < 40e6:
-            continue
-        rate = (d.get(a.pid, 0) - samples[j][1].get(a.pid, 0)) / (t - samples[j][0])
-        if rate <= 0.30 + TOL:
-            yielded = t
-            break
+    yielded = next((t for t, rate in trailing_rates(samples, a.pid, 50e6, 40e6, tb) if rate <= 0.30 + TOL), None)
     # the window ends at `yielded`: the burst container's share over the 50 ms before it is back
     y_ms = (yielded - tb) / 1e6 if yielded is not None else float("inf")
     return {"burst_alone_share": round(alone_share, 4), "burst_yield_ms": round(y_ms, 1)}

@@ -7,9 +7,22 @@ A sample is ``(t_ns, {pid: device_ns})``. A process has converged once its share
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 Sample = tuple[int, dict[int, int]]
+
+
+def trailing_rates(samples: Sequence[Sample], pid: int, window_ns: float, min_ns: float,
+                   since: float) -> Iterator[tuple[int, float]]:
+    """``(t_ns, share)`` of ``pid`` over the trailing ``window_ns`` at each sample from ``since`` on whose
+    window spans at least ``min_ns``."""
+    j = 0
+    for t, d in samples:
+        while samples[j][0] < t - window_ns:
+            j += 1
+        if t < since or t - samples[j][0] < min_ns:
+            continue
+        yield t, (d.get(pid, 0) - samples[j][1].get(pid, 0)) / (t - samples[j][0])
 
 
 def converge_windows(samples: Sequence[Sample], pids: Sequence[int], shares: Sequence[float],
@@ -22,13 +35,7 @@ def converge_windows(samples: Sequence[Sample], pids: Sequence[int], shares: Seq
     n_windows = 0
     for pid, target, f in zip(pids, shares, firsts, strict=True):
         entered = None
-        j = 0
-        for t, d in samples:
-            while samples[j][0] < t - 500e6:
-                j += 1
-            if t < f or t - samples[j][0] < 450e6:
-                continue
-            rate = (d.get(pid, 0) - samples[j][1].get(pid, 0)) / (t - samples[j][0])
+        for t, rate in trailing_rates(samples, pid, 500e6, 450e6, f):
             ok = abs(rate - target) <= tol
             if entered is not None and t - entered >= 1e9:
                 n_windows += 1
