@@ -106,19 +106,26 @@ def _pod(rest: KubeRest, kube_cluster: Any, prefix: str) -> Iterator[dict[str, A
             rest.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}", query={"gracePeriodSeconds": "0"})
 
 
+def _run_with_record(rest: KubeRest, kube_cluster: Any, pod: dict[str, Any], index: int, key: RecordKey) -> str:
+    """The allocator's order for ``pod``: its signed record (8 GiB on nvidia-<index>), then the Binding.
+    The pod must succeed; returns its log."""
+    name, node = pod["metadata"]["name"], kube_cluster.node_name
+    _annotate(rest, name, _record(pod, node, index, key))
+    _bind(rest, name, node)
+    p = _finished(rest, name)
+    assert p["status"]["phase"] == "Succeeded", p["status"]
+    out: str = kube_cluster.kubectl("logs", "-n", NS, name).stdout
+    return out
+
+
 def test_allocate_before_the_allocator_has_it_uses_the_pods_signed_record(
         rest: KubeRest, kube_cluster: Any, record_key: RecordKey, agent_on_real_kubelet: Any) -> None:
     agent = agent_on_real_kubelet
-    node = kube_cluster.node_name
     with _pod(rest, kube_cluster, "hcs-race-rec") as pod:
         name = pod["metadata"]["name"]
         # the allocator's order: the record first (nvidia-0, where best fit would pick the 40 GiB nvidia-1),
         # then the Binding; the standby allocator the agent asks never hears of it
-        _annotate(rest, name, _record(pod, node, 0, record_key))
-        _bind(rest, name, node)
-        p = _finished(rest, name)
-        assert p["status"]["phase"] == "Succeeded", p["status"]
-        logs = kube_cluster.kubectl("logs", "-n", NS, name).stdout
+        logs = _run_with_record(rest, kube_cluster, pod, 0, record_key)
         assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0000" in logs
         assert [(a.pod.name, [g.key for g in a.devices]) for a in agent.core.allocations()] == [(name, ["nvidia-0"])]
 
@@ -174,7 +181,6 @@ def test_admission_reads_the_watched_record_without_asking_the_allocator(
 
     monkeypatch.setattr(deviceplugin, "CACHE_CATCH_UP_S", 20.0)
     agent = agent_on_real_kubelet
-    node = kube_cluster.node_name
     assert agent.records is not None and agent.records.wait_synced(30)
     calls: list[str] = []
     real_assignments, real_lookup = agent.core.source.assignments, agent.core.record_lookup
@@ -191,12 +197,7 @@ def test_admission_reads_the_watched_record_without_asking_the_allocator(
     agent.core.record_lookup = counted_lookup
     try:
         with _pod(rest, kube_cluster, "hcs-race-cached") as pod:
-            name = pod["metadata"]["name"]
-            _annotate(rest, name, _record(pod, node, 1, record_key))
-            _bind(rest, name, node)
-            p = _finished(rest, name)
-            assert p["status"]["phase"] == "Succeeded", p["status"]
-            assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in kube_cluster.kubectl("logs", "-n", NS, name).stdout
+            assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in _run_with_record(rest, kube_cluster, pod, 1, record_key)
             assert calls == []
     finally:
         agent.core.source.assignments = real_assignments
