@@ -54,6 +54,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hcs.testing.compute_converge import converge_windows, trailing_rates
+
 ROOT = Path(__file__).resolve().parent.parent
 LIBDIR = ROOT / "driver" / "build" / "lib"
 INTERCEPTOR = ROOT / "interceptor" / "build" / "libhcs_interceptor.so"
@@ -163,29 +165,7 @@ def run_split(rt: str, env: dict[str, str], shares: list[float], seconds: float,
     achieved = [(end[1].get(pid, 0) - start[1].get(pid, 0)) / span for pid in pids]
     # convergence: from its first kernel until the trailing-500 ms share of each process is within
     # TOL of its target for a whole second; afterwards, the number of windows outside the band
-    conv = 0.0
-    out_band = 0
-    n_windows = 0
-    for pid, target in zip(pids, shares, strict=True):
-        f = first[pid] or t0
-        entered = None
-        j = 0
-        for t, d in samples:
-            while samples[j][0] < t - 500e6:
-                j += 1
-            if t < f or t - samples[j][0] < 450e6:
-                continue
-            rate = (d.get(pid, 0) - samples[j][1].get(pid, 0)) / (t - samples[j][0])
-            ok = abs(rate - target) <= TOL
-            if entered is not None and t - entered >= 1e9:
-                n_windows += 1
-                out_band += 0 if ok else 1
-                continue
-            if not ok:
-                entered = None
-            elif entered is None:
-                entered = t
-        conv = max(conv, ((entered if entered is not None else samples[-1][0]) - f) / 1e9)
+    conv, out_band, n_windows = converge_windows(samples, pids, shares, [first[pid] or t0 for pid in pids], TOL)
     # a machine that froze (the sampler itself could not run for > 300 ms) makes the run invalid
     gaps = [b[0] - a[0] for a, b in zip(samples, samples[1:], strict=False)]
     stalled = max(gaps, default=0) > 300e6
@@ -213,17 +193,7 @@ def burst_yield(rt: str, env: dict[str, str]) -> dict[str, float]:
     s1 = alone[-1]
     alone_share = (s1[1][a.pid] - s0[1][a.pid]) / max(1, s1[0] - s0[0])
     tb = next(t for t, d in samples if d.get(b.pid, 0) > 0)
-    yielded = None
-    j = 0
-    for t, d in samples:
-        while samples[j][0] < t - 50e6:
-            j += 1
-        if t < tb or t - samples[j][0] < 40e6:
-            continue
-        rate = (d.get(a.pid, 0) - samples[j][1].get(a.pid, 0)) / (t - samples[j][0])
-        if rate <= 0.30 + TOL:
-            yielded = t
-            break
+    yielded = next((t for t, rate in trailing_rates(samples, a.pid, 50e6, 40e6, tb) if rate <= 0.30 + TOL), None)
     # the window ends at `yielded`: the burst container's share over the 50 ms before it is back
     y_ms = (yielded - tb) / 1e6 if yielded is not None else float("inf")
     return {"burst_alone_share": round(alone_share, 4), "burst_yield_ms": round(y_ms, 1)}

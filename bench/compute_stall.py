@@ -23,31 +23,15 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import compute_share as cs  # noqa: E402
+import compute_share as cs  # bench/ is sys.path[0] when a bench script runs
+
+from hcs.testing.compute_converge import converge_windows
 
 
 def converge(samples: list[tuple[int, dict[int, int]]], pids: list[int], shares: list[float]) -> float:
-    out = 0.0
-    for pid, target in zip(pids, shares, strict=True):
-        f = next((t for t, d in samples if d.get(pid, 0) > 0), samples[0][0])
-        entered = None
-        j = 0
-        for t, d in samples:
-            while samples[j][0] < t - 500e6:
-                j += 1
-            if t < f or t - samples[j][0] < 450e6:
-                continue
-            rate = (d.get(pid, 0) - samples[j][1].get(pid, 0)) / (t - samples[j][0])
-            ok = abs(rate - target) <= cs.TOL
-            if entered is not None and t - entered >= 1e9:
-                continue
-            if not ok:
-                entered = None
-            elif entered is None:
-                entered = t
-        out = max(out, ((entered if entered is not None else samples[-1][0]) - f) / 1e9)
-    return out
+    """``converge_s`` as bench/compute_share.py measures it, from each process's first kernel."""
+    firsts = [next((t for t, d in samples if d.get(pid, 0) > 0), samples[0][0]) for pid in pids]
+    return converge_windows(samples, pids, shares, firsts, cs.TOL)[0]
 
 
 def run(rt: str, shares: list[float], seconds: float, stall_ms: float, at_s: float) -> float:

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from hcs.testing.simdrv import stop_simdrv
+
 WORKLOAD = r"""
 import ctypes, sys, threading, time
 rt, path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
@@ -175,7 +177,7 @@ def straggler_scenario(root: Path, work: Path, mode: str = "ebpf", vendor: str =
             source.stop()
         os.environ.pop("HCS_SIM_DEVICE_NODES", None)
         if drv is not None:
-            _unmount_nodes(drv, nodes)
+            stop_simdrv(drv, nodes)
     detected = first is not None and not false_pos
     probed = signals.source.probed.get(vendor, ()) if isinstance(signals, WorkloadSignals) else ()
     mode_info: dict[str, object] = {
@@ -210,17 +212,6 @@ def _mount_nodes(simdrv: Path, mnt: Path, env: dict[str, str]) -> subprocess.Pop
     drv.kill()
     drv.wait()
     return None
-
-
-def _unmount_nodes(drv: subprocess.Popen[str], mnt: Path) -> None:
-    drv.terminate()
-    try:
-        drv.wait(10)
-    except subprocess.TimeoutExpired:
-        drv.kill()
-        drv.wait()
-    if os.path.ismount(mnt):
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _cpu_s(pid: int | None) -> float:

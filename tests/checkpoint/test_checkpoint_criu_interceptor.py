@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ckpt_helpers import wait_for  # noqa: E402
 
+from hcs.testing.ledger_locks import leased_bytes  # noqa: E402
+
 pytestmark = pytest.mark.checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,22 +39,6 @@ CRIU = Path(os.environ.get("HCS_CRIU_CACHE") or Path.home() / ".cache" / "hcs" /
 MIB = 1 << 20
 LINE_RE = re.compile(r"^step=(\d+) t=\S+ vram_mib=\d+ ok=(\d) device=\S+ total=(\d+) free=(\d+) exact=(\d) "
                      r"cuda_uuid=(\S+)$")
-
-
-def leased_bytes(ledger: Path) -> int:
-    st = ledger.stat()
-    total = 0
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if len(parts) < 8 or parts[1] == "->":
-            continue
-        dev_ino = parts[5].split(":")
-        if len(dev_ino) != 3 or int(dev_ino[2]) != st.st_ino or \
-                os.makedev(int(dev_ino[0], 16), int(dev_ino[1], 16)) != st.st_dev:
-            continue
-        if int(parts[6]) >= 1 << 40 and parts[7] != "EOF":
-            total += int(parts[7]) - int(parts[6]) + 1
-    return total
 
 
 def lines(log: Path) -> list[tuple[int, int, int, int, int, str]]:

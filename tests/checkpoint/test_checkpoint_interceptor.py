@@ -27,11 +27,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ckpt_helpers import pods_named, wait_for  # noqa: E402
 
+from hcs.testing.ledger_locks import leased_bytes  # noqa: E402
+
 pytestmark = pytest.mark.checkpoint
 
 QUOTA_IMAGE = "hcs.local/quota-counter:1"
 MIB = 1 << 20
-LEASE_BASE = 1 << 40  # interceptor/src/region.h
 LINE_RE = re.compile(r"^step=(\d+) t=(\d+\.\d+) vram_mib=(\d+) ok=(\d) device=(\S+) total=(\d+) free=(\d+) "
                      r"exact=(\d) cuda_uuid=(\S+)$")
 LEDGER_SUBDIR = "ckpt-e2e"  # under each node's /var/lib/hcs
@@ -53,23 +54,6 @@ def prepare_node(env: dict[str, Any], node: str, base: str, quota: str, device: 
     (d / "quota").write_text(f"* {quota}\n")
     os.chmod(d / "quota", 0o444)
     return d
-
-
-def leased_bytes(ledger: Path) -> int:
-    """Sum of the lease locks on a ledger file (the kernel's lock table)."""
-    st = ledger.stat()
-    total = 0
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if len(parts) < 8 or parts[1] == "->":
-            continue
-        dev_ino = parts[5].split(":")
-        if len(dev_ino) != 3 or int(dev_ino[2]) != st.st_ino or \
-                os.makedev(int(dev_ino[0], 16), int(dev_ino[1], 16)) != st.st_dev:
-            continue
-        if int(parts[6]) >= LEASE_BASE and parts[7] != "EOF":
-            total += int(parts[7]) - int(parts[6]) + 1
-    return total
 
 
 def quota_pod(name: str, node: str, device: str, base: str, vram_mib: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ HealthMonitor with the workload signal ``start_workload_signals`` builds:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -42,6 +43,7 @@ from hcs.devices.workload import (
     ring_name,
     start_workload_signals,
 )
+from hcs.testing.simdrv import stop_simdrv
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "driver" / "build" / "lib"
@@ -127,6 +129,18 @@ def _workload(rt: str, seconds: float, env_extra: dict[str, str]) -> subprocess.
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@contextlib.contextmanager
+def _running(rt: str, env_extra: dict[str, str]) -> Iterator[None]:
+    """The workload synchronising for 14 s while the body runs; killed after, and it must not have failed."""
+    proc = _workload(rt, 14.0, env_extra)
+    try:
+        yield
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert "Traceback" not in err, err
+
+
 def _until_graded(mon: HealthMonitor, slow: str, seconds: float) -> dict[str, object] | None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -163,14 +177,8 @@ def test_ebpf_uprobes_on_the_runtime_find_the_straggler(node: tuple[str, Path, P
         assert RUNTIMES[rt][1] in workload.source.library
         assert "Synchronize" in " ".join(workload.source.probed[vendor]) or "Sync" in " ".join(
             workload.source.probed[vendor])
-        proc = _workload(rt, 14.0, {})
-        try:
-            with HealthMonitor(inv, workload=workload) as mon:
-                graded = _until_graded(mon, f"{vendor}-{SLOW}", 13.0)
-        finally:
-            proc.kill()
-            out, err = proc.communicate()
-        assert "Traceback" not in err, err
+        with _running(rt, {}), HealthMonitor(inv, workload=workload) as mon:
+            graded = _until_graded(mon, f"{vendor}-{SLOW}", 13.0)
     finally:
         workload.source.stop()
     _check(graded, f"{vendor}-{SLOW}", keys, "eBPF uprobes")
@@ -187,15 +195,9 @@ def test_interceptor_timing_of_the_runtime_finds_the_straggler(node: tuple[str, 
                                       uuids={d.key: d.uuid for d in inv.devices},
                                       compute_dir=str(compute), probes="interceptor")
     assert isinstance(workload, TimingFileSignals) and len(workload.source.files) == 8
-    proc = _workload(rt, 14.0, {"HCS_COMPUTE_DIR": str(compute), "HCS_SYNC_DEVICES": str(devices),
-                                "LD_PRELOAD": str(INTERCEPTOR)})
-    try:
-        with HealthMonitor(inv, workload=workload) as mon:
-            graded = _until_graded(mon, f"{vendor}-{SLOW}", 13.0)
-    finally:
-        proc.kill()
-        _, err = proc.communicate()
-    assert "Traceback" not in err, err
+    env = {"HCS_COMPUTE_DIR": str(compute), "HCS_SYNC_DEVICES": str(devices), "LD_PRELOAD": str(INTERCEPTOR)}
+    with _running(rt, env), HealthMonitor(inv, workload=workload) as mon:
+        graded = _until_graded(mon, f"{vendor}-{SLOW}", 13.0)
     _check(graded, f"{vendor}-{SLOW}", keys, "the interceptor's timing")
     rings = sorted(p.name for p in compute.glob("hcs-sync-*.ring"))
     assert rings == sorted(str(ring_name(d.uuid)) for d in inv.devices)
@@ -233,14 +235,7 @@ def simdrv(node: tuple[str, Path, Path], tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        drv.terminate()
-        try:
-            drv.wait(10)
-        except subprocess.TimeoutExpired:
-            drv.kill()
-            drv.wait()
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
+        stop_simdrv(drv, mnt)
 
 
 def test_ebpf_ioctl_tracepoints_time_the_driver_path_and_find_the_straggler(
@@ -262,16 +257,10 @@ def test_ebpf_ioctl_tracepoints_time_the_driver_path_and_find_the_straggler(
     try:
         if workload.source.ioctl_note:
             pytest.skip(f"no syscall tracepoints: {workload.source.ioctl_note}")
-        proc = _workload(rt, 14.0, {"HCS_SIM_DEVICE_NODES": str(simdrv)})
-        try:
-            with HealthMonitor(inv, workload=workload) as mon:
-                graded = _until_graded(mon, slow, 13.0)
-                ioctl_verdicts = workload.ioctl_detector.verdicts()
-                ioctl_means = workload.ioctl_detector.means(time.monotonic())
-        finally:
-            proc.kill()
-            _, err = proc.communicate()
-        assert "Traceback" not in err, err
+        with _running(rt, {"HCS_SIM_DEVICE_NODES": str(simdrv)}), HealthMonitor(inv, workload=workload) as mon:
+            graded = _until_graded(mon, slow, 13.0)
+            ioctl_verdicts = workload.ioctl_detector.verdicts()
+            ioctl_means = workload.ioctl_detector.means(time.monotonic())
     finally:
         workload.source.stop()
     assert graded is not None, "the slow device was not detected"

@@ -3,6 +3,8 @@ plugin environment (real sockets, the DRA-kubelet simulator, claims from memory)
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 import uuid as uuidlib
@@ -16,6 +18,7 @@ from hcs.api.gen.drahealth.v1alpha1 import api_pb2 as hv1alpha1
 from hcs.devices.model import Compute, Device, Vendor
 
 GiB = 1 << 30
+REPO = Path(__file__).resolve().parents[2]
 
 _NODES = {
     Vendor.NVIDIA: lambda i: (f"/dev/nvidia{i}",),
@@ -193,3 +196,85 @@ class HealthCollector:
                     return False
                 self._cond.wait(left)
         return True
+
+
+# ------------------------------------------------------------- the local cluster's real kubelet
+
+
+@contextlib.contextmanager
+def real_kubelet_plugin(kube_cluster: Any, api_client: Any, driver: str,
+                        **config: Any) -> Iterator[tuple[Any, Any, list[Device]]]:
+    """A DraPlugin named ``driver`` on the local cluster's real kubelet (2 simulated 80 GiB NVIDIA
+    devices; ``config`` adds DraConfig fields): yields (plugin, cfg, devices), then stops it and deletes
+    its ResourceSlices. Skips the test when not root (the kubelet's directories need it)."""
+    import pytest
+
+    from hcs.node.dra.config import DraConfig
+    from hcs.node.dra.plugin import DraPlugin
+
+    if os.geteuid() != 0:
+        pytest.skip("the real kubelet's directories need root")
+    lib = REPO / "interceptor" / "build"
+    cfg = DraConfig(
+        node_name=kube_cluster.node_name,
+        driver_name=driver,
+        plugins_registry=str(kube_cluster.kubelet_dir / "plugins_registry"),
+        plugin_dir=str(kube_cluster.kubelet_dir / "plugins" / driver),
+        cdi_dir="/var/run/cdi",
+        interceptor_host_dir=str(lib) if (lib / "libhcs_interceptor.so").exists() else "",
+        device_isolation=False,
+        **config,
+    )
+    devices = [make_device(Vendor.NVIDIA, i, vram_gib=80) for i in range(2)]
+    plugin = DraPlugin(cfg, devices, api_client)
+    plugin.start()
+    yield plugin, cfg, devices
+    plugin.stop()
+    if plugin.slices is not None:
+        plugin.slices.delete_all()
+
+
+def registered_with_a_device_class(plugin: Any, rest: Any, device_class: str, driver: str) -> None:
+    """Wait until the real kubelet registered ``plugin`` and its ResourceSlices are synced, and make sure
+    the DeviceClass ``device_class`` (selecting ``driver``'s devices) exists."""
+    from hcs.kube import RESOURCE_API, KubeError
+
+    assert plugin.registered.wait(30), f"the kubelet did not register the plugin: {plugin.registration_error}"
+    assert plugin.slices is not None and plugin.slices.wait_synced(30), plugin.slices.last_error
+    try:
+        rest.request("POST", f"{RESOURCE_API}/deviceclasses", body={
+            "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": device_class},
+            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{driver}"'}}]}})
+    except KubeError as exc:
+        assert exc.status == 409, exc
+
+
+def create_claim_template(rest: Any, ns: str, name: str, device_class: str, capacity: dict[str, str]) -> None:
+    """A ResourceClaimTemplate ``name`` in ``ns``: one device of ``device_class`` with ``capacity``."""
+    from hcs.kube import RESOURCE_API
+
+    rest.request("POST", f"{RESOURCE_API}/namespaces/{ns}/resourceclaimtemplates", body={
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": name},
+        "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
+            "deviceClassName": device_class, "capacity": {"requests": capacity}}}]}}},
+    })
+
+
+def run_to_completion(rest: Any, ns: str, pod: dict[str, Any], timeout_s: float = 120) -> dict[str, str]:
+    """Create ``pod`` in ``ns``, wait for it to succeed (the namespace's last events in the failure) and
+    return the ``KEY=value`` lines of its log."""
+    from hcs.testing.kube_objects import wait_for
+
+    name = pod["metadata"]["name"]
+    rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
+
+    def phase() -> str | None:
+        p = rest.request("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+        ph = p.get("status", {}).get("phase")
+        return ph if ph in ("Succeeded", "Failed") else None
+
+    final = wait_for(phase, timeout_s, interval_s=0.5)
+    events = rest.request("GET", f"/api/v1/namespaces/{ns}/events").get("items") or []
+    assert final == "Succeeded", [e.get("message") for e in events][-8:]
+    log = rest._send("GET", f"/api/v1/namespaces/{ns}/pods/{name}/log").read().decode()
+    return dict(line.split("=", 1) for line in log.splitlines() if "=" in line)

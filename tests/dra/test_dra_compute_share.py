@@ -20,15 +20,19 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dra_helpers import GiB, PluginEnv, make_device  # noqa: E402
+from dra_helpers import (  # noqa: E402
+    GiB,
+    PluginEnv,
+    create_claim_template,
+    real_kubelet_plugin,
+    registered_with_a_device_class,
+    run_to_completion,
+)
 
 from hcs.devices.injection import CONTAINER_COMPUTE_DIR  # noqa: E402
-from hcs.devices.model import Vendor  # noqa: E402
 from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
-from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.plugin import DraPlugin  # noqa: E402
 from hcs.testing.cluster import busybox_pod  # noqa: E402
-from hcs.testing.kube_objects import delete_namespace, ensure_namespace, wait_for  # noqa: E402
+from hcs.testing.kube_objects import delete_namespace, ensure_namespace  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = "ai.compute"
@@ -42,10 +46,13 @@ def env(tmp_path: Path):
     e.close()
 
 
-def _edits(env: PluginEnv) -> dict[str, Any]:
+def _prepared(env: PluginEnv, ref: tuple[str, str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Prepare the claim ``ref`` (it must succeed); return its CDI container edits and their env."""
+    out = env.sim.prepare(DRIVER, [ref])[ref[1]]
+    assert out.error == ""
     (spec,) = env.cdi_files()
     edits: dict[str, Any] = json.loads(spec.read_text())["devices"][0]["containerEdits"]
-    return edits
+    return edits, dict(e.split("=", 1) for e in edits["env"])
 
 
 def _mount(edits: dict[str, Any], container_path: str) -> dict[str, Any]:
@@ -57,10 +64,7 @@ def test_consumed_tflops_write_the_share_file_record_and_mount_the_compute_ledge
     # 78 of the device's 312 A100-equivalent TFLOPS = 25 %
     ref = env.add_claim([{"request": "gpu", "device": "nvidia-1",
                           "consumedCapacity": {"memory": "16Gi", "tflopsFP16": "78"}}])
-    out = env.sim.prepare(DRIVER, [ref])[ref[1]]
-    assert out.error == ""
-    edits = _edits(env)
-    envs = dict(e.split("=", 1) for e in edits["env"])
+    edits, envs = _prepared(env, ref)
     ledger = Path(_mount(edits, envs["HCS_SHM_DIR"])["hostPath"])
     text = (ledger / "compute").read_text()
     assert "policy hard\n" in text and f"group claim-{ref[1]}-gpu\n" in text, text
@@ -81,9 +85,7 @@ def test_claim_without_tflops_is_not_limited_but_still_mounts_the_compute_dir(en
     env.start()
     ref = env.add_claim([{"request": "gpu", "device": "nvidia-0",
                           "consumedCapacity": {"memory": "8Gi", "tflopsFP16": "0"}}])
-    assert env.sim.prepare(DRIVER, [ref])[ref[1]].error == ""
-    edits = _edits(env)
-    envs = dict(e.split("=", 1) for e in edits["env"])
+    edits, envs = _prepared(env, ref)
     assert not (Path(_mount(edits, envs["HCS_SHM_DIR"])["hostPath"]) / "compute").exists()
     assert Path(_mount(edits, envs["HCS_QUOTA_FILE"])["hostPath"]).read_text() == f"0 {8 * GiB}\n"
     assert _mount(edits, CONTAINER_COMPUTE_DIR)["hostPath"] == env.cfg.compute_dir
@@ -108,9 +110,7 @@ def test_the_interceptor_applies_the_share_file_the_dra_path_wrote(env: PluginEn
     env.start()
     ref = env.add_claim([{"request": "gpu", "device": "nvidia-2",
                           "consumedCapacity": {"memory": "8Gi", "tflopsFP16": "156"}}])
-    assert env.sim.prepare(DRIVER, [ref])[ref[1]].error == ""
-    edits = _edits(env)
-    envs = dict(e.split("=", 1) for e in edits["env"])
+    edits, envs = _prepared(env, ref)
     share = Path(_mount(edits, envs["HCS_SHM_DIR"])["hostPath"]) / "compute"
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps({"name": "t", "devices": [
@@ -136,29 +136,11 @@ KDRIVER = "compute-test.ai.compute"
 
 
 @pytest.fixture
-def real_node_plugin(kube_cluster: Any, api_client: Any, tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("the real kubelet's directories need root")
-    lib = REPO / "interceptor" / "build"
+def real_node_plugin(kube_cluster: Any, api_client: Any):
     compute = Path("/tmp") / f"hcs-dra-compute-{os.getpid()}"
-    cfg = DraConfig(
-        node_name=kube_cluster.node_name,
-        driver_name=KDRIVER,
-        plugins_registry=str(kube_cluster.kubelet_dir / "plugins_registry"),
-        plugin_dir=str(kube_cluster.kubelet_dir / "plugins" / KDRIVER),
-        cdi_dir="/var/run/cdi",
-        interceptor_host_dir=str(lib) if (lib / "libhcs_interceptor.so").exists() else "",
-        device_isolation=False,
-        compute_dir=str(compute),
-        compute_policy="hard",
-    )
-    devices = [make_device(Vendor.NVIDIA, i, vram_gib=80) for i in range(2)]
-    plugin = DraPlugin(cfg, devices, api_client)
-    plugin.start()
-    yield plugin, cfg, devices
-    plugin.stop()
-    if plugin.slices is not None:
-        plugin.slices.delete_all()
+    with real_kubelet_plugin(kube_cluster, api_client, KDRIVER, compute_dir=str(compute),
+                             compute_policy="hard") as plugin_cfg_devices:
+        yield plugin_cfg_devices
     with contextlib.suppress(OSError):
         compute.rmdir()
 
@@ -171,23 +153,11 @@ def test_real_kubelet_pod_with_a_tflops_claim_sees_its_share_and_policy(kube_clu
     the container reads its share file (policy burst, 25 %), its quota record and the compute dir."""
     plugin, cfg, devices = real_node_plugin
     rest = KubeRest(api_client)
-    assert plugin.registered.wait(30), f"the kubelet did not register the plugin: {plugin.registration_error}"
-    assert plugin.slices is not None and plugin.slices.wait_synced(30), plugin.slices.last_error
-    try:
-        rest.request("POST", f"{RESOURCE_API}/deviceclasses", body={
-            "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": CLASS},
-            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{KDRIVER}"'}}]}})
-    except KubeError as exc:
-        assert exc.status == 409, exc
+    registered_with_a_device_class(plugin, rest, CLASS, KDRIVER)
     ns = f"hcs-dra-compute-{os.getpid()}"
     ensure_namespace(rest, ns)
     try:
-        rest.request("POST", f"{RESOURCE_API}/namespaces/{ns}/resourceclaimtemplates", body={
-            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": "share"},
-            "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
-                "deviceClassName": CLASS,
-                "capacity": {"requests": {"memory": "16Gi", "tflopsFP16": "78"}}}}]}}},
-        })
+        create_claim_template(rest, ns, "share", CLASS, {"memory": "16Gi", "tflopsFP16": "78"})
         script = ("echo SHARE=$(tr '\\n' ';' < $HCS_SHM_DIR/compute); echo QUOTA=$(tr '\\n' ';' < $HCS_QUOTA_FILE); "
                   f"test -d {CONTAINER_COMPUTE_DIR} && echo COMPUTE_DIR=yes")
         pod = busybox_pod("drashare", ["sh", "-c", script], image=kube_cluster.busybox_image, namespace=ns,
@@ -195,18 +165,7 @@ def test_real_kubelet_pod_with_a_tflops_claim_sees_its_share_and_policy(kube_clu
                           extra_spec={"resourceClaims": [{"name": "acc", "resourceClaimTemplateName": "share"}]})
         pod["metadata"].setdefault("annotations", {})["hcs.io/compute-policy"] = "burst"
         pod["spec"]["containers"][0]["resources"] = {"claims": [{"name": "acc"}]}
-        rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
-
-        def phase() -> str | None:
-            p = rest.request("GET", f"/api/v1/namespaces/{ns}/pods/drashare")
-            ph = p.get("status", {}).get("phase")
-            return ph if ph in ("Succeeded", "Failed") else None
-
-        final = wait_for(phase, 120, interval_s=0.5)
-        events = rest.request("GET", f"/api/v1/namespaces/{ns}/events").get("items") or []
-        assert final == "Succeeded", [e.get("message") for e in events][-8:]
-        log = rest._send("GET", f"/api/v1/namespaces/{ns}/pods/drashare/log").read().decode()
-        values = dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
+        values = run_to_completion(rest, ns, pod)
         share = values["SHARE"].split(";")
         assert "policy burst" in share, share
         assert any(line.startswith("0 0.250000 78.0000 312.0000 ") for line in share), share

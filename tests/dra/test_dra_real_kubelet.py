@@ -17,12 +17,15 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dra_helpers import GiB, make_device  # noqa: E402
+from dra_helpers import (  # noqa: E402
+    GiB,
+    create_claim_template,
+    real_kubelet_plugin,
+    registered_with_a_device_class,
+    run_to_completion,
+)
 
-from hcs.devices.model import Vendor  # noqa: E402
-from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
-from hcs.node.dra.config import DraConfig  # noqa: E402
-from hcs.node.dra.plugin import DraPlugin  # noqa: E402
+from hcs.kube import KubeError, KubeRest  # noqa: E402
 from hcs.testing.cluster import busybox_pod  # noqa: E402
 from hcs.testing.kube_objects import delete_namespace, ensure_namespace, wait_for  # noqa: E402
 
@@ -35,64 +38,25 @@ CLASS = "kubelet-test.ai.compute"
 
 
 @pytest.fixture
-def real_node_plugin(kube_cluster: Any, api_client: Any, tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("the real kubelet's directories need root")
-    lib = REPO / "interceptor" / "build"
-    cfg = DraConfig(
-        node_name=kube_cluster.node_name,
-        driver_name=DRIVER,
-        plugins_registry=str(kube_cluster.kubelet_dir / "plugins_registry"),
-        plugin_dir=str(kube_cluster.kubelet_dir / "plugins" / DRIVER),
-        cdi_dir="/var/run/cdi",
-        interceptor_host_dir=str(lib) if (lib / "libhcs_interceptor.so").exists() else "",
-        device_isolation=False,
-    )
-    devices = [make_device(Vendor.NVIDIA, i, vram_gib=80) for i in range(2)]
-    plugin = DraPlugin(cfg, devices, api_client)
-    plugin.start()
-    yield plugin, cfg, devices
-    plugin.stop()
-    if plugin.slices is not None:
-        plugin.slices.delete_all()
+def real_node_plugin(kube_cluster: Any, api_client: Any):
+    with real_kubelet_plugin(kube_cluster, api_client, DRIVER) as plugin_cfg_devices:
+        yield plugin_cfg_devices
 
 
 def test_real_kubelet_runs_pod_with_16gi_claim(kube_cluster, api_client, real_node_plugin):
     plugin, cfg, devices = real_node_plugin
     rest = KubeRest(api_client)
-    assert plugin.registered.wait(30), f"the kubelet did not register the plugin: {plugin.registration_error}"
-    assert plugin.slices is not None and plugin.slices.wait_synced(30), plugin.slices.last_error
-    try:
-        rest.request("POST", f"{RESOURCE_API}/deviceclasses", body={
-            "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": CLASS},
-            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRIVER}"'}}]}})
-    except KubeError as exc:
-        assert exc.status == 409, exc
+    registered_with_a_device_class(plugin, rest, CLASS, DRIVER)
     ns = f"hcs-dra-kubelet-{os.getpid()}"
     ensure_namespace(rest, ns)
     try:
-        rest.request("POST", f"{RESOURCE_API}/namespaces/{ns}/resourceclaimtemplates", body={
-            "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate", "metadata": {"name": "vram-16gi"},
-            "spec": {"spec": {"devices": {"requests": [{"name": "gpu", "exactly": {
-                "deviceClassName": CLASS, "capacity": {"requests": {"memory": "16Gi"}}}}]}}},
-        })
+        create_claim_template(rest, ns, "vram-16gi", CLASS, {"memory": "16Gi"})
         script = "echo CUDA=$CUDA_VISIBLE_DEVICES; echo QUOTA=$(cat $HCS_QUOTA_FILE); echo CLAIM=$HCS_CLAIM"
         pod = busybox_pod("dra16", ["sh", "-c", script], image=kube_cluster.busybox_image, namespace=ns,
                           node_name=kube_cluster.node_name,
                           extra_spec={"resourceClaims": [{"name": "acc", "resourceClaimTemplateName": "vram-16gi"}]})
         pod["spec"]["containers"][0]["resources"] = {"claims": [{"name": "acc"}]}
-        rest.request("POST", f"/api/v1/namespaces/{ns}/pods", body=pod)
-
-        def phase() -> str | None:
-            p = rest.request("GET", f"/api/v1/namespaces/{ns}/pods/dra16")
-            ph = p.get("status", {}).get("phase")
-            return ph if ph in ("Succeeded", "Failed") else None
-
-        final = wait_for(phase, 120, interval_s=0.5)
-        events = rest.request("GET", f"/api/v1/namespaces/{ns}/events").get("items") or []
-        assert final == "Succeeded", [e.get("message") for e in events][-8:]
-        log = rest._send("GET", f"/api/v1/namespaces/{ns}/pods/dra16/log").read().decode()
-        values = dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
+        values = run_to_completion(rest, ns, pod)
         assert values["CUDA"] in {d.uuid for d in devices}
         assert values["QUOTA"] == f"0 {16 * GiB}"
         assert values["CLAIM"].startswith(f"{ns}/dra16-acc-")

@@ -10,11 +10,8 @@ simulated runtimes, plainly and under ASan/UBSan.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from interceptor_harness import MIB, VARIANTS, Harness, Result, build, write_profile
+from interceptor_harness import MIB, Harness, Result
 
 GRANULE = 2 * MIB
 
@@ -38,18 +35,6 @@ APIS: dict[str, tuple[int, int]] = {
     "aclrtMallocPhysical": (GRANULE, 16 * MIB),
     "cnrtMallocConstant": (1, 16 * MIB),
 }
-
-
-@pytest.fixture(scope="session")
-def built() -> None:
-    build()
-
-
-@pytest.fixture(params=VARIANTS)
-def h(request: pytest.FixtureRequest, built: None, tmp_path: Path) -> Iterator[Harness]:
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    yield Harness(variant=request.param, shm_dir=shm, profile=write_profile(tmp_path / "profile.json"))
 
 
 def ok(res: Result, case: str) -> None:

@@ -9,23 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from interceptor_harness import MIB, PHYS_NVIDIA, PHYS_OTHER, VARIANTS, Harness, build, write_profile
-
-
-@pytest.fixture(scope="session")
-def built() -> None:
-    build()
-
-
-@pytest.fixture(params=VARIANTS)
-def h(request: pytest.FixtureRequest, built: None, tmp_path: Path) -> Iterator[Harness]:
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    yield Harness(variant=request.param, shm_dir=shm, profile=write_profile(tmp_path / "profile.json"))
+from interceptor_harness import MIB, PHYS_NVIDIA, PHYS_OTHER, Harness
 
 
 def ok(res: object, case: str) -> None:

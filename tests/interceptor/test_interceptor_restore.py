@@ -11,64 +11,49 @@ runs in the checkpoint e2e (tests/checkpoint, ``make e2e-checkpoint``).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from interceptor_harness import MIB, VARIANTS, Harness, build, write_profile
+from interceptor_harness import MIB, Harness
 
-LEASE_BASE = 1 << 40  # interceptor/src/region.h HCS_LEASE_BASE: lease cells start here
-
-
-@pytest.fixture(scope="session")
-def built() -> None:
-    build()
+from hcs.testing.ledger_locks import leased_bytes
 
 
-@pytest.fixture(params=VARIANTS)
-def h(request: pytest.FixtureRequest, built: None, tmp_path: Path) -> Iterator[Harness]:
-    shm = tmp_path / "shm"
-    shm.mkdir()
-    yield Harness(variant=request.param, shm_dir=shm, profile=write_profile(tmp_path / "profile.json"))
-
-
-def leased_bytes(ledger: Path) -> int:
-    """Sum of the lease locks on a ledger file, read from the kernel's lock table (/proc/locks)."""
-    st = ledger.stat()
-    total = 0
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        # "1: OFDLCK ADVISORY READ -1 fd:01:1234 1099511627776 1099545182207" ("->" lines are waiters)
-        if len(parts) < 8 or parts[1] == "->":
-            continue
-        dev_ino = parts[5].split(":")
-        if len(dev_ino) != 3 or int(dev_ino[2]) != st.st_ino or \
-                os.makedev(int(dev_ino[0], 16), int(dev_ino[1], 16)) != st.st_dev:
-            continue
-        start, end = int(parts[6]), parts[7]
-        if start >= LEASE_BASE and end != "EOF":
-            total += int(end) - start + 1
-    return total
-
-
-def restored_process(h: Harness, first: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([h.program("t_cuda"), "moved", str(first)], env=h.env(True, False, {}),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def test_restore_into_a_new_ledger_reattaches_with_the_new_quota(h: Harness, tmp_path: Path) -> None:
+def quota_file(h: Harness, tmp_path: Path, text: str) -> Path:
+    """A quota file with ``text``, the one the harness's processes read (HCS_QUOTA_FILE)."""
     quota = tmp_path / "quota"
-    quota.write_text("* 64Mi\n")
+    quota.write_text(text)
     h.base_env["HCS_QUOTA_FILE"] = str(quota)
-    ledger = h.shm_dir / "hcs-vram.ledger"
-    proc = restored_process(h, 10 * MIB)
+    return quota
+
+
+@contextlib.contextmanager
+def restored_process(h: Harness, first: int) -> Iterator[subprocess.Popen[str]]:
+    """``t_cuda moved``: allocates ``first`` bytes and says "ready 0", then waits for "moved" on its stdin
+    (the restore done to it) to report what it sees then; killed at the end."""
+    proc = subprocess.Popen([h.program("t_cuda"), "moved", str(first)], env=h.env(True, False, {}),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         line = proc.stdout.readline()
-        assert line.strip() == "ready 0", line + (proc.stderr.read() if proc.stderr else "")
+        if line.strip() != "ready 0":
+            proc.kill()
+            pytest.fail(line + (proc.stderr.read() if proc.stderr else ""))
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_restore_into_a_new_ledger_reattaches_with_the_new_quota(h: Harness, tmp_path: Path) -> None:
+    quota = quota_file(h, tmp_path, "* 64Mi\n")
+    ledger = h.shm_dir / "hcs-vram.ledger"
+    with restored_process(h, 10 * MIB) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
         assert leased_bytes(ledger) == 10 * MIB  # counted in the old container's ledger
         # the "new container": another ledger file and a smaller quota at the same paths
         old = h.shm_dir / "old.ledger"
@@ -88,21 +73,14 @@ def test_restore_into_a_new_ledger_reattaches_with_the_new_quota(h: Harness, tmp
         other = h.run("t_cuda", "alloc", str(38 * MIB + 1)).json()
         assert other["rc"] == 2 and other["total"] == 48 * MIB and other["free"] == 38 * MIB
         assert h.run("t_cuda", "alloc", str(38 * MIB)).json()["rc"] == 0
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
     assert leased_bytes(ledger) == 0  # and it is returned when the process dies
 
 
 def test_restore_over_the_new_quota_keeps_memory_but_refuses_more(h: Harness, tmp_path: Path) -> None:
-    quota = tmp_path / "quota"
-    quota.write_text("* 64Mi\n")
-    h.base_env["HCS_QUOTA_FILE"] = str(quota)
+    quota = quota_file(h, tmp_path, "* 64Mi\n")
     ledger = h.shm_dir / "hcs-vram.ledger"
-    proc = restored_process(h, 40 * MIB)
-    try:
+    with restored_process(h, 40 * MIB) as proc:
         assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().strip() == "ready 0"
         ledger.rename(h.shm_dir / "old.ledger")
         ledger.touch(mode=0o666)
         quota.write_text("* 32Mi\n")  # the new container's quota is below what the process holds
@@ -113,19 +91,14 @@ def test_restore_over_the_new_quota_keeps_memory_but_refuses_more(h: Harness, tm
         assert res["free"] == 0 and res["total"] == 32 * MIB and res["over"] == 2, res
         assert leased_bytes(ledger) == 40 * MIB
         assert h.run("t_cuda", "alloc", "1").json()["rc"] == 2
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
 
 
 def test_descriptor_swapped_for_another_file_is_not_a_restore(h: Harness, tmp_path: Path) -> None:
     """An application that puts some other file at the ledger's descriptor number gains nothing: the
     region is broken and every further allocation refused (the kept-closed-fds guarantee)."""
     h.base_env["HCS_VRAM_QUOTA"] = "64Mi"
-    proc = restored_process(h, 10 * MIB)
-    try:
+    with restored_process(h, 10 * MIB) as proc:
         assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().strip() == "ready 0"
         ledger = h.shm_dir / "hcs-vram.ledger"
         ledger.rename(h.shm_dir / "old.ledger")
         (h.shm_dir / "decoy").touch(mode=0o666)
@@ -135,6 +108,3 @@ def test_descriptor_swapped_for_another_file_is_not_a_restore(h: Harness, tmp_pa
         res = json.loads(proc.stdout.readline())
         assert res["free"] == 0 and res["over"] == 2, res  # not even one byte more
         assert leased_bytes(h.shm_dir / "old.ledger") == 10 * MIB  # still counted where it was
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)

@@ -10,15 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from interceptor_harness import MIB, VARIANTS, Harness, build, write_profile
+from interceptor_harness import MIB, VARIANTS, Harness, write_profile
 
 QUOTA = 64 * MIB
 MAX_BLOCK = 8 * MIB  # 32 threads x up to 4 blocks x up to 8 MiB: demand far beyond the quota
-
-
-@pytest.fixture(scope="session")
-def built() -> None:
-    build()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

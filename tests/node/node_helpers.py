@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -81,3 +82,53 @@ def node_env(**overrides: Any) -> Iterator[Env]:
     finally:
         sim.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def agent_on_allocator(rest: Any, kube_cluster: Any, allocator_state: Any, *, leader: bool, resource: str,
+                       tag: str, devices: list[Device], compute_policy: str | None = None) -> Iterator[Any]:
+    """A node agent on the local cluster's real kubelet (``resource``, 2 slots per device) whose assignment
+    source is a real allocator gRPC server over ``allocator_state`` (a leader, or a standby whose
+    GetNodeAssignments answers UNAVAILABLE). ``compute_policy`` turns on compute limits (the node-wide
+    compute dir under the agent's temporary root). Yields the agent once the kubelet lists the slots;
+    stops it all and removes the root after."""
+    from hcs.allocator.service import AllocatorService, serve
+    from hcs.allocator.state import AllocatorState
+    from hcs.node.agent import NodeAgent
+    from hcs.node.sources import AllocatorAssignmentSource
+    from hcs.testing.cluster import wait_for
+
+    assert isinstance(allocator_state, AllocatorState)
+    # a short root: the unix socket paths under it must stay within the kernel's limit
+    root = Path(tempfile.mkdtemp(prefix=f"hcs{tag[0]}", dir="/tmp"))
+    server = serve(AllocatorService(allocator_state, is_leader=lambda: leader), f"unix://{root}/alloc.sock")
+    source = AllocatorAssignmentSource(f"unix://{root}/alloc.sock", kube_cluster.node_name)
+    config: dict[str, Any] = {
+        "nodeName": kube_cluster.node_name,
+        "devicePluginDir": str(Path(kube_cluster.kubelet_dir) / "device-plugins"),
+        "podResourcesSocket": str(Path(kube_cluster.kubelet_dir) / "pod-resources" / "kubelet.sock"),
+        "resourceName": resource, "socketName": f"hcs-{tag}-{uuid.uuid4().hex[:6]}.sock",
+        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
+        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 2, "metricsPort": 0,
+        "reportInterval": 3600, "assignmentSource": "allocator", "allocateWaitSeconds": 8,
+    }
+    if compute_policy is not None:
+        config.update(computePolicy=compute_policy, computeDir=str(root / "compute"))
+    agent = None
+    try:
+        agent = NodeAgent(node_config(config), devices, kube=rest, source=source).start()
+        slots = str(2 * len(devices))
+
+        def capacity() -> bool:
+            n = rest.request("GET", f"/api/v1/nodes/{kube_cluster.node_name}")
+            return bool(n["status"].get("allocatable", {}).get(resource) == slots)
+
+        wait_for(capacity, timeout=60, interval=0.1, what=f"{resource} allocatable on {kube_cluster.node_name}")
+        yield agent
+    finally:
+        if agent is not None:
+            agent.stop()
+        source.close()
+        server.stop(None)
+        shutil.rmtree(root, ignore_errors=True)
+

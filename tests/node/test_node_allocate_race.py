@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,12 +27,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_helpers import GiB, device  # noqa: E402
+from node_helpers import GiB, agent_on_allocator, device  # noqa: E402
 
 from hcs.devices.model import Vendor  # noqa: E402
 from hcs.kube import KubeError, KubeRest  # noqa: E402
 from hcs.node.assignments import Assignment, ContainerAssignment, DeviceGrant, PodRef, dumps  # noqa: E402
-from hcs.records import KEY_ENV, RecordKey  # noqa: E402
+from hcs.records import RecordKey  # noqa: E402
+from hcs.testing.cluster import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -42,69 +41,17 @@ RESOURCE = "test.hcs.io/race-slot"
 NS = "default"
 
 
-def _wait(pred: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-@pytest.fixture
-def rest(api_client: Any) -> KubeRest:
-    return KubeRest(api_client)
-
-
-@pytest.fixture
-def record_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RecordKey:
-    """The chart's record key (the allocator and the agents hold it): the agent reads $HCS_RECORD_KEY_FILE."""
-    path = tmp_path / "record-key"
-    path.write_bytes(os.urandom(48).hex().encode())
-    monkeypatch.setenv(KEY_ENV, str(path))
-    return RecordKey.load(path)
-
-
 @pytest.fixture
 def agent_on_real_kubelet(rest: KubeRest, kube_cluster: Any, record_key: RecordKey) -> Iterator[Any]:
     """A node agent registered with the real kubelet whose assignment source is a real allocator gRPC
     server that is a standby (GetNodeAssignments answers UNAVAILABLE: nothing to match)."""
-    from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
-    from hcs.node.agent import NodeAgent
-    from hcs.node.config import node_config
-    from hcs.node.sources import AllocatorAssignmentSource
 
-    root = Path(tempfile.mkdtemp(prefix="hcsr", dir="/tmp"))
-    standby = serve(AllocatorService(AllocatorState(), is_leader=lambda: False), f"unix://{root}/alloc.sock")
-    source = AllocatorAssignmentSource(f"unix://{root}/alloc.sock", kube_cluster.node_name)
-    cfg = node_config({
-        "nodeName": kube_cluster.node_name,
-        "devicePluginDir": str(Path(kube_cluster.kubelet_dir) / "device-plugins"),
-        "podResourcesSocket": str(Path(kube_cluster.kubelet_dir) / "pod-resources" / "kubelet.sock"),
-        "resourceName": RESOURCE, "socketName": f"hcs-race-{uuid.uuid4().hex[:6]}.sock",
-        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
-        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 2, "metricsPort": 0,
-        "reportInterval": 3600, "assignmentSource": "allocator", "allocateWaitSeconds": 8,
-    })
     devices = [device(Vendor.NVIDIA, 0, 80), device(Vendor.NVIDIA, 1, 40)]
-    agent = NodeAgent(cfg, devices, kube=rest, source=source).start()
-    assert agent.core.record_lookup is not None
-
-    def capacity() -> bool:
-        n = rest.request("GET", f"/api/v1/nodes/{kube_cluster.node_name}")
-        return n["status"].get("allocatable", {}).get(RESOURCE) == "4"
-
-    try:
-        _wait(capacity, 60, f"{RESOURCE} allocatable on {kube_cluster.node_name}")
+    with agent_on_allocator(rest, kube_cluster, AllocatorState(), leader=False, resource=RESOURCE, tag="race",
+                            devices=devices) as agent:
+        assert agent.core.record_lookup is not None
         yield agent
-    finally:
-        agent.stop()
-        source.close()
-        standby.stop(None)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _create_unbound(rest: KubeRest, kube_cluster: Any, name: str) -> dict[str, Any]:
@@ -144,7 +91,7 @@ def _finished(rest: KubeRest, name: str, timeout_s: float = 120) -> dict[str, An
         p = rest.request("GET", f"/api/v1/namespaces/{NS}/pods/{name}")
         return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
 
-    out: dict[str, Any] = _wait(done, timeout_s, f"pod {name} to finish")
+    out: dict[str, Any] = wait_for(done, timeout=timeout_s, interval=0.1, what=f"pod {name} to finish")
     return out
 
 
@@ -159,19 +106,26 @@ def _pod(rest: KubeRest, kube_cluster: Any, prefix: str) -> Iterator[dict[str, A
             rest.request("DELETE", f"/api/v1/namespaces/{NS}/pods/{name}", query={"gracePeriodSeconds": "0"})
 
 
+def _run_with_record(rest: KubeRest, kube_cluster: Any, pod: dict[str, Any], index: int, key: RecordKey) -> str:
+    """The allocator's order for ``pod``: its signed record (8 GiB on nvidia-<index>), then the Binding.
+    The pod must succeed; returns its log."""
+    name, node = pod["metadata"]["name"], kube_cluster.node_name
+    _annotate(rest, name, _record(pod, node, index, key))
+    _bind(rest, name, node)
+    p = _finished(rest, name)
+    assert p["status"]["phase"] == "Succeeded", p["status"]
+    out: str = kube_cluster.kubectl("logs", "-n", NS, name).stdout
+    return out
+
+
 def test_allocate_before_the_allocator_has_it_uses_the_pods_signed_record(
         rest: KubeRest, kube_cluster: Any, record_key: RecordKey, agent_on_real_kubelet: Any) -> None:
     agent = agent_on_real_kubelet
-    node = kube_cluster.node_name
     with _pod(rest, kube_cluster, "hcs-race-rec") as pod:
         name = pod["metadata"]["name"]
         # the allocator's order: the record first (nvidia-0, where best fit would pick the 40 GiB nvidia-1),
         # then the Binding; the standby allocator the agent asks never hears of it
-        _annotate(rest, name, _record(pod, node, 0, record_key))
-        _bind(rest, name, node)
-        p = _finished(rest, name)
-        assert p["status"]["phase"] == "Succeeded", p["status"]
-        logs = kube_cluster.kubectl("logs", "-n", NS, name).stdout
+        logs = _run_with_record(rest, kube_cluster, pod, 0, record_key)
         assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0000" in logs
         assert [(a.pod.name, [g.key for g in a.devices]) for a in agent.core.allocations()] == [(name, ["nvidia-0"])]
 
@@ -183,7 +137,8 @@ def test_allocate_waits_for_an_assignment_written_after_it_arrived(
     with _pod(rest, kube_cluster, "hcs-race-late") as pod:
         name = pod["metadata"]["name"]
         _bind(rest, name, node)  # bound with no record anywhere: the kubelet admits it and calls Allocate
-        _wait(lambda: agent.core.awaiting, 60, "the kubelet's Allocate to wait for the assignment")
+        wait_for(lambda: agent.core.awaiting, timeout=60, interval=0.1,
+                 what="the kubelet's Allocate to wait for the assignment")
         p = rest.request("GET", f"/api/v1/namespaces/{NS}/pods/{name}")
         assert p["status"].get("phase") in (None, "Pending"), p["status"]  # not failed: still admitting
         _annotate(rest, name, _record(pod, node, 1, record_key))
@@ -226,7 +181,6 @@ def test_admission_reads_the_watched_record_without_asking_the_allocator(
 
     monkeypatch.setattr(deviceplugin, "CACHE_CATCH_UP_S", 20.0)
     agent = agent_on_real_kubelet
-    node = kube_cluster.node_name
     assert agent.records is not None and agent.records.wait_synced(30)
     calls: list[str] = []
     real_assignments, real_lookup = agent.core.source.assignments, agent.core.record_lookup
@@ -243,12 +197,7 @@ def test_admission_reads_the_watched_record_without_asking_the_allocator(
     agent.core.record_lookup = counted_lookup
     try:
         with _pod(rest, kube_cluster, "hcs-race-cached") as pod:
-            name = pod["metadata"]["name"]
-            _annotate(rest, name, _record(pod, node, 1, record_key))
-            _bind(rest, name, node)
-            p = _finished(rest, name)
-            assert p["status"]["phase"] == "Succeeded", p["status"]
-            assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in kube_cluster.kubectl("logs", "-n", NS, name).stdout
+            assert "NVIDIA_VISIBLE_DEVICES=NVIDIA-UUID-0001" in _run_with_record(rest, kube_cluster, pod, 1, record_key)
             assert calls == []
     finally:
         agent.core.source.assignments = real_assignments

@@ -10,10 +10,7 @@ file it was given."""
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +20,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_helpers import GiB, device  # noqa: E402
-from test_node_allocate_race import _bind, _finished, _wait  # noqa: E402
+from node_helpers import GiB, agent_on_allocator, device  # noqa: E402
+from test_node_allocate_race import _bind, _finished  # noqa: E402
 
 from hcs.devices.model import Vendor  # noqa: E402
 from hcs.kube import KubeError, KubeRest  # noqa: E402
-from hcs.records import KEY_ENV, RecordKey  # noqa: E402
+from hcs.records import RecordKey  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -37,57 +34,16 @@ NS = "default"
 
 
 @pytest.fixture
-def rest(api_client: Any) -> KubeRest:
-    return KubeRest(api_client)
-
-
-@pytest.fixture
-def record_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> RecordKey:
-    path = tmp_path / "record-key"
-    path.write_bytes(os.urandom(48).hex().encode())
-    monkeypatch.setenv(KEY_ENV, str(path))
-    return RecordKey.load(path)
-
-
-@pytest.fixture
 def leader_and_agent(rest: KubeRest, kube_cluster: Any, record_key: RecordKey) -> Iterator[Any]:
     """A leader allocator (its state is the test's to fill) and a node agent on the real kubelet whose
     assignment source it is."""
-    from hcs.allocator.service import AllocatorService, serve
     from hcs.allocator.state import AllocatorState
-    from hcs.node.agent import NodeAgent
-    from hcs.node.config import node_config
-    from hcs.node.sources import AllocatorAssignmentSource
 
-    root = Path(tempfile.mkdtemp(prefix="hcsp", dir="/tmp"))
     state = AllocatorState()
-    leader = serve(AllocatorService(state, is_leader=lambda: True), f"unix://{root}/alloc.sock")
-    source = AllocatorAssignmentSource(f"unix://{root}/alloc.sock", kube_cluster.node_name)
-    cfg = node_config({
-        "nodeName": kube_cluster.node_name,
-        "devicePluginDir": str(Path(kube_cluster.kubelet_dir) / "device-plugins"),
-        "podResourcesSocket": str(Path(kube_cluster.kubelet_dir) / "pod-resources" / "kubelet.sock"),
-        "resourceName": RESOURCE, "socketName": f"hcs-policy-{uuid.uuid4().hex[:6]}.sock",
-        "stateDir": str(root / "state"), "quotaDir": str(root / "quota"), "shmDir": str(root / "shm"),
-        "cdiDir": str(root / "cdi"), "interceptorDir": "", "slotsPerDevice": 2, "metricsPort": 0,
-        "reportInterval": 3600, "assignmentSource": "allocator", "allocateWaitSeconds": 8,
-        "computePolicy": "hard", "computeDir": str(root / "compute"),
-    })
-    agent = NodeAgent(cfg, [device(Vendor.NVIDIA, 0, 80)], kube=rest, source=source).start()
-    assert agent.core.policy_lookup is not None
-
-    def capacity() -> bool:
-        n = rest.request("GET", f"/api/v1/nodes/{kube_cluster.node_name}")
-        return n["status"].get("allocatable", {}).get(RESOURCE) == "2"
-
-    try:
-        _wait(capacity, 60, f"{RESOURCE} allocatable on {kube_cluster.node_name}")
+    with agent_on_allocator(rest, kube_cluster, state, leader=True, resource=RESOURCE, tag="policy",
+                            devices=[device(Vendor.NVIDIA, 0, 80)], compute_policy="hard") as agent:
+        assert agent.core.policy_lookup is not None
         yield state, agent
-    finally:
-        agent.stop()
-        source.close()
-        leader.stop(None)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_allocator_assignment_gets_the_pods_compute_policy(rest: KubeRest, kube_cluster: Any,
