@@ -35,8 +35,9 @@ is bound (a watch records when each pod is bound). Prints one JSON object:
 - ``allocator_rss_mib``: the allocator daemon's peak RSS (VmHWM);
 - ``kcm_qps`` / ``kcm_burst``: kube-controller-manager's client limits; ``scheduler_qps``;
 - ``cpu_split``: with ``--allocator-cpus`` (e.g. ``1``), the allocator daemon runs on those CPUs and this
-  bench with everything it starts (private control plane, kube-schedulers) on the others, as a deployment
-  gives the allocator its own node or a CPU request; without it (``null``) they all share every core, and
+  bench with everything it starts (private control plane, the hcs kube-scheduler) on the others, as a
+  deployment gives the allocator its own node or a CPU request; the DRA path's kube-scheduler, which does
+  that path's allocating, gets the allocator's CPUs in its turn; without it (``null``) they all share every core, and
   ``decision_runqueue_p99_ms`` shows how much of the wall time was the wait for a core.
 
     .venv/bin/python bench/scheduler.py [--nodes 500] [--pods 5000] [--devices 8] [--timeout 900]
@@ -243,7 +244,8 @@ def scheduler_binary(cluster: Any) -> str:
         return str(found[-1])
 
 
-def run_scheduler(cluster: Any, tmp: Path, name: str, profile: dict[str, Any], extenders: list[Any]) -> Any:
+def run_scheduler(cluster: Any, tmp: Path, name: str, profile: dict[str, Any], extenders: list[Any],
+                  cpus: set[int] | None = None) -> Any:
     cfg = {"apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
            "clientConnection": {"kubeconfig": str(cluster.kubeconfig), "qps": 1000, "burst": 2000},
            "leaderElection": {"leaderElect": False}, "profiles": [profile]}
@@ -255,7 +257,8 @@ def run_scheduler(cluster: Any, tmp: Path, name: str, profile: dict[str, Any], e
     return subprocess.Popen([scheduler_binary(cluster), f"--config={path}",
                              f"--secure-port={free_port()}", "--bind-address=127.0.0.1",
                              "--feature-gates=DRAConsumableCapacity=true", "-v=1"],
-                            stdout=logf, stderr=subprocess.STDOUT)
+                            stdout=logf, stderr=subprocess.STDOUT,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -423,7 +426,8 @@ def main() -> int:
             ap.error("--allocator-cpus pins the control plane this run starts; "
                      "it cannot be combined with --reuse or --control-plane shared")
         os.sched_setaffinity(0, rest_cpus)  # everything started from here on inherits it
-        cpu_split = {"allocator": sorted(alloc_cpus), "rest": sorted(rest_cpus)}
+        # the DRA path's allocator is its kube-scheduler: it gets the allocator's CPUs
+        cpu_split = {"allocator": sorted(alloc_cpus), "dra_scheduler": sorted(alloc_cpus), "rest": sorted(rest_cpus)}
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.pods > args.nodes * args.devices * 5:  # 16Gi of 80Gi: five pods per device
@@ -487,7 +491,7 @@ def main() -> int:
                 make_pods(rest, args.pods, "dra", "bench-dra", args.workers)
                 result["dra_create_s"] = round(time.monotonic() - t, 1)
                 result["dra"] = measure(rest, "dra", args.pods, lambda: run_scheduler(
-                    cp, tmp, "dra", {"schedulerName": "bench-dra"}, []), args.timeout)
+                    cp, tmp, "dra", {"schedulerName": "bench-dra"}, [], alloc_cpus), args.timeout)
             else:
                 result["dra"] = {"skipped": True, "pods_per_s": None, "bind_p99_s": None}
         finally:
