@@ -396,6 +396,26 @@ static int index_of_uuid(const uint8_t u[16]) {
     return DEV_FOREIGN;
 }
 
+/* Open the agent's quota file and ledger dir at their fixed paths, then check what was opened: the
+ * agent's read-only mounts, nothing else. On false both are closed (-1) and why says what failed. */
+static bool open_fixed_mounts(int *qfd, int *dfd, char *why, size_t whylen) {
+    *qfd = open(HCS_FIXED_QUOTA_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    *dfd = open(HCS_FIXED_LEDGER_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    bool ok = *qfd >= 0 && *dfd >= 0;
+    if (!ok)
+        snprintf(why, whylen, "%s: %s", *qfd < 0 ? HCS_FIXED_QUOTA_FILE : HCS_FIXED_LEDGER_DIR, strerror(errno));
+    ok = ok && readonly_mount_root(*qfd, HCS_FIXED_QUOTA_FILE, why, whylen) &&
+         readonly_mount_root(*dfd, HCS_FIXED_LEDGER_DIR, why, whylen);
+    if (!ok) {
+        if (*qfd >= 0)
+            close(*qfd);
+        if (*dfd >= 0)
+            close(*dfd);
+        *qfd = *dfd = -1;
+    }
+    return ok;
+}
+
 /* The ledger descriptor names another file than the one opened: this process was restored from a
  * checkpoint (CRIU re-opens files by path) into a new container - another device, another ledger,
  * perhaps another quota. Re-read the quota and device list the new container was given (managed:
@@ -408,15 +428,9 @@ static bool on_ledger_moved(struct hcs_region *r) {
     struct hcs_quota q;
     int rc;
     if (g.managed) {
-        int qfd = open(HCS_FIXED_QUOTA_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        int dfd = open(HCS_FIXED_LEDGER_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        int qfd, dfd;
         char why[512] = "";
-        bool ok = qfd >= 0 && dfd >= 0;
-        if (!ok)
-            snprintf(why, sizeof why, "%s: %s", qfd < 0 ? HCS_FIXED_QUOTA_FILE : HCS_FIXED_LEDGER_DIR,
-                     strerror(errno));
-        ok = ok && readonly_mount_root(qfd, HCS_FIXED_QUOTA_FILE, why, sizeof why) &&
-             readonly_mount_root(dfd, HCS_FIXED_LEDGER_DIR, why, sizeof why);
+        bool ok = open_fixed_mounts(&qfd, &dfd, why, sizeof why);
         rc = ok ? hcs_quota_load_fd(&q, qfd, HCS_FIXED_QUOTA_FILE, err, sizeof err) : -1;
         if (!ok)
             snprintf(err, sizeof err, "%s", why);
@@ -478,22 +492,11 @@ static void init_locked(void) {
             g.fail_closed = true;
             return;
         }
-        /* open first, then check what was opened: the agent's read-only mounts, nothing else */
-        int qfd = open(HCS_FIXED_QUOTA_FILE, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        int dfd = open(HCS_FIXED_LEDGER_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        int qfd, dfd;
         char why[512] = "";
-        bool ok = qfd >= 0 && dfd >= 0;
-        if (!ok)
-            snprintf(why, sizeof why, "%s: %s", qfd < 0 ? HCS_FIXED_QUOTA_FILE : HCS_FIXED_LEDGER_DIR,
-                     strerror(errno));
-        ok = ok && readonly_mount_root(qfd, HCS_FIXED_QUOTA_FILE, why, sizeof why) &&
-             readonly_mount_root(dfd, HCS_FIXED_LEDGER_DIR, why, sizeof why);
+        bool ok = open_fixed_mounts(&qfd, &dfd, why, sizeof why);
         if (!ok) {
             hcs_log(0, "%s; every device allocation is refused", why);
-            if (qfd >= 0)
-                close(qfd);
-            if (dfd >= 0)
-                close(dfd);
             g.fail_closed = true;
             return;
         }
