@@ -37,6 +37,9 @@ class AllocatorConfig:
     node_agent_users: tuple[str, ...] = ()  # allocator.auth.nodeAgentUsers: restricted to their own node
     auth_cache_ttl_s: float = 60.0  # allocator.auth.cacheTTLSeconds
     auth_cache_size: int = 4096  # allocator.auth.cacheSize
+    # allocator.startBurstPerNode: pods a node may be starting before the extender prefers other fitting
+    # nodes (AllocatorState.rank); 0: the policy's order as is
+    start_burst_per_node: int = 8
 
 
 def _sub(sec: dict[str, Any], key: str, known: set[str], path: str | None) -> dict[str, Any]:
@@ -54,7 +57,7 @@ def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[A
     cfg = load_config(path)
     sec = section(cfg, "allocator", source=f"config {path}")
     known = {"grpcAddress", "extenderAddress", "namespace", "leaseName", "leaseSeconds", "syncIntervalSeconds",
-             "kubeconfig", "tls", "auth"}
+             "kubeconfig", "tls", "auth", "startBurstPerNode"}
     known |= {"extender"}  # allocator.extender.tls: hcs.allocator.extender.extender_tls_from_config
     unknown = sorted(set(sec) - known)
     if unknown:
@@ -82,6 +85,8 @@ def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[A
             node_agent_users=tuple(users),
             auth_cache_ttl_s=float(auth.get("cacheTTLSeconds", AllocatorConfig.auth_cache_ttl_s)),
             auth_cache_size=int(auth.get("cacheSize", AllocatorConfig.auth_cache_size)),
+            start_burst_per_node=_whole(sec.get("startBurstPerNode", AllocatorConfig.start_burst_per_node),
+                                        "startBurstPerNode"),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config {path}: allocator section: {exc}") from exc
@@ -91,6 +96,13 @@ def load_allocator_config(path: str | None, args: argparse.Namespace) -> tuple[A
         raise ConfigError(f"config {path}: allocator.leaseSeconds must be >= 3, got {out.lease_seconds}")
     rates = section(cfg, "exchangeRates", source=f"config {path}")
     return out, rates
+
+
+def _whole(value: Any, key: str) -> int:
+    """A count >= 0 from the config (YAML ``8``, not ``8.5``, ``"8"`` or ``true``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"allocator.{key} must be a whole number >= 0, got {value!r}")
+    return value
 
 
 def _api_client(kubeconfig: str | None, *, retries: int | None = None) -> Any:
@@ -263,7 +275,7 @@ def run_allocator(args: argparse.Namespace) -> int:
         insecure_dev=insecure_dev, source=f"config {args.config}")
     rest = KubeRest(_api_client(cfg.kubeconfig))
     stop = StopSignals()
-    state = AllocatorState()
+    state = AllocatorState(start_burst=cfg.start_burst_per_node)
     metrics = AllocatorMetrics(state)
     sync = KubeSync(rest, state, rates, metrics)
     identity = args.identity or f"{socket.gethostname()}_{os.getpid()}"

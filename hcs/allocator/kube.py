@@ -253,7 +253,13 @@ class KubeSync:
             self._held_back.add(uid)
 
     def _apply_pod(self, pod: dict[str, Any] | None, uid: str, problems: list[str]) -> None:
-        """Make the state hold what the (watched) pod says; ``None``: the pod is gone."""
+        """Make the state hold what the (watched) pod says; ``None``: the pod is gone. A running pod no
+        longer counts as starting on its node (``AllocatorState.rank``)."""
+        self._apply_grant(pod, uid, problems)
+        if pod is not None and (pod.get("status") or {}).get("phase") == "Running":
+            self.state.started(uid)
+
+    def _apply_grant(self, pod: dict[str, Any] | None, uid: str, problems: list[str]) -> None:
         want = self._reservation_of(pod, problems) if pod is not None else None
         have = self.state.reservation(uid)
         if want is None:

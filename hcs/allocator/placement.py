@@ -591,6 +591,20 @@ class Ranking:
         norm = np.full(len(sc), 100.0) if hi == lo else 100.0 * (sc - lo) / (hi - lo)
         return np.where(finite, norm, 0.0)
 
+    def defer(self, tier: IntArray) -> Ranking:
+        """The same ranking with nodes of a higher ``tier`` (``(N,)`` per table node) after every node of a
+        lower one, order kept within a tier; their scores move below the lower tiers' (so the extender's
+        priorities follow the new order). Greedy plans stay last."""
+        t = tier[self.node]
+        if len(t) == 0 or int(t.min()) == int(t.max()):
+            return self
+        t = t - t.min()
+        finite = self.score > GREEDY
+        span = float(self.score[finite].max() - self.score[finite].min()) + 1.0 if finite.any() else 1.0
+        score = np.where(finite, self.score - t * span, self.score)
+        order = np.lexsort((np.arange(len(t)), t, ~finite))
+        return replace(self, node=self.node[order], score=score[order], row=self.row[order], col=self.col[order])
+
     def failed(self) -> list[tuple[int, str]]:
         """``(node index, reason)`` for every node in scope that is not ranked, by node name."""
         out = self.scope.copy()

@@ -372,3 +372,31 @@ def test_a_grant_cleared_right_before_the_binding_makes_the_binding_fail(
         state.check_invariants()
     finally:
         sync.stop()
+
+
+def test_a_pod_whose_phase_turns_running_stops_counting_as_starting(
+        rest: KubeRest, fake_node: str, pods: list[str]) -> None:
+    """The watch feeds ``AllocatorState(start_burst=...)``: a bound pod counts as starting on its node until
+    the kubelet reports it Running (the status written here, as a kubelet would)."""
+    state = AllocatorState(start_burst=1)
+    sync = KubeSync(rest, state, watch_timeout_s=20)
+    sync.start()
+    try:
+        assert sync.wait_synced(60)
+        wait_for(lambda: any(n.name == fake_node for n in state.nodes()), timeout=30, what="ComputeNode watched")
+        ext = Extender(state, sync)
+        pod = make_pod(rest, pods, "1Gi")
+        bind(ext, pod, fake_node)
+        assert state.starting(fake_node) == 1
+        name = pod["metadata"]["name"]
+        rest.request("PATCH", f"/api/v1/namespaces/default/pods/{name}/status",
+                     body={"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}},
+                     content_type="application/merge-patch+json")
+        time.sleep(1)
+        assert state.starting(fake_node) == 1  # a status change that is not Running: still starting
+        rest.request("PATCH", f"/api/v1/namespaces/default/pods/{name}/status",
+                     body={"status": {"phase": "Running"}}, content_type="application/merge-patch+json")
+        wait_for(lambda: state.starting(fake_node) == 0, timeout=30, what="the Running phase to reach the state")
+        assert state.reservation(pod["metadata"]["uid"]) is not None  # still holds its devices
+    finally:
+        sync.stop()

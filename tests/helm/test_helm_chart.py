@@ -117,6 +117,9 @@ def test_bad_values_fail_with_a_message_naming_the_value(helm_bin: str) -> None:
     with pytest.raises(HelmError) as exc:
         render(set_values={"nodeAgent.cpuAffinity": "fast"})
     assert "cpuAffinity" in exc.value.stderr
+    with pytest.raises(HelmError) as exc:
+        render(set_values={"scheduler.startBurstPerNode": -1})
+    assert "startBurstPerNode" in exc.value.stderr
 
 
 # ---------------------------------------------------------------- values keep the seed's keys and defaults
@@ -731,6 +734,24 @@ def test_node_agent_cpu_affinity_reaches_its_config(rendered: Render) -> None:
         docs = rendered((), nodeAgent__cpuAffinity=value)
         cfg = node_config(section(component_configs(docs)["node"], "node"), source="chart", nodeName="n")
         assert cfg.cpuAffinity == expected
+
+
+def test_start_burst_per_node_reaches_the_allocator_and_its_loader_checks_it(rendered: Render,
+                                                                             tmp_path: Path) -> None:
+    from hcs.allocator.cli import load_allocator_config
+    from hcs.errors import ConfigError
+
+    flags = argparse.Namespace(grpc_address=None, extender_address=None, namespace=None, kubeconfig=None)
+    for value in (8, 0, 3):
+        docs = rendered((), **({} if value == 8 else {"scheduler__startBurstPerNode": value}))  # 8: the default
+        section_ = component_configs(docs)["allocator"]
+        assert section_["allocator"]["startBurstPerNode"] == value
+        (tmp_path / "a.yaml").write_text(yaml.safe_dump(section_))
+        assert load_allocator_config(str(tmp_path / "a.yaml"), flags)[0].start_burst_per_node == value
+    for bad in ("8", 2.5, True, -1):
+        (tmp_path / "a.yaml").write_text(yaml.safe_dump({"allocator": {"startBurstPerNode": bad}}))
+        with pytest.raises(ConfigError, match="startBurstPerNode must be a whole number"):
+            load_allocator_config(str(tmp_path / "a.yaml"), flags)
 
 
 def test_uninstall_hook_releases_the_leases_with_the_least_rbac(rendered: Render) -> None:
