@@ -13,7 +13,8 @@
    (phase observed by polling the pod list every 0.2 s) for each.
 
 Prints {"hcs_start_p50_s", "hcs_start_p99_s", "plain_start_p50_s", "plain_start_p99_s", "ratio_p99",
-"install_to_ready_s", "nodes", "hcs_nodes", "plain_nodes" (pods per node), ...}. ``--no-install`` skips step 1
+"install_to_ready_s", "nodes", "hcs_nodes", "plain_nodes" (pods per node), "start_burst_per_node" (the
+installed chart's, see docs/operations.md), ...}. ``--no-install`` skips step 1
 (install_to_ready_s is null). ``--plain-node NODE`` is a diagnostic, not the benchmark: plain pods pinned to
 one node (the one the allocator packed the ai.compute pods onto) compare the two kinds on one kubelet.
 ``--hcs-spread`` is the other diagnostic: the ai.compute pods ask for the spread policy, so both kinds
@@ -66,6 +67,9 @@ def main() -> int:
     ap.add_argument("-n", "--pods", type=int, default=50, help="pods of each kind [50]")
     ap.add_argument("--no-install", action="store_true", help="measure on the release as installed")
     ap.add_argument("--values", default=str(REPO / "e2e" / "chart" / "values-local.yaml"))
+    ap.add_argument("--set", dest="helm_set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra helm --set for the install (repeatable), e.g. scheduler.startBurstPerNode=0 for "
+                         "the allocator's plain policy order")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--plain-node", default="",
                     help="diagnostic only, not the benchmark: pin the plain pods to this node (e.g. the node the "
@@ -91,10 +95,12 @@ def main() -> int:
                        capture_output=True, text=True)
         t0 = time.monotonic()
         subprocess.run([*helm, "install", h.release, str(REPO / "helm" / "hcs"), "-n", h.release_namespace,
-                        "--create-namespace", "-f", args.values, "--wait", "--timeout", "5m"], check=True,
-                       capture_output=True, text=True)
+                        "--create-namespace", "-f", args.values, *(f"--set={kv}" for kv in args.helm_set),
+                        "--wait", "--timeout", "5m"], check=True, capture_output=True, text=True)
         h.wait_ready(timeout=300)
         install_s = round(time.monotonic() - t0, 2)
+    values = json.loads(subprocess.run([*helm, "get", "values", h.release, "-n", h.release_namespace, "--all",
+                                        "-o", "json"], check=True, capture_output=True, text=True).stdout)
     h.up()  # session namespace
     busybox = h.cluster.busybox_image
     run = uuid.uuid4().hex[:5]
@@ -145,6 +151,7 @@ def main() -> int:
         "install_to_ready_s": install_s,
         "nodes": len(h.nodes),
         "pods_each": args.pods,
+        "start_burst_per_node": (values.get("scheduler") or {}).get("startBurstPerNode"),
         "hcs_failed": sum(1 for n in failed if n.startswith("hcs-")),
         "plain_failed": sum(1 for n in failed if n.startswith("plain-")),
         "first_failure": next(iter(failed.values()), "")[:300],

@@ -131,6 +131,7 @@ class AllocatorState:
         #: pods reserved but not yet seen running, oldest first: uid -> (node, monotonic time reserved)
         self._starting: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._starting_on: Counter[str] = Counter()  # node -> how many of them
+        self._busy: set[str] = set()  # nodes starting at least start_burst (what rank looks at)
 
     # ------------------------------------------------------------------ inventory
     def set_node(self, inv: NodeInventory) -> None:
@@ -268,10 +269,10 @@ class AllocatorState:
         self._expire_starting()
         tiers = np.zeros(len(table.nodes), dtype=np.int64)
         index = table.node_index
-        for node, n in self._starting_on.items():
+        for node in self._busy:
             ni = index.get(node)
-            if ni is not None and n >= self.start_burst:
-                tiers[ni] = n // self.start_burst
+            if ni is not None:
+                tiers[ni] = self._starting_on[node] // self.start_burst
         return tiers
 
     def _expire_starting(self) -> None:
@@ -285,14 +286,19 @@ class AllocatorState:
     def _drop_starting(self, uid: str) -> None:
         got = self._starting.pop(uid, None)
         if got is not None:
-            self._starting_on[got[0]] -= 1
-            if self._starting_on[got[0]] <= 0:
-                del self._starting_on[got[0]]
+            node = got[0]
+            self._starting_on[node] -= 1
+            if self._starting_on[node] <= 0:
+                del self._starting_on[node]
+            if self._starting_on[node] < max(1, self.start_burst):
+                self._busy.discard(node)
 
     def _add_starting(self, r: Reservation) -> None:
         self._drop_starting(r.pod.uid)
         self._starting[r.pod.uid] = (r.node, time.monotonic())
         self._starting_on[r.node] += 1
+        if self.start_burst > 0 and self._starting_on[r.node] >= self.start_burst:
+            self._busy.add(r.node)
 
     def started(self, uid: str) -> None:
         """The pod runs (its phase says so): it no longer counts as starting on its node (:meth:`rank`)."""
