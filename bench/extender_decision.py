@@ -123,6 +123,9 @@ def main() -> int:
     ap.add_argument("--names", default="", help="node names per filter: a number, or 'all' (default: what "
                                                  "kube-scheduler sends at this cluster size)")
     ap.add_argument("--http", action="store_true", help="through the extender's HTTP listener (JSON)")
+    ap.add_argument("--start-burst", type=int, default=8,
+                    help="allocator.startBurstPerNode as the daemon runs it [8]; the bench's pods never run, so "
+                         "every node that took that many in the last 60 s ranks later; 0: off")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--no-gc-freeze", action="store_true", help="leave the loaded inventory to the cyclic garbage "
                                                               "collector (the daemon freezes it once synced)")
@@ -130,7 +133,7 @@ def main() -> int:
     if args.pods > args.nodes * args.devices * 5:
         ap.error(f"--pods {args.pods}: at most {args.nodes * args.devices * 5} fit")
     window = args.nodes if args.names == "all" else int(args.names) if args.names else scheduler_window(args.nodes)
-    state = AllocatorState()
+    state = AllocatorState(start_burst=args.start_burst)
     names = [f"hcs-bench-{i:04d}" for i in range(args.nodes)]
     for n in names:
         state.set_node(NodeInventory(n, tuple(
@@ -195,7 +198,8 @@ def main() -> int:
             call.close()
     state.check_invariants()
     out: dict[str, Any] = {"nodes": args.nodes, "devices_per_node": args.devices, "pods": args.pods,
-                           "names_per_filter": window, "http": args.http, "gc_freeze": not args.no_gc_freeze,
+                           "start_burst": args.start_burst, "names_per_filter": window, "http": args.http,
+                           "gc_freeze": not args.no_gc_freeze,
                            "refused": refused}
     for verb, (wall, cpu) in times.items():
         out.update({f"{verb}_cpu_p50_ms": q(cpu, 50), f"{verb}_cpu_p99_ms": q(cpu, 99),
