@@ -872,6 +872,16 @@ def node_ready(lay: Layout, since: float | None = None) -> bool:
     return False
 
 
+def default_account_ready(lay: Layout) -> bool:
+    """The controller manager has made namespace default's ServiceAccount: until then the API server
+    refuses every pod created there ("serviceaccount "default" not found")."""
+    try:
+        api_get(lay, "/api/v1/namespaces/default/serviceaccounts/default")
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return True
+
+
 def ctr(lay: Layout, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(lay.bin / "ctr"), "--address", str(lay.containerd_sock), "-n", "k8s.io", *args],
                           capture_output=True, text=True, check=check, timeout=120)
@@ -925,7 +935,7 @@ def cmd_up(lay: Layout, no_node: bool) -> int:
         except ClusterError:
             rendered = {}
         if rendered and all(alive_pid(lay, n) and _current(lay, comps[n], rendered) and healthy(lay, comps[n])
-                            for n in wanted) and (no_node or node_ready(lay)):
+                            for n in wanted) and (no_node or node_ready(lay)) and default_account_ready(lay):
             log(f"already up ({lay.state}); KUBECONFIG={lay.kubeconfig}")
             return 0
         if os.geteuid() != 0 and not no_node:
@@ -997,6 +1007,13 @@ def cmd_up(lay: Layout, no_node: bool) -> int:
                 if alive_pid(lay, "kubelet") is None:
                     raise ClusterError("kubelet exited; last log lines:\n" + log_tail(lay, "kubelet"))
                 time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while not default_account_ready(lay):
+            if time.monotonic() > deadline:
+                raise ClusterError("ServiceAccount default/default not created 60 s after start; see "
+                                   f"{lay.logs}/kube-controller-manager.log:\n"
+                                   + log_tail(lay, "kube-controller-manager"))
+            time.sleep(0.5)
         log(f"up in {time.monotonic() - t0:.1f} s: node {lay.node_name}"
             f"{' (control plane only)' if no_node else ' Ready'}; export KUBECONFIG={lay.kubeconfig}")
         return 0

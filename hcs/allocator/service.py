@@ -32,6 +32,7 @@ from hcs.allocator.state import CONFIRMED, PENDING, AllocatorState, Conflict, No
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2 as pb
 from hcs.api.gen.hcs.allocator.v1 import allocator_pb2_grpc as pbg
 from hcs.cluster_inventory import capacity_of
+from hcs.uds import listen_address
 
 log = logging.getLogger(__name__)
 
@@ -271,8 +272,9 @@ def serve(service: AllocatorService, address: str, workers: int = 8,
     """
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=interceptors)
     pbg.add_AllocatorServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    port = (server.add_secure_port(address, credentials) if credentials is not None
-            else server.add_insecure_port(address))
+    listen = listen_address(address)
+    port = (server.add_secure_port(listen, credentials) if credentials is not None
+            else server.add_insecure_port(listen))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()

@@ -28,6 +28,7 @@ from hcs.api.gen.deviceplugin.v1beta1 import api_pb2 as dp
 from hcs.api.gen.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from hcs.api.gen.podresources.v1 import api_pb2 as pr
 from hcs.api.gen.podresources.v1 import api_pb2_grpc as pr_grpc
+from hcs.uds import listen_address
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,11 @@ class KubeletSim:
         dp_grpc.add_RegistrationServicer_to_server(_Registration(self), reg)  # type: ignore[no-untyped-call]
         sock = self.plugin_dir / "kubelet.sock"
         _unlink(sock)
-        reg.add_insecure_port(f"unix://{sock}")
+        reg.add_insecure_port(listen_address(sock))
         podres = grpc.server(ThreadPoolExecutor(max_workers=4))
         pr_grpc.add_PodResourcesListerServicer_to_server(_PodResources(self), podres)  # type: ignore[no-untyped-call]
         _unlink(self.pod_resources_socket)
-        podres.add_insecure_port(f"unix://{self.pod_resources_socket}")
+        podres.add_insecure_port(listen_address(self.pod_resources_socket))
         reg.start()
         podres.start()
         self._servers = [reg, podres]

@@ -40,6 +40,7 @@ from hcs.node.podresources import PodResourcesClient
 from hcs.node.recordcache import NodePodRecords
 from hcs.node.sources import AllocatorAssignmentSource, KubePodLister
 from hcs.node.state import Allocation
+from hcs.uds import listen_address
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class NodeAgent:
                                  options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
             dp_grpc.add_DevicePluginServicer_to_server(  # type: ignore[no-untyped-call]
                 DevicePluginServicer(self.core), server)
-            server.add_insecure_port(f"unix://{path}")
+            server.add_insecure_port(listen_address(Path(path)))
             server.start()
             self._server = server
             self._sock_inode = _inode(path)

@@ -425,11 +425,17 @@ def test_claim_status_waits_for_a_pause_and_is_dropped_when_unprepared_first(res
 def test_watch_survives_an_expired_resource_version(rest, dra):
     plugin, sim = dra
     cache = plugin.claim_cache
-    relists = cache.relists
-    cache.reconnect("1")  # far older than the API server's watch window: 410 Gone
-    assert wait_for(lambda: cache.relists > relists and cache.synced, 30, interval_s=0.02), cache.last_error
+    before = create_allocated_claim(rest, NS, "before-410", [_result("nvidia-2")])
+    assert _cached(cache, "before-410", before["metadata"]["uid"])  # something for a replay to replay
+    relists, events = cache.relists, cache.events
+    # Far older than the API server's watch window: 410 Gone once its watch cache has dropped events of
+    # this resource (the cache relists); a young API server instead replays the current claims as ADDED
+    # (seen on a fresh cluster). Either way the watch resumes and serves what comes next.
+    cache.reconnect("1")
+    assert wait_for(lambda: cache.synced and (cache.relists > relists if cache.expired else cache.events > events),
+                    30, interval_s=0.02), cache.last_error
     c = create_allocated_claim(rest, NS, "after-410", [_result("nvidia-1")])
-    assert _cached(cache, "after-410", c["metadata"]["uid"]), "the watch did not resume after the relist"
+    assert _cached(cache, "after-410", c["metadata"]["uid"]), "the watch did not resume"
     reads = _api_reads(plugin)
     ref = (NS, c["metadata"]["uid"], "after-410")
     assert sim.prepare(DRIVER, [ref])[ref[1]].error == "" and reads == []

@@ -49,6 +49,7 @@ from hcs.node.dra.config import DraConfig
 from hcs.node.dra.slice_controller import SliceController
 from hcs.node.dra.slices import PublishedDevice, build_slices, published_attributes, published_devices
 from hcs.node.dra.state import ClaimRef, ClaimSource, ClaimState, Outcome
+from hcs.uds import listen_address
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class DraPlugin:
             sock.unlink()
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dra-grpc"))
         add(server)
-        server.add_insecure_port(f"unix://{sock}")
+        server.add_insecure_port(listen_address(sock))
         server.start()
         self._inodes[sock] = _inode(sock)
         return server
