@@ -51,6 +51,8 @@ class Allocator:
         self.port = port
         server.start()
         self._server = server
+        with grpc.insecure_channel(self.address) as ch:  # listening before a test's fail-fast call (one CI run
+            grpc.channel_ready_future(ch).result(timeout=30)  # under load was refused right after start)
 
     def stop(self) -> None:
         if self._server is not None:
