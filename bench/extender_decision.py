@@ -123,8 +123,8 @@ def main() -> int:
     ap.add_argument("--names", default="", help="node names per filter: a number, or 'all' (default: what "
                                                  "kube-scheduler sends at this cluster size)")
     ap.add_argument("--http", action="store_true", help="through the extender's HTTP listener (JSON)")
-    ap.add_argument("--start-burst", type=int, default=8,
-                    help="allocator.startBurstPerNode as the daemon runs it [8]; the bench's pods never run, so "
+    ap.add_argument("--start-burst", type=int, default=4,
+                    help="allocator.startBurstPerNode as the daemon runs it [4]; the bench's pods never run, so "
                          "every node that took that many in the last 60 s ranks later; 0: off")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--no-gc-freeze", action="store_true", help="leave the loaded inventory to the cyclic garbage "

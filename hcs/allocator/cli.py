@@ -39,7 +39,7 @@ class AllocatorConfig:
     auth_cache_size: int = 4096  # allocator.auth.cacheSize
     # allocator.startBurstPerNode: pods a node may be starting before the extender prefers other fitting
     # nodes (AllocatorState.rank); 0: the policy's order as is
-    start_burst_per_node: int = 8
+    start_burst_per_node: int = 4
 
 
 def _sub(sec: dict[str, Any], key: str, known: set[str], path: str | None) -> dict[str, Any]:

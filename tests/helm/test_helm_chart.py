@@ -742,8 +742,8 @@ def test_start_burst_per_node_reaches_the_allocator_and_its_loader_checks_it(ren
     from hcs.errors import ConfigError
 
     flags = argparse.Namespace(grpc_address=None, extender_address=None, namespace=None, kubeconfig=None)
-    for value in (8, 0, 3):
-        docs = rendered((), **({} if value == 8 else {"scheduler__startBurstPerNode": value}))  # 8: the default
+    for value in (4, 0, 3):
+        docs = rendered((), **({} if value == 4 else {"scheduler__startBurstPerNode": value}))  # 4: the default
         section_ = component_configs(docs)["allocator"]
         assert section_["allocator"]["startBurstPerNode"] == value
         (tmp_path / "a.yaml").write_text(yaml.safe_dump(section_))
