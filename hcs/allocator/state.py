@@ -285,13 +285,15 @@ class AllocatorState:
 
     def _drop_starting(self, uid: str) -> None:
         got = self._starting.pop(uid, None)
-        if got is not None:
-            node = got[0]
-            self._starting_on[node] -= 1
-            if self._starting_on[node] <= 0:
-                del self._starting_on[node]
-            if self._starting_on[node] < max(1, self.start_burst):
-                self._busy.discard(node)
+        if got is None:
+            return
+        node, left = got[0], self._starting_on[got[0]] - 1
+        if left > 0:
+            self._starting_on[node] = left
+        else:
+            del self._starting_on[node]
+        if left < self.start_burst:
+            self._busy.discard(node)
 
     def _add_starting(self, r: Reservation) -> None:
         self._drop_starting(r.pod.uid)
@@ -432,20 +434,20 @@ class AllocatorState:
             if clashing:
                 # earliest pod wins: rebuild usage from every reservation in age order
                 everyone = sorted([*self._res.values(), *clashing], key=order)
+                adopted = {id(r) for r in clashing}
                 for r in list(self._res.values()):
                     self._apply(r, -1)
                 for r in everyone:
                     why = self._overcommit(r)
                     if why is None:
                         self._apply(r)
+                        if id(r) in adopted:
+                            self._add_starting(r)
                         continue
                     self._drop_starting(r.pod.uid)
                     winners = tuple(w for w in self._res.values() if w.node == r.node and
                                     {g.device for g in w.grants()} & {g.device for g in r.grants()})
                     lost.append(RestoreConflict(r, winners, why))
-                for r in clashing:
-                    if self._res.get(r.pod.uid) is r:
-                        self._add_starting(r)
         for c in lost:
             held_by = ", ".join(f"{w.pod.ref} (uid {w.pod.uid})" for w in c.winners) or "capacity"
             problems.append(f"pod {c.loser.pod.ref}: its devices on {c.loser.node} are held by the earlier "

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "interceptor"))
 from dra_helpers import (  # noqa: E402
     GiB,
     PluginEnv,
@@ -28,6 +29,7 @@ from dra_helpers import (  # noqa: E402
     registered_with_a_device_class,
     run_to_completion,
 )
+from interceptor_harness import build as build_interceptor  # noqa: E402
 
 from hcs.devices.injection import CONTAINER_COMPUTE_DIR  # noqa: E402
 from hcs.kube import RESOURCE_API, KubeError, KubeRest  # noqa: E402
@@ -106,9 +108,7 @@ def test_the_interceptor_applies_the_share_file_the_dra_path_wrote(env: PluginEn
     lib = REPO / "interceptor" / "build" / "libhcs_interceptor.so"
     tool = REPO / "interceptor" / "build" / "tests" / "t_compute"
     if not lib.exists() or not tool.exists():  # `make dev` builds the library; the test programs are built here
-        built = subprocess.run(["make", "-s", "-C", str(REPO / "interceptor"), "tests"], capture_output=True,
-                               text=True, check=False)
-        assert built.returncode == 0, f"make -C interceptor tests failed:\n{built.stdout}\n{built.stderr}"
+        build_interceptor()
     env.start()
     ref = env.add_claim([{"request": "gpu", "device": "nvidia-2",
                           "consumedCapacity": {"memory": "8Gi", "tflopsFP16": "156"}}])
